@@ -1,1 +1,21 @@
-//! todo
+//! The queue: message IDs ([`id`]) and the durable spool ([`spool`]).
+//!
+//! # On-disk format, version 1
+//!
+//! Everything lives in `queue.dir` (mode 0700). One accepted message is two files:
+//!
+//! - `ID.msg`: the message exactly as it will be relayed (submitted bytes with the headers
+//!   submitd prepended), CRLF line endings. Never modified after it is written.
+//! - `ID.env`: the envelope, one JSON object ([`spool::Envelope`]) with `"version": 1`, the
+//!   sender, the recipients each with a delivery state, the user, and times. It is rewritten
+//!   whole (temp file, fsync, rename) whenever a recipient's state changes.
+//!
+//! The `.env` file is the commit point: it is renamed into place after the `.msg` file, and
+//! the directory is fsynced before `250` is sent. A `.msg` without an `.env` is an
+//! interrupted write and is removed at start-up; so are `*.tmp` files.
+
+pub mod id;
+pub mod spool;
+
+pub use id::QueueId;
+pub use spool::{Envelope, Recipient, RecipientState, Spool, SpoolError};

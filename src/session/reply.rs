@@ -1,1 +1,202 @@
-//! todo
+//! Every reply submitd sends, in one place (RFC 5321 section 4.2, enhanced codes RFC 3463).
+//!
+//! A [`Reply`] is a code and its text lines; the text of a single-line reply starts with the
+//! enhanced status code (RFC 2034) where one applies.
+
+use std::borrow::Cow;
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    code: u16,
+    text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with constant text; `text` may hold several lines separated by `\n`.
+    pub const fn new(code: u16, text: &'static str) -> Reply {
+        Reply { code, text: Cow::Borrowed(text) }
+    }
+
+    /// A reply with computed text.
+    pub fn owned(code: u16, text: String) -> Reply {
+        Reply { code, text: Cow::Owned(text) }
+    }
+
+    /// The three-digit code.
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The text (lines joined with `\n`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether this is a 2xx or 3xx reply.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// Append the wire form (`code-text` continuation lines, `code text` last, each CRLF).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            out.extend_from_slice(format!("{}{}{}\r\n", self.code, sep, line).as_bytes());
+        }
+    }
+
+    /// The wire form as a string (tests, logs).
+    pub fn to_wire(&self) -> String {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text.replace('\n', " / "))
+    }
+}
+
+/// `220 HOSTNAME ESMTP submitd`.
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::owned(220, format!("{hostname} ESMTP submitd"))
+}
+
+/// The EHLO reply (RFC 5321 4.1.1.1). Before TLS on 587 it offers STARTTLS and never AUTH;
+/// with TLS it offers AUTH and never STARTTLS.
+pub fn ehlo(hostname: &str, tls: bool, max_size: u64) -> Reply {
+    let mut text = format!("{hostname}\nPIPELINING\nSIZE {max_size}\n");
+    if tls {
+        text.push_str("AUTH PLAIN LOGIN\n");
+    } else {
+        text.push_str("STARTTLS\n");
+    }
+    text.push_str("ENHANCEDSTATUSCODES\n8BITMIME\nSMTPUTF8\nCHUNKING");
+    Reply::owned(250, text)
+}
+
+/// `250 HOSTNAME` for HELO.
+pub fn helo(hostname: &str) -> Reply {
+    Reply::owned(250, hostname.to_string())
+}
+
+/// `250 2.0.0 Ok: queued as ID`.
+pub fn queued(id: &str) -> Reply {
+    Reply::owned(250, format!("2.0.0 Ok: queued as {id}"))
+}
+
+/// `250 2.0.0 Ok: N octets received` after a non-last BDAT chunk.
+pub fn chunk_received(octets: u64) -> Reply {
+    Reply::owned(250, format!("2.0.0 Ok: {octets} octets received"))
+}
+
+/// `553 5.7.1 Sender address rejected: not owned by user LOGIN`.
+pub fn sender_not_owned(login: &str) -> Reply {
+    Reply::owned(553, format!("5.7.1 Sender address rejected: not owned by user {login}"))
+}
+
+/// `421 4.4.2 HOSTNAME Error: timeout exceeded` (RFC 5321 4.5.3.2).
+pub fn timeout(hostname: &str) -> Reply {
+    Reply::owned(421, format!("4.4.2 {hostname} Error: timeout exceeded"))
+}
+
+/// `421 4.3.2 HOSTNAME Service shutting down`.
+pub fn shutting_down(hostname: &str) -> Reply {
+    Reply::owned(421, format!("4.3.2 {hostname} Service shutting down"))
+}
+
+/// `421 4.7.0 HOSTNAME Too many connections` (total limit).
+pub fn too_many_connections(hostname: &str) -> Reply {
+    Reply::owned(421, format!("4.7.0 {hostname} Too many connections, try again later"))
+}
+
+/// `421 4.7.0 HOSTNAME Too many connections from your address` (per-IP limit).
+pub fn too_many_connections_from_ip(hostname: &str) -> Reply {
+    Reply::owned(421, format!("4.7.0 {hostname} Too many connections from your address"))
+}
+
+pub const OK: Reply = Reply::new(250, "2.0.0 Ok");
+pub const MAIL_OK: Reply = Reply::new(250, "2.1.0 Ok");
+pub const RCPT_OK: Reply = Reply::new(250, "2.1.5 Ok");
+pub const BYE: Reply = Reply::new(221, "2.0.0 Bye");
+pub const HELP: Reply = Reply::new(
+    214,
+    "2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
+);
+pub const VRFY: Reply = Reply::new(252, "2.5.2 Cannot VRFY user; try RCPT to attempt delivery");
+pub const EXPN: Reply = Reply::new(502, "5.5.1 EXPN not supported");
+pub const START_TLS: Reply = Reply::new(220, "2.0.0 Ready to start TLS");
+pub const START_DATA: Reply = Reply::new(354, "End data with <CR><LF>.<CR><LF>");
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0 Authentication successful");
+/// PLAIN without an initial response: an empty challenge (RFC 4954 section 4).
+pub const AUTH_PLAIN_CHALLENGE: Reply = Reply::new(334, "");
+/// LOGIN: base64 of `Username:`.
+pub const AUTH_LOGIN_USERNAME: Reply = Reply::new(334, "VXNlcm5hbWU6");
+/// LOGIN: base64 of `Password:`.
+pub const AUTH_LOGIN_PASSWORD: Reply = Reply::new(334, "UGFzc3dvcmQ6");
+
+pub const MUST_STARTTLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
+pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8 Authentication credentials invalid");
+pub const AUTH_TOO_MANY_FAILURES: Reply =
+    Reply::new(421, "4.7.0 Too many authentication failures");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.7.0 Authentication cancelled");
+pub const AUTH_BAD_BASE64: Reply = Reply::new(501, "5.5.2 Cannot decode response");
+pub const AUTH_MALFORMED: Reply = Reply::new(501, "5.5.2 Malformed authentication response");
+pub const AUTH_UNKNOWN_MECHANISM: Reply =
+    Reply::new(504, "5.5.4 Unrecognized authentication mechanism");
+pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, "5.5.1 Already authenticated");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1 AUTH not allowed during a mail transaction");
+pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1 TLS already active");
+pub const EHLO_FIRST: Reply = Reply::new(503, "5.5.1 EHLO first");
+pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1 Nested MAIL command");
+pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1 Need MAIL command");
+pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1 Need RCPT command");
+pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 DATA not allowed after BDAT");
+pub const NULL_SENDER_REFUSED: Reply =
+    Reply::new(553, "5.7.1 Null sender not allowed for authenticated users");
+pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
+pub const MESSAGE_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
+pub const NEED_SMTPUTF8: Reply =
+    Reply::new(553, "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter");
+pub const BARE_LINE_ENDING: Reply = Reply::new(550, "5.6.0 Bare CR or LF in message");
+pub const NO_FROM: Reply = Reply::new(550, "5.6.0 Message has no From header");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
+pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.1 Command unrecognized");
+pub const UNSUPPORTED_PARAMETER: Reply = Reply::new(555, "5.5.4 Unsupported parameter");
+pub const BAD_BDAT: Reply = Reply::new(501, "5.5.4 Invalid BDAT size; closing connection");
+pub const QUEUE_WRITE_ERROR: Reply = Reply::new(451, "4.3.0 Error: queue file write error");
+
+/// `501 5.5.4 Syntax error: DETAIL` (the detail is ours, never echoed client input).
+pub fn syntax(detail: &str) -> Reply {
+    Reply::owned(501, format!("5.5.4 Syntax error: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_line_wire_form() {
+        assert_eq!(AUTH_FAILED.to_wire(), "535 5.7.8 Authentication credentials invalid\r\n");
+        assert_eq!(AUTH_PLAIN_CHALLENGE.to_wire(), "334 \r\n");
+    }
+
+    #[test]
+    fn ehlo_after_tls_offers_auth_not_starttls() {
+        let wire = ehlo("mx.test", true, 1000).to_wire();
+        assert_eq!(
+            wire,
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-AUTH PLAIN LOGIN\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        );
+        let plain = ehlo("mx.test", false, 1000).to_wire();
+        assert!(plain.contains("250-STARTTLS\r\n"));
+        assert!(!plain.contains("AUTH"));
+    }
+}

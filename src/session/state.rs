@@ -1,1 +1,566 @@
-//! todo
+//! The SMTP state machine, sans-IO. The driver feeds it lines and body bytes and carries out
+//! the [`Step`] it returns: send a reply, close, start TLS, verify credentials, or spool a
+//! message. Which commands are allowed when (RFC 5321, RFC 3207, RFC 4954, RFC 6409, RFC 3030)
+//! is decided here and only here.
+
+use std::sync::Arc;
+
+use crate::auth::sasl::{self, Credentials, Mechanism, SaslError};
+use crate::auth::senders::owns;
+use crate::auth::users::User;
+use crate::submission::{self, FromProblem};
+
+use super::command::{self, Command, MailParams, ParseError, ReversePath};
+use super::data::{BdatAccumulator, BodyError, DataReader, DataResult};
+use super::input::{LineEvent, MAX_AUTH_LINE, MAX_COMMAND_LINE};
+use super::reply::{self, Reply};
+
+/// The limits and names a session needs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_auth_failures: u32,
+}
+
+/// What the session waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A line of at most this many octets (CRLF included).
+    Line(usize),
+    /// DATA body bytes.
+    Data,
+    /// This many more octets of the current BDAT chunk.
+    Chunk(u64),
+    /// Nothing until the driver reports the result of a [`Step::Verify`] or [`Step::Queue`].
+    Outcome,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this reply and go on.
+    Reply(Reply),
+    /// Send this reply and close the connection.
+    Close(Reply),
+    /// Send `220 2.0.0 Ready to start TLS`, discard buffered input, do the handshake, then
+    /// start a new session over TLS (RFC 3207 section 4.2).
+    StartTls,
+    /// Verify these credentials off the reactor, then call [`Session::auth_result`].
+    Verify(Credentials),
+    /// Spool this message, then call [`Session::queued`].
+    Queue(Box<Accepted>),
+    /// Nothing to send (part of a BDAT chunk consumed).
+    Nothing,
+}
+
+/// A message that passed every check and only needs to be made durable.
+#[derive(Debug)]
+pub struct Accepted {
+    pub user: Arc<User>,
+    pub helo: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub params: MailParams,
+    /// The message as received (dot-unstuffed / chunks joined), without submitd's headers.
+    pub message: Vec<u8>,
+}
+
+/// The mail transaction. Recipients need a sender; a message needs recipients.
+#[derive(Debug, Default)]
+enum Transaction {
+    #[default]
+    None,
+    Mail {
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        from: String,
+        params: MailParams,
+        rcpts: Vec<String>,
+        /// Chunks received so far when the message comes by BDAT.
+        bdat: Option<BdatAccumulator>,
+    },
+}
+
+/// What kind of input the session is in the middle of.
+#[derive(Debug)]
+enum Mode {
+    Command,
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPassword { login: String },
+    Verifying,
+    Data(DataReader),
+    /// Reading a BDAT chunk; `refusal` is the reply owed once a refused chunk is consumed.
+    Chunk { remaining: u64, last: bool, refusal: Option<Reply> },
+    Queueing,
+}
+
+/// One SMTP session, from greeting (or from the TLS handshake after STARTTLS) to close.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    tls: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<Arc<User>>,
+    auth_failures: u32,
+    transaction: Transaction,
+    mode: Mode,
+}
+
+impl Session {
+    /// A session on a connection that is already TLS (`tls`) or plaintext (587 before
+    /// STARTTLS). After STARTTLS the driver makes a new session with `tls = true`.
+    pub fn new(config: Arc<SessionConfig>, tls: bool) -> Session {
+        Session {
+            config,
+            tls,
+            helo: None,
+            esmtp: false,
+            user: None,
+            auth_failures: 0,
+            transaction: Transaction::None,
+            mode: Mode::Command,
+        }
+    }
+
+    /// The greeting sent when the connection opens (not again after STARTTLS).
+    pub fn greeting(&self) -> Reply {
+        reply::greeting(&self.config.hostname)
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The authenticated login, if any.
+    pub fn login(&self) -> Option<&str> {
+        self.user.as_deref().map(|u| u.login.as_str())
+    }
+
+    /// What input the session needs next.
+    pub fn wants(&self) -> Want {
+        match &self.mode {
+            Mode::Command => Want::Line(MAX_COMMAND_LINE),
+            Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPassword { .. } => {
+                Want::Line(MAX_AUTH_LINE)
+            }
+            Mode::Data(_) => Want::Data,
+            Mode::Chunk { remaining, .. } => Want::Chunk(*remaining),
+            Mode::Verifying | Mode::Queueing => Want::Outcome,
+        }
+    }
+
+    /// Handle one input line (a command, or an AUTH continuation).
+    pub fn on_line(&mut self, event: LineEvent) -> Step {
+        match std::mem::replace(&mut self.mode, Mode::Command) {
+            Mode::Command => match event {
+                LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
+                LineEvent::Line(line) => match command::parse(&line) {
+                    Ok(cmd) => self.on_command(cmd),
+                    // A BDAT whose size we cannot read leaves us unable to find the next
+                    // command: its chunk would be read as commands. Close instead.
+                    Err(_) if is_bdat(&line) => Step::Close(reply::BAD_BDAT),
+                    Err(e) => Step::Reply(parse_error_reply(&e)),
+                },
+            },
+            Mode::AuthPlain => match event {
+                LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
+                LineEvent::Line(line) => self.sasl_outcome(sasl::decode_plain(&line)),
+            },
+            Mode::AuthLoginUser => match event {
+                LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
+                LineEvent::Line(line) => match sasl::decode_login_field(&line) {
+                    Ok(login) => {
+                        self.mode = Mode::AuthLoginPassword { login };
+                        Step::Reply(reply::AUTH_LOGIN_PASSWORD)
+                    }
+                    Err(e) => self.sasl_outcome(Err(e)),
+                },
+            },
+            Mode::AuthLoginPassword { login } => match event {
+                LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
+                LineEvent::Line(line) => {
+                    let creds = sasl::decode_login_field(&line)
+                        .map(|password| Credentials { login, password });
+                    self.sasl_outcome(creds)
+                }
+            },
+            other => {
+                // The driver only sends lines when `wants()` asks for one.
+                self.mode = other;
+                Step::Nothing
+            }
+        }
+    }
+
+    /// Feed DATA body bytes; returns how many were consumed and the step once the body ended.
+    pub fn on_data(&mut self, input: &[u8]) -> (usize, Option<Step>) {
+        let Mode::Data(reader) = &mut self.mode else {
+            return (0, None);
+        };
+        let (consumed, done) = reader.feed(input);
+        match done {
+            None => (consumed, None),
+            Some(result) => {
+                self.mode = Mode::Command;
+                (consumed, Some(self.finish_message(result)))
+            }
+        }
+    }
+
+    /// Feed BDAT chunk bytes; returns how many were consumed and the step once the chunk is
+    /// complete. Call with an empty slice when `wants()` is `Chunk(0)`.
+    pub fn on_chunk(&mut self, input: &[u8]) -> (usize, Option<Step>) {
+        let Mode::Chunk { remaining, last, refusal } = &mut self.mode else {
+            return (0, None);
+        };
+        let take = (*remaining).min(input.len() as u64) as usize;
+        *remaining -= take as u64;
+        if refusal.is_none()
+            && let Transaction::Rcpt { bdat: Some(acc), .. } = &mut self.transaction
+        {
+            acc.push(&input[..take]);
+        }
+        if *remaining > 0 {
+            return (take, None);
+        }
+        let last = *last;
+        let refusal = refusal.take();
+        self.mode = Mode::Command;
+        if let Some(reply) = refusal {
+            return (take, Some(Step::Reply(reply)));
+        }
+        let Transaction::Rcpt { bdat: Some(acc), .. } = &mut self.transaction else {
+            return (take, Some(Step::Reply(reply::NEED_RCPT)));
+        };
+        let received = acc.len();
+        if last {
+            let acc = std::mem::replace(acc, BdatAccumulator::new(0));
+            let result = acc.finish();
+            (take, Some(self.finish_message(result)))
+        } else {
+            (take, Some(Step::Reply(reply::chunk_received(received))))
+        }
+    }
+
+    /// The result of a [`Step::Verify`]: the user when the credentials were right.
+    pub fn auth_result(&mut self, user: Option<Arc<User>>) -> Step {
+        self.mode = Mode::Command;
+        match user {
+            Some(user) => {
+                self.user = Some(user);
+                self.auth_failures = 0;
+                Step::Reply(reply::AUTH_OK)
+            }
+            None => self.auth_failed(),
+        }
+    }
+
+    /// The result of a [`Step::Queue`]: the queue ID, or `None` when the spool failed.
+    pub fn queued(&mut self, id: Option<&str>) -> Step {
+        self.mode = Mode::Command;
+        match id {
+            Some(id) => Step::Reply(reply::queued(id)),
+            None => Step::Reply(reply::QUEUE_WRITE_ERROR),
+        }
+    }
+
+    fn auth_failed(&mut self) -> Step {
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.max_auth_failures {
+            Step::Close(reply::AUTH_TOO_MANY_FAILURES)
+        } else {
+            Step::Reply(reply::AUTH_FAILED)
+        }
+    }
+
+    fn sasl_outcome(&mut self, decoded: Result<Credentials, SaslError>) -> Step {
+        match decoded {
+            Ok(creds) => {
+                self.mode = Mode::Verifying;
+                Step::Verify(creds)
+            }
+            Err(SaslError::Cancelled) => Step::Reply(reply::AUTH_CANCELLED),
+            Err(SaslError::AuthzidMismatch) => self.auth_failed(),
+            Err(e) => {
+                let step = self.auth_failed();
+                match step {
+                    Step::Close(_) => step,
+                    _ if e == SaslError::BadBase64 => Step::Reply(reply::AUTH_BAD_BASE64),
+                    _ => Step::Reply(reply::AUTH_MALFORMED),
+                }
+            }
+        }
+    }
+
+    /// Commands allowed on 587 before STARTTLS (RFC 3207 section 4; DESIGN.md).
+    fn allowed_before_tls(cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::StartTls
+                | Command::Noop
+                | Command::Rset
+                | Command::Quit
+        )
+    }
+
+    /// Commands allowed before EHLO/HELO (and after STARTTLS before the new EHLO).
+    fn allowed_before_ehlo(cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::StartTls
+                | Command::Noop
+                | Command::Rset
+                | Command::Quit
+                | Command::Help
+        )
+    }
+
+    fn on_command(&mut self, cmd: Command) -> Step {
+        if !self.tls && !Self::allowed_before_tls(&cmd) {
+            return self.refuse(&cmd, reply::MUST_STARTTLS);
+        }
+        if self.helo.is_none() && !Self::allowed_before_ehlo(&cmd) {
+            return self.refuse(&cmd, reply::EHLO_FIRST);
+        }
+        match cmd {
+            Command::Ehlo(name) => {
+                self.helo = Some(name);
+                self.esmtp = true;
+                self.transaction = Transaction::None;
+                Step::Reply(reply::ehlo(
+                    &self.config.hostname,
+                    self.tls,
+                    self.config.max_message_size,
+                ))
+            }
+            Command::Helo(name) => {
+                self.helo = Some(name);
+                self.esmtp = false;
+                self.transaction = Transaction::None;
+                Step::Reply(reply::helo(&self.config.hostname))
+            }
+            Command::StartTls if self.tls => Step::Reply(reply::TLS_ALREADY_ACTIVE),
+            Command::StartTls => Step::StartTls,
+            Command::Auth { mechanism, initial } => self.on_auth(&mechanism, initial),
+            Command::Mail { from, params } => self.on_mail(from, params),
+            Command::Rcpt { to } => self.on_rcpt(to),
+            Command::Data => self.on_data_command(),
+            Command::Bdat { size, last } => self.on_bdat(size, last),
+            Command::Rset => {
+                self.transaction = Transaction::None;
+                Step::Reply(reply::OK)
+            }
+            Command::Noop => Step::Reply(reply::OK),
+            Command::Quit => Step::Close(reply::BYE),
+            Command::Help => Step::Reply(reply::HELP),
+            Command::Vrfy => Step::Reply(reply::VRFY),
+            Command::Expn => Step::Reply(reply::EXPN),
+        }
+    }
+
+    /// Refuse a command. A refused BDAT still owes its chunk: read and discard it, then reply
+    /// (RFC 3030 section 2) — unless it is larger than any message we take, then close.
+    fn refuse(&mut self, cmd: &Command, refusal: Reply) -> Step {
+        match *cmd {
+            Command::Bdat { size, last } => {
+                if size > self.config.max_message_size {
+                    return Step::Close(refusal);
+                }
+                self.mode = Mode::Chunk { remaining: size, last, refusal: Some(refusal) };
+                Step::Nothing
+            }
+            _ => Step::Reply(refusal),
+        }
+    }
+
+    fn on_auth(&mut self, mechanism: &str, initial: Option<String>) -> Step {
+        if self.user.is_some() {
+            return Step::Reply(reply::ALREADY_AUTHENTICATED);
+        }
+        if !self.esmtp {
+            return Step::Reply(reply::EHLO_FIRST);
+        }
+        if !matches!(self.transaction, Transaction::None) {
+            return Step::Reply(reply::AUTH_IN_TRANSACTION);
+        }
+        match (Mechanism::parse(mechanism), initial) {
+            (None, _) => Step::Reply(reply::AUTH_UNKNOWN_MECHANISM),
+            (Some(Mechanism::Plain), None) => {
+                self.mode = Mode::AuthPlain;
+                Step::Reply(reply::AUTH_PLAIN_CHALLENGE)
+            }
+            (Some(Mechanism::Plain), Some(resp)) => {
+                self.sasl_outcome(sasl::decode_plain(resp.as_bytes()))
+            }
+            (Some(Mechanism::Login), None) => {
+                self.mode = Mode::AuthLoginUser;
+                Step::Reply(reply::AUTH_LOGIN_USERNAME)
+            }
+            (Some(Mechanism::Login), Some(resp)) => {
+                // RFC 4954 allows an initial response with LOGIN: it is the username.
+                match sasl::decode_login_field(resp.as_bytes()) {
+                    Ok(login) => {
+                        self.mode = Mode::AuthLoginPassword { login };
+                        Step::Reply(reply::AUTH_LOGIN_PASSWORD)
+                    }
+                    Err(e) => self.sasl_outcome(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn on_mail(&mut self, from: ReversePath, params: MailParams) -> Step {
+        let Some(user) = self.user.clone() else {
+            return Step::Reply(reply::AUTH_REQUIRED);
+        };
+        if !matches!(self.transaction, Transaction::None) {
+            return Step::Reply(reply::NESTED_MAIL);
+        }
+        if params.size.is_some_and(|s| s > self.config.max_message_size) {
+            return Step::Reply(reply::MESSAGE_TOO_BIG);
+        }
+        let from = match from {
+            ReversePath::Null => return Step::Reply(reply::NULL_SENDER_REFUSED),
+            ReversePath::Address(a) => a,
+        };
+        if !from.is_ascii() && !params.smtputf8 {
+            return Step::Reply(reply::NEED_SMTPUTF8);
+        }
+        if !owns(&user.senders, &from) {
+            return Step::Reply(reply::sender_not_owned(&user.login));
+        }
+        self.transaction = Transaction::Mail { from, params };
+        Step::Reply(reply::MAIL_OK)
+    }
+
+    fn on_rcpt(&mut self, to: String) -> Step {
+        if self.user.is_none() {
+            return Step::Reply(reply::AUTH_REQUIRED);
+        }
+        let (from, params, mut rcpts, bdat) = match std::mem::take(&mut self.transaction) {
+            Transaction::None => return Step::Reply(reply::NEED_MAIL),
+            Transaction::Mail { from, params } => (from, params, Vec::new(), None),
+            Transaction::Rcpt { from, params, rcpts, bdat } => (from, params, rcpts, bdat),
+        };
+        let step = if bdat.is_some() {
+            Step::Reply(reply::Reply::new(503, "5.5.1 RCPT not allowed after BDAT"))
+        } else if !to.contains('@') {
+            Step::Reply(reply::Reply::new(501, "5.1.3 Recipient address must have a domain"))
+        } else if !to.is_ascii() && !params.smtputf8 {
+            Step::Reply(reply::NEED_SMTPUTF8)
+        } else if rcpts.iter().any(|r| r.eq_ignore_ascii_case(&to)) {
+            Step::Reply(reply::RCPT_OK)
+        } else if rcpts.len() >= self.config.max_recipients {
+            Step::Reply(reply::TOO_MANY_RECIPIENTS)
+        } else {
+            rcpts.push(to);
+            Step::Reply(reply::RCPT_OK)
+        };
+        self.transaction = if rcpts.is_empty() {
+            Transaction::Mail { from, params }
+        } else {
+            Transaction::Rcpt { from, params, rcpts, bdat }
+        };
+        step
+    }
+
+    fn on_data_command(&mut self) -> Step {
+        if self.user.is_none() {
+            return Step::Reply(reply::AUTH_REQUIRED);
+        }
+        match &self.transaction {
+            Transaction::None => Step::Reply(reply::NEED_MAIL),
+            Transaction::Mail { .. } => Step::Reply(reply::NEED_RCPT),
+            Transaction::Rcpt { bdat: Some(_), .. } => Step::Reply(reply::DATA_AFTER_BDAT),
+            Transaction::Rcpt { .. } => {
+                self.mode = Mode::Data(DataReader::new(self.config.max_message_size));
+                Step::Reply(reply::START_DATA)
+            }
+        }
+    }
+
+    fn on_bdat(&mut self, size: u64, last: bool) -> Step {
+        let cmd = Command::Bdat { size, last };
+        if self.user.is_none() {
+            return self.refuse(&cmd, reply::AUTH_REQUIRED);
+        }
+        let max = self.config.max_message_size;
+        match &mut self.transaction {
+            Transaction::None => self.refuse(&cmd, reply::NEED_MAIL),
+            Transaction::Mail { .. } => self.refuse(&cmd, reply::NEED_RCPT),
+            Transaction::Rcpt { bdat, .. } => {
+                let acc = bdat.get_or_insert_with(|| BdatAccumulator::new(max));
+                if acc.len().saturating_add(size) > max {
+                    // Larger than we take: refuse without reading gigabytes (RFC 3030 lets
+                    // the server close; the client learns the permanent reason first).
+                    self.transaction = Transaction::None;
+                    return Step::Close(reply::MESSAGE_TOO_BIG);
+                }
+                self.mode = Mode::Chunk { remaining: size, last, refusal: None };
+                if size == 0 {
+                    // Nothing to read: answer now.
+                    return self.on_chunk(&[]).1.unwrap_or(Step::Nothing);
+                }
+                Step::Nothing
+            }
+        }
+    }
+
+    /// A DATA or BDAT body ended: check it and hand it to the spool, or refuse it.
+    fn finish_message(&mut self, result: DataResult) -> Step {
+        let transaction = std::mem::take(&mut self.transaction);
+        let Transaction::Rcpt { from, params, rcpts, .. } = transaction else {
+            return Step::Reply(reply::NEED_RCPT);
+        };
+        let message = match result {
+            Ok(message) => message,
+            Err(BodyError::BareLineEnding) => return Step::Reply(reply::BARE_LINE_ENDING),
+            Err(BodyError::TooBig) => return Step::Reply(reply::MESSAGE_TOO_BIG),
+        };
+        let Some(user) = self.user.clone() else {
+            return Step::Reply(reply::AUTH_REQUIRED);
+        };
+        match submission::check_from(&message, &user.senders) {
+            Err(FromProblem::Missing) => Step::Reply(reply::NO_FROM),
+            Err(FromProblem::NotOwned) => Step::Reply(reply::sender_not_owned(&user.login)),
+            Ok(()) => {
+                self.mode = Mode::Queueing;
+                Step::Queue(Box::new(Accepted {
+                    user,
+                    helo: self.helo.clone().unwrap_or_default(),
+                    sender: from,
+                    recipients: rcpts,
+                    params,
+                    message,
+                }))
+            }
+        }
+    }
+}
+
+/// Whether a line is a BDAT command (by its verb), whatever its arguments.
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && line.get(4).is_none_or(|b| *b == b' ')
+}
+
+/// The reply for a command line the parser refused.
+fn parse_error_reply(e: &ParseError) -> Reply {
+    match e {
+        ParseError::UnknownCommand => reply::UNKNOWN_COMMAND,
+        ParseError::Syntax(detail) => reply::syntax(detail),
+        ParseError::UnsupportedParameter => reply::UNSUPPORTED_PARAMETER,
+    }
+}
