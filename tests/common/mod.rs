@@ -1,0 +1,304 @@
+//! Shared helpers for the end-to-end tests: a real submitd server on 127.0.0.1:0 in a private
+//! temp directory, a raw SMTP client (plaintext, STARTTLS, implicit TLS) and spool readers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use submitd::config::Settings;
+use submitd::listener::Server;
+
+/// The server name in test certificates and greetings.
+pub const HOSTNAME: &str = "mail.example.test";
+pub const ALICE: &str = "alice@example.test";
+pub const ALICE_PASSWORD: &str = "alice-secret-pw";
+pub const BOB: &str = "bob@example.test";
+pub const BOB_PASSWORD: &str = "bob-secret-pw";
+/// Every wait in a test is bounded by this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The users file every test server starts with (hashed once per test binary).
+pub fn users_toml() -> &'static str {
+    static USERS: OnceLock<String> = OnceLock::new();
+    USERS.get_or_init(|| {
+        let alice = submitd::auth::verify::hash_password(ALICE_PASSWORD).unwrap();
+        let bob = submitd::auth::verify::hash_password(BOB_PASSWORD).unwrap();
+        format!(
+            "[[user]]\nlogin = \"{ALICE}\"\npassword = \"{alice}\"\n\
+             senders = [\"{ALICE}\", \"@alice.example.test\"]\n\n\
+             [[user]]\nlogin = \"{BOB}\"\npassword = \"{bob}\"\n"
+        )
+    })
+}
+
+/// A test certificate and key for [`HOSTNAME`] (made once per test binary).
+pub fn cert_and_key() -> &'static (String, String) {
+    static CERT: OnceLock<(String, String)> = OnceLock::new();
+    CERT.get_or_init(|| submitd::tls::self_signed(HOSTNAME).unwrap())
+}
+
+/// Write a config and its files into `dir`; `limits` are extra lines for `[limits]`.
+pub fn write_config(dir: &Path, limits: &str, submission: &str, submissions: &str) -> PathBuf {
+    let (cert, key) = cert_and_key();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("users.toml"), users_toml()).unwrap();
+    let config = format!(
+        "hostname = \"{HOSTNAME}\"\n\n[listen]\nsubmission = [\"{submission}\"]\n\
+         submissions = [\"{submissions}\"]\n\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+         [auth]\nusers = \"users.toml\"\n\n[limits]\n{limits}\n\n[queue]\ndir = \"queue\"\n"
+    );
+    let path = dir.join("submitd.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A running server in its own temp directory; stopped when dropped.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub submission: SocketAddr,
+    pub submissions: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with("").await
+    }
+
+    /// Start with extra `[limits]` lines, e.g. `max_recipients = 2`.
+    pub async fn start_with(limits: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), limits, "127.0.0.1:0", "127.0.0.1:0");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings = Settings::from_toml(&text, &path).unwrap();
+        let server = Server::bind(Arc::new(settings)).await.unwrap();
+        let submission = server.submission_addrs()[0];
+        let submissions = server.submissions_addrs()[0];
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server.run(shutdown.clone()));
+        TestServer { dir, submission, submissions, shutdown }
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.path().join("queue")
+    }
+
+    /// Every committed message: (envelope JSON, message bytes), oldest first.
+    pub fn queued(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        queued_in(&self.queue_dir())
+    }
+
+    /// A plaintext connection to 587, greeting read.
+    pub async fn plain(&self) -> Client {
+        Client::plain(self.submission).await
+    }
+
+    /// An implicit-TLS connection to 465, greeting read.
+    pub async fn tls(&self) -> Client {
+        Client::implicit_tls(self.submissions).await
+    }
+
+    /// 465, EHLO, AUTH PLAIN as alice.
+    pub async fn alice(&self) -> Client {
+        let mut c = self.tls().await;
+        c.cmd("EHLO client.test", "250").await;
+        c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Every committed message in a queue directory: (envelope JSON, message bytes).
+pub fn queued_in(dir: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut envs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "env"))
+        .collect();
+    envs.sort();
+    envs.iter()
+        .map(|env| {
+            let json = serde_json::from_slice(&std::fs::read(env).unwrap()).unwrap();
+            let msg = std::fs::read(env.with_extension("msg")).unwrap();
+            (json, msg)
+        })
+        .collect()
+}
+
+/// Base64 of a SASL PLAIN response.
+pub fn plain(login: &str, password: &str) -> String {
+    b64(format!("\0{login}\0{password}").as_bytes())
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A rustls client config that trusts the test certificate.
+pub fn client_tls() -> TlsConnector {
+    let (cert, _) = cert_and_key();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+/// A raw SMTP client: bytes out, whole replies in.
+pub struct Client {
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connect without reading anything.
+    pub async fn connect_raw(addr: SocketAddr) -> Client {
+        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr)).await.unwrap().unwrap();
+        Client { stream: Stream::Plain(tcp), buf: Vec::new() }
+    }
+
+    pub async fn plain(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_raw(addr).await;
+        let greeting = c.reply().await;
+        assert_eq!(greeting, format!("220 {HOSTNAME} ESMTP submitd\r\n"));
+        c
+    }
+
+    pub async fn implicit_tls(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_raw(addr).await;
+        c.upgrade().await.expect("TLS handshake");
+        let greeting = c.reply().await;
+        assert_eq!(greeting, format!("220 {HOSTNAME} ESMTP submitd\r\n"));
+        c
+    }
+
+    /// Do a TLS handshake on the current TCP stream.
+    pub async fn upgrade(&mut self) -> std::io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            panic!("already TLS");
+        };
+        let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
+        let tls = tokio::time::timeout(IO_TIMEOUT, client_tls().connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake"))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// STARTTLS and the handshake.
+    pub async fn starttls(&mut self) {
+        self.cmd("STARTTLS", "220 2.0.0").await;
+        assert!(self.buf.is_empty(), "bytes after the STARTTLS reply");
+        self.upgrade().await.unwrap();
+    }
+
+    fn io(&mut self) -> &mut dyn Io {
+        match &mut self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.as_mut(),
+            Stream::Gone => panic!("no stream"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let io = self.io();
+        tokio::time::timeout(IO_TIMEOUT, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        .expect("write timed out")
+        .expect("write failed");
+    }
+
+    /// Read one whole reply (all its lines), as text with CRLFs.
+    pub async fn reply(&mut self) -> String {
+        self.try_reply().await.expect("connection closed before a reply")
+    }
+
+    /// One whole reply, or `None` at EOF.
+    pub async fn try_reply(&mut self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            // A reply ends at a line whose 4th byte is a space.
+            let mut start = 0;
+            while let Some(pos) = self.buf[start..].windows(2).position(|w| w == b"\r\n") {
+                let end = start + pos + 2;
+                let line = &self.buf[start..end];
+                if line.len() < 6 || line[3] == b' ' {
+                    let text = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                    self.buf.drain(..end);
+                    return Some(text);
+                }
+                start = end;
+            }
+            let mut chunk = [0u8; 4096];
+            let io = self.io();
+            let n = tokio::time::timeout_at(deadline, io.read(&mut chunk))
+                .await
+                .expect("timed out waiting for a reply")
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(self.buf.is_empty(), "partial reply at EOF: {:?}", self.buf);
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Read a reply and check it starts with `prefix` (e.g. "250" or "553 5.7.1").
+    pub async fn expect(&mut self, prefix: &str) -> String {
+        let r = self.reply().await;
+        assert!(r.starts_with(prefix), "expected {prefix:?}, got {r:?}");
+        r
+    }
+
+    /// Send a command line and check the reply.
+    pub async fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.expect(prefix).await
+    }
+
+    /// Expect the server to close the connection (EOF, or a reset) with no further reply.
+    pub async fn expect_closed(&mut self) {
+        if let Some(r) = self.try_reply().await {
+            panic!("expected close, got {r:?}");
+        }
+    }
+}
+
+/// A small valid message from alice.
+pub fn message_from(from: &str) -> String {
+    format!("From: {from}\r\nTo: rcpt@example.net\r\nSubject: test\r\n\r\nHello.\r\n")
+}
