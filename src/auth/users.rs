@@ -160,16 +160,36 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
     parse(&text, path)
 }
 
-/// Read the file for editing; a missing file is an empty one when `missing_ok`.
-/// The whole file is validated first: we never rewrite a file we could not load.
-fn read_for_edit(path: &Path, missing_ok: bool) -> Result<RawFile, UsersError> {
+/// Read, change and atomically rewrite the file. Concurrent edits (two `submitd user ...`
+/// at once) are serialized by an exclusive lock on the directory: a lock on the file itself
+/// would be lost at the rename. A missing file is an empty one when `missing_ok`. The whole
+/// file is validated first: we never rewrite a file we could not load.
+fn edit(
+    path: &Path,
+    missing_ok: bool,
+    change: impl FnOnce(&mut RawFile) -> Result<(), UsersError>,
+) -> Result<(), UsersError> {
+    let dir = parent_dir(path);
+    let dir_handle = File::open(dir).map_err(|e| io_error(dir, e))?;
+    dir_handle.lock().map_err(|e| io_error(dir, e))?;
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io_error(path, e)),
     };
     parse(&text, path)?;
-    parse_raw(&text, path)
+    let mut raw = parse_raw(&text, path)?;
+    change(&mut raw)?;
+    write_back(path, &raw)
+    // The lock goes with `dir_handle`, after the rename and the directory fsync.
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Serialize, check the result loads, and replace the file atomically.
@@ -185,10 +205,7 @@ fn write_back(path: &Path, raw: &RawFile) -> Result<(), UsersError> {
 /// directory, so a crash leaves either the old or the new file, never a torn one.
 fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path.file_name().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -230,39 +247,42 @@ fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Add a user to the file (created when missing), atomically (temp file, fsync, rename).
 /// An existing login is `UsersError::Exists`. Empty `senders` means `[login]`.
 pub fn add_user(path: &Path, login: &str, phc: &str, senders: &[String]) -> Result<(), UsersError> {
-    let mut raw = read_for_edit(path, true)?;
-    if raw.users.iter().any(|u| u.login == login) {
-        return Err(UsersError::Exists(login.to_owned()));
-    }
-    raw.users.push(RawUser {
-        login: login.to_owned(),
-        password: phc.to_owned(),
-        senders: (!senders.is_empty()).then(|| senders.to_vec()),
-    });
-    write_back(path, &raw)
+    edit(path, true, |raw| {
+        if raw.users.iter().any(|u| u.login == login) {
+            return Err(UsersError::Exists(login.to_owned()));
+        }
+        raw.users.push(RawUser {
+            login: login.to_owned(),
+            password: phc.to_owned(),
+            senders: (!senders.is_empty()).then(|| senders.to_vec()),
+        });
+        Ok(())
+    })
 }
 
 /// Replace a user's password hash, atomically.
 pub fn set_password(path: &Path, login: &str, phc: &str) -> Result<(), UsersError> {
-    let mut raw = read_for_edit(path, false)?;
-    let user = raw
-        .users
-        .iter_mut()
-        .find(|u| u.login == login)
-        .ok_or_else(|| UsersError::NoSuchUser(login.to_owned()))?;
-    user.password = phc.to_owned();
-    write_back(path, &raw)
+    edit(path, false, |raw| {
+        let user = raw
+            .users
+            .iter_mut()
+            .find(|u| u.login == login)
+            .ok_or_else(|| UsersError::NoSuchUser(login.to_owned()))?;
+        user.password = phc.to_owned();
+        Ok(())
+    })
 }
 
 /// Remove a user, atomically.
 pub fn remove_user(path: &Path, login: &str) -> Result<(), UsersError> {
-    let mut raw = read_for_edit(path, false)?;
-    let before = raw.users.len();
-    raw.users.retain(|u| u.login != login);
-    if raw.users.len() == before {
-        return Err(UsersError::NoSuchUser(login.to_owned()));
-    }
-    write_back(path, &raw)
+    edit(path, false, |raw| {
+        let before = raw.users.len();
+        raw.users.retain(|u| u.login != login);
+        if raw.users.len() == before {
+            return Err(UsersError::NoSuchUser(login.to_owned()));
+        }
+        Ok(())
+    })
 }
 
 /// What identifies one version of the file without reading it. The inode catches an atomic
@@ -353,6 +373,9 @@ impl UserStore {
     }
 
     /// Look a login up (exact match), reloading the file first if it changed.
+    ///
+    /// At most once per interval this stats (and on change re-reads) the file: blocking IO,
+    /// which is why [`Verifier`](super::verify::Verifier) calls it inside `spawn_blocking`.
     pub fn get(&self, login: &str) -> Option<Arc<User>> {
         self.maybe_reload();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
@@ -624,6 +647,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["users.toml"]);
+    }
+
+    #[test]
+    fn concurrent_adds_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::thread::scope(|scope| {
+            for i in 0..8 {
+                let path = &path;
+                scope.spawn(move || add_user(path, &format!("u{i}@x.test"), PHC, &[]).unwrap());
+            }
+        });
+        assert_eq!(load(&path).unwrap().len(), 8);
     }
 
     #[test]
