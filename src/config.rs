@@ -1101,3 +1101,28 @@ bogus = true
         assert_eq!(errs.0[0].file, Path::new("/nonexistent/submitd.toml"));
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    #[test]
+    fn production_template_is_valid_and_dev_is_off() {
+        let s = Settings::from_toml(include_str!("../config/submitd.toml"), Path::new("/etc/submitd/submitd.toml"))
+            .unwrap();
+        assert!(!s.dev.bootstrap);
+        assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
+        assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
+        assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
+        assert_eq!(s.queue.dir, Path::new("/var/spool/submitd"));
+    }
+
+    #[test]
+    fn dev_config_is_valid() {
+        let s = Settings::from_toml(include_str!("../config/dev.toml"), Path::new("config/dev.toml")).unwrap();
+        assert!(s.dev.bootstrap);
+        assert_eq!(s.hostname, "localhost");
+        assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));
+        assert_eq!(s.relay.mode, RelayMode::Smarthost);
+    }
+}
