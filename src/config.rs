@@ -152,7 +152,11 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.to_path_buf(), key: key.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -204,7 +208,11 @@ fn default_submissions() -> Vec<String> {
 
 impl Default for RawListen {
     fn default() -> Self {
-        RawListen { submission: default_submission(), submissions: default_submissions(), proxy_protocol: false }
+        RawListen {
+            submission: default_submission(),
+            submissions: default_submissions(),
+            proxy_protocol: false,
+        }
     }
 }
 
@@ -287,7 +295,9 @@ fn default_queue_dir() -> String {
     "var/queue".into()
 }
 fn default_retry() -> Vec<String> {
-    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"].map(String::from).to_vec()
+    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_max_age() -> String {
     "5d".into()
@@ -295,7 +305,11 @@ fn default_max_age() -> String {
 
 impl Default for RawQueue {
     fn default() -> Self {
-        RawQueue { dir: default_queue_dir(), retry: default_retry(), max_age: default_max_age() }
+        RawQueue {
+            dir: default_queue_dir(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+        }
     }
 }
 
@@ -379,7 +393,10 @@ fn default_dev_user() -> String {
 
 impl Default for RawDev {
     fn default() -> Self {
-        RawDev { bootstrap: false, user: default_dev_user() }
+        RawDev {
+            bootstrap: false,
+            user: default_dev_user(),
+        }
     }
 }
 
@@ -450,7 +467,13 @@ fn parse_raw(text: &str, problems: &mut Problems<'_>) -> Option<(RawConfig, Vec<
             let pos = e.span().map_or(0, |s| s.start);
             let (line, col) = line_col(text, pos);
             let key = key_at(text, pos).map_or_else(|| "-".to_string(), |p| p.join("."));
-            problems.push(key, format!("TOML syntax error at line {line}, column {col}: {}", e.message().trim()));
+            problems.push(
+                key,
+                format!(
+                    "TOML syntax error at line {line}, column {col}: {}",
+                    e.message().trim()
+                ),
+            );
         }
         return None;
     }
@@ -474,7 +497,10 @@ fn parse_raw(text: &str, problems: &mut Problems<'_>) -> Option<(RawConfig, Vec<
                 current = toml::to_string(&doc).ok()?;
             }
             other => {
-                problems.push(other.map_or_else(|| "-".to_string(), |p| p.join(".")), message);
+                problems.push(
+                    other.map_or_else(|| "-".to_string(), |p| p.join(".")),
+                    message,
+                );
                 return None;
             }
         }
@@ -494,7 +520,9 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if trimmed.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!("{name:?} is an IP address; a domain name is required"));
+        return Err(format!(
+            "{name:?} is an IP address; a domain name is required"
+        ));
     }
     if trimmed.len() > 253 {
         return Err(format!("{name:?} is longer than 253 characters"));
@@ -502,15 +530,25 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
     for label in trimmed.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("{name:?} is not a valid domain name (bad label {label:?})"));
+            return Err(format!(
+                "{name:?} is not a valid domain name (bad label {label:?})"
+            ));
         }
     }
-    if trimmed.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!("{name:?} is not a valid domain name (numeric top-level label)"));
+    if trimmed
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{name:?} is not a valid domain name (numeric top-level label)"
+        ));
     }
     Ok(())
 }
@@ -519,7 +557,12 @@ fn duration(problems: &mut Problems<'_>, key: &str, value: &str) -> Option<Durat
     match humantime::parse_duration(value.trim()) {
         Ok(d) => Some(d),
         Err(e) => {
-            problems.push(key, format!("{value:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\""));
+            problems.push(
+                key,
+                format!(
+                    "{value:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\""
+                ),
+            );
             None
         }
     }
@@ -542,13 +585,21 @@ fn addresses(problems: &mut Problems<'_>, key: &str, values: &[String]) -> Vec<S
     for v in values {
         match v.trim().parse::<SocketAddr>() {
             Ok(a) => out.push(a),
-            Err(_) => problems.push(key, format!("{v:?} is not an address:port (e.g. \"0.0.0.0:587\", \"[::]:587\")")),
+            Err(_) => problems.push(
+                key,
+                format!("{v:?} is not an address:port (e.g. \"0.0.0.0:587\", \"[::]:587\")"),
+            ),
         }
     }
     out
 }
 
-fn required<'a>(problems: &mut Problems<'_>, bad: &[String], key: &str, value: &'a Option<String>) -> Option<&'a str> {
+fn required<'a>(
+    problems: &mut Problems<'_>,
+    bad: &[String],
+    key: &str,
+    value: &'a Option<String>,
+) -> Option<&'a str> {
     match value.as_deref() {
         Some(v) if !v.trim().is_empty() => Some(v),
         Some(_) => {
@@ -563,8 +614,16 @@ fn required<'a>(problems: &mut Problems<'_>, bad: &[String], key: &str, value: &
     }
 }
 
-fn one_of<T: Copy>(problems: &mut Problems<'_>, key: &str, value: &str, allowed: &[(&str, T)]) -> Option<T> {
-    let found = allowed.iter().find(|(name, _)| *name == value).map(|(_, v)| *v);
+fn one_of<T: Copy>(
+    problems: &mut Problems<'_>,
+    key: &str,
+    value: &str,
+    allowed: &[(&str, T)],
+) -> Option<T> {
+    let found = allowed
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v);
     if found.is_none() {
         let names: Vec<String> = allowed.iter().map(|(n, _)| format!("\"{n}\"")).collect();
         problems.push(key, format!("{value:?} is not one of {}", names.join(", ")));
@@ -574,13 +633,18 @@ fn one_of<T: Copy>(problems: &mut Problems<'_>, key: &str, value: &str, allowed:
 
 /// `host:port` with a non-empty host (domain, IPv4 or `[IPv6]`) and a port 1-65535.
 fn check_host_port(value: &str) -> Result<(), String> {
-    let (host, port) = value.rsplit_once(':').ok_or_else(|| format!("{value:?} must be \"host:port\""))?;
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} must be \"host:port\""))?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
     if !port_ok {
         return Err(format!("{value:?}: port must be 1-65535"));
     }
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().map(|_| ()).map_err(|_| format!("{value:?}: bad IPv6 address"));
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{value:?}: bad IPv6 address"));
     }
     if host.parse::<std::net::Ipv4Addr>().is_ok() {
         return Ok(());
@@ -591,13 +655,20 @@ fn check_host_port(value: &str) -> Result<(), String> {
 /// Resolve a path from the config file against the config file's directory.
 fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 impl Settings {
     /// Parse and validate config text; `path` names the file in errors and anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigErrors> {
-        let mut problems = Problems { file: path, errors: Vec::new() };
+        let mut problems = Problems {
+            file: path,
+            errors: Vec::new(),
+        };
         let Some((raw, bad)) = parse_raw(text, &mut problems) else {
             return Err(ConfigErrors(problems.errors));
         };
@@ -617,7 +688,10 @@ impl Settings {
             proxy_protocol: raw.listen.proxy_protocol,
         };
         if raw.listen.submission.is_empty() && raw.listen.submissions.is_empty() {
-            p.push("listen", "no listen address: set listen.submission and/or listen.submissions");
+            p.push(
+                "listen",
+                "no listen address: set listen.submission and/or listen.submissions",
+            );
         }
 
         let cert = required(p, &bad, "tls.cert", &raw.tls.cert).map(|v| resolve(base, v));
@@ -626,18 +700,41 @@ impl Settings {
 
         let l = &raw.limits;
         let max_message_size = positive(p, "limits.max_message_size", l.max_message_size, u64::MAX);
-        let max_recipients = positive(p, "limits.max_recipients", l.max_recipients, usize::MAX as u64);
-        let max_connections = positive(p, "limits.max_connections", l.max_connections, usize::MAX as u64);
-        let max_connections_per_ip =
-            positive(p, "limits.max_connections_per_ip", l.max_connections_per_ip, usize::MAX as u64);
-        let command_timeout = duration(p, "limits.command_timeout", &l.command_timeout).filter(|d| {
-            let ok = *d >= Duration::from_secs(1);
-            if !ok {
-                p.push("limits.command_timeout", format!("{:?} is too short: at least 1s", l.command_timeout));
-            }
-            ok
-        });
-        let max_auth_failures = positive(p, "limits.max_auth_failures", l.max_auth_failures, u32::MAX as u64);
+        let max_recipients = positive(
+            p,
+            "limits.max_recipients",
+            l.max_recipients,
+            usize::MAX as u64,
+        );
+        let max_connections = positive(
+            p,
+            "limits.max_connections",
+            l.max_connections,
+            usize::MAX as u64,
+        );
+        let max_connections_per_ip = positive(
+            p,
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+            usize::MAX as u64,
+        );
+        let command_timeout =
+            duration(p, "limits.command_timeout", &l.command_timeout).filter(|d| {
+                let ok = *d >= Duration::from_secs(1);
+                if !ok {
+                    p.push(
+                        "limits.command_timeout",
+                        format!("{:?} is too short: at least 1s", l.command_timeout),
+                    );
+                }
+                ok
+            });
+        let max_auth_failures = positive(
+            p,
+            "limits.max_auth_failures",
+            l.max_auth_failures,
+            u32::MAX as u64,
+        );
 
         let q = &raw.queue;
         if q.dir.trim().is_empty() {
@@ -649,7 +746,10 @@ impl Settings {
         let mut retry = Vec::new();
         for r in &q.retry {
             match duration(p, "queue.retry", r) {
-                Some(d) if d.is_zero() => p.push("queue.retry", format!("{r:?}: intervals must be longer than 0")),
+                Some(d) if d.is_zero() => p.push(
+                    "queue.retry",
+                    format!("{r:?}: intervals must be longer than 0"),
+                ),
                 Some(d) => retry.push(d),
                 None => {}
             }
@@ -657,13 +757,22 @@ impl Settings {
         let max_age = positive_duration(p, "queue.max_age", &q.max_age);
 
         let r = &raw.relay;
-        let mode = one_of(p, "relay.mode", &r.mode, &[("mx", RelayMode::Mx), ("smarthost", RelayMode::Smarthost)]);
+        let mode = one_of(
+            p,
+            "relay.mode",
+            &r.mode,
+            &[("mx", RelayMode::Mx), ("smarthost", RelayMode::Smarthost)],
+        );
         let port = positive(p, "relay.port", r.port, u16::MAX as u64);
         let relay_tls = one_of(
             p,
             "relay.tls",
             &r.tls,
-            &[("opportunistic", RelayTls::Opportunistic), ("required", RelayTls::Required), ("none", RelayTls::None)],
+            &[
+                ("opportunistic", RelayTls::Opportunistic),
+                ("required", RelayTls::Required),
+                ("none", RelayTls::None),
+            ],
         );
         let timeout = positive_duration(p, "relay.timeout", &r.timeout);
         let resolver = addresses(p, "relay.resolver", &r.resolver);
@@ -671,17 +780,27 @@ impl Settings {
             p,
             "relay.smarthost_tls",
             &r.smarthost_tls,
-            &[("starttls", SmarthostTls::Starttls), ("implicit", SmarthostTls::Implicit), ("none", SmarthostTls::None)],
+            &[
+                ("starttls", SmarthostTls::Starttls),
+                ("implicit", SmarthostTls::Implicit),
+                ("none", SmarthostTls::None),
+            ],
         );
         if mode == Some(RelayMode::Smarthost) {
             if r.smarthost.trim().is_empty() {
-                p.push("relay.smarthost", "required when relay.mode = \"smarthost\" (\"host:port\")");
+                p.push(
+                    "relay.smarthost",
+                    "required when relay.mode = \"smarthost\" (\"host:port\")",
+                );
             } else if let Err(e) = check_host_port(r.smarthost.trim()) {
                 p.push("relay.smarthost", e);
             }
         }
         if r.smarthost_user.is_empty() != r.smarthost_password.is_empty() {
-            p.push("relay.smarthost_user", "smarthost_user and smarthost_password go together: set both or neither");
+            p.push(
+                "relay.smarthost_user",
+                "smarthost_user and smarthost_password go together: set both or neither",
+            );
         }
         if mode == Some(RelayMode::Smarthost)
             && smarthost_tls == Some(SmarthostTls::None)
@@ -707,8 +826,13 @@ impl Settings {
             config_path: path.to_path_buf(),
             hostname: hostname.ok_or_else(missing)?,
             listen,
-            tls: TlsFiles { cert: cert.ok_or_else(missing)?, key: key.ok_or_else(missing)? },
-            auth: AuthSettings { users: users.ok_or_else(missing)? },
+            tls: TlsFiles {
+                cert: cert.ok_or_else(missing)?,
+                key: key.ok_or_else(missing)?,
+            },
+            auth: AuthSettings {
+                users: users.ok_or_else(missing)?,
+            },
             limits: Limits {
                 max_message_size: max_message_size.ok_or_else(missing)?,
                 max_recipients: max_recipients.ok_or_else(missing)? as usize,
@@ -717,7 +841,11 @@ impl Settings {
                 command_timeout: command_timeout.ok_or_else(missing)?,
                 max_auth_failures: max_auth_failures.ok_or_else(missing)? as u32,
             },
-            queue: QueueSettings { dir: resolve(base, q.dir.trim()), retry, max_age: max_age.ok_or_else(missing)? },
+            queue: QueueSettings {
+                dir: resolve(base, q.dir.trim()),
+                retry,
+                max_age: max_age.ok_or_else(missing)?,
+            },
             relay: RelaySettings {
                 mode: mode.ok_or_else(missing)?,
                 port: port.ok_or_else(missing)? as u16,
@@ -730,8 +858,13 @@ impl Settings {
                 smarthost_password: r.smarthost_password.clone(),
                 ca_file,
             },
-            submission: SubmissionSettings { received_client_ip: raw.submission.received_client_ip },
-            dev: DevSettings { bootstrap: raw.dev.bootstrap, user: raw.dev.user.trim().to_string() },
+            submission: SubmissionSettings {
+                received_client_ip: raw.submission.received_client_ip,
+            },
+            dev: DevSettings {
+                bootstrap: raw.dev.bootstrap,
+                user: raw.dev.user.trim().to_string(),
+            },
         })
     }
 
@@ -754,15 +887,23 @@ impl Settings {
     /// Kept apart from [`Settings::from_toml`] so that `user add` and the dev bootstrap work
     /// before these files exist.
     pub fn check_files(&self) -> Result<(), ConfigErrors> {
-        let mut problems = Problems { file: &self.config_path, errors: Vec::new() };
+        let mut problems = Problems {
+            file: &self.config_path,
+            errors: Vec::new(),
+        };
         let p = &mut problems;
 
-        let certs = crate::tls::load_certs(&self.tls.cert).map_err(|e| p.push("tls.cert", e.to_string()));
+        let certs =
+            crate::tls::load_certs(&self.tls.cert).map_err(|e| p.push("tls.cert", e.to_string()));
         let key = crate::tls::load_key(&self.tls.key).map_err(|e| p.push("tls.key", e.to_string()));
         if certs.is_ok() && key.is_ok() {
             // Both load: what is left is whether they belong together.
             if let Err(e) = crate::tls::load_server_config(&self.tls.cert, &self.tls.key) {
-                let k = if e.path() == Some(self.tls.cert.display().to_string().as_str()) { "tls.cert" } else { "tls.key" };
+                let k = if e.path() == Some(self.tls.cert.display().to_string().as_str()) {
+                    "tls.cert"
+                } else {
+                    "tls.key"
+                };
                 p.push(k, e.to_string());
             }
         }
@@ -783,18 +924,29 @@ impl Settings {
             Ok(_) => p.push("queue.dir", format!("{}: not a directory", dir.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Created at startup (mode 0700); its parent must be there to hold it.
-                let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let parent = dir
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 if !parent.is_dir() {
                     p.push(
                         "queue.dir",
-                        format!("{}: does not exist, and neither does its parent directory {}", dir.display(), parent.display()),
+                        format!(
+                            "{}: does not exist, and neither does its parent directory {}",
+                            dir.display(),
+                            parent.display()
+                        ),
                     );
                 }
             }
             Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
         }
 
-        if problems.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(problems.errors)) }
+        if problems.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(problems.errors))
+        }
     }
 }
 
@@ -850,8 +1002,14 @@ users = "users.toml"
     fn defaults() {
         let s = parse(MINIMAL).unwrap();
         assert_eq!(s.hostname, "mail.example.test");
-        assert_eq!(s.listen.submission, vec!["0.0.0.0:587".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(s.listen.submissions, vec!["0.0.0.0:465".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            s.listen.submission,
+            vec!["0.0.0.0:587".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            s.listen.submissions,
+            vec!["0.0.0.0:465".parse::<SocketAddr>().unwrap()]
+        );
         assert!(!s.listen.proxy_protocol);
         assert_eq!(s.limits.max_message_size, 26_214_400);
         assert_eq!(s.limits.max_recipients, 100);
@@ -927,11 +1085,17 @@ user = "me@localhost"
         assert!(s.listen.submissions.is_empty());
         assert!(s.listen.proxy_protocol);
         assert_eq!(s.limits.command_timeout, Duration::from_secs(1));
-        assert_eq!(s.queue.retry, vec![Duration::from_secs(30), Duration::from_secs(5400)]);
+        assert_eq!(
+            s.queue.retry,
+            vec![Duration::from_secs(30), Duration::from_secs(5400)]
+        );
         assert_eq!(s.relay.mode, RelayMode::Smarthost);
         assert_eq!(s.relay.port, 2525);
         assert_eq!(s.relay.tls, RelayTls::Required);
-        assert_eq!(s.relay.resolver, vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            s.relay.resolver,
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(s.relay.smarthost_tls, SmarthostTls::Implicit);
         assert!(s.submission.received_client_ip);
         assert!(s.dev.bootstrap);
@@ -940,12 +1104,18 @@ user = "me@localhost"
 
     #[test]
     fn relative_paths_resolve_against_config_dir() {
-        let s = parse(&with("[queue]\ndir = \"spool\"\n[relay]\nca_file = \"ca/bundle.pem\"")).unwrap();
+        let s = parse(&with(
+            "[queue]\ndir = \"spool\"\n[relay]\nca_file = \"ca/bundle.pem\"",
+        ))
+        .unwrap();
         assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
         assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
         assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
         assert_eq!(s.queue.dir, Path::new("/etc/submitd/spool"));
-        assert_eq!(s.relay.ca_file.as_deref(), Some(Path::new("/etc/submitd/ca/bundle.pem")));
+        assert_eq!(
+            s.relay.ca_file.as_deref(),
+            Some(Path::new("/etc/submitd/ca/bundle.pem"))
+        );
 
         let s = Settings::from_toml(MINIMAL, Path::new("config/dev.toml")).unwrap();
         assert_eq!(s.tls.cert, Path::new("config/certs/cert.pem"));
@@ -963,12 +1133,23 @@ user = "me@localhost"
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["hostname", "tls.cert", "tls.key", "auth.users"]);
         assert!(errs.iter().all(|(_, m)| m.contains("required")));
-        assert_error(&MINIMAL.replace("\"users.toml\"", "\"\""), "auth.users", "must not be empty");
+        assert_error(
+            &MINIMAL.replace("\"users.toml\"", "\"\""),
+            "auth.users",
+            "must not be empty",
+        );
     }
 
     #[test]
     fn hostname_must_be_a_domain() {
-        for bad in ["-bad.example", "a..b", "exa mple.test", "mail_1.example.test", "192.0.2.1", "x.123"] {
+        for bad in [
+            "-bad.example",
+            "a..b",
+            "exa mple.test",
+            "mail_1.example.test",
+            "192.0.2.1",
+            "x.123",
+        ] {
             assert_error(&MINIMAL.replace("mail.example.test", bad), "hostname", "");
         }
         assert!(parse(&MINIMAL.replace("mail.example.test", "localhost")).is_ok());
@@ -978,8 +1159,16 @@ user = "me@localhost"
 
     #[test]
     fn unknown_keys_name_the_dotted_key() {
-        assert_error(&with("[limits]\nmax_conections = 5"), "limits.max_conections", "unknown key");
-        assert_error(&format!("colour = \"blue\"\n{MINIMAL}"), "colour", "unknown key");
+        assert_error(
+            &with("[limits]\nmax_conections = 5"),
+            "limits.max_conections",
+            "unknown key",
+        );
+        assert_error(
+            &format!("colour = \"blue\"\n{MINIMAL}"),
+            "colour",
+            "unknown key",
+        );
         // A key after [auth] belongs to [auth].
         assert_error(&with("colour = \"blue\""), "auth.colour", "unknown key");
         assert_error(&with("[dkim]\nselector = \"s1\""), "dkim", "unknown key");
@@ -987,8 +1176,16 @@ user = "me@localhost"
 
     #[test]
     fn type_errors_name_the_key() {
-        assert_error(&with("[limits]\nmax_recipients = \"many\""), "limits.max_recipients", "invalid type");
-        assert_error(&with("[listen]\nsubmission = \"0.0.0.0:587\""), "listen.submission", "invalid type");
+        assert_error(
+            &with("[limits]\nmax_recipients = \"many\""),
+            "limits.max_recipients",
+            "invalid type",
+        );
+        assert_error(
+            &with("[listen]\nsubmission = \"0.0.0.0:587\""),
+            "listen.submission",
+            "invalid type",
+        );
         // A mistyped required key is reported once, as a type error.
         let errs = errors(&MINIMAL.replace("hostname = \"mail.example.test\"", "hostname = 5"));
         assert_eq!(errs.len(), 1, "{errs:?}");
@@ -999,58 +1196,159 @@ user = "me@localhost"
     fn syntax_errors_give_a_location() {
         let errs = errors("hostname = \"a\nb\"\n");
         assert!(errs.iter().any(|(_, m)| m.contains("line 1")), "{errs:?}");
-        assert_error(&with("[limits]\nmax_recipients = 1\nmax_recipients = 2"), "-", "TOML syntax error");
+        assert_error(
+            &with("[limits]\nmax_recipients = 1\nmax_recipients = 2"),
+            "-",
+            "TOML syntax error",
+        );
     }
 
     #[test]
     fn listen_addresses() {
-        assert_error(&with("[listen]\nsubmission = [\"0.0.0.0\"]"), "listen.submission", "address:port");
-        assert_error(&with("[listen]\nsubmissions = [\"localhost:465\"]"), "listen.submissions", "address:port");
-        assert_error(&with("[listen]\nsubmission = []\nsubmissions = []"), "listen", "no listen address");
+        assert_error(
+            &with("[listen]\nsubmission = [\"0.0.0.0\"]"),
+            "listen.submission",
+            "address:port",
+        );
+        assert_error(
+            &with("[listen]\nsubmissions = [\"localhost:465\"]"),
+            "listen.submissions",
+            "address:port",
+        );
+        assert_error(
+            &with("[listen]\nsubmission = []\nsubmissions = []"),
+            "listen",
+            "no listen address",
+        );
         assert!(parse(&with("[listen]\nsubmission = []")).is_ok());
     }
 
     #[test]
     fn limits_must_be_positive() {
-        for key in ["max_message_size", "max_recipients", "max_connections", "max_connections_per_ip", "max_auth_failures"]
-        {
-            assert_error(&with(&format!("[limits]\n{key} = 0")), &format!("limits.{key}"), "positive");
-            assert_error(&with(&format!("[limits]\n{key} = -3")), &format!("limits.{key}"), "positive");
+        for key in [
+            "max_message_size",
+            "max_recipients",
+            "max_connections",
+            "max_connections_per_ip",
+            "max_auth_failures",
+        ] {
+            assert_error(
+                &with(&format!("[limits]\n{key} = 0")),
+                &format!("limits.{key}"),
+                "positive",
+            );
+            assert_error(
+                &with(&format!("[limits]\n{key} = -3")),
+                &format!("limits.{key}"),
+                "positive",
+            );
         }
-        assert_error(&with("[limits]\nmax_auth_failures = 5000000000"), "limits.max_auth_failures", "at most");
+        assert_error(
+            &with("[limits]\nmax_auth_failures = 5000000000"),
+            "limits.max_auth_failures",
+            "at most",
+        );
     }
 
     #[test]
     fn durations() {
-        assert_error(&with("[limits]\ncommand_timeout = \"5 minutes please\""), "limits.command_timeout", "not a duration");
-        assert_error(&with("[limits]\ncommand_timeout = \"500ms\""), "limits.command_timeout", "at least 1s");
+        assert_error(
+            &with("[limits]\ncommand_timeout = \"5 minutes please\""),
+            "limits.command_timeout",
+            "not a duration",
+        );
+        assert_error(
+            &with("[limits]\ncommand_timeout = \"500ms\""),
+            "limits.command_timeout",
+            "at least 1s",
+        );
         assert_error(&with("[queue]\nretry = []"), "queue.retry", "at least one");
-        assert_error(&with("[queue]\nretry = [\"1m\", \"0s\"]"), "queue.retry", "longer than 0");
-        assert_error(&with("[queue]\nretry = [\"1m\", \"soon\"]"), "queue.retry", "not a duration");
-        assert_error(&with("[queue]\nmax_age = \"0s\""), "queue.max_age", "longer than 0");
-        assert_error(&with("[relay]\ntimeout = \"5x\""), "relay.timeout", "not a duration");
+        assert_error(
+            &with("[queue]\nretry = [\"1m\", \"0s\"]"),
+            "queue.retry",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[queue]\nretry = [\"1m\", \"soon\"]"),
+            "queue.retry",
+            "not a duration",
+        );
+        assert_error(
+            &with("[queue]\nmax_age = \"0s\""),
+            "queue.max_age",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[relay]\ntimeout = \"5x\""),
+            "relay.timeout",
+            "not a duration",
+        );
     }
 
     #[test]
     fn relay_enums_and_smarthost() {
-        assert_error(&with("[relay]\nmode = \"direct\""), "relay.mode", "\"mx\", \"smarthost\"");
+        assert_error(
+            &with("[relay]\nmode = \"direct\""),
+            "relay.mode",
+            "\"mx\", \"smarthost\"",
+        );
         assert_error(&with("[relay]\ntls = \"may\""), "relay.tls", "not one of");
-        assert_error(&with("[relay]\nsmarthost_tls = \"ssl\""), "relay.smarthost_tls", "not one of");
-        assert_error(&with("[relay]\nmode = \"smarthost\""), "relay.smarthost", "required");
-        assert_error(&with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test\""), "relay.smarthost", "host:port");
-        assert_error(&with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test:0\""), "relay.smarthost", "port");
-        assert_error(&with("[relay]\nmode = \"smarthost\"\nsmarthost = \":25\""), "relay.smarthost", "");
+        assert_error(
+            &with("[relay]\nsmarthost_tls = \"ssl\""),
+            "relay.smarthost_tls",
+            "not one of",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\""),
+            "relay.smarthost",
+            "required",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test\""),
+            "relay.smarthost",
+            "host:port",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test:0\""),
+            "relay.smarthost",
+            "port",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \":25\""),
+            "relay.smarthost",
+            "",
+        );
         for ok in ["relay.example.test:587", "127.0.0.1:2525", "[::1]:25"] {
-            assert!(parse(&with(&format!("[relay]\nmode = \"smarthost\"\nsmarthost = \"{ok}\""))).is_ok(), "{ok}");
+            assert!(
+                parse(&with(&format!(
+                    "[relay]\nmode = \"smarthost\"\nsmarthost = \"{ok}\""
+                )))
+                .is_ok(),
+                "{ok}"
+            );
         }
         // The smarthost is only checked when it is used.
         assert!(parse(&with("[relay]\nsmarthost = \"junk\"")).is_ok());
         assert_error(&with("[relay]\nport = 0"), "relay.port", "positive");
-        assert_error(&with("[relay]\nport = 70000"), "relay.port", "at most 65535");
-        assert_error(&with("[relay]\nresolver = [\"127.0.0.1\"]"), "relay.resolver", "address:port");
-        assert_error(&with("[relay]\nsmarthost_user = \"u\""), "relay.smarthost_user", "set both");
         assert_error(
-            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \"h.test:25\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"u\"\nsmarthost_password = \"p\""),
+            &with("[relay]\nport = 70000"),
+            "relay.port",
+            "at most 65535",
+        );
+        assert_error(
+            &with("[relay]\nresolver = [\"127.0.0.1\"]"),
+            "relay.resolver",
+            "address:port",
+        );
+        assert_error(
+            &with("[relay]\nsmarthost_user = \"u\""),
+            "relay.smarthost_user",
+            "set both",
+        );
+        assert_error(
+            &with(
+                "[relay]\nmode = \"smarthost\"\nsmarthost = \"h.test:25\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"u\"\nsmarthost_password = \"p\"",
+            ),
             "relay.smarthost_tls",
             "never sent in clear",
         );
@@ -1086,11 +1384,17 @@ bogus = true
             "tls.key",
             "auth.users",
         ] {
-            assert!(keys.iter().any(|k| k == want), "{want} missing from {keys:?}");
+            assert!(
+                keys.iter().any(|k| k == want),
+                "{want} missing from {keys:?}"
+            );
         }
         let display = parse(text).unwrap_err().to_string();
         assert!(display.lines().count() >= 11);
-        assert!(display.contains("/etc/submitd/submitd.toml: limits.max_conections: unknown key"), "{display}");
+        assert!(
+            display.contains("/etc/submitd/submitd.toml: limits.max_conections: unknown key"),
+            "{display}"
+        );
     }
 
     #[test]
@@ -1108,8 +1412,11 @@ mod shipped_files {
 
     #[test]
     fn production_template_is_valid_and_dev_is_off() {
-        let s = Settings::from_toml(include_str!("../config/submitd.toml"), Path::new("/etc/submitd/submitd.toml"))
-            .unwrap();
+        let s = Settings::from_toml(
+            include_str!("../config/submitd.toml"),
+            Path::new("/etc/submitd/submitd.toml"),
+        )
+        .unwrap();
         assert!(!s.dev.bootstrap);
         assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
         assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
@@ -1119,7 +1426,11 @@ mod shipped_files {
 
     #[test]
     fn dev_config_is_valid() {
-        let s = Settings::from_toml(include_str!("../config/dev.toml"), Path::new("config/dev.toml")).unwrap();
+        let s = Settings::from_toml(
+            include_str!("../config/dev.toml"),
+            Path::new("config/dev.toml"),
+        )
+        .unwrap();
         assert!(s.dev.bootstrap);
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));

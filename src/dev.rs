@@ -34,13 +34,15 @@ pub fn bootstrap(settings: &Settings) -> anyhow::Result<()> {
     }
 
     if let Some(parent) = non_empty_parent(&settings.queue.dir) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
 
     let users = &settings.auth.users;
     if !users.exists() {
         if let Some(parent) = non_empty_parent(users) {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         let password = random_password();
         let phc = crate::auth::verify::hash_password(&password)
@@ -59,7 +61,11 @@ fn non_empty_parent(p: &Path) -> Option<&Path> {
 }
 
 fn random_password() -> String {
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(PASSWORD_LEN).map(char::from).collect()
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(PASSWORD_LEN)
+        .map(char::from)
+        .collect()
 }
 
 /// Write `secret` plus a newline to `path`, readable by the owner only.
@@ -80,7 +86,11 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
 fn client_addr(addr: SocketAddr) -> SocketAddr {
     let mut a = addr;
     if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        a.set_ip(if a.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
     }
     a
 }
@@ -89,7 +99,10 @@ fn client_addr(addr: SocketAddr) -> SocketAddr {
 /// test mail (implicit TLS when there is a submissions address, STARTTLS otherwise).
 fn banner(settings: &Settings, password: &str, pw_file: &Path) -> String {
     let user = &settings.dev.user;
-    let url = match (settings.listen.submissions.first(), settings.listen.submission.first()) {
+    let url = match (
+        settings.listen.submissions.first(),
+        settings.listen.submission.first(),
+    ) {
         (Some(a), _) => format!("smtps://{}", client_addr(*a)),
         (None, Some(a)) => format!("smtp://{}", client_addr(*a)),
         (None, None) => "smtps://127.0.0.1:465".to_string(),

@@ -24,7 +24,12 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 #[command(name = "submitd", version)]
 struct Cli {
     /// Config file (relative paths in it resolve against its directory).
-    #[arg(long, global = true, value_name = "FILE", default_value = "config/submitd.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "config/submitd.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -157,9 +162,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cert(CertCommand::SelfSigned { hostname, out }) => {
-            submitd::config::check_hostname(&hostname).map_err(|e| usage(format!("--hostname: {e}")))?;
-            submitd::tls::write_self_signed(&hostname, &out).map_err(|e| Failure::Runtime(e.into()))?;
-            println!("wrote {} and {}", out.join("cert.pem").display(), out.join("key.pem").display());
+            submitd::config::check_hostname(&hostname)
+                .map_err(|e| usage(format!("--hostname: {e}")))?;
+            submitd::tls::write_self_signed(&hostname, &out)
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            println!(
+                "wrote {} and {}",
+                out.join("cert.pem").display(),
+                out.join("key.pem").display()
+            );
             Ok(())
         }
     }
@@ -167,7 +178,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 fn user(path: &Path, cmd: UserCommand) -> Result<(), Failure> {
     match cmd {
-        UserCommand::Add { login, senders, password_stdin } => {
+        UserCommand::Add {
+            login,
+            senders,
+            password_stdin,
+        } => {
             if login.trim().is_empty() || login.chars().any(char::is_whitespace) {
                 return Err(usage(format!("bad login {login:?}")));
             }
@@ -180,14 +195,18 @@ fn user(path: &Path, cmd: UserCommand) -> Result<(), Failure> {
                     return Err(users_failure(UsersError::Exists(login)));
                 }
                 Ok(_) => {}
-                Err(UsersError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(UsersError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(users_failure(e)),
             }
             let phc = hash(&read_password(password_stdin)?)?;
             users::add_user(path, &login, &phc, &senders).map_err(users_failure)?;
             eprintln!("added {login} to {}", path.display());
         }
-        UserCommand::Passwd { login, password_stdin } => {
+        UserCommand::Passwd {
+            login,
+            password_stdin,
+        } => {
             let list = users::load(path).map_err(users_failure)?;
             if !list.iter().any(|u| u.login == login) {
                 return Err(users_failure(UsersError::NoSuchUser(login)));
@@ -218,13 +237,17 @@ fn pattern_text(p: &SenderPattern) -> String {
 }
 
 fn hash(password: &str) -> Result<String, Failure> {
-    submitd::auth::verify::hash_password(password).map_err(|e| Failure::Runtime(anyhow!("hashing the password: {e}")))
+    submitd::auth::verify::hash_password(password)
+        .map_err(|e| Failure::Runtime(anyhow!("hashing the password: {e}")))
 }
 
 /// One line from stdin without its trailing CR/LF.
 fn read_line_stdin() -> Result<String, Failure> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
     while line.ends_with('\n') || line.ends_with('\r') {
         line.pop();
     }
@@ -235,7 +258,8 @@ fn read_line_stdin() -> Result<String, Failure> {
 fn read_password(from_stdin: bool) -> Result<String, Failure> {
     let password = if !from_stdin && std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ").context("reading the password")?;
-        let again = rpassword::prompt_password("Password (again): ").context("reading the password")?;
+        let again =
+            rpassword::prompt_password("Password (again): ").context("reading the password")?;
         if first != again {
             return Err(usage("passwords do not match"));
         }
@@ -253,7 +277,10 @@ fn serve(config: &Path) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     submitd::dev::bootstrap(&settings)?;
     settings.check_files().map_err(Failure::Config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -291,6 +318,8 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     shutdown.cancel();
     match tokio::time::timeout(SHUTDOWN_DEADLINE, task).await {
         Ok(result) => result.context("server task")?,
-        Err(_) => Err(anyhow!("sessions did not finish within {SHUTDOWN_DEADLINE:?} of shutdown")),
+        Err(_) => Err(anyhow!(
+            "sessions did not finish within {SHUTDOWN_DEADLINE:?} of shutdown"
+        )),
     }
 }

@@ -23,7 +23,10 @@ pub enum TlsError {
 
 impl TlsError {
     fn file(path: &Path, message: impl Into<String>) -> TlsError {
-        TlsError::File { path: path.display().to_string(), message: message.into() }
+        TlsError::File {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
     }
 
     /// The file this error is about, when it is about one.
@@ -56,7 +59,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_problem(path, "certificate", e))?;
     if certs.is_empty() {
-        return Err(TlsError::file(path, "no certificate found in PEM file (empty chain)"));
+        return Err(TlsError::file(
+            path,
+            "no certificate found in PEM file (empty chain)",
+        ));
     }
     Ok(certs)
 }
@@ -90,9 +96,17 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerC
         .with_single_cert(chain, key_der)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                TlsError::file(key, format!("private key does not match the certificate in {}", cert.display()))
+                TlsError::file(
+                    key,
+                    format!(
+                        "private key does not match the certificate in {}",
+                        cert.display()
+                    ),
+                )
             }
-            rustls::Error::InvalidCertificate(e) => TlsError::file(cert, format!("invalid certificate: {e}")),
+            rustls::Error::InvalidCertificate(e) => {
+                TlsError::file(cert, format!("invalid certificate: {e}"))
+            }
             other => TlsError::file(key, format!("cannot use certificate and key: {other}")),
         })?;
     // SMTP has no ALPN protocol id; offering none means we ignore whatever a client sends.
@@ -124,7 +138,8 @@ pub fn self_signed(hostname: &str) -> Result<(String, String), TlsError> {
             }
         }
     }
-    let bad = |e: rcgen::Error| TlsError::Other(format!("self-signed certificate for {hostname}: {e}"));
+    let bad =
+        |e: rcgen::Error| TlsError::Other(format!("self-signed certificate for {hostname}: {e}"));
     let mut params = rcgen::CertificateParams::new(names).map_err(bad)?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, hostname);
@@ -141,10 +156,18 @@ pub fn self_signed(hostname: &str) -> Result<(String, String), TlsError> {
 /// never sees half a key and the key is never briefly world-readable.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         // `mode` above is filtered by the umask and ignored for an existing file: set it exactly.
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(contents.as_bytes())?;
@@ -185,7 +208,9 @@ mod tests {
     use super::*;
 
     fn testdata(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/testdata").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("certs/testdata")
+            .join(name)
     }
 
     fn san_dns_names(cert_pem: &str) -> Vec<String> {
@@ -206,12 +231,24 @@ mod tests {
         let cert = out.join("cert.pem");
         let key = out.join("key.pem");
         let key_text = std::fs::read_to_string(&key).unwrap();
-        assert!(key_text.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 expected");
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777, 0o644);
+        assert!(
+            key_text.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "PKCS#8 expected"
+        );
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         let config = load_server_config(&cert, &key).unwrap();
         assert!(config.alpn_protocols.is_empty());
-        assert_eq!(san_dns_names(&std::fs::read_to_string(&cert).unwrap()), vec!["mail.example.test"]);
+        assert_eq!(
+            san_dns_names(&std::fs::read_to_string(&cert).unwrap()),
+            vec!["mail.example.test"]
+        );
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
     }
@@ -221,7 +258,10 @@ mod tests {
         let (cert, _) = self_signed("localhost").unwrap();
         assert_eq!(san_dns_names(&cert), vec!["localhost"]);
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
-        assert!(der.as_ref().windows(4).any(|w| w == [127, 0, 0, 1]), "127.0.0.1 SAN expected");
+        assert!(
+            der.as_ref().windows(4).any(|w| w == [127, 0, 0, 1]),
+            "127.0.0.1 SAN expected"
+        );
     }
 
     #[test]
@@ -232,9 +272,13 @@ mod tests {
 
     #[test]
     fn mismatched_key_names_key_file() {
-        let err = load_server_config(&testdata("rsa.cert.pem"), &testdata("ec-sec1.key.pem")).unwrap_err();
+        let err = load_server_config(&testdata("rsa.cert.pem"), &testdata("ec-sec1.key.pem"))
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("ec-sec1.key.pem") && msg.contains("does not match"), "{msg}");
+        assert!(
+            msg.contains("ec-sec1.key.pem") && msg.contains("does not match"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -254,9 +298,15 @@ mod tests {
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "this is not PEM\n").unwrap();
         let err = load_server_config(&garbage, &testdata("ec-sec1.key.pem")).unwrap_err();
-        assert!(err.to_string().contains("garbage.pem") && err.to_string().contains("empty chain"), "{err}");
+        assert!(
+            err.to_string().contains("garbage.pem") && err.to_string().contains("empty chain"),
+            "{err}"
+        );
         let err = load_server_config(&testdata("ec.cert.pem"), &garbage).unwrap_err();
-        assert!(err.to_string().contains("garbage.pem") && err.to_string().contains("no private key"), "{err}");
+        assert!(
+            err.to_string().contains("garbage.pem") && err.to_string().contains("no private key"),
+            "{err}"
+        );
         // A certificate where the key should be: no key in it.
         let err = load_key(&testdata("ec.cert.pem")).unwrap_err();
         assert!(err.to_string().contains("no private key"), "{err}");
@@ -265,7 +315,11 @@ mod tests {
         assert!(err.to_string().contains("empty chain"), "{err}");
         // Valid PEM armour around bytes that are not a key.
         let broken = dir.path().join("broken.pem");
-        std::fs::write(&broken, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(
+            &broken,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let err = load_key(&broken).unwrap_err();
         assert!(err.to_string().contains("broken.pem"), "{err}");
     }
