@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// Validated settings, ready to run with. Paths are absolute or relative to the working
 /// directory (already resolved against the config file's directory).
 #[derive(Debug, Clone)]
@@ -142,14 +144,1296 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Collects [`ConfigError`]s for one file.
+struct Problems<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written: serde structs with the documented defaults. Values that need more than a
+// type check (durations, addresses, enums, positive numbers) stay strings / i64 here and are
+// validated below, so that one bad value does not hide the others.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: Option<String>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    submission: RawSubmission,
+    #[serde(default)]
+    dev: RawDev,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default = "default_submission")]
+    submission: Vec<String>,
+    #[serde(default = "default_submissions")]
+    submissions: Vec<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
+}
+
+fn default_submission() -> Vec<String> {
+    vec!["0.0.0.0:587".into()]
+}
+fn default_submissions() -> Vec<String> {
+    vec!["0.0.0.0:465".into()]
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            submission: default_submission(),
+            submissions: default_submissions(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// `tls.cert` and `tls.key` are required: no default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// `auth.users` is required: no default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_max_message_size")]
+    max_message_size: i64,
+    #[serde(default = "default_max_recipients")]
+    max_recipients: i64,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+    #[serde(default = "default_max_connections_per_ip")]
+    max_connections_per_ip: i64,
+    #[serde(default = "default_command_timeout")]
+    command_timeout: String,
+    #[serde(default = "default_max_auth_failures")]
+    max_auth_failures: i64,
+}
+
+fn default_max_message_size() -> i64 {
+    26_214_400
+}
+fn default_max_recipients() -> i64 {
+    100
+}
+fn default_max_connections() -> i64 {
+    1024
+}
+fn default_max_connections_per_ip() -> i64 {
+    32
+}
+fn default_command_timeout() -> String {
+    "5m".into()
+}
+fn default_max_auth_failures() -> i64 {
+    3
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            command_timeout: default_command_timeout(),
+            max_auth_failures: default_max_auth_failures(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default = "default_queue_dir")]
+    dir: String,
+    #[serde(default = "default_retry")]
+    retry: Vec<String>,
+    #[serde(default = "default_max_age")]
+    max_age: String,
+}
+
+fn default_queue_dir() -> String {
+    "var/queue".into()
+}
+fn default_retry() -> Vec<String> {
+    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_age() -> String {
+    "5d".into()
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            dir: default_queue_dir(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default = "default_relay_mode")]
+    mode: String,
+    #[serde(default = "default_relay_port")]
+    port: i64,
+    #[serde(default = "default_relay_tls")]
+    tls: String,
+    #[serde(default = "default_relay_timeout")]
+    timeout: String,
+    #[serde(default)]
+    resolver: Vec<String>,
+    #[serde(default)]
+    smarthost: String,
+    #[serde(default = "default_smarthost_tls")]
+    smarthost_tls: String,
+    #[serde(default)]
+    smarthost_user: String,
+    #[serde(default)]
+    smarthost_password: String,
+    #[serde(default)]
+    ca_file: String,
+}
+
+fn default_relay_mode() -> String {
+    "mx".into()
+}
+fn default_relay_port() -> i64 {
+    25
+}
+fn default_relay_tls() -> String {
+    "opportunistic".into()
+}
+fn default_relay_timeout() -> String {
+    "5m".into()
+}
+fn default_smarthost_tls() -> String {
+    "starttls".into()
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            mode: default_relay_mode(),
+            port: default_relay_port(),
+            tls: default_relay_tls(),
+            timeout: default_relay_timeout(),
+            resolver: Vec::new(),
+            smarthost: String::new(),
+            smarthost_tls: default_smarthost_tls(),
+            smarthost_user: String::new(),
+            smarthost_password: String::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubmission {
+    #[serde(default)]
+    received_client_ip: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDev {
+    #[serde(default)]
+    bootstrap: bool,
+    #[serde(default = "default_dev_user")]
+    user: String,
+}
+
+fn default_dev_user() -> String {
+    "dev@localhost".into()
+}
+
+impl Default for RawDev {
+    fn default() -> Self {
+        RawDev {
+            bootstrap: false,
+            user: default_dev_user(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing: every syntax error, every unknown key and every type error, each with its dotted key.
+// ---------------------------------------------------------------------------------------------
+
+/// The dotted key whose name or value covers byte `pos` of `text`, found through toml's
+/// spanned document (serde errors carry a span, not a key).
+fn key_at(text: &str, pos: usize) -> Option<Vec<String>> {
+    fn walk(table: &toml::de::DeTable<'_>, pos: usize, path: &mut Vec<String>) -> bool {
+        for (k, v) in table {
+            if let toml::de::DeValue::Table(inner) = v.get_ref() {
+                path.push(k.get_ref().to_string());
+                if walk(inner, pos, path) {
+                    return true;
+                }
+                path.pop();
+            }
+            if k.span().contains(&pos) || v.span().contains(&pos) {
+                path.push(k.get_ref().to_string());
+                return true;
+            }
+        }
+        false
+    }
+    let (doc, _) = toml::de::DeTable::parse_recoverable(text);
+    let mut path = Vec::new();
+    walk(doc.get_ref(), pos, &mut path).then_some(path)
+}
+
+/// Line and column (1-based) of byte `pos`, for syntax errors without a key.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before = &text[..pos.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// serde's messages, in the vocabulary of a config file.
+fn serde_message(message: &str) -> String {
+    let message = message.trim();
+    if message.starts_with("unknown field") {
+        "unknown key".to_string()
+    } else {
+        message.to_string()
+    }
+}
+
+fn remove_key(table: &mut toml::Table, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => match table.get_mut(first) {
+            Some(toml::Value::Table(inner)) => remove_key(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+/// Parse `text` into the raw structs. Returns the raw config (when the syntax is valid) and the
+/// dotted keys that had a type error or were unknown, so that validation does not report them
+/// a second time as missing.
+fn parse_raw(text: &str, problems: &mut Problems<'_>) -> Option<(RawConfig, Vec<String>)> {
+    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let pos = e.span().map_or(0, |s| s.start);
+            let (line, col) = line_col(text, pos);
+            let key = key_at(text, pos).map_or_else(|| "-".to_string(), |p| p.join("."));
+            problems.push(
+                key,
+                format!(
+                    "TOML syntax error at line {line}, column {col}: {}",
+                    e.message().trim()
+                ),
+            );
+        }
+        return None;
+    }
+    // serde stops at the first error: record it, drop the offending key and try again, so that
+    // every unknown key and every mistyped value is reported in one run.
+    let mut doc: toml::Table = toml::from_str(text).ok()?;
+    let mut current = text.to_string();
+    let mut bad = Vec::new();
+    loop {
+        let err = match toml::from_str::<RawConfig>(&current) {
+            Ok(raw) => return Some((raw, bad)),
+            Err(e) => e,
+        };
+        let path = err.span().and_then(|s| key_at(&current, s.start));
+        let message = serde_message(err.message());
+        match path {
+            Some(path) if remove_key(&mut doc, &path) => {
+                let key = path.join(".");
+                problems.push(key.clone(), message);
+                bad.push(key);
+                current = toml::to_string(&doc).ok()?;
+            }
+            other => {
+                problems.push(
+                    other.map_or_else(|| "-".to_string(), |p| p.join(".")),
+                    message,
+                );
+                return None;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `name` is a valid domain name for `hostname` (RFC 1035 labels: letters, digits,
+/// hyphens; 1-63 octets each, no leading or trailing hyphen; at most 253 octets). A single label
+/// (`localhost`) is allowed; an IP address is not.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if trimmed.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{name:?} is an IP address; a domain name is required"
+        ));
+    }
+    if trimmed.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    for label in trimmed.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a valid domain name (bad label {label:?})"
+            ));
+        }
+    }
+    if trimmed
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{name:?} is not a valid domain name (numeric top-level label)"
+        ));
+    }
+    Ok(())
+}
+
+fn duration(problems: &mut Problems<'_>, key: &str, value: &str) -> Option<Duration> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(
+                key,
+                format!(
+                    "{value:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\", \"5d\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn positive(problems: &mut Problems<'_>, key: &str, value: i64, max: u64) -> Option<u64> {
+    if value <= 0 {
+        problems.push(key, format!("must be positive, got {value}"));
+        None
+    } else if value as u64 > max {
+        problems.push(key, format!("must be at most {max}, got {value}"));
+        None
+    } else {
+        Some(value as u64)
+    }
+}
+
+fn addresses(problems: &mut Problems<'_>, key: &str, values: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for v in values {
+        match v.trim().parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => problems.push(
+                key,
+                format!("{v:?} is not an address:port (e.g. \"0.0.0.0:587\", \"[::]:587\")"),
+            ),
+        }
+    }
+    out
+}
+
+fn required<'a>(
+    problems: &mut Problems<'_>,
+    bad: &[String],
+    key: &str,
+    value: &'a Option<String>,
+) -> Option<&'a str> {
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        Some(_) => {
+            problems.push(key, "must not be empty");
+            None
+        }
+        None if bad.iter().any(|b| b == key) => None,
+        None => {
+            problems.push(key, "required key is missing");
+            None
+        }
+    }
+}
+
+fn one_of<T: Copy>(
+    problems: &mut Problems<'_>,
+    key: &str,
+    value: &str,
+    allowed: &[(&str, T)],
+) -> Option<T> {
+    let found = allowed
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v);
+    if found.is_none() {
+        let names: Vec<String> = allowed.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        problems.push(key, format!("{value:?} is not one of {}", names.join(", ")));
+    }
+    found
+}
+
+/// `host:port` with a non-empty host (domain, IPv4 or `[IPv6]`) and a port 1-65535.
+fn check_host_port(value: &str) -> Result<(), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} must be \"host:port\""))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !port_ok {
+        return Err(format!("{value:?}: port must be 1-65535"));
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{value:?}: bad IPv6 address"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    check_hostname(host).map_err(|e| format!("{value:?} must be \"host:port\": {e}"))
+}
+
+/// Resolve a path from the config file against the config file's directory.
+fn resolve(base: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
 impl Settings {
     /// Parse and validate config text; `path` names the file in errors and anchors relative paths.
-    pub fn from_toml(_text: &str, _path: &Path) -> Result<Settings, ConfigErrors> {
-        todo!("config helper")
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigErrors> {
+        let mut problems = Problems {
+            file: path,
+            errors: Vec::new(),
+        };
+        let Some((raw, bad)) = parse_raw(text, &mut problems) else {
+            return Err(ConfigErrors(problems.errors));
+        };
+        let p = &mut problems;
+        let base = path.parent().unwrap_or(Path::new(""));
+
+        let hostname = required(p, &bad, "hostname", &raw.hostname).map(|h| {
+            if let Err(e) = check_hostname(h) {
+                p.push("hostname", e);
+            }
+            h.to_string()
+        });
+
+        let listen = Listen {
+            submission: addresses(p, "listen.submission", &raw.listen.submission),
+            submissions: addresses(p, "listen.submissions", &raw.listen.submissions),
+            proxy_protocol: raw.listen.proxy_protocol,
+        };
+        if raw.listen.submission.is_empty() && raw.listen.submissions.is_empty() {
+            p.push(
+                "listen",
+                "no listen address: set listen.submission and/or listen.submissions",
+            );
+        }
+
+        let cert = required(p, &bad, "tls.cert", &raw.tls.cert).map(|v| resolve(base, v));
+        let key = required(p, &bad, "tls.key", &raw.tls.key).map(|v| resolve(base, v));
+        let users = required(p, &bad, "auth.users", &raw.auth.users).map(|v| resolve(base, v));
+
+        let l = &raw.limits;
+        let max_message_size = positive(p, "limits.max_message_size", l.max_message_size, u64::MAX);
+        let max_recipients = positive(
+            p,
+            "limits.max_recipients",
+            l.max_recipients,
+            usize::MAX as u64,
+        );
+        let max_connections = positive(
+            p,
+            "limits.max_connections",
+            l.max_connections,
+            usize::MAX as u64,
+        );
+        let max_connections_per_ip = positive(
+            p,
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+            usize::MAX as u64,
+        );
+        let command_timeout =
+            duration(p, "limits.command_timeout", &l.command_timeout).filter(|d| {
+                let ok = *d >= Duration::from_secs(1);
+                if !ok {
+                    p.push(
+                        "limits.command_timeout",
+                        format!("{:?} is too short: at least 1s", l.command_timeout),
+                    );
+                }
+                ok
+            });
+        let max_auth_failures = positive(
+            p,
+            "limits.max_auth_failures",
+            l.max_auth_failures,
+            u32::MAX as u64,
+        );
+
+        let q = &raw.queue;
+        if q.dir.trim().is_empty() {
+            p.push("queue.dir", "must not be empty");
+        }
+        if q.retry.is_empty() {
+            p.push("queue.retry", "must list at least one interval");
+        }
+        let mut retry = Vec::new();
+        for r in &q.retry {
+            match duration(p, "queue.retry", r) {
+                Some(d) if d.is_zero() => p.push(
+                    "queue.retry",
+                    format!("{r:?}: intervals must be longer than 0"),
+                ),
+                Some(d) => retry.push(d),
+                None => {}
+            }
+        }
+        let max_age = positive_duration(p, "queue.max_age", &q.max_age);
+
+        let r = &raw.relay;
+        let mode = one_of(
+            p,
+            "relay.mode",
+            &r.mode,
+            &[("mx", RelayMode::Mx), ("smarthost", RelayMode::Smarthost)],
+        );
+        let port = positive(p, "relay.port", r.port, u16::MAX as u64);
+        let relay_tls = one_of(
+            p,
+            "relay.tls",
+            &r.tls,
+            &[
+                ("opportunistic", RelayTls::Opportunistic),
+                ("required", RelayTls::Required),
+                ("none", RelayTls::None),
+            ],
+        );
+        let timeout = positive_duration(p, "relay.timeout", &r.timeout);
+        let resolver = addresses(p, "relay.resolver", &r.resolver);
+        let smarthost_tls = one_of(
+            p,
+            "relay.smarthost_tls",
+            &r.smarthost_tls,
+            &[
+                ("starttls", SmarthostTls::Starttls),
+                ("implicit", SmarthostTls::Implicit),
+                ("none", SmarthostTls::None),
+            ],
+        );
+        if mode == Some(RelayMode::Smarthost) {
+            if r.smarthost.trim().is_empty() {
+                p.push(
+                    "relay.smarthost",
+                    "required when relay.mode = \"smarthost\" (\"host:port\")",
+                );
+            } else if let Err(e) = check_host_port(r.smarthost.trim()) {
+                p.push("relay.smarthost", e);
+            }
+        }
+        if r.smarthost_user.is_empty() != r.smarthost_password.is_empty() {
+            p.push(
+                "relay.smarthost_user",
+                "smarthost_user and smarthost_password go together: set both or neither",
+            );
+        }
+        if mode == Some(RelayMode::Smarthost)
+            && smarthost_tls == Some(SmarthostTls::None)
+            && !r.smarthost_user.is_empty()
+        {
+            p.push(
+                "relay.smarthost_tls",
+                "\"none\" with smarthost credentials: credentials are never sent in clear (use \"starttls\" or \"implicit\")",
+            );
+        }
+        let ca_file = (!r.ca_file.trim().is_empty()).then(|| resolve(base, r.ca_file.trim()));
+
+        if raw.dev.user.trim().is_empty() {
+            p.push("dev.user", "must not be empty");
+        }
+
+        if !problems.errors.is_empty() {
+            return Err(ConfigErrors(problems.errors));
+        }
+        // Every Option below is Some: a None always pushed an error above.
+        let missing = || ConfigErrors(Vec::new());
+        Ok(Settings {
+            config_path: path.to_path_buf(),
+            hostname: hostname.ok_or_else(missing)?,
+            listen,
+            tls: TlsFiles {
+                cert: cert.ok_or_else(missing)?,
+                key: key.ok_or_else(missing)?,
+            },
+            auth: AuthSettings {
+                users: users.ok_or_else(missing)?,
+            },
+            limits: Limits {
+                max_message_size: max_message_size.ok_or_else(missing)?,
+                max_recipients: max_recipients.ok_or_else(missing)? as usize,
+                max_connections: max_connections.ok_or_else(missing)? as usize,
+                max_connections_per_ip: max_connections_per_ip.ok_or_else(missing)? as usize,
+                command_timeout: command_timeout.ok_or_else(missing)?,
+                max_auth_failures: max_auth_failures.ok_or_else(missing)? as u32,
+            },
+            queue: QueueSettings {
+                dir: resolve(base, q.dir.trim()),
+                retry,
+                max_age: max_age.ok_or_else(missing)?,
+            },
+            relay: RelaySettings {
+                mode: mode.ok_or_else(missing)?,
+                port: port.ok_or_else(missing)? as u16,
+                tls: relay_tls.ok_or_else(missing)?,
+                timeout: timeout.ok_or_else(missing)?,
+                resolver,
+                smarthost: r.smarthost.trim().to_string(),
+                smarthost_tls: smarthost_tls.ok_or_else(missing)?,
+                smarthost_user: r.smarthost_user.clone(),
+                smarthost_password: r.smarthost_password.clone(),
+                ca_file,
+            },
+            submission: SubmissionSettings {
+                received_client_ip: raw.submission.received_client_ip,
+            },
+            dev: DevSettings {
+                bootstrap: raw.dev.bootstrap,
+                user: raw.dev.user.trim().to_string(),
+            },
+        })
     }
 
     /// Read and validate a config file.
-    pub fn load(_path: &Path) -> Result<Settings, ConfigErrors> {
-        todo!("config helper")
+    pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Settings::from_toml(&text, path),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: "-".into(),
+                message: format!("cannot read config file: {e}"),
+            }])),
+        }
+    }
+
+    /// Check the files the config points to: the certificate and key load into a TLS config,
+    /// the users file parses (argon2 hashes only), `relay.ca_file` holds certificates, and the
+    /// queue directory (or, when it does not exist yet, its parent) is a directory.
+    ///
+    /// Kept apart from [`Settings::from_toml`] so that `user add` and the dev bootstrap work
+    /// before these files exist.
+    pub fn check_files(&self) -> Result<(), ConfigErrors> {
+        let mut problems = Problems {
+            file: &self.config_path,
+            errors: Vec::new(),
+        };
+        let p = &mut problems;
+
+        let certs =
+            crate::tls::load_certs(&self.tls.cert).map_err(|e| p.push("tls.cert", e.to_string()));
+        let key = crate::tls::load_key(&self.tls.key).map_err(|e| p.push("tls.key", e.to_string()));
+        if certs.is_ok() && key.is_ok() {
+            // Both load: what is left is whether they belong together.
+            if let Err(e) = crate::tls::load_server_config(&self.tls.cert, &self.tls.key) {
+                let k = if e.path() == Some(self.tls.cert.display().to_string().as_str()) {
+                    "tls.cert"
+                } else {
+                    "tls.key"
+                };
+                p.push(k, e.to_string());
+            }
+        }
+
+        if let Err(e) = crate::auth::users::load(&self.auth.users) {
+            p.push("auth.users", e.to_string());
+        }
+
+        if let Some(ca) = &self.relay.ca_file
+            && let Err(e) = crate::tls::load_certs(ca)
+        {
+            p.push("relay.ca_file", e.to_string());
+        }
+
+        let dir = &self.queue.dir;
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => p.push("queue.dir", format!("{}: not a directory", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Created at startup (mode 0700); its parent must be there to hold it.
+                let parent = dir
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !parent.is_dir() {
+                    p.push(
+                        "queue.dir",
+                        format!(
+                            "{}: does not exist, and neither does its parent directory {}",
+                            dir.display(),
+                            parent.display()
+                        ),
+                    );
+                }
+            }
+            Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
+        }
+
+        if problems.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(problems.errors))
+        }
+    }
+}
+
+/// A duration that must be longer than zero.
+fn positive_duration(problems: &mut Problems<'_>, key: &str, value: &str) -> Option<Duration> {
+    let d = duration(problems, key, value)?;
+    if d.is_zero() {
+        problems.push(key, format!("{value:?} must be longer than 0"));
+        return None;
+    }
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+hostname = "mail.example.test"
+[tls]
+cert = "certs/cert.pem"
+key = "certs/key.pem"
+[auth]
+users = "users.toml"
+"#;
+
+    fn parse(text: &str) -> Result<Settings, ConfigErrors> {
+        Settings::from_toml(text, Path::new("/etc/submitd/submitd.toml"))
+    }
+
+    /// The (key, message) pairs of a failed parse.
+    fn errors(text: &str) -> Vec<(String, String)> {
+        let errs = parse(text).expect_err("config should be rejected");
+        for e in &errs.0 {
+            assert_eq!(e.file, Path::new("/etc/submitd/submitd.toml"));
+        }
+        errs.0.into_iter().map(|e| (e.key, e.message)).collect()
+    }
+
+    fn assert_error(text: &str, key: &str, needle: &str) {
+        let errs = errors(text);
+        assert!(
+            errs.iter().any(|(k, m)| k == key && m.contains(needle)),
+            "expected {key}: ...{needle}... in {errs:#?}"
+        );
+    }
+
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}\n{extra}")
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.hostname, "mail.example.test");
+        assert_eq!(
+            s.listen.submission,
+            vec!["0.0.0.0:587".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            s.listen.submissions,
+            vec!["0.0.0.0:465".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(!s.listen.proxy_protocol);
+        assert_eq!(s.limits.max_message_size, 26_214_400);
+        assert_eq!(s.limits.max_recipients, 100);
+        assert_eq!(s.limits.max_connections, 1024);
+        assert_eq!(s.limits.max_connections_per_ip, 32);
+        assert_eq!(s.limits.command_timeout, Duration::from_secs(300));
+        assert_eq!(s.limits.max_auth_failures, 3);
+        assert_eq!(s.queue.dir, Path::new("/etc/submitd/var/queue"));
+        let mins: Vec<u64> = s.queue.retry.iter().map(|d| d.as_secs() / 60).collect();
+        assert_eq!(mins, vec![1, 5, 15, 30, 60, 120, 240]);
+        assert_eq!(s.queue.max_age, Duration::from_secs(5 * 86400));
+        assert_eq!(s.relay.mode, RelayMode::Mx);
+        assert_eq!(s.relay.port, 25);
+        assert_eq!(s.relay.tls, RelayTls::Opportunistic);
+        assert_eq!(s.relay.timeout, Duration::from_secs(300));
+        assert!(s.relay.resolver.is_empty());
+        assert_eq!(s.relay.smarthost, "");
+        assert_eq!(s.relay.smarthost_tls, SmarthostTls::Starttls);
+        assert_eq!(s.relay.smarthost_user, "");
+        assert_eq!(s.relay.smarthost_password, "");
+        assert_eq!(s.relay.ca_file, None);
+        assert!(!s.submission.received_client_ip);
+        assert!(!s.dev.bootstrap);
+        assert_eq!(s.dev.user, "dev@localhost");
+        assert_eq!(s.config_path, Path::new("/etc/submitd/submitd.toml"));
+    }
+
+    #[test]
+    fn every_key_can_be_set() {
+        let s = parse(
+            r#"
+hostname = "mx.example.test"
+[listen]
+submission = ["127.0.0.1:2587", "[::1]:2587"]
+submissions = []
+proxy_protocol = true
+[tls]
+cert = "/abs/cert.pem"
+key = "key.pem"
+[auth]
+users = "../users.toml"
+[limits]
+max_message_size = 1000
+max_recipients = 5
+max_connections = 10
+max_connections_per_ip = 2
+command_timeout = "1s"
+max_auth_failures = 1
+[queue]
+dir = "/var/spool/submitd"
+retry = ["30s", "1h 30m"]
+max_age = "2d"
+[relay]
+mode = "smarthost"
+port = 2525
+tls = "required"
+timeout = "10s"
+resolver = ["127.0.0.1:5353"]
+smarthost = "relay.example.test:465"
+smarthost_tls = "implicit"
+smarthost_user = "u"
+smarthost_password = "p"
+ca_file = "ca.pem"
+[submission]
+received_client_ip = true
+[dev]
+bootstrap = true
+user = "me@localhost"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.listen.submission.len(), 2);
+        assert!(s.listen.submissions.is_empty());
+        assert!(s.listen.proxy_protocol);
+        assert_eq!(s.limits.command_timeout, Duration::from_secs(1));
+        assert_eq!(
+            s.queue.retry,
+            vec![Duration::from_secs(30), Duration::from_secs(5400)]
+        );
+        assert_eq!(s.relay.mode, RelayMode::Smarthost);
+        assert_eq!(s.relay.port, 2525);
+        assert_eq!(s.relay.tls, RelayTls::Required);
+        assert_eq!(
+            s.relay.resolver,
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(s.relay.smarthost_tls, SmarthostTls::Implicit);
+        assert!(s.submission.received_client_ip);
+        assert!(s.dev.bootstrap);
+        assert_eq!(s.dev.user, "me@localhost");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_config_dir() {
+        let s = parse(&with(
+            "[queue]\ndir = \"spool\"\n[relay]\nca_file = \"ca/bundle.pem\"",
+        ))
+        .unwrap();
+        assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
+        assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
+        assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
+        assert_eq!(s.queue.dir, Path::new("/etc/submitd/spool"));
+        assert_eq!(
+            s.relay.ca_file.as_deref(),
+            Some(Path::new("/etc/submitd/ca/bundle.pem"))
+        );
+
+        let s = Settings::from_toml(MINIMAL, Path::new("config/dev.toml")).unwrap();
+        assert_eq!(s.tls.cert, Path::new("config/certs/cert.pem"));
+        // A bare file name: relative to the working directory, which is its directory.
+        let s = Settings::from_toml(MINIMAL, Path::new("submitd.toml")).unwrap();
+        assert_eq!(s.auth.users, Path::new("users.toml"));
+
+        let abs = MINIMAL.replace("certs/cert.pem", "/srv/cert.pem");
+        assert_eq!(parse(&abs).unwrap().tls.cert, Path::new("/srv/cert.pem"));
+    }
+
+    #[test]
+    fn required_keys() {
+        let errs = errors("");
+        let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["hostname", "tls.cert", "tls.key", "auth.users"]);
+        assert!(errs.iter().all(|(_, m)| m.contains("required")));
+        assert_error(
+            &MINIMAL.replace("\"users.toml\"", "\"\""),
+            "auth.users",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn hostname_must_be_a_domain() {
+        for bad in [
+            "-bad.example",
+            "a..b",
+            "exa mple.test",
+            "mail_1.example.test",
+            "192.0.2.1",
+            "x.123",
+        ] {
+            assert_error(&MINIMAL.replace("mail.example.test", bad), "hostname", "");
+        }
+        assert!(parse(&MINIMAL.replace("mail.example.test", "localhost")).is_ok());
+        assert!(parse(&MINIMAL.replace("mail.example.test", "Mail-1.Example.test.")).is_ok());
+        assert!(check_hostname(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_dotted_key() {
+        assert_error(
+            &with("[limits]\nmax_conections = 5"),
+            "limits.max_conections",
+            "unknown key",
+        );
+        assert_error(
+            &format!("colour = \"blue\"\n{MINIMAL}"),
+            "colour",
+            "unknown key",
+        );
+        // A key after [auth] belongs to [auth].
+        assert_error(&with("colour = \"blue\""), "auth.colour", "unknown key");
+        assert_error(&with("[dkim]\nselector = \"s1\""), "dkim", "unknown key");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        assert_error(
+            &with("[limits]\nmax_recipients = \"many\""),
+            "limits.max_recipients",
+            "invalid type",
+        );
+        assert_error(
+            &with("[listen]\nsubmission = \"0.0.0.0:587\""),
+            "listen.submission",
+            "invalid type",
+        );
+        // A mistyped required key is reported once, as a type error.
+        let errs = errors(&MINIMAL.replace("hostname = \"mail.example.test\"", "hostname = 5"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "hostname");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_location() {
+        let errs = errors("hostname = \"a\nb\"\n");
+        assert!(errs.iter().any(|(_, m)| m.contains("line 1")), "{errs:?}");
+        assert_error(
+            &with("[limits]\nmax_recipients = 1\nmax_recipients = 2"),
+            "-",
+            "TOML syntax error",
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_error(
+            &with("[listen]\nsubmission = [\"0.0.0.0\"]"),
+            "listen.submission",
+            "address:port",
+        );
+        assert_error(
+            &with("[listen]\nsubmissions = [\"localhost:465\"]"),
+            "listen.submissions",
+            "address:port",
+        );
+        assert_error(
+            &with("[listen]\nsubmission = []\nsubmissions = []"),
+            "listen",
+            "no listen address",
+        );
+        assert!(parse(&with("[listen]\nsubmission = []")).is_ok());
+    }
+
+    #[test]
+    fn limits_must_be_positive() {
+        for key in [
+            "max_message_size",
+            "max_recipients",
+            "max_connections",
+            "max_connections_per_ip",
+            "max_auth_failures",
+        ] {
+            assert_error(
+                &with(&format!("[limits]\n{key} = 0")),
+                &format!("limits.{key}"),
+                "positive",
+            );
+            assert_error(
+                &with(&format!("[limits]\n{key} = -3")),
+                &format!("limits.{key}"),
+                "positive",
+            );
+        }
+        assert_error(
+            &with("[limits]\nmax_auth_failures = 5000000000"),
+            "limits.max_auth_failures",
+            "at most",
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_error(
+            &with("[limits]\ncommand_timeout = \"5 minutes please\""),
+            "limits.command_timeout",
+            "not a duration",
+        );
+        assert_error(
+            &with("[limits]\ncommand_timeout = \"500ms\""),
+            "limits.command_timeout",
+            "at least 1s",
+        );
+        assert_error(&with("[queue]\nretry = []"), "queue.retry", "at least one");
+        assert_error(
+            &with("[queue]\nretry = [\"1m\", \"0s\"]"),
+            "queue.retry",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[queue]\nretry = [\"1m\", \"soon\"]"),
+            "queue.retry",
+            "not a duration",
+        );
+        assert_error(
+            &with("[queue]\nmax_age = \"0s\""),
+            "queue.max_age",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[relay]\ntimeout = \"5x\""),
+            "relay.timeout",
+            "not a duration",
+        );
+    }
+
+    #[test]
+    fn relay_enums_and_smarthost() {
+        assert_error(
+            &with("[relay]\nmode = \"direct\""),
+            "relay.mode",
+            "\"mx\", \"smarthost\"",
+        );
+        assert_error(&with("[relay]\ntls = \"may\""), "relay.tls", "not one of");
+        assert_error(
+            &with("[relay]\nsmarthost_tls = \"ssl\""),
+            "relay.smarthost_tls",
+            "not one of",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\""),
+            "relay.smarthost",
+            "required",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test\""),
+            "relay.smarthost",
+            "host:port",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \"relay.example.test:0\""),
+            "relay.smarthost",
+            "port",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"smarthost\"\nsmarthost = \":25\""),
+            "relay.smarthost",
+            "",
+        );
+        for ok in ["relay.example.test:587", "127.0.0.1:2525", "[::1]:25"] {
+            assert!(
+                parse(&with(&format!(
+                    "[relay]\nmode = \"smarthost\"\nsmarthost = \"{ok}\""
+                )))
+                .is_ok(),
+                "{ok}"
+            );
+        }
+        // The smarthost is only checked when it is used.
+        assert!(parse(&with("[relay]\nsmarthost = \"junk\"")).is_ok());
+        assert_error(&with("[relay]\nport = 0"), "relay.port", "positive");
+        assert_error(
+            &with("[relay]\nport = 70000"),
+            "relay.port",
+            "at most 65535",
+        );
+        assert_error(
+            &with("[relay]\nresolver = [\"127.0.0.1\"]"),
+            "relay.resolver",
+            "address:port",
+        );
+        assert_error(
+            &with("[relay]\nsmarthost_user = \"u\""),
+            "relay.smarthost_user",
+            "set both",
+        );
+        assert_error(
+            &with(
+                "[relay]\nmode = \"smarthost\"\nsmarthost = \"h.test:25\"\nsmarthost_tls = \"none\"\nsmarthost_user = \"u\"\nsmarthost_password = \"p\"",
+            ),
+            "relay.smarthost_tls",
+            "never sent in clear",
+        );
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let text = r#"
+hostname = "bad_host"
+[listen]
+submission = ["nope"]
+[limits]
+max_conections = 1
+max_recipients = 0
+command_timeout = "forever"
+[queue]
+retry = []
+[relay]
+mode = "pigeon"
+bogus = true
+"#;
+        let keys: Vec<String> = errors(text).into_iter().map(|(k, _)| k).collect();
+        for want in [
+            "hostname",
+            "listen.submission",
+            "limits.max_conections",
+            "limits.max_recipients",
+            "limits.command_timeout",
+            "queue.retry",
+            "relay.mode",
+            "relay.bogus",
+            "tls.cert",
+            "tls.key",
+            "auth.users",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == want),
+                "{want} missing from {keys:?}"
+            );
+        }
+        let display = parse(text).unwrap_err().to_string();
+        assert!(display.lines().count() >= 11);
+        assert!(
+            display.contains("/etc/submitd/submitd.toml: limits.max_conections: unknown key"),
+            "{display}"
+        );
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let errs = Settings::load(Path::new("/nonexistent/submitd.toml")).unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert_eq!(errs.0[0].key, "-");
+        assert_eq!(errs.0[0].file, Path::new("/nonexistent/submitd.toml"));
+    }
+}
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    #[test]
+    fn production_template_is_valid_and_dev_is_off() {
+        let s = Settings::from_toml(
+            include_str!("../config/submitd.toml"),
+            Path::new("/etc/submitd/submitd.toml"),
+        )
+        .unwrap();
+        assert!(!s.dev.bootstrap);
+        assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
+        assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
+        assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
+        assert_eq!(s.queue.dir, Path::new("/var/spool/submitd"));
+    }
+
+    #[test]
+    fn dev_config_is_valid() {
+        let s = Settings::from_toml(
+            include_str!("../config/dev.toml"),
+            Path::new("config/dev.toml"),
+        )
+        .unwrap();
+        assert!(s.dev.bootstrap);
+        assert_eq!(s.hostname, "localhost");
+        assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));
+        assert_eq!(s.relay.mode, RelayMode::Smarthost);
     }
 }

@@ -1,1 +1,325 @@
-fn main() {}
+//! The `submitd` binary (DESIGN.md "Command line"): parse the command line, load the config,
+//! and either run the server until SIGTERM/SIGINT or do one admin task and exit.
+//!
+//! Exit codes: 0 ok, 1 runtime error, 2 usage or config error (clap exits 2 on its own).
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use submitd::auth::senders::SenderPattern;
+use submitd::auth::users::{self, UsersError};
+use submitd::config::{ConfigErrors, Settings};
+use tokio_util::sync::CancellationToken;
+
+/// How long sessions get to finish after SIGTERM before main gives up on them.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Authenticated SMTP submission server (MSA).
+#[derive(Debug, Parser)]
+#[command(name = "submitd", version)]
+struct Cli {
+    /// Config file (relative paths in it resolve against its directory).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "config/submitd.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the config, the certificate and key, and the users file.
+    CheckConfig,
+    /// Manage the users file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Read a password on stdin, print its argon2id PHC string.
+    HashPassword,
+    /// Certificates for development.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user (prompts twice on a TTY).
+    Add {
+        login: String,
+        /// An address (alice@example.test) or domain (@example.test) the user may send as;
+        /// repeatable; default: the login.
+        #[arg(long = "sender", value_name = "PATTERN")]
+        senders: Vec<String>,
+        /// Read the password as one line from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        login: String,
+        /// Read the password as one line from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Del { login: String },
+    /// List users and the senders they may use.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and PKCS#8 key (cert.pem, key.pem).
+    SelfSigned {
+        /// The name to put in the certificate's SAN.
+        #[arg(long)]
+        hostname: String,
+        /// Output directory (created when missing).
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+/// Why a command failed, which decides the exit code.
+enum Failure {
+    /// Exit 2: every problem of the config file.
+    Config(ConfigErrors),
+    /// Exit 2: a bad argument, input or file content the user must fix.
+    Usage(anyhow::Error),
+    /// Exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn usage(message: impl std::fmt::Display) -> Failure {
+    Failure::Usage(anyhow!("{message}"))
+}
+
+/// A users-file problem: bad content is a config error (2), the rest runtime (1).
+fn users_failure(e: UsersError) -> Failure {
+    match e {
+        UsersError::Invalid { .. } => Failure::Usage(e.into()),
+        _ => Failure::Runtime(e.into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(errors)) => {
+            for e in &errors.0 {
+                eprintln!("submitd: {}: {}: {}", e.file.display(), e.key, e.message);
+            }
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("submitd: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("submitd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let config = cli.config.as_path();
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::CheckConfig => {
+            let settings = Settings::load(config).map_err(Failure::Config)?;
+            settings.check_files().map_err(Failure::Config)?;
+            println!("config OK: {}", config.display());
+            Ok(())
+        }
+        Command::User(cmd) => {
+            let settings = Settings::load(config).map_err(Failure::Config)?;
+            user(&settings.auth.users, cmd)
+        }
+        Command::HashPassword => {
+            let password = read_line_stdin()?;
+            if password.is_empty() {
+                return Err(usage("empty password"));
+            }
+            println!("{}", hash(&password)?);
+            Ok(())
+        }
+        Command::Cert(CertCommand::SelfSigned { hostname, out }) => {
+            submitd::config::check_hostname(&hostname)
+                .map_err(|e| usage(format!("--hostname: {e}")))?;
+            submitd::tls::write_self_signed(&hostname, &out)
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            println!(
+                "wrote {} and {}",
+                out.join("cert.pem").display(),
+                out.join("key.pem").display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn user(path: &Path, cmd: UserCommand) -> Result<(), Failure> {
+    match cmd {
+        UserCommand::Add {
+            login,
+            senders,
+            password_stdin,
+        } => {
+            if login.trim().is_empty() || login.chars().any(char::is_whitespace) {
+                return Err(usage(format!("bad login {login:?}")));
+            }
+            for s in &senders {
+                SenderPattern::parse(s).map_err(|e| usage(format!("--sender {s:?}: {e}")))?;
+            }
+            // Refuse before asking for a password that would be thrown away.
+            match users::load(path) {
+                Ok(list) if list.iter().any(|u| u.login == login) => {
+                    return Err(users_failure(UsersError::Exists(login)));
+                }
+                Ok(_) => {}
+                Err(UsersError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(users_failure(e)),
+            }
+            let phc = hash(&read_password(password_stdin)?)?;
+            users::add_user(path, &login, &phc, &senders).map_err(users_failure)?;
+            eprintln!("added {login} to {}", path.display());
+        }
+        UserCommand::Passwd {
+            login,
+            password_stdin,
+        } => {
+            let list = users::load(path).map_err(users_failure)?;
+            if !list.iter().any(|u| u.login == login) {
+                return Err(users_failure(UsersError::NoSuchUser(login)));
+            }
+            let phc = hash(&read_password(password_stdin)?)?;
+            users::set_password(path, &login, &phc).map_err(users_failure)?;
+            eprintln!("changed the password of {login} in {}", path.display());
+        }
+        UserCommand::Del { login } => {
+            users::remove_user(path, &login).map_err(users_failure)?;
+            eprintln!("removed {login} from {}", path.display());
+        }
+        UserCommand::List => {
+            for u in users::load(path).map_err(users_failure)? {
+                let senders: Vec<String> = u.senders.iter().map(pattern_text).collect();
+                println!("{}\t{}", u.login, senders.join(" "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pattern_text(p: &SenderPattern) -> String {
+    match p {
+        SenderPattern::Address { local, domain } => format!("{local}@{domain}"),
+        SenderPattern::Domain(domain) => format!("@{domain}"),
+    }
+}
+
+fn hash(password: &str) -> Result<String, Failure> {
+    submitd::auth::verify::hash_password(password)
+        .map_err(|e| Failure::Runtime(anyhow!("hashing the password: {e}")))
+}
+
+/// One line from stdin without its trailing CR/LF.
+fn read_line_stdin() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// `--password-stdin` or a non-TTY: one line from stdin. A TTY: prompt twice, both must match.
+fn read_password(from_stdin: bool) -> Result<String, Failure> {
+    let password = if !from_stdin && std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+        let again =
+            rpassword::prompt_password("Password (again): ").context("reading the password")?;
+        if first != again {
+            return Err(usage("passwords do not match"));
+        }
+        first
+    } else {
+        read_line_stdin()?
+    };
+    if password.is_empty() {
+        return Err(usage("empty password"));
+    }
+    Ok(password)
+}
+
+fn serve(config: &Path) -> Result<(), Failure> {
+    let settings = Settings::load(config).map_err(Failure::Config)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    submitd::dev::bootstrap(&settings)?;
+    settings.check_files().map_err(Failure::Config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run_server(settings))?;
+    Ok(())
+}
+
+async fn run_server(settings: Settings) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let server = submitd::listener::Server::bind(Arc::new(settings)).await?;
+    for a in server.submission_addrs() {
+        tracing::info!(kind = "submission", addr = %a, "listening");
+    }
+    for a in server.submissions_addrs() {
+        tracing::info!(kind = "submissions", addr = %a, "listening");
+    }
+    // Handlers first, so that a signal arriving while the server starts is not lost.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = CancellationToken::new();
+    let mut task = tokio::spawn(server.run(shutdown.clone()));
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        result = &mut task => {
+            // The server stopped without being asked: that is an error even if it says Ok.
+            result.context("server task")??;
+            return Err(anyhow!("server stopped unexpectedly"));
+        }
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, task).await {
+        Ok(result) => result.context("server task")?,
+        Err(_) => Err(anyhow!(
+            "sessions did not finish within {SHUTDOWN_DEADLINE:?} of shutdown"
+        )),
+    }
+}

@@ -1,0 +1,452 @@
+//! The `submitd` binary end to end: exit codes, messages naming file and key, user management,
+//! certificates. Each test works in its own temporary directory; every child process is killed
+//! if it runs past a deadline.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: argon2id in a debug build is slow on a loaded CI machine.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Run `submitd args...` in `dir`, feeding `stdin` (then EOF).
+fn submitd(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn submitd");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        // The child may exit without reading: a broken pipe is fine.
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for submitd") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("submitd {args:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Output {
+        code: status.code(),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// A directory with a valid config (`submitd.toml`) whose cert, key and users file do not exist
+/// yet: `certs/cert.pem`, `certs/key.pem`, `users.toml`, queue `queue/`.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup::with_config("")
+    }
+
+    /// The base config plus `extra` appended (a new `[section]` or keys of `[relay]`).
+    fn with_config(extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"hostname = "mail.example.test"
+[listen]
+submission = ["127.0.0.1:0"]
+submissions = ["127.0.0.1:0"]
+[tls]
+cert = "certs/cert.pem"
+key = "certs/key.pem"
+[auth]
+users = "users.toml"
+[queue]
+dir = "queue"
+[relay]
+mode = "mx"
+{extra}
+"#
+        );
+        std::fs::write(dir.path().join("submitd.toml"), text).unwrap();
+        Setup { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> String {
+        self.path("submitd.toml").display().to_string()
+    }
+
+    fn run(&self, args: &[&str], stdin: &str) -> Output {
+        submitd(self.dir.path(), args, stdin)
+    }
+
+    fn cert(&self) {
+        let out = self.run(
+            &[
+                "cert",
+                "self-signed",
+                "--hostname",
+                "mail.example.test",
+                "--out",
+                "certs",
+            ],
+            "",
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+
+    fn add_user(&self, login: &str, password: &str) -> Output {
+        self.run(
+            &[
+                "user",
+                "add",
+                login,
+                "--password-stdin",
+                "--config",
+                &self.config(),
+            ],
+            &format!("{password}\n"),
+        )
+    }
+}
+
+fn assert_config_error(out: &Output, file: &str, key: &str, needle: &str) {
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let want = format!("{file}: {key}: ");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&want) && l.contains(needle)),
+        "expected a line with {want:?} and {needle:?}\n{out:?}"
+    );
+}
+
+// --- Config errors: no auth module needed -----------------------------------------------------
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let s = Setup::with_config("[limits]\nmax_conections = 10");
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "limits.max_conections", "unknown key");
+}
+
+#[test]
+fn bad_duration_names_file_and_key() {
+    let s = Setup::with_config("[limits]\ncommand_timeout = \"five minutes\"");
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(
+        &out,
+        &s.config(),
+        "limits.command_timeout",
+        "not a duration",
+    );
+}
+
+#[test]
+fn every_config_error_is_reported() {
+    let s = Setup::with_config("bogus = 1\n[limits]\nmax_recipients = 0\n[queue2]\nx = 1");
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "relay.bogus", "unknown key");
+    assert_config_error(&out, &s.config(), "limits.max_recipients", "positive");
+    assert_config_error(&out, &s.config(), "queue2", "unknown key");
+}
+
+#[test]
+fn config_is_accepted_before_and_after_the_subcommand() {
+    let s = Setup::with_config("[limits]\nmax_conections = 10");
+    let cfg = s.config();
+    for args in [
+        vec!["--config", cfg.as_str(), "check-config"],
+        vec!["check-config", "--config", cfg.as_str()],
+        vec!["user", "--config", cfg.as_str(), "list"],
+        vec!["user", "list", "--config", cfg.as_str()],
+        vec![
+            "--config",
+            cfg.as_str(),
+            "user",
+            "del",
+            "someone@example.test",
+        ],
+        vec!["serve", "--config", cfg.as_str()],
+    ] {
+        let out = s.run(&args, "");
+        assert_config_error(&out, &cfg, "limits.max_conections", "unknown key");
+    }
+}
+
+#[test]
+fn default_config_path_and_unreadable_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = submitd(dir.path(), &["check-config"], "");
+    assert_config_error(&out, "config/submitd.toml", "-", "cannot read");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["frobnicate"][..],
+        &["cert", "self-signed"],
+        &["user", "add"],
+        &["check-config", "--bogus"],
+    ] {
+        let out = submitd(dir.path(), args, "");
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+    }
+    let out = submitd(dir.path(), &["--help"], "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // An empty password is refused before anything is hashed.
+    let out = submitd(dir.path(), &["hash-password"], "\r\n");
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let out = submitd(
+        dir.path(),
+        &["cert", "self-signed", "--hostname", "not a host"],
+        "",
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn cert_self_signed_writes_a_loadable_pkcs8_pair() {
+    let s = Setup::new();
+    s.cert();
+    let cert = s.path("certs/cert.pem");
+    let key = s.path("certs/key.pem");
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{key_pem}"
+    );
+    let cert_pem = std::fs::read_to_string(&cert).unwrap();
+    assert!(cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    submitd::tls::load_server_config(&cert, &key).unwrap();
+    // The hostname is in the SAN (as an IA5String inside the DER).
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    assert!(der.as_ref().windows(17).any(|w| w == b"mail.example.test"));
+
+    // Default --out is ./certs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = submitd(
+        dir.path(),
+        &["cert", "self-signed", "--hostname", "localhost"],
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        dir.path().join("certs/cert.pem").is_file() && dir.path().join("certs/key.pem").is_file()
+    );
+}
+
+// --- These go through the auth module (users file, argon2) ------------------------------------
+
+#[test]
+fn check_config_ok() {
+    let s = Setup::new();
+    s.cert();
+    let out = s.add_user("alice@example.test", "correct horse");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), format!("config OK: {}", s.config()));
+}
+
+#[test]
+fn missing_cert_file_names_key_and_path() {
+    let s = Setup::new();
+    s.cert();
+    assert_eq!(s.add_user("alice@example.test", "pw").code, Some(0));
+    std::fs::remove_file(s.path("certs/cert.pem")).unwrap();
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "tls.cert", "cert.pem");
+}
+
+#[test]
+fn garbage_key_file_names_key_and_path() {
+    let s = Setup::new();
+    s.cert();
+    assert_eq!(s.add_user("alice@example.test", "pw").code, Some(0));
+    std::fs::write(s.path("certs/key.pem"), "garbage\n").unwrap();
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "tls.key", "key.pem");
+}
+
+#[test]
+fn plaintext_password_in_users_file_is_a_config_error() {
+    let s = Setup::new();
+    s.cert();
+    std::fs::write(
+        s.path("users.toml"),
+        "[[user]]\nlogin = \"alice@example.test\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let out = s.run(&["check-config", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "auth.users", "users.toml");
+    // And `serve` refuses to start on it.
+    let out = s.run(&["serve", "--config", &s.config()], "");
+    assert_config_error(&out, &s.config(), "auth.users", "users.toml");
+}
+
+#[test]
+fn hash_password_prints_only_the_phc_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = submitd(dir.path(), &["hash-password"], "secret\r\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let phc = out.stdout.strip_suffix('\n').expect("one line");
+    assert!(!phc.contains('\n'), "{out:?}");
+    assert!(
+        phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn user_add_list_del() {
+    let s = Setup::new();
+    let cfg = s.config();
+    let out = s.add_user("alice@example.test", "pw1");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.add_user("alice@example.test", "pw2");
+    assert_eq!(out.code, Some(1), "adding an existing login: {out:?}");
+
+    let out = s.run(
+        &[
+            "user",
+            "add",
+            "bob@example.test",
+            "--sender",
+            "@bob.example.test",
+            "--sender",
+            "bob@example.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "pw\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let out = s.run(&["user", "list", "--config", &cfg], "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("alice@example.test") && l.contains("alice@example.test"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("bob@example.test") && l.contains("@bob.example.test"))
+    );
+
+    let out = s.run(
+        &[
+            "user",
+            "passwd",
+            "alice@example.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "new\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.run(
+        &[
+            "user",
+            "passwd",
+            "nobody@example.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "new\n",
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+
+    let out = s.run(&["user", "del", "alice@example.test", "--config", &cfg], "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.run(&["user", "del", "alice@example.test", "--config", &cfg], "");
+    assert_eq!(out.code, Some(1), "deleting an unknown login: {out:?}");
+    let out = s.run(&["user", "list", "--config", &cfg], "");
+    assert!(!out.stdout.contains("alice@"), "{out:?}");
+    assert!(out.stdout.contains("bob@example.test"), "{out:?}");
+}
+
+#[test]
+fn user_add_rejects_bad_sender_and_empty_password() {
+    let s = Setup::new();
+    let cfg = s.config();
+    let out = s.run(
+        &[
+            "user",
+            "add",
+            "a@example.test",
+            "--sender",
+            "not an address",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "pw\n",
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let out = s.run(
+        &[
+            "user",
+            "add",
+            "a@example.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "\n",
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(!s.path("users.toml").exists());
+}
