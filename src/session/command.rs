@@ -10,6 +10,7 @@ pub enum Command {
     Ehlo(String),
     /// `HELO domain`.
     Helo(String),
+    /// `STARTTLS` (RFC 3207), no argument.
     StartTls,
     /// `AUTH mechanism [initial-response]`; the mechanism as given (the session checks it).
     Auth {
@@ -23,20 +24,22 @@ pub enum Command {
     },
     /// `RCPT TO:<forward-path>`; the address without angle brackets. `<Postmaster>` is kept
     /// as written. RCPT parameters are refused (we advertise none).
-    Rcpt {
-        to: String,
-    },
+    Rcpt { to: String },
+    /// `DATA`, no argument.
     Data,
     /// `BDAT size [LAST]`.
-    Bdat {
-        size: u64,
-        last: bool,
-    },
+    Bdat { size: u64, last: bool },
+    /// `RSET`, no argument.
     Rset,
+    /// `NOOP [string]`; the argument is ignored.
     Noop,
+    /// `QUIT`, no argument.
     Quit,
+    /// `HELP [string]`; the argument is ignored.
     Help,
+    /// `VRFY string`; the argument is ignored (we never verify addresses).
     Vrfy,
+    /// `EXPN string`; the argument is ignored.
     Expn,
 }
 
@@ -65,7 +68,9 @@ pub struct MailParams {
 /// The BODY= parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
+    /// `BODY=7BIT`.
     SevenBit,
+    /// `BODY=8BITMIME`.
     EightBitMime,
 }
 

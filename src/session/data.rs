@@ -456,7 +456,7 @@ mod tests {
                 acc.len(),
                 chunks.iter().map(|c| c.len() as u64).sum::<u64>()
             );
-            assert_eq!(acc.is_empty(), acc.len() == 0);
+            assert_eq!(acc.is_empty(), chunks.iter().all(|c| c.is_empty()));
             assert_eq!(&acc.finish(), want, "{chunks:?}");
         }
     }
