@@ -188,6 +188,7 @@ impl DataReader {
         self.state == DataState::Done
     }
 }
+
 /// Accumulates BDAT chunks (RFC 3030) into one message, checking the same bare CR/LF rule
 /// across chunk boundaries and the size limit.
 #[derive(Debug)]
@@ -236,7 +237,9 @@ impl BdatAccumulator {
         self.len() == 0
     }
 
-    /// After `BDAT n LAST`: the whole message, or why it is refused.
+    /// After `BDAT n LAST`: the whole message, or why it is refused (`BareLineEnding` before
+    /// `TooBig`, as for DATA).
+    ///
     /// A CR that ends the message is bare (no LF can follow it any more).
     pub fn finish(mut self) -> DataResult {
         if self.pending_cr {
