@@ -57,14 +57,22 @@ enum Refusal {
 
 impl ConnectionLimits {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
-        let total = self.total.clone().try_acquire_owned().map_err(|_| Refusal::Total)?;
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Total)?;
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let count = per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
             return Err(Refusal::PerIp);
         }
         *count += 1;
-        Ok(Admission { _total: total, ip, limits: self.clone() })
+        Ok(Admission {
+            _total: total,
+            ip,
+            limits: self.clone(),
+        })
     }
 }
 
@@ -94,7 +102,9 @@ impl Server {
     pub async fn bind(settings: Arc<Settings>) -> anyhow::Result<Server> {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
         let users = UserStore::open(&settings.auth.users)?;
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let verifier = Verifier::new(users, parallel);
         let spool = Spool::open(&settings.queue.dir)?;
         let limits = &settings.limits;
@@ -190,8 +200,14 @@ impl Server {
             let _ = l.await;
         }
         tracker.close();
-        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait()).await.is_err() {
-            warn!(remaining = tracker.len(), "shutdown deadline passed with sessions open");
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = tracker.len(),
+                "shutdown deadline passed with sessions open"
+            );
         }
         info!("stopped");
         Ok(())

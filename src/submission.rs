@@ -52,9 +52,10 @@ pub fn check_from(message: &[u8], senders: &[SenderPattern]) -> Result<(), FromP
             _ => continue,
         };
         let addresses: Vec<&str> = match &header.value {
-            HeaderValue::Address(address) => {
-                address.iter().filter_map(|a| a.address.as_deref()).collect()
-            }
+            HeaderValue::Address(address) => address
+                .iter()
+                .filter_map(|a| a.address.as_deref())
+                .collect(),
             _ => Vec::new(),
         };
         if !is_from && addresses.is_empty() {
@@ -92,13 +93,18 @@ pub struct Trace<'a> {
 
 /// RFC 5322 date-time (`Tue, 24 Nov 2026 13:31:00 +0000`).
 pub fn rfc5322_date(t: OffsetDateTime) -> String {
-    t.format(&Rfc2822).unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
+    t.format(&Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
 }
 
 /// The message as it will be queued: the headers submitd adds, then the submitted bytes.
 pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
     let date = rfc5322_date(trace.now);
-    let protocol = if trace.smtputf8 { "UTF8SMTPSA" } else { "ESMTPSA" };
+    let protocol = if trace.smtputf8 {
+        "UTF8SMTPSA"
+    } else {
+        "ESMTPSA"
+    };
     let from = match trace.client_ip {
         Some(ip) => format!("{} ([{}])", trace.helo, ip),
         None => trace.helo.to_string(),
@@ -113,7 +119,10 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
         added.push_str(&format!("Date: {date}\r\n"));
     }
     if !has_header(headers, b"message-id") {
-        added.push_str(&format!("Message-ID: <{}@{}>\r\n", trace.queue_id, trace.hostname));
+        added.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            trace.queue_id, trace.hostname
+        ));
     }
     let mut out = Vec::with_capacity(added.len() + message.len());
     out.extend_from_slice(added.as_bytes());
@@ -126,7 +135,10 @@ fn has_header(headers: &[u8], name: &[u8]) -> bool {
     headers.split(|&b| b == b'\n').any(|line| {
         line.len() > name.len()
             && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()..].iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b':')
+            && line[name.len()..]
+                .iter()
+                .find(|b| !matches!(b, b' ' | b'\t'))
+                == Some(&b':')
     })
 }
 
@@ -136,7 +148,10 @@ mod tests {
     use time::macros::datetime;
 
     fn alice() -> Vec<SenderPattern> {
-        vec![SenderPattern::Address { local: "alice".into(), domain: "example.test".into() }]
+        vec![SenderPattern::Address {
+            local: "alice".into(),
+            domain: "example.test".into(),
+        }]
     }
 
     fn trace() -> Trace<'static> {
@@ -164,7 +179,8 @@ mod tests {
 
     #[test]
     fn keeps_existing_date_and_message_id() {
-        let msg = b"DATE : Mon, 1 Jan 2024 00:00:00 +0000\r\nmessage-id: <x@y>\r\nFrom: a@b\r\n\r\n";
+        let msg =
+            b"DATE : Mon, 1 Jan 2024 00:00:00 +0000\r\nmessage-id: <x@y>\r\nFrom: a@b\r\n\r\n";
         let out = String::from_utf8(prepend_headers(msg, &trace())).unwrap();
         assert_eq!(out.matches("Date:").count(), 0);
         assert!(!out.contains("Message-ID:"));

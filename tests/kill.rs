@@ -27,7 +27,11 @@ fn start_binary(config: &Path) -> (Child, SocketAddr, SocketAddr) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("listening") {
-                let kind = if line.contains("submissions") { 465 } else { 587 };
+                let kind = if line.contains("submissions") {
+                    465
+                } else {
+                    587
+                };
                 let addr = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("addr="))
@@ -39,7 +43,11 @@ fn start_binary(config: &Path) -> (Child, SocketAddr, SocketAddr) {
     let (mut plain, mut tls) = (None, None);
     while plain.is_none() || tls.is_none() {
         let (kind, addr) = rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
-        if kind == 465 { tls = addr } else { plain = addr }
+        if kind == 465 {
+            tls = addr
+        } else {
+            plain = addr
+        }
     }
     (child, plain.unwrap(), tls.unwrap())
 }
@@ -53,13 +61,21 @@ async fn queued_message_survives_sigkill_and_restart() {
     let (mut child, _, tls) = start_binary(&config);
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
-    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "235",
+    )
+    .await;
     c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
     c.cmd("RCPT TO:<bob@example.net>", "250").await;
     c.cmd("DATA", "354").await;
-    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes()).await;
+    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes())
+        .await;
     let r = c.expect("250 2.0.0 Ok: queued as ").await;
-    let id = r.trim_start_matches("250 2.0.0 Ok: queued as ").trim_end().to_string();
+    let id = r
+        .trim_start_matches("250 2.0.0 Ok: queued as ")
+        .trim_end()
+        .to_string();
 
     // SIGKILL right after the 250: no chance to flush anything.
     child.kill().unwrap();

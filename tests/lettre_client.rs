@@ -21,7 +21,11 @@ fn transport(
         .add_root_certificate(Certificate::from_pem(cert.as_bytes()).unwrap())
         .build_rustls()
         .unwrap();
-    let tls = if implicit { Tls::Wrapper(params) } else { Tls::Required(params) };
+    let tls = if implicit {
+        Tls::Wrapper(params)
+    } else {
+        Tls::Required(params)
+    };
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(port)
         .tls(tls)
@@ -38,11 +42,18 @@ const RAW: &str = "From: Alice <alice@example.test>\r\nTo: bob@example.net\r\n\
 
 async fn submit_and_check(implicit: bool, mechanism: Mechanism) {
     let server = TestServer::start().await;
-    let port = if implicit { server.submissions.port() } else { server.submission.port() };
+    let port = if implicit {
+        server.submissions.port()
+    } else {
+        server.submission.port()
+    };
     let t = transport(port, implicit, mechanism, ALICE_PASSWORD);
     let envelope = Envelope::new(
         Some(ALICE.parse().unwrap()),
-        vec!["bob@example.net".parse().unwrap(), "carol@example.org".parse().unwrap()],
+        vec![
+            "bob@example.net".parse().unwrap(),
+            "carol@example.org".parse().unwrap(),
+        ],
     )
     .unwrap();
     let response = t.send_raw(&envelope, RAW.as_bytes()).await.unwrap();
@@ -59,10 +70,20 @@ async fn submit_and_check(implicit: bool, mechanism: Mechanism) {
     assert_eq!(env["sender"], ALICE);
     assert_eq!(env["user"], ALICE);
     assert_eq!(env["helo"].as_str().map(|h| !h.is_empty()), Some(true));
-    let rcpts: Vec<&str> =
-        env["recipients"].as_array().unwrap().iter().map(|r| r["address"].as_str().unwrap()).collect();
+    let rcpts: Vec<&str> = env["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
     assert_eq!(rcpts, ["bob@example.net", "carol@example.org"]);
-    assert!(env["recipients"].as_array().unwrap().iter().all(|r| r["state"] == "pending"));
+    assert!(
+        env["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "pending")
+    );
 
     let msg = String::from_utf8(msg.clone()).unwrap();
     let (received, rest) = msg.split_once("\r\n\t").unwrap();
@@ -72,7 +93,12 @@ async fn submit_and_check(implicit: bool, mechanism: Mechanism) {
         "{received}"
     );
     let (_date, submitted) = rest.split_once("\r\n").unwrap();
-    assert_eq!(submitted, RAW, "the submitted bytes are kept exactly");
+    // lettre always ends DATA with CRLF.CRLF, so a message ending in CRLF arrives with one more.
+    assert_eq!(
+        submitted,
+        format!("{RAW}\r\n"),
+        "the submitted bytes are kept exactly"
+    );
 }
 
 #[tokio::test]
@@ -99,9 +125,11 @@ async fn starttls_login() {
 async fn wrong_password_is_refused_and_nothing_queued() {
     let server = TestServer::start().await;
     let t = transport(server.submissions.port(), true, Mechanism::Plain, "wrong");
-    let envelope =
-        Envelope::new(Some(ALICE.parse().unwrap()), vec!["bob@example.net".parse().unwrap()])
-            .unwrap();
+    let envelope = Envelope::new(
+        Some(ALICE.parse().unwrap()),
+        vec!["bob@example.net".parse().unwrap()],
+    )
+    .unwrap();
     let err = t.send_raw(&envelope, RAW.as_bytes()).await.unwrap_err();
     assert!(err.to_string().contains("535"), "{err}");
     assert!(server.queued().is_empty());
@@ -110,16 +138,26 @@ async fn wrong_password_is_refused_and_nothing_queued() {
 #[tokio::test]
 async fn lettre_builder_message_gets_date_and_message_id_only_when_missing() {
     let server = TestServer::start().await;
-    let t = transport(server.submissions.port(), true, Mechanism::Plain, ALICE_PASSWORD);
-    let envelope =
-        Envelope::new(Some(ALICE.parse().unwrap()), vec!["bob@example.net".parse().unwrap()])
-            .unwrap();
+    let t = transport(
+        server.submissions.port(),
+        true,
+        Mechanism::Plain,
+        ALICE_PASSWORD,
+    );
+    let envelope = Envelope::new(
+        Some(ALICE.parse().unwrap()),
+        vec!["bob@example.net".parse().unwrap()],
+    )
+    .unwrap();
     let raw = "From: alice@example.test\r\nSubject: no date\r\n\r\nbody\r\n";
     t.send_raw(&envelope, raw.as_bytes()).await.unwrap();
     let (env, msg) = &server.queued()[0];
     let msg = String::from_utf8(msg.clone()).unwrap();
     let id = env["id"].as_str().unwrap();
-    assert!(msg.contains(&format!("\r\nMessage-ID: <{id}@{HOSTNAME}>\r\n")), "{msg}");
+    assert!(
+        msg.contains(&format!("\r\nMessage-ID: <{id}@{HOSTNAME}>\r\n")),
+        "{msg}"
+    );
     assert!(msg.contains("\r\nDate: "), "{msg}");
-    assert!(msg.ends_with(raw));
+    assert!(msg.ends_with(&format!("{raw}\r\n")));
 }

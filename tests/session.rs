@@ -30,9 +30,23 @@ async fn before_starttls_only_the_safe_commands_work() {
     let server = TestServer::start().await;
     let mut c = server.plain().await;
     let must = "530 5.7.0 Must issue a STARTTLS command first\r\n";
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "530").await, must);
+    assert_eq!(
+        c.cmd(
+            &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+            "530"
+        )
+        .await,
+        must
+    );
     c.cmd("EHLO client.test", "250").await;
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "530").await, must);
+    assert_eq!(
+        c.cmd(
+            &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+            "530"
+        )
+        .await,
+        must
+    );
     assert_eq!(c.cmd("AUTH LOGIN", "530").await, must);
     assert_eq!(c.cmd("MAIL FROM:<alice@example.test>", "530").await, must);
     assert_eq!(c.cmd("RCPT TO:<bob@example.net>", "530").await, must);
@@ -53,15 +67,21 @@ async fn bytes_pipelined_after_starttls_are_discarded() {
     let mut c = server.plain().await;
     c.cmd("EHLO client.test", "250").await;
     // The classic STARTTLS injection (CVE-2011-0411): commands in the same packet.
-    c.send(b"STARTTLS\r\nMAIL FROM:<alice@example.test>\r\nNOOP\r\n").await;
+    c.send(b"STARTTLS\r\nMAIL FROM:<alice@example.test>\r\nNOOP\r\n")
+        .await;
     c.expect("220 2.0.0").await;
     c.upgrade().await.unwrap();
     // If the injected commands had survived, their replies would come first.
     c.cmd("NOOP", "250 2.0.0 Ok\r\n").await;
     // The session started over: EHLO first, and no earlier state.
-    c.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1 EHLO first").await;
+    c.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1 EHLO first")
+        .await;
     c.cmd("EHLO client.test", "250-").await;
-    c.cmd("MAIL FROM:<alice@example.test>", "530 5.7.0 Authentication required").await;
+    c.cmd(
+        "MAIL FROM:<alice@example.test>",
+        "530 5.7.0 Authentication required",
+    )
+    .await;
     c.cmd("STARTTLS", "503 5.5.1").await;
 }
 
@@ -82,8 +102,12 @@ async fn plaintext_on_465_never_gets_a_greeting() {
     let mut buf = Vec::new();
     let r = tokio::time::timeout(IO_TIMEOUT, async {
         use tokio::io::AsyncReadExt;
-        let mut s = tokio::net::TcpStream::connect(server.submissions).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, b"EHLO client.test\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(server.submissions)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"EHLO client.test\r\n")
+            .await
+            .unwrap();
         s.read_to_end(&mut buf).await
     })
     .await
@@ -98,8 +122,16 @@ async fn auth_plain_with_and_without_initial_response_and_login() {
     let mut c = server.tls().await;
     c.cmd("EHLO client.test", "250").await;
     c.cmd("AUTH PLAIN", "334 \r\n").await;
-    c.cmd(&plain(ALICE, ALICE_PASSWORD), "235 2.7.0 Authentication successful\r\n").await;
-    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "503 5.5.1").await;
+    c.cmd(
+        &plain(ALICE, ALICE_PASSWORD),
+        "235 2.7.0 Authentication successful\r\n",
+    )
+    .await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "503 5.5.1",
+    )
+    .await;
 
     let mut c = server.tls().await;
     c.cmd("EHLO client.test", "250").await;
@@ -136,10 +168,13 @@ async fn auth_failures_end_the_connection() {
     let mut c = server.tls().await;
     c.cmd("EHLO client.test", "250").await;
     let wrong = format!("AUTH PLAIN {}", plain(ALICE, "nope"));
-    c.cmd(&wrong, "535 5.7.8 Authentication credentials invalid\r\n").await;
+    c.cmd(&wrong, "535 5.7.8 Authentication credentials invalid\r\n")
+        .await;
     let unknown = format!("AUTH PLAIN {}", plain("nobody@example.test", "nope"));
-    c.cmd(&unknown, "535 5.7.8 Authentication credentials invalid\r\n").await;
-    c.cmd(&wrong, "421 4.7.0 Too many authentication failures\r\n").await;
+    c.cmd(&unknown, "535 5.7.8 Authentication credentials invalid\r\n")
+        .await;
+    c.cmd(&wrong, "421 4.7.0 Too many authentication failures\r\n")
+        .await;
     c.expect_closed().await;
 }
 
@@ -147,10 +182,19 @@ async fn auth_failures_end_the_connection() {
 async fn mail_requires_auth_and_ehlo() {
     let server = TestServer::start().await;
     let mut c = server.tls().await;
-    c.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1 EHLO first").await;
+    c.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1 EHLO first")
+        .await;
     c.cmd("EHLO client.test", "250").await;
-    c.cmd("MAIL FROM:<alice@example.test>", "530 5.7.0 Authentication required\r\n").await;
-    c.cmd("RCPT TO:<bob@example.net>", "530 5.7.0 Authentication required\r\n").await;
+    c.cmd(
+        "MAIL FROM:<alice@example.test>",
+        "530 5.7.0 Authentication required\r\n",
+    )
+    .await;
+    c.cmd(
+        "RCPT TO:<bob@example.net>",
+        "530 5.7.0 Authentication required\r\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -159,13 +203,25 @@ async fn sender_binding_envelope() {
     let mut c = server.alice().await;
     let refused = "553 5.7.1 Sender address rejected: not owned by user alice@example.test\r\n";
     assert_eq!(c.cmd("MAIL FROM:<bob@example.test>", "553").await, refused);
-    assert_eq!(c.cmd("MAIL FROM:<alice@example.test.evil>", "553").await, refused);
-    assert_eq!(c.cmd("MAIL FROM:<alice@sub.alice.example.test>", "553").await, refused);
-    assert_eq!(c.cmd("MAIL FROM:<\"alice@example.test\"@evil.test>", "553").await, refused);
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@example.test.evil>", "553").await,
+        refused
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@sub.alice.example.test>", "553")
+            .await,
+        refused
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<\"alice@example.test\"@evil.test>", "553")
+            .await,
+        refused
+    );
     c.cmd("MAIL FROM:<>", "553 5.7.1").await;
     c.cmd("MAIL FROM:<Alice@EXAMPLE.test>", "250 2.1.0").await;
     c.cmd("RSET", "250").await;
-    c.cmd("MAIL FROM:<anything@alice.example.test>", "250 2.1.0").await;
+    c.cmd("MAIL FROM:<anything@alice.example.test>", "250 2.1.0")
+        .await;
     c.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1").await;
 }
 
@@ -185,14 +241,31 @@ async fn submit(c: &mut Client, from: &str, rcpts: &[&str], body: &str) -> Strin
 async fn sender_binding_header_from() {
     let server = TestServer::start().await;
     let mut c = server.alice().await;
-    let r = submit(&mut c, ALICE, &["x@example.net"], "From: bob@example.test\r\n\r\nhi").await;
-    assert_eq!(r, "553 5.7.1 Sender address rejected: not owned by user alice@example.test\r\n");
+    let r = submit(
+        &mut c,
+        ALICE,
+        &["x@example.net"],
+        "From: bob@example.test\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(
+        r,
+        "553 5.7.1 Sender address rejected: not owned by user alice@example.test\r\n"
+    );
     let r = submit(&mut c, ALICE, &["x@example.net"], "Subject: none\r\n\r\nhi").await;
     assert_eq!(r, "550 5.6.0 Message has no From header\r\n");
     let body = "From: alice@example.test\r\nSender: mallory@evil.test\r\n\r\nhi";
-    assert!(submit(&mut c, ALICE, &["x@example.net"], body).await.starts_with("553 5.7.1"));
+    assert!(
+        submit(&mut c, ALICE, &["x@example.net"], body)
+            .await
+            .starts_with("553 5.7.1")
+    );
     let body = "From: alice@example.test, \"x\" <carol@alice.example.test>\r\n\r\nhi";
-    assert!(submit(&mut c, ALICE, &["x@example.net"], body).await.starts_with("250 2.0.0"));
+    assert!(
+        submit(&mut c, ALICE, &["x@example.net"], body)
+            .await
+            .starts_with("250 2.0.0")
+    );
     assert_eq!(server.queued().len(), 1);
 }
 
@@ -201,13 +274,22 @@ async fn a_queued_message_is_on_disk_at_the_250() {
     let server = TestServer::start().await;
     let mut c = server.alice().await;
     let r = submit(&mut c, ALICE, &["x@example.net"], &message_from(ALICE)).await;
-    let id = r.strip_prefix("250 2.0.0 Ok: queued as ").unwrap().trim_end().to_string();
+    let id = r
+        .strip_prefix("250 2.0.0 Ok: queued as ")
+        .unwrap()
+        .trim_end()
+        .to_string();
     let env = server.queue_dir().join(format!("{id}.env"));
     let msg = server.queue_dir().join(format!("{id}.msg"));
     assert!(env.exists() && msg.exists());
     let body = std::fs::read_to_string(msg).unwrap();
-    assert!(body.ends_with(&message_from(ALICE)));
-    assert!(body.starts_with("Received: from client.test by mail.example.test (submitd) with ESMTPSA id "));
+    // `submit` ends the data with CRLF.CRLF after a body that already ends in CRLF.
+    assert!(body.ends_with(&format!("{}\r\n", message_from(ALICE))));
+    assert!(
+        body.starts_with(
+            "Received: from client.test by mail.example.test (submitd) with ESMTPSA id "
+        )
+    );
 }
 
 #[tokio::test]
@@ -255,7 +337,10 @@ async fn smuggling_variants_in_data() {
         );
         c.send(&data).await;
         let r = c.reply().await;
-        assert_eq!(r, "550 5.6.0 Bare CR or LF in message\r\n", "variant {variant:?}");
+        assert_eq!(
+            r, "550 5.6.0 Bare CR or LF in message\r\n",
+            "variant {variant:?}"
+        );
         // Nothing else was answered: the next reply is the NOOP's.
         c.cmd("NOOP", "250 2.0.0 Ok\r\n").await;
     }
@@ -269,7 +354,8 @@ async fn nul_before_the_dot_does_not_end_data() {
     c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
     c.cmd("RCPT TO:<x@example.net>", "250").await;
     c.cmd("DATA", "354").await;
-    c.send(b"From: alice@example.test\r\n\r\nfirst\r\n\x00.\r\nNOOP\r\n").await;
+    c.send(b"From: alice@example.test\r\n\r\nfirst\r\n\x00.\r\nNOOP\r\n")
+        .await;
     c.send(b".\r\n").await;
     c.expect("250 2.0.0 Ok: queued").await;
     let (_, msg) = &server.queued()[0];
@@ -286,7 +372,8 @@ async fn smuggling_variants_in_bdat() {
         let mut chunk = b"From: alice@example.test\r\n\r\nfirst".to_vec();
         chunk.extend_from_slice(variant);
         chunk.extend_from_slice(b"more\r\n");
-        c.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes()).await;
+        c.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
+            .await;
         c.send(&chunk).await;
         c.expect("550 5.6.0 Bare CR or LF in message\r\n").await;
         c.cmd("NOOP", "250 2.0.0 Ok\r\n").await;
@@ -302,9 +389,12 @@ async fn bdat_chunks_make_one_message() {
     c.cmd("RCPT TO:<x@example.net>", "250").await;
     let part1 = "From: alice@example.test\r\n\r\nline one\r";
     let part2 = "\n.line two, no stuffing in BDAT\r\n";
-    c.send(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes()).await;
-    c.expect(&format!("250 2.0.0 Ok: {} octets received", part1.len())).await;
-    c.send(format!("BDAT {} LAST\r\n{part2}", part2.len()).as_bytes()).await;
+    c.send(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes())
+        .await;
+    c.expect(&format!("250 2.0.0 Ok: {} octets received", part1.len()))
+        .await;
+    c.send(format!("BDAT {} LAST\r\n{part2}", part2.len()).as_bytes())
+        .await;
     c.expect("250 2.0.0 Ok: queued as").await;
     c.cmd("DATA", "503").await;
     let (_, msg) = &server.queued()[0];
@@ -317,7 +407,8 @@ async fn bdat_refused_chunk_is_consumed_not_run() {
     let mut c = server.alice().await;
     // No MAIL yet: the chunk is read and discarded, its content never runs as commands.
     let chunk = "QUIT\r\n";
-    c.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes()).await;
+    c.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes())
+        .await;
     c.expect("503 5.5.1").await;
     c.cmd("NOOP", "250").await;
     // An unreadable size cannot be skipped: the connection ends.
@@ -355,7 +446,8 @@ async fn pipelined_transaction() {
     c.expect("250 2.1.5").await;
     c.expect("250 2.1.5").await;
     c.expect("354").await;
-    c.send(format!("{}.\r\nRSET\r\nNOOP\r\nQUIT\r\n", message_from(ALICE)).as_bytes()).await;
+    c.send(format!("{}.\r\nRSET\r\nNOOP\r\nQUIT\r\n", message_from(ALICE)).as_bytes())
+        .await;
     c.expect("250 2.0.0 Ok: queued as").await;
     c.expect("250 2.0.0 Ok").await;
     c.expect("250 2.0.0 Ok").await;
@@ -415,9 +507,18 @@ async fn long_lines_get_one_error_and_the_session_survives() {
 async fn size_limits() {
     let server = TestServer::start_with("max_message_size = 1000").await;
     let mut c = server.alice().await;
-    assert!(c.cmd("EHLO client.test", "250").await.contains("250-SIZE 1000\r\n"));
-    c.cmd(&format!("MAIL FROM:<{ALICE}> SIZE=1001"), "552 5.3.4 Message size exceeds fixed limit\r\n").await;
-    c.cmd(&format!("MAIL FROM:<{ALICE}> SIZE=1000"), "250").await;
+    assert!(
+        c.cmd("EHLO client.test", "250")
+            .await
+            .contains("250-SIZE 1000\r\n")
+    );
+    c.cmd(
+        &format!("MAIL FROM:<{ALICE}> SIZE=1001"),
+        "552 5.3.4 Message size exceeds fixed limit\r\n",
+    )
+    .await;
+    c.cmd(&format!("MAIL FROM:<{ALICE}> SIZE=1000"), "250")
+        .await;
     c.cmd("RSET", "250").await;
     let big = format!("{}{}\r\n", message_from(ALICE), "x".repeat(1000));
     let r = submit(&mut c, ALICE, &["x@example.net"], &big).await;
@@ -445,9 +546,14 @@ async fn recipient_limit() {
     c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
     c.cmd("RCPT TO:<a@example.net>", "250").await;
     c.cmd("RCPT TO:<b@example.net>", "250").await;
-    c.cmd("RCPT TO:<c@example.net>", "452 4.5.3 Too many recipients\r\n").await;
+    c.cmd(
+        "RCPT TO:<c@example.net>",
+        "452 4.5.3 Too many recipients\r\n",
+    )
+    .await;
     c.cmd("DATA", "354").await;
-    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes()).await;
+    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes())
+        .await;
     c.expect("250 2.0.0 Ok: queued").await;
     let (env, _) = &server.queued()[0];
     assert_eq!(env["recipients"].as_array().unwrap().len(), 2);
@@ -503,4 +609,35 @@ async fn total_connection_limit() {
     let mut c = Client::connect_raw(server.submission).await;
     c.expect("421 4.7.0").await;
     c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn auth_line_may_be_longer_than_a_command_line() {
+    let server = TestServer::start().await;
+    let mut c = server.tls().await;
+    c.cmd("EHLO my_pc.local", "250").await;
+    // RFC 4954: an AUTH command with its initial response may exceed 512 octets.
+    let long = format!("AUTH PLAIN {}", plain(ALICE, &"p".repeat(3000)));
+    assert!(long.len() > 512);
+    c.cmd(&long, "535 5.7.8").await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "235",
+    )
+    .await;
+    let r = submit(&mut c, ALICE, &["x@example.net"], &message_from(ALICE)).await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"));
+    let (_, msg) = &server.queued()[0];
+    assert!(msg.starts_with(b"Received: from my_pc.local by "));
+}
+
+#[tokio::test]
+async fn ehlo_argument_is_validated() {
+    let server = TestServer::start().await;
+    let mut c = server.tls().await;
+    c.cmd("EHLO", "501 5.5.4").await;
+    c.cmd("EHLO bad;name", "501 5.5.4").await;
+    c.cmd("EHLO (comment)", "501 5.5.4").await;
+    c.cmd("EHLO [300.1.1.1]", "501 5.5.4").await;
+    c.cmd("EHLO [127.0.0.1]", "250").await;
 }

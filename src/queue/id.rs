@@ -15,12 +15,18 @@ impl QueueId {
             .map(|d| d.as_micros())
             .unwrap_or(0);
         let random: u32 = rand::random::<u32>() & 0x00ff_ffff;
-        QueueId(format!("{:014X}{:06X}", micros & 0x00ff_ffff_ffff_ffff, random))
+        QueueId(format!(
+            "{:014X}{:06X}",
+            micros & 0x00ff_ffff_ffff_ffff,
+            random
+        ))
     }
 
     /// Parse an ID given on the command line or found in the queue directory.
     pub fn parse(s: &str) -> Option<QueueId> {
-        let ok = s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+        let ok = s.len() == 20
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
         ok.then(|| QueueId(s.to_string()))
     }
 

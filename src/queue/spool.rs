@@ -70,7 +70,11 @@ pub enum RecipientState {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("{path}: {step}: {source}")]
-    Io { path: PathBuf, step: &'static str, source: io::Error },
+    Io {
+        path: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("{path}: invalid queue file: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("spool task failed: {0}")]
@@ -84,7 +88,11 @@ pub struct Spool {
 }
 
 fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
-    move |source| SpoolError::Io { path: path.to_path_buf(), step, source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        step,
+        source,
+    }
 }
 
 impl Spool {
@@ -96,7 +104,9 @@ impl Spool {
             .mode(0o700)
             .create(dir)
             .map_err(io_err(dir, "create directory"))?;
-        let spool = Spool { dir: dir.to_path_buf() };
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+        };
         for entry in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
             let entry = entry.map_err(io_err(dir, "read directory"))?;
             let name = entry.file_name();
@@ -167,8 +177,10 @@ impl Spool {
             message: format!("bad queue id {:?}", envelope.id),
         })?;
         let path = self.envelope_path(&id);
-        let json = serde_json::to_vec(envelope)
-            .map_err(|e| SpoolError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         write_atomically(&path, &json, true)
     }
 
@@ -176,8 +188,11 @@ impl Spool {
     pub fn load_envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
         let path = self.envelope_path(id);
         let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
-        let envelope: Envelope = serde_json::from_slice(&bytes)
-            .map_err(|e| SpoolError::Invalid { path: path.clone(), message: e.to_string() })?;
+        let envelope: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| SpoolError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if envelope.version != FORMAT_VERSION {
             return Err(SpoolError::Invalid {
                 path,
@@ -199,7 +214,11 @@ impl Spool {
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir, "read directory"))? {
             let entry = entry.map_err(io_err(&self.dir, "read directory"))?;
             let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".env")).and_then(QueueId::parse) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".env"))
+                .and_then(QueueId::parse)
+            {
                 ids.push(id);
             }
         }
@@ -279,7 +298,10 @@ mod tests {
         assert_eq!(spool.load_message(&id).unwrap(), b"hello");
         assert_eq!(spool.list().unwrap(), vec![id]);
         let mode = fs::metadata(spool.dir()).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -238,10 +238,12 @@ fn parse_hello(args: &[u8], allow_utf8: bool) -> Result<String, ParseError> {
         return Err(ParseError::Syntax("domain or address literal required"));
     }
     let word = std::str::from_utf8(word).map_err(|_| ParseError::Syntax("invalid domain"))?;
+    // Windows machines often have `_` in their host names; Postfix accepts them and so do
+    // we. `_` cannot break out of the Received header, so it is safe to keep.
     let valid = if word.starts_with('[') {
         is_address_literal(word)
     } else {
-        is_domain(word, allow_utf8)
+        is_domain(&word.replace('_', "a"), allow_utf8)
     };
     if valid {
         Ok(word.to_owned())
@@ -760,7 +762,7 @@ mod tests {
             (b"EHLO a.test.", SYNTAX()),
             (b"EHLO -a.test", SYNTAX()),
             (b"EHLO a-.test", SYNTAX()),
-            (b"EHLO a_b.test", SYNTAX()),
+            (b"EHLO a_b.test", ehlo("a_b.test")),
             (b"EHLO a;b", SYNTAX()),
             (b"EHLO a(b)", SYNTAX()),
             (b"EHLO a\\b", SYNTAX()),

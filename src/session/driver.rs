@@ -61,7 +61,11 @@ enum ReadError {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(stream: S) -> Conn<S> {
-        Conn { stream, input: InputBuffer::new(), output: Vec::with_capacity(512) }
+        Conn {
+            stream,
+            input: InputBuffer::new(),
+            output: Vec::with_capacity(512),
+        }
     }
 
     fn push(&mut self, reply: &Reply) {
@@ -80,7 +84,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.output.clear();
         match result {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timeout",
+            )),
         }
     }
 
@@ -199,11 +206,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(ReadError::Timeout) => {
                     info!("idle timeout");
-                    conn.close_with(&reply::timeout(&ctx.config.hostname), limit).await;
+                    conn.close_with(&reply::timeout(&ctx.config.hostname), limit)
+                        .await;
                     return End::Closed;
                 }
                 Err(ReadError::Shutdown) => {
-                    conn.close_with(&reply::shutting_down(&ctx.config.hostname), limit).await;
+                    conn.close_with(&reply::shutting_down(&ctx.config.hostname), limit)
+                        .await;
                     return End::Closed;
                 }
             }

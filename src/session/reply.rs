@@ -15,12 +15,18 @@ pub struct Reply {
 impl Reply {
     /// A reply with constant text; `text` may hold several lines separated by `\n`.
     pub const fn new(code: u16, text: &'static str) -> Reply {
-        Reply { code, text: Cow::Borrowed(text) }
+        Reply {
+            code,
+            text: Cow::Borrowed(text),
+        }
     }
 
     /// A reply with computed text.
     pub fn owned(code: u16, text: String) -> Reply {
-        Reply { code, text: Cow::Owned(text) }
+        Reply {
+            code,
+            text: Cow::Owned(text),
+        }
     }
 
     /// The three-digit code.
@@ -96,7 +102,10 @@ pub fn chunk_received(octets: u64) -> Reply {
 
 /// `553 5.7.1 Sender address rejected: not owned by user LOGIN`.
 pub fn sender_not_owned(login: &str) -> Reply {
-    Reply::owned(553, format!("5.7.1 Sender address rejected: not owned by user {login}"))
+    Reply::owned(
+        553,
+        format!("5.7.1 Sender address rejected: not owned by user {login}"),
+    )
 }
 
 /// `421 4.4.2 HOSTNAME Error: timeout exceeded` (RFC 5321 4.5.3.2).
@@ -111,12 +120,18 @@ pub fn shutting_down(hostname: &str) -> Reply {
 
 /// `421 4.7.0 HOSTNAME Too many connections` (total limit).
 pub fn too_many_connections(hostname: &str) -> Reply {
-    Reply::owned(421, format!("4.7.0 {hostname} Too many connections, try again later"))
+    Reply::owned(
+        421,
+        format!("4.7.0 {hostname} Too many connections, try again later"),
+    )
 }
 
 /// `421 4.7.0 HOSTNAME Too many connections from your address` (per-IP limit).
 pub fn too_many_connections_from_ip(hostname: &str) -> Reply {
-    Reply::owned(421, format!("4.7.0 {hostname} Too many connections from your address"))
+    Reply::owned(
+        421,
+        format!("4.7.0 {hostname} Too many connections from your address"),
+    )
 }
 
 pub const OK: Reply = Reply::new(250, "2.0.0 Ok");
@@ -142,8 +157,7 @@ pub const AUTH_LOGIN_PASSWORD: Reply = Reply::new(334, "UGFzc3dvcmQ6");
 pub const MUST_STARTTLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
 pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8 Authentication credentials invalid");
-pub const AUTH_TOO_MANY_FAILURES: Reply =
-    Reply::new(421, "4.7.0 Too many authentication failures");
+pub const AUTH_TOO_MANY_FAILURES: Reply = Reply::new(421, "4.7.0 Too many authentication failures");
 pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.7.0 Authentication cancelled");
 pub const AUTH_BAD_BASE64: Reply = Reply::new(501, "5.5.2 Cannot decode response");
 pub const AUTH_MALFORMED: Reply = Reply::new(501, "5.5.2 Malformed authentication response");
@@ -162,8 +176,10 @@ pub const NULL_SENDER_REFUSED: Reply =
     Reply::new(553, "5.7.1 Null sender not allowed for authenticated users");
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
 pub const MESSAGE_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
-pub const NEED_SMTPUTF8: Reply =
-    Reply::new(553, "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter");
+pub const NEED_SMTPUTF8: Reply = Reply::new(
+    553,
+    "5.6.7 Non-ASCII address requires the SMTPUTF8 parameter",
+);
 pub const BARE_LINE_ENDING: Reply = Reply::new(550, "5.6.0 Bare CR or LF in message");
 pub const NO_FROM: Reply = Reply::new(550, "5.6.0 Message has no From header");
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
@@ -183,7 +199,10 @@ mod tests {
 
     #[test]
     fn single_line_wire_form() {
-        assert_eq!(AUTH_FAILED.to_wire(), "535 5.7.8 Authentication credentials invalid\r\n");
+        assert_eq!(
+            AUTH_FAILED.to_wire(),
+            "535 5.7.8 Authentication credentials invalid\r\n"
+        );
         assert_eq!(AUTH_PLAIN_CHALLENGE.to_wire(), "334 \r\n");
     }
 

@@ -91,11 +91,17 @@ enum Mode {
     Command,
     AuthPlain,
     AuthLoginUser,
-    AuthLoginPassword { login: String },
+    AuthLoginPassword {
+        login: String,
+    },
     Verifying,
     Data(DataReader),
     /// Reading a BDAT chunk; `refusal` is the reply owed once a refused chunk is consumed.
-    Chunk { remaining: u64, last: bool, refusal: Option<Reply> },
+    Chunk {
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
     Queueing,
 }
 
@@ -146,10 +152,12 @@ impl Session {
     /// What input the session needs next.
     pub fn wants(&self) -> Want {
         match &self.mode {
-            Mode::Command => Want::Line(MAX_COMMAND_LINE),
-            Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPassword { .. } => {
-                Want::Line(MAX_AUTH_LINE)
-            }
+            // AUTH with an initial response may be as long as a continuation line (RFC 4954
+            // section 4); every other command is held to 512 octets in `on_line`.
+            Mode::Command
+            | Mode::AuthPlain
+            | Mode::AuthLoginUser
+            | Mode::AuthLoginPassword { .. } => Want::Line(MAX_AUTH_LINE),
             Mode::Data(_) => Want::Data,
             Mode::Chunk { remaining, .. } => Want::Chunk(*remaining),
             Mode::Verifying | Mode::Queueing => Want::Outcome,
@@ -161,6 +169,9 @@ impl Session {
         match std::mem::replace(&mut self.mode, Mode::Command) {
             Mode::Command => match event {
                 LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
+                LineEvent::Line(line) if line.len() + 2 > MAX_COMMAND_LINE && !is_auth(&line) => {
+                    Step::Reply(reply::LINE_TOO_LONG)
+                }
                 LineEvent::Line(line) => match command::parse(&line) {
                     Ok(cmd) => self.on_command(cmd),
                     // A BDAT whose size we cannot read leaves us unable to find the next
@@ -217,13 +228,20 @@ impl Session {
     /// Feed BDAT chunk bytes; returns how many were consumed and the step once the chunk is
     /// complete. Call with an empty slice when `wants()` is `Chunk(0)`.
     pub fn on_chunk(&mut self, input: &[u8]) -> (usize, Option<Step>) {
-        let Mode::Chunk { remaining, last, refusal } = &mut self.mode else {
+        let Mode::Chunk {
+            remaining,
+            last,
+            refusal,
+        } = &mut self.mode
+        else {
             return (0, None);
         };
         let take = (*remaining).min(input.len() as u64) as usize;
         *remaining -= take as u64;
         if refusal.is_none()
-            && let Transaction::Rcpt { bdat: Some(acc), .. } = &mut self.transaction
+            && let Transaction::Rcpt {
+                bdat: Some(acc), ..
+            } = &mut self.transaction
         {
             acc.push(&input[..take]);
         }
@@ -236,7 +254,10 @@ impl Session {
         if let Some(reply) = refusal {
             return (take, Some(Step::Reply(reply)));
         }
-        let Transaction::Rcpt { bdat: Some(acc), .. } = &mut self.transaction else {
+        let Transaction::Rcpt {
+            bdat: Some(acc), ..
+        } = &mut self.transaction
+        else {
             return (take, Some(Step::Reply(reply::NEED_RCPT)));
         };
         let received = acc.len();
@@ -377,7 +398,11 @@ impl Session {
                 if size > self.config.max_message_size {
                     return Step::Close(refusal);
                 }
-                self.mode = Mode::Chunk { remaining: size, last, refusal: Some(refusal) };
+                self.mode = Mode::Chunk {
+                    remaining: size,
+                    last,
+                    refusal: Some(refusal),
+                };
                 Step::Nothing
             }
             _ => Step::Reply(refusal),
@@ -427,7 +452,10 @@ impl Session {
         if !matches!(self.transaction, Transaction::None) {
             return Step::Reply(reply::NESTED_MAIL);
         }
-        if params.size.is_some_and(|s| s > self.config.max_message_size) {
+        if params
+            .size
+            .is_some_and(|s| s > self.config.max_message_size)
+        {
             return Step::Reply(reply::MESSAGE_TOO_BIG);
         }
         let from = match from {
@@ -451,12 +479,20 @@ impl Session {
         let (from, params, mut rcpts, bdat) = match std::mem::take(&mut self.transaction) {
             Transaction::None => return Step::Reply(reply::NEED_MAIL),
             Transaction::Mail { from, params } => (from, params, Vec::new(), None),
-            Transaction::Rcpt { from, params, rcpts, bdat } => (from, params, rcpts, bdat),
+            Transaction::Rcpt {
+                from,
+                params,
+                rcpts,
+                bdat,
+            } => (from, params, rcpts, bdat),
         };
         let step = if bdat.is_some() {
             Step::Reply(reply::Reply::new(503, "5.5.1 RCPT not allowed after BDAT"))
         } else if !to.contains('@') {
-            Step::Reply(reply::Reply::new(501, "5.1.3 Recipient address must have a domain"))
+            Step::Reply(reply::Reply::new(
+                501,
+                "5.1.3 Recipient address must have a domain",
+            ))
         } else if !to.is_ascii() && !params.smtputf8 {
             Step::Reply(reply::NEED_SMTPUTF8)
         } else if rcpts.iter().any(|r| r.eq_ignore_ascii_case(&to)) {
@@ -470,7 +506,12 @@ impl Session {
         self.transaction = if rcpts.is_empty() {
             Transaction::Mail { from, params }
         } else {
-            Transaction::Rcpt { from, params, rcpts, bdat }
+            Transaction::Rcpt {
+                from,
+                params,
+                rcpts,
+                bdat,
+            }
         };
         step
     }
@@ -507,7 +548,11 @@ impl Session {
                     self.transaction = Transaction::None;
                     return Step::Close(reply::MESSAGE_TOO_BIG);
                 }
-                self.mode = Mode::Chunk { remaining: size, last, refusal: None };
+                self.mode = Mode::Chunk {
+                    remaining: size,
+                    last,
+                    refusal: None,
+                };
                 if size == 0 {
                     // Nothing to read: answer now.
                     return self.on_chunk(&[]).1.unwrap_or(Step::Nothing);
@@ -520,7 +565,13 @@ impl Session {
     /// A DATA or BDAT body ended: check it and hand it to the spool, or refuse it.
     fn finish_message(&mut self, result: DataResult) -> Step {
         let transaction = std::mem::take(&mut self.transaction);
-        let Transaction::Rcpt { from, params, rcpts, .. } = transaction else {
+        let Transaction::Rcpt {
+            from,
+            params,
+            rcpts,
+            ..
+        } = transaction
+        else {
             return Step::Reply(reply::NEED_RCPT);
         };
         let message = match result {
@@ -549,6 +600,11 @@ impl Session {
     }
 }
 
+/// Whether a line is an AUTH command (by its verb).
+fn is_auth(line: &[u8]) -> bool {
+    line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
+}
+
 /// Whether a line is a BDAT command (by its verb), whatever its arguments.
 fn is_bdat(line: &[u8]) -> bool {
     line.len() >= 4
@@ -562,5 +618,247 @@ fn parse_error_reply(e: &ParseError) -> Reply {
         ParseError::UnknownCommand => reply::UNKNOWN_COMMAND,
         ParseError::Syntax(detail) => reply::syntax(detail),
         ParseError::UnsupportedParameter => reply::UNSUPPORTED_PARAMETER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::senders::SenderPattern;
+
+    fn config() -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 100,
+            max_recipients: 2,
+            max_auth_failures: 2,
+        })
+    }
+
+    fn alice() -> Arc<User> {
+        Arc::new(User {
+            login: "alice@example.test".into(),
+            password: String::new(),
+            senders: vec![SenderPattern::parse("alice@example.test").unwrap()],
+        })
+    }
+
+    fn line(s: &str) -> LineEvent {
+        LineEvent::Line(s.as_bytes().to_vec())
+    }
+
+    /// Feed a command line and describe the step: the reply's first line, or the action.
+    fn cmd(session: &mut Session, s: &str) -> String {
+        describe(session.on_line(line(s)))
+    }
+
+    fn describe(step: Step) -> String {
+        match step {
+            Step::Reply(r) => r.to_wire().lines().last().unwrap_or("").to_string(),
+            Step::Close(r) => format!("close {}", r.to_wire().trim_end()),
+            Step::StartTls => "starttls".into(),
+            Step::Verify(c) => format!("verify {}", c.login),
+            Step::Queue(a) => format!("queue {} -> {}", a.sender, a.recipients.join(",")),
+            Step::Nothing => "nothing".into(),
+        }
+    }
+
+    fn authenticated() -> Session {
+        let mut s = Session::new(config(), true);
+        cmd(&mut s, "EHLO c.test");
+        let plain = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABwdw==";
+        assert_eq!(cmd(&mut s, plain), "verify alice@example.test");
+        assert_eq!(s.wants(), Want::Outcome);
+        assert_eq!(
+            describe(s.auth_result(Some(alice()))),
+            "235 2.7.0 Authentication successful"
+        );
+        s
+    }
+
+    #[test]
+    fn plaintext_session_allows_only_the_starttls_set() {
+        let mut s = Session::new(config(), false);
+        for (input, expected) in [
+            (
+                "MAIL FROM:<alice@example.test>",
+                "530 5.7.0 Must issue a STARTTLS command first",
+            ),
+            (
+                "AUTH PLAIN",
+                "530 5.7.0 Must issue a STARTTLS command first",
+            ),
+            ("BDAT 5", "nothing"),
+        ] {
+            assert_eq!(cmd(&mut s, input), expected, "{input}");
+        }
+        // The refused BDAT's chunk is consumed, then answered.
+        assert_eq!(s.wants(), Want::Chunk(5));
+        let (n, step) = s.on_chunk(b"QUIT\r\nNOOP\r\n");
+        assert_eq!(n, 5);
+        assert_eq!(
+            describe(step.unwrap()),
+            "530 5.7.0 Must issue a STARTTLS command first"
+        );
+        assert_eq!(cmd(&mut s, "NOOP"), "250 2.0.0 Ok");
+        assert_eq!(cmd(&mut s, "EHLO c.test"), "250 CHUNKING");
+        assert_eq!(cmd(&mut s, "STARTTLS"), "starttls");
+    }
+
+    #[test]
+    fn tls_session_needs_ehlo_then_auth() {
+        let mut s = Session::new(config(), true);
+        assert_eq!(cmd(&mut s, "MAIL FROM:<a@b.test>"), "503 5.5.1 EHLO first");
+        assert_eq!(cmd(&mut s, "EHLO c.test"), "250 CHUNKING");
+        assert_eq!(cmd(&mut s, "STARTTLS"), "503 5.5.1 TLS already active");
+        assert_eq!(
+            cmd(&mut s, "MAIL FROM:<a@b.test>"),
+            "530 5.7.0 Authentication required"
+        );
+        assert_eq!(
+            cmd(&mut s, "AUTH XOAUTH2"),
+            "504 5.5.4 Unrecognized authentication mechanism"
+        );
+    }
+
+    #[test]
+    fn auth_failures_close_at_the_limit() {
+        let mut s = Session::new(config(), true);
+        cmd(&mut s, "EHLO c.test");
+        cmd(&mut s, "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABwdw==");
+        assert_eq!(
+            describe(s.auth_result(None)),
+            "535 5.7.8 Authentication credentials invalid"
+        );
+        assert_eq!(cmd(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+        assert_eq!(cmd(&mut s, "*"), "501 5.7.0 Authentication cancelled");
+        cmd(&mut s, "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABwdw==");
+        assert_eq!(
+            describe(s.auth_result(None)),
+            "close 421 4.7.0 Too many authentication failures"
+        );
+    }
+
+    #[test]
+    fn transaction_order_and_limits() {
+        let mut s = authenticated();
+        for (input, expected) in [
+            ("RCPT TO:<x@y.test>", "503 5.5.1 Need MAIL command"),
+            ("DATA", "503 5.5.1 Need MAIL command"),
+            (
+                "MAIL FROM:<>",
+                "553 5.7.1 Null sender not allowed for authenticated users",
+            ),
+            (
+                "MAIL FROM:<bob@example.test>",
+                "553 5.7.1 Sender address rejected: not owned by user alice@example.test",
+            ),
+            (
+                "MAIL FROM:<alice@example.test> SIZE=101",
+                "552 5.3.4 Message size exceeds fixed limit",
+            ),
+            ("MAIL FROM:<alice@example.test> SIZE=100", "250 2.1.0 Ok"),
+            (
+                "MAIL FROM:<alice@example.test>",
+                "503 5.5.1 Nested MAIL command",
+            ),
+            ("DATA", "503 5.5.1 Need RCPT command"),
+            (
+                "RCPT TO:<jösé@y.test>",
+                "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter",
+            ),
+            ("RCPT TO:<a@y.test>", "250 2.1.5 Ok"),
+            ("RCPT TO:<b@y.test>", "250 2.1.5 Ok"),
+            ("RCPT TO:<c@y.test>", "452 4.5.3 Too many recipients"),
+            ("AUTH PLAIN", "503 5.5.1 Already authenticated"),
+            ("DATA", "354 End data with <CR><LF>.<CR><LF>"),
+        ] {
+            assert_eq!(cmd(&mut s, input), expected, "{input}");
+        }
+        assert_eq!(s.wants(), Want::Data);
+        let (n, step) = s.on_data(b"From: alice@example.test\r\n\r\nhi\r\n.\r\nNOOP\r\n");
+        assert_eq!(n, 35);
+        assert_eq!(
+            describe(step.unwrap()),
+            "queue alice@example.test -> a@y.test,b@y.test"
+        );
+        assert_eq!(
+            describe(s.queued(Some("ABC"))),
+            "250 2.0.0 Ok: queued as ABC"
+        );
+        assert_eq!(cmd(&mut s, "DATA"), "503 5.5.1 Need MAIL command");
+    }
+
+    #[test]
+    fn message_checks() {
+        let mut s = authenticated();
+        let body_cases: [(&[u8], &str); 4] = [
+            (
+                b"From: alice@example.test\r\n\r\nhi\n.\r\n.\r\n",
+                "550 5.6.0 Bare CR or LF in message",
+            ),
+            (
+                b"Subject: x\r\n\r\nhi\r\n.\r\n",
+                "550 5.6.0 Message has no From header",
+            ),
+            (
+                b"From: eve@example.test\r\n\r\nhi\r\n.\r\n",
+                "553 5.7.1 Sender address rejected: not owned by user alice@example.test",
+            ),
+            (&[b'x'; 200], "552 5.3.4 Message size exceeds fixed limit"),
+        ];
+        for (body, expected) in body_cases {
+            cmd(&mut s, "MAIL FROM:<alice@example.test>");
+            cmd(&mut s, "RCPT TO:<a@y.test>");
+            assert_eq!(cmd(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
+            let (_, mut step) = s.on_data(body);
+            if step.is_none() {
+                step = s.on_data(b"\r\n.\r\n").1;
+            }
+            assert_eq!(describe(step.unwrap()), expected);
+            assert_eq!(
+                cmd(&mut s, "DATA"),
+                "503 5.5.1 Need MAIL command",
+                "transaction reset"
+            );
+        }
+    }
+
+    #[test]
+    fn long_lines() {
+        let mut s = authenticated();
+        assert_eq!(s.wants(), Want::Line(MAX_AUTH_LINE));
+        let long_noop = format!("NOOP {}", "x".repeat(506));
+        assert_eq!(cmd(&mut s, &long_noop), "500 5.5.2 Line too long");
+        let ok_noop = format!("NOOP {}", "x".repeat(505));
+        assert_eq!(cmd(&mut s, &ok_noop), "250 2.0.0 Ok");
+        assert_eq!(
+            describe(s.on_line(LineEvent::TooLong)),
+            "500 5.5.2 Line too long"
+        );
+    }
+
+    #[test]
+    fn bdat_flow() {
+        let mut s = authenticated();
+        cmd(&mut s, "MAIL FROM:<alice@example.test>");
+        cmd(&mut s, "RCPT TO:<a@y.test>");
+        assert_eq!(cmd(&mut s, "BDAT 0"), "250 2.0.0 Ok: 0 octets received");
+        assert_eq!(cmd(&mut s, "BDAT 26"), "nothing");
+        let (n, step) = s.on_chunk(b"From: alice@example.test\r\nEXTRA");
+        assert_eq!(n, 26);
+        assert_eq!(describe(step.unwrap()), "250 2.0.0 Ok: 26 octets received");
+        assert_eq!(cmd(&mut s, "DATA"), "503 5.5.1 DATA not allowed after BDAT");
+        assert_eq!(
+            cmd(&mut s, "BDAT 101"),
+            "close 552 5.3.4 Message size exceeds fixed limit"
+        );
+        let mut s = authenticated();
+        cmd(&mut s, "MAIL FROM:<alice@example.test>");
+        cmd(&mut s, "RCPT TO:<a@y.test>");
+        assert_eq!(
+            cmd(&mut s, "BDAT 0x10"),
+            "close 501 5.5.4 Invalid BDAT size; closing connection"
+        );
     }
 }

@@ -85,7 +85,12 @@ impl TestServer {
         let submissions = server.submissions_addrs()[0];
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
-        TestServer { dir, submission, submissions, shutdown }
+        TestServer {
+            dir,
+            submission,
+            submissions,
+            shutdown,
+        }
     }
 
     pub fn queue_dir(&self) -> PathBuf {
@@ -111,7 +116,11 @@ impl TestServer {
     pub async fn alice(&self) -> Client {
         let mut c = self.tls().await;
         c.cmd("EHLO client.test", "250").await;
-        c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+        c.cmd(
+            &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+            "235",
+        )
+        .await;
         c
     }
 }
@@ -124,7 +133,9 @@ impl Drop for TestServer {
 
 /// Every committed message in a queue directory: (envelope JSON, message bytes).
 pub fn queued_in(dir: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut envs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "env"))
@@ -184,8 +195,14 @@ pub struct Client {
 impl Client {
     /// Connect without reading anything.
     pub async fn connect_raw(addr: SocketAddr) -> Client {
-        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr)).await.unwrap().unwrap();
-        Client { stream: Stream::Plain(tcp), buf: Vec::new() }
+        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        Client {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+        }
     }
 
     pub async fn plain(addr: SocketAddr) -> Client {
@@ -244,7 +261,9 @@ impl Client {
 
     /// Read one whole reply (all its lines), as text with CRLFs.
     pub async fn reply(&mut self) -> String {
-        self.try_reply().await.expect("connection closed before a reply")
+        self.try_reply()
+            .await
+            .expect("connection closed before a reply")
     }
 
     /// One whole reply, or `None` at EOF.
