@@ -113,7 +113,7 @@ fn banner(settings: &Settings, password: &str, pw_file: &Path) -> String {
          submitd dev bootstrap: created a user (shown once; also saved to {pw})\n\
          \n  login:    {user}\n  password: {password}\n\n\
          Submit a test message:\n\n\
-         curl --ssl-reqd -k --url {url} --user '{user}:{password}' \\\n    \
+         curl --ssl-reqd -k --crlf --url {url} --user '{user}:{password}' \\\n    \
          --mail-from {user} --mail-rcpt someone@example.test -T - <<'EOF'\n\
          From: {user}\n\
          To: someone@example.test\n\
