@@ -65,6 +65,8 @@ pub struct QueueSettings {
     pub dir: PathBuf,
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    /// How many deliveries run at once (`queue.concurrency`, default 16).
+    pub concurrency: usize,
 }
 
 /// `[relay]` (consumed by the delivery stage).
@@ -289,6 +291,12 @@ struct RawQueue {
     retry: Vec<String>,
     #[serde(default = "default_max_age")]
     max_age: String,
+    #[serde(default = "default_concurrency")]
+    concurrency: u64,
+}
+
+fn default_concurrency() -> u64 {
+    16
 }
 
 fn default_queue_dir() -> String {
@@ -309,6 +317,7 @@ impl Default for RawQueue {
             dir: default_queue_dir(),
             retry: default_retry(),
             max_age: default_max_age(),
+            concurrency: default_concurrency(),
         }
     }
 }
@@ -755,6 +764,9 @@ impl Settings {
             }
         }
         let max_age = positive_duration(p, "queue.max_age", &q.max_age);
+        if q.concurrency == 0 || q.concurrency > 10_000 {
+            p.push("queue.concurrency", "must be between 1 and 10000");
+        }
 
         let r = &raw.relay;
         let mode = one_of(
@@ -845,6 +857,7 @@ impl Settings {
                 dir: resolve(base, q.dir.trim()),
                 retry,
                 max_age: max_age.ok_or_else(missing)?,
+                concurrency: q.concurrency.clamp(1, 10_000) as usize,
             },
             relay: RelaySettings {
                 mode: mode.ok_or_else(missing)?,

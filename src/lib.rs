@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod dev;
 pub mod listener;
 pub mod queue;

@@ -122,6 +122,12 @@ impl Spool {
         Ok(spool)
     }
 
+    /// The queue directory as it is, without start-up cleanup: for the `queue` commands, which
+    /// run beside a live server whose half-written files must not be touched.
+    pub fn attach(dir: &Path) -> Spool {
+        Spool { dir: dir.to_path_buf() }
+    }
+
     /// The queue directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -227,6 +233,54 @@ impl Spool {
     }
 }
 
+/// An exclusive lock on one queued message: `flock(LOCK_EX)` on its `.msg` file, which is
+/// never replaced, so the lock holds across envelope rewrites. Every read-modify-write of an
+/// envelope (the scheduler saving an attempt, `queue retry`, `queue delete`) holds it; readers
+/// need none because envelopes are replaced by rename, never torn. Released on drop.
+#[derive(Debug)]
+pub struct MessageLock {
+    _file: File,
+}
+
+impl Spool {
+    /// Lock a message, waiting for any other holder. `Io` with `NotFound` when it is gone.
+    pub fn lock(&self, id: &QueueId) -> Result<MessageLock, SpoolError> {
+        use std::os::fd::AsRawFd;
+        let path = self.message_path(id);
+        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is shared.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(SpoolError::Io { path, step: "lock", source: e });
+            }
+        }
+        Ok(MessageLock { _file: file })
+    }
+
+    /// Remove a message (envelope first, so a crash in between leaves an orphan `.msg` that
+    /// `open` cleans up, never an envelope without its message). Needs the message's lock.
+    pub fn remove(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
+        let env = self.envelope_path(id);
+        match fs::remove_file(&env) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::Io { path: env, step: "remove", source: e }),
+        }
+        let msg = self.message_path(id);
+        match fs::remove_file(&msg) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::Io { path: msg, step: "remove", source: e }),
+        }
+        sync_dir(&self.dir)
+    }
+}
+
 /// Write `bytes` to `path` through a temp file in the same directory: create, write, fsync,
 /// rename. With `sync_parent`, fsync the directory too.
 fn write_atomically(path: &Path, bytes: &[u8], sync_parent: bool) -> Result<(), SpoolError> {
@@ -237,7 +291,8 @@ fn write_atomically(path: &Path, bytes: &[u8], sync_parent: bool) -> Result<(), 
     let result = (|| {
         let mut file: File = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err(&tmp, "create"))?;

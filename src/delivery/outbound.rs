@@ -1,0 +1,1 @@
+//! One outbound SMTP attempt through lettre's `AsyncSmtpConnection`.
