@@ -18,7 +18,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::Settings;
+use crate::delivery::Delivery;
 use crate::queue::Spool;
+use crate::queue::scheduler::Scheduler;
 use crate::session::driver::{self, Context};
 use crate::session::reply;
 use crate::session::state::SessionConfig;
@@ -95,6 +97,7 @@ pub struct Server {
     submissions: Vec<SocketAddr>,
     ctx: Arc<Context>,
     limits: Arc<ConnectionLimits>,
+    scheduler: Scheduler,
 }
 
 impl Server {
@@ -107,6 +110,8 @@ impl Server {
             .unwrap_or(2);
         let verifier = Verifier::new(users, parallel);
         let spool = Spool::open(&settings.queue.dir)?;
+        let delivery = Delivery::new(&settings)?;
+        let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);
         let limits = &settings.limits;
         let ctx = Arc::new(Context {
             config: Arc::new(SessionConfig {
@@ -120,6 +125,7 @@ impl Server {
             tls: TlsAcceptor::from(tls),
             verifier,
             spool,
+            queue,
             shutdown: CancellationToken::new(),
         });
         let mut server = Server {
@@ -132,6 +138,7 @@ impl Server {
                 per_ip: Mutex::new(HashMap::new()),
                 max_per_ip: limits.max_connections_per_ip,
             }),
+            scheduler,
         };
         for (kind, addrs) in [
             (Kind::Submission, &settings.listen.submission),
@@ -166,6 +173,8 @@ impl Server {
     /// next command; after [`DRAIN_DEADLINE`] the rest are abandoned.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let queue_stop = CancellationToken::new();
+        let queue = tokio::spawn(self.scheduler.run(queue_stop.clone()));
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_loops = Vec::new();
         for (kind, listener) in self.listeners {
@@ -196,6 +205,8 @@ impl Server {
         }
         shutdown.cancelled().await;
         self.ctx.shutdown.cancel();
+        // The queue stops taking new work now and finishes what runs, beside the sessions.
+        queue_stop.cancel();
         for l in accept_loops {
             let _ = l.await;
         }
@@ -209,6 +220,7 @@ impl Server {
                 "shutdown deadline passed with sessions open"
             );
         }
+        let _ = queue.await;
         info!("stopped");
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! interrupted write and is removed at start-up; so are `*.tmp` files.
 
 pub mod id;
+pub mod scheduler;
 pub mod spool;
 
 pub use id::QueueId;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::verify::Verifier;
+use crate::queue::scheduler::QueueHandle;
 use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, spool};
 use crate::submission::{self, Trace};
 
@@ -35,6 +36,8 @@ pub struct Context {
     pub tls: TlsAcceptor,
     pub verifier: Verifier,
     pub spool: Spool,
+    /// Announces accepted messages to the queue scheduler.
+    pub queue: QueueHandle,
     pub shutdown: CancellationToken,
 }
 
@@ -320,6 +323,7 @@ async fn spool_message(accepted: Accepted, ctx: &Context, peer: SocketAddr) -> O
                 rcpts = accepted.recipients.len(),
                 "queued"
             );
+            ctx.queue.notify(id.clone());
             Some(id)
         }
         Err(e) => {
