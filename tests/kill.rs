@@ -92,3 +92,134 @@ async fn queued_message_survives_sigkill_and_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Submit one message over an open, authenticated connection; returns the queue ID.
+async fn submit_on(c: &mut Client, n: usize) -> String {
+    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+    c.cmd(&format!("RCPT TO:<user{n}@example.net>"), "250").await;
+    c.cmd("DATA", "354").await;
+    let body = format!("From: {ALICE}\r\nSubject: message {n}\r\n\r\nbody {n}\r\n.\r\n");
+    c.send(body.as_bytes()).await;
+    let r = c.expect("250 2.0.0 Ok: queued as ").await;
+    r.trim_start_matches("250 2.0.0 Ok: queued as ").trim_end().to_string()
+}
+
+#[tokio::test]
+async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // First life: the relay refuses connections, so everything stays queued (deferred).
+    let dead_relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    let config = write_config_full(
+        dir.path(),
+        "",
+        "retry = [\"1s\"]",
+        dead_relay,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    );
+    let (mut child, _, tls) = start_binary(&config);
+    let mut c = Client::implicit_tls(tls).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(submit_on(&mut c, n).await);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(queued_in(&dir.path().join("queue")).len(), 20);
+
+    // Second life: a working relay. Every message is delivered, exactly the 20 submitted.
+    let sink = sink::Sink::start(sink::SinkOptions::default()).await;
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
+        sink.addr
+    );
+    let config =
+        write_config_full(dir.path(), "", "retry = [\"1s\"]", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let (mut child, _, _) = start_binary(&config);
+    let got = sink.wait_for(20, IO_TIMEOUT).await;
+    let mut delivered: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.data);
+            let at = text.find(" id ").unwrap() + 4;
+            text[at..at + 20].to_string()
+        })
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    ids.sort();
+    assert_eq!(delivered, ids);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !queued_in(&dir.path().join("queue")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "queue not emptied");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The queue commands work beside the running server and the server honours them.
+#[tokio::test]
+async fn queue_commands_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead_relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    let config = write_config_full(
+        dir.path(),
+        "",
+        "retry = [\"1h\"]",
+        dead_relay,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    );
+    let (mut child, _, tls) = start_binary(&config);
+    let mut c = Client::implicit_tls(tls).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+    let keep = submit_on(&mut c, 1).await;
+    let gone = submit_on(&mut c, 2).await;
+
+    let queue = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_submitd"))
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Wait for the first (refused) attempt to be recorded.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let (code, out) = queue(&["list"]);
+        assert_eq!(code, Some(0));
+        if out.lines().count() == 2 && out.matches("deferred").count() == 2 {
+            assert!(out.lines().any(|l| l.starts_with(&keep)), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never deferred: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (code, _) = queue(&["delete", &gone]);
+    assert_eq!(code, Some(0));
+    let (code, _) = queue(&["delete", &gone]);
+    assert_eq!(code, Some(1), "unknown ID");
+    let (code, _) = queue(&["retry", &keep]);
+    assert_eq!(code, Some(0));
+    // The retry is picked up by the running scheduler: a second attempt is recorded.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let q = queued_in(&dir.path().join("queue"));
+        assert_eq!(q.len(), 1, "deleted message stays deleted");
+        if q[0].0["recipients"][0]["attempts"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "retry not picked up");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

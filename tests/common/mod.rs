@@ -46,7 +46,22 @@ pub fn cert_and_key() -> &'static (String, String) {
 }
 
 /// Write a config and its files into `dir`; `limits` are extra lines for `[limits]`.
+/// Delivery goes to a smarthost on 127.0.0.1:1, where nothing listens: every attempt is
+/// deferred, so mail never leaves loopback.
 pub fn write_config(dir: &Path, limits: &str, submission: &str, submissions: &str) -> PathBuf {
+    let relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    write_config_full(dir, limits, "", relay, submission, submissions)
+}
+
+/// Write a config with extra `[limits]`, `[queue]` and `[relay]` lines.
+pub fn write_config_full(
+    dir: &Path,
+    limits: &str,
+    queue: &str,
+    relay: &str,
+    submission: &str,
+    submissions: &str,
+) -> PathBuf {
     let (cert, key) = cert_and_key();
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
     std::fs::write(dir.join("key.pem"), key).unwrap();
@@ -54,7 +69,8 @@ pub fn write_config(dir: &Path, limits: &str, submission: &str, submissions: &st
     let config = format!(
         "hostname = \"{HOSTNAME}\"\n\n[listen]\nsubmission = [\"{submission}\"]\n\
          submissions = [\"{submissions}\"]\n\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
-         [auth]\nusers = \"users.toml\"\n\n[limits]\n{limits}\n\n[queue]\ndir = \"queue\"\n"
+         [auth]\nusers = \"users.toml\"\n\n[limits]\n{limits}\n\n[queue]\ndir = \"queue\"\n{queue}\n\n\
+         [relay]\n{relay}\n"
     );
     let path = dir.join("submitd.toml");
     std::fs::write(&path, config).unwrap();
@@ -78,6 +94,17 @@ impl TestServer {
     pub async fn start_with(limits: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), limits, "127.0.0.1:0", "127.0.0.1:0");
+        TestServer::start_at(dir, path).await
+    }
+
+    /// Start with extra `[queue]` and `[relay]` lines.
+    pub async fn start_relay(queue: &str, relay: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config_full(dir.path(), "", queue, relay, "127.0.0.1:0", "127.0.0.1:0");
+        TestServer::start_at(dir, path).await
+    }
+
+    async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> TestServer {
         let text = std::fs::read_to_string(&path).unwrap();
         let settings = Settings::from_toml(&text, &path).unwrap();
         let server = Server::bind(Arc::new(settings)).await.unwrap();
