@@ -1,6 +1,18 @@
 //! Delivery status notifications (RFC 3464, multipart/report RFC 6522).
+//!
+//! The DSN is built from text we do not control (remote replies, the original headers, the
+//! addresses), so every piece goes through one of the sanitizers here: control characters
+//! become spaces (no header or field injection through a reply), fields are folded at spaces
+//! (RFC 5322 2.2.3) and bounded, and no line exceeds 998 octets (RFC 5322 2.1.1). The result
+//! has CRLF line endings only.
+//!
+//! The result is 7-bit unless an address, a reply or the original headers are not ASCII; a
+//! caller sending it should pass 8BITMIME (and SMTPUTF8 for a non-ASCII recipient) in that case.
+
+use std::fmt::Write as _;
 
 use crate::queue::Envelope;
+use crate::submission::rfc5322_date;
 
 /// One recipient the DSN reports on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,15 +26,558 @@ pub struct FailedRecipient {
     pub remote_mta: Option<String>,
 }
 
+/// The status of a message that stayed in the queue longer than `queue.max_age`.
+pub const EXPIRED: &str = "4.4.7";
+
+/// Longest diagnostic text kept (characters); the rest is cut with `...`.
+const MAX_DIAGNOSTIC: usize = 900;
+/// Longest address kept (characters); RFC 5321 4.5.3.1.3 allows 256 octets in a path.
+const MAX_ADDRESS: usize = 320;
+/// Fold header fields and wrap text near this width (RFC 5322 2.1.1 "SHOULD be 78").
+const FOLD_WIDTH: usize = 76;
+/// The hard line limit of RFC 5322 2.1.1, without the CRLF.
+const MAX_LINE: usize = 998;
+
 /// Build the DSN message (headers and body, CRLF line endings) to send from `<>` to the
 /// original envelope sender: a human-readable part, a message/delivery-status part with
 /// `Action: failed` per recipient, and the original headers as text/rfc822-headers.
+///
+/// A recipient address that is not ASCII is reported as `utf-8; ADDR` inside a
+/// `message/global-delivery-status` part (RFC 6533 3 and 6.2); original headers that are not
+/// ASCII go in `message/global-headers` (RFC 6533 6.3).
 pub fn build(
-    _hostname: &str,
-    _original: &Envelope,
-    _original_message: &[u8],
-    _failed: &[FailedRecipient],
-    _now: time::OffsetDateTime,
+    hostname: &str,
+    original: &Envelope,
+    original_message: &[u8],
+    failed: &[FailedRecipient],
+    now: time::OffsetDateTime,
 ) -> Vec<u8> {
-    todo!("dsn helper")
+    let hostname = one_line(hostname, 255).replace(' ', "");
+    let headers = header_section(original_message);
+    let human = human_readable(&hostname, original, failed);
+    let global_status = failed.iter().any(|r| !r.address.is_ascii());
+    let status = delivery_status(&hostname, original, failed);
+
+    let boundary = loop {
+        let b = format!("=_submitd_{:032x}", rand::random::<u128>());
+        let occurs = |hay: &[u8]| hay.windows(b.len()).any(|w| w == b.as_bytes());
+        if !occurs(&headers) && !occurs(human.as_bytes()) && !occurs(status.as_bytes()) {
+            break b;
+        }
+    };
+
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| out.push_str(&fold(&format!("{name}: {value}")));
+    field(
+        "From",
+        &format!("Mail Delivery System <MAILER-DAEMON@{hostname}>"),
+    );
+    if original.sender.is_empty() {
+        // Never sent (no bounce of a bounce), but keep the message well-formed.
+        field("To", "undisclosed-recipients:;");
+    } else {
+        field(
+            "To",
+            &format!(
+                "<{}>",
+                one_line(&original.sender, MAX_ADDRESS).replace(['<', '>'], "")
+            ),
+        );
+    }
+    field("Subject", "Undelivered Mail Returned to Sender");
+    field("Date", &rfc5322_date(now));
+    field(
+        "Message-ID",
+        &format!(
+            "<{}.{:016x}.dsn@{hostname}>",
+            one_line(&original.id, 64).replace(' ', ""),
+            rand::random::<u64>()
+        ),
+    );
+    field("Auto-Submitted", "auto-replied");
+    field("MIME-Version", "1.0");
+    field(
+        "Content-Type",
+        &format!("multipart/report; report-type=delivery-status; boundary=\"{boundary}\""),
+    );
+    let mut out = out.into_bytes();
+    out.extend_from_slice(b"\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+
+    let part = |out: &mut Vec<u8>, content_type: &str, body: &[u8]| {
+        let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
+        let head = format!(
+            "--{boundary}\r\nContent-Type: {content_type}\r\n\
+             Content-Transfer-Encoding: {encoding}\r\n\r\n"
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body);
+        // The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1): add one so
+        // that the part keeps the CRLF of its last line.
+        out.extend_from_slice(b"\r\n");
+    };
+    part(&mut out, "text/plain; charset=utf-8", human.as_bytes());
+    let status_type = if global_status {
+        "message/global-delivery-status"
+    } else {
+        "message/delivery-status"
+    };
+    part(&mut out, status_type, status.as_bytes());
+    let headers_type = if headers.is_ascii() {
+        "text/rfc822-headers"
+    } else {
+        "message/global-headers"
+    };
+    part(&mut out, headers_type, &headers);
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// The human-readable first part (RFC 6522 3): who failed and why.
+fn human_readable(hostname: &str, original: &Envelope, failed: &[FailedRecipient]) -> String {
+    let mut text = String::new();
+    let mut para = |p: &str| {
+        for line in wrap(p, FOLD_WIDTH) {
+            text.push_str(&line);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+    };
+    para(&format!("This is the mail delivery system at {hostname}."));
+    para(&format!(
+        "Your message (queue ID {}, received {}) could not be delivered to one or more \
+         recipients. It is attached below (headers only).",
+        one_line(&original.id, 64),
+        arrival(original)
+    ));
+    for r in failed {
+        let address = one_line(&r.address, MAX_ADDRESS);
+        let reason = one_line(&r.diagnostic, MAX_DIAGNOSTIC);
+        let from = r
+            .remote_mta
+            .as_deref()
+            .map(|h| format!("host {} said: ", one_line(h, 255)))
+            .unwrap_or_default();
+        if r.status == EXPIRED {
+            para(&format!(
+                "<{address}>: delivery expired: the message could not be delivered within the \
+                 time it may stay in the queue. Last error: {from}{reason}"
+            ));
+        } else {
+            para(&format!("<{address}>: {from}{reason}"));
+        }
+    }
+    text
+}
+
+/// The message/delivery-status part (RFC 3464 2.2 and 2.3).
+fn delivery_status(hostname: &str, original: &Envelope, failed: &[FailedRecipient]) -> String {
+    let mut s = String::new();
+    s.push_str(&fold(&format!("Reporting-MTA: dns; {hostname}")));
+    s.push_str(&fold(&format!(
+        "X-Submitd-Queue-ID: {}",
+        one_line(&original.id, 64)
+    )));
+    s.push_str(&fold(&format!("Arrival-Date: {}", arrival(original))));
+    for r in failed {
+        s.push_str("\r\n");
+        let address = one_line(&r.address, MAX_ADDRESS);
+        let recipient = if address.is_ascii() {
+            format!("rfc822; {address}")
+        } else {
+            format!("utf-8; {}", utf8_addr_unitext(&address))
+        };
+        s.push_str(&fold(&format!("Final-Recipient: {recipient}")));
+        s.push_str("Action: failed\r\n");
+        s.push_str(&format!("Status: {}\r\n", status_code(&r.status)));
+        if let Some(host) = &r.remote_mta {
+            let host = one_line(host, 255).replace(' ', "");
+            if !host.is_empty() {
+                s.push_str(&fold(&format!("Remote-MTA: dns; {host}")));
+            }
+        }
+        let mut diagnostic = one_line(&r.diagnostic, MAX_DIAGNOSTIC);
+        if !address.is_ascii() {
+            // utf-8 text is allowed in message/global-delivery-status only.
+        } else if !diagnostic.is_ascii() {
+            diagnostic = diagnostic
+                .chars()
+                .map(|c| if c.is_ascii() { c } else { '?' })
+                .collect();
+        }
+        if !diagnostic.is_empty() {
+            s.push_str(&fold(&format!("Diagnostic-Code: smtp; {diagnostic}")));
+        }
+    }
+    s
+}
+
+/// RFC 5322 date of the original arrival.
+fn arrival(original: &Envelope) -> String {
+    let t = i64::try_from(original.received_at)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    rfc5322_date(t)
+}
+
+/// A valid RFC 3463 status (`class.subject.detail`, class 2, 4 or 5), else `5.0.0`.
+fn status_code(status: &str) -> &str {
+    let parts: Vec<&str> = status.split('.').collect();
+    let numeric = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    let ok = parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && numeric(parts[1], 3)
+        && numeric(parts[2], 3);
+    if ok { status } else { "5.0.0" }
+}
+
+/// RFC 6533 3 `utf-8-addr-unitext`: `\`, `+`, `=` and controls become `\x{HEX}`.
+fn utf8_addr_unitext(address: &str) -> String {
+    let mut s = String::with_capacity(address.len());
+    for c in address.chars() {
+        if matches!(c, '\\' | '+' | '=') || c.is_control() || c == ' ' {
+            let _ = write!(s, "\\x{{{:X}}}", c as u32);
+        } else {
+            s.push(c);
+        }
+    }
+    s
+}
+
+/// Untrusted text as one line: control characters (CR and LF included) become spaces, runs
+/// of white space collapse, and text over `max` characters is cut with `...`.
+fn one_line(text: &str, max: usize) -> String {
+    let mut s = String::with_capacity(text.len().min(max + 3));
+    let mut count = 0;
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (s.is_empty() || s.ends_with(' ')) {
+            continue;
+        }
+        if count == max {
+            s.truncate(s.trim_end().len());
+            s.push_str("...");
+            return s;
+        }
+        s.push(c);
+        count += 1;
+    }
+    s.truncate(s.trim_end().len());
+    s
+}
+
+/// Split `text` (one line, single spaces) into lines of at most `width` characters, breaking
+/// at spaces; a word longer than `width` stays whole on its own line.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut len = 0;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let n = word.chars().count();
+        if len > 0 && len + 1 + n > width {
+            lines.push(std::mem::take(&mut line));
+            len = 0;
+        }
+        if len > 0 {
+            line.push(' ');
+            len += 1;
+        }
+        line.push_str(word);
+        len += n;
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// A header field (one line, single spaces) folded at spaces (RFC 5322 2.2.3), CRLF-terminated.
+/// Unfolding (removing each CRLF) gives the field back exactly. A single word cannot exceed
+/// [`MAX_LINE`] because every value here is bounded before it is folded.
+fn fold(field: &str) -> String {
+    let lines = wrap(field, FOLD_WIDTH);
+    let mut s = String::with_capacity(field.len() + 3 * lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(line);
+        s.push_str("\r\n");
+    }
+    debug_assert!(s.split("\r\n").all(|l| l.len() <= MAX_LINE));
+    s
+}
+
+/// The original header section (up to the first empty line), CRLF line endings, each line cut
+/// to [`MAX_LINE`] octets (at a UTF-8 boundary) and bare CRs replaced by spaces.
+fn header_section(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = message;
+    while !rest.is_empty() {
+        let (mut line, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        if let Some(l) = line.strip_suffix(b"\r") {
+            line = l;
+        }
+        if line.is_empty() {
+            break;
+        }
+        let mut cut = line.len().min(MAX_LINE);
+        // Back off to a character boundary: never leave half of a UTF-8 sequence.
+        while cut < line.len() && cut > 0 && (line[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        out.extend(
+            line[..cut]
+                .iter()
+                .map(|&b| if b == b'\r' { b' ' } else { b }),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Recipient, RecipientState};
+    use mail_parser::{MessageParser, MimeHeaders};
+
+    const ORIGINAL: &[u8] = b"Received: from client.test by mail.example.test\r\n\
+        \twith ESMTPSA id 0123456789ABCDEF0123\r\n\
+        From: Alice <alice@example.test>\r\n\
+        To: bob@example.net\r\n\
+        Subject: hello\r\n\
+        Message-ID: <m1@example.test>\r\n\
+        \r\n\
+        Body line.\r\n";
+
+    fn envelope(sender: &str) -> Envelope {
+        Envelope {
+            version: 1,
+            id: "0123456789ABCDEF0123".into(),
+            user: "alice@example.test".into(),
+            sender: sender.into(),
+            recipients: vec![Recipient {
+                address: "bob@example.net".into(),
+                state: RecipientState::Failed,
+                attempts: 1,
+                next_attempt: None,
+                last_reply: None,
+            }],
+            received_at: 1_700_000_000,
+            helo: "client.test".into(),
+            smtputf8: false,
+            eight_bit: false,
+            size: ORIGINAL.len() as u64,
+        }
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_700_100_000).unwrap()
+    }
+
+    fn failed() -> Vec<FailedRecipient> {
+        vec![
+            FailedRecipient {
+                address: "bob@example.net".into(),
+                status: "5.1.1".into(),
+                diagnostic: "550 5.1.1 <bob@example.net>: Recipient address rejected".into(),
+                remote_mta: Some("mx.example.net".into()),
+            },
+            FailedRecipient {
+                address: "carol@example.org".into(),
+                status: EXPIRED.into(),
+                diagnostic: "451 4.7.1 Try again later".into(),
+                remote_mta: None,
+            },
+        ]
+    }
+
+    /// Every line ends in CRLF, there is no bare CR or LF, and no line exceeds 998 octets.
+    fn assert_wire_clean(dsn: &[u8]) {
+        assert!(dsn.ends_with(b"\r\n"));
+        for (i, &b) in dsn.iter().enumerate() {
+            if b == b'\n' {
+                assert!(i > 0 && dsn[i - 1] == b'\r', "bare LF at {i}");
+            }
+            if b == b'\r' {
+                assert_eq!(dsn.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+            }
+        }
+        for line in dsn.split(|&b| b == b'\n') {
+            assert!(line.len() <= MAX_LINE + 1, "line of {} octets", line.len());
+        }
+    }
+
+    fn part_text(dsn: &[u8], index: usize) -> (String, String) {
+        let msg = MessageParser::default().parse(dsn).expect("parses");
+        let part = &msg.parts[index];
+        let ct = part.content_type().expect("content type");
+        let ct = format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""));
+        (ct, String::from_utf8_lossy(part.contents()).into_owned())
+    }
+
+    /// Undo RFC 5322 folding.
+    fn unfold(s: &str) -> String {
+        s.replace("\r\n ", " ").replace("\r\n\t", "\t")
+    }
+
+    #[test]
+    fn is_a_multipart_report_with_three_parts() {
+        let dsn = build(
+            "mail.example.test",
+            &envelope("alice@example.test"),
+            ORIGINAL,
+            &failed(),
+            now(),
+        );
+        assert_wire_clean(&dsn);
+        let msg = MessageParser::default().parse(&dsn[..]).unwrap();
+        let ct = msg.content_type().unwrap();
+        assert_eq!(ct.ctype(), "multipart");
+        assert_eq!(ct.subtype(), Some("report"));
+        assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+        assert_eq!(msg.parts.len(), 4, "root and three parts");
+        assert_eq!(
+            msg.from().unwrap().first().unwrap().address(),
+            Some("MAILER-DAEMON@mail.example.test")
+        );
+        assert_eq!(
+            msg.to().unwrap().first().unwrap().address(),
+            Some("alice@example.test")
+        );
+        assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
+        assert!(msg.date().is_some());
+        assert!(msg.message_id().unwrap().ends_with("@mail.example.test"));
+        assert_eq!(
+            msg.header_raw("Auto-Submitted").map(str::trim),
+            Some("auto-replied")
+        );
+
+        let (ct, human) = part_text(&dsn, 1);
+        assert_eq!(ct, "text/plain");
+        let human = unfold(&human).replace("\r\n", " ");
+        assert!(human.contains("<bob@example.net>: host mx.example.net said: 550 5.1.1"));
+        assert!(human.contains("<carol@example.org>: delivery expired"));
+
+        let (ct, status) = part_text(&dsn, 2);
+        assert_eq!(ct, "message/delivery-status");
+        let status = unfold(&status);
+        assert!(status.starts_with(
+            "Reporting-MTA: dns; mail.example.test\r\n\
+             X-Submitd-Queue-ID: 0123456789ABCDEF0123\r\n\
+             Arrival-Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\n"
+        ));
+        assert!(status.contains(
+            "Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Remote-MTA: dns; mx.example.net\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: Recipient address rejected\r\n"
+        ));
+        assert!(status.contains(
+            "\r\n\r\nFinal-Recipient: rfc822; carol@example.org\r\nAction: failed\r\n\
+             Status: 4.4.7\r\nDiagnostic-Code: smtp; 451 4.7.1 Try again later\r\n"
+        ));
+
+        let (ct, headers) = part_text(&dsn, 3);
+        assert_eq!(ct, "text/rfc822-headers");
+        let end = ORIGINAL.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+        assert_eq!(headers.as_bytes(), &ORIGINAL[..end]);
+    }
+
+    #[test]
+    fn message_ids_and_boundaries_are_unique() {
+        let a = build("h.test", &envelope("a@h.test"), ORIGINAL, &failed(), now());
+        let b = build("h.test", &envelope("a@h.test"), ORIGINAL, &failed(), now());
+        let ma = MessageParser::default().parse(&a[..]).unwrap();
+        let mb = MessageParser::default().parse(&b[..]).unwrap();
+        assert_ne!(ma.message_id(), mb.message_id());
+        assert_ne!(
+            ma.content_type().unwrap().attribute("boundary"),
+            mb.content_type().unwrap().attribute("boundary")
+        );
+    }
+
+    #[test]
+    fn hostile_input_stays_on_the_wire_rules() {
+        let mut original = Vec::new();
+        original.extend_from_slice(b"Subject: ");
+        original.extend(std::iter::repeat_n(b'x', 2000));
+        original.extend_from_slice(b"\r\nX-Long: ");
+        original.extend(std::iter::repeat_n("\u{e9}", 1000).flat_map(|s| s.bytes()));
+        original.extend_from_slice(b"\r\nX-Bare: a\rb\nX-After-Bare-LF: c\r\n\r\nbody\r\n");
+        let injected = FailedRecipient {
+            address: "bob@example.net\r\nBcc: evil@example.com".into(),
+            status: "5.7.1\r\nX-Evil: 1".into(),
+            diagnostic: format!(
+                "550 5.7.1 no\r\n\r\nFinal-Recipient: rfc822; forged@example.com\r\n{}",
+                "y".repeat(3000)
+            ),
+            remote_mta: Some("mx.example.net\r\nX-Evil: 2".into()),
+        };
+        let dsn = build(
+            "mail.example.test",
+            &envelope("alice@example.test\r\nX-Evil: 3"),
+            &original,
+            &[injected],
+            now(),
+        );
+        assert_wire_clean(&dsn);
+        let text = String::from_utf8(dsn.clone()).expect("cut at a character boundary");
+        for evil in [
+            "\r\nBcc:",
+            "\r\nX-Evil",
+            "\r\nFinal-Recipient: rfc822; forged",
+        ] {
+            assert!(!text.contains(evil), "{evil:?} injected");
+        }
+        let (_, status) = part_text(&dsn, 2);
+        assert!(status.contains("Status: 5.0.0\r\n"));
+        let (ct, headers) = part_text(&dsn, 3);
+        assert_eq!(ct, "message/global-headers");
+        assert!(headers.starts_with(&format!("Subject: {}\r\n", "x".repeat(989))));
+        assert!(
+            headers.contains("X-Bare: a b\r\nX-After-Bare-LF: c\r\n"),
+            "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn non_ascii_recipient_uses_utf8_address_type() {
+        let r = FailedRecipient {
+            address: "j\u{f6}rg+tag@example.de".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 unknown".into(),
+            remote_mta: None,
+        };
+        let dsn = build("h.test", &envelope("a@h.test"), ORIGINAL, &[r], now());
+        assert_wire_clean(&dsn);
+        let (ct, status) = part_text(&dsn, 2);
+        assert_eq!(ct, "message/global-delivery-status");
+        assert!(status.contains("Final-Recipient: utf-8; j\u{f6}rg\\x{2B}tag@example.de\r\n"));
+    }
+
+    #[test]
+    fn folds_long_fields_and_wraps_text() {
+        let long = (0..200)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let f = fold(&format!("Diagnostic-Code: smtp; {long}"));
+        assert!(f.split("\r\n").all(|l| l.len() <= FOLD_WIDTH + 1));
+        assert_eq!(unfold(&f), format!("Diagnostic-Code: smtp; {long}\r\n"));
+        assert_eq!(one_line(" a\r\n\tb  c ", 100), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc...");
+        assert_eq!(status_code("5.1.10"), "5.1.10");
+        assert_eq!(status_code("2.0"), "5.0.0");
+    }
 }

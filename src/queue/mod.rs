@@ -14,6 +14,7 @@
 //! the directory is fsynced before `250` is sent. A `.msg` without an `.env` is an
 //! interrupted write and is removed at start-up; so are `*.tmp` files.
 
+pub mod control;
 pub mod id;
 pub mod scheduler;
 pub mod spool;

@@ -1,0 +1,423 @@
+//! `submitd queue list|show|retry|delete` through the real binary, against a queue filled with
+//! `Spool::store_blocking`. Every child process is killed if it runs past a deadline.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use submitd::queue::spool::FORMAT_VERSION;
+use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const MESSAGE: &[u8] =
+    b"From: alice@example.test\r\nTo: bob@example.net\r\nSubject: queued\r\n\r\nBody.\r\n";
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn spawn(config: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn submitd")
+}
+
+/// Wait for a child within [`DEADLINE`] (killing it after) and collect its output.
+fn finish(mut child: Child) -> Output {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for submitd") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("submitd did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        code: status.code(),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn rcpt(address: &str, state: RecipientState, next: Option<u64>, reply: Option<&str>) -> Recipient {
+    Recipient {
+        address: address.into(),
+        state,
+        attempts: if state == RecipientState::Pending {
+            0
+        } else {
+            2
+        },
+        next_attempt: next,
+        last_reply: reply.map(str::to_string),
+    }
+}
+
+/// A config in a temp dir and a queue in it.
+struct Queue {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    spool: Spool,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+        let spool = Spool::open(&dir.path().join("queue")).unwrap();
+        Queue { dir, config, spool }
+    }
+
+    fn store(&self, sender: &str, age: u64, recipients: Vec<Recipient>) -> QueueId {
+        let id = QueueId::generate();
+        let envelope = Envelope {
+            version: FORMAT_VERSION,
+            id: id.to_string(),
+            user: "alice@example.test".into(),
+            sender: sender.into(),
+            recipients,
+            received_at: now() - age,
+            helo: "client.test".into(),
+            smtputf8: false,
+            eight_bit: false,
+            size: MESSAGE.len() as u64,
+        };
+        self.spool.store_blocking(&envelope, MESSAGE).unwrap();
+        id
+    }
+
+    /// The usual mix: a deferred+pending message, a failed one from the null sender.
+    fn mixed(&self) -> (QueueId, QueueId) {
+        let a = self.store(
+            "alice@example.test",
+            180,
+            vec![
+                rcpt(
+                    "bob@example.net",
+                    RecipientState::Deferred,
+                    Some(now() + 7_200),
+                    Some("451 4.7.1 Greylisted, try later"),
+                ),
+                rcpt("carol@example.org", RecipientState::Pending, None, None),
+            ],
+        );
+        let b = self.store(
+            "",
+            2 * 86_400,
+            vec![rcpt(
+                "dave@example.com",
+                RecipientState::Failed,
+                None,
+                Some("550 5.1.1 No such user"),
+            )],
+        );
+        (a, b)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        finish(spawn(&self.config, args))
+    }
+
+    fn env_json(&self, id: &QueueId) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.spool.envelope_path(id)).unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn list_prints_one_line_per_message() {
+    let q = Queue::new();
+    let (a, b) = q.mixed();
+    let out = q.run(&["queue", "list"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(
+        lines[0].starts_with(&format!("{a}  3m  alice@example.test  ")),
+        "{out:?}"
+    );
+    assert!(lines[0].contains("bob@example.net(deferred) carol@example.org(pending)"));
+    assert!(lines[0].contains("next=now"), "pending is due now: {out:?}");
+    assert!(lines[0].ends_with("last=451 4.7.1 Greylisted, try later"));
+    assert!(lines[1].starts_with(&format!("{b}  2d  <>  dave@example.com(failed)  next=-")));
+}
+
+#[test]
+fn empty_queue_lists_nothing() {
+    let q = Queue::new();
+    let out = q.run(&["queue", "list"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "");
+    let out = q.run(&["queue", "list", "--json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn list_json_round_trips_fields() {
+    let q = Queue::new();
+    let (a, b) = q.mixed();
+    let out = q.run(&[
+        "--config",
+        q.config.to_str().unwrap(),
+        "queue",
+        "list",
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let first = &items[0];
+    assert_eq!(first["id"], a.as_str());
+    assert_eq!(first["sender"], "alice@example.test");
+    assert_eq!(first["user"], "alice@example.test");
+    assert_eq!(first["size"], MESSAGE.len());
+    let age = first["age_seconds"].as_u64().unwrap();
+    assert!((180..200).contains(&age), "{age}");
+    let env = q.env_json(&a);
+    assert_eq!(first["recipients"], env["recipients"]);
+    assert_eq!(first["recipients"][0]["state"], "deferred");
+    assert_eq!(first["recipients"][0]["attempts"], 2);
+    assert_eq!(
+        first["recipients"][0]["last_reply"],
+        "451 4.7.1 Greylisted, try later"
+    );
+    assert_eq!(items[1]["id"], b.as_str());
+    assert_eq!(items[1]["sender"], "");
+}
+
+#[test]
+fn show_prints_envelope_and_headers() {
+    let q = Queue::new();
+    let (a, _) = q.mixed();
+    let out = q.run(&["queue", "show", a.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(&format!("id: {a}\n")), "{out:?}");
+    assert!(out.stdout.contains("sender: alice@example.test\n"));
+    assert!(
+        out.stdout
+            .contains("recipient: bob@example.net state=deferred attempts=2 next=in ")
+    );
+    assert!(
+        out.stdout
+            .ends_with("\nFrom: alice@example.test\nTo: bob@example.net\nSubject: queued\n")
+    );
+    assert!(!out.stdout.contains("Body."));
+}
+
+#[test]
+fn retry_one_makes_deferred_due_now() {
+    let q = Queue::new();
+    let (a, b) = q.mixed();
+    let before = now();
+    let out = q.run(&["queue", "retry", a.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("1 recipient(s) due now"), "{out:?}");
+    let env = q.env_json(&a);
+    let next = env["recipients"][0]["next_attempt"].as_u64().unwrap();
+    assert!(next >= before && next <= now(), "{next}");
+    assert_eq!(env["recipients"][0]["state"], "deferred");
+    assert_eq!(
+        env["recipients"][1]["next_attempt"],
+        serde_json::Value::Null
+    );
+    assert_eq!(env["recipients"][1]["state"], "pending");
+    // Nothing deferred in b: left alone, still exit 0.
+    let untouched = std::fs::read(q.spool.envelope_path(&b)).unwrap();
+    let out = q.run(&["queue", "retry", b.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(q.spool.envelope_path(&b)).unwrap(), untouched);
+}
+
+#[test]
+fn retry_all_touches_every_deferred() {
+    let q = Queue::new();
+    let (a, b) = q.mixed();
+    let c = q.store(
+        "alice@example.test",
+        60,
+        vec![
+            rcpt(
+                "e@example.net",
+                RecipientState::Deferred,
+                Some(now() + 900),
+                Some("421 busy"),
+            ),
+            rcpt(
+                "f@example.net",
+                RecipientState::Delivered,
+                None,
+                Some("250 ok"),
+            ),
+        ],
+    );
+    let before = now();
+    let out = q.run(&["queue", "retry"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("2 recipient(s) of 2 message(s)"),
+        "{out:?}"
+    );
+    for id in [&a, &c] {
+        let next = q.env_json(id)["recipients"][0]["next_attempt"]
+            .as_u64()
+            .unwrap();
+        assert!(next >= before && next <= now());
+    }
+    assert_eq!(
+        q.env_json(&b)["recipients"][0]["next_attempt"],
+        serde_json::Value::Null
+    );
+    assert_eq!(q.env_json(&c)["recipients"][1]["state"], "delivered");
+}
+
+#[test]
+fn delete_removes_both_files() {
+    let q = Queue::new();
+    let (a, b) = q.mixed();
+    let out = q.run(&["queue", "delete", a.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!q.spool.envelope_path(&a).exists());
+    assert!(!q.spool.message_path(&a).exists());
+    assert!(q.spool.envelope_path(&b).exists());
+    let out = q.run(&["queue", "list"]);
+    assert!(!out.stdout.contains(a.as_str()));
+    // Gone now: a second delete is an unknown ID.
+    let out = q.run(&["queue", "delete", a.as_str()]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+}
+
+#[test]
+fn unknown_or_malformed_id_exits_1() {
+    let q = Queue::new();
+    q.mixed();
+    let unknown = QueueId::generate();
+    for args in [
+        vec!["queue", "show", unknown.as_str()],
+        vec!["queue", "retry", unknown.as_str()],
+        vec!["queue", "delete", unknown.as_str()],
+        vec!["queue", "show", "../../etc/passwd"],
+        vec!["queue", "delete", "nope"],
+    ] {
+        let out = q.run(&args);
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(out.stderr.starts_with("submitd: "), "{out:?}");
+    }
+}
+
+#[test]
+fn config_error_exits_2() {
+    let q = Queue::new();
+    let bad = q.dir.path().join("bad.toml");
+    std::fs::write(&bad, "hostname = \"x.test\"\nbogus = 1\n").unwrap();
+    let out = finish(spawn(&bad, &["queue", "list"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn garbage_envelope_does_not_break_list() {
+    let q = Queue::new();
+    let (a, _) = q.mixed();
+    let bad = QueueId::generate();
+    std::fs::write(q.spool.message_path(&bad), MESSAGE).unwrap();
+    std::fs::write(q.spool.envelope_path(&bad), b"\x00garbage{").unwrap();
+    let out = q.run(&["queue", "list"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("{bad}  invalid envelope: ")),
+        "{out:?}"
+    );
+    let json = q.run(&["queue", "list", "--json"]);
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == bad.as_str() && e["error"].is_string())
+    );
+    // retry of all skips it; the garbage can be deleted.
+    let out = q.run(&["queue", "retry"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        q.env_json(&a)["recipients"][0]["next_attempt"]
+            .as_u64()
+            .unwrap()
+            <= now()
+    );
+    let out = q.run(&["queue", "delete", bad.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!q.spool.message_path(&bad).exists());
+}
+
+#[test]
+fn delete_waits_for_the_message_lock() {
+    let q = Queue::new();
+    let (a, _) = q.mixed();
+    let lock = q.spool.lock(&a).unwrap();
+    let child = spawn(&q.config, &["queue", "delete", a.as_str()]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Still held: the delete must not have happened.
+    assert!(
+        q.spool.envelope_path(&a).exists(),
+        "delete ignored the lock"
+    );
+    assert!(q.spool.message_path(&a).exists(), "delete ignored the lock");
+    let released = Instant::now();
+    drop(lock);
+    let out = finish(child);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(released.elapsed() < DEADLINE);
+    assert!(!q.spool.envelope_path(&a).exists());
+    assert!(!q.spool.message_path(&a).exists());
+}
