@@ -443,8 +443,10 @@ fn apply_blocking(
                 }],
                 received_at: now,
                 helo: shared.hostname.clone(),
-                smtputf8: !env.sender.is_ascii(),
-                eight_bit: false,
+                // dsn.rs: a DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a
+                // non-ASCII address) at the next hop.
+                smtputf8: !env.sender.is_ascii() || !dsn.is_ascii(),
+                eight_bit: !dsn.is_ascii(),
                 size: dsn.len() as u64,
             };
             spool.store_blocking(&bounce, &dsn)?;
