@@ -91,6 +91,8 @@ enum Route {
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
+        /// `None` when the smarthost is an IP address (no resolver needed, none built).
+        resolver: Option<mx::Resolver>,
         host: String,
         port: u16,
         tls: TlsPolicy,
@@ -127,7 +129,16 @@ impl Delivery {
                         TlsPolicy::Implicit(smarthost_tls(&host, relay.ca_file.as_deref())?)
                     }
                 };
-                Route::Smarthost { host, port, tls }
+                let resolver = match host.parse::<IpAddr>() {
+                    Ok(_) => None,
+                    Err(_) => Some(mx::Resolver::new(&relay.resolver)?),
+                };
+                Route::Smarthost {
+                    resolver,
+                    host,
+                    port,
+                    tls,
+                }
             }
         };
         let credentials = (!relay.smarthost_user.is_empty() && relay.mode == RelayMode::Smarthost)
@@ -208,12 +219,15 @@ impl Delivery {
                     }
                 }
             }
-            Route::Smarthost { host, port, tls } => {
-                match smarthost_targets(host, *port, inner.timeout).await {
-                    Ok(targets) => (targets, tls),
-                    Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
-                }
-            }
+            Route::Smarthost {
+                resolver,
+                host,
+                port,
+                tls,
+            } => match smarthost_targets(resolver.as_ref(), host, *port).await {
+                Ok(targets) => (targets, tls),
+                Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
+            },
         };
         let session = outbound::Session {
             hello: &inner.hello,
@@ -252,37 +266,28 @@ fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, De
         .map_err(|e| DeliveryError(format!("TLS for relay.smarthost {host}: {e}")))
 }
 
-/// The smarthost's addresses. An IP address is used as it is; a name goes through the
-/// system resolver (getaddrinfo: /etc/hosts, container DNS, `localhost`), not the MX
-/// resolver: a smarthost is an operator's name, often only known locally.
+/// The smarthost's addresses. An IP address is used as it is; a name goes through the same
+/// resolver as MX lookups (so `relay.resolver` applies) for A and AAAA records; hickory
+/// consults /etc/hosts first, so `localhost` and names from the hosts file work too.
 async fn smarthost_targets(
+    resolver: Option<&mx::Resolver>,
     host: &str,
     port: u16,
-    timeout: Duration,
 ) -> Result<Vec<mx::Target>, String> {
+    let target = |ip| mx::Target {
+        name: host.to_string(),
+        addr: SocketAddr::new(ip, port),
+    };
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![mx::Target {
-            name: host.to_string(),
-            addr: SocketAddr::new(ip, port),
-        }]);
+        return Ok(vec![target(ip)]);
     }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(addrs)) => {
-            let mut targets: Vec<mx::Target> = Vec::new();
-            for addr in addrs {
-                if !targets.iter().any(|t| t.addr == addr) {
-                    targets.push(mx::Target {
-                        name: host.to_string(),
-                        addr,
-                    });
-                }
-            }
-            if targets.is_empty() {
-                Err(format!("smarthost {host} has no address"))
-            } else {
-                Ok(targets)
-            }
-        }
+    let Some(resolver) = resolver else {
+        return Err(format!("no resolver for smarthost {host}"));
+    };
+    let lookup = resolver.addresses(host);
+    match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
+        Ok(Ok(ips)) if ips.is_empty() => Err(format!("smarthost {host} has no address")),
+        Ok(Ok(ips)) => Ok(ips.into_iter().map(target).collect()),
         Ok(Err(e)) => Err(format!("cannot resolve smarthost {host}: {e}")),
         Err(_) => Err(format!("resolving smarthost {host} timed out")),
     }

@@ -20,6 +20,8 @@ use hickory_resolver::config::{
     NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
 use rand::Rng;
@@ -246,14 +248,21 @@ enum Negative {
     Other,
 }
 
-/// `is_nx_domain()` first: hickory reports NXDOMAIN as "no records found" too.
+/// `is_nx_domain()` first: hickory reports NXDOMAIN as "no records found" too. And "no
+/// records found" is only "no records" with NOERROR: hickory 0.25 reports SERVFAIL and
+/// REFUSED answers as `NoRecordsFound` as well (with that response code), which must stay
+/// temporary.
 fn classify(e: &ResolveError) -> Negative {
     if e.is_nx_domain() {
-        Negative::NxDomain
-    } else if e.is_no_records_found() {
-        Negative::NoRecords
-    } else {
-        Negative::Other
+        return Negative::NxDomain;
+    }
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. })
+            if *response_code == ResponseCode::NoError =>
+        {
+            Negative::NoRecords
+        }
+        _ => Negative::Other,
     }
 }
 

@@ -144,9 +144,12 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
         }
         Ok(Ok(c)) => c,
     };
-    let result = converse(&mut conn, target, host, job, s).await;
-    // A polite QUIT; its answer does not matter.
-    let _ = tokio::time::timeout(s.timeout.min(Duration::from_secs(5)), conn.quit()).await;
+    let mut usable = true;
+    let result = converse(&mut conn, target, host, job, s, &mut usable).await;
+    if usable {
+        // A polite QUIT; its answer does not matter.
+        let _ = tokio::time::timeout(s.timeout.min(Duration::from_secs(5)), conn.quit()).await;
+    }
     result
 }
 
@@ -156,6 +159,7 @@ async fn converse(
     host: &str,
     job: &Job<'_>,
     s: &Session<'_>,
+    usable: &mut bool,
 ) -> HostResult {
     let n = job.recipients.len();
     let t = s.timeout;
@@ -174,6 +178,9 @@ async fn converse(
         },
     };
     if let Some(params) = params {
+        // lettre leaves no stream behind a failed (or interrupted) TLS upgrade: writing to it
+        // again (QUIT) trips a debug assertion. Until the upgrade succeeded, only drop it.
+        *usable = false;
         match tokio::time::timeout(t.saturating_mul(3), conn.starttls(params, s.hello)).await {
             Err(_) => return HostResult::NextHost(format!("STARTTLS with {host} timed out")),
             Ok(Err(e)) => {
@@ -182,7 +189,7 @@ async fn converse(
                     StepError::from(e)
                 ));
             }
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => *usable = true,
         }
     }
 
