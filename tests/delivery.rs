@@ -606,3 +606,77 @@ async fn custom_rcpt_rule_and_domain_literal() {
         &format!("[127.0.0.1][127.0.0.1]:{}", sink.addr.port()),
     );
 }
+
+/// A fake MX at `addr`: greets with `greeting` (or never, when empty) and keeps the
+/// connection open until the test ends.
+async fn fake_mx(
+    addr: std::net::SocketAddr,
+    greeting: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            if !greeting.is_empty() {
+                let _ = tcp.write_all(greeting.as_bytes()).await;
+            }
+            held.push(tcp);
+        }
+    })
+}
+
+#[tokio::test]
+async fn greeting_554_tries_next_host() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let rejector = fake_mx(
+        ([127, 0, 0, 2], port).into(),
+        "554 5.7.1 mx1.example.test no service\r\n",
+    )
+    .await;
+    let dns = DnsServer::start(vec![
+        ("example.test.", Rr::Mx(10, "mx1.example.test.")),
+        ("example.test.", Rr::Mx(20, "mx2.example.test.")),
+        ("mx1.example.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2))),
+        ("mx2.example.test.", Rr::A(LOCALHOST)),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = Delivery::new(&settings(&dir, &mx_relay(port, &dns, "none"))).unwrap();
+    let to = rcpts(&["bob@example.test"]);
+    let out = attempt(&delivery, &job(&to, "example.test")).await;
+    assert_delivered(&out[0].1, &format!("mx2.example.test[127.0.0.1]:{port}"));
+    rejector.abort();
+}
+
+#[tokio::test]
+async fn silent_server_defers_within_the_timeouts() {
+    let dns = DnsServer::start(vec![("example.test.", Rr::A(LOCALHOST))]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let silent = fake_mx(([127, 0, 0, 1], port).into(), "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = mx_relay(port, &dns, "none").replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let delivery = Delivery::new(&settings(&dir, &relay)).unwrap();
+    let to = rcpts(&["bob@example.test"]);
+    let started = std::time::Instant::now();
+    let out = attempt(&delivery, &job(&to, "example.test")).await;
+    assert_deferred(&out[0].1, "timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
+#[test]
+fn delivery_can_be_built_outside_a_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = "mode = \"mx\"\nresolver = [\"127.0.0.1:53\"]\n";
+    assert!(Delivery::new(&settings(&dir, relay)).is_ok());
+}

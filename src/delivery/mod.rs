@@ -7,6 +7,17 @@
 //!
 //! The queue scheduler (`queue::scheduler`) decides when to call [`Delivery::attempt`] and
 //! what to do with the outcomes.
+//!
+//! Decisions where DESIGN.md is silent:
+//!
+//! - A smarthost given by name is resolved with the same hickory resolver as MX lookups (A and
+//!   AAAA; `relay.resolver` applies; /etc/hosts is consulted first, so `localhost` works). An
+//!   IP address is used as it is and needs no resolver.
+//! - A STARTTLS that is offered but fails is never followed by clear text, in any policy: the
+//!   next host is tried, and when none is left the recipients are deferred (Postfix's `may`
+//!   would retry in clear; we prefer not to downgrade on an active failure).
+//! - Smarthost AUTH failure defers (an operator error must not bounce users' mail).
+//! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
 pub mod dsn;
 pub mod mx;
