@@ -7,14 +7,33 @@
 //!
 //! The queue scheduler (`queue::scheduler`) decides when to call [`Delivery::attempt`] and
 //! what to do with the outcomes.
+//!
+//! Decisions where DESIGN.md is silent:
+//!
+//! - A smarthost given by name is resolved with the same hickory resolver as MX lookups (A and
+//!   AAAA; `relay.resolver` applies; /etc/hosts is consulted first, so `localhost` works). An
+//!   IP address is used as it is and needs no resolver.
+//! - A STARTTLS that is offered but fails is never followed by clear text, in any policy: the
+//!   next host is tried, and when none is left the recipients are deferred (Postfix's `may`
+//!   would retry in clear; we prefer not to downgrade on an active failure).
+//! - Smarthost AUTH failure defers (an operator error must not bounce users' mail).
+//! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
 pub mod dsn;
 pub mod mx;
 pub mod outbound;
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Settings;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+
+use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
+use outbound::TlsPolicy;
 
 /// One attempt's work: one message to recipients that share a destination (one domain in MX
 /// mode; all of them for the smarthost).
@@ -46,7 +65,11 @@ pub enum Outcome {
     /// Permanent for this recipient: 5xx (status = its enhanced code, else `5.0.0`), null MX
     /// (`5.1.10`), NXDOMAIN (`5.1.2`), next hop lacking SMTPUTF8/8BITMIME the message needs
     /// (`5.6.7` / `5.6.3`).
-    Failed { host: Option<String>, reply: String, status: String },
+    Failed {
+        host: Option<String>,
+        reply: String,
+        status: String,
+    },
 }
 
 /// Why delivery could not be set up (bad CA file, resolver config).
@@ -57,18 +80,247 @@ pub struct DeliveryError(pub String);
 /// Everything needed to deliver: relay settings, the resolver, TLS parameters built once.
 #[derive(Clone)]
 pub struct Delivery {
-    _inner: Arc<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// EHLO name on delivery (`hostname`).
+    hello: ClientId,
+    /// Each outbound step (`relay.timeout`).
+    timeout: Duration,
+    route: Route,
+    credentials: Option<Credentials>,
+}
+
+/// Where messages go.
+enum Route {
+    /// MX lookup, delivery on `port` (`relay.mode = "mx"`).
+    Mx {
+        resolver: mx::Resolver,
+        port: u16,
+        tls: TlsPolicy,
+    },
+    /// Everything to one host (`relay.mode = "smarthost"`).
+    Smarthost {
+        /// `None` when the smarthost is an IP address (no resolver needed, none built).
+        resolver: Option<mx::Resolver>,
+        host: String,
+        port: u16,
+        tls: TlsPolicy,
+    },
 }
 
 impl Delivery {
     /// Build from the settings (`relay.*` and `hostname`).
-    pub fn new(_settings: &Settings) -> Result<Delivery, DeliveryError> {
-        todo!("delivery helper")
+    pub fn new(settings: &Settings) -> Result<Delivery, DeliveryError> {
+        let relay = &settings.relay;
+        let route = match relay.mode {
+            RelayMode::Mx => Route::Mx {
+                resolver: mx::Resolver::new(&relay.resolver)?,
+                port: relay.port,
+                tls: match relay.tls {
+                    RelayTls::Opportunistic => TlsPolicy::Opportunistic,
+                    RelayTls::Required => TlsPolicy::Required,
+                    RelayTls::None => TlsPolicy::None,
+                },
+            },
+            RelayMode::Smarthost => {
+                let (host, port) = split_host_port(&relay.smarthost).ok_or_else(|| {
+                    DeliveryError(format!(
+                        "relay.smarthost: {:?} must be \"host:port\"",
+                        relay.smarthost
+                    ))
+                })?;
+                let tls = match relay.smarthost_tls {
+                    SmarthostTls::None => TlsPolicy::None,
+                    SmarthostTls::Starttls => {
+                        TlsPolicy::StartTlsVerified(smarthost_tls(&host, relay.ca_file.as_deref())?)
+                    }
+                    SmarthostTls::Implicit => {
+                        TlsPolicy::Implicit(smarthost_tls(&host, relay.ca_file.as_deref())?)
+                    }
+                };
+                let resolver = match host.parse::<IpAddr>() {
+                    Ok(_) => None,
+                    Err(_) => Some(mx::Resolver::new(&relay.resolver)?),
+                };
+                Route::Smarthost {
+                    resolver,
+                    host,
+                    port,
+                    tls,
+                }
+            }
+        };
+        let credentials = (!relay.smarthost_user.is_empty() && relay.mode == RelayMode::Smarthost)
+            .then(|| {
+                Credentials::new(
+                    relay.smarthost_user.clone(),
+                    relay.smarthost_password.clone(),
+                )
+            });
+        Ok(Delivery {
+            inner: Arc::new(Inner {
+                hello: ClientId::Domain(settings.hostname.clone()),
+                timeout: relay.timeout,
+                route,
+                credentials,
+            }),
+        })
     }
 
     /// Attempt delivery of `job`; returns exactly one outcome per recipient of the job, in
     /// order. Never panics, never hangs longer than the `relay.timeout` steps allow.
-    pub async fn attempt(&self, _job: &Job<'_>) -> Vec<(String, Outcome)> {
-        todo!("delivery helper")
+    pub async fn attempt(&self, job: &Job<'_>) -> Vec<(String, Outcome)> {
+        let n = job.recipients.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        // A safety net over DNS plus every host's bounded session.
+        let bound = mx::Resolver::bound()
+            + self.inner.timeout
+            + outbound::session_bound(self.inner.timeout, job)
+                .saturating_mul(outbound::MAX_ADDRESSES as u32);
+        let outcomes = match tokio::time::timeout(bound, self.attempt_inner(job)).await {
+            Ok(outcomes) if outcomes.len() == n => outcomes,
+            Ok(_) => vec![
+                Outcome::Deferred {
+                    host: None,
+                    reply: "internal error: outcome count mismatch".into(),
+                };
+                n
+            ],
+            Err(_) => vec![
+                Outcome::Deferred {
+                    host: None,
+                    reply: format!("delivery attempt timed out after {bound:?}"),
+                };
+                n
+            ],
+        };
+        job.recipients.iter().cloned().zip(outcomes).collect()
+    }
+
+    async fn attempt_inner(&self, job: &Job<'_>) -> Vec<Outcome> {
+        let inner = &*self.inner;
+        let n = job.recipients.len();
+        let (targets, tls) = match &inner.route {
+            Route::Mx {
+                resolver,
+                port,
+                tls,
+            } => {
+                let lookup = resolver.targets(job.domain, *port);
+                match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
+                    Ok(Ok(targets)) => (targets, tls),
+                    Ok(Err(mx::MxError::Permanent { status, reply })) => {
+                        let failed = Outcome::Failed {
+                            host: None,
+                            reply,
+                            status: status.to_string(),
+                        };
+                        return vec![failed; n];
+                    }
+                    Ok(Err(mx::MxError::Temporary { reply })) => {
+                        return vec![Outcome::Deferred { host: None, reply }; n];
+                    }
+                    Err(_) => {
+                        let reply = format!("DNS lookup for {} timed out", job.domain);
+                        return vec![Outcome::Deferred { host: None, reply }; n];
+                    }
+                }
+            }
+            Route::Smarthost {
+                resolver,
+                host,
+                port,
+                tls,
+            } => match smarthost_targets(resolver.as_ref(), host, *port).await {
+                Ok(targets) => (targets, tls),
+                Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
+            },
+        };
+        let session = outbound::Session {
+            hello: &inner.hello,
+            tls,
+            credentials: inner.credentials.as_ref(),
+            timeout: inner.timeout,
+        };
+        outbound::deliver(&targets, job, &session).await
+    }
+}
+
+/// `host:port`, `[v6]:port`: the host without brackets and the port.
+fn split_host_port(value: &str) -> Option<(String, u16)> {
+    let (host, port) = value.trim().rsplit_once(':')?;
+    let port = port.parse().ok().filter(|&p| p > 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// Verified TLS toward the smarthost: the system roots (honouring `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR`) plus `relay.ca_file`. Built once: loading the system roots is slow.
+fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, DeliveryError> {
+    let mut builder = TlsParameters::builder(host.to_string());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| DeliveryError(format!("relay.ca_file: {}: {e}", path.display())))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| DeliveryError(format!("relay.ca_file: {}: {e}", path.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| DeliveryError(format!("TLS for relay.smarthost {host}: {e}")))
+}
+
+/// The smarthost's addresses. An IP address is used as it is; a name goes through the same
+/// resolver as MX lookups (so `relay.resolver` applies) for A and AAAA records; hickory
+/// consults /etc/hosts first, so `localhost` and names from the hosts file work too.
+async fn smarthost_targets(
+    resolver: Option<&mx::Resolver>,
+    host: &str,
+    port: u16,
+) -> Result<Vec<mx::Target>, String> {
+    let target = |ip| mx::Target {
+        name: host.to_string(),
+        addr: SocketAddr::new(ip, port),
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![target(ip)]);
+    }
+    let Some(resolver) = resolver else {
+        return Err(format!("no resolver for smarthost {host}"));
+    };
+    let lookup = resolver.addresses(host);
+    match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
+        Ok(Ok(ips)) if ips.is_empty() => Err(format!("smarthost {host} has no address")),
+        Ok(Ok(ips)) => Ok(ips.into_iter().map(target).collect()),
+        Ok(Err(e)) => Err(format!("cannot resolve smarthost {host}: {e}")),
+        Err(_) => Err(format!("resolving smarthost {host} timed out")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            split_host_port("smtp.example.test:587"),
+            Some(("smtp.example.test".into(), 587))
+        );
+        assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
+        assert_eq!(
+            split_host_port("127.0.0.1:2525"),
+            Some(("127.0.0.1".into(), 2525))
+        );
+        assert_eq!(split_host_port("nohost"), None);
+        assert_eq!(split_host_port(":25"), None);
+        assert_eq!(split_host_port("h:0"), None);
     }
 }

@@ -1,1 +1,741 @@
 //! One outbound SMTP attempt through lettre's `AsyncSmtpConnection`.
+//!
+//! lettre's `send`/`send_raw` abort the whole transaction at the first rejected RCPT, so the
+//! conversation is driven here command by command, giving one [`Outcome`] per recipient:
+//!
+//! 1. connect (lettre's connect timeout), greeting and EHLO, TLS from the first byte for an
+//!    implicit-TLS smarthost;
+//! 2. STARTTLS per [`TlsPolicy`];
+//! 3. a second EHLO whose reply is parsed here: lettre's `ServerInfo` does not keep `SIZE`;
+//! 4. AUTH (PLAIN, then LOGIN) when credentials are set, only over TLS;
+//! 5. checks that need no round trip: SIZE, SMTPUTF8, 8BITMIME;
+//! 6. `MAIL FROM`, one `RCPT TO` per recipient (each reply kept), `DATA` when any was accepted.
+//!
+//! Which failures move on to the next host (Postfix's "soft errors" before the transaction):
+//! connection refused/reset/timeout, a 4xx or 5xx greeting or EHLO, a STARTTLS failure (in
+//! every policy: Postfix's `may` would retry in clear, we defer to the next host and finally the
+//! queue, never downgrading an offered-but-broken TLS to clear text), TLS required but not
+//! offered, a 4xx or network error on `MAIL FROM`. When every host fails, every recipient is
+//! deferred with the last error. Once `MAIL FROM` is accepted the host's answers are final for
+//! this attempt.
+//!
+//! Every command has its own `relay.timeout`; each host's whole session has an overall bound
+//! ([`session_bound`]) so a peer trickling bytes cannot hold a delivery forever.
+
+use std::future::Future;
+use std::time::Duration;
+
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, CertificateStore, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Ehlo};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+
+use super::mx::{Target, to_ascii_domain};
+use super::{Job, Outcome};
+
+/// At most this many addresses are tried in one attempt (Postfix: `smtp_mx_address_limit`).
+pub const MAX_ADDRESSES: usize = 10;
+/// Data transfer is allowed at least this rate (bytes per second) on top of one timeout.
+const MIN_DATA_RATE: u64 = 64 * 1024;
+
+/// Permanent status: message bigger than the next hop's SIZE (RFC 3463).
+pub const STATUS_TOO_BIG: &str = "5.3.4";
+/// Permanent status: non-ASCII envelope/headers but no SMTPUTF8 at the next hop (RFC 6531).
+pub const STATUS_NO_SMTPUTF8: &str = "5.6.7";
+/// Permanent status: 8-bit body but no 8BITMIME at the next hop (RFC 6152).
+pub const STATUS_NO_8BITMIME: &str = "5.6.3";
+
+/// How TLS is negotiated with the next hop.
+#[derive(Clone)]
+pub enum TlsPolicy {
+    /// Never STARTTLS (`relay.tls = "none"`, `smarthost_tls = "none"`).
+    None,
+    /// STARTTLS when offered, certificate not verified; clear text only when not offered.
+    Opportunistic,
+    /// STARTTLS must be offered and succeed; certificate not verified (MX mode `required`).
+    Required,
+    /// STARTTLS must be offered and succeed, verified with these parameters (smarthost).
+    StartTlsVerified(TlsParameters),
+    /// TLS from the first byte, verified with these parameters (smarthost `implicit`).
+    Implicit(TlsParameters),
+}
+
+/// What one session needs besides the job.
+pub struct Session<'a> {
+    /// EHLO name (`hostname`).
+    pub hello: &'a ClientId,
+    pub tls: &'a TlsPolicy,
+    /// Smarthost AUTH (PLAIN, then LOGIN); never sent in clear.
+    pub credentials: Option<&'a Credentials>,
+    /// Each step: connect, greeting, each reply (`relay.timeout`).
+    pub timeout: Duration,
+}
+
+/// The result of one host.
+#[derive(Debug)]
+enum HostResult {
+    /// The host's answers are final for this attempt: one outcome per recipient.
+    Done(Vec<Outcome>),
+    /// Nothing happened to the recipients; try the next host. The reply says why.
+    NextHost(String),
+}
+
+/// Deliver `job` to the first of `targets` that takes responsibility; one outcome per
+/// recipient, in order.
+pub async fn deliver(targets: &[Target], job: &Job<'_>, session: &Session<'_>) -> Vec<Outcome> {
+    let mut last: Option<(String, String)> = None;
+    let bound = session_bound(session.timeout, job);
+    for target in targets.iter().take(MAX_ADDRESSES) {
+        let host = target.label();
+        tracing::debug!(queue_id = job.queue_id, host = %host, "trying");
+        match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
+            Ok(HostResult::Done(outcomes)) => return outcomes,
+            Ok(HostResult::NextHost(reply)) => {
+                tracing::debug!(queue_id = job.queue_id, host = %host, reply = %reply, "next host");
+                last = Some((host, reply));
+            }
+            Err(_) => {
+                let reply = format!("session with {host} timed out after {bound:?}");
+                last = Some((host, reply));
+            }
+        }
+    }
+    let (host, reply) = match last {
+        Some((h, r)) => (Some(h), r),
+        None => (None, "no host to deliver to".to_string()),
+    };
+    let deferred = Outcome::Deferred { host, reply };
+    vec![deferred; job.recipients.len()]
+}
+
+/// The overall bound on one host's session: every step's timeout plus time to send the data.
+pub fn session_bound(step: Duration, job: &Job<'_>) -> Duration {
+    // connect+greeting+EHLO, STARTTLS+EHLO, EHLO, AUTH, MAIL, DATA, final reply, QUIT: 12 steps.
+    let steps = 12 + job.recipients.len() as u32;
+    step.saturating_mul(steps) + data_allowance(job.message.len())
+}
+
+/// Extra time for sending `len` bytes at [`MIN_DATA_RATE`].
+fn data_allowance(len: usize) -> Duration {
+    Duration::from_secs(len as u64 / MIN_DATA_RATE)
+}
+
+async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
+    let implicit = match s.tls {
+        TlsPolicy::Implicit(p) => Some(p.clone()),
+        _ => None,
+    };
+    // lettre bounds the TCP connect itself; greeting, (handshake) and EHLO get one step each.
+    let connect =
+        AsyncSmtpConnection::connect_tokio1(target.addr, Some(s.timeout), s.hello, implicit, None);
+    let mut conn = match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
+        Err(_) => {
+            return HostResult::NextHost(format!(
+                "connect, greeting or EHLO with {host} timed out"
+            ));
+        }
+        Ok(Err(e)) => {
+            return HostResult::NextHost(format!(
+                "connection to {host} failed: {}",
+                StepError::from(e)
+            ));
+        }
+        Ok(Ok(c)) => c,
+    };
+    let mut usable = true;
+    let result = converse(&mut conn, target, host, job, s, &mut usable).await;
+    if usable {
+        // A polite QUIT; its answer does not matter.
+        let _ = tokio::time::timeout(s.timeout.min(Duration::from_secs(5)), conn.quit()).await;
+    }
+    result
+}
+
+async fn converse(
+    conn: &mut AsyncSmtpConnection,
+    target: &Target,
+    host: &str,
+    job: &Job<'_>,
+    s: &Session<'_>,
+    usable: &mut bool,
+) -> HostResult {
+    let n = job.recipients.len();
+    let t = s.timeout;
+
+    // STARTTLS.
+    let params = match s.tls {
+        TlsPolicy::None | TlsPolicy::Implicit(_) => None,
+        TlsPolicy::Opportunistic if !conn.can_starttls() => None,
+        _ if !conn.can_starttls() => {
+            return HostResult::NextHost(format!("TLS required but not offered by {host}"));
+        }
+        TlsPolicy::StartTlsVerified(p) => Some(p.clone()),
+        TlsPolicy::Opportunistic | TlsPolicy::Required => match unverified_tls(target) {
+            Ok(p) => Some(p),
+            Err(e) => return HostResult::NextHost(format!("TLS setup for {host}: {e}")),
+        },
+    };
+    if let Some(params) = params {
+        // lettre leaves no stream behind a failed (or interrupted) TLS upgrade: writing to it
+        // again (QUIT) trips a debug assertion. Until the upgrade succeeded, only drop it.
+        *usable = false;
+        match tokio::time::timeout(t.saturating_mul(3), conn.starttls(params, s.hello)).await {
+            Err(_) => return HostResult::NextHost(format!("STARTTLS with {host} timed out")),
+            Ok(Err(e)) => {
+                return HostResult::NextHost(format!(
+                    "STARTTLS with {host} failed: {}",
+                    StepError::from(e)
+                ));
+            }
+            Ok(Ok(())) => *usable = true,
+        }
+    }
+
+    // A second EHLO whose reply we parse ourselves (SIZE).
+    let caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
+        Ok(r) => Capabilities::from_ehlo(&r),
+        Err(e) => return HostResult::NextHost(format!("EHLO to {host}: {e}")),
+    };
+
+    // AUTH: only over TLS; a refusal is the operator's problem, not the users' (defer).
+    if let Some(creds) = s.credentials {
+        if !conn.is_encrypted() {
+            return HostResult::Done(all_deferred(
+                host,
+                "refusing to send smarthost credentials in clear text",
+                n,
+            ));
+        }
+        let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], creds);
+        match tokio::time::timeout(t.saturating_mul(3), auth).await {
+            Err(_) => return HostResult::NextHost(format!("AUTH with {host} timed out")),
+            Ok(Err(e)) => {
+                let reply = format!("authentication to {host} failed: {}", StepError::from(e));
+                return HostResult::Done(all_deferred(host, &reply, n));
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+
+    // Checks that need no round trip.
+    let envelope = match plan(job, &caps, host) {
+        Ok(e) => e,
+        Err((status, reply)) => return HostResult::Done(all_failed(host, &reply, status, n)),
+    };
+
+    // MAIL FROM.
+    match step(t, conn.command(envelope.mail_from)).await {
+        Ok(_) => {}
+        Err(StepError::Reply { code, text }) if code >= 500 => {
+            let reply = format!("{code} {text}");
+            let status = enhanced_status(&text, code);
+            return HostResult::Done(all_failed(host, &reply, &status, n));
+        }
+        Err(e) => return HostResult::NextHost(format!("MAIL FROM at {host}: {e}")),
+    }
+
+    // RCPT TO, one reply per recipient.
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut accepted = Vec::new();
+    for (i, rcpt) in envelope.rcpt_to.into_iter().enumerate() {
+        match step(t, conn.command(rcpt)).await {
+            Ok(_) => accepted.push(i),
+            Err(StepError::Reply { code, text }) if code >= 500 => {
+                outcomes[i] = Some(Outcome::Failed {
+                    host: Some(host.to_string()),
+                    reply: format!("{code} {text}"),
+                    status: enhanced_status(&text, code),
+                });
+            }
+            // 421: the server is closing; nothing more happens on this connection.
+            Err(e @ StepError::Reply { code: 421, .. }) | Err(e @ StepError::Io(_)) => {
+                return HostResult::Done(defer_rest(outcomes, host, &e.to_string()));
+            }
+            Err(e) => {
+                outcomes[i] = Some(Outcome::Deferred {
+                    host: Some(host.to_string()),
+                    reply: e.to_string(),
+                });
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return HostResult::Done(defer_rest(outcomes, host, "no recipient accepted"));
+    }
+
+    // DATA and the message; lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of
+    // the message is the one that ends its last line.
+    let final_reply = match step(t, conn.command(Data)).await {
+        Ok(_) => {
+            let body = job.message.strip_suffix(b"\r\n").unwrap_or(job.message);
+            let bound = t + data_allowance(body.len());
+            step(bound, conn.message(body)).await
+        }
+        Err(e) => Err(e),
+    };
+    let decided = |reply_outcome: Outcome| {
+        let mut outcomes = outcomes.clone();
+        for &i in &accepted {
+            outcomes[i] = Some(reply_outcome.clone());
+        }
+        outcomes
+    };
+    let outcomes = match final_reply {
+        Ok(r) => decided(Outcome::Delivered {
+            host: host.to_string(),
+            reply: reply_text(&r),
+        }),
+        Err(StepError::Reply { code, text }) if code >= 500 => decided(Outcome::Failed {
+            host: Some(host.to_string()),
+            reply: format!("{code} {text}"),
+            status: enhanced_status(&text, code),
+        }),
+        Err(e) => decided(Outcome::Deferred {
+            host: Some(host.to_string()),
+            reply: e.to_string(),
+        }),
+    };
+    HostResult::Done(defer_rest(outcomes, host, "not attempted"))
+}
+
+/// Every undecided recipient deferred with `reply`.
+fn defer_rest(outcomes: Vec<Option<Outcome>>, host: &str, reply: &str) -> Vec<Outcome> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::Deferred {
+                host: Some(host.to_string()),
+                reply: reply.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn all_deferred(host: &str, reply: &str, n: usize) -> Vec<Outcome> {
+    defer_rest(vec![None; n], host, reply)
+}
+
+fn all_failed(host: &str, reply: &str, status: &str, n: usize) -> Vec<Outcome> {
+    let failed = Outcome::Failed {
+        host: Some(host.to_string()),
+        reply: reply.to_string(),
+        status: status.to_string(),
+    };
+    vec![failed; n]
+}
+
+/// STARTTLS parameters for MX mode: the certificate is not verified (RFC 7435 opportunistic
+/// security; MTA-STS and DANE are what verify), the host name is only sent as SNI.
+fn unverified_tls(target: &Target) -> Result<TlsParameters, SmtpError> {
+    let name = if target.name.starts_with('[') {
+        target.addr.ip().to_string()
+    } else {
+        target.name.clone()
+    };
+    TlsParameters::builder(name)
+        // No roots to load: nothing is verified against them.
+        .certificate_store(CertificateStore::None)
+        .dangerous_accept_invalid_certs(true)
+        .dangerous_accept_invalid_hostnames(true)
+        .build_rustls()
+}
+
+/// A failed step: the server's negative reply, or anything else (network, timeout, TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StepError {
+    Reply { code: u16, text: String },
+    Io(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Reply { code, text } => write!(f, "{code} {text}"),
+            StepError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<SmtpError> for StepError {
+    fn from(e: SmtpError) -> StepError {
+        match e.status() {
+            Some(code) => {
+                let code = code.to_string().parse().unwrap_or(500);
+                // lettre keeps the reply's text (all lines joined) as the error's source.
+                let text = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                StepError::Reply { code, text }
+            }
+            None => StepError::Io(e.to_string()),
+        }
+    }
+}
+
+/// One command with its own timeout.
+async fn step(
+    timeout: Duration,
+    fut: impl Future<Output = Result<Response, SmtpError>>,
+) -> Result<Response, StepError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(StepError::from),
+        Err(_) => Err(StepError::Io(format!(
+            "timed out after {timeout:?} waiting for a reply"
+        ))),
+    }
+}
+
+/// `250 2.0.0 Ok: queued as X` from a lettre response.
+fn reply_text(r: &Response) -> String {
+    let lines: Vec<&str> = r.message().collect();
+    format!("{} {}", r.code(), lines.join(" "))
+}
+
+/// The enhanced status code at the start of a reply's text (RFC 3463), when its class
+/// matches the reply code; else `5.0.0` / `4.0.0`.
+pub fn enhanced_status(text: &str, code: u16) -> String {
+    let class = (code / 100).to_string();
+    if let Some(first) = text.split_whitespace().next() {
+        let parts: Vec<&str> = first.split('.').collect();
+        let numeric = |p: &str, max: usize| {
+            !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+        };
+        if parts.len() == 3 && parts[0] == class && numeric(parts[1], 3) && numeric(parts[2], 3) {
+            return first.to_string();
+        }
+    }
+    format!("{class}.0.0")
+}
+
+/// What the next hop offered in its (last) EHLO reply.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `SIZE n` with n > 0 (RFC 1870); `SIZE` or `SIZE 0` means no fixed limit.
+    pub size_limit: Option<u64>,
+    pub size: bool,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+impl Capabilities {
+    fn from_ehlo(r: &Response) -> Capabilities {
+        Capabilities::from_lines(r.message().skip(1))
+    }
+
+    /// From the EHLO reply's lines after the first (the greeting line).
+    pub fn from_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in lines {
+            let mut words = line.split_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "SIZE" => {
+                    caps.size = true;
+                    caps.size_limit = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+                }
+                "8BITMIME" => caps.eight_bit = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Whether the envelope or the message needs SMTPUTF8 at the next hop (RFC 6531).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Utf8Need {
+    /// All ASCII.
+    None,
+    /// Only domains are non-ASCII: without SMTPUTF8 they go as A-labels.
+    DomainsOnly,
+    /// Non-ASCII local parts, or non-ASCII headers in an SMTPUTF8 submission.
+    Required,
+}
+
+/// Decide [`Utf8Need`] for a job. Non-ASCII addresses always need it; non-ASCII headers
+/// only when the message was submitted with SMTPUTF8 (otherwise they are legacy 8-bit bytes
+/// passed on as they are).
+pub fn smtputf8_need(job: &Job<'_>) -> Utf8Need {
+    let mut need = Utf8Need::None;
+    let addrs = std::iter::once(job.sender).chain(job.recipients.iter().map(String::as_str));
+    for addr in addrs {
+        if addr.is_ascii() {
+            continue;
+        }
+        let (local, domain) = split_address(addr);
+        if !local.is_ascii() {
+            return Utf8Need::Required;
+        }
+        if !domain.is_ascii() {
+            need = Utf8Need::DomainsOnly;
+        }
+    }
+    if job.smtputf8 && !headers(job.message).is_ascii() {
+        return Utf8Need::Required;
+    }
+    need
+}
+
+/// The header section: up to the first empty line.
+fn headers(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &[];
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => &message[..p + 2],
+        None => message,
+    }
+}
+
+/// `local@domain` split at the last `@`; no `@`: all local part.
+fn split_address(addr: &str) -> (&str, &str) {
+    addr.rsplit_once('@').unwrap_or((addr, ""))
+}
+
+/// `local@domain` with the domain as A-labels.
+fn downgrade_address(addr: &str) -> Option<String> {
+    let (local, domain) = split_address(addr);
+    if domain.is_ascii() {
+        return Some(addr.to_string());
+    }
+    Some(format!("{local}@{}", to_ascii_domain(domain)?))
+}
+
+/// The commands for one transaction, after the checks against the next hop's capabilities.
+#[derive(Debug)]
+struct Envelope {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+}
+
+/// Build the MAIL and RCPT commands; `Err((status, reply))` when the next hop cannot take
+/// the message at all.
+fn plan(
+    job: &Job<'_>,
+    caps: &Capabilities,
+    host: &str,
+) -> Result<Envelope, (&'static str, String)> {
+    let len = job.message.len() as u64;
+    if let Some(limit) = caps.size_limit
+        && len > limit
+    {
+        return Err((
+            STATUS_TOO_BIG,
+            format!("message size {len} exceeds the limit of {limit} of {host}"),
+        ));
+    }
+    let eight_bit_body = !job.message.is_ascii();
+    if job.eight_bit && eight_bit_body && !caps.eight_bit {
+        return Err((
+            STATUS_NO_8BITMIME,
+            format!("{host} does not support 8BITMIME and the message has 8-bit content"),
+        ));
+    }
+    let need = smtputf8_need(job);
+    let (smtputf8, downgrade) = match need {
+        Utf8Need::None => (false, false),
+        _ if caps.smtputf8 => (true, false),
+        Utf8Need::DomainsOnly => (false, true),
+        Utf8Need::Required => {
+            return Err((
+                STATUS_NO_SMTPUTF8,
+                format!(
+                    "{host} does not support SMTPUTF8 and the message needs it \
+                     (non-ASCII address or header)"
+                ),
+            ));
+        }
+    };
+    let address = |a: &str| -> Result<String, (&'static str, String)> {
+        if downgrade {
+            downgrade_address(a).ok_or_else(|| {
+                (
+                    STATUS_NO_SMTPUTF8,
+                    format!("{a}: domain cannot be converted to A-labels for {host}"),
+                )
+            })
+        } else {
+            Ok(a.to_string())
+        }
+    };
+    let mut params = String::new();
+    if job.eight_bit && caps.eight_bit {
+        params.push_str(" BODY=8BITMIME");
+    }
+    if smtputf8 {
+        params.push_str(" SMTPUTF8");
+    }
+    if caps.size {
+        params.push_str(&format!(" SIZE={len}"));
+    }
+    let sender = if job.sender.is_empty() {
+        String::new()
+    } else {
+        address(job.sender)?
+    };
+    let mail_from = format!("MAIL FROM:<{sender}>{params}\r\n");
+    let rcpt_to = job
+        .recipients
+        .iter()
+        .map(|r| address(r).map(|a| format!("RCPT TO:<{a}>\r\n")))
+        .collect::<Result<_, _>>()?;
+    Ok(Envelope { mail_from, rcpt_to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job<'a>(sender: &'a str, rcpts: &'a [String], message: &'a [u8], utf8: bool) -> Job<'a> {
+        Job {
+            queue_id: "Q",
+            sender,
+            recipients: rcpts,
+            domain: "example.test",
+            message,
+            smtputf8: utf8,
+            eight_bit: false,
+        }
+    }
+
+    #[test]
+    fn enhanced_codes() {
+        assert_eq!(enhanced_status("5.1.1 No such user", 550), "5.1.1");
+        assert_eq!(enhanced_status("No such user", 550), "5.0.0");
+        assert_eq!(enhanced_status("4.2.0 later", 451), "4.2.0");
+        // Class must match the reply code.
+        assert_eq!(enhanced_status("4.2.0 odd", 550), "5.0.0");
+        assert_eq!(enhanced_status("5.7.1234 x", 550), "5.0.0");
+        assert_eq!(enhanced_status("5.1.10 null MX", 556), "5.1.10");
+        assert_eq!(enhanced_status("", 554), "5.0.0");
+        assert_eq!(enhanced_status("5..1 x", 550), "5.0.0");
+    }
+
+    #[test]
+    fn capabilities() {
+        let c = Capabilities::from_lines(
+            [
+                "PIPELINING",
+                "SIZE 1000",
+                "8BITMIME",
+                "smtputf8",
+                "STARTTLS",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(c.size_limit, Some(1000));
+        assert!(c.size && c.eight_bit && c.smtputf8);
+        let c = Capabilities::from_lines(["SIZE"].into_iter());
+        assert!(c.size);
+        assert_eq!(c.size_limit, None);
+        let c = Capabilities::from_lines(["SIZE 0"].into_iter());
+        assert_eq!(c.size_limit, None);
+    }
+
+    #[test]
+    fn smtputf8_detection() {
+        let ascii = vec!["bob@example.test".to_string()];
+        let msg = b"Subject: hi\r\n\r\nBody \xc3\xa9\r\n";
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &ascii, msg, true)),
+            Utf8Need::None
+        );
+
+        let idn = vec!["bob@b\u{fc}cher.example".to_string()];
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &idn, msg, true)),
+            Utf8Need::DomainsOnly
+        );
+
+        let local = vec!["j\u{f6}rg@example.test".to_string()];
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &local, msg, true)),
+            Utf8Need::Required
+        );
+        assert_eq!(
+            smtputf8_need(&job("j\u{f6}rg@example.test", &ascii, msg, true)),
+            Utf8Need::Required
+        );
+
+        let utf8_header = "Subject: caf\u{e9}\r\n\r\nx\r\n".as_bytes();
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &ascii, utf8_header, true)),
+            Utf8Need::Required
+        );
+        // Not an SMTPUTF8 submission: legacy 8-bit header bytes pass as they are.
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &ascii, utf8_header, false)),
+            Utf8Need::None
+        );
+        // An IDN domain plus UTF-8 headers: required.
+        assert_eq!(
+            smtputf8_need(&job("a@example.test", &idn, utf8_header, true)),
+            Utf8Need::Required
+        );
+    }
+
+    #[test]
+    fn plan_downgrades_domains_only() {
+        let idn = vec!["bob@B\u{fc}cher.example".to_string()];
+        let j = job("a@example.test", &idn, b"Subject: x\r\n\r\nx\r\n", true);
+        let env = plan(&j, &Capabilities::default(), "h").unwrap();
+        assert_eq!(env.mail_from, "MAIL FROM:<a@example.test>\r\n");
+        assert_eq!(env.rcpt_to, ["RCPT TO:<bob@xn--bcher-kva.example>\r\n"]);
+
+        let caps = Capabilities {
+            smtputf8: true,
+            eight_bit: true,
+            size: true,
+            size_limit: Some(100),
+        };
+        let env = plan(&j, &caps, "h").unwrap();
+        assert_eq!(
+            env.mail_from,
+            "MAIL FROM:<a@example.test> SMTPUTF8 SIZE=17\r\n"
+        );
+        assert_eq!(env.rcpt_to, ["RCPT TO:<bob@B\u{fc}cher.example>\r\n"]);
+    }
+
+    #[test]
+    fn plan_refusals() {
+        let r = vec!["j\u{f6}rg@example.test".to_string()];
+        let j = job("a@example.test", &r, b"x\r\n", true);
+        assert_eq!(
+            plan(&j, &Capabilities::default(), "h").unwrap_err().0,
+            "5.6.7"
+        );
+
+        let r = vec!["b@example.test".to_string()];
+        let mut j = job("", &r, b"Subject: x\r\n\r\n\xff\r\n", false);
+        j.eight_bit = true;
+        assert_eq!(
+            plan(&j, &Capabilities::default(), "h").unwrap_err().0,
+            "5.6.3"
+        );
+        let caps = Capabilities {
+            eight_bit: true,
+            size: true,
+            size_limit: Some(5),
+            ..Capabilities::default()
+        };
+        assert_eq!(plan(&j, &caps, "h").unwrap_err().0, "5.3.4");
+        let caps = Capabilities {
+            eight_bit: true,
+            ..Capabilities::default()
+        };
+        let env = plan(&j, &caps, "h").unwrap();
+        assert_eq!(env.mail_from, "MAIL FROM:<> BODY=8BITMIME\r\n");
+    }
+
+    #[test]
+    fn header_section() {
+        assert_eq!(headers(b"A: b\r\n\r\nbody"), b"A: b\r\n");
+        assert_eq!(headers(b"\r\nbody"), b"");
+        assert_eq!(headers(b"A: b\r\n"), b"A: b\r\n");
+    }
+}

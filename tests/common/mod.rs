@@ -348,3 +348,5 @@ impl Client {
 pub fn message_from(from: &str) -> String {
     format!("From: {from}\r\nTo: rcpt@example.net\r\nSubject: test\r\n\r\nHello.\r\n")
 }
+pub mod dns;
+pub mod sink;

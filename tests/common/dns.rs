@@ -1,0 +1,154 @@
+//! A DNS server on loopback (UDP and TCP, same port) for delivery tests: hickory-server with an
+//! authoritative in-memory zone `test.`. Names outside the zone's records get NXDOMAIN; names
+//! with records but not of the asked type get NOERROR with no answers. [`DnsServer::servfail`]
+//! makes a name answer SERVFAIL. Stopped when dropped.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_server::ServerFuture;
+use hickory_server::authority::{Catalog, MessageResponseBuilder, ZoneType};
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryAuthority;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// One record in the zone. A null MX is `Rr::Mx(0, ".")`.
+#[derive(Debug, Clone)]
+pub enum Rr {
+    Mx(u16, &'static str),
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+}
+
+/// The zone's origin.
+const ORIGIN: &str = "test.";
+const TTL: u32 = 60;
+
+/// A running DNS server; `addr` serves UDP and TCP.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    servfail: Arc<Mutex<HashSet<LowerName>>>,
+    _server: ServerFuture<Handler>,
+}
+
+impl DnsServer {
+    /// Serve `records` (owner names fully qualified, like `"example.test."`).
+    pub async fn start(records: Vec<(&'static str, Rr)>) -> DnsServer {
+        let origin = Name::from_str(ORIGIN).unwrap();
+        let mut authority = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
+        let soa = SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("hostmaster.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            TTL,
+        );
+        assert!(authority.upsert_mut(Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)), 1));
+        for (owner, rr) in records {
+            let name = Name::from_str(owner).unwrap();
+            assert!(name.is_fqdn(), "{owner}: owner names end with a dot");
+            let rdata = match rr {
+                Rr::Mx(pref, exchange) => {
+                    let exchange = if exchange == "." {
+                        Name::root()
+                    } else {
+                        Name::from_str(exchange).unwrap()
+                    };
+                    RData::MX(MX::new(pref, exchange))
+                }
+                Rr::A(ip) => RData::A(A(ip)),
+                Rr::Aaaa(ip) => RData::AAAA(AAAA(ip)),
+            };
+            assert!(
+                authority.upsert_mut(Record::from_rdata(name, TTL, rdata), 1),
+                "{owner}: record not added"
+            );
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![Arc::new(authority)]);
+
+        let servfail = Arc::new(Mutex::new(HashSet::new()));
+        let handler = Handler {
+            catalog,
+            servfail: servfail.clone(),
+        };
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        // Same port over TCP (truncated answers, and the resolver's TCP fallback).
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let mut server = ServerFuture::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(10));
+        DnsServer {
+            addr,
+            servfail,
+            _server: server,
+        }
+    }
+
+    /// From now on, every query for `name` (fully qualified) answers SERVFAIL.
+    pub fn servfail(&self, name: &str) {
+        let name = LowerName::new(&Name::from_str(name).unwrap());
+        self.servfail.lock().unwrap().insert(name);
+    }
+}
+
+/// The catalog, except for names told to fail.
+struct Handler {
+    catalog: Catalog,
+    servfail: Arc<Mutex<HashSet<LowerName>>>,
+}
+
+// The trait is declared with `#[async_trait]`: this is its desugared form (no async-trait
+// dependency for one impl).
+impl RequestHandler for Handler {
+    fn handle_request<'life0, 'life1, 'async_trait, R>(
+        &'life0 self,
+        request: &'life1 Request,
+        response_handle: R,
+    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
+    where
+        R: ResponseHandler + 'async_trait,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.handle(request, response_handle))
+    }
+}
+
+impl Handler {
+    async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let fail = request
+            .request_info()
+            .is_ok_and(|info| self.servfail.lock().unwrap().contains(info.query.name()));
+        if fail {
+            let response = MessageResponseBuilder::from_message_request(request)
+                .error_msg(request.header(), ResponseCode::ServFail);
+            return match response_handle.send_response(response).await {
+                Ok(info) => info,
+                Err(_) => {
+                    let mut header = *request.header();
+                    header.set_response_code(ResponseCode::ServFail);
+                    header.into()
+                }
+            };
+        }
+        self.catalog.handle_request(request, response_handle).await
+    }
+}
