@@ -22,7 +22,9 @@ use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool};
 /// A minimal SMTP sink: accepts everything, counts messages.
 async fn sink(listener: TcpListener, count: Arc<AtomicUsize>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let count = count.clone();
         tokio::spawn(async move {
             let (r, mut w) = tcp.into_split();
@@ -66,7 +68,10 @@ async fn sink(listener: TcpListener, count: Arc<AtomicUsize>) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let messages = args.first().copied().unwrap_or(2000);
     let concurrency = args.get(1).copied().unwrap_or(16);
     let size = args.get(2).copied().unwrap_or(10240);
@@ -132,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let delivered_at = started.elapsed();
     // Wait for the queue to be empty too (state saved, files removed).
-    while std::fs::read_dir(dir.path().join("queue"))?.next().is_some() {
+    while std::fs::read_dir(dir.path().join("queue"))?
+        .next()
+        .is_some()
+    {
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!("queue never emptied");
         }

@@ -19,10 +19,8 @@ const MESSAGE: &[u8] = b"From: alice@example.net\r\nTo: bob@example.test\r\nSubj
 
 /// Settings for a temp dir, with `relay` lines for the `[relay]` section.
 fn settings(dir: &tempfile::TempDir, relay: &str) -> Settings {
-    let path = common::write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("\n[relay]\n{relay}\n"));
-    std::fs::write(&path, &text).unwrap();
+    let path = common::write_config_full(dir.path(), "", "", relay, "127.0.0.1:0", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path).unwrap();
     Settings::from_toml(&text, &path).unwrap()
 }
 

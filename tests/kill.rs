@@ -96,19 +96,23 @@ async fn queued_message_survives_sigkill_and_restart() {
 /// Submit one message over an open, authenticated connection; returns the queue ID.
 async fn submit_on(c: &mut Client, n: usize) -> String {
     c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
-    c.cmd(&format!("RCPT TO:<user{n}@example.net>"), "250").await;
+    c.cmd(&format!("RCPT TO:<user{n}@example.net>"), "250")
+        .await;
     c.cmd("DATA", "354").await;
     let body = format!("From: {ALICE}\r\nSubject: message {n}\r\n\r\nbody {n}\r\n.\r\n");
     c.send(body.as_bytes()).await;
     let r = c.expect("250 2.0.0 Ok: queued as ").await;
-    r.trim_start_matches("250 2.0.0 Ok: queued as ").trim_end().to_string()
+    r.trim_start_matches("250 2.0.0 Ok: queued as ")
+        .trim_end()
+        .to_string()
 }
 
 #[tokio::test]
 async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     // First life: the relay refuses connections, so everything stays queued (deferred).
-    let dead_relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    let dead_relay =
+        "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
     let config = write_config_full(
         dir.path(),
         "",
@@ -120,7 +124,11 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
     let (mut child, _, tls) = start_binary(&config);
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
-    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "235",
+    )
+    .await;
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(submit_on(&mut c, n).await);
@@ -135,8 +143,14 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
         "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
         sink.addr
     );
-    let config =
-        write_config_full(dir.path(), "", "retry = [\"1s\"]", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let config = write_config_full(
+        dir.path(),
+        "",
+        "retry = [\"1s\"]",
+        &relay,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    );
     let (mut child, _, _) = start_binary(&config);
     let got = sink.wait_for(20, IO_TIMEOUT).await;
     let mut delivered: Vec<String> = got
@@ -164,7 +178,8 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
 #[tokio::test]
 async fn queue_commands_while_the_server_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let dead_relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+    let dead_relay =
+        "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
     let config = write_config_full(
         dir.path(),
         "",
@@ -176,7 +191,11 @@ async fn queue_commands_while_the_server_runs() {
     let (mut child, _, tls) = start_binary(&config);
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
-    c.cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235").await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "235",
+    )
+    .await;
     let keep = submit_on(&mut c, 1).await;
     let gone = submit_on(&mut c, 2).await;
 
@@ -189,7 +208,10 @@ async fn queue_commands_while_the_server_runs() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     // Wait for the first (refused) attempt to be recorded.
     let deadline = std::time::Instant::now() + IO_TIMEOUT;
@@ -200,7 +222,10 @@ async fn queue_commands_while_the_server_runs() {
             assert!(out.lines().any(|l| l.starts_with(&keep)), "{out}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never deferred: {out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deferred: {out}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (code, _) = queue(&["delete", &gone]);

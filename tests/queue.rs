@@ -27,14 +27,20 @@ async fn submit(server: &TestServer, rcpts: &[&str], body: &str) -> String {
     c.cmd("DATA", "354").await;
     c.send(format!("{body}.\r\n").as_bytes()).await;
     let r = c.expect("250 2.0.0 Ok: queued as ").await;
-    r.trim_start_matches("250 2.0.0 Ok: queued as ").trim_end().to_string()
+    r.trim_start_matches("250 2.0.0 Ok: queued as ")
+        .trim_end()
+        .to_string()
 }
 
 /// Wait until the queue directory holds no message.
 async fn wait_empty(server: &TestServer) {
     let deadline = Instant::now() + IO_TIMEOUT;
     while !server.queued().is_empty() {
-        assert!(Instant::now() < deadline, "queue never emptied: {:?}", server.queued());
+        assert!(
+            Instant::now() < deadline,
+            "queue never emptied: {:?}",
+            server.queued()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -50,9 +56,15 @@ async fn delivers_through_the_smarthost_and_empties_the_queue() {
     assert_eq!(got[0].rcpts, ["bob@example.net", "carol@example.org"]);
     assert_eq!(got[0].helo, HOSTNAME);
     let data = String::from_utf8(got[0].data.clone()).unwrap();
-    assert!(data.starts_with("Received: from client.test by mail.example.test"), "{data}");
+    assert!(
+        data.starts_with("Received: from client.test by mail.example.test"),
+        "{data}"
+    );
     assert!(data.contains(&format!("id {id};")));
-    assert!(data.ends_with(&format!("{body}\r\n")) || data.ends_with(&body), "{data:?}");
+    assert!(
+        data.ends_with(&format!("{body}\r\n")) || data.ends_with(&body),
+        "{data:?}"
+    );
     wait_empty(&server).await;
     assert_eq!(sink.connections(), 1, "one connection for both recipients");
 }
@@ -61,7 +73,12 @@ async fn delivers_through_the_smarthost_and_empties_the_queue() {
 async fn temporary_failure_is_retried_then_delivered() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server = TestServer::start_relay("retry = [\"1s\"]", &smarthost(&sink)).await;
-    submit(&server, &["flaky@example.net", "ok@example.net"], &message_from(ALICE)).await;
+    submit(
+        &server,
+        &["flaky@example.net", "ok@example.net"],
+        &message_from(ALICE),
+    )
+    .await;
     let got = sink.wait_for(2, IO_TIMEOUT).await;
     // First attempt: ok delivered, flaky deferred. Second: only flaky.
     assert_eq!(got[0].rcpts, ["ok@example.net"]);
@@ -131,17 +148,28 @@ async fn mixed_recipients_deliver_and_bounce_once() {
         assert!(Instant::now() < deadline, "no DSN");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.contains("Final-Recipient: rfc822; reject@example.net"), "{status}");
+    assert!(
+        status.contains("Final-Recipient: rfc822; reject@example.net"),
+        "{status}"
+    );
     assert!(status.contains("Action: failed"));
     assert!(status.contains("Status: 5.1.1"), "{status}");
     assert!(status.contains("Diagnostic-Code: smtp; 550"), "{status}");
     assert!(!status.contains("ok@example.net"));
     assert!(text.contains("Subject: mixed"), "original headers attached");
-    let delivered: Vec<_> = sink.received().into_iter().filter(|r| !r.from.is_empty()).collect();
+    let delivered: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| !r.from.is_empty())
+        .collect();
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].rcpts, ["ok@example.net"]);
     wait_empty(&server).await;
-    assert_eq!(sink.received().iter().filter(|r| r.from.is_empty()).count(), 1, "one DSN");
+    assert_eq!(
+        sink.received().iter().filter(|r| r.from.is_empty()).count(),
+        1,
+        "one DSN"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +186,10 @@ async fn expired_message_bounces_with_4_4_7() {
         assert!(Instant::now() < deadline, "no expiry DSN");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.contains("Final-Recipient: rfc822; defer@example.net"), "{status}");
+    assert!(
+        status.contains("Final-Recipient: rfc822; defer@example.net"),
+        "{status}"
+    );
     assert!(status.contains("Action: failed"));
     assert!(status.contains("Status: 4.4.7"), "{status}");
     wait_empty(&server).await;
@@ -203,7 +234,9 @@ async fn a_bounce_is_never_bounced() {
         size: 10,
     };
     let before = sink.received().len();
-    spool.store_blocking(&env, b"From: x\r\n\r\nbounce\r\n").unwrap();
+    spool
+        .store_blocking(&env, b"From: x\r\n\r\nbounce\r\n")
+        .unwrap();
     wait_empty(&server).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(server.queued().is_empty(), "no DSN of the DSN was queued");

@@ -99,7 +99,12 @@ impl Scheduler {
             connections: Semaphore::new(settings.queue.concurrency),
         });
         let handle = QueueHandle { tx: tx.clone() };
-        let scheduler = Scheduler { shared, rx, tx, concurrency: settings.queue.concurrency };
+        let scheduler = Scheduler {
+            shared,
+            rx,
+            tx,
+            concurrency: settings.queue.concurrency,
+        };
         (handle, scheduler)
     }
 
@@ -111,7 +116,10 @@ impl Scheduler {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// When a message is next due, from its envelope.
@@ -149,7 +157,10 @@ async fn run(
             .map(|(id, t)| (t.due.unwrap_or(0), id.clone()))
             .collect();
         due.sort();
-        for (_, id) in due.into_iter().take(concurrency.saturating_sub(running.len())) {
+        for (_, id) in due
+            .into_iter()
+            .take(concurrency.saturating_sub(running.len()))
+        {
             if let Some(t) = tracked.get_mut(&id) {
                 t.running = true;
             }
@@ -181,7 +192,10 @@ async fn run(
             _ = shutdown.cancelled() => break,
         }
     }
-    info!(running = running.len(), "queue: stopping, letting running deliveries finish");
+    info!(
+        running = running.len(),
+        "queue: stopping, letting running deliveries finish"
+    );
     let drain = async { while running.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
         warn!("queue: deliveries still running at the shutdown deadline; they will be retried");
@@ -192,8 +206,11 @@ async fn run(
 /// Rescan the queue directory: pick up new and changed envelopes, forget removed ones.
 async fn scan(shared: &Arc<Shared>, tracked: &mut HashMap<QueueId, Tracked>) {
     let spool = shared.spool.clone();
-    let known: HashMap<QueueId, Option<SystemTime>> =
-        tracked.iter().filter(|(_, t)| !t.running).map(|(id, t)| (id.clone(), t.mtime)).collect();
+    let known: HashMap<QueueId, Option<SystemTime>> = tracked
+        .iter()
+        .filter(|(_, t)| !t.running)
+        .map(|(id, t)| (id.clone(), t.mtime))
+        .collect();
     let listing = tokio::task::spawn_blocking(move || scan_blocking(&spool, &known)).await;
     let Ok(Ok((present, changed))) = listing else {
         warn!("queue: cannot scan the queue directory");
@@ -201,7 +218,11 @@ async fn scan(shared: &Arc<Shared>, tracked: &mut HashMap<QueueId, Tracked>) {
     };
     tracked.retain(|id, t| t.running || present.contains_key(id));
     for (id, mtime, due) in changed {
-        let t = tracked.entry(id).or_insert(Tracked { due: None, mtime: None, running: false });
+        let t = tracked.entry(id).or_insert(Tracked {
+            due: None,
+            mtime: None,
+            running: false,
+        });
         if !t.running {
             t.mtime = Some(mtime);
             t.due = due;
@@ -209,7 +230,10 @@ async fn scan(shared: &Arc<Shared>, tracked: &mut HashMap<QueueId, Tracked>) {
     }
 }
 
-type ScanResult = (HashMap<QueueId, SystemTime>, Vec<(QueueId, SystemTime, Option<u64>)>);
+type ScanResult = (
+    HashMap<QueueId, SystemTime>,
+    Vec<(QueueId, SystemTime, Option<u64>)>,
+);
 
 fn scan_blocking(
     spool: &Spool,
@@ -218,7 +242,9 @@ fn scan_blocking(
     let mut present = HashMap::new();
     let mut changed = Vec::new();
     for id in spool.list()? {
-        let Ok(meta) = std::fs::metadata(spool.envelope_path(&id)) else { continue };
+        let Ok(meta) = std::fs::metadata(spool.envelope_path(&id)) else {
+            continue;
+        };
         let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         present.insert(id.clone(), mtime);
         if known.get(&id).is_some_and(|m| *m == Some(mtime)) {
@@ -237,7 +263,10 @@ fn scan_blocking(
 
 /// The domain of an address (after the last `@`), lowercased for grouping.
 fn domain_of(address: &str) -> String {
-    address.rsplit_once('@').map(|(_, d)| d.to_lowercase()).unwrap_or_default()
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_lowercase())
+        .unwrap_or_default()
 }
 
 /// One delivery attempt of one message; returns the IDs of bounces it queued.
@@ -322,7 +351,11 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
 
 /// Apply outcomes to the envelope under the message's lock; queue the DSN; remove the message
 /// when nothing is left. Returns the IDs of bounces queued.
-async fn finish(shared: &Arc<Shared>, id: &QueueId, outcomes: Vec<(String, Outcome)>) -> Vec<QueueId> {
+async fn finish(
+    shared: &Arc<Shared>,
+    id: &QueueId,
+    outcomes: Vec<(String, Outcome)>,
+) -> Vec<QueueId> {
     let shared2 = shared.clone();
     let id2 = id.clone();
     match tokio::task::spawn_blocking(move || apply_blocking(&shared2, &id2, outcomes)).await {
@@ -376,7 +409,11 @@ fn apply_blocking(
                 set(r, RecipientState::Delivered, None, &reply);
                 ("sent", Some(host), reply)
             }
-            Outcome::Failed { host, reply, status } => {
+            Outcome::Failed {
+                host,
+                reply,
+                status,
+            } => {
                 set(r, RecipientState::Failed, None, &reply);
                 failed.push(FailedRecipient {
                     address: address.clone(),
@@ -397,7 +434,9 @@ fn apply_blocking(
                 ("expired", host, reply)
             }
             Outcome::Deferred { host, reply } => {
-                let step = (r.attempts as usize).saturating_sub(1).min(shared.retry.len() - 1);
+                let step = (r.attempts as usize)
+                    .saturating_sub(1)
+                    .min(shared.retry.len() - 1);
                 let next = now + shared.retry[step].as_secs().max(1);
                 set(r, RecipientState::Deferred, Some(next), &reply);
                 ("deferred", host, reply)
@@ -474,7 +513,13 @@ mod tests {
     use super::*;
 
     fn rcpt(state: RecipientState, next: Option<u64>) -> Recipient {
-        Recipient { address: "a@b".into(), state, attempts: 0, next_attempt: next, last_reply: None }
+        Recipient {
+            address: "a@b".into(),
+            state,
+            attempts: 0,
+            next_attempt: next,
+            last_reply: None,
+        }
     }
 
     #[test]

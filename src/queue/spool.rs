@@ -125,7 +125,9 @@ impl Spool {
     /// The queue directory as it is, without start-up cleanup: for the `queue` commands, which
     /// run beside a live server whose half-written files must not be touched.
     pub fn attach(dir: &Path) -> Spool {
-        Spool { dir: dir.to_path_buf() }
+        Spool {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The queue directory.
@@ -256,7 +258,11 @@ impl Spool {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(SpoolError::Io { path, step: "lock", source: e });
+                return Err(SpoolError::Io {
+                    path,
+                    step: "lock",
+                    source: e,
+                });
             }
         }
         Ok(MessageLock { _file: file })
@@ -269,13 +275,25 @@ impl Spool {
         match fs::remove_file(&env) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SpoolError::Io { path: env, step: "remove", source: e }),
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    path: env,
+                    step: "remove",
+                    source: e,
+                });
+            }
         }
         let msg = self.message_path(id);
         match fs::remove_file(&msg) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SpoolError::Io { path: msg, step: "remove", source: e }),
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    path: msg,
+                    step: "remove",
+                    source: e,
+                });
+            }
         }
         sync_dir(&self.dir)
     }
