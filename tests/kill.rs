@@ -248,3 +248,41 @@ async fn queue_commands_while_the_server_runs() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// SIGTERM: the server stops accepting, closes idle sessions with 421 4.3.2, lets the queue
+/// finish and exits 0, leaving the queue intact.
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let (mut child, plain_addr, tls) = start_binary(&config);
+    let mut c = Client::implicit_tls(tls).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+        "235",
+    )
+    .await;
+    let id = submit_on(&mut c, 7).await;
+    let mut idle = Client::plain(plain_addr).await;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    idle.expect("421 4.3.2").await;
+    c.cmd("NOOP", "421 4.3.2").await;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let q = queued_in(&dir.path().join("queue"));
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0["id"], id.as_str());
+    assert!(
+        std::net::TcpStream::connect(plain_addr).is_err(),
+        "listener closed"
+    );
+}

@@ -242,3 +242,52 @@ async fn a_bounce_is_never_bounced() {
     assert!(server.queued().is_empty(), "no DSN of the DSN was queued");
     assert_eq!(sink.received().len(), before, "nothing more was sent");
 }
+
+/// MX mode through the whole server: MX lookup on a loopback DNS server, delivery to the MX,
+/// and a null-MX recipient bounced with 5.1.10 — the DSN itself routed by MX back to alice.
+#[tokio::test]
+async fn mx_mode_delivers_and_bounces_null_mx() {
+    use common::dns::{DnsServer, Rr};
+    use std::net::Ipv4Addr;
+    let sink = Sink::start(SinkOptions::default()).await;
+    let dns = DnsServer::start(vec![
+        ("dest.test.", Rr::Mx(10, "mx.dest.test.")),
+        ("mx.dest.test.", Rr::A(Ipv4Addr::LOCALHOST)),
+        ("example.test.", Rr::A(Ipv4Addr::LOCALHOST)),
+        ("nullmx.test.", Rr::Mx(0, ".")),
+    ])
+    .await;
+    let relay = format!(
+        "mode = \"mx\"\nport = {}\nresolver = [\"{}\"]\ntimeout = \"10s\"\n",
+        sink.addr.port(),
+        dns.addr
+    );
+    let server = TestServer::start_relay("", &relay).await;
+    submit(
+        &server,
+        &["bob@dest.test", "x@nullmx.test"],
+        &message_from(ALICE),
+    )
+    .await;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let (status, _) = loop {
+        if let Some(found) = dsn_for_alice(&sink) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no DSN");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.contains("Final-Recipient: rfc822; x@nullmx.test"),
+        "{status}"
+    );
+    assert!(status.contains("Status: 5.1.10"), "{status}");
+    let delivered: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| !r.from.is_empty())
+        .collect();
+    assert_eq!(delivered.len(), 1, "{:?}", server.queued());
+    assert_eq!(delivered[0].rcpts, ["bob@dest.test"]);
+    wait_empty(&server).await;
+}
