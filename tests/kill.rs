@@ -200,18 +200,11 @@ async fn queue_commands_while_the_server_runs() {
     let gone = submit_on(&mut c, 2).await;
 
     let queue = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_submitd"))
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let mut full = vec!["queue"];
+        full.extend(args);
+        full.extend(["--config", config.to_str().unwrap()]);
+        let out = run::run_submitd(None, &full, None);
+        (out.code, out.stdout)
     };
     // Wait for the first (refused) attempt to be recorded.
     let deadline = std::time::Instant::now() + IO_TIMEOUT;

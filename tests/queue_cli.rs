@@ -3,78 +3,23 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::run::{DEADLINE, Output, finish, spawn_submitd};
 
 use submitd::queue::spool::FORMAT_VERSION;
 use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const MESSAGE: &[u8] =
     b"From: alice@example.test\r\nTo: bob@example.net\r\nSubject: queued\r\n\r\nBody.\r\n";
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 fn spawn(config: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_submitd"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn submitd")
-}
-
-/// Wait for a child within [`DEADLINE`] (killing it after) and collect its output.
-fn finish(mut child: Child) -> Output {
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for submitd") {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("submitd did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        code: status.code(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    let mut full: Vec<&str> = args.to_vec();
+    let config = config.to_str().unwrap();
+    full.extend(["--config", config]);
+    spawn_submitd(None, &full, None)
 }
 
 fn now() -> u64 {

@@ -349,4 +349,5 @@ pub fn message_from(from: &str) -> String {
     format!("From: {from}\r\nTo: rcpt@example.net\r\nSubject: test\r\n\r\nHello.\r\n")
 }
 pub mod dns;
+pub mod run;
 pub mod sink;
