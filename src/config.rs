@@ -1063,6 +1063,11 @@ impl Settings {
             }
             Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
         }
+        // The suspension state (a missing file is fine: nobody is suspended). The server would
+        // run with a broken one, ignoring it; check-config says so.
+        if let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir)) {
+            p.push("queue.dir", e.to_string());
+        }
 
         if problems.errors.is_empty() {
             Ok(())

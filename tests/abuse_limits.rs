@@ -32,8 +32,11 @@ fn submitd(config: &Path, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn per_ip_throttle_across_connections_answers_454_without_argon2() {
-    let (server, verifier) =
-        start_prepared("auth_failures_per_ip = 3\nauth_failures_per_login = 0", |_| {}).await;
+    let (server, verifier) = start_prepared(
+        "auth_failures_per_ip = 3\nauth_failures_per_login = 0",
+        |_| {},
+    )
+    .await;
     // Three failures from 127.0.0.1 on three connections, for three logins (one unknown).
     for login in [ALICE, BOB, "nobody@example.test"] {
         let mut c = login_as(server.submissions, login, "wrong", "535 5.7.8").await;
@@ -43,7 +46,11 @@ async fn per_ip_throttle_across_connections_answers_454_without_argon2() {
 
     // A fourth connection, with the right password: refused before argon2.
     let mut c = login_as(server.submissions, ALICE, ALICE_PASSWORD, THROTTLED).await;
-    assert_eq!(verifier.verifications(), 3, "no argon2 ran for the refused AUTH");
+    assert_eq!(
+        verifier.verifications(),
+        3,
+        "no argon2 ran for the refused AUTH"
+    );
     // AUTH LOGIN is throttled the same way; the session goes on.
     c.cmd("AUTH LOGIN", "334").await;
     c.cmd(&b64(ALICE.as_bytes()), "334").await;
@@ -55,8 +62,11 @@ async fn per_ip_throttle_across_connections_answers_454_without_argon2() {
 
 #[tokio::test]
 async fn per_login_throttle_across_connections() {
-    let (server, verifier) =
-        start_prepared("auth_failures_per_ip = 0\nauth_failures_per_login = 2", |_| {}).await;
+    let (server, verifier) = start_prepared(
+        "auth_failures_per_ip = 0\nauth_failures_per_login = 2",
+        |_| {},
+    )
+    .await;
     let mut c = login_as(server.submissions, BOB, "guess1", "535").await;
     c.cmd(&format!("AUTH PLAIN {}", plain(BOB, "guess2")), "535")
         .await;
@@ -136,7 +146,10 @@ async fn burst_of_200_auths_is_bounded_and_other_sessions_stay_responsive() {
     assert!(slowest_busy < Duration::from_secs(5), "{slowest_busy:?}");
     // And afterwards the server is fine.
     bystander
-        .cmd(&format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)), "235")
+        .cmd(
+            &format!("AUTH PLAIN {}", plain(ALICE, ALICE_PASSWORD)),
+            "235",
+        )
         .await;
 }
 
@@ -162,7 +175,9 @@ async fn message_rate_limit_at_mail_per_user_with_override() {
         .await;
     // On a new connection too: the count is per user, not per session.
     let mut again = login_as(server.submissions, ALICE, ALICE_PASSWORD, "235").await;
-    again.cmd("MAIL FROM:<alice@example.test>", "450 4.7.1").await;
+    again
+        .cmd("MAIL FROM:<alice@example.test>", "450 4.7.1")
+        .await;
 
     // bob's own limit (1) from the users file.
     let mut bob = login_as(server.submissions, BOB, BOB_PASSWORD, "235").await;
@@ -193,7 +208,9 @@ async fn refused_messages_do_not_count() {
     alice.expect("550 5.6.0").await;
     let r = send_message(&mut alice, ALICE, &["a@example.net"]).await;
     assert!(r.starts_with("250"), "{r}");
-    alice.cmd("MAIL FROM:<alice@example.test>", "450 4.7.1").await;
+    alice
+        .cmd("MAIL FROM:<alice@example.test>", "450 4.7.1")
+        .await;
 }
 
 #[tokio::test]
@@ -256,7 +273,10 @@ async fn suspension_threshold_persists_and_the_cli_lifts_it_without_restart() {
     assert_eq!(code, 0, "{err}");
     let alice_line = out.lines().find(|l| l.starts_with(ALICE)).unwrap();
     assert!(alice_line.contains("(suspended since "), "{out}");
-    assert!(alice_line.contains("3 recipients in the last hour"), "{out}");
+    assert!(
+        alice_line.contains("3 recipients in the last hour"),
+        "{out}"
+    );
     let bob_line = out.lines().find(|l| l.starts_with(BOB)).unwrap();
     assert!(!bob_line.contains("suspended"), "{out}");
 
@@ -321,4 +341,27 @@ async fn mail_reply_eventually(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[test]
+fn check_config_reports_a_broken_suspension_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let (code, _, err) = submitd(&config, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::create_dir(dir.path().join("queue")).unwrap();
+    std::fs::write(dir.path().join("queue/suspended.json"), "{oops").unwrap();
+    let (code, _, err) = submitd(&config, &["check-config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("queue.dir") && err.contains("suspended.json"),
+        "{err}"
+    );
+    // The user commands refuse to overwrite it.
+    let (code, _, err) = submitd(&config, &["user", "suspend", ALICE]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("queue/suspended.json")).unwrap(),
+        "{oops"
+    );
 }
