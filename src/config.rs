@@ -57,6 +57,18 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub command_timeout: Duration,
     pub max_auth_failures: u32,
+    /// The sliding window failed AUTHs are counted in (`auth_window`, default 15m).
+    pub auth_window: Duration,
+    /// Failed AUTHs per client address (IPv6: per /64) in the window; 0 = off (default 20).
+    pub auth_failures_per_ip: u32,
+    /// Failed AUTHs per login in the window; 0 = off (default 10).
+    pub auth_failures_per_login: u32,
+    /// argon2 verifications at once; `None` (`auth_parallel = 0`, the default) = CPU cores.
+    pub auth_parallel: Option<usize>,
+    /// AUTHs that may wait for a verification slot; more get 454 (default 64).
+    pub auth_queue: usize,
+    /// Per-user sending limits (`user_*`) and `suspend_recipients_per_hour`; 0 = unlimited.
+    pub user_limits: crate::auth::quota::SendLimits,
 }
 
 /// `[queue]`.
@@ -248,6 +260,26 @@ struct RawLimits {
     command_timeout: String,
     #[serde(default = "default_max_auth_failures")]
     max_auth_failures: i64,
+    #[serde(default = "default_auth_window")]
+    auth_window: String,
+    #[serde(default = "default_auth_failures_per_ip")]
+    auth_failures_per_ip: i64,
+    #[serde(default = "default_auth_failures_per_login")]
+    auth_failures_per_login: i64,
+    #[serde(default)]
+    auth_parallel: i64,
+    #[serde(default = "default_auth_queue")]
+    auth_queue: i64,
+    #[serde(default = "default_user_messages_per_hour")]
+    user_messages_per_hour: i64,
+    #[serde(default = "default_user_messages_per_day")]
+    user_messages_per_day: i64,
+    #[serde(default = "default_user_recipients_per_hour")]
+    user_recipients_per_hour: i64,
+    #[serde(default = "default_user_recipients_per_day")]
+    user_recipients_per_day: i64,
+    #[serde(default)]
+    suspend_recipients_per_hour: i64,
 }
 
 fn default_max_message_size() -> i64 {
@@ -268,6 +300,30 @@ fn default_command_timeout() -> String {
 fn default_max_auth_failures() -> i64 {
     3
 }
+fn default_auth_window() -> String {
+    "15m".into()
+}
+fn default_auth_failures_per_ip() -> i64 {
+    20
+}
+fn default_auth_failures_per_login() -> i64 {
+    10
+}
+fn default_auth_queue() -> i64 {
+    64
+}
+fn default_user_messages_per_hour() -> i64 {
+    crate::auth::quota::SendLimits::DEFAULT.messages_per_hour as i64
+}
+fn default_user_messages_per_day() -> i64 {
+    crate::auth::quota::SendLimits::DEFAULT.messages_per_day as i64
+}
+fn default_user_recipients_per_hour() -> i64 {
+    crate::auth::quota::SendLimits::DEFAULT.recipients_per_hour as i64
+}
+fn default_user_recipients_per_day() -> i64 {
+    crate::auth::quota::SendLimits::DEFAULT.recipients_per_day as i64
+}
 
 impl Default for RawLimits {
     fn default() -> Self {
@@ -278,6 +334,16 @@ impl Default for RawLimits {
             max_connections_per_ip: default_max_connections_per_ip(),
             command_timeout: default_command_timeout(),
             max_auth_failures: default_max_auth_failures(),
+            auth_window: default_auth_window(),
+            auth_failures_per_ip: default_auth_failures_per_ip(),
+            auth_failures_per_login: default_auth_failures_per_login(),
+            auth_parallel: 0,
+            auth_queue: default_auth_queue(),
+            user_messages_per_hour: default_user_messages_per_hour(),
+            user_messages_per_day: default_user_messages_per_day(),
+            user_recipients_per_hour: default_user_recipients_per_hour(),
+            user_recipients_per_day: default_user_recipients_per_day(),
+            suspend_recipients_per_hour: 0,
         }
     }
 }
@@ -589,6 +655,19 @@ fn positive(problems: &mut Problems<'_>, key: &str, value: i64, max: u64) -> Opt
     }
 }
 
+/// A count where 0 has a meaning (off, unlimited, automatic).
+fn non_negative(problems: &mut Problems<'_>, key: &str, value: i64, max: u64) -> Option<u64> {
+    if value < 0 {
+        problems.push(key, format!("must be 0 or more, got {value}"));
+        None
+    } else if value as u64 > max {
+        problems.push(key, format!("must be at most {max}, got {value}"));
+        None
+    } else {
+        Some(value as u64)
+    }
+}
+
 fn addresses(problems: &mut Problems<'_>, key: &str, values: &[String]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for v in values {
@@ -745,6 +824,27 @@ impl Settings {
             u32::MAX as u64,
         );
 
+        let auth_window = positive_duration(p, "limits.auth_window", &l.auth_window);
+        let mut count = |key: &str, value: i64| {
+            non_negative(p, &format!("limits.{key}"), value, u32::MAX as u64).map(|v| v as u32)
+        };
+        let auth_failures_per_ip = count("auth_failures_per_ip", l.auth_failures_per_ip);
+        let auth_failures_per_login = count("auth_failures_per_login", l.auth_failures_per_login);
+        let auth_parallel = count("auth_parallel", l.auth_parallel);
+        let auth_queue = count("auth_queue", l.auth_queue);
+        let user_limits = (|| {
+            Some(crate::auth::quota::SendLimits {
+                messages_per_hour: count("user_messages_per_hour", l.user_messages_per_hour)?,
+                messages_per_day: count("user_messages_per_day", l.user_messages_per_day)?,
+                recipients_per_hour: count("user_recipients_per_hour", l.user_recipients_per_hour)?,
+                recipients_per_day: count("user_recipients_per_day", l.user_recipients_per_day)?,
+                suspend_recipients_per_hour: count(
+                    "suspend_recipients_per_hour",
+                    l.suspend_recipients_per_hour,
+                )?,
+            })
+        })();
+
         let q = &raw.queue;
         if q.dir.trim().is_empty() {
             p.push("queue.dir", "must not be empty");
@@ -852,6 +952,15 @@ impl Settings {
                 max_connections_per_ip: max_connections_per_ip.ok_or_else(missing)? as usize,
                 command_timeout: command_timeout.ok_or_else(missing)?,
                 max_auth_failures: max_auth_failures.ok_or_else(missing)? as u32,
+                auth_window: auth_window.ok_or_else(missing)?,
+                auth_failures_per_ip: auth_failures_per_ip.ok_or_else(missing)?,
+                auth_failures_per_login: auth_failures_per_login.ok_or_else(missing)?,
+                auth_parallel: match auth_parallel.ok_or_else(missing)? {
+                    0 => None,
+                    n => Some(n as usize),
+                },
+                auth_queue: auth_queue.ok_or_else(missing)? as usize,
+                user_limits: user_limits.ok_or_else(missing)?,
             },
             queue: QueueSettings {
                 dir: resolve(base, q.dir.trim()),
@@ -954,6 +1063,11 @@ impl Settings {
             }
             Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
         }
+        // The suspension state (a missing file is fine: nobody is suspended). The server would
+        // run with a broken one, ignoring it; check-config says so.
+        if let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir)) {
+            p.push("queue.dir", e.to_string());
+        }
 
         if problems.errors.is_empty() {
             Ok(())
@@ -1030,6 +1144,21 @@ users = "users.toml"
         assert_eq!(s.limits.max_connections_per_ip, 32);
         assert_eq!(s.limits.command_timeout, Duration::from_secs(300));
         assert_eq!(s.limits.max_auth_failures, 3);
+        assert_eq!(s.limits.auth_window, Duration::from_secs(900));
+        assert_eq!(s.limits.auth_failures_per_ip, 20);
+        assert_eq!(s.limits.auth_failures_per_login, 10);
+        assert_eq!(s.limits.auth_parallel, None);
+        assert_eq!(s.limits.auth_queue, 64);
+        assert_eq!(
+            s.limits.user_limits,
+            crate::auth::quota::SendLimits {
+                messages_per_hour: 500,
+                messages_per_day: 2000,
+                recipients_per_hour: 2000,
+                recipients_per_day: 10_000,
+                suspend_recipients_per_hour: 0,
+            }
+        );
         assert_eq!(s.queue.dir, Path::new("/etc/submitd/var/queue"));
         let mins: Vec<u64> = s.queue.retry.iter().map(|d| d.as_secs() / 60).collect();
         assert_eq!(mins, vec![1, 5, 15, 30, 60, 120, 240]);
@@ -1234,6 +1363,57 @@ user = "me@localhost"
             "no listen address",
         );
         assert!(parse(&with("[listen]\nsubmission = []")).is_ok());
+    }
+
+    #[test]
+    fn abuse_limits_can_be_set_and_zero_means_off() {
+        let s = parse(&with(
+            "[limits]\nauth_window = \"1h\"\nauth_failures_per_ip = 0\n\
+             auth_failures_per_login = 3\nauth_parallel = 2\nauth_queue = 0\n\
+             user_messages_per_hour = 0\nuser_messages_per_day = 7\n\
+             user_recipients_per_hour = 8\nuser_recipients_per_day = 9\n\
+             suspend_recipients_per_hour = 100",
+        ))
+        .unwrap();
+        let l = &s.limits;
+        assert_eq!(l.auth_window, Duration::from_secs(3600));
+        assert_eq!((l.auth_failures_per_ip, l.auth_failures_per_login), (0, 3));
+        assert_eq!((l.auth_parallel, l.auth_queue), (Some(2), 0));
+        let u = l.user_limits;
+        assert_eq!(
+            (
+                u.messages_per_hour,
+                u.messages_per_day,
+                u.recipients_per_hour
+            ),
+            (0, 7, 8)
+        );
+        assert_eq!(
+            (u.recipients_per_day, u.suspend_recipients_per_hour),
+            (9, 100)
+        );
+        for key in [
+            "auth_failures_per_ip",
+            "auth_queue",
+            "user_messages_per_hour",
+            "suspend_recipients_per_hour",
+        ] {
+            assert_error(
+                &with(&format!("[limits]\n{key} = -1")),
+                &format!("limits.{key}"),
+                "0 or more",
+            );
+        }
+        assert_error(
+            &with("[limits]\nauth_window = \"0s\""),
+            "limits.auth_window",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[limits]\nauth_parallel = 5000000000"),
+            "limits.auth_parallel",
+            "at most",
+        );
     }
 
     #[test]

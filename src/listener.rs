@@ -105,11 +105,8 @@ impl Server {
     pub async fn bind(settings: Arc<Settings>) -> anyhow::Result<Server> {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
         let users = UserStore::open(&settings.auth.users)?;
-        let parallel = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let verifier = Verifier::new(users, parallel);
         let spool = Spool::open(&settings.queue.dir)?;
+        let (verifier, quota) = crate::auth::defences(users, &settings);
         let delivery = Delivery::new(&settings)?;
         let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);
         let limits = &settings.limits;
@@ -119,6 +116,7 @@ impl Server {
                 max_message_size: limits.max_message_size,
                 max_recipients: limits.max_recipients,
                 max_auth_failures: limits.max_auth_failures,
+                quota: Some(quota),
             }),
             command_timeout: limits.command_timeout,
             received_client_ip: settings.submission.received_client_ip,
@@ -162,6 +160,11 @@ impl Server {
     /// The bound plaintext (STARTTLS) addresses.
     pub fn submission_addrs(&self) -> &[SocketAddr] {
         &self.submission
+    }
+
+    /// The credential verifier every session shares (its counters are read by tests).
+    pub fn verifier(&self) -> &Verifier {
+        &self.ctx.verifier
     }
 
     /// The bound implicit-TLS addresses.

@@ -92,8 +92,18 @@ enum UserCommand {
     },
     /// Remove a user.
     Del { login: String },
-    /// List users and the senders they may use.
+    /// List users and the senders they may use, and which are suspended.
     List,
+    /// Suspend a user: AUTH still works, every MAIL FROM gets 550 (effective while the server
+    /// runs, at the user's next login).
+    Suspend {
+        login: String,
+        /// Why, kept in the suspension state for the next administrator.
+        #[arg(long, default_value = "suspended by the administrator")]
+        reason: String,
+    },
+    /// Lift a suspension (effective while the server runs, at the user's next login).
+    Unsuspend { login: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,7 +180,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::User(cmd) => {
             let settings = Settings::load(config).map_err(Failure::Config)?;
-            user(&settings.auth.users, cmd)
+            let suspended = submitd::auth::suspend::state_path(&settings.queue.dir);
+            user(&settings.auth.users, &suspended, cmd)
         }
         Command::HashPassword => {
             let password = read_line_stdin()?;
@@ -303,6 +314,13 @@ fn show_text(shown: &submitd::queue::control::Shown, now: u64) -> String {
     s
 }
 
+/// Unix seconds as an RFC 5322 date (the seconds themselves if out of range).
+fn unix_date(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .map(submitd::submission::rfc5322_date)
+        .unwrap_or_else(|_| secs.to_string())
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -310,7 +328,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn user(path: &Path, cmd: UserCommand) -> Result<(), Failure> {
+fn user(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> {
+    use submitd::auth::suspend;
+    let suspend_failure = |e: suspend::SuspendError| Failure::Runtime(e.into());
     match cmd {
         UserCommand::Add {
             login,
@@ -354,10 +374,35 @@ fn user(path: &Path, cmd: UserCommand) -> Result<(), Failure> {
             eprintln!("removed {login} from {}", path.display());
         }
         UserCommand::List => {
+            let suspensions = suspend::load(suspended).map_err(suspend_failure)?;
             for u in users::load(path).map_err(users_failure)? {
                 let senders: Vec<String> = u.senders.iter().map(pattern_text).collect();
-                println!("{}\t{}", u.login, senders.join(" "));
+                match suspensions.get(&u.login) {
+                    Some(s) => println!(
+                        "{}\t{}\t(suspended since {}: {})",
+                        u.login,
+                        senders.join(" "),
+                        unix_date(s.since),
+                        s.reason
+                    ),
+                    None => println!("{}\t{}", u.login, senders.join(" ")),
+                }
             }
+        }
+        UserCommand::Suspend { login, reason } => {
+            let list = users::load(path).map_err(users_failure)?;
+            if !list.iter().any(|u| u.login == login) {
+                return Err(users_failure(UsersError::NoSuchUser(login)));
+            }
+            if suspend::suspend(suspended, &login, &reason).map_err(suspend_failure)? {
+                eprintln!("suspended {login} ({})", suspended.display());
+            } else {
+                eprintln!("{login} was already suspended");
+            }
+        }
+        UserCommand::Unsuspend { login } => {
+            suspend::unsuspend(suspended, &login).map_err(suspend_failure)?;
+            eprintln!("lifted the suspension of {login} ({})", suspended.display());
         }
     }
     Ok(())

@@ -1,7 +1,52 @@
 //! Authentication: SASL decoding ([`sasl`], pure), the users file ([`users`]), argon2id
-//! verification off the reactor ([`verify`]) and sender ownership ([`senders`]).
+//! verification off the reactor on a bounded pool ([`verify`]), sender ownership
+//! ([`senders`]), and the cross-connection defences: login throttling ([`throttle`]), per-user
+//! sending limits ([`quota`]) and account suspension ([`suspend`]), counted with the bounded
+//! sliding windows of [`window`].
 
+pub mod quota;
 pub mod sasl;
 pub mod senders;
+pub mod suspend;
+pub mod throttle;
 pub mod users;
 pub mod verify;
+pub mod window;
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+
+/// The verifier (bounded argon2 pool, login throttle) and the sending quota (with the
+/// suspension state in `<queue.dir>/suspended.json`) of a server, from `[limits]`.
+/// Reads the suspension state file once: call before serving, not on the reactor.
+pub fn defences(
+    users: users::UserStore,
+    settings: &Settings,
+) -> (verify::Verifier, Arc<quota::Quota>) {
+    let limits = &settings.limits;
+    let parallel = limits.auth_parallel.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let suspensions = Arc::new(suspend::Suspensions::open(&suspend::state_path(
+        &settings.queue.dir,
+    )));
+    let throttle = throttle::AuthThrottle::new(throttle::ThrottleLimits {
+        window: limits.auth_window,
+        per_ip: limits.auth_failures_per_ip,
+        per_login: limits.auth_failures_per_login,
+    });
+    let verifier = verify::Verifier::with_limits(
+        users,
+        verify::VerifierLimits {
+            parallel,
+            queue: limits.auth_queue,
+            throttle: Some(Arc::new(throttle)),
+            suspensions: Some(Arc::clone(&suspensions)),
+        },
+    );
+    let quota = Arc::new(quota::Quota::new(limits.user_limits, suspensions));
+    (verifier, quota)
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 
+use super::quota::SendOverrides;
 use super::senders::SenderPattern;
 
 /// One user as the server uses it.
@@ -24,6 +25,8 @@ pub struct User {
     pub password: String,
     /// Parsed `senders` (defaults to `[login]`).
     pub senders: Vec<SenderPattern>,
+    /// Sending limits of this user that differ from `[limits]` (see [`super::quota`]).
+    pub limits: SendOverrides,
 }
 
 /// Why a users file could not be read, parsed or written. Errors name the file and the entry.
@@ -62,6 +65,17 @@ struct RawUser {
     password: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     senders: Option<Vec<String>>,
+    // Sending limits (0 = unlimited), overriding `[limits] user_*` for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    messages_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    messages_per_day: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recipients_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recipients_per_day: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    suspend_recipients_per_hour: Option<u32>,
 }
 
 /// The PHC algorithm identifiers we accept; all are verified by the `argon2` crate.
@@ -139,10 +153,18 @@ fn validate(raw: RawFile, path: &Path) -> Result<Vec<User>, UsersError> {
                 ))
             })?],
         };
+        let limits = SendOverrides {
+            messages_per_hour: raw_user.messages_per_hour,
+            messages_per_day: raw_user.messages_per_day,
+            recipients_per_hour: raw_user.recipients_per_hour,
+            recipients_per_day: raw_user.recipients_per_day,
+            suspend_recipients_per_hour: raw_user.suspend_recipients_per_hour,
+        };
         users.push(User {
             login: raw_user.login,
             password: raw_user.password,
             senders,
+            limits,
         });
     }
     Ok(users)
@@ -255,6 +277,11 @@ pub fn add_user(path: &Path, login: &str, phc: &str, senders: &[String]) -> Resu
             login: login.to_owned(),
             password: phc.to_owned(),
             senders: (!senders.is_empty()).then(|| senders.to_vec()),
+            messages_per_hour: None,
+            messages_per_day: None,
+            recipients_per_hour: None,
+            recipients_per_day: None,
+            suspend_recipients_per_hour: None,
         });
         Ok(())
     })
@@ -660,6 +687,41 @@ mod tests {
             }
         });
         assert_eq!(load(&path).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn sending_limit_overrides_parse_and_survive_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let text = user_toml("alice@x.test", PHC, None)
+            + "messages_per_hour = 10\nrecipients_per_day = 0\nsuspend_recipients_per_hour = 50\n";
+        fs::write(&path, text).unwrap();
+        let want = SendOverrides {
+            messages_per_hour: Some(10),
+            messages_per_day: None,
+            recipients_per_hour: None,
+            recipients_per_day: Some(0),
+            suspend_recipients_per_hour: Some(50),
+        };
+        assert_eq!(load(&path).unwrap()[0].limits, want);
+        set_password(&path, "alice@x.test", PHC2).unwrap();
+        add_user(&path, "bob@x.test", PHC, &[]).unwrap();
+        let users = load(&path).unwrap();
+        assert_eq!(
+            users[0].limits, want,
+            "kept through set_password and add_user"
+        );
+        assert_eq!(users[1].limits, SendOverrides::default());
+        assert!(
+            !fs::read_to_string(&path)
+                .unwrap()
+                .contains("messages_per_day")
+        );
+
+        let bad = user_toml("a@x.test", PHC, None) + "messages_per_hour = -1\n";
+        assert!(parse(&bad, p()).is_err());
+        let bad = user_toml("a@x.test", PHC, None) + "messages_per_hour = \"ten\"\n";
+        assert!(parse(&bad, p()).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::verify::Verifier;
+use crate::auth::verify::{Verdict, Verifier};
 use crate::queue::scheduler::QueueHandle;
 use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, spool};
 use crate::submission::{self, Trace};
@@ -260,15 +260,28 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                 return Some(End::StartTls);
             }
             Step::Verify(creds) => {
-                let user = ctx.verifier.verify(&creds.login, &creds.password).await;
-                match &user {
-                    Some(u) => info!(user = %u.login, "authenticated"),
-                    None => warn!(login = %creds.login, "authentication failed"),
+                let verdict = ctx
+                    .verifier
+                    .authenticate(peer.ip(), &creds.login, &creds.password)
+                    .await;
+                match verdict {
+                    Verdict::Checked(user) => {
+                        match &user {
+                            Some(u) => info!(user = %u.login, "authenticated"),
+                            None => warn!(login = %creds.login, "authentication failed"),
+                        }
+                        session.auth_result(user)
+                    }
+                    Verdict::Throttled(_) => session.auth_refused(reply::AUTH_THROTTLED),
+                    Verdict::Busy => session.auth_refused(reply::AUTH_BUSY),
                 }
-                session.auth_result(user)
             }
             Step::Queue(accepted) => {
+                let (user, rcpts) = (accepted.user.clone(), accepted.recipients.len());
                 let id = spool_message(*accepted, ctx, peer).await;
+                if let (Some(_), Some(quota)) = (&id, &ctx.config.quota) {
+                    quota.queued(&user, rcpts).await;
+                }
                 session.queued(id.as_ref().map(|id| id.as_str()))
             }
         };

@@ -166,6 +166,31 @@ pub const AUTH_UNKNOWN_MECHANISM: Reply =
 pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, "5.5.1 Already authenticated");
 pub const AUTH_IN_TRANSACTION: Reply =
     Reply::new(503, "5.5.1 AUTH not allowed during a mail transaction");
+/// Too many failed AUTHs from this address or for this login (no argon2 ran).
+pub const AUTH_THROTTLED: Reply = Reply::new(
+    454,
+    "4.7.0 Too many failed authentications, try again later",
+);
+/// The argon2 wait queue is full (RFC 4954 section 6: 454 is a temporary failure).
+pub const AUTH_BUSY: Reply = Reply::new(454, "4.7.0 Temporary authentication failure");
+pub const ACCOUNT_SUSPENDED: Reply =
+    Reply::new(550, "5.7.1 Account suspended, contact the administrator");
+
+/// `450 4.7.1 Message rate limit exceeded for user LOGIN, try again later`.
+pub fn message_rate_limited(login: &str) -> Reply {
+    Reply::owned(
+        450,
+        format!("4.7.1 Message rate limit exceeded for user {login}, try again later"),
+    )
+}
+
+/// `450 4.7.1 Recipient rate limit exceeded for user LOGIN, try again later`.
+pub fn recipient_rate_limited(login: &str) -> Reply {
+    Reply::owned(
+        450,
+        format!("4.7.1 Recipient rate limit exceeded for user {login}, try again later"),
+    )
+}
 pub const TLS_ALREADY_ACTIVE: Reply = Reply::new(503, "5.5.1 TLS already active");
 pub const EHLO_FIRST: Reply = Reply::new(503, "5.5.1 EHLO first");
 pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1 Nested MAIL command");

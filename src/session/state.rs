@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::quota::{Quota, Refusal};
 use crate::auth::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::auth::senders::owns;
 use crate::auth::users::User;
@@ -22,6 +23,8 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_auth_failures: u32,
+    /// Per-user sending limits and suspensions, checked at MAIL and RCPT; `None` = none.
+    pub quota: Option<Arc<Quota>>,
 }
 
 /// What the session waits for next.
@@ -283,6 +286,16 @@ impl Session {
         }
     }
 
+    /// A [`Step::Verify`] refused without verifying (throttled, busy): `reply`, and it counts
+    /// toward `max_auth_failures` so one connection cannot retry without end.
+    pub fn auth_refused(&mut self, reply: Reply) -> Step {
+        self.mode = Mode::Command;
+        match self.auth_failed() {
+            Step::Reply(_) => Step::Reply(reply),
+            step => step,
+        }
+    }
+
     /// The result of a [`Step::Queue`]: the queue ID, or `None` when the spool failed.
     pub fn queued(&mut self, id: Option<&str>) -> Step {
         self.mode = Mode::Command;
@@ -468,6 +481,12 @@ impl Session {
         if !owns(&user.senders, &from) {
             return Step::Reply(reply::sender_not_owned(&user.login));
         }
+        if let Some(Err(refusal)) = self.config.quota.as_ref().map(|q| q.check_mail(&user)) {
+            return Step::Reply(match refusal {
+                Refusal::Suspended => reply::ACCOUNT_SUSPENDED,
+                _ => reply::message_rate_limited(&user.login),
+            });
+        }
         self.transaction = Transaction::Mail { from, params };
         Step::Reply(reply::MAIL_OK)
     }
@@ -499,6 +518,10 @@ impl Session {
             Step::Reply(reply::RCPT_OK)
         } else if rcpts.len() >= self.config.max_recipients {
             Step::Reply(reply::TOO_MANY_RECIPIENTS)
+        } else if let (Some(q), Some(user)) = (&self.config.quota, &self.user)
+            && q.check_rcpt(user, rcpts.len()).is_err()
+        {
+            Step::Reply(reply::recipient_rate_limited(&user.login))
         } else {
             rcpts.push(to);
             Step::Reply(reply::RCPT_OK)
@@ -632,6 +655,7 @@ mod tests {
             max_message_size: 100,
             max_recipients: 2,
             max_auth_failures: 2,
+            quota: None,
         })
     }
 
@@ -640,6 +664,7 @@ mod tests {
             login: "alice@example.test".into(),
             password: String::new(),
             senders: vec![SenderPattern::parse("alice@example.test").unwrap()],
+            limits: Default::default(),
         })
     }
 

@@ -351,3 +351,62 @@ pub fn message_from(from: &str) -> String {
 pub mod dns;
 pub mod run;
 pub mod sink;
+
+/// Start like [`TestServer::start_with`], after `prepare` may change the files in the server's
+/// directory (e.g. append to `users.toml`); also returns the server's verifier, whose
+/// `verifications()` counter tells whether argon2 ran.
+pub async fn start_prepared(
+    limits: &str,
+    prepare: impl FnOnce(&Path),
+) -> (TestServer, submitd::auth::verify::Verifier) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), limits, "127.0.0.1:0", "127.0.0.1:0");
+    prepare(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let settings = Settings::from_toml(&text, &path).unwrap();
+    let server = Server::bind(Arc::new(settings)).await.unwrap();
+    let verifier = server.verifier().clone();
+    let submission = server.submission_addrs()[0];
+    let submissions = server.submissions_addrs()[0];
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    let server = TestServer {
+        dir,
+        submission,
+        submissions,
+        shutdown,
+    };
+    (server, verifier)
+}
+
+/// A second server on an existing config file (as after a restart): its implicit-TLS address
+/// and the token that stops it.
+pub async fn start_again(config: &Path) -> (SocketAddr, CancellationToken) {
+    let settings = Settings::load(config).unwrap();
+    let server = Server::bind(Arc::new(settings)).await.unwrap();
+    let submissions = server.submissions_addrs()[0];
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    (submissions, shutdown)
+}
+
+/// 465, EHLO, AUTH PLAIN with these credentials, expecting `prefix`.
+pub async fn login_as(addr: SocketAddr, login: &str, password: &str, prefix: &str) -> Client {
+    let mut c = Client::implicit_tls(addr).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain(login, password)), prefix)
+        .await;
+    c
+}
+
+/// MAIL, RCPTs, DATA with a small message from `from`; returns the reply to the final dot.
+pub async fn send_message(c: &mut Client, from: &str, rcpts: &[&str]) -> String {
+    c.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+    for r in rcpts {
+        c.cmd(&format!("RCPT TO:<{r}>"), "250").await;
+    }
+    c.cmd("DATA", "354").await;
+    c.send(format!("{}.\r\n", message_from(from)).as_bytes())
+        .await;
+    c.reply().await
+}
