@@ -606,11 +606,7 @@ mod tests {
         fs::write(spool.envelope_path(&version), env.to_bytes()).unwrap();
         fs::write(spool.message_path(&version), b"hello").unwrap();
         let missing = QueueId::generate();
-        fs::write(
-            spool.envelope_path(&missing),
-            envelope(&missing).to_bytes(),
-        )
-        .unwrap();
+        fs::write(spool.envelope_path(&missing), envelope(&missing).to_bytes()).unwrap();
         let short = QueueId::generate();
         spool.store_blocking(&envelope(&short), b"hel").unwrap();
         let other = QueueId::generate();
