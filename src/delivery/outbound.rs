@@ -246,7 +246,10 @@ async fn converse(
     // A second EHLO whose reply we parse ourselves (SIZE).
     let caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
         Ok(r) => Capabilities::from_ehlo(&r),
-        Err(e) => return HostResult::NextHost(format!("EHLO to {host}: {e}")),
+        Err(e) => {
+            *usable = !matches!(e, StepError::Io(_));
+            return HostResult::NextHost(format!("EHLO to {host}: {e}"));
+        }
     };
 
     // AUTH: only over TLS; a refusal is the operator's problem, not the users' (defer).
@@ -283,7 +286,10 @@ async fn converse(
             let status = enhanced_status(&text, code);
             return HostResult::Done(all_failed(host, &reply, &status, n));
         }
-        Err(e) => return HostResult::NextHost(format!("MAIL FROM at {host}: {e}")),
+        Err(e) => {
+            *usable = !matches!(e, StepError::Io(_));
+            return HostResult::NextHost(format!("MAIL FROM at {host}: {e}"));
+        }
     }
 
     // RCPT TO, one reply per recipient.
@@ -301,6 +307,7 @@ async fn converse(
             }
             // 421: the server is closing; nothing more happens on this connection.
             Err(e @ StepError::Reply { code: 421, .. }) | Err(e @ StepError::Io(_)) => {
+                *usable = false;
                 return HostResult::Done(defer_rest(outcomes, host, &e.to_string()));
             }
             Err(e) => {
@@ -325,6 +332,10 @@ async fn converse(
         }
         Err(e) => Err(e),
     };
+    // No reply (timeout, reset, garbage): the conversation is out of step, QUIT is pointless.
+    if matches!(final_reply, Err(StepError::Io(_))) {
+        *usable = false;
+    }
     let decided = |reply_outcome: Outcome| {
         let mut outcomes = outcomes.clone();
         for &i in &accepted {
@@ -650,6 +661,10 @@ pub struct Guarded<S> {
     /// Bytes read since our last write.
     unanswered: usize,
     starttls: StartTlsWatch,
+    /// Set by the first rule broken (or read timed out): SMTP is lock-step, so the
+    /// conversation is over; every later read and write fails at once (lettre's `abort`
+    /// would otherwise send QUIT and wait a whole timeout for its reply).
+    broken: Option<String>,
 }
 
 /// Where the guard is with respect to `STARTTLS`.
@@ -672,6 +687,7 @@ impl<S> Guarded<S> {
             idle: None,
             unanswered: 0,
             starttls: StartTlsWatch::Writing(Vec::new()),
+            broken: None,
         }
     }
 
@@ -740,28 +756,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(why) = &this.broken {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
+        }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let result = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.idle = None;
                 let new = buf.filled()[before..].to_vec();
-                Poll::Ready(this.inspect(&new))
+                this.inspect(&new)
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => {
                 let timeout = this.timeout;
                 let idle = this
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    Poll::Ready(()) => Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("timed out after {timeout:?} waiting for the next hop"),
-                    ))),
-                    Poll::Pending => Poll::Pending,
+                    )),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
+        };
+        if let Err(e) = &result {
+            this.broken = Some(format!("connection unusable: {e}"));
         }
+        Poll::Ready(result)
     }
 }
 
@@ -772,6 +795,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(why) = &this.broken {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.wrote(&buf[..n]);
