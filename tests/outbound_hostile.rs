@@ -262,15 +262,16 @@ async fn starttls_injected_line_is_never_read_after_the_handshake() {
     }
 }
 
-/// The harm the injection would do: a forged `SIZE 10` capability, read as if it came from
-/// inside TLS, would make the message bounce permanently (5.3.4). It must not.
+/// The harm the injection would do: two forged replies, the first taken by lettre's own EHLO
+/// after the handshake and the second (`SIZE 10`) by ours, as if they came from inside TLS,
+/// would make the message bounce permanently (5.3.4). It must not.
 #[tokio::test]
 async fn starttls_injected_capability_is_never_believed() {
     let server = Hostile::start(script(|tcp, log| {
         friendly(
             tcp,
             log,
-            Some("220 go\r\n250-mx.forged.test\r\n250-SIZE 10\r\n"),
+            Some("220 go\r\n250 mx.forged.test\r\n250-mx.forged.test\r\n250 SIZE 10\r\n"),
             AfterDot::Accept,
         )
     }))
