@@ -20,6 +20,7 @@ use crate::auth::verify::Verifier;
 use crate::config::Settings;
 use crate::delivery::Delivery;
 use crate::queue::Spool;
+use crate::queue::fsio::{RealIo, SpoolIo};
 use crate::queue::scheduler::Scheduler;
 use crate::session::driver::{self, Context};
 use crate::session::reply;
@@ -103,9 +104,17 @@ pub struct Server {
 impl Server {
     /// Load TLS and users, open the spool and bind every listen address.
     pub async fn bind(settings: Arc<Settings>) -> anyhow::Result<Server> {
+        Server::bind_with_spool_io(settings, Arc::new(RealIo)).await
+    }
+
+    /// [`Server::bind`] with the spool writing through `io` (storage-fault tests).
+    pub async fn bind_with_spool_io(
+        settings: Arc<Settings>,
+        io: Arc<dyn SpoolIo>,
+    ) -> anyhow::Result<Server> {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
         let users = UserStore::open(&settings.auth.users)?;
-        let spool = Spool::open(&settings.queue.dir)?;
+        let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let (verifier, quota) = crate::auth::defences(users, &settings);
         let delivery = Delivery::new(&settings)?;
         let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);

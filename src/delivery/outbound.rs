@@ -21,9 +21,37 @@
 //!
 //! Every command has its own `relay.timeout`; each host's whole session has an overall bound
 //! ([`session_bound`]) so a peer trickling bytes cannot hold a delivery forever.
+//!
+//! # A hostile next hop
+//!
+//! lettre reads replies through a `BufReader` and two things in it are unsafe against a
+//! hostile (or man-in-the-middle) server, so the TCP stream under lettre is a [`Guarded`] one
+//! (plain and STARTTLS sessions; an implicit-TLS smarthost is configured and verified, and
+//! lettre opens that socket itself):
+//!
+//! - **STARTTLS response injection.** `AsyncSmtpConnection::starttls` upgrades the stream
+//!   *under* its `BufReader` and keeps the buffer: bytes that came in the same read as the
+//!   `220` (`220 go\r\n250-SIZE 10\r\n`) are then read as the first reply *after* the
+//!   handshake, i.e. as if they came from inside TLS (the client-side twin of CVE-2011-0411).
+//!   The guard sees the `STARTTLS` command go out and fails the read that delivers anything
+//!   after the end of its reply: the STARTTLS fails, the host is skipped, the recipients are
+//!   deferred. Bytes arriving in a later read go to the TLS handshake, which rejects them.
+//! - **Unbounded lines.** lettre's `read_line` collects a whole line before checking its
+//!   length (1000) and a reply's size (100 000), so a peer sending megabytes without a line
+//!   feed grows memory for as long as the step's timeout lets it. The guard fails any read
+//!   past [`MAX_UNANSWERED`] bytes since our last write (for any one reply, or a TLS
+//!   handshake flight).
+//! - **Silence.** A read waiting more than `relay.timeout` for a byte fails, so every reply
+//!   (the greeting and each after a command) has its own `relay.timeout`, inside lettre too.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -39,6 +67,9 @@ use super::{Job, Outcome};
 pub const MAX_ADDRESSES: usize = 10;
 /// Data transfer is allowed at least this rate (bytes per second) on top of one timeout.
 const MIN_DATA_RATE: u64 = 64 * 1024;
+/// Most bytes the next hop may send between two of our writes: any reply (lettre allows
+/// 100 000 octets of reply text), or a TLS handshake flight with a long certificate chain.
+pub const MAX_UNANSWERED: usize = 256 * 1024;
 
 /// Permanent status: message bigger than the next hop's SIZE (RFC 3463).
 pub const STATUS_TOO_BIG: &str = "5.3.4";
@@ -127,21 +158,40 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
         TlsPolicy::Implicit(p) => Some(p.clone()),
         _ => None,
     };
-    // lettre bounds the TCP connect itself; greeting, (handshake) and EHLO get one step each.
-    let connect =
-        AsyncSmtpConnection::connect_tokio1(target.addr, Some(s.timeout), s.hello, implicit, None);
+    // Connect, greeting, (handshake) and EHLO get one step each.
+    let connect = async {
+        match implicit {
+            // lettre opens the socket itself for implicit TLS (and bounds the TCP connect).
+            Some(params) => AsyncSmtpConnection::connect_tokio1(
+                target.addr,
+                Some(s.timeout),
+                s.hello,
+                Some(params),
+                None,
+            )
+            .await
+            .map_err(StepError::from),
+            None => {
+                let tcp =
+                    match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
+                        Err(_) => return Err(StepError::Io("connection timed out".into())),
+                        Ok(Err(e)) => return Err(StepError::Io(e.to_string())),
+                        Ok(Ok(tcp)) => tcp,
+                    };
+                let guarded = Box::new(Guarded::new(tcp, s.timeout));
+                AsyncSmtpConnection::connect_with_transport(guarded, s.hello)
+                    .await
+                    .map_err(StepError::from)
+            }
+        }
+    };
     let mut conn = match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
         Err(_) => {
             return HostResult::NextHost(format!(
                 "connect, greeting or EHLO with {host} timed out"
             ));
         }
-        Ok(Err(e)) => {
-            return HostResult::NextHost(format!(
-                "connection to {host} failed: {}",
-                StepError::from(e)
-            ));
-        }
+        Ok(Err(e)) => return HostResult::NextHost(format!("connection to {host} failed: {e}")),
         Ok(Ok(c)) => c,
     };
     let mut usable = true;
@@ -196,7 +246,10 @@ async fn converse(
     // A second EHLO whose reply we parse ourselves (SIZE).
     let caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
         Ok(r) => Capabilities::from_ehlo(&r),
-        Err(e) => return HostResult::NextHost(format!("EHLO to {host}: {e}")),
+        Err(e) => {
+            *usable = !matches!(e, StepError::Io(_));
+            return HostResult::NextHost(format!("EHLO to {host}: {e}"));
+        }
     };
 
     // AUTH: only over TLS; a refusal is the operator's problem, not the users' (defer).
@@ -233,7 +286,10 @@ async fn converse(
             let status = enhanced_status(&text, code);
             return HostResult::Done(all_failed(host, &reply, &status, n));
         }
-        Err(e) => return HostResult::NextHost(format!("MAIL FROM at {host}: {e}")),
+        Err(e) => {
+            *usable = !matches!(e, StepError::Io(_));
+            return HostResult::NextHost(format!("MAIL FROM at {host}: {e}"));
+        }
     }
 
     // RCPT TO, one reply per recipient.
@@ -251,6 +307,7 @@ async fn converse(
             }
             // 421: the server is closing; nothing more happens on this connection.
             Err(e @ StepError::Reply { code: 421, .. }) | Err(e @ StepError::Io(_)) => {
+                *usable = false;
                 return HostResult::Done(defer_rest(outcomes, host, &e.to_string()));
             }
             Err(e) => {
@@ -275,6 +332,10 @@ async fn converse(
         }
         Err(e) => Err(e),
     };
+    // No reply (timeout, reset, garbage): the conversation is out of step, QUIT is pointless.
+    if matches!(final_reply, Err(StepError::Io(_))) {
+        *usable = false;
+    }
     let decided = |reply_outcome: Outcome| {
         let mut outcomes = outcomes.clone();
         for &i in &accepted {
@@ -585,6 +646,180 @@ fn plan(
         .map(|r| address(r).map(|a| format!("RCPT TO:<{a}>\r\n")))
         .collect::<Result<_, _>>()?;
     Ok(Envelope { mail_from, rcpt_to })
+}
+
+/// The TCP stream under lettre, with the guards lettre lacks (see the module doc): no reply
+/// data pipelined behind the `220` to `STARTTLS`, at most [`MAX_UNANSWERED`] bytes between
+/// two of our writes, no read waiting longer than the step timeout.
+#[derive(Debug)]
+pub struct Guarded<S> {
+    inner: S,
+    /// Each read's limit (`relay.timeout`).
+    timeout: Duration,
+    /// Armed while a read waits for the peer; reset by progress and by our writes.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read since our last write.
+    unanswered: usize,
+    starttls: StartTlsWatch,
+    /// Set by the first rule broken (or read timed out): SMTP is lock-step, so the
+    /// conversation is over; every later read and write fails at once (lettre's `abort`
+    /// would otherwise send QUIT and wait a whole timeout for its reply).
+    broken: Option<String>,
+}
+
+/// Where the guard is with respect to `STARTTLS`.
+#[derive(Debug)]
+enum StartTlsWatch {
+    /// Collecting the command line being written (at most 16 bytes kept).
+    Writing(Vec<u8>),
+    /// `STARTTLS` went out: collecting its reply's current line.
+    Reply(Vec<u8>),
+    /// After the reply: the bytes are TLS (or the connection is being dropped).
+    Done,
+}
+
+impl<S> Guarded<S> {
+    /// Guard `inner`; `timeout` bounds every read.
+    pub fn new(inner: S, timeout: Duration) -> Guarded<S> {
+        Guarded {
+            inner,
+            timeout,
+            idle: None,
+            unanswered: 0,
+            starttls: StartTlsWatch::Writing(Vec::new()),
+            broken: None,
+        }
+    }
+
+    /// Check bytes just read; an error when they break a rule.
+    fn inspect(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.unanswered += bytes.len();
+        if self.unanswered > MAX_UNANSWERED {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("next hop sent over {MAX_UNANSWERED} bytes without being asked"),
+            ));
+        }
+        if let StartTlsWatch::Reply(line) = &mut self.starttls {
+            for (i, &b) in bytes.iter().enumerate() {
+                line.push(b);
+                if b != b'\n' {
+                    line.truncate(8);
+                    continue;
+                }
+                // `NNN-` continues the reply; anything else ends it (RFC 5321 4.2.1).
+                let more = line.len() >= 4 && line[3] == b'-';
+                line.clear();
+                if more {
+                    continue;
+                }
+                self.starttls = StartTlsWatch::Done;
+                if i + 1 < bytes.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "next hop sent data after its STARTTLS reply (response injection?)",
+                    ));
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Note bytes we wrote: a new command resets the byte budget and the read timer; the
+    /// `STARTTLS` line arms the watch on its reply.
+    fn wrote(&mut self, bytes: &[u8]) {
+        self.unanswered = 0;
+        self.idle = None;
+        if let StartTlsWatch::Writing(line) = &mut self.starttls {
+            for &b in bytes {
+                line.push(b);
+                if b == b'\n' {
+                    if line.eq_ignore_ascii_case(b"STARTTLS\r\n") {
+                        self.starttls = StartTlsWatch::Reply(Vec::new());
+                        return;
+                    }
+                    line.clear();
+                } else if line.len() > 16 {
+                    // Not STARTTLS; keep the tail bounded (a line end will reset it).
+                    line.drain(..1);
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(why) = &this.broken {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
+        }
+        let before = buf.filled().len();
+        let result = match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.idle = None;
+                let new = buf.filled()[before..].to_vec();
+                this.inspect(&new)
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("timed out after {timeout:?} waiting for the next hop"),
+                    )),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        };
+        if let Err(e) = &result {
+            this.broken = Some(format!("connection unusable: {e}"));
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(why) = &this.broken {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
+        }
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.wrote(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for Guarded<TcpStream> {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
+    }
 }
 
 #[cfg(test)]

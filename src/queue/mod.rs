@@ -1,4 +1,5 @@
-//! The queue: message IDs ([`id`]) and the durable spool ([`spool`]).
+//! The queue: message IDs ([`id`]), the durable spool ([`spool`]) and the file operations it
+//! writes through ([`fsio`]).
 //!
 //! # On-disk format, version 1
 //!
@@ -12,12 +13,17 @@
 //!
 //! The `.env` file is the commit point: it is renamed into place after the `.msg` file, and
 //! the directory is fsynced before `250` is sent. A `.msg` without an `.env` is an
-//! interrupted write and is removed at start-up; so are `*.tmp` files.
+//! interrupted write and is removed at start-up; so are `*.tmp` files. A committed entry that
+//! cannot be delivered as it is (garbage or foreign-version `.env`, missing or truncated `.msg`)
+//! is moved to `quarantine/` at start-up (see [`spool`]).
 
 pub mod control;
+pub mod fsio;
 pub mod id;
 pub mod scheduler;
 pub mod spool;
 
 pub use id::QueueId;
-pub use spool::{Envelope, Recipient, RecipientState, Spool, SpoolError};
+pub use spool::{
+    Envelope, EnvelopeError, Recipient, RecipientState, Spool, SpoolError, SpoolFailure,
+};

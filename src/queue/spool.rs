@@ -1,18 +1,34 @@
 //! The durable spool: a message is acknowledged only after its files and the directory entry
 //! are on disk (temp file, write, fsync, rename, directory fsync). See the module above for the
-//! format. All calls here block; async callers go through [`Spool::store`].
+//! format. Every write goes through a [`SpoolIo`] ([`super::fsio`]). All calls here block;
+//! async callers go through [`Spool::store`].
+//!
+//! # Start-up checks and quarantine
+//!
+//! [`Spool::open`] removes what an interrupted write left (`*.tmp`, a `.msg` without `.env`)
+//! and moves every committed entry that cannot be delivered as it is into
+//! `quarantine/` (mode 0700) beside the queue, logged at error level: an `.env` that does not
+//! parse, has another version or names another ID, an `.env` whose `.msg` is missing, a `.msg`
+//! shorter than the envelope's `size`. They are kept, not deleted: an operator may repair one
+//! and move it back. Nothing else looks inside `quarantine/` (listing takes only top-level
+//! `ID.env` files).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::fsio::{RealIo, SpoolIo};
 use super::id::QueueId;
 
 /// The queue format version written by this build.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Where start-up moves queue entries that cannot be delivered, inside the queue directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// The envelope of one queued message (`ID.env`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +54,33 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Size of `ID.msg` in octets.
     pub size: u64,
+}
+
+/// Why bytes are not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("unsupported version {0}")]
+    Version(u32),
+}
+
+impl Envelope {
+    /// Parse an `.env` file's content: JSON of this format version. Pure; never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Syntax(e.to_string()))?;
+        if envelope.version != FORMAT_VERSION {
+            return Err(EnvelopeError::Version(envelope.version));
+        }
+        Ok(envelope)
+    }
+
+    /// The `.env` file's content.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain data with string keys: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// One recipient and where its delivery stands.
@@ -81,10 +124,33 @@ pub enum SpoolError {
     Task(String),
 }
 
+/// How a failed store is reported to the client: `452 4.3.1` when the disk is full (ENOSPC,
+/// EDQUOT), `451 4.3.0` for anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolFailure {
+    WriteError,
+    DiskFull,
+}
+
+impl SpoolError {
+    /// The client-visible class of this error.
+    pub fn failure(&self) -> SpoolFailure {
+        match self {
+            SpoolError::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                SpoolFailure::DiskFull
+            }
+            _ => SpoolFailure::WriteError,
+        }
+    }
+}
+
 /// The queue directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    io: Arc<dyn SpoolIo>,
 }
 
 fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -96,9 +162,16 @@ fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> S
 }
 
 impl Spool {
-    /// Open (creating with mode 0700 when missing) the queue directory and remove what an
-    /// interrupted write left: `*.tmp` files and `.msg` files without an `.env`.
+    /// Open (creating with mode 0700 when missing) the queue directory, remove what an
+    /// interrupted write left (`*.tmp` files, `.msg` files without an `.env`) and quarantine
+    /// what cannot be delivered (see the module doc).
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_with_io(dir, Arc::new(RealIo))
+    }
+
+    /// [`Spool::open`] writing through `io` (the storage-fault tests pass a
+    /// [`super::fsio::FaultyIo`]).
+    pub fn open_with_io(dir: &Path, io: Arc<dyn SpoolIo>) -> Result<Spool, SpoolError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -106,6 +179,7 @@ impl Spool {
             .map_err(io_err(dir, "create directory"))?;
         let spool = Spool {
             dir: dir.to_path_buf(),
+            io,
         };
         for entry in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
             let entry = entry.map_err(io_err(dir, "read directory"))?;
@@ -114,12 +188,81 @@ impl Spool {
             let orphan = name
                 .strip_suffix(".msg")
                 .is_some_and(|id| !dir.join(format!("{id}.env")).exists());
-            if name.ends_with(".tmp") || orphan {
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && (name.ends_with(".tmp") || orphan) {
                 tracing::warn!(file = %entry.path().display(), "removing interrupted queue write");
-                let _ = fs::remove_file(entry.path());
+                let _ = spool.io.remove(&entry.path());
             }
         }
+        let mut moved = 0;
+        for id in spool.list()? {
+            if let Some(reason) = spool.check_entry(&id) {
+                spool.quarantine(&id, &reason)?;
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            let _ = spool.io.sync_dir(dir);
+        }
         Ok(spool)
+    }
+
+    /// Why a committed entry cannot be delivered as it is; `None` when it is fine, or when it
+    /// cannot be read right now (an IO error is not proof of garbage).
+    fn check_entry(&self, id: &QueueId) -> Option<String> {
+        let bytes = match fs::read(self.envelope_path(id)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(queue_id = %id, error = %e, "queue: cannot read envelope");
+                return None;
+            }
+        };
+        let envelope = match Envelope::from_bytes(&bytes) {
+            Ok(e) => e,
+            Err(e) => return Some(format!("envelope: {e}")),
+        };
+        if envelope.id != id.as_str() {
+            return Some(format!("envelope names another ID {:?}", envelope.id));
+        }
+        match fs::metadata(self.message_path(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some("message file missing".into()),
+            Err(_) => None,
+            Ok(meta) if meta.len() < envelope.size => Some(format!(
+                "message file truncated: {} of {} octets",
+                meta.len(),
+                envelope.size
+            )),
+            Ok(_) => None,
+        }
+    }
+
+    /// Move a message's files into [`QUARANTINE_DIR`] (the envelope first: once it is gone,
+    /// the message is no longer queued).
+    fn quarantine(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
+        let qdir = self.quarantine_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&qdir)
+            .map_err(io_err(&qdir, "create directory"))?;
+        for path in [self.envelope_path(id), self.message_path(id)] {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            match self.io.rename(&path, &qdir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, "quarantine")(e)),
+            }
+        }
+        let _ = self.io.sync_dir(&qdir);
+        tracing::error!(
+            queue_id = %id,
+            reason,
+            dir = %qdir.display(),
+            "queue: damaged queue entry moved to quarantine"
+        );
+        Ok(())
     }
 
     /// The queue directory as it is, without start-up cleanup: for the `queue` commands, which
@@ -127,12 +270,18 @@ impl Spool {
     pub fn attach(dir: &Path) -> Spool {
         Spool {
             dir: dir.to_path_buf(),
+            io: Arc::new(RealIo),
         }
     }
 
     /// The queue directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where damaged entries are moved at start-up.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join(QUARANTINE_DIR)
     }
 
     /// Path of a message's body file.
@@ -154,7 +303,10 @@ impl Spool {
             .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// The blocking body of [`Spool::store`].
+    /// The blocking body of [`Spool::store`]. Any failed step, the final directory fsync
+    /// included, removes both files: a rename whose durability is not proven must not be
+    /// acknowledged, and an entry left in place after a `451` would be delivered although the
+    /// client was told it was not (and will send it again).
     pub fn store_blocking(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
         let id = QueueId::parse(&envelope.id).ok_or_else(|| SpoolError::Invalid {
             path: self.dir.clone(),
@@ -163,17 +315,14 @@ impl Spool {
         let msg_path = self.message_path(&id);
         let env_path = self.envelope_path(&id);
         let result = (|| {
-            write_atomically(&msg_path, message, false)?;
-            let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Invalid {
-                path: env_path.clone(),
-                message: e.to_string(),
-            })?;
-            write_atomically(&env_path, &json, false)?;
-            sync_dir(&self.dir)
+            self.write_atomically(&msg_path, message, false)?;
+            self.write_atomically(&env_path, &envelope.to_bytes(), false)?;
+            self.sync_dir()
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&env_path);
-            let _ = fs::remove_file(&msg_path);
+            let _ = self.io.remove(&env_path);
+            let _ = self.io.remove(&msg_path);
+            let _ = self.io.sync_dir(&self.dir);
         }
         result
     }
@@ -185,29 +334,17 @@ impl Spool {
             message: format!("bad queue id {:?}", envelope.id),
         })?;
         let path = self.envelope_path(&id);
-        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Invalid {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomically(&path, &json, true)
+        self.write_atomically(&path, &envelope.to_bytes(), true)
     }
 
     /// Read a message's envelope.
     pub fn load_envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
         let path = self.envelope_path(id);
         let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
-        let envelope: Envelope =
-            serde_json::from_slice(&bytes).map_err(|e| SpoolError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if envelope.version != FORMAT_VERSION {
-            return Err(SpoolError::Invalid {
-                path,
-                message: format!("unsupported version {}", envelope.version),
-            });
-        }
-        Ok(envelope)
+        Envelope::from_bytes(&bytes).map_err(|e| SpoolError::Invalid {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// Read a message's body.
@@ -216,7 +353,8 @@ impl Spool {
         fs::read(&path).map_err(io_err(&path, "read"))
     }
 
-    /// IDs of every committed message (those with an `.env`), oldest first.
+    /// IDs of every committed message (those with an `.env`), oldest first. Only top-level
+    /// files named `ID.env` count: `quarantine/` and anything else is ignored.
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir, "read directory"))? {
@@ -271,69 +409,54 @@ impl Spool {
     /// Remove a message (envelope first, so a crash in between leaves an orphan `.msg` that
     /// `open` cleans up, never an envelope without its message). Needs the message's lock.
     pub fn remove(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
-        let env = self.envelope_path(id);
-        match fs::remove_file(&env) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(SpoolError::Io {
-                    path: env,
-                    step: "remove",
-                    source: e,
-                });
+        for path in [self.envelope_path(id), self.message_path(id)] {
+            match self.io.remove(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, "remove")(e)),
             }
         }
-        let msg = self.message_path(id);
-        match fs::remove_file(&msg) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(SpoolError::Io {
-                    path: msg,
-                    step: "remove",
-                    source: e,
-                });
-            }
+        self.sync_dir()
+    }
+
+    /// Write `bytes` to `path` through a temp file in the same directory: create, write,
+    /// fsync, rename. With `sync_parent`, fsync the directory too. On failure the temp file
+    /// is removed.
+    fn write_atomically(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sync_parent: bool,
+    ) -> Result<(), SpoolError> {
+        let tmp = path.with_extension(format!(
+            "{}.tmp",
+            path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        ));
+        let io = &*self.io;
+        let result = (|| {
+            let mut file: File = io.create(&tmp).map_err(io_err(&tmp, "create"))?;
+            io.write_all(&tmp, &mut file, bytes)
+                .map_err(io_err(&tmp, "write"))?;
+            io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
+            drop(file);
+            io.rename(&tmp, path).map_err(io_err(path, "rename"))
+        })();
+        if result.is_err() {
+            let _ = io.remove(&tmp);
+            return result;
         }
-        sync_dir(&self.dir)
+        if sync_parent {
+            self.sync_dir()?;
+        }
+        Ok(())
     }
-}
 
-/// Write `bytes` to `path` through a temp file in the same directory: create, write, fsync,
-/// rename. With `sync_parent`, fsync the directory too.
-fn write_atomically(path: &Path, bytes: &[u8], sync_parent: bool) -> Result<(), SpoolError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let result = (|| {
-        let mut file: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create"))?;
-        file.write_all(bytes).map_err(io_err(&tmp, "write"))?;
-        file.sync_all().map_err(io_err(&tmp, "fsync"))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err(path, "rename"))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
+    /// fsync the queue directory so that renames into it survive a crash.
+    fn sync_dir(&self) -> Result<(), SpoolError> {
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(io_err(&self.dir, "fsync directory"))
     }
-    if sync_parent {
-        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    }
-    Ok(())
-}
-
-/// fsync a directory so that renames into it survive a crash.
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "fsync directory"))
 }
 
 #[cfg(test)]
@@ -382,7 +505,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let done = QueueId::generate();
-        spool.store_blocking(&envelope(&done), b"x").unwrap();
+        spool.store_blocking(&envelope(&done), b"hello").unwrap();
         let orphan = QueueId::generate();
         fs::write(spool.message_path(&orphan), b"half").unwrap();
         fs::write(dir.path().join("X.env.tmp"), b"{").unwrap();
@@ -408,5 +531,105 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn every_failed_step_leaves_nothing_and_classifies_the_errno() {
+        use crate::queue::fsio::{Fault, FaultyIo, Op, Target};
+        let steps = [
+            (Op::Create, Target::Msg),
+            (Op::Write, Target::Msg),
+            (Op::Sync, Target::Msg),
+            (Op::Rename, Target::Msg),
+            (Op::Create, Target::Env),
+            (Op::Write, Target::Env),
+            (Op::Sync, Target::Env),
+            (Op::Rename, Target::Env),
+            (Op::SyncDir, Target::Any),
+        ];
+        for (op, target) in steps {
+            for (errno, want) in [
+                (libc::EIO, SpoolFailure::WriteError),
+                (libc::ENOSPC, SpoolFailure::DiskFull),
+                (libc::EDQUOT, SpoolFailure::DiskFull),
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let io = FaultyIo::new();
+                let spool = Spool::open_with_io(dir.path(), Arc::new(io.clone())).unwrap();
+                io.fail(Fault {
+                    op,
+                    target,
+                    nth: 1,
+                    errno,
+                });
+                let id = QueueId::generate();
+                let err = spool.store_blocking(&envelope(&id), b"hello").unwrap_err();
+                assert_eq!(io.injected(), 1, "{op:?} {target:?}");
+                assert_eq!(err.failure(), want, "{op:?} {target:?} {errno}: {err}");
+                let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+                assert!(left.is_empty(), "{op:?} {target:?}: {left:?}");
+                // The next store works.
+                spool.store_blocking(&envelope(&id), b"hello").unwrap();
+                assert_eq!(spool.list().unwrap(), vec![id]);
+            }
+        }
+    }
+
+    #[test]
+    fn envelope_bytes_round_trip_and_reject_garbage() {
+        let env = envelope(&QueueId::generate());
+        assert_eq!(Envelope::from_bytes(&env.to_bytes()), Ok(env.clone()));
+        let mut v2 = env.clone();
+        v2.version = 2;
+        assert_eq!(
+            Envelope::from_bytes(&v2.to_bytes()),
+            Err(EnvelopeError::Version(2))
+        );
+        for garbage in [&b""[..], b"{", b"\x00\xff", b"[]", b"{\"version\":1}"] {
+            assert!(Envelope::from_bytes(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn open_quarantines_damaged_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let good = QueueId::generate();
+        spool.store_blocking(&envelope(&good), b"hello").unwrap();
+        // Garbage envelope, foreign version, missing message, truncated message, wrong ID.
+        let garbage = QueueId::generate();
+        fs::write(spool.envelope_path(&garbage), b"{\"version\":1,").unwrap();
+        fs::write(spool.message_path(&garbage), b"x").unwrap();
+        let version = QueueId::generate();
+        let mut env = envelope(&version);
+        env.version = 9;
+        fs::write(spool.envelope_path(&version), env.to_bytes()).unwrap();
+        fs::write(spool.message_path(&version), b"hello").unwrap();
+        let missing = QueueId::generate();
+        fs::write(spool.envelope_path(&missing), envelope(&missing).to_bytes()).unwrap();
+        let short = QueueId::generate();
+        spool.store_blocking(&envelope(&short), b"hel").unwrap();
+        let other = QueueId::generate();
+        fs::write(spool.envelope_path(&other), envelope(&good).to_bytes()).unwrap();
+        fs::write(spool.message_path(&other), b"hello").unwrap();
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![good]);
+        let q = spool.quarantine_dir();
+        let mode = fs::metadata(&q).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+        for id in [&garbage, &version, &missing, &short, &other] {
+            assert!(q.join(format!("{id}.env")).exists(), "{id}");
+            assert!(!spool.envelope_path(id).exists());
+            assert!(!spool.message_path(id).exists());
+        }
+        assert!(q.join(format!("{short}.msg")).exists());
+        // A second start leaves the quarantine alone.
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list().unwrap().len(), 1);
+        assert_eq!(fs::read_dir(&q).unwrap().count(), 9);
     }
 }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::auth::verify::{Verdict, Verifier};
 use crate::queue::scheduler::QueueHandle;
-use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, spool};
+use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, SpoolFailure, spool};
 use crate::submission::{self, Trace};
 
 use super::input::InputBuffer;
@@ -279,17 +279,21 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
             Step::Queue(accepted) => {
                 let (user, rcpts) = (accepted.user.clone(), accepted.recipients.len());
                 let id = spool_message(*accepted, ctx, peer).await;
-                if let (Some(_), Some(quota)) = (&id, &ctx.config.quota) {
+                if let (Ok(_), Some(quota)) = (&id, &ctx.config.quota) {
                     quota.queued(&user, rcpts).await;
                 }
-                session.queued(id.as_ref().map(|id| id.as_str()))
+                session.queued(id.as_ref().map(|id| id.as_str()).map_err(|f| *f))
             }
         };
     }
 }
 
-/// Add the submission headers and write the message durably. `None` when the spool failed.
-async fn spool_message(accepted: Accepted, ctx: &Context, peer: SocketAddr) -> Option<QueueId> {
+/// Add the submission headers and write the message durably; how it failed otherwise.
+async fn spool_message(
+    accepted: Accepted,
+    ctx: &Context,
+    peer: SocketAddr,
+) -> Result<QueueId, SpoolFailure> {
     let id = QueueId::generate();
     let now = time::OffsetDateTime::now_utc();
     let message = submission::prepend_headers(
@@ -337,11 +341,11 @@ async fn spool_message(accepted: Accepted, ctx: &Context, peer: SocketAddr) -> O
                 "queued"
             );
             ctx.queue.notify(id.clone());
-            Some(id)
+            Ok(id)
         }
         Err(e) => {
             warn!(error = %e, user = %accepted.user.login, "queue write failed");
-            None
+            Err(e.failure())
         }
     }
 }

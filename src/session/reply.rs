@@ -212,6 +212,8 @@ pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.1 Command unrecognized")
 pub const UNSUPPORTED_PARAMETER: Reply = Reply::new(555, "5.5.4 Unsupported parameter");
 pub const BAD_BDAT: Reply = Reply::new(501, "5.5.4 Invalid BDAT size; closing connection");
 pub const QUEUE_WRITE_ERROR: Reply = Reply::new(451, "4.3.0 Error: queue file write error");
+/// The spool's file system is full (ENOSPC, EDQUOT): RFC 3463 4.3.1.
+pub const INSUFFICIENT_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
 
 /// `501 5.5.4 Syntax error: DETAIL` (the detail is ours, never echoed client input).
 pub fn syntax(detail: &str) -> Reply {

@@ -9,6 +9,7 @@ use crate::auth::quota::{Quota, Refusal};
 use crate::auth::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::auth::senders::owns;
 use crate::auth::users::User;
+use crate::queue::SpoolFailure;
 use crate::submission::{self, FromProblem};
 
 use super::command::{self, Command, MailParams, ParseError, ReversePath};
@@ -296,12 +297,13 @@ impl Session {
         }
     }
 
-    /// The result of a [`Step::Queue`]: the queue ID, or `None` when the spool failed.
-    pub fn queued(&mut self, id: Option<&str>) -> Step {
+    /// The result of a [`Step::Queue`]: the queue ID, or how the spool failed.
+    pub fn queued(&mut self, id: Result<&str, SpoolFailure>) -> Step {
         self.mode = Mode::Command;
         match id {
-            Some(id) => Step::Reply(reply::queued(id)),
-            None => Step::Reply(reply::QUEUE_WRITE_ERROR),
+            Ok(id) => Step::Reply(reply::queued(id)),
+            Err(SpoolFailure::WriteError) => Step::Reply(reply::QUEUE_WRITE_ERROR),
+            Err(SpoolFailure::DiskFull) => Step::Reply(reply::INSUFFICIENT_STORAGE),
         }
     }
 
@@ -807,10 +809,7 @@ mod tests {
             describe(step.unwrap()),
             "queue alice@example.test -> a@y.test,b@y.test"
         );
-        assert_eq!(
-            describe(s.queued(Some("ABC"))),
-            "250 2.0.0 Ok: queued as ABC"
-        );
+        assert_eq!(describe(s.queued(Ok("ABC"))), "250 2.0.0 Ok: queued as ABC");
         assert_eq!(cmd(&mut s, "DATA"), "503 5.5.1 Need MAIL command");
     }
 

@@ -410,3 +410,31 @@ pub async fn send_message(c: &mut Client, from: &str, rcpts: &[&str]) -> String 
         .await;
     c.reply().await
 }
+
+impl TestServer {
+    /// Start in `dir` (whose `queue/` may already hold messages) with extra `[queue]` and
+    /// `[relay]` lines, the spool writing through `io`.
+    pub async fn start_in_with_io(
+        dir: tempfile::TempDir,
+        queue: &str,
+        relay: &str,
+        io: Arc<dyn submitd::queue::fsio::SpoolIo>,
+    ) -> TestServer {
+        let path = write_config_full(dir.path(), "", queue, relay, "127.0.0.1:0", "127.0.0.1:0");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings = Settings::from_toml(&text, &path).unwrap();
+        let server = Server::bind_with_spool_io(Arc::new(settings), io)
+            .await
+            .unwrap();
+        let submission = server.submission_addrs()[0];
+        let submissions = server.submissions_addrs()[0];
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server.run(shutdown.clone()));
+        TestServer {
+            dir,
+            submission,
+            submissions,
+            shutdown,
+        }
+    }
+}

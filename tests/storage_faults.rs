@@ -1,0 +1,229 @@
+//! Storage faults end to end: the real server over a spool whose writes fail on demand
+//! (`queue::fsio::FaultyIo`), and a queue directory with damaged files at start-up.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::sink::{Sink, SinkOptions};
+use common::*;
+use submitd::queue::fsio::{Fault, FaultyIo, Op, RealIo, Target};
+use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, control, spool};
+
+/// Delivery to nowhere (127.0.0.1:1); retries far away so the scheduler writes nothing while
+/// a case runs.
+const NOWHERE: &str =
+    "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+const SLOW_RETRY: &str = "retry = [\"1h\"]";
+
+/// Send one message on an authenticated connection; returns the reply to the final dot.
+async fn send_message(c: &mut Client) -> String {
+    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+    c.cmd("RCPT TO:<bob@example.net>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes())
+        .await;
+    c.reply().await
+}
+
+/// Names of everything in a directory (sorted), `quarantine` excluded.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != spool::QUARANTINE_DIR)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every step of a spool write, for both files, failing with EIO and with ENOSPC: the client
+/// gets `451 4.3.0` (`452 4.3.1` for a full disk), never a 250; nothing of the message is left
+/// in the queue; the same connection then queues a message once the fault is gone.
+#[tokio::test]
+async fn every_failed_spool_step_is_refused_and_leaves_nothing() {
+    let steps = [
+        (Op::Create, Target::Msg),
+        (Op::Write, Target::Msg),
+        (Op::Sync, Target::Msg),
+        (Op::Rename, Target::Msg),
+        (Op::Create, Target::Env),
+        (Op::Write, Target::Env),
+        (Op::Sync, Target::Env),
+        (Op::Rename, Target::Env),
+        // After both renames: the files are in place but not proven durable.
+        (Op::SyncDir, Target::Any),
+    ];
+    let errnos = [
+        (libc::EIO, "451 4.3.0 Error: queue file write error\r\n"),
+        (libc::ENOSPC, "452 4.3.1 Insufficient system storage\r\n"),
+    ];
+    for (op, target) in steps {
+        for (errno, want) in errnos {
+            let case = format!("{op:?} {target:?} errno {errno}");
+            let io = FaultyIo::new();
+            let server = TestServer::start_in_with_io(
+                tempfile::tempdir().unwrap(),
+                SLOW_RETRY,
+                NOWHERE,
+                Arc::new(io.clone()),
+            )
+            .await;
+            let mut c = server.alice().await;
+            io.fail(Fault {
+                op,
+                target,
+                nth: 1,
+                errno,
+            });
+            let reply = send_message(&mut c).await;
+            assert_eq!(reply, want, "{case}");
+            assert_eq!(io.injected(), 1, "{case}: the fault was not hit");
+            assert_eq!(
+                entries(&server.queue_dir()),
+                Vec::<String>::new(),
+                "{case}: half-written queue entry left"
+            );
+            // The server keeps serving: the same session queues the next message.
+            let reply = send_message(&mut c).await;
+            assert!(
+                reply.starts_with("250 2.0.0 Ok: queued as "),
+                "{case}: {reply}"
+            );
+            assert_eq!(server.queued().len(), 1, "{case}");
+            c.cmd("QUIT", "221").await;
+        }
+    }
+}
+
+/// A fault on a later call (the second rename: the envelope's) behaves the same; a disk quota
+/// (EDQUOT) counts as a full disk.
+#[tokio::test]
+async fn quota_on_the_second_rename_is_insufficient_storage() {
+    let io = FaultyIo::new();
+    let server = TestServer::start_in_with_io(
+        tempfile::tempdir().unwrap(),
+        SLOW_RETRY,
+        NOWHERE,
+        Arc::new(io.clone()),
+    )
+    .await;
+    let mut c = server.alice().await;
+    io.fail(Fault {
+        op: Op::Rename,
+        target: Target::Any,
+        nth: 2,
+        errno: libc::EDQUOT,
+    });
+    let reply = send_message(&mut c).await;
+    assert_eq!(reply, "452 4.3.1 Insufficient system storage\r\n");
+    assert!(entries(&server.queue_dir()).is_empty());
+    c.cmd("NOOP", "250").await;
+}
+
+fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
+    Envelope {
+        version: spool::FORMAT_VERSION,
+        id: id.to_string(),
+        user: ALICE.into(),
+        sender: ALICE.into(),
+        recipients: vec![Recipient {
+            address: "bob@example.net".into(),
+            state: RecipientState::Pending,
+            attempts: 0,
+            next_attempt: None,
+            last_reply: None,
+        }],
+        received_at: 1_700_000_000,
+        helo: "client.test".into(),
+        smtputf8: false,
+        eight_bit: false,
+        size: message.len() as u64,
+    }
+}
+
+/// A queue with 3 good messages and 2 damaged ones (an `.env` that is not JSON, and a `.msg`
+/// cut short of the envelope's `size`): the server starts, the 3 are delivered, the 2 are in
+/// `quarantine/` and neither the scheduler nor `queue list` sees them.
+#[tokio::test]
+async fn damaged_queue_files_are_quarantined_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("queue");
+    let spool = Spool::open(&queue).unwrap();
+    let mut good = Vec::new();
+    for i in 0..3 {
+        let id = QueueId::generate();
+        let message = format!("From: {ALICE}\r\nSubject: good {i}\r\n\r\nbody {i}\r\n");
+        spool
+            .store_blocking(&good_envelope(&id, message.as_bytes()), message.as_bytes())
+            .unwrap();
+        good.push(id);
+    }
+    let garbage = QueueId::generate();
+    std::fs::write(
+        spool.envelope_path(&garbage),
+        b"{\"version\":1,\"id\":\"tru",
+    )
+    .unwrap();
+    std::fs::write(spool.message_path(&garbage), b"From: x\r\n\r\nlost\r\n").unwrap();
+    let truncated = QueueId::generate();
+    let whole = format!("From: {ALICE}\r\nSubject: truncated\r\n\r\nthe whole body\r\n");
+    std::fs::write(
+        spool.envelope_path(&truncated),
+        good_envelope(&truncated, whole.as_bytes()).to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(spool.message_path(&truncated), &whole.as_bytes()[..20]).unwrap();
+
+    let sink = Sink::start(SinkOptions::default()).await;
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
+        sink.addr
+    );
+    let server = TestServer::start_in_with_io(dir, "", &relay, Arc::new(RealIo)).await;
+
+    let got = sink.wait_for(3, IO_TIMEOUT).await;
+    let mut subjects: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8_lossy(&r.data).into_owned();
+            let line = text.lines().find(|l| l.starts_with("Subject: ")).unwrap();
+            line.to_string()
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["Subject: good 0", "Subject: good 1", "Subject: good 2"]
+    );
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !server.queued().is_empty() {
+        assert!(Instant::now() < deadline, "queue never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the scheduler a couple of scans: nothing from quarantine is ever sent.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sink.received().len(), 3);
+
+    let quarantine = server.queue_dir().join(spool::QUARANTINE_DIR);
+    let mut held = entries(&quarantine);
+    held.sort();
+    let mut want = vec![
+        format!("{garbage}.env"),
+        format!("{garbage}.msg"),
+        format!("{truncated}.env"),
+        format!("{truncated}.msg"),
+    ];
+    want.sort();
+    assert_eq!(held, want);
+    let mode = std::fs::metadata(&quarantine).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    assert!(entries(&server.queue_dir()).is_empty());
+    let listed = control::list(&Spool::attach(&server.queue_dir())).unwrap();
+    assert!(listed.is_empty(), "queue list sees quarantine: {listed:?}");
+}
