@@ -199,9 +199,16 @@ async fn a_busy_session_still_ends_at_max_session_time() {
 
 // 5. A client that writes without reading.
 
+/// The server reads only when it needs input, and flushes its replies (blocking) before each
+/// read: a client that never reads stalls its own writes, and the server holds at most one read
+/// of input and 16 KiB of replies.
 #[tokio::test]
 async fn writer_that_never_reads_is_stalled_and_memory_stays_bounded() {
-    const COMMANDS: usize = 100_000;
+    // On loopback the kernel autotunes the server's send buffer to megabytes (MSS 64 KiB), so
+    // ~3 MB of replies (~1.4 MB of commands) fit in kernel buffers before the server's writes
+    // block; 100,000 commands would all be accepted even by a server that stops reading at
+    // once. A million commands (6 MB) show the stall with room to spare.
+    const COMMANDS: usize = 1_000_000;
     let server = TestServer::start().await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

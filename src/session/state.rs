@@ -918,6 +918,77 @@ mod tests {
     }
 
     #[test]
+    fn group_ends_with_more_input_are_sync_errors() {
+        let mut s = authenticated();
+        let sync = "close 554 5.5.0 Protocol synchronization error";
+        for input in [
+            "NOOP",
+            "noop x",
+            "DATA",
+            "DATA junk",
+            "VRFY a",
+            "EHLO c.test",
+            "AUTH PLAIN",
+        ] {
+            assert_eq!(
+                describe(s.on_input_line(line(input), true)),
+                sync,
+                "{input}"
+            );
+        }
+        for input in [
+            "RSET",
+            "MAIL FROM:<alice@example.test>",
+            "RCPT TO:<a@y.test>",
+        ] {
+            assert!(describe(s.on_input_line(line(input), true)).starts_with("250"));
+        }
+        assert_eq!(
+            describe(s.on_input_line(line("QUIT"), true)),
+            "close 221 2.0.0 Bye"
+        );
+        // A SASL response must wait for the challenge.
+        let mut s = Session::new(config(), true);
+        cmd(&mut s, "EHLO c.test");
+        assert_eq!(cmd(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+        assert_eq!(describe(s.on_input_line(line("YQ=="), true)), sync);
+    }
+
+    #[test]
+    fn protocol_errors_are_counted_policy_refusals_are_not() {
+        let mut s = authenticated();
+        for _ in 0..19 {
+            assert!(cmd(&mut s, "FOO").starts_with("500"));
+            assert!(cmd(&mut s, "MAIL FROM:<bob@example.test>").starts_with("553"));
+        }
+        assert_eq!(
+            cmd(&mut s, "RCPT TO:<a@y.test>"),
+            "close 421 4.7.0 Too many errors"
+        );
+    }
+
+    #[test]
+    fn nul_and_header_size() {
+        let mut s = authenticated();
+        let cases: [(&[u8], &str); 2] = [
+            (
+                b"From: alice@example.test\r\n\r\nh\x00i\r\n.\r\n",
+                "550 5.6.0 NUL character in message",
+            ),
+            (
+                b"From: alice@example.test\r\nX: 0123456789012345678901234567890123\r\n\r\n.\r\n",
+                "552 5.3.4 Message header size exceeds limit",
+            ),
+        ];
+        for (body, expected) in cases {
+            cmd(&mut s, "MAIL FROM:<alice@example.test>");
+            cmd(&mut s, "RCPT TO:<a@y.test>");
+            cmd(&mut s, "DATA");
+            assert_eq!(describe(s.on_data(body).1.unwrap()), expected);
+        }
+    }
+
+    #[test]
     fn long_lines() {
         let mut s = authenticated();
         assert_eq!(s.wants(), Want::Line(MAX_AUTH_LINE));
