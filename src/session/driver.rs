@@ -124,13 +124,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut buf = [0u8; READ_CHUNK];
         let read = tokio::time::timeout(limit.min(left), self.stream.read(&mut buf));
         let n = tokio::select! {
+            // Shutdown first: a command that arrives after the shutdown began gets 421 4.3.2,
+            // whichever the task sees first when it wakes up.
+            biased;
+            _ = shutdown.cancelled(), if interruptible => return Err(ReadError::Shutdown),
             r = read => match r {
                 Err(_) if session_ends_first => return Err(ReadError::SessionTime),
                 Err(_) => return Err(ReadError::Timeout),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(n)) => n,
             },
-            _ = shutdown.cancelled(), if interruptible => return Err(ReadError::Shutdown),
         };
         if n == 0 {
             return Err(ReadError::Eof);
