@@ -69,6 +69,18 @@ pub struct Limits {
     pub auth_queue: usize,
     /// Per-user sending limits (`user_*`) and `suspend_recipients_per_hour`; 0 = unlimited.
     pub user_limits: crate::auth::quota::SendLimits,
+    /// Wait this long before the greeting on 587 (after the handshake on 465); a client that
+    /// talks before the greeting gets `554 5.5.0` and is closed (`limits.greet_pause`, default 0).
+    pub greet_pause: Duration,
+    /// The longest a whole session may last, whatever the client does
+    /// (`limits.max_session_time`, default 1h).
+    pub max_session_time: Duration,
+    /// Protocol errors (5xx replies to bad or out-of-order commands) before `421 4.7.0` and
+    /// close (`limits.max_bad_commands`, default 20, like Postfix's `smtpd_hard_error_limit`).
+    pub max_bad_commands: u32,
+    /// The largest header section (up to the first empty line) of a message
+    /// (`limits.max_header_size`, default 262144).
+    pub max_header_size: u64,
 }
 
 /// `[queue]`.
@@ -280,6 +292,14 @@ struct RawLimits {
     user_recipients_per_day: i64,
     #[serde(default)]
     suspend_recipients_per_hour: i64,
+    #[serde(default = "default_greet_pause")]
+    greet_pause: String,
+    #[serde(default = "default_max_session_time")]
+    max_session_time: String,
+    #[serde(default = "default_max_bad_commands")]
+    max_bad_commands: i64,
+    #[serde(default = "default_max_header_size")]
+    max_header_size: i64,
 }
 
 fn default_max_message_size() -> i64 {
@@ -324,6 +344,18 @@ fn default_user_recipients_per_hour() -> i64 {
 fn default_user_recipients_per_day() -> i64 {
     crate::auth::quota::SendLimits::DEFAULT.recipients_per_day as i64
 }
+fn default_greet_pause() -> String {
+    "0s".into()
+}
+fn default_max_session_time() -> String {
+    "1h".into()
+}
+fn default_max_bad_commands() -> i64 {
+    20
+}
+fn default_max_header_size() -> i64 {
+    262_144
+}
 
 impl Default for RawLimits {
     fn default() -> Self {
@@ -344,6 +376,10 @@ impl Default for RawLimits {
             user_recipients_per_hour: default_user_recipients_per_hour(),
             user_recipients_per_day: default_user_recipients_per_day(),
             suspend_recipients_per_hour: 0,
+            greet_pause: default_greet_pause(),
+            max_session_time: default_max_session_time(),
+            max_bad_commands: default_max_bad_commands(),
+            max_header_size: default_max_header_size(),
         }
     }
 }
@@ -823,6 +859,36 @@ impl Settings {
             l.max_auth_failures,
             u32::MAX as u64,
         );
+        // A pause longer than a minute would only hold connection slots; Postfix's postscreen
+        // waits 6s.
+        let greet_pause = duration(p, "limits.greet_pause", &l.greet_pause).filter(|d| {
+            let ok = *d <= Duration::from_secs(60);
+            if !ok {
+                p.push(
+                    "limits.greet_pause",
+                    format!("{:?} is too long: at most 1m", l.greet_pause),
+                );
+            }
+            ok
+        });
+        let max_session_time =
+            duration(p, "limits.max_session_time", &l.max_session_time).filter(|d| {
+                let ok = *d >= Duration::from_secs(1);
+                if !ok {
+                    p.push(
+                        "limits.max_session_time",
+                        format!("{:?} is too short: at least 1s", l.max_session_time),
+                    );
+                }
+                ok
+            });
+        let max_bad_commands = positive(
+            p,
+            "limits.max_bad_commands",
+            l.max_bad_commands,
+            u32::MAX as u64,
+        );
+        let max_header_size = positive(p, "limits.max_header_size", l.max_header_size, u64::MAX);
 
         let auth_window = positive_duration(p, "limits.auth_window", &l.auth_window);
         let mut count = |key: &str, value: i64| {
@@ -961,6 +1027,10 @@ impl Settings {
                 },
                 auth_queue: auth_queue.ok_or_else(missing)? as usize,
                 user_limits: user_limits.ok_or_else(missing)?,
+                greet_pause: greet_pause.ok_or_else(missing)?,
+                max_session_time: max_session_time.ok_or_else(missing)?,
+                max_bad_commands: max_bad_commands.ok_or_else(missing)? as u32,
+                max_header_size: max_header_size.ok_or_else(missing)?,
             },
             queue: QueueSettings {
                 dir: resolve(base, q.dir.trim()),
@@ -1159,6 +1229,10 @@ users = "users.toml"
                 suspend_recipients_per_hour: 0,
             }
         );
+        assert_eq!(s.limits.greet_pause, Duration::ZERO);
+        assert_eq!(s.limits.max_session_time, Duration::from_secs(3600));
+        assert_eq!(s.limits.max_bad_commands, 20);
+        assert_eq!(s.limits.max_header_size, 262_144);
         assert_eq!(s.queue.dir, Path::new("/etc/submitd/var/queue"));
         let mins: Vec<u64> = s.queue.retry.iter().map(|d| d.as_secs() / 60).collect();
         assert_eq!(mins, vec![1, 5, 15, 30, 60, 120, 240]);
@@ -1200,6 +1274,10 @@ max_connections = 10
 max_connections_per_ip = 2
 command_timeout = "1s"
 max_auth_failures = 1
+greet_pause = "300ms"
+max_session_time = "2s"
+max_bad_commands = 5
+max_header_size = 500
 [queue]
 dir = "/var/spool/submitd"
 retry = ["30s", "1h 30m"]
@@ -1227,6 +1305,10 @@ user = "me@localhost"
         assert!(s.listen.submissions.is_empty());
         assert!(s.listen.proxy_protocol);
         assert_eq!(s.limits.command_timeout, Duration::from_secs(1));
+        assert_eq!(s.limits.greet_pause, Duration::from_millis(300));
+        assert_eq!(s.limits.max_session_time, Duration::from_secs(2));
+        assert_eq!(s.limits.max_bad_commands, 5);
+        assert_eq!(s.limits.max_header_size, 500);
         assert_eq!(
             s.queue.retry,
             vec![Duration::from_secs(30), Duration::from_secs(5400)]
@@ -1424,6 +1506,8 @@ user = "me@localhost"
             "max_connections",
             "max_connections_per_ip",
             "max_auth_failures",
+            "max_bad_commands",
+            "max_header_size",
         ] {
             assert_error(
                 &with(&format!("[limits]\n{key} = 0")),
@@ -1453,6 +1537,16 @@ user = "me@localhost"
         assert_error(
             &with("[limits]\ncommand_timeout = \"500ms\""),
             "limits.command_timeout",
+            "at least 1s",
+        );
+        assert_error(
+            &with("[limits]\ngreet_pause = \"2m\""),
+            "limits.greet_pause",
+            "at most 1m",
+        );
+        assert_error(
+            &with("[limits]\nmax_session_time = \"0s\""),
+            "limits.max_session_time",
             "at least 1s",
         );
         assert_error(&with("[queue]\nretry = []"), "queue.retry", "at least one");

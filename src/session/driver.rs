@@ -4,11 +4,13 @@
 //! sans-IO [`Session`].
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,6 +21,7 @@ use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, SpoolFai
 use crate::submission::{self, Trace};
 
 use super::input::InputBuffer;
+use super::pump::{self, Progress};
 use super::reply::{self, Reply};
 use super::state::{Accepted, Session, SessionConfig, Step, Want};
 
@@ -32,6 +35,10 @@ const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 pub struct Context {
     pub config: Arc<SessionConfig>,
     pub command_timeout: Duration,
+    /// `limits.greet_pause`: wait before the greeting, then refuse clients that talked first.
+    pub greet_pause: Duration,
+    /// `limits.max_session_time`: the whole connection, from accept.
+    pub max_session_time: Duration,
     pub received_client_ip: bool,
     pub tls: TlsAcceptor,
     pub verifier: Verifier,
@@ -52,22 +59,27 @@ struct Conn<S> {
     stream: S,
     input: InputBuffer,
     output: Vec<u8>,
+    /// When the session time (`limits.max_session_time`) runs out.
+    deadline: Instant,
 }
 
 /// Why reading stopped.
 enum ReadError {
     Eof,
     Timeout,
+    /// `limits.max_session_time` ran out.
+    SessionTime,
     Shutdown,
     Io(std::io::Error),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(stream: S) -> Conn<S> {
+    fn new(stream: S, deadline: Instant) -> Conn<S> {
         Conn {
             stream,
             input: InputBuffer::new(),
             output: Vec::with_capacity(512),
+            deadline,
         }
     }
 
@@ -95,7 +107,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Flush pending replies, then read more input. `interruptible`: give up when the server
-    /// shuts down (only between commands, never in the middle of a message).
+    /// shuts down (only between commands, never in the middle of a message). The read waits at
+    /// most `limit`, and never past the session deadline.
     async fn fill(
         &mut self,
         limit: Duration,
@@ -103,15 +116,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         interruptible: bool,
     ) -> Result<(), ReadError> {
         self.flush(limit).await.map_err(ReadError::Io)?;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::SessionTime);
+        }
+        let session_ends_first = left < limit;
         let mut buf = [0u8; READ_CHUNK];
-        let read = tokio::time::timeout(limit, self.stream.read(&mut buf));
+        let read = tokio::time::timeout(limit.min(left), self.stream.read(&mut buf));
         let n = tokio::select! {
+            // Shutdown first: a command that arrives after the shutdown began gets 421 4.3.2,
+            // whichever the task sees first when it wakes up.
+            biased;
+            _ = shutdown.cancelled(), if interruptible => return Err(ReadError::Shutdown),
             r = read => match r {
+                Err(_) if session_ends_first => return Err(ReadError::SessionTime),
                 Err(_) => return Err(ReadError::Timeout),
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
                 Ok(Ok(n)) => n,
             },
-            _ = shutdown.cancelled(), if interruptible => return Err(ReadError::Shutdown),
         };
         if n == 0 {
             return Err(ReadError::Eof);
@@ -130,7 +152,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
 /// Serve a plaintext submission (587) connection: greeting, then STARTTLS into a new session.
 pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAddr) {
-    let mut conn = Conn::new(tcp);
+    let deadline = Instant::now() + ctx.max_session_time;
+    let mut conn = Conn::new(tcp, deadline);
+    if !greet_pause(&ctx).await {
+        return;
+    }
+    if peer_sent_bytes(&conn.stream) {
+        info!("client talked before the greeting");
+        conn.close_with(&reply::SYNC_ERROR, ctx.command_timeout)
+            .await;
+        return;
+    }
     let session = Session::new(ctx.config.clone(), false);
     conn.push(&session.greeting());
     match drive(&mut conn, session, &ctx, peer).await {
@@ -139,7 +171,7 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
             let handshake = tokio::time::timeout(ctx.command_timeout, ctx.tls.accept(conn.stream));
             match handshake.await {
                 Ok(Ok(tls)) => {
-                    let mut conn = Conn::new(tls);
+                    let mut conn = Conn::new(tls, deadline);
                     let session = Session::new(ctx.config.clone(), true);
                     drive(&mut conn, session, &ctx, peer).await;
                 }
@@ -152,6 +184,7 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
 
 /// Serve an implicit-TLS submissions (465) connection: handshake first (RFC 8314), then SMTP.
 pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAddr) {
+    let deadline = Instant::now() + ctx.max_session_time;
     let handshake = tokio::time::timeout(ctx.command_timeout, ctx.tls.accept(tcp));
     let tls = match handshake.await {
         Ok(Ok(tls)) => tls,
@@ -164,10 +197,55 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
             return;
         }
     };
-    let mut conn = Conn::new(tls);
+    let mut conn = Conn::new(tls, deadline);
+    if !greet_pause(&ctx).await {
+        return;
+    }
+    // Application data that came with or after the handshake: either already decrypted by
+    // rustls, or still in the socket.
+    let (tcp, tls_state) = conn.stream.get_mut();
+    let early = peer_sent_bytes(tcp)
+        || tls_state
+            .process_new_packets()
+            .map_or(true, |io| io.plaintext_bytes_to_read() > 0);
+    if early {
+        info!("client talked before the greeting");
+        conn.close_with(&reply::SYNC_ERROR, ctx.command_timeout)
+            .await;
+        return;
+    }
     let session = Session::new(ctx.config.clone(), true);
     conn.push(&session.greeting());
     drive(&mut conn, session, &ctx, peer).await;
+}
+
+/// Wait `limits.greet_pause` before the greeting. `false` when the server shuts down meanwhile.
+async fn greet_pause(ctx: &Context) -> bool {
+    if ctx.greet_pause.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(ctx.greet_pause) => true,
+        _ = ctx.shutdown.cancelled() => false,
+    }
+}
+
+/// Whether the client has sent bytes that are waiting in the socket. Asks the kernel directly
+/// (a non-blocking `MSG_PEEK`), because tokio's readiness may not have seen them yet; nothing is
+/// consumed. An error or EOF is "no bytes": the greeting write or the next read finds out.
+fn peer_sent_bytes(tcp: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, which lives for the call; the descriptor
+    // is owned by `tcp`, borrowed for the call.
+    let n = unsafe {
+        libc::recv(
+            tcp.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Run one session over one stream until it closes or asks for TLS.
@@ -179,32 +257,29 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> End {
     let limit = ctx.command_timeout;
     loop {
-        let want = session.wants();
-        let step = match want {
-            Want::Line(max) => conn.input.next_line(max).map(|line| session.on_line(line)),
-            Want::Data if !conn.input.is_empty() => {
-                let (n, step) = session.on_data(conn.input.bytes());
-                conn.input.consume(n);
-                step
-            }
-            Want::Chunk(remaining) if remaining == 0 || !conn.input.is_empty() => {
-                let (n, step) = session.on_chunk(conn.input.bytes());
-                conn.input.consume(n);
-                step
-            }
-            Want::Data | Want::Chunk(_) => None,
-            Want::Outcome => {
+        let step = match pump::advance(&mut session, &mut conn.input) {
+            Progress::Step(step) => Some(step),
+            Progress::NeedInput => None,
+            Progress::AwaitingOutcome => {
                 warn!("session waiting for an outcome nobody will deliver");
                 return End::Closed;
             }
         };
         let Some(step) = step else {
-            let interruptible = matches!(want, Want::Line(_));
+            // Input is read only when the session needs more: while replies cannot be
+            // written (the flush in `fill` blocks), nothing more is read either.
+            let interruptible = matches!(session.wants(), Want::Line(_));
             match conn.fill(limit, &ctx.shutdown, interruptible).await {
                 Ok(()) => continue,
                 Err(ReadError::Eof) => return End::Closed,
                 Err(ReadError::Io(e)) => {
                     info!(error = %e, "connection error");
+                    return End::Closed;
+                }
+                Err(ReadError::SessionTime) => {
+                    info!("session time limit");
+                    conn.close_with(&reply::session_time_exceeded(&ctx.config.hostname), limit)
+                        .await;
                     return End::Closed;
                 }
                 Err(ReadError::Timeout) => {

@@ -7,11 +7,13 @@
 //!   and the BDAT chunk accumulator (RFC 3030).
 //! - [`reply`]: every reply submititd sends, in one place.
 //! - [`state`]: the state machine: commands in, replies and actions out.
+//! - [`pump`]: one step of the state machine over the buffered input (the driver's loop body).
 //! - [`driver`]: the IO loop: reads, timeouts, STARTTLS, argon2 and spool calls.
 
 pub mod command;
 pub mod data;
 pub mod driver;
 pub mod input;
+pub mod pump;
 pub mod reply;
 pub mod state;

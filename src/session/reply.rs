@@ -113,6 +113,14 @@ pub fn timeout(hostname: &str) -> Reply {
     Reply::owned(421, format!("4.4.2 {hostname} Error: timeout exceeded"))
 }
 
+/// `421 4.4.2 HOSTNAME Error: session time limit exceeded` (`limits.max_session_time`).
+pub fn session_time_exceeded(hostname: &str) -> Reply {
+    Reply::owned(
+        421,
+        format!("4.4.2 {hostname} Error: session time limit exceeded"),
+    )
+}
+
 /// `421 4.3.2 HOSTNAME Service shutting down`.
 pub fn shutting_down(hostname: &str) -> Reply {
     Reply::owned(421, format!("4.3.2 {hostname} Service shutting down"))
@@ -211,6 +219,16 @@ pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
 pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.1 Command unrecognized");
 pub const UNSUPPORTED_PARAMETER: Reply = Reply::new(555, "5.5.4 Unsupported parameter");
 pub const BAD_BDAT: Reply = Reply::new(501, "5.5.4 Invalid BDAT size; closing connection");
+/// Input before the greeting, or after a command that must end a pipelined group (RFC 2920
+/// section 3.1); the connection closes (Postfix: postscreen, `smtpd_forbid_unauth_pipelining`).
+pub const SYNC_ERROR: Reply = Reply::new(554, "5.5.0 Protocol synchronization error");
+/// `limits.max_bad_commands` protocol errors; the connection closes.
+pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0 Too many errors");
+/// The header section is larger than `limits.max_header_size`.
+pub const HEADER_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message header size exceeds limit");
+/// NUL in message content: RFC 5322 `text` (section 3.5) excludes it and only the obsolete
+/// syntax (section 4.1) allowed it, never to be generated. Refused in DATA and BDAT alike.
+pub const NUL_IN_MESSAGE: Reply = Reply::new(550, "5.6.0 NUL character in message");
 pub const QUEUE_WRITE_ERROR: Reply = Reply::new(451, "4.3.0 Error: queue file write error");
 /// The spool's file system is full (ENOSPC, EDQUOT): RFC 3463 4.3.1.
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");

@@ -26,6 +26,10 @@ pub struct SessionConfig {
     pub max_auth_failures: u32,
     /// Per-user sending limits and suspensions, checked at MAIL and RCPT; `None` = none.
     pub quota: Option<Arc<Quota>>,
+    /// Protocol errors before `421 4.7.0 Too many errors` (see [`Session::on_input_line`]).
+    pub max_bad_commands: u32,
+    /// The largest header section a message may have.
+    pub max_header_size: u64,
 }
 
 /// What the session waits for next.
@@ -118,6 +122,8 @@ pub struct Session {
     esmtp: bool,
     user: Option<Arc<User>>,
     auth_failures: u32,
+    /// Protocol errors so far (see [`is_protocol_error`]).
+    bad_commands: u32,
     transaction: Transaction,
     mode: Mode,
 }
@@ -133,6 +139,7 @@ impl Session {
             esmtp: false,
             user: None,
             auth_failures: 0,
+            bad_commands: 0,
             transaction: Transaction::None,
             mode: Mode::Command,
         }
@@ -168,8 +175,63 @@ impl Session {
         }
     }
 
-    /// Handle one input line (a command, or an AUTH continuation).
+    /// Handle one input line (a command, or an AUTH continuation) with nothing buffered after
+    /// it.
     pub fn on_line(&mut self, event: LineEvent) -> Step {
+        self.on_input_line(event, false)
+    }
+
+    /// Handle one input line; `more_buffered`: the client already sent more input after it.
+    ///
+    /// RFC 2920 section 3.1: EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP may only end a
+    /// pipelined group, and so may commands of extensions that do not say otherwise — AUTH
+    /// (RFC 4954 does not), but not BDAT (RFC 3030 section 4.2 pipelines chunks). HELO too, as
+    /// Postfix does. An AUTH continuation line must wait for its 334 challenge. Input after any
+    /// of these is answered with `554 5.5.0` and the connection closes, before the command
+    /// runs: a message body pipelined after a DATA that fails never runs as commands. Two
+    /// exceptions: input after STARTTLS is discarded (RFC 3207 section 4.2, the driver does it)
+    /// and input after QUIT is harmless (nothing runs after it; Postfix does not complain
+    /// either). The group end is found by the verb, so a malformed `DATA x` counts too.
+    ///
+    /// Protocol errors (5xx replies to unknown, malformed or out-of-order commands, see
+    /// [`is_protocol_error`]) are counted; the `max_bad_commands`th is answered with
+    /// `421 4.7.0 Too many errors` instead, and the connection closes.
+    pub fn on_input_line(&mut self, event: LineEvent, more_buffered: bool) -> Step {
+        if more_buffered && self.ends_group(&event) {
+            return Step::Close(reply::SYNC_ERROR);
+        }
+        let step = self.line_step(event);
+        self.count_errors(step)
+    }
+
+    /// Whether this line must be the last of a pipelined group (see [`Session::on_input_line`]).
+    fn ends_group(&self, event: &LineEvent) -> bool {
+        match (&self.mode, event) {
+            (Mode::Command, LineEvent::Line(line)) => ends_group(line),
+            (
+                Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPassword { .. },
+                LineEvent::Line(_),
+            ) => true,
+            _ => false,
+        }
+    }
+
+    /// Count a protocol error; past the limit the reply becomes `421 4.7.0` and close.
+    fn count_errors(&mut self, step: Step) -> Step {
+        match step {
+            Step::Reply(r) if is_protocol_error(r.code()) => {
+                self.bad_commands += 1;
+                if self.bad_commands >= self.config.max_bad_commands {
+                    Step::Close(reply::TOO_MANY_ERRORS)
+                } else {
+                    Step::Reply(r)
+                }
+            }
+            step => step,
+        }
+    }
+
+    fn line_step(&mut self, event: LineEvent) -> Step {
         match std::mem::replace(&mut self.mode, Mode::Command) {
             Mode::Command => match event {
                 LineEvent::TooLong => Step::Reply(reply::LINE_TOO_LONG),
@@ -256,7 +318,7 @@ impl Session {
         let refusal = refusal.take();
         self.mode = Mode::Command;
         if let Some(reply) = refusal {
-            return (take, Some(Step::Reply(reply)));
+            return (take, Some(self.count_errors(Step::Reply(reply))));
         }
         let Transaction::Rcpt {
             bdat: Some(acc), ..
@@ -604,6 +666,13 @@ impl Session {
             Err(BodyError::BareLineEnding) => return Step::Reply(reply::BARE_LINE_ENDING),
             Err(BodyError::TooBig) => return Step::Reply(reply::MESSAGE_TOO_BIG),
         };
+        if message.contains(&0) {
+            return Step::Reply(reply::NUL_IN_MESSAGE);
+        }
+        // Checked before the header parser runs, so it never sees more than this.
+        if submission::header_section(&message).len() as u64 > self.config.max_header_size {
+            return Step::Reply(reply::HEADER_TOO_BIG);
+        }
         let Some(user) = self.user.clone() else {
             return Step::Reply(reply::AUTH_REQUIRED);
         };
@@ -623,6 +692,28 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a command line must end a pipelined group, by its verb (RFC 2920 section 3.1; see
+/// [`Session::on_input_line`]).
+fn ends_group(line: &[u8]) -> bool {
+    const LAST: [&[u8]; 8] = [
+        b"EHLO", b"HELO", b"DATA", b"VRFY", b"EXPN", b"TURN", b"NOOP", b"AUTH",
+    ];
+    let verb_end = line
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let verb = &line[..verb_end];
+    LAST.iter().any(|v| v.eq_ignore_ascii_case(verb))
+}
+
+/// Replies that mean the client misspoke: unknown command, syntax error, out of order, not
+/// implemented, before STARTTLS/AUTH (500-504, 530, 555). Not counted: failed authentication
+/// (535, it has its own limit) and policy or content refusals (452, 550, 552, 553), which a
+/// correct but misconfigured client gets too.
+pub fn is_protocol_error(code: u16) -> bool {
+    matches!(code, 500..=504 | 530 | 555)
 }
 
 /// Whether a line is an AUTH command (by its verb).
@@ -658,6 +749,8 @@ mod tests {
             max_recipients: 2,
             max_auth_failures: 2,
             quota: None,
+            max_bad_commands: 20,
+            max_header_size: 60,
         })
     }
 
@@ -845,6 +938,77 @@ mod tests {
                 "503 5.5.1 Need MAIL command",
                 "transaction reset"
             );
+        }
+    }
+
+    #[test]
+    fn group_ends_with_more_input_are_sync_errors() {
+        let mut s = authenticated();
+        let sync = "close 554 5.5.0 Protocol synchronization error";
+        for input in [
+            "NOOP",
+            "noop x",
+            "DATA",
+            "DATA junk",
+            "VRFY a",
+            "EHLO c.test",
+            "AUTH PLAIN",
+        ] {
+            assert_eq!(
+                describe(s.on_input_line(line(input), true)),
+                sync,
+                "{input}"
+            );
+        }
+        for input in [
+            "RSET",
+            "MAIL FROM:<alice@example.test>",
+            "RCPT TO:<a@y.test>",
+        ] {
+            assert!(describe(s.on_input_line(line(input), true)).starts_with("250"));
+        }
+        assert_eq!(
+            describe(s.on_input_line(line("QUIT"), true)),
+            "close 221 2.0.0 Bye"
+        );
+        // A SASL response must wait for the challenge.
+        let mut s = Session::new(config(), true);
+        cmd(&mut s, "EHLO c.test");
+        assert_eq!(cmd(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6");
+        assert_eq!(describe(s.on_input_line(line("YQ=="), true)), sync);
+    }
+
+    #[test]
+    fn protocol_errors_are_counted_policy_refusals_are_not() {
+        let mut s = authenticated();
+        for _ in 0..19 {
+            assert!(cmd(&mut s, "FOO").starts_with("500"));
+            assert!(cmd(&mut s, "MAIL FROM:<bob@example.test>").starts_with("553"));
+        }
+        assert_eq!(
+            cmd(&mut s, "RCPT TO:<a@y.test>"),
+            "close 421 4.7.0 Too many errors"
+        );
+    }
+
+    #[test]
+    fn nul_and_header_size() {
+        let mut s = authenticated();
+        let cases: [(&[u8], &str); 2] = [
+            (
+                b"From: alice@example.test\r\n\r\nh\x00i\r\n.\r\n",
+                "550 5.6.0 NUL character in message",
+            ),
+            (
+                b"From: alice@example.test\r\nX: 0123456789012345678901234567890123\r\n\r\n.\r\n",
+                "552 5.3.4 Message header size exceeds limit",
+            ),
+        ];
+        for (body, expected) in cases {
+            cmd(&mut s, "MAIL FROM:<alice@example.test>");
+            cmd(&mut s, "RCPT TO:<a@y.test>");
+            cmd(&mut s, "DATA");
+            assert_eq!(describe(s.on_data(body).1.unwrap()), expected);
         }
     }
 
