@@ -206,20 +206,6 @@ pub fn human_age(seconds: u64) -> String {
     }
 }
 
-/// When the message is next tried: the earliest due recipient (pending = now); `None` when
-/// no recipient is waiting.
-pub fn next_attempt(envelope: &Envelope) -> Option<u64> {
-    envelope
-        .recipients
-        .iter()
-        .filter_map(|r| match r.state {
-            RecipientState::Pending => Some(0),
-            RecipientState::Deferred => Some(r.next_attempt.unwrap_or(0)),
-            RecipientState::Delivered | RecipientState::Failed => None,
-        })
-        .min()
-}
-
 /// The most telling last reply: of a deferred recipient, else a failed one, else any.
 fn last_reply(envelope: &Envelope) -> Option<&str> {
     let of = |state: Option<RecipientState>| {
@@ -269,7 +255,7 @@ pub fn format_line(entry: &Entry, now: u64) -> String {
             )
         })
         .collect();
-    let next = match next_attempt(envelope) {
+    let next = match envelope.next_due() {
         None => "-".to_string(),
         Some(t) if t <= now => "now".to_string(),
         Some(t) => human_age(t - now),

@@ -122,18 +122,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// When a message is next due, from its envelope.
-fn due_time(env: &Envelope) -> Option<u64> {
-    env.recipients
-        .iter()
-        .filter_map(|r| match r.state {
-            RecipientState::Pending => Some(0),
-            RecipientState::Deferred => Some(r.next_attempt.unwrap_or(0)),
-            RecipientState::Delivered | RecipientState::Failed => None,
-        })
-        .min()
-}
-
 async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<QueueId>,
@@ -251,7 +239,7 @@ fn scan_blocking(
             continue;
         }
         match spool.load_envelope(&id) {
-            Ok(env) => changed.push((id, mtime, due_time(&env))),
+            Ok(env) => changed.push((id, mtime, env.next_due())),
             Err(e) => {
                 warn!(queue_id = %id, error = %e, "queue: unreadable envelope skipped");
                 changed.push((id, mtime, None));
@@ -493,7 +481,7 @@ fn apply_blocking(
             bounces.push(bounce_id);
         }
     }
-    if due_time(&env).is_none() {
+    if env.next_due().is_none() {
         spool.remove(id, &lock)?;
         info!(queue_id = %id, "removed");
     } else {
@@ -523,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn due_time_is_the_earliest_open_recipient() {
+    fn next_due_is_the_earliest_open_recipient() {
         let mut env = Envelope {
             version: 1,
             id: "X".into(),
@@ -540,11 +528,11 @@ mod tests {
             eight_bit: false,
             size: 0,
         };
-        assert_eq!(due_time(&env), Some(20));
+        assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));
-        assert_eq!(due_time(&env), Some(0));
+        assert_eq!(env.next_due(), Some(0));
         env.recipients = vec![rcpt(RecipientState::Failed, None)];
-        assert_eq!(due_time(&env), None);
+        assert_eq!(env.next_due(), None);
     }
 
     #[test]

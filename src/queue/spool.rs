@@ -66,6 +66,20 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// Unix seconds when the next delivery attempt is due: 0 while a recipient is pending,
+    /// else the earliest deferred recipient's next attempt; `None` when every recipient is
+    /// delivered or failed (the message is done).
+    pub fn next_due(&self) -> Option<u64> {
+        self.recipients
+            .iter()
+            .filter_map(|r| match r.state {
+                RecipientState::Pending => Some(0),
+                RecipientState::Deferred => Some(r.next_attempt.unwrap_or(0)),
+                RecipientState::Delivered | RecipientState::Failed => None,
+            })
+            .min()
+    }
+
     /// Parse an `.env` file's content: JSON of this format version. Pure; never panics.
     pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let envelope: Envelope =
