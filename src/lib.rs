@@ -6,19 +6,29 @@
 //!
 //! ```text
 //! listener ──> session ──> auth ──> submission fixes ──> queue (spool) ──> "250 queued as ID"
+//!                                                          │
+//!                                   queue scheduler <──────┘ ──> delivery (MX | smarthost)
+//!                                          └── permanent failure / expiry ──> DSN (queued too)
 //! ```
 //!
 //! - [`config`]: the TOML config, its defaults and validation (`Settings`).
 //! - [`tls`]: PEM files to a rustls `ServerConfig`; self-signed development certificates.
 //! - [`listener`]: binds the submission (587, STARTTLS) and submissions (465, implicit TLS)
-//!   sockets, enforces connection limits and spawns one session task per connection.
+//!   sockets, enforces connection limits, spawns one session task per connection and runs the
+//!   queue scheduler beside them; drains both on shutdown.
 //! - [`session`]: the SMTP conversation. Everything in it but `driver` is sans-IO: the command
-//!   parser, the line buffer, the DATA and BDAT readers, the state machine and the replies.
-//! - [`auth`]: SASL PLAIN and LOGIN decoding (pure), the users file, argon2id verification off
-//!   the reactor, sender ownership.
+//!   parser, the line buffer, the DATA and BDAT readers, the state machine, the replies, and
+//!   `pump` (one step of the session over buffered input, shared with the fuzz target).
+//! - [`auth`]: SASL PLAIN and LOGIN decoding (pure), the users file, argon2id verification on a
+//!   bounded pool off the reactor, sender ownership, and the cross-connection defences (login
+//!   throttling, per-user sending limits, suspension).
 //! - [`submission`]: the RFC 6409 section 8 fixes (Received, Message-ID, Date) and the header
 //!   From check.
-//! - [`queue`]: queue IDs and the durable spool (temp file, fsync, rename, directory fsync).
+//! - [`queue`]: queue IDs, the durable spool (every write through one `fsio::SpoolIo`, so tests
+//!   can fail any step), the scheduler (retries, per-recipient state, DSNs) and the `queue`
+//!   commands (`control`), which coordinate with a running server through per-message locks.
+//! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
+//!   recipient, and RFC 3464 DSNs.
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
