@@ -459,6 +459,8 @@ fn serve(config: &Path) -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: journald, files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     submitd::dev::bootstrap(&settings)?;
     settings.check_files().map_err(Failure::Config)?;
