@@ -30,6 +30,7 @@ fn alice() -> Arc<User> {
             SenderPattern::parse("alice@example.test").unwrap(),
             SenderPattern::parse("@alice.example.test").unwrap(),
         ],
+        limits: Default::default(),
     })
 }
 
@@ -49,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         max_auth_failures: 3,
         max_bad_commands: 5 + u32::from(limits >> 6) * 5,
         max_header_size: 48 + u64::from(limits & 0x30) * 4,
+        quota: None,
     });
     let user = alice();
     let mut session = Session::new(config.clone(), false);
@@ -109,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
                         let headers = submission::header_section(m).len() as u64;
                         assert!(headers <= config.max_header_size);
                         assert_eq!(submission::check_from(m, senders), Ok(()));
-                        session.queued(Some("ID"))
+                        session.queued(Ok("ID"))
                     }
                 };
             }
