@@ -679,6 +679,16 @@ fn duration(problems: &mut Problems<'_>, key: &str, value: &str) -> Option<Durat
     }
 }
 
+/// A duration of at least one second (timeouts: anything shorter cuts off working clients).
+fn at_least_1s(problems: &mut Problems<'_>, key: &str, value: &str) -> Option<Duration> {
+    let d = duration(problems, key, value)?;
+    if d < Duration::from_secs(1) {
+        problems.push(key, format!("{value:?} is too short: at least 1s"));
+        return None;
+    }
+    Some(d)
+}
+
 fn positive(problems: &mut Problems<'_>, key: &str, value: i64, max: u64) -> Option<u64> {
     if value <= 0 {
         problems.push(key, format!("must be positive, got {value}"));
@@ -842,17 +852,7 @@ impl Settings {
             l.max_connections_per_ip,
             usize::MAX as u64,
         );
-        let command_timeout =
-            duration(p, "limits.command_timeout", &l.command_timeout).filter(|d| {
-                let ok = *d >= Duration::from_secs(1);
-                if !ok {
-                    p.push(
-                        "limits.command_timeout",
-                        format!("{:?} is too short: at least 1s", l.command_timeout),
-                    );
-                }
-                ok
-            });
+        let command_timeout = at_least_1s(p, "limits.command_timeout", &l.command_timeout);
         let max_auth_failures = positive(
             p,
             "limits.max_auth_failures",
@@ -871,17 +871,7 @@ impl Settings {
             }
             ok
         });
-        let max_session_time =
-            duration(p, "limits.max_session_time", &l.max_session_time).filter(|d| {
-                let ok = *d >= Duration::from_secs(1);
-                if !ok {
-                    p.push(
-                        "limits.max_session_time",
-                        format!("{:?} is too short: at least 1s", l.max_session_time),
-                    );
-                }
-                ok
-            });
+        let max_session_time = at_least_1s(p, "limits.max_session_time", &l.max_session_time);
         let max_bad_commands = positive(
             p,
             "limits.max_bad_commands",
