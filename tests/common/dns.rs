@@ -83,10 +83,20 @@ impl DnsServer {
             catalog,
             servfail: servfail.clone(),
         };
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        // Same port over TCP (truncated answers, and the resolver's TCP fallback).
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // The same port over UDP and TCP (truncated answers, the resolver's TCP fallback). The
+        // UDP port is ephemeral, and its TCP twin may be taken by another test's socket: try
+        // again with another port, a bounded number of times.
+        let mut attempt = 0;
+        let (udp, tcp, addr) = loop {
+            attempt += 1;
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) if attempt < 100 => drop((udp, e)),
+                Err(e) => panic!("no UDP+TCP port pair after {attempt} tries: {e}"),
+            }
+        };
         let mut server = ServerFuture::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10));
