@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use submitd::config::Settings;
 use submitd::listener::Server;
-use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool};
+use submitd::queue::{Envelope, QueueId, Recipient, Spool};
 
 /// A minimal SMTP sink: accepts everything, counts messages.
 async fn sink(listener: TcpListener, count: Arc<AtomicUsize>) {
@@ -109,13 +109,7 @@ async fn main() -> anyhow::Result<()> {
             id: id.to_string(),
             user: "bench@bench.test".into(),
             sender: "bench@bench.test".into(),
-            recipients: vec![Recipient {
-                address: format!("rcpt{n}@example.test"),
-                state: RecipientState::Pending,
-                attempts: 0,
-                next_attempt: None,
-                last_reply: None,
-            }],
+            recipients: vec![Recipient::pending(format!("rcpt{n}@example.test"))],
             received_at: 0,
             helo: "bench".into(),
             smtputf8: false,

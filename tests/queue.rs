@@ -220,13 +220,9 @@ async fn a_bounce_is_never_bounced() {
         id: id.to_string(),
         user: "MAILER-DAEMON".into(),
         sender: String::new(),
-        recipients: vec![submitd::queue::Recipient {
-            address: "reject-bounce@example.net".into(),
-            state: submitd::queue::RecipientState::Pending,
-            attempts: 0,
-            next_attempt: None,
-            last_reply: None,
-        }],
+        recipients: vec![submitd::queue::Recipient::pending(
+            "reject-bounce@example.net",
+        )],
         received_at: 0,
         helo: HOSTNAME.into(),
         smtputf8: false,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::sink::{Sink, SinkOptions};
 use common::*;
 use submitd::queue::fsio::{Fault, FaultyIo, Op, RealIo, Target};
-use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, control, spool};
+use submitd::queue::{Envelope, QueueId, Recipient, Spool, control, spool};
 
 /// Delivery to nowhere (127.0.0.1:1); retries far away so the scheduler writes nothing while
 /// a case runs.
@@ -129,13 +129,7 @@ fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
         id: id.to_string(),
         user: ALICE.into(),
         sender: ALICE.into(),
-        recipients: vec![Recipient {
-            address: "bob@example.net".into(),
-            state: RecipientState::Pending,
-            attempts: 0,
-            next_attempt: None,
-            last_reply: None,
-        }],
+        recipients: vec![Recipient::pending("bob@example.net")],
         received_at: 1_700_000_000,
         helo: "client.test".into(),
         smtputf8: false,

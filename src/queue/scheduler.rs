@@ -461,13 +461,7 @@ fn apply_blocking(
                 id: bounce_id.to_string(),
                 user: MAILER_DAEMON.into(),
                 sender: String::new(),
-                recipients: vec![Recipient {
-                    address: env.sender.clone(),
-                    state: RecipientState::Pending,
-                    attempts: 0,
-                    next_attempt: None,
-                    last_reply: None,
-                }],
+                recipients: vec![Recipient::pending(env.sender.clone())],
                 received_at: now,
                 helo: shared.hostname.clone(),
                 // dsn.rs: a DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a

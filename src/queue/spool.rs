@@ -113,6 +113,19 @@ pub struct Recipient {
     pub last_reply: Option<String>,
 }
 
+impl Recipient {
+    /// A recipient not yet tried.
+    pub fn pending(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            state: RecipientState::Pending,
+            attempts: 0,
+            next_attempt: None,
+            last_reply: None,
+        }
+    }
+}
+
 /// Delivery state of one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -483,13 +496,7 @@ mod tests {
             id: id.to_string(),
             user: "alice@example.test".into(),
             sender: "alice@example.test".into(),
-            recipients: vec![Recipient {
-                address: "bob@example.net".into(),
-                state: RecipientState::Pending,
-                attempts: 0,
-                next_attempt: None,
-                last_reply: None,
-            }],
+            recipients: vec![Recipient::pending("bob@example.net")],
             received_at: 1_700_000_000,
             helo: "client.test".into(),
             smtputf8: false,

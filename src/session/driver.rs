@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::auth::verify::{Verdict, Verifier};
 use crate::queue::scheduler::QueueHandle;
-use crate::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, SpoolFailure, spool};
+use crate::queue::{Envelope, QueueId, Recipient, Spool, SpoolFailure, spool};
 use crate::submission::{self, Trace};
 
 use super::input::InputBuffer;
@@ -390,13 +390,7 @@ async fn spool_message(
         recipients: accepted
             .recipients
             .iter()
-            .map(|address| Recipient {
-                address: address.clone(),
-                state: RecipientState::Pending,
-                attempts: 0,
-                next_attempt: None,
-                last_reply: None,
-            })
+            .map(|address| Recipient::pending(address.clone()))
             .collect(),
         received_at: now.unix_timestamp().max(0) as u64,
         helo: accepted.helo.clone(),

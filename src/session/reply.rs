@@ -207,6 +207,9 @@ pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1 Need RCPT command");
 pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 DATA not allowed after BDAT");
 pub const NULL_SENDER_REFUSED: Reply =
     Reply::new(553, "5.7.1 Null sender not allowed for authenticated users");
+pub const RCPT_AFTER_BDAT: Reply = Reply::new(503, "5.5.1 RCPT not allowed after BDAT");
+pub const RCPT_WITHOUT_DOMAIN: Reply =
+    Reply::new(501, "5.1.3 Recipient address must have a domain");
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
 pub const MESSAGE_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
 pub const NEED_SMTPUTF8: Reply = Reply::new(

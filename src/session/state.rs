@@ -570,12 +570,9 @@ impl Session {
             } => (from, params, rcpts, bdat),
         };
         let step = if bdat.is_some() {
-            Step::Reply(reply::Reply::new(503, "5.5.1 RCPT not allowed after BDAT"))
+            Step::Reply(reply::RCPT_AFTER_BDAT)
         } else if !to.contains('@') {
-            Step::Reply(reply::Reply::new(
-                501,
-                "5.1.3 Recipient address must have a domain",
-            ))
+            Step::Reply(reply::RCPT_WITHOUT_DOMAIN)
         } else if !to.is_ascii() && !params.smtputf8 {
             Step::Reply(reply::NEED_SMTPUTF8)
         } else if rcpts.iter().any(|r| r.eq_ignore_ascii_case(&to)) {
