@@ -170,9 +170,10 @@ server_ticks() {
 
 pss_of() { awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 
+# PSS of the current master's smtpd children (not of any left over from an earlier master).
 smtpd_pss() {
   local total=0 pid
-  for pid in $(pgrep -x smtpd); do total=$((total + $(pss_of "$pid"))); done
+  for pid in $(pgrep -P "$(postfix_master)" -x smtpd); do total=$((total + $(pss_of "$pid"))); done
   echo "$total"
 }
 
@@ -236,6 +237,7 @@ smtpd_sasl_path = smtpd
 cyrus_sasl_config_path = /etc/postfix/sasl
 smtpd_sasl_security_options = noanonymous
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
+maillog_file_prefixes = /var, $RESULTS
 maillog_file = $RESULTS/postfix.log
 EOF
   # Debian's service table without the port-25 listener, every service out of the chroot
@@ -268,7 +270,8 @@ EOF
   chown root:postfix /etc/sasldb2
   chmod 640 /etc/sasldb2
   postsuper -d ALL >/dev/null 2>&1 || true
-  postfix check
+  # Postfix reports to syslog (often absent) when stderr is no terminal: say where to look.
+  postfix check || die "postfix check failed: try 'postfix check' on a terminal"
 }
 
 start_postfix() {
@@ -414,7 +417,10 @@ queue_workload() {
   echo "{\"server\":\"$server\",\"workload\":\"f\",\"messages\":$QUEUE_N,\"seconds\":$secs,\"msgs_per_sec\":$rate,\"cpu_ticks\":$((after - before)),\"cpu_ms_per_msg\":$cpu}" >"$out"
   printf '%s\t%s\tmsgs_per_sec=%s\tcpu_ms=%s\n' f "$server" "$rate" "$cpu" >>"$SUMMARY"
   cat "$out" >&2
+  # smtp-sink -M exits on the Nth message, possibly before answering a message still in flight
+  # on another connection: that one was deferred again. Flush it to the normal sink.
   start_sink
+  if [ "$server" = postfix ]; then postqueue -f; else "$SUBMITD" queue retry --config "$WORK/submitd.toml" >/dev/null; fi
   wait_until 120 queue_empty "$server" || log "WARNING: $server queue not empty after the flush"
 }
 
