@@ -356,7 +356,7 @@ load_workload() {
   local cpu
   cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v m="$msgs" \
     'BEGIN { if (m > 0) printf "%.3f", t * 1000 / hz / m; else print "nan" }')
-  echo "{\"server\":\"$server\",\"workload\":\"$name\",\"cpu_ticks\":$((after - before)),\"clk_tck\":$CLK_TCK,\"cpu_ms_per_msg\":$cpu}" >>"$out"
+  echo "{\"server\":\"$server\",\"workload\":\"$name\",\"cpu_ticks\":$((after - before)),\"clk_tck\":$CLK_TCK,\"cpu_ms_per_msg\":$cpu,\"loadavg1\":$(cut -d' ' -f1 /proc/loadavg)}" >>"$out"
   printf '%s\t%s\tmsgs_per_sec=%s\tp99_ms=%s\tcpu_ms=%s\terrors=%s\n' "$name" "$server" \
     "$(head -n1 "$out" | grep -o '"msgs_per_sec":[0-9.]*' | cut -d: -f2)" \
     "$(head -n1 "$out" | grep -o '"p99_ms":[0-9.]*' | cut -d: -f2)" "$cpu" \
