@@ -290,8 +290,13 @@ fn message(from: &str, to: &str, size: usize) -> Vec<u8> {
     .into_bytes();
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut i = 0usize;
-    while m.len() + 2 < size {
-        let line = (size - m.len() - 2).min(76);
+    while m.len() + 2 <= size {
+        let remaining = size - m.len();
+        let mut line = (remaining - 2).min(76);
+        if remaining - line - 2 == 1 {
+            // Never leave a single byte that no CRLF-ended line can fill.
+            line -= 1;
+        }
         for _ in 0..line {
             m.push(ALPHABET[i % ALPHABET.len()]);
             i += 1;
@@ -714,4 +719,43 @@ async fn idle(shared: Arc<Shared>, n: u64, parallel: u64, hold: Option<Duration>
     eprintln!("submitd-bench: closing {} idle connections", conns.len());
     drop(conns);
     errors == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_has_the_asked_size_and_needs_no_dot_stuffing() {
+        for size in [1000, 1001, 1002, 10239, 10240, 100_000] {
+            let m = message("a@example.test", "b@example.net", size);
+            assert!(m.ends_with(b"\r\n.\r\n"), "size {size}");
+            assert_eq!(m.len() - 3, size, "size {size}");
+            let body = &m[..m.len() - 3];
+            for line in body.split(|&b| b == b'\n') {
+                assert!(!line.starts_with(b"."), "size {size}");
+                assert!(line.len() <= 999, "size {size}");
+            }
+            // Only CRLF line ends: no bare CR or LF.
+            let crs = body.iter().filter(|&&b| b == b'\r').count();
+            let lfs = body.iter().filter(|&&b| b == b'\n').count();
+            assert_eq!(crs, lfs);
+            assert_eq!(body.windows(2).filter(|w| w == b"\r\n").count(), lfs);
+        }
+    }
+
+    #[test]
+    fn a_size_below_the_headers_gives_the_headers_alone() {
+        let m = message("a@example.test", "b@example.net", 64);
+        assert!(m.ends_with(b"\r\n\r\n.\r\n"));
+    }
+
+    #[test]
+    fn durations_in_seconds_or_humantime() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
 }
