@@ -89,13 +89,13 @@ ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((IDLE_SUBMITD + 1000)) ] || die "ulimit -n $(ulimit -n) is too low for $IDLE_SUBMITD idle connections"
 
 # --- install -----------------------------------------------------------------------------
-if ! command -v smtp-sink >/dev/null || ! command -v saslpasswd2 >/dev/null \
+if ! command -v smtp-sink >/dev/null || ! command -v saslpasswd2 >/dev/null || ! command -v pgrep >/dev/null \
    || ! ls /usr/lib/*/sasl2/libplain.so* >/dev/null 2>&1; then
-  log "installing postfix, sasl2-bin, libsasl2-modules"
+  log "installing postfix, sasl2-bin, libsasl2-modules, procps"
   export DEBIAN_FRONTEND=noninteractive
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   timeout 600 apt-get update -q </dev/null
-  timeout 900 apt-get install -y -q postfix sasl2-bin libsasl2-modules </dev/null
+  timeout 900 apt-get install -y -q postfix sasl2-bin libsasl2-modules procps </dev/null
 fi
 command -v taskset >/dev/null || die "taskset (util-linux) is missing"
 
