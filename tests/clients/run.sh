@@ -180,12 +180,14 @@ send() { # CLIENT PORTKIND FILE
   local client=$1 kind=$2 file=$3 port
   if [ "$kind" = starttls ]; then port=$p587; else port=$p465; fi
   case "$client:$kind" in
-    swaks:starttls) swaks --server 127.0.0.1 --port "$port" --tls --auth PLAIN \
-                      --auth-user alice@example.test --auth-password "$password" \
-                      --from alice@example.test --to bob@example.net --data - <"$file" ;;
-    swaks:tls)      swaks --server 127.0.0.1 --port "$port" --tlsc --auth PLAIN \
-                      --auth-user alice@example.test --auth-password "$password" \
-                      --from alice@example.test --to bob@example.net --data - <"$file" ;;
+    swaks:*)
+      # swaks always sends CRLF before the final dot: give it the message without its last
+      # CRLF, or the receiver gets one empty line more than the file has.
+      local tls=--tls
+      [ "$kind" = tls ] && tls=--tlsc
+      head -c -2 "$file" | swaks --server 127.0.0.1 --port "$port" "$tls" --auth PLAIN \
+        --auth-user alice@example.test --auth-password "$password" \
+        --from alice@example.test --to bob@example.net --data - ;;
     msmtp:*)
       local starttls=on
       [ "$kind" = tls ] && starttls=off
