@@ -64,7 +64,7 @@ cleanup() {
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill -KILL "$server_pid" 2>/dev/null || true
   fi
-  rm -rf "$root"
+  if [ -n "${KEEP_WORK:-}" ]; then say "kept $root"; else rm -rf "$root"; fi
 }
 trap cleanup EXIT
 chmod 0755 "$root"
@@ -136,7 +136,11 @@ fi
 
 # --- Run it as the image does ------------------------------------------------------------------
 log="$root/server.log"
-as_submitd "$bin" serve --config "$etc/submitd.toml" >"$log" 2>&1 &
+# Not through the as_submitd function: `&` on a function forks a subshell, and $! would be
+# that shell's pid, not the server's.
+setpriv --reuid="$UID_" --regid="$UID_" --clear-groups \
+  env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/var/spool/submitd \
+  "$bin" serve --config "$etc/submitd.toml" >"$log" 2>&1 &
 server_pid=$!
 
 healthy=""
@@ -159,13 +163,15 @@ say "ok: running as uid/gid $UID_ with only cap_net_bind_service, listening on 1
 
 # Implicit TLS on the privileged port, then STARTTLS on the other.
 marker="container-$(date +%s)-$$"
-mail=$(printf 'From: alice@example.test\r\nTo: bob@example.net\r\nSubject: %s\r\n\r\nHello from the container test.\r\n' "$marker")
-printf '%s' "$mail" | timeout 30 curl -sS --ssl-reqd -k --url "smtps://127.0.0.1:$low" \
+mail="$root/mail.eml"
+printf 'From: alice@example.test\r\nTo: bob@example.net\r\nSubject: %s\r\n\r\nHello from the container test.\r\n' \
+  "$marker" >"$mail"
+timeout 30 curl -sS --ssl-reqd -k --url "smtps://127.0.0.1:$low" \
   --user "alice@example.test:$password" --mail-from alice@example.test \
-  --mail-rcpt bob@example.net -T - || fail "curl submission over 465-style implicit TLS"
-printf '%s' "$mail" | timeout 30 curl -sS --ssl-reqd -k --url "smtp://127.0.0.1:$high" \
+  --mail-rcpt bob@example.net -T "$mail" || fail "curl submission over implicit TLS"
+timeout 30 curl -sS --ssl-reqd -k --url "smtp://127.0.0.1:$high" \
   --user "alice@example.test:$password" --mail-from alice@example.test \
-  --mail-rcpt bob@example.net -T - || fail "curl submission over STARTTLS"
+  --mail-rcpt bob@example.net -T "$mail" || fail "curl submission over STARTTLS"
 
 found=0
 for f in "$spool"/*.msg; do
