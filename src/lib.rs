@@ -29,12 +29,14 @@
 //!   commands (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
+//! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dev;
+pub mod health;
 pub mod listener;
 pub mod queue;
 pub mod session;
