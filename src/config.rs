@@ -1193,7 +1193,7 @@ impl Settings {
 }
 
 /// A DKIM selector (RFC 6376 section 3.1): dot-separated labels of letters, digits and hyphens.
-fn check_selector(selector: &str) -> Result<(), String> {
+pub fn check_selector(selector: &str) -> Result<(), String> {
     let ok = !selector.is_empty()
         && selector.split('.').all(|label| {
             !label.is_empty()
