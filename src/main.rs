@@ -253,7 +253,10 @@ fn dkim_keygen(
     out: &Path,
 ) -> Result<(), Failure> {
     use submitd::dkim::{self, Algorithm};
-    let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+    let domain = domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
     let selector = selector.to_ascii_lowercase();
     submitd::config::check_hostname(&domain).map_err(|e| usage(format!("DOMAIN: {e}")))?;
     submitd::config::check_selector(&selector).map_err(|e| usage(format!("SELECTOR: {e}")))?;
