@@ -22,6 +22,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub relay: RelaySettings,
     pub submission: SubmissionSettings,
+    /// `[[dkim]]`: signing keys, one entry per domain and selector (empty: no signing).
+    pub dkim: Vec<crate::dkim::DkimConfig>,
     pub dev: DevSettings,
 }
 
@@ -210,6 +212,8 @@ struct RawConfig {
     relay: RawRelay,
     #[serde(default)]
     submission: RawSubmission,
+    #[serde(default)]
+    dkim: Vec<RawDkim>,
     #[serde(default)]
     dev: RawDev,
 }
@@ -489,6 +493,17 @@ struct RawSubmission {
     received_client_ip: bool,
 }
 
+/// One `[[dkim]]` entry: `domain`, `selector` and `key` are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: Option<String>,
+    selector: Option<String>,
+    key: Option<String>,
+    /// Default [`crate::dkim::DEFAULT_HEADERS`].
+    headers: Option<Vec<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDev {
@@ -527,6 +542,18 @@ fn key_at(text: &str, pos: usize) -> Option<Vec<String>> {
                 }
                 path.pop();
             }
+            // Arrays of tables (`[[dkim]]`): the element is named `dkim[N]`.
+            if let toml::de::DeValue::Array(items) = v.get_ref() {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::de::DeValue::Table(inner) = item.get_ref() {
+                        path.push(format!("{}[{i}]", k.get_ref()));
+                        if walk(inner, pos, path) {
+                            return true;
+                        }
+                        path.pop();
+                    }
+                }
+            }
             if k.span().contains(&pos) || v.span().contains(&pos) {
                 path.push(k.get_ref().to_string());
                 return true;
@@ -561,10 +588,24 @@ fn remove_key(table: &mut toml::Table, path: &[String]) -> bool {
     match path {
         [] => false,
         [last] => table.remove(last).is_some(),
-        [first, rest @ ..] => match table.get_mut(first) {
-            Some(toml::Value::Table(inner)) => remove_key(inner, rest),
-            _ => false,
-        },
+        [first, rest @ ..] => {
+            // `name[N]`: element N of an array of tables.
+            let element = first
+                .strip_suffix(']')
+                .and_then(|f| f.split_once('['))
+                .and_then(|(name, i)| Some((name, i.parse::<usize>().ok()?)));
+            let inner = match element {
+                Some((name, i)) => match table.get_mut(name) {
+                    Some(toml::Value::Array(items)) => items.get_mut(i),
+                    _ => None,
+                },
+                None => table.get_mut(first),
+            };
+            match inner {
+                Some(toml::Value::Table(inner)) => remove_key(inner, rest),
+                _ => false,
+            }
+        }
     }
 }
 
@@ -603,6 +644,11 @@ fn parse_raw(text: &str, problems: &mut Problems<'_>) -> Option<(RawConfig, Vec<
         match path {
             Some(path) if remove_key(&mut doc, &path) => {
                 let key = path.join(".");
+                let message = if message.starts_with("invalid type: map, expected a sequence") {
+                    format!("must be an array of tables: write [[{key}]], one per entry")
+                } else {
+                    message
+                };
                 problems.push(key.clone(), message);
                 bad.push(key);
                 current = toml::to_string(&doc).ok()?;
@@ -981,6 +1027,8 @@ impl Settings {
         }
         let ca_file = (!r.ca_file.trim().is_empty()).then(|| resolve(base, r.ca_file.trim()));
 
+        let dkim = dkim_entries(p, base, &raw.dkim);
+
         if raw.dev.user.trim().is_empty() {
             p.push("dev.user", "must not be empty");
         }
@@ -1043,6 +1091,7 @@ impl Settings {
             submission: SubmissionSettings {
                 received_client_ip: raw.submission.received_client_ip,
             },
+            dkim,
             dev: DevSettings {
                 bootstrap: raw.dev.bootstrap,
                 user: raw.dev.user.trim().to_string(),
@@ -1100,6 +1149,12 @@ impl Settings {
             p.push("relay.ca_file", e.to_string());
         }
 
+        if let Err(errors) = crate::dkim::DkimSigner::load(&self.dkim) {
+            for (i, e) in errors.0 {
+                p.push(format!("dkim[{i}].key"), e.to_string());
+            }
+        }
+
         let dir = &self.queue.dir;
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
@@ -1135,6 +1190,128 @@ impl Settings {
             Err(ConfigErrors(problems.errors))
         }
     }
+}
+
+/// A DKIM selector (RFC 6376 section 3.1): dot-separated labels of letters, digits and hyphens.
+pub fn check_selector(selector: &str) -> Result<(), String> {
+    let ok = !selector.is_empty()
+        && selector.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{selector:?} is not a valid selector (letters, digits, hyphens; dot-separated labels)"
+        ))
+    }
+}
+
+/// Validate the `[[dkim]]` entries (keys are read by [`Settings::check_files`]). Entries are
+/// named `dkim[N]`, counting from 0 in file order.
+fn dkim_entries(
+    p: &mut Problems<'_>,
+    base: &Path,
+    raw: &[RawDkim],
+) -> Vec<crate::dkim::DkimConfig> {
+    let mut out: Vec<crate::dkim::DkimConfig> = Vec::new();
+    let mut seen: Vec<(String, String, usize)> = Vec::new();
+    for (i, d) in raw.iter().enumerate() {
+        let key = |field: &str| format!("dkim[{i}].{field}");
+        let mut ok = true;
+        let mut field = |p: &mut Problems<'_>, name: &str, value: &Option<String>| match value
+            .as_deref()
+            .map(str::trim)
+        {
+            Some(v) if !v.is_empty() => Some(v.to_string()),
+            Some(_) => {
+                p.push(key(name), "must not be empty");
+                ok = false;
+                None
+            }
+            None => {
+                p.push(key(name), "required key is missing");
+                ok = false;
+                None
+            }
+        };
+        let domain = field(p, "domain", &d.domain)
+            .map(|v| v.strip_suffix('.').unwrap_or(&v).to_ascii_lowercase());
+        let selector = field(p, "selector", &d.selector).map(|v| v.to_ascii_lowercase());
+        let key_path = field(p, "key", &d.key).map(|v| resolve(base, &v));
+        if let Some(domain) = &domain
+            && let Err(e) = check_hostname(domain)
+        {
+            p.push(key("domain"), e);
+            ok = false;
+        }
+        if let Some(selector) = &selector
+            && let Err(e) = check_selector(selector)
+        {
+            p.push(key("selector"), e);
+            ok = false;
+        }
+        if let (Some(domain), Some(selector)) = (&domain, &selector) {
+            if let Some((_, _, first)) = seen.iter().find(|(d, s, _)| d == domain && s == selector)
+            {
+                p.push(
+                    key("selector"),
+                    format!(
+                        "{selector}._domainkey.{domain} is already configured by dkim[{first}]"
+                    ),
+                );
+                ok = false;
+            } else {
+                seen.push((domain.clone(), selector.clone(), i));
+            }
+        }
+        let headers: Vec<String> = match &d.headers {
+            None => crate::dkim::DEFAULT_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            Some(list) => list.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+        };
+        // RFC 5322 field names: printable ASCII but the colon.
+        if let Some(bad) = headers
+            .iter()
+            .find(|h| h.is_empty() || !h.bytes().all(|b| (33..=126).contains(&b) && b != b':'))
+        {
+            p.push(
+                key("headers"),
+                format!("{bad:?} is not a header field name"),
+            );
+            ok = false;
+        }
+        if !headers.iter().any(|h| h == "from") {
+            p.push(
+                key("headers"),
+                "must include \"from\" (RFC 6376 section 5.4: From is always signed)",
+            );
+            ok = false;
+        }
+        if headers.iter().any(|h| h == "dkim-signature") {
+            p.push(key("headers"), "\"dkim-signature\" cannot be signed");
+            ok = false;
+        }
+        if let (true, Some(domain), Some(selector), Some(key_path)) =
+            (ok, domain, selector, key_path)
+        {
+            out.push(crate::dkim::DkimConfig {
+                domain,
+                selector,
+                key: key_path,
+                headers,
+            });
+        }
+    }
+    out
 }
 
 /// A duration that must be longer than zero.
@@ -1385,7 +1562,7 @@ user = "me@localhost"
         );
         // A key after [auth] belongs to [auth].
         assert_error(&with("colour = \"blue\""), "auth.colour", "unknown key");
-        assert_error(&with("[dkim]\nselector = \"s1\""), "dkim", "unknown key");
+        assert_error(&with("[dkim]\nselector = \"s1\""), "dkim", "write [[dkim]]");
     }
 
     #[test]
@@ -1712,5 +1889,86 @@ mod shipped_files {
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));
         assert_eq!(s.relay.mode, RelayMode::Smarthost);
+    }
+}
+
+#[cfg(test)]
+mod dkim_keys {
+    use super::*;
+
+    const MINIMAL: &str = "hostname = \"mail.example.test\"\n[tls]\ncert = \"c.pem\"\n\
+                           key = \"k.pem\"\n[auth]\nusers = \"u.toml\"\n";
+
+    fn parse(extra: &str) -> Result<Settings, ConfigErrors> {
+        Settings::from_toml(
+            &format!("{MINIMAL}{extra}"),
+            Path::new("/etc/submitd/submitd.toml"),
+        )
+    }
+
+    fn errors(extra: &str) -> Vec<(String, String)> {
+        let e = parse(extra).expect_err("should be rejected");
+        e.0.into_iter().map(|e| (e.key, e.message)).collect()
+    }
+
+    fn has(errs: &[(String, String)], key: &str, needle: &str) -> bool {
+        errs.iter().any(|(k, m)| k == key && m.contains(needle))
+    }
+
+    #[test]
+    fn entries_defaults_and_paths() {
+        let s = parse("").unwrap();
+        assert!(s.dkim.is_empty());
+        let s = parse(
+            "[[dkim]]\ndomain = \"Example.TEST\"\nselector = \"s2026\"\nkey = \"dkim/k.pem\"\n\
+             [[dkim]]\ndomain = \"example.test\"\nselector = \"ed\"\nkey = \"/keys/ed.pem\"\n\
+             headers = [\"From\", \"Subject\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.dkim.len(), 2);
+        assert_eq!(s.dkim[0].domain, "example.test");
+        assert_eq!(s.dkim[0].key, Path::new("/etc/submitd/dkim/k.pem"));
+        assert_eq!(s.dkim[0].headers.len(), crate::dkim::DEFAULT_HEADERS.len());
+        assert_eq!(s.dkim[1].key, Path::new("/keys/ed.pem"));
+        assert_eq!(s.dkim[1].headers, ["from", "subject"]);
+    }
+
+    #[test]
+    fn bad_entries_name_the_key() {
+        let errs = errors("[[dkim]]\nselector = \"s\"\nkey = \"\"\n");
+        assert!(
+            has(&errs, "dkim[0].domain", "required key is missing"),
+            "{errs:?}"
+        );
+        assert!(has(&errs, "dkim[0].key", "must not be empty"), "{errs:?}");
+        let errs = errors(
+            "[[dkim]]\ndomain = \"bad_domain\"\nselector = \"-s\"\nkey = \"k\"\n\
+             headers = [\"subject\", \"x:y\"]\n",
+        );
+        assert!(
+            has(&errs, "dkim[0].domain", "not a valid domain"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "dkim[0].selector", "not a valid selector"),
+            "{errs:?}"
+        );
+        assert!(has(&errs, "dkim[0].headers", "\"x:y\""), "{errs:?}");
+        assert!(
+            has(&errs, "dkim[0].headers", "must include \"from\""),
+            "{errs:?}"
+        );
+        let errs = errors(
+            "[[dkim]]\ndomain = \"example.test\"\nselector = \"s\"\nkey = \"a\"\n\
+             [[dkim]]\ndomain = \"EXAMPLE.test\"\nselector = \"S\"\nkey = \"b\"\n",
+        );
+        assert!(
+            has(&errs, "dkim[1].selector", "already configured by dkim[0]"),
+            "{errs:?}"
+        );
+        let errs = errors(
+            "[[dkim]]\ndomain = \"example.test\"\nselector = \"s\"\nkey = \"a\"\nkeyfile = \"x\"\n",
+        );
+        assert!(has(&errs, "dkim[0].keyfile", "unknown key"), "{errs:?}");
     }
 }

@@ -5,10 +5,10 @@
 //! The modules follow the path a message takes:
 //!
 //! ```text
-//! listener ──> session ──> auth ──> submission fixes ──> queue (spool) ──> "250 queued as ID"
-//!                                                          │
-//!                                   queue scheduler <──────┘ ──> delivery (MX | smarthost)
-//!                                          └── permanent failure / expiry ──> DSN (queued too)
+//! listener ──> session ──> auth ──> submission fixes ──> DKIM ──> queue (spool) ──> "250 queued as ID"
+//!                                                                   │
+//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost)
+//!                                                   └── permanent failure / expiry ──> DSN (queued too)
 //! ```
 //!
 //! - [`config`]: the TOML config, its defaults and validation (`Settings`).
@@ -24,6 +24,8 @@
 //!   throttling, per-user sending limits, suspension).
 //! - [`submission`]: the RFC 6409 section 8 fixes (Received, Message-ID, Date) and the header
 //!   From check.
+//! - [`dkim`]: DKIM signing (RFC 6376, RSA and Ed25519) of the fixed message before it is
+//!   spooled, and `dkim keygen`.
 //! - [`queue`]: queue IDs, the durable spool (every write through one `fsio::SpoolIo`, so tests
 //!   can fail any step), the scheduler (retries, per-recipient state, DSNs) and the `queue`
 //!   commands (`control`), which coordinate with a running server through per-message locks.
@@ -37,6 +39,7 @@ pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod health;
+pub mod dkim;
 pub mod listener;
 pub mod queue;
 pub mod session;

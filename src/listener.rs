@@ -137,6 +137,7 @@ impl Server {
             verifier,
             spool,
             queue,
+            dkim: crate::dkim::SharedSigner::new(crate::dkim::DkimSigner::load(&settings.dkim)?),
             shutdown: CancellationToken::new(),
         });
         let mut server = Server {
@@ -178,6 +179,11 @@ impl Server {
     /// The credential verifier every session shares (its counters are read by tests).
     pub fn verifier(&self) -> &Verifier {
         &self.ctx.verifier
+    }
+
+    /// The DKIM keys every session signs with; `replace` them on reload.
+    pub fn dkim(&self) -> &crate::dkim::SharedSigner {
+        &self.ctx.dkim
     }
 
     /// The bound implicit-TLS addresses.

@@ -172,6 +172,8 @@ pub enum SpoolError {
 pub enum SpoolFailure {
     WriteError,
     DiskFull,
+    /// A DKIM key matched the From domain but signing failed: not stored (`451 4.3.0`).
+    NotSigned,
 }
 
 impl SpoolError {

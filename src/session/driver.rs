@@ -45,6 +45,8 @@ pub struct Context {
     pub spool: Spool,
     /// Announces accepted messages to the queue scheduler.
     pub queue: QueueHandle,
+    /// `[[dkim]]` keys; signs after the submission headers are added.
+    pub dkim: crate::dkim::SharedSigner,
     pub shutdown: CancellationToken,
 }
 
@@ -382,6 +384,11 @@ async fn spool_message(
             now,
         },
     );
+    let message = ctx
+        .dkim
+        .sign(message)
+        .await
+        .map_err(|()| SpoolFailure::NotSigned)?;
     let envelope = Envelope {
         version: spool::FORMAT_VERSION,
         id: id.to_string(),

@@ -235,6 +235,11 @@ pub const NUL_IN_MESSAGE: Reply = Reply::new(550, "5.6.0 NUL character in messag
 pub const QUEUE_WRITE_ERROR: Reply = Reply::new(451, "4.3.0 Error: queue file write error");
 /// The spool's file system is full (ENOSPC, EDQUOT): RFC 3463 4.3.1.
 pub const INSUFFICIENT_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
+/// A DKIM key matched but signing failed: try again rather than send unsigned (src/dkim.rs).
+pub const DKIM_SIGNING_FAILED: Reply = Reply::new(
+    451,
+    "4.3.0 Error: message could not be DKIM-signed, try again later",
+);
 
 /// `501 5.5.4 Syntax error: DETAIL` (the detail is ours, never echoed client input).
 pub fn syntax(detail: &str) -> Reply {

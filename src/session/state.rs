@@ -366,6 +366,7 @@ impl Session {
             Ok(id) => Step::Reply(reply::queued(id)),
             Err(SpoolFailure::WriteError) => Step::Reply(reply::QUEUE_WRITE_ERROR),
             Err(SpoolFailure::DiskFull) => Step::Reply(reply::INSUFFICIENT_STORAGE),
+            Err(SpoolFailure::NotSigned) => Step::Reply(reply::DKIM_SIGNING_FAILED),
         }
     }
 

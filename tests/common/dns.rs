@@ -15,7 +15,7 @@ use std::time::Duration;
 use hickory_server::ServerFuture;
 use hickory_server::authority::{Catalog, MessageResponseBuilder, ZoneType};
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryAuthority;
@@ -27,6 +27,8 @@ pub enum Rr {
     Mx(u16, &'static str),
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
+    /// A TXT record's text, served as character-strings of at most 255 bytes.
+    Txt(String),
 }
 
 /// The zone's origin.
@@ -69,6 +71,12 @@ impl DnsServer {
                 }
                 Rr::A(ip) => RData::A(A(ip)),
                 Rr::Aaaa(ip) => RData::AAAA(AAAA(ip)),
+                Rr::Txt(text) => RData::TXT(TXT::new(
+                    text.as_bytes()
+                        .chunks(255)
+                        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+                        .collect(),
+                )),
             };
             assert!(
                 authority.upsert_mut(Record::from_rdata(name, TTL, rdata), 1),

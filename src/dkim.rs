@@ -1,0 +1,794 @@
+//! DKIM signing of submitted mail (RFC 6376), RSA-SHA256 and Ed25519-SHA256 (RFC 8463), through
+//! the `mail-auth` crate on the aws-lc-rs crypto backend rustls already uses.
+//!
+//! Which key signs: every `[[dkim]]` entry whose `domain` equals the domain of the first address
+//! in the message's From header (ASCII case-insensitive, IDNs in their `xn--` form). Exact
+//! match only, like OpenDKIM's default (`SubDomains no`): mail from `sub.example.test` needs its
+//! own entry. Two entries for one domain (an RSA and an Ed25519 selector) both sign, as RFC 8463
+//! section 4 suggests. No matching entry: the message goes out unsigned.
+//!
+//! What is signed: relaxed/relaxed canonicalization, the whole body (no `l=`), and those of the
+//! entry's `headers` the message has — every instance of each — plus From once more than it
+//! appears, so that a From added later breaks the signature (RFC 6376 section 8.15,
+//! "oversigning"). Headers the message lacks are left out, so a relay may add them (OpenDKIM's
+//! behaviour). Received is never in the default list: it is added again at every hop.
+//!
+//! When signing fails (it cannot for a key that loaded, short of a library error) the message
+//! is refused with `451 4.3.0` rather than sent unsigned: a domain with a published key and a
+//! DMARC policy would see unsigned mail rejected or junked far away, where the user cannot see
+//! why. This is OpenDKIM's `On-InternalError tempfail` default.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable};
+use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner};
+use mail_parser::{HeaderName, HeaderValue, MessageParser};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::submission::header_section;
+
+/// The headers signed when an entry names none (RFC 6376 section 5.4.1's list, plus the
+/// identity and MIME headers and the one-click unsubscribe pair of RFC 8058), lowercase.
+pub const DEFAULT_HEADERS: &[&str] = &[
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "to",
+    "cc",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "resent-date",
+    "resent-from",
+    "resent-sender",
+    "resent-to",
+    "resent-cc",
+    "resent-message-id",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+];
+
+/// One `[[dkim]]` entry, validated by `config` (domain and selector lowercase ASCII, `key`
+/// resolved against the config file's directory, `headers` lowercase and holding `from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub key: PathBuf,
+    pub headers: Vec<String>,
+}
+
+/// A key's algorithm, inferred from the key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `rsa-sha256` (RFC 6376 section 3.3.1).
+    Rsa,
+    /// `ed25519-sha256` (RFC 8463).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// The `k=` tag of the DNS record.
+    pub fn dns_name(self) -> &'static str {
+        match self {
+            Algorithm::Rsa => "rsa",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// What went wrong loading a key or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    BadKey { path: PathBuf, message: String },
+    #[error("DKIM signing with {domain}/{selector} failed: {message}")]
+    Sign {
+        domain: String,
+        selector: String,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+}
+
+/// Every key that failed to load, with the index of its `[[dkim]]` entry.
+#[derive(Debug)]
+pub struct LoadErrors(pub Vec<(usize, DkimError)>);
+
+impl std::fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, (i, e)) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "dkim[{i}].key: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// A loaded private key and the public half in its DNS form (`p=`).
+pub struct LoadedKey {
+    pub algorithm: Algorithm,
+    key: DkimKey,
+    /// RSA: the SubjectPublicKeyInfo DER; Ed25519: the 32 raw bytes (RFC 8463 section 4).
+    pub public: Vec<u8>,
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedKey {
+    /// Read a PEM private key; the algorithm comes from the key itself.
+    pub fn from_file(path: &Path) -> Result<LoadedKey, DkimError> {
+        let pem = std::fs::read(path).map_err(|source| DkimError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LoadedKey::from_pem(&pem).map_err(|message| DkimError::BadKey {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parse a PEM private key: RSA PKCS#1 (`RSA PRIVATE KEY`), RSA or Ed25519 PKCS#8
+    /// (`PRIVATE KEY`).
+    pub fn from_pem(pem: &[u8]) -> Result<LoadedKey, String> {
+        let der = PrivateKeyDer::from_pem_slice(pem)
+            .map_err(|e| format!("no PEM private key found ({e})"))?;
+        let rsa = |der: PrivateKeyDer<'_>, pair: aws_lc_rs::rsa::KeyPair| {
+            let public = pair
+                .public_key()
+                .as_der()
+                .map_err(|_| "cannot encode the RSA public key".to_string())?;
+            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| e.to_string())?;
+            Ok(LoadedKey {
+                algorithm: Algorithm::Rsa,
+                key: DkimKey::Rsa(key),
+                public: public.as_ref().to_vec(),
+            })
+        };
+        match der {
+            PrivateKeyDer::Pkcs1(ref pkcs1) => {
+                let pair = aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
+                    .map_err(|e| format!("bad RSA key ({e}); RSA keys of 2048 to 8192 bits"))?;
+                rsa(der, pair)
+            }
+            PrivateKeyDer::Pkcs8(ref pkcs8) => {
+                let bytes = pkcs8.secret_pkcs8_der();
+                if let Ok(pair) = aws_lc_rs::rsa::KeyPair::from_pkcs8(bytes) {
+                    return rsa(der, pair);
+                }
+                let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(bytes)
+                    .map_err(|_| {
+                        "not an RSA or Ed25519 private key (RSA: 2048 to 8192 bits; EC keys are no \
+                         DKIM algorithm)"
+                            .to_string()
+                    })?;
+                let public = pair.public_key().as_ref().to_vec();
+                let key =
+                    Ed25519Key::from_pkcs8_maybe_unchecked_der(bytes).map_err(|e| e.to_string())?;
+                Ok(LoadedKey {
+                    algorithm: Algorithm::Ed25519,
+                    key: DkimKey::Ed25519(key),
+                    public,
+                })
+            }
+            PrivateKeyDer::Sec1(_) => Err(
+                "an EC (SEC1) key: DKIM signs with RSA or Ed25519 only (RFC 6376, RFC 8463)"
+                    .to_string(),
+            ),
+            _ => Err("unsupported private key format".to_string()),
+        }
+    }
+
+    /// The DNS TXT record's text: `v=DKIM1; k=...; p=...`.
+    pub fn dns_record(&self) -> String {
+        dns_record(self.algorithm, &self.public)
+    }
+}
+
+/// `v=DKIM1; k=ALG; p=BASE64` (RFC 6376 section 3.6.1).
+pub fn dns_record(algorithm: Algorithm, public: &[u8]) -> String {
+    format!(
+        "v=DKIM1; k={}; p={}",
+        algorithm.dns_name(),
+        B64.encode(public)
+    )
+}
+
+/// One `[[dkim]]` entry, loaded.
+#[derive(Debug)]
+struct Entry {
+    domain: String,
+    selector: String,
+    key: LoadedKey,
+    headers: Vec<String>,
+}
+
+/// The keys a server signs with. Loaded once at start; [`DkimSigner::load`] again on reload.
+#[derive(Debug, Default)]
+pub struct DkimSigner {
+    entries: Vec<Entry>,
+}
+
+/// Signs through a borrowed key: mail-auth's signer owns its key, ours stay loaded.
+struct Borrowed<'a>(&'a DkimKey);
+
+impl SigningKey for Borrowed<'_> {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        self.0.algorithm()
+    }
+}
+
+impl DkimSigner {
+    /// Load every entry's key. Errors come with the index of the entry in `configs`.
+    pub fn load(configs: &[DkimConfig]) -> Result<DkimSigner, LoadErrors> {
+        let mut entries = Vec::with_capacity(configs.len());
+        let mut errors = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            match LoadedKey::from_file(&c.key) {
+                Ok(key) => entries.push(Entry {
+                    domain: c.domain.to_ascii_lowercase(),
+                    selector: c.selector.clone(),
+                    key,
+                    headers: c.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                }),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(DkimSigner { entries })
+        } else {
+            Err(LoadErrors(errors))
+        }
+    }
+
+    /// No keys: nothing is ever signed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The DKIM-Signature header fields for `message` (one per key of its From domain), ready
+    /// to prepend; empty when no key matches. Blocking: hashes the whole message.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
+        if self.entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(domain) = from_domain(message) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in self.entries.iter().filter(|e| e.domain == domain) {
+            let headers = headers_to_sign(message, &entry.headers);
+            let failed = |message: String| DkimError::Sign {
+                domain: entry.domain.clone(),
+                selector: entry.selector.clone(),
+                message,
+            };
+            let signature = MailAuthSigner::from_key(Borrowed(&entry.key.key))
+                .domain(entry.domain.clone())
+                .selector(entry.selector.clone())
+                .headers(headers)
+                .header_canonicalization(Canonicalization::Relaxed)
+                .body_canonicalization(Canonicalization::Relaxed)
+                .sign(message)
+                .map_err(|e| failed(e.to_string()))?;
+            out.extend_from_slice(signature.to_header().as_bytes());
+        }
+        Ok(out)
+    }
+}
+
+/// The domain of the first address in the first From header, lowercase ASCII (`xn--` form).
+fn from_domain(message: &[u8]) -> Option<String> {
+    let parsed = MessageParser::new()
+        .header_address(HeaderName::From)
+        .parse_headers(header_section(message))?;
+    let address = parsed
+        .headers()
+        .iter()
+        .find_map(|h| match (&h.name, &h.value) {
+            (HeaderName::From, HeaderValue::Address(a)) => a
+                .iter()
+                .find_map(|a| a.address.as_deref().map(str::to_string)),
+            _ => None,
+        })?;
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim().trim_end_matches('.');
+    idna::domain_to_ascii(domain)
+        .ok()
+        .map(|d| d.to_ascii_lowercase())
+}
+
+/// Of the configured headers, those the message has, then `from` once more (oversigning).
+fn headers_to_sign(message: &[u8], configured: &[String]) -> Vec<String> {
+    // Field names start lines of the header section; continuation lines start with WSP.
+    let present: Vec<&[u8]> = header_section(message)
+        .split(|&b| b == b'\n')
+        .filter(|line| !matches!(line.first(), Some(b' ' | b'\t')))
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some(line[..colon].trim_ascii_end())
+        })
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for h in configured {
+        let here = present.iter().any(|p| p.eq_ignore_ascii_case(h.as_bytes()));
+        if here && !out.contains(h) {
+            out.push(h.clone());
+        }
+    }
+    // mail-auth signs every instance of a listed header; a name listed twice adds one more,
+    // empty, entry to h=.
+    out.push("from".to_string());
+    out
+}
+
+/// The signer of a running server, replaceable as a whole when the config is reloaded.
+#[derive(Debug, Clone, Default)]
+pub struct SharedSigner(Arc<RwLock<Arc<DkimSigner>>>);
+
+impl SharedSigner {
+    pub fn new(signer: DkimSigner) -> SharedSigner {
+        SharedSigner(Arc::new(RwLock::new(Arc::new(signer))))
+    }
+
+    /// The keys in use now.
+    pub fn current(&self) -> Arc<DkimSigner> {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sign with these keys from now on (messages being signed finish with the old ones).
+    pub fn replace(&self, signer: DkimSigner) {
+        let mut guard = match self.0.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(signer);
+    }
+
+    /// Prepend the message's DKIM signatures, off the reactor. `Err` when a key matched but
+    /// signing failed (logged): the message must not be queued unsigned.
+    pub async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, ()> {
+        let signer = self.current();
+        if signer.is_empty() {
+            return Ok(message);
+        }
+        let signed = tokio::task::spawn_blocking(move || {
+            let headers = signer.sign(&message)?;
+            if headers.is_empty() {
+                return Ok(message);
+            }
+            let mut out = Vec::with_capacity(headers.len() + message.len());
+            out.extend_from_slice(&headers);
+            out.extend_from_slice(&message);
+            Ok::<_, DkimError>(out)
+        })
+        .await;
+        match signed {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "DKIM signing failed; message refused with 451");
+                Err(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "DKIM signing task failed; message refused with 451");
+                Err(())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key generation (`submitd dkim keygen`).
+// ---------------------------------------------------------------------------------------------
+
+/// RSA sizes `keygen` offers: at least 2048 (RFC 8301 section 3.2), DNS-friendly at most 4096.
+pub const RSA_BITS: &[usize] = &[2048, 3072, 4096];
+
+/// A new key: its PKCS#8 PEM and its DNS record text.
+pub struct GeneratedKey {
+    pub pem: String,
+    pub record: String,
+}
+
+/// Make a key. `bits` applies to RSA only (one of [`RSA_BITS`]).
+pub fn generate(algorithm: Algorithm, bits: usize) -> Result<GeneratedKey, String> {
+    let (pkcs8, public) = match algorithm {
+        Algorithm::Rsa => {
+            use aws_lc_rs::rsa::{KeyPair, KeySize};
+            let size = match bits {
+                2048 => KeySize::Rsa2048,
+                3072 => KeySize::Rsa3072,
+                4096 => KeySize::Rsa4096,
+                _ => return Err(format!("RSA key size {bits}: use 2048, 3072 or 4096")),
+            };
+            let pair = KeyPair::generate(size).map_err(|_| "RSA key generation failed")?;
+            let pkcs8: Pkcs8V1Der<'static> = pair.as_der().map_err(|_| "PKCS#8 encoding")?;
+            let public: PublicKeyX509Der<'static> =
+                pair.public_key().as_der().map_err(|_| "SPKI encoding")?;
+            (pkcs8.as_ref().to_vec(), public.as_ref().to_vec())
+        }
+        Algorithm::Ed25519 => {
+            use aws_lc_rs::signature::Ed25519KeyPair;
+            let pair = Ed25519KeyPair::generate().map_err(|_| "Ed25519 key generation failed")?;
+            // PKCS#8 v1, as `openssl genpkey -algorithm ed25519` writes it.
+            let pkcs8 = pair.to_pkcs8v1().map_err(|_| "PKCS#8 encoding")?;
+            (pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+        }
+    };
+    Ok(GeneratedKey {
+        pem: pem("PRIVATE KEY", &pkcs8),
+        record: dns_record(algorithm, &public),
+    })
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Write `DIR/DOMAIN.SELECTOR.key` (mode 0600; the directory is created mode 0700 when
+/// missing). Refuses to overwrite an existing file.
+pub fn write_key(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    pem: &str,
+) -> Result<PathBuf, DkimError> {
+    let path = dir.join(format!("{domain}.{selector}.key"));
+    let failed = |message: String| DkimError::Write {
+        path: path.clone(),
+        message,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| failed(format!("creating the directory: {e}")))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                failed("already exists; not overwritten (remove it first)".into())
+            }
+            _ => failed(e.to_string()),
+        })?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(path)
+}
+
+/// The zone-file line: `SELECTOR._domainkey.DOMAIN. IN TXT "..." "..."`, the text cut into
+/// character-strings of at most 255 bytes (RFC 1035 section 3.3.14; RFC 6376 section 3.6.2.2
+/// joins them).
+pub fn zone_line(domain: &str, selector: &str, record: &str) -> String {
+    let strings: Vec<String> = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    format!(
+        "{selector}._domainkey.{domain}. IN TXT {}",
+        strings.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_auth::common::parse::TxtRecordParser;
+    use mail_auth::common::verify::DomainKey;
+    use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, Txt};
+    use std::borrow::Borrow;
+    use std::collections::HashMap;
+    use std::hash::Hash;
+    use std::sync::Mutex;
+
+    /// A TXT "cache" that answers for the records put in it: mail-auth's verifier then needs
+    /// no DNS at all.
+    #[derive(Default)]
+    struct Records(Mutex<HashMap<Box<str>, Txt>>);
+
+    impl Records {
+        fn add(&self, name: &str, record: &str) {
+            let key = DomainKey::parse(record.as_bytes()).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .insert(name.into(), Txt::DomainKey(Arc::new(key)));
+        }
+    }
+
+    impl mail_auth::ResolverCache<Box<str>, Txt> for Records {
+        fn get<Q>(&self, name: &Q) -> Option<Txt>
+        where
+            Box<str>: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.0.lock().unwrap().get(name).cloned()
+        }
+        fn remove<Q>(&self, name: &Q) -> Option<Txt>
+        where
+            Box<str>: Borrow<Q>,
+            Q: Hash + Eq + ?Sized,
+        {
+            self.0.lock().unwrap().remove(name)
+        }
+        fn insert(&self, _: Box<str>, _: Txt, _: std::time::Instant) {}
+    }
+
+    const MESSAGE: &[u8] = b"Received: from client.test by mail.example.test;\r\n\tTue, 24 Nov 2026 13:31:00 +0000\r\n\
+        From: Alice <alice@Example.TEST>\r\nTo: bob@example.net\r\nSubject: hello\r\n\
+        Date: Tue, 24 Nov 2026 13:31:00 +0000\r\nMessage-ID: <1@example.test>\r\n\r\n\
+        Hello Bob.\r\n\r\n\r\n";
+
+    fn key_file(dir: &Path, algorithm: Algorithm, name: &str) -> PathBuf {
+        let generated = generate(algorithm, 2048).unwrap();
+        write_key(dir, "example.test", name, &generated.pem).unwrap()
+    }
+
+    fn entry(dir: &Path, algorithm: Algorithm, selector: &str) -> DkimConfig {
+        DkimConfig {
+            domain: "example.test".into(),
+            selector: selector.into(),
+            key: key_file(dir, algorithm, selector),
+            headers: DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    /// Verify every DKIM-Signature of `message` against the keys' records.
+    fn verify(message: &[u8], signer: &DkimSigner) -> Vec<DkimResult> {
+        let records = Records::default();
+        for e in &signer.entries {
+            records.add(
+                &format!("{}._domainkey.{}.", e.selector, e.domain),
+                &e.key.dns_record(),
+            );
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config = mail_auth::hickory_resolver::config::ResolverConfig::from_parts(
+                None,
+                vec![],
+                vec![],
+            );
+            let authenticator =
+                MessageAuthenticator::new(config, Default::default()).expect("authenticator");
+            let parsed = AuthenticatedMessage::parse(message).unwrap();
+            authenticator
+                .verify_dkim(Parameters::new(&parsed).with_txt_cache(&records))
+                .await
+                .into_iter()
+                .map(|o| o.result().clone())
+                .collect()
+        })
+    }
+
+    fn signed(signer: &DkimSigner, message: &[u8]) -> Vec<u8> {
+        let mut out = signer.sign(message).unwrap();
+        out.extend_from_slice(message);
+        out
+    }
+
+    #[test]
+    fn rsa_and_ed25519_round_trip_and_tampering_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        for algorithm in [Algorithm::Rsa, Algorithm::Ed25519] {
+            let signer =
+                DkimSigner::load(&[entry(dir.path(), algorithm, algorithm.dns_name())]).unwrap();
+            let message = signed(&signer, MESSAGE);
+            let text = String::from_utf8(message.clone()).unwrap();
+            let tag = match algorithm {
+                Algorithm::Rsa => "a=rsa-sha256",
+                Algorithm::Ed25519 => "a=ed25519-sha256",
+            };
+            assert!(text.starts_with("DKIM-Signature:"), "{text}");
+            assert!(text.contains(tag), "{text}");
+            assert!(text.contains("d=example.test"), "{text}");
+            assert!(text.contains("c=relaxed/relaxed"), "{text}");
+            assert_eq!(verify(&message, &signer), vec![DkimResult::Pass], "{text}");
+
+            let body = text.replace("Hello Bob.", "Hello Eve.");
+            // mail-auth reports a body hash mismatch as neutral, a bad signature as fail.
+            assert!(matches!(
+                verify(body.as_bytes(), &signer)[..],
+                [DkimResult::Neutral(mail_auth::Error::Dkim(
+                    mail_auth::dkim::DkimError::FailedBodyHashMatch
+                ))]
+            ));
+            let subject = text.replace("Subject: hello", "Subject: hullo");
+            assert!(matches!(
+                verify(subject.as_bytes(), &signer)[..],
+                [DkimResult::Fail(_)]
+            ));
+            // Oversigned From: a second From on top breaks the signature.
+            let (sig, rest) = text.split_at(text.find("Received:").unwrap());
+            let added = format!("{sig}From: mallory@evil.test\r\n{rest}");
+            assert!(matches!(
+                verify(added.as_bytes(), &signer)[..],
+                [DkimResult::Fail(_)]
+            ));
+            // Relaxed canonicalization: whitespace changes in headers still verify.
+            let relaxed = text.replace("Subject: hello", "Subject:   hello");
+            assert_eq!(verify(relaxed.as_bytes(), &signer), vec![DkimResult::Pass]);
+        }
+    }
+
+    #[test]
+    fn header_list_has_present_headers_and_oversigned_from_but_not_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = DkimSigner::load(&[entry(dir.path(), Algorithm::Ed25519, "s1")]).unwrap();
+        let header = String::from_utf8(signer.sign(MESSAGE).unwrap()).unwrap();
+        let unfolded: String = header.split_whitespace().collect();
+        let h = unfolded
+            .split(';')
+            .find_map(|t| t.strip_prefix("h="))
+            .unwrap()
+            .to_ascii_lowercase();
+        let mut names: Vec<&str> = h.split(':').collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["date", "from", "from", "message-id", "subject", "to"],
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn domain_selection_is_exact_and_signs_with_every_key_of_the_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = DkimSigner::load(&[
+            entry(dir.path(), Algorithm::Rsa, "r"),
+            entry(dir.path(), Algorithm::Ed25519, "e"),
+        ])
+        .unwrap();
+        let message = signed(&signer, MESSAGE);
+        let text = String::from_utf8_lossy(&message);
+        assert_eq!(text.matches("DKIM-Signature:").count(), 2, "{text}");
+        assert_eq!(
+            verify(&message, &signer),
+            vec![DkimResult::Pass, DkimResult::Pass]
+        );
+        let sub = b"From: alice@sub.example.test\r\nSubject: x\r\n\r\nx\r\n";
+        assert!(signer.sign(sub).unwrap().is_empty());
+        let other = b"From: alice@example.net\r\nSubject: x\r\n\r\nx\r\n";
+        assert!(signer.sign(other).unwrap().is_empty());
+        assert!(DkimSigner::default().sign(MESSAGE).unwrap().is_empty());
+    }
+
+    /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the
+    /// version and the algorithm identifier.
+    fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+        // (tag, header length, content length) of the DER element at `at`.
+        fn element(der: &[u8], at: usize) -> (u8, usize, usize) {
+            let first = der[at + 1];
+            if first < 0x80 {
+                return (der[at], 2, first as usize);
+            }
+            let n = (first & 0x7f) as usize;
+            let len = der[at + 2..at + 2 + n]
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | *b as usize);
+            (der[at], 2 + n, len)
+        }
+        let (_, outer, _) = element(pkcs8, 0);
+        let mut at = outer;
+        for expected in [0x02, 0x30] {
+            let (tag, header, len) = element(pkcs8, at);
+            assert_eq!(tag, expected);
+            at += header + len;
+        }
+        let (tag, header, len) = element(pkcs8, at);
+        assert_eq!(tag, 0x04);
+        pkcs8[at + header..at + header + len].to_vec()
+    }
+
+    #[test]
+    fn key_formats() {
+        let generated = generate(Algorithm::Rsa, 2048).unwrap();
+        let loaded = LoadedKey::from_pem(generated.pem.as_bytes()).unwrap();
+        assert_eq!(loaded.algorithm, Algorithm::Rsa);
+        assert_eq!(loaded.dns_record(), generated.record);
+        // The same key as PKCS#1 (`BEGIN RSA PRIVATE KEY`, `openssl genrsa -traditional`).
+        let der = PrivateKeyDer::from_pem_slice(generated.pem.as_bytes()).unwrap();
+        let pkcs1 = pem("RSA PRIVATE KEY", &pkcs1_of(der.secret_der()));
+        let loaded = LoadedKey::from_pem(pkcs1.as_bytes()).unwrap();
+        assert_eq!(loaded.algorithm, Algorithm::Rsa);
+        assert_eq!(loaded.dns_record(), generated.record);
+
+        let ed = generate(Algorithm::Ed25519, 0).unwrap();
+        let loaded = LoadedKey::from_pem(ed.pem.as_bytes()).unwrap();
+        assert_eq!(loaded.algorithm, Algorithm::Ed25519);
+        assert_eq!(loaded.dns_record(), ed.record);
+        assert!(ed.record.starts_with("v=DKIM1; k=ed25519; p="));
+        assert_eq!(ed.record.len(), "v=DKIM1; k=ed25519; p=".len() + 44);
+
+        // An EC key (what `cert self-signed` writes) is refused by name.
+        let (_, ec) = crate::tls::self_signed("mail.example.test").unwrap();
+        let err = LoadedKey::from_pem(ec.as_bytes()).unwrap_err();
+        assert!(err.contains("RSA or Ed25519"), "{err}");
+        assert!(LoadedKey::from_pem(b"not a key").is_err());
+    }
+
+    #[test]
+    fn keygen_file_and_zone_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = generate(Algorithm::Rsa, 2048).unwrap();
+        let path = write_key(dir.path(), "example.test", "s", &generated.pem).unwrap();
+        assert_eq!(path, dir.path().join("example.test.s.key"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = write_key(dir.path(), "example.test", "s", "x").unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), generated.pem);
+
+        let line = zone_line("example.test", "s", &generated.record);
+        assert!(line.starts_with("s._domainkey.example.test. IN TXT \"v=DKIM1; k=rsa; p="));
+        let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        assert!(strings.len() >= 2, "{line}");
+        assert!(strings.iter().all(|s| s.len() <= 255));
+        assert_eq!(strings.concat(), generated.record);
+        assert!(generate(Algorithm::Rsa, 1024).is_err());
+    }
+}
