@@ -182,7 +182,7 @@ impl Verifier {
 
     /// The cache, then argon2; `None` when the argon2 wait queue is full.
     async fn check(&self, login: &str, password: &str) -> Option<Option<Arc<User>>> {
-        if let Some(user) = self.from_cache(login, password).await {
+        if let Some(user) = self.cached_user(login, password).await {
             return Some(Some(user));
         }
         self.run(login, password).await
@@ -191,7 +191,7 @@ impl Verifier {
     /// The user, when the cache holds `password` for `login`'s current hash and the user is
     /// not suspended. Takes no argon2 permit; looks at the users and suspension files only
     /// when their once-a-second check is due (then on the blocking pool).
-    async fn from_cache(&self, login: &str, password: &str) -> Option<Arc<User>> {
+    async fn cached_user(&self, login: &str, password: &str) -> Option<Arc<User>> {
         let cache = self.cache.as_ref()?;
         if !cache.contains(login) {
             return None;
