@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,97 +178,6 @@ impl SpoolError {
 pub struct Spool {
     dir: PathBuf,
     io: Arc<dyn SpoolIo>,
-    commits: Arc<DirCommits>,
-}
-
-/// Group commit of the queue directory's fsync. A writer whose renames are done joins the
-/// next batch, one that has not started yet; one writer of the batch (the first to find no
-/// fsync running) runs a single directory fsync for all of them, and every writer of the batch
-/// gets its result. So each writer's rename happened before the fsync that covers it started,
-/// and while one fsync runs, the renames that complete meanwhile share the next one. A failed
-/// fsync fails every writer of its batch (after a failed fsync, a later success proves
-/// nothing about the earlier renames).
-#[derive(Debug, Default)]
-struct DirCommits {
-    state: Mutex<CommitState>,
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct CommitState {
-    /// A directory fsync is running.
-    running: bool,
-    /// The batch that the next fsync will cover, while it is gathering writers.
-    next: Option<Arc<Batch>>,
-}
-
-/// One directory fsync and the writers it covers.
-#[derive(Debug, Default)]
-struct Batch {
-    result: OnceLock<Result<(), SavedError>>,
-    writers: std::sync::atomic::AtomicUsize,
-}
-
-/// An `io::Error` that every writer of a batch can rebuild.
-#[derive(Debug, Clone)]
-struct SavedError {
-    os: Option<i32>,
-    kind: io::ErrorKind,
-    message: String,
-}
-
-impl SavedError {
-    fn of(e: &io::Error) -> SavedError {
-        SavedError {
-            os: e.raw_os_error(),
-            kind: e.kind(),
-            message: e.to_string(),
-        }
-    }
-
-    fn rebuild(&self) -> io::Error {
-        match self.os {
-            Some(code) => io::Error::from_raw_os_error(code),
-            None => io::Error::new(self.kind, self.message.clone()),
-        }
-    }
-}
-
-impl DirCommits {
-    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// fsync `dir` through `io` with a start after this call began; shared with the writers
-    /// that arrive while an earlier fsync runs. Blocks. Returns the batch's size with the
-    /// result (for tests and logs).
-    fn sync(&self, io: &dyn SpoolIo, dir: &Path) -> (usize, io::Result<()>) {
-        let mut state = self.lock();
-        let batch = Arc::clone(state.next.get_or_insert_with(Default::default));
-        batch
-            .writers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        loop {
-            if let Some(result) = batch.result.get() {
-                let size = batch.writers.load(std::sync::atomic::Ordering::Relaxed);
-                return (size, result.clone().map_err(|e| e.rebuild()));
-            }
-            let ours_is_next = state.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, &batch));
-            if !state.running && ours_is_next {
-                // Lead: close the batch (later arrivals gather in a new one) and fsync.
-                state.next = None;
-                state.running = true;
-                drop(state);
-                let result = io.sync_dir(dir).map_err(|e| SavedError::of(&e));
-                state = self.lock();
-                let _ = batch.result.set(result);
-                state.running = false;
-                self.done.notify_all();
-                continue;
-            }
-            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
 }
 
 fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -298,7 +207,6 @@ impl Spool {
         let spool = Spool {
             dir: dir.to_path_buf(),
             io,
-            commits: Arc::default(),
         };
         for entry in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
             let entry = entry.map_err(io_err(dir, "read directory"))?;
@@ -390,7 +298,6 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io: Arc::new(RealIo),
-            commits: Arc::default(),
         }
     }
 
@@ -571,12 +478,10 @@ impl Spool {
         Ok(())
     }
 
-    /// fsync the queue directory so that renames into it survive a crash: an fsync that
-    /// started after the caller's renames, shared with concurrent writers ([`DirCommits`]).
+    /// fsync the queue directory so that renames into it survive a crash.
     fn sync_dir(&self) -> Result<(), SpoolError> {
-        self.commits
-            .sync(&*self.io, &self.dir)
-            .1
+        self.io
+            .sync_dir(&self.dir)
             .map_err(io_err(&self.dir, "fsync directory"))
     }
 }
