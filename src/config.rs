@@ -48,6 +48,8 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub users: PathBuf,
+    /// How long a verified login is remembered (`cache_ttl`, default 10m); zero = no cache.
+    pub cache_ttl: Duration,
 }
 
 /// `[limits]`.
@@ -259,7 +261,14 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     users: Option<String>,
+    /// Default [`DEFAULT_CACHE_TTL`].
+    cache_ttl: Option<String>,
 }
+
+/// `[auth] cache_ttl` when not given.
+const DEFAULT_CACHE_TTL: &str = "10m";
+/// Longer than this and a stolen session of memory would hold HMACs for days: refused.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -877,6 +886,19 @@ impl Settings {
         let cert = required(p, &bad, "tls.cert", &raw.tls.cert).map(|v| resolve(base, v));
         let key = required(p, &bad, "tls.key", &raw.tls.key).map(|v| resolve(base, v));
         let users = required(p, &bad, "auth.users", &raw.auth.users).map(|v| resolve(base, v));
+        let cache_ttl_text = raw.auth.cache_ttl.as_deref().unwrap_or(DEFAULT_CACHE_TTL);
+        let cache_ttl = duration(p, "auth.cache_ttl", cache_ttl_text).and_then(|d| {
+            if d > MAX_CACHE_TTL {
+                p.push(
+                    "auth.cache_ttl",
+                    format!(
+                        "{cache_ttl_text:?} is too long: at most 24h (\"0s\" turns the cache off)"
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        });
 
         let l = &raw.limits;
         let max_message_size = positive(p, "limits.max_message_size", l.max_message_size, u64::MAX);
@@ -1048,6 +1070,7 @@ impl Settings {
             },
             auth: AuthSettings {
                 users: users.ok_or_else(missing)?,
+                cache_ttl: cache_ttl.ok_or_else(missing)?,
             },
             limits: Limits {
                 max_message_size: max_message_size.ok_or_else(missing)?,
@@ -1360,6 +1383,22 @@ users = "users.toml"
 
     fn with(extra: &str) -> String {
         format!("{MINIMAL}\n{extra}")
+    }
+
+    #[test]
+    fn auth_cache_ttl() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().auth.cache_ttl,
+            Duration::from_secs(600)
+        );
+        let set = |v: &str| format!("{MINIMAL}cache_ttl = \"{v}\"\n");
+        assert_eq!(parse(&set("0s")).unwrap().auth.cache_ttl, Duration::ZERO);
+        assert_eq!(
+            parse(&set("24h")).unwrap().auth.cache_ttl,
+            Duration::from_secs(86400)
+        );
+        assert_error(&set("soon"), "auth.cache_ttl", "not a duration");
+        assert_error(&set("25h"), "auth.cache_ttl", "too long: at most 24h");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Authentication: SASL decoding ([`sasl`], pure), the users file ([`users`]), argon2id
-//! verification off the reactor on a bounded pool ([`verify`]), sender ownership
+//! verification off the reactor on a bounded pool ([`verify`]) behind a cache of verified
+//! credentials ([`cache`]), sender ownership
 //! ([`senders`]), and the cross-connection defences: login throttling ([`throttle`]), per-user
 //! sending limits ([`quota`]) and account suspension ([`suspend`]), counted with the bounded
 //! sliding windows of [`window`].
 
+pub mod cache;
 pub mod quota;
 pub mod sasl;
 pub mod senders;
@@ -45,6 +47,8 @@ pub fn defences(
             queue: limits.auth_queue,
             throttle: Some(Arc::new(throttle)),
             suspensions: Some(Arc::clone(&suspensions)),
+            cache_ttl: settings.auth.cache_ttl,
+            clock: cache::Clock::system(),
         },
     );
     let quota = Arc::new(quota::Quota::new(limits.user_limits, suspensions));

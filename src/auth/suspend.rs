@@ -261,6 +261,16 @@ impl Suspensions {
             .contains_key(login)
     }
 
+    /// Whether `login` is suspended, from memory; `None` when a look at the file is due (then
+    /// [`refresh`](Suspensions::refresh) off the reactor first).
+    pub fn is_suspended_if_fresh(&self, login: &str) -> Option<bool> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if self.path.is_some() && state.last_check.elapsed() >= self.check_interval {
+            return None;
+        }
+        Some(state.users.contains_key(login))
+    }
+
     /// Re-read the file if it changed. Blocking IO (a stat, a read on change): call it off
     /// the reactor.
     pub fn refresh(&self) {

@@ -409,6 +409,17 @@ impl UserStore {
         state.users.get(login).cloned()
     }
 
+    /// Look a login up in memory, without any IO; `None` when a look at the file is due (then
+    /// call [`get`](UserStore::get) off the reactor). Lets the credentials cache answer on the
+    /// reactor while still seeing a changed users file as soon as `get` would.
+    pub fn get_if_fresh(&self, login: &str) -> Option<Option<Arc<User>>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if self.path.is_some() && state.last_check.elapsed() >= self.check_interval {
+            return None;
+        }
+        Some(state.users.get(login).cloned())
+    }
+
     /// The number of users currently loaded.
     pub fn len(&self) -> usize {
         self.state

@@ -1,14 +1,29 @@
-//! argon2id password hashing and verification, off the async reactor and on a bounded pool.
+//! argon2id password hashing and verification, off the async reactor and on a bounded pool,
+//! with a cache of verified credentials in front ([`super::cache`]).
+//!
+//! The order of one AUTH, and why:
+//!
+//! 1. The login throttle (per address, per login): over a limit, refused before anything else,
+//!    so neither argon2 nor the cache can be used to test guesses beyond the limits.
+//! 2. The cache, only when it holds an unexpired entry for the login: the user is looked up
+//!    as the users file has it now (re-read when changed, as for argon2) and the suspension
+//!    state refreshed. A deleted or suspended user's entry is dropped and argon2 decides, as
+//!    without a cache; a changed hash misses. A hit succeeds at once.
+//! 3. Otherwise argon2 on the bounded pool; a success of a user who is not suspended enters
+//!    the cache. A wrong password always ends here, cached login or not, and counts as a
+//!    failure in the throttle exactly as without a cache.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use super::cache::{Clock, CredentialCache, Lookup};
 use super::suspend::Suspensions;
 use super::throttle::{AuthThrottle, Throttled};
 use super::users::{User, UserStore};
@@ -61,6 +76,8 @@ pub struct Verifier {
     dummy: Arc<str>,
     /// argon2 verifications run so far (tests check which paths really run one).
     verifications: Arc<AtomicU64>,
+    /// Verified credentials (`[auth] cache_ttl`); `None` when off.
+    cache: Option<Arc<CredentialCache>>,
 }
 
 /// The bounds and defences of a [`Verifier`] (`[limits] auth_*`).
@@ -74,12 +91,17 @@ pub struct VerifierLimits {
     pub throttle: Option<Arc<AuthThrottle>>,
     /// Suspension state, re-read (when changed) beside the users file on each verification.
     pub suspensions: Option<Arc<Suspensions>>,
+    /// How long a verified login is remembered (`[auth] cache_ttl`); zero = no cache.
+    pub cache_ttl: Duration,
+    /// The cache's time source (tests move it forward).
+    pub clock: Clock,
 }
 
 /// The outcome of [`Verifier::authenticate`].
 #[derive(Debug)]
 pub enum Verdict {
-    /// argon2 ran: the user, or `None` (unknown login or wrong password).
+    /// Checked (by argon2, or for a repeat login by the cache): the user, or `None` (unknown
+    /// login or wrong password).
     Checked(Option<Arc<User>>),
     /// Too many failures from this address or for this login: refused without argon2.
     Throttled(Throttled),
@@ -107,6 +129,8 @@ impl Verifier {
                 queue: usize::MAX,
                 throttle: None,
                 suspensions: None,
+                cache_ttl: Duration::ZERO,
+                clock: Clock::system(),
             },
         )
     }
@@ -124,6 +148,7 @@ impl Verifier {
             suspensions: limits.suspensions,
             dummy: dummy_phc().into(),
             verifications: Arc::new(AtomicU64::new(0)),
+            cache: CredentialCache::new(limits.cache_ttl, limits.clock).map(Arc::new),
         }
     }
 
@@ -136,7 +161,7 @@ impl Verifier {
             tracing::warn!(login, limit = ?which, "authentication throttled");
             return Verdict::Throttled(which);
         }
-        let Some(user) = self.run(login, password).await else {
+        let Some(user) = self.check(login, password).await else {
             tracing::warn!(login, "authentication refused: verification queue full");
             return Verdict::Busy;
         };
@@ -152,7 +177,62 @@ impl Verifier {
     /// The user, when `password` is right for `login`; `None` otherwise (unknown or wrong, or
     /// the wait queue full).
     pub async fn verify(&self, login: &str, password: &str) -> Option<Arc<User>> {
-        self.run(login, password).await.flatten()
+        self.check(login, password).await.flatten()
+    }
+
+    /// The cache, then argon2; `None` when the argon2 wait queue is full.
+    async fn check(&self, login: &str, password: &str) -> Option<Option<Arc<User>>> {
+        if let Some(user) = self.cached_user(login, password).await {
+            return Some(Some(user));
+        }
+        self.run(login, password).await
+    }
+
+    /// The user, when the cache holds `password` for `login`'s current hash and the user is
+    /// not suspended. Takes no argon2 permit; looks at the users and suspension files only
+    /// when their once-a-second check is due (then on the blocking pool).
+    async fn cached_user(&self, login: &str, password: &str) -> Option<Arc<User>> {
+        let cache = self.cache.as_ref()?;
+        if !cache.contains(login) {
+            return None;
+        }
+        let suspended_now = || match &self.suspensions {
+            Some(s) => s.is_suspended_if_fresh(login),
+            None => Some(false),
+        };
+        let (user, suspended) = match (self.users.get_if_fresh(login), suspended_now()) {
+            (Some(user), Some(suspended)) => (user, suspended),
+            _ => {
+                let users = self.users.clone();
+                let suspensions = self.suspensions.clone();
+                let login = login.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let user = users.get(&login);
+                    let suspended = suspensions.as_ref().is_some_and(|s| {
+                        s.refresh();
+                        s.is_suspended(&login)
+                    });
+                    (user, suspended)
+                })
+                .await
+                .ok()?
+            }
+        };
+        let Some(user) = user else {
+            // Deleted: argon2 against the dummy decides, as for any unknown login.
+            cache.forget(login);
+            return None;
+        };
+        if suspended {
+            // A suspended user takes the full path every time, and is not cached again
+            // until unsuspended.
+            cache.forget(login);
+            return None;
+        }
+        match cache.check(&user, password) {
+            Lookup::Hit => Some(user),
+            Lookup::Miss | Lookup::Mismatch => None,
+        }
     }
 
     /// A permit, waiting in the bounded queue when none is free; `None` when the queue is full.
@@ -179,7 +259,7 @@ impl Verifier {
         let dummy = Arc::clone(&self.dummy);
         let counter = Arc::clone(&self.verifications);
         let login = login.to_owned();
-        let password = password.to_owned();
+        let offered = password.to_owned();
         let task = tokio::task::spawn_blocking(move || {
             // The permit moves in here so that it is released when argon2 is done, even if
             // the session that asked is dropped meanwhile: the bound holds for real work.
@@ -187,30 +267,41 @@ impl Verifier {
             // The lookup may stat and re-read the users file: blocking IO, so it runs here.
             let user = users.get(&login);
             // Likewise the suspension state, so `submitd user unsuspend` is seen at login.
-            if let Some(s) = &suspensions {
+            let suspended = suspensions.as_ref().is_some_and(|s| {
                 s.refresh();
-            }
+                s.is_suspended(&login)
+            });
             let stored = user
                 .as_ref()
                 .and_then(|u| PasswordHash::new(&u.password).ok());
             let ok = match &stored {
                 Some(hash) => Argon2::default()
-                    .verify_password(password.as_bytes(), hash)
+                    .verify_password(offered.as_bytes(), hash)
                     .is_ok(),
                 None => {
                     // Unknown login (or an unusable stored hash): spend the same time anyway
                     // so response timing does not reveal which logins exist.
                     if let Ok(hash) = PasswordHash::new(&dummy) {
-                        let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
+                        let _ = Argon2::default().verify_password(offered.as_bytes(), &hash);
                     }
                     false
                 }
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            if ok { user } else { None }
+            if ok {
+                user.map(|u| (u, suspended))
+            } else {
+                None
+            }
         });
         match task.await {
-            Ok(user) => Some(user),
+            Ok(Some((user, suspended))) => {
+                if !suspended && let Some(cache) = &self.cache {
+                    cache.insert(&user, password);
+                }
+                Some(Some(user))
+            }
+            Ok(None) => Some(None),
             Err(e) => {
                 tracing::error!(error = %e, "password verification task failed");
                 Some(None)
@@ -226,6 +317,16 @@ impl Verifier {
     /// How many argon2 verifications this verifier (and its clones) has run.
     pub fn verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// How many logins the credentials cache accepted without argon2.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.hits())
+    }
+
+    /// The credentials cache, `None` when `cache_ttl` is zero.
+    pub fn cache(&self) -> Option<&CredentialCache> {
+        self.cache.as_deref()
     }
 }
 
@@ -388,7 +489,7 @@ mod tests {
                 parallel: 1,
                 queue: 8,
                 throttle: Some(throttle),
-                suspensions: None,
+                ..VerifierLimits::default()
             },
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
@@ -403,5 +504,174 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let v = verifier.authenticate(other, "alice@x.test", "pw").await;
         assert!(matches!(v, Verdict::Checked(Some(_))), "{v:?}");
+    }
+
+    /// A verifier over a users file re-read at every look, with throttle, suspensions and a
+    /// cache on a manual clock.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        users: std::path::PathBuf,
+        suspended: std::path::PathBuf,
+        clock: Clock,
+        verifier: Verifier,
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    fn rig(cache_ttl: Duration, per_login: u32) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users.toml");
+        let suspended = dir.path().join("suspended.json");
+        crate::auth::users::add_user(&users, "alice@x.test", &hash_password("pw").unwrap(), &[])
+            .unwrap();
+        let store = UserStore::open_with_interval(&users, Duration::ZERO).unwrap();
+        let clock = Clock::manual();
+        let throttle = Arc::new(AuthThrottle::new(crate::auth::throttle::ThrottleLimits {
+            window: Duration::from_secs(900),
+            per_ip: 0,
+            per_login,
+        }));
+        let verifier = Verifier::with_limits(
+            store,
+            VerifierLimits {
+                parallel: 1,
+                queue: 8,
+                throttle: Some(throttle),
+                suspensions: Some(Arc::new(Suspensions::open_with_interval(
+                    &suspended,
+                    Duration::ZERO,
+                ))),
+                cache_ttl,
+                clock: clock.clone(),
+            },
+        );
+        Rig {
+            _dir: dir,
+            users,
+            suspended,
+            clock,
+            verifier,
+        }
+    }
+
+    impl Rig {
+        async fn login(&self, password: &str) -> bool {
+            match self
+                .verifier
+                .authenticate(IP, "alice@x.test", password)
+                .await
+            {
+                Verdict::Checked(user) => user.is_some(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// (argon2 runs, cache hits) so far.
+        fn counts(&self) -> (u64, u64) {
+            (self.verifier.verifications(), self.verifier.cache_hits())
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(600);
+
+    #[tokio::test]
+    async fn cache_hit_then_miss_after_the_ttl() {
+        let r = rig(TTL, 0);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (1, 0));
+        assert!(r.login("pw").await);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (1, 2), "repeat logins ran no argon2");
+        r.clock.advance(TTL - Duration::from_secs(1));
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (1, 3));
+        r.clock.advance(Duration::from_secs(1));
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (2, 3), "expired: argon2 again");
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (2, 4), "and cached again");
+    }
+
+    #[tokio::test]
+    async fn a_changed_hash_misses_at_once() {
+        let r = rig(TTL, 0);
+        assert!(r.login("pw").await);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (1, 1));
+        crate::auth::users::set_password(&r.users, "alice@x.test", &hash_password("new").unwrap())
+            .unwrap();
+        assert!(!r.login("pw").await, "the old password fails at once");
+        assert_eq!(r.counts(), (2, 1));
+        assert!(r.login("new").await);
+        assert!(r.login("new").await);
+        assert_eq!(r.counts(), (3, 2));
+        // Even the same password under a fresh hash (new salt) is a new entry, not a hit.
+        crate::auth::users::set_password(&r.users, "alice@x.test", &hash_password("new").unwrap())
+            .unwrap();
+        assert!(r.login("new").await);
+        assert_eq!(r.counts(), (4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_user_misses() {
+        let r = rig(TTL, 0);
+        assert!(r.login("pw").await);
+        crate::auth::users::remove_user(&r.users, "alice@x.test").unwrap();
+        assert!(!r.login("pw").await);
+        assert_eq!(r.counts(), (2, 0), "argon2 against the dummy, no hit");
+        assert!(r.verifier.cache().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_suspended_user_never_authenticates_through_the_cache() {
+        let r = rig(TTL, 0);
+        assert!(r.login("pw").await);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (1, 1));
+        crate::auth::suspend::suspend(&r.suspended, "alice@x.test", "test").unwrap();
+        // As without a cache: argon2 decides (a suspended user's MAIL is refused later).
+        assert!(r.login("pw").await);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (3, 1), "no hit while suspended");
+        assert!(r.verifier.cache().unwrap().is_empty(), "and not cached");
+        crate::auth::suspend::unsuspend(&r.suspended, "alice@x.test").unwrap();
+        assert!(r.login("pw").await);
+        assert!(r.login("pw").await);
+        assert_eq!(r.counts(), (4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_with_a_warm_cache_runs_argon2_and_counts() {
+        let r = rig(TTL, 3);
+        assert!(r.login("pw").await);
+        for guess in ["pw1", "PW", ""] {
+            assert!(!r.login(guess).await);
+        }
+        assert_eq!(r.counts(), (4, 0), "every wrong password ran argon2");
+        // The login is now over its limit: even the right, cached password is refused.
+        let v = r.verifier.authenticate(IP, "alice@x.test", "pw").await;
+        assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
+        assert_eq!(r.counts(), (4, 0));
+    }
+
+    #[tokio::test]
+    async fn a_hit_clears_the_login_counter_like_argon2_does() {
+        let r = rig(TTL, 2);
+        assert!(r.login("pw").await);
+        assert!(!r.login("typo").await);
+        assert!(r.login("pw").await);
+        assert!(!r.login("typo").await);
+        assert!(r.login("pw").await, "one failure since the last success");
+        assert_eq!(r.counts(), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_turns_the_cache_off() {
+        let r = rig(Duration::ZERO, 0);
+        assert!(r.verifier.cache().is_none());
+        for _ in 0..3 {
+            assert!(r.login("pw").await);
+        }
+        assert_eq!(r.counts(), (3, 0));
     }
 }
