@@ -16,6 +16,8 @@
 //! - [`listener`]: binds the submission (587, STARTTLS) and submissions (465, implicit TLS)
 //!   sockets, enforces connection limits, spawns one session task per connection and runs the
 //!   queue scheduler beside them; drains both on shutdown.
+//! - [`proxy`]: the HAProxy PROXY protocol v1/v2 header in front of both ports (sans-IO parser,
+//!   a reader that never consumes past the header) and `listen.trusted_proxies`.
 //! - [`session`]: the SMTP conversation. Everything in it but `driver` is sans-IO: the command
 //!   parser, the line buffer, the DATA and BDAT readers, the state machine, the replies, and
 //!   `pump` (one step of the session over buffered input, shared with the fuzz target).
@@ -36,6 +38,7 @@ pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod listener;
+pub mod proxy;
 pub mod queue;
 pub mod session;
 pub mod submission;
