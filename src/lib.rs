@@ -31,6 +31,8 @@
 //!   commands (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
+//! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
+//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod dev;
 pub mod listener;
 pub mod proxy;
 pub mod queue;
+pub mod reload;
 pub mod session;
 pub mod submission;
 pub mod tls;
