@@ -416,7 +416,10 @@ fn admit(
                     let client = match crate::proxy::read_header(&mut tcp, wait).await {
                         Ok(header) => header.client(peer),
                         Err(e) => {
-                            shared.proxy_stats.bad_header.fetch_add(1, Ordering::Relaxed);
+                            shared
+                                .proxy_stats
+                                .bad_header
+                                .fetch_add(1, Ordering::Relaxed);
                             warn!(error = %e, "connection closed: no valid PROXY header");
                             return;
                         }
