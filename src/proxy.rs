@@ -272,33 +272,69 @@ pub async fn read_header(tcp: &mut TcpStream, limit: Duration) -> Result<Header,
 }
 
 async fn read_header_untimed(tcp: &mut TcpStream) -> Result<Header, ReadError> {
-    let mut header = Vec::with_capacity(64);
+    let mut reader = HeaderReader::new();
     let mut peeked = [0u8; MAX_HEADER];
     loop {
-        // Never look further than the longest header could reach.
-        let room = MAX_HEADER - header.len();
+        let room = reader.room();
         let n = tcp.peek(&mut peeked[..room]).await?;
         if n == 0 {
             return Err(ReadError::Eof);
         }
-        let had = header.len();
-        header.extend_from_slice(&peeked[..n]);
-        match parse(&header)? {
-            Parsed::Complete { header: h, len } => {
+        match reader.offer(&peeked[..n])? {
+            Offer::Done { header, consume } => {
                 // Consume the header's bytes only; what follows stays in the socket.
-                let mut rest = vec![0u8; len - had];
-                tcp.read_exact(&mut rest).await?;
-                return Ok(h);
+                tcp.read_exact(&mut peeked[..consume]).await?;
+                return Ok(header);
             }
-            Parsed::Incomplete => {
-                // Every byte seen so far belongs to the header: consume them and wait for more
-                // (the next peek blocks until new bytes arrive).
+            Offer::NeedMore => {
+                // Every byte offered belongs to the header: consume them; the next peek then
+                // waits for new bytes.
                 tcp.read_exact(&mut peeked[..n]).await?;
-                if header.len() >= MAX_HEADER {
-                    // parse refuses long headers before this; a guard, not a path.
-                    return Err(ReadError::Malformed(ProxyError::V2TooLong));
-                }
             }
+        }
+    }
+}
+
+/// The reader's decisions without the socket: offered the bytes waiting in the socket (a
+/// peek), it says how many of them to consume. Shared by [`read_header`] and the fuzz target.
+#[derive(Debug, Default)]
+pub struct HeaderReader {
+    seen: Vec<u8>,
+}
+
+/// What to do with the bytes offered to [`HeaderReader::offer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Consume all of them and offer what comes next.
+    NeedMore,
+    /// Consume the first `consume` of them: the header ends there.
+    Done { header: Header, consume: usize },
+}
+
+impl HeaderReader {
+    pub fn new() -> HeaderReader {
+        HeaderReader::default()
+    }
+
+    /// At most this many bytes may be offered next (the longest header minus what was seen).
+    pub fn room(&self) -> usize {
+        MAX_HEADER - self.seen.len()
+    }
+
+    /// Look at `available` (at most [`room`](Self::room) bytes waiting in the socket, not yet
+    /// consumed) and decide.
+    pub fn offer(&mut self, available: &[u8]) -> Result<Offer, ProxyError> {
+        let available = &available[..available.len().min(self.room())];
+        let had = self.seen.len();
+        self.seen.extend_from_slice(available);
+        match parse(&self.seen)? {
+            Parsed::Complete { header, len } => Ok(Offer::Done {
+                header,
+                consume: len - had,
+            }),
+            // parse refuses a header before it reaches MAX_HEADER; a guard, not a path.
+            Parsed::Incomplete if self.seen.len() >= MAX_HEADER => Err(ProxyError::V2TooLong),
+            Parsed::Incomplete => Ok(Offer::NeedMore),
         }
     }
 }
