@@ -413,7 +413,11 @@ fn admit(
                 Some(s) => (peer, s),
                 None => {
                     let wait = ctx.command_timeout.min(crate::proxy::MAX_HEADER_WAIT);
-                    let client = match crate::proxy::read_header(&mut tcp, wait).await {
+                    let header = tokio::select! {
+                        h = crate::proxy::read_header(&mut tcp, wait) => h,
+                        _ = ctx.shutdown.cancelled() => return,
+                    };
+                    let client = match header {
                         Ok(header) => header.client(peer),
                         Err(e) => {
                             shared
