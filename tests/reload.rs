@@ -387,7 +387,7 @@ async fn submitd_reload_rotates_the_cert_of_a_running_binary() {
     let out = reload_cmd(&config);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("sent SIGHUP"), "{out:?}");
-    server.wait_for(|l| l.contains("reloaded"));
+    server.wait_for(|l| l.contains("reloaded: new connections"));
     assert_eq!(
         tls_peer_cert(server.tls, &rotated, ROTATED).await.unwrap(),
         rotated
@@ -408,7 +408,7 @@ async fn submitd_reload_rotates_the_cert_of_a_running_binary() {
         tls_peer_cert(server.tls, &rotated, ROTATED).await.unwrap(),
         rotated
     );
-    assert_eq!(server.count(|l| l.contains("reloaded")), 1);
+    assert_eq!(server.count(|l| l.contains("reloaded: new connections")), 1);
 }
 
 #[tokio::test]
@@ -451,7 +451,7 @@ async fn users_added_by_the_cli_log_in_without_restart_and_reload_without_a_serv
     ));
     assert_eq!(changed.code, Some(0), "{changed:?}");
     assert_eq!(reload_cmd(&config).code, Some(0));
-    server.wait_for(|l| l.contains("reloaded") && l.contains("users=3"));
+    server.wait_for(|l| l.contains("reloaded: new connections") && l.contains("users=3"));
     login_as(server.tls, "carol@example.test", "carol-new-pw", "235").await;
 
     // SIGTERM: a clean exit removes the pid file; then there is nothing to reload.
