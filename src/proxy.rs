@@ -111,12 +111,13 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
     }
     let window = &buf[..buf.len().min(V1_MAX)];
     let Some(lf) = window.iter().position(|&b| b == b'\n') else {
-        if buf.len() >= V1_MAX {
-            return Err(ProxyError::V1TooLong);
-        }
-        // A CR anywhere but right before the LF is malformed; say so early.
+        // A CR anywhere but right before the LF is malformed; say so early. Checked before the
+        // length, so that the verdict does not depend on how many bytes have arrived.
         if window[..window.len() - 1].contains(&b'\r') {
             return Err(ProxyError::V1Malformed);
+        }
+        if buf.len() >= V1_MAX {
+            return Err(ProxyError::V1TooLong);
         }
         return Ok(Parsed::Incomplete);
     };
@@ -516,6 +517,12 @@ mod tests {
             );
         }
         assert_eq!(parse(b"PROXY\r\n"), Err(ProxyError::NotProxy));
+        // Found by the fuzz target: a CR inside a line that is also too long is malformed
+        // however many bytes have arrived.
+        let mut cr_and_long = b"PROXY TC 2\r0".to_vec();
+        cr_and_long.resize(200, 0);
+        assert_eq!(parse(&cr_and_long), Err(ProxyError::V1Malformed));
+        assert_eq!(parse(&cr_and_long[..20]), Err(ProxyError::V1Malformed));
         assert_eq!(parse(b"EHLO x\r\n"), Err(ProxyError::NotProxy));
         assert_eq!(parse(b"\x16\x03\x01"), Err(ProxyError::NotProxy));
         let long = format!("PROXY UNKNOWN {}\r\n", "x".repeat(100));
