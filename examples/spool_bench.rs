@@ -75,6 +75,7 @@ fn envelope(id: &QueueId, size: usize) -> Envelope {
         smtputf8: false,
         eight_bit: false,
         size: size as u64,
+        held: false,
     }
 }
 

@@ -34,7 +34,11 @@ pub struct Listen {
     pub submission: Vec<SocketAddr>,
     /// Implicit TLS submission (465, RFC 8314).
     pub submissions: Vec<SocketAddr>,
+    /// Expect a PROXY v1/v2 header first on every connection (`listen.proxy_protocol`).
     pub proxy_protocol: bool,
+    /// Peers allowed to send the header; any other peer is closed at once
+    /// (`listen.trusted_proxies`, IPs or CIDR blocks; required with `proxy_protocol`).
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
 }
 
 /// `[tls]`.
@@ -229,6 +233,8 @@ struct RawListen {
     submissions: Vec<String>,
     #[serde(default)]
     proxy_protocol: bool,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 fn default_submission() -> Vec<String> {
@@ -244,6 +250,7 @@ impl Default for RawListen {
             submission: default_submission(),
             submissions: default_submissions(),
             proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -875,7 +882,24 @@ impl Settings {
             submission: addresses(p, "listen.submission", &raw.listen.submission),
             submissions: addresses(p, "listen.submissions", &raw.listen.submissions),
             proxy_protocol: raw.listen.proxy_protocol,
+            trusted_proxies: raw
+                .listen
+                .trusted_proxies
+                .iter()
+                .filter_map(|t| {
+                    t.trim()
+                        .parse()
+                        .map_err(|e: String| p.push("listen.trusted_proxies", e))
+                        .ok()
+                })
+                .collect(),
         };
+        if raw.listen.proxy_protocol && raw.listen.trusted_proxies.is_empty() {
+            p.push(
+                "listen.trusted_proxies",
+                "must list the proxies' addresses (IPs or CIDR blocks) when listen.proxy_protocol = true",
+            );
+        }
         if raw.listen.submission.is_empty() && raw.listen.submissions.is_empty() {
             p.push(
                 "listen",
@@ -1468,6 +1492,7 @@ hostname = "mx.example.test"
 submission = ["127.0.0.1:2587", "[::1]:2587"]
 submissions = []
 proxy_protocol = true
+trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
 [tls]
 cert = "/abs/cert.pem"
 key = "key.pem"
@@ -1510,6 +1535,11 @@ user = "me@localhost"
         assert_eq!(s.listen.submission.len(), 2);
         assert!(s.listen.submissions.is_empty());
         assert!(s.listen.proxy_protocol);
+        assert_eq!(s.listen.trusted_proxies.len(), 2);
+        assert!(crate::proxy::is_trusted(
+            &s.listen.trusted_proxies,
+            "10.9.8.7".parse().unwrap()
+        ));
         assert_eq!(s.limits.command_timeout, Duration::from_secs(1));
         assert_eq!(s.limits.greet_pause, Duration::from_millis(300));
         assert_eq!(s.limits.max_session_time, Duration::from_secs(2));
@@ -1651,6 +1681,30 @@ user = "me@localhost"
             "no listen address",
         );
         assert!(parse(&with("[listen]\nsubmission = []")).is_ok());
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        assert_error(
+            &with("[listen]\nproxy_protocol = true"),
+            "listen.trusted_proxies",
+            "must list",
+        );
+        assert_error(
+            &with("[listen]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.1/8\"]"),
+            "listen.trusted_proxies",
+            "host bits",
+        );
+        assert_error(
+            &with("[listen]\ntrusted_proxies = [\"haproxy.internal\"]"),
+            "listen.trusted_proxies",
+            "not an IP address",
+        );
+        let s = parse(&with(
+            "[listen]\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]",
+        ))
+        .unwrap();
+        assert_eq!(s.listen.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`listener`]: binds the submission (587, STARTTLS) and submissions (465, implicit TLS)
 //!   sockets, enforces connection limits, spawns one session task per connection and runs the
 //!   queue scheduler beside them; drains both on shutdown.
+//! - [`proxy`]: the HAProxy PROXY protocol v1/v2 header in front of both ports (sans-IO parser,
+//!   a reader that never consumes past the header) and `listen.trusted_proxies`.
 //! - [`session`]: the SMTP conversation. Everything in it but `driver` is sans-IO: the command
 //!   parser, the line buffer, the DATA and BDAT readers, the state machine, the replies, and
 //!   `pump` (one step of the session over buffered input, shared with the fuzz target).
@@ -32,6 +34,8 @@
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
+//! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
+//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
@@ -41,7 +45,9 @@ pub mod dev;
 pub mod health;
 pub mod dkim;
 pub mod listener;
+pub mod proxy;
 pub mod queue;
+pub mod reload;
 pub mod session;
 pub mod submission;
 pub mod tls;

@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,16 +37,27 @@ enum Kind {
     Submissions,
 }
 
-/// Counts connections in total and per client address.
+/// Counts connections in total and per client address. The maxima change on reload; a
+/// connection already admitted stays admitted.
 struct ConnectionLimits {
-    total: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
+    counts: Mutex<Counts>,
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
 }
 
-/// A connection's place under the limits; released on drop.
-struct Admission {
-    _total: OwnedSemaphorePermit,
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place under `max_connections`; released on drop.
+struct Slot {
+    limits: Arc<ConnectionLimits>,
+}
+
+/// A connection's place under `max_connections_per_ip`; released on drop.
+struct IpSlot {
     ip: IpAddr,
     limits: Arc<ConnectionLimits>,
 }
@@ -59,35 +69,129 @@ enum Refusal {
 }
 
 impl ConnectionLimits {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
-        let total = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::Total)?;
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
+    fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            counts: Mutex::new(Counts::default()),
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>) -> Result<Slot, Refusal> {
+        let mut counts = self.counts();
+        if counts.total >= self.max_total.load(Ordering::Relaxed) {
+            return Err(Refusal::Total);
+        }
+        counts.total += 1;
+        Ok(Slot {
+            limits: self.clone(),
+        })
+    }
+
+    fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, Refusal> {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one count.
+        let ip = ip.to_canonical();
+        let mut counts = self.counts();
+        let count = counts.per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip.load(Ordering::Relaxed) {
+            if *count == 0 {
+                counts.per_ip.remove(&ip);
+            }
             return Err(Refusal::PerIp);
         }
         *count += 1;
-        Ok(Admission {
-            _total: total,
+        Ok(IpSlot {
             ip,
             limits: self.clone(),
         })
     }
+
+    fn set_max(&self, total: usize, per_ip: usize) {
+        self.max_total.store(total, Ordering::Relaxed);
+        self.max_per_ip.store(per_ip, Ordering::Relaxed);
+    }
 }
 
-impl Drop for Admission {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
+        let mut counts = self.limits.counts();
+        counts.total = counts.total.saturating_sub(1);
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts();
+        if let Some(count) = counts.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                counts.per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+/// What new connections are served with: replaced whole by a reload, taken as a snapshot by
+/// each connection at accept.
+pub(crate) struct Live {
+    /// The settings in effect (keys that need a restart keep their startup values).
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) ctx: Arc<Context>,
+}
+
+/// Counters of connections closed by the PROXY protocol checks.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Connections from peers not in `listen.trusted_proxies`.
+    pub untrusted: AtomicU64,
+    /// Connections whose header was malformed, too long, late or missing.
+    pub bad_header: AtomicU64,
+}
+
+/// The part of a server that accept loops and reloads share.
+pub(crate) struct Shared {
+    live: RwLock<Arc<Live>>,
+    limits: Arc<ConnectionLimits>,
+    pub(crate) proxy_stats: Arc<ProxyStats>,
+}
+
+impl Shared {
+    /// The settings and context a new connection gets now.
+    pub(crate) fn snapshot(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serve new connections with `settings` and `tls` from now on. The verifier, throttles,
+    /// spool and queue stay the same objects; open sessions keep their own snapshot.
+    pub(crate) fn apply(&self, settings: Settings, tls: Arc<rustls::ServerConfig>) {
+        let old = self.snapshot();
+        let mut ctx = Context::clone(&old.ctx);
+        let limits = &settings.limits;
+        ctx.config = Arc::new(SessionConfig {
+            hostname: settings.hostname.clone(),
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients,
+            max_auth_failures: limits.max_auth_failures,
+            quota: old.ctx.config.quota.clone(),
+            max_bad_commands: limits.max_bad_commands,
+            max_header_size: limits.max_header_size,
+        });
+        ctx.command_timeout = limits.command_timeout;
+        ctx.greet_pause = limits.greet_pause;
+        ctx.max_session_time = limits.max_session_time;
+        ctx.received_client_ip = settings.submission.received_client_ip;
+        ctx.tls = TlsAcceptor::from(tls);
+        self.limits
+            .set_max(limits.max_connections, limits.max_connections_per_ip);
+        let live = Arc::new(Live {
+            settings: Arc::new(settings),
+            ctx: Arc::new(ctx),
+        });
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
 }
 
@@ -96,8 +200,9 @@ pub struct Server {
     listeners: Vec<(Kind, TcpListener)>,
     submission: Vec<SocketAddr>,
     submissions: Vec<SocketAddr>,
-    ctx: Arc<Context>,
-    limits: Arc<ConnectionLimits>,
+    shared: Arc<Shared>,
+    /// The verifier every session shares (also inside `shared`; kept here to lend it out).
+    verifier: Verifier,
     scheduler: Scheduler,
 }
 
@@ -119,6 +224,7 @@ impl Server {
         let delivery = Delivery::new(&settings)?;
         let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);
         let limits = &settings.limits;
+        let ctx_verifier = verifier.clone();
         let ctx = Arc::new(Context {
             config: Arc::new(SessionConfig {
                 hostname: settings.hostname.clone(),
@@ -144,12 +250,18 @@ impl Server {
             listeners: Vec::new(),
             submission: Vec::new(),
             submissions: Vec::new(),
-            ctx,
-            limits: Arc::new(ConnectionLimits {
-                total: Arc::new(Semaphore::new(limits.max_connections)),
-                per_ip: Mutex::new(HashMap::new()),
-                max_per_ip: limits.max_connections_per_ip,
+            shared: Arc::new(Shared {
+                live: RwLock::new(Arc::new(Live {
+                    settings: settings.clone(),
+                    ctx,
+                })),
+                limits: Arc::new(ConnectionLimits::new(
+                    limits.max_connections,
+                    limits.max_connections_per_ip,
+                )),
+                proxy_stats: Arc::default(),
             }),
+            verifier: ctx_verifier,
             scheduler,
         };
         for (kind, addrs) in [
@@ -178,12 +290,22 @@ impl Server {
 
     /// The credential verifier every session shares (its counters are read by tests).
     pub fn verifier(&self) -> &Verifier {
-        &self.ctx.verifier
+        &self.verifier
+    }
+
+    /// Reloads the config, certificate, users and limits of this server while it runs.
+    pub fn reloader(&self) -> crate::reload::Reloader {
+        crate::reload::Reloader::new(self.shared.clone())
+    }
+
+    /// Connections closed by the PROXY protocol checks so far.
+    pub fn proxy_stats(&self) -> Arc<ProxyStats> {
+        self.shared.proxy_stats.clone()
     }
 
     /// The DKIM keys every session signs with; `replace` them on reload.
-    pub fn dkim(&self) -> &crate::dkim::SharedSigner {
-        &self.ctx.dkim
+    pub fn dkim(&self) -> crate::dkim::SharedSigner {
+        self.shared.snapshot().ctx.dkim.clone()
     }
 
     /// The bound implicit-TLS addresses.
@@ -200,8 +322,7 @@ impl Server {
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_loops = Vec::new();
         for (kind, listener) in self.listeners {
-            let ctx = self.ctx.clone();
-            let limits = self.limits.clone();
+            let shared = self.shared.clone();
             let tracker = tracker.clone();
             let next_id = next_id.clone();
             let shutdown = shutdown.clone();
@@ -214,7 +335,7 @@ impl Server {
                     match accepted {
                         Ok((tcp, peer)) => {
                             let id = next_id.fetch_add(1, Ordering::Relaxed);
-                            admit(tcp, peer, id, kind, &ctx, &limits, &tracker);
+                            admit(tcp, peer, id, kind, &shared, &tracker);
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
@@ -226,7 +347,8 @@ impl Server {
             }));
         }
         shutdown.cancelled().await;
-        self.ctx.shutdown.cancel();
+        // Every context a reload made shares this token.
+        self.shared.snapshot().ctx.shutdown.cancel();
         // The queue stops taking new work now and finishes what runs, beside the sessions.
         queue_stop.cancel();
         for l in accept_loops {
@@ -248,50 +370,106 @@ impl Server {
     }
 }
 
-/// Apply the connection limits and spawn the session.
+/// Apply the connection limits and spawn the session. With `listen.proxy_protocol`, a peer
+/// that is not a trusted proxy is closed at once; the total limit applies at accept, the
+/// per-IP limit once the header has told the client's address.
 fn admit(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
     kind: Kind,
-    ctx: &Arc<Context>,
-    limits: &Arc<ConnectionLimits>,
+    shared: &Arc<Shared>,
     tracker: &TaskTracker,
 ) {
     let _ = tcp.set_nodelay(true);
-    let admission = match limits.admit(peer.ip()) {
-        Ok(a) => a,
-        Err(refusal) => {
-            let hostname = &ctx.config.hostname;
-            let reply = match refusal {
-                Refusal::Total => reply::too_many_connections(hostname),
-                Refusal::PerIp => reply::too_many_connections_from_ip(hostname),
-            };
-            info!(conn = id, peer = %peer, "connection refused: {reply}");
-            // On 587 say why; on 465 there is no TLS yet, so just close (DESIGN.md). A fresh
-            // socket's send buffer is empty, so a non-blocking write does not need a task.
-            if kind == Kind::Submission {
-                let _ = tcp.try_write(reply.to_wire().as_bytes());
-            }
-            return;
+    let live = shared.snapshot();
+    let proxied = live.settings.listen.proxy_protocol;
+    if proxied && !crate::proxy::is_trusted(&live.settings.listen.trusted_proxies, peer.ip()) {
+        shared.proxy_stats.untrusted.fetch_add(1, Ordering::Relaxed);
+        warn!(conn = id, peer = %peer, "connection closed: peer is not in listen.trusted_proxies");
+        return;
+    }
+    let slot = match shared.limits.admit() {
+        Ok(slot) => slot,
+        Err(refusal) => return refuse(&tcp, id, peer, kind, &live.ctx, refusal),
+    };
+    let ip_slot = if proxied {
+        None
+    } else {
+        match shared.limits.admit_ip(peer.ip()) {
+            Ok(s) => Some(s),
+            Err(refusal) => return refuse(&tcp, id, peer, kind, &live.ctx, refusal),
         }
     };
-    let ctx = ctx.clone();
     let port = match kind {
         Kind::Submission => "submission",
         Kind::Submissions => "submissions",
     };
-    let span = info_span!("session", conn = id, peer = %peer, port);
+    let span = if proxied {
+        info_span!("session", conn = id, peer = tracing::field::Empty, proxy = %peer, port)
+    } else {
+        info_span!("session", conn = id, peer = %peer, port)
+    };
+    let shared = shared.clone();
     tracker.spawn(
         async move {
+            let mut tcp = tcp;
+            let ctx = live.ctx.clone();
+            let (client, _ip_slot) = match ip_slot {
+                Some(s) => (peer, s),
+                None => {
+                    let wait = ctx.command_timeout.min(crate::proxy::MAX_HEADER_WAIT);
+                    let header = tokio::select! {
+                        h = crate::proxy::read_header(&mut tcp, wait) => h,
+                        _ = ctx.shutdown.cancelled() => return,
+                    };
+                    let client = match header {
+                        Ok(header) => header.client(peer),
+                        Err(e) => {
+                            shared
+                                .proxy_stats
+                                .bad_header
+                                .fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %e, "connection closed: no valid PROXY header");
+                            return;
+                        }
+                    };
+                    tracing::Span::current().record("peer", tracing::field::display(client));
+                    match shared.limits.admit_ip(client.ip()) {
+                        Ok(s) => (client, s),
+                        Err(refusal) => return refuse(&tcp, id, client, kind, &ctx, refusal),
+                    }
+                }
+            };
             info!("connect");
             match kind {
-                Kind::Submission => driver::serve_submission(tcp, ctx, peer).await,
-                Kind::Submissions => driver::serve_submissions(tcp, ctx, peer).await,
+                Kind::Submission => driver::serve_submission(tcp, ctx, client).await,
+                Kind::Submissions => driver::serve_submissions(tcp, ctx, client).await,
             }
             info!("disconnect");
-            drop(admission);
+            drop(slot);
         }
         .instrument(span),
     );
+}
+
+/// Turn a connection away: on 587 say why; on 465 there is no TLS yet, so just close
+/// (DESIGN.md). The socket's send buffer is empty, so a non-blocking write does not need to wait.
+fn refuse(
+    tcp: &TcpStream,
+    id: u64,
+    client: SocketAddr,
+    kind: Kind,
+    ctx: &Context,
+    refusal: Refusal,
+) {
+    let hostname = &ctx.config.hostname;
+    let reply = match refusal {
+        Refusal::Total => reply::too_many_connections(hostname),
+        Refusal::PerIp => reply::too_many_connections_from_ip(hostname),
+    };
+    info!(conn = id, peer = %client, "connection refused: {reply}");
+    if kind == Kind::Submission {
+        let _ = tcp.try_write(reply.to_wire().as_bytes());
+    }
 }

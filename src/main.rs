@@ -57,6 +57,9 @@ enum Command {
     /// DKIM signing keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
+    /// Make the running server re-read its config, certificate, users and limits (SIGHUP to
+    /// the pid in <queue.dir>/submitd.pid); open sessions are not dropped.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +266,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             bits,
             out,
         }) => dkim_keygen(&domain, &selector, algorithm, bits, &out),
+        Command::Reload => {
+            let settings = Settings::load(config).map_err(Failure::Config)?;
+            let pid = submitd::reload::signal_reload(&settings.queue.dir)
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            println!("sent SIGHUP to submitd (pid {pid}); its log says whether the reload took");
+            Ok(())
+        }
     }
 }
 
@@ -639,6 +649,7 @@ fn serve(config: &Path) -> Result<(), Failure> {
 async fn run_server(settings: Settings) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    let queue_dir = settings.queue.dir.clone();
     let server = submitd::listener::Server::bind(Arc::new(settings)).await?;
     for a in server.submission_addrs() {
         tracing::info!(kind = "submission", addr = %a, "listening");
@@ -650,6 +661,22 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let shutdown = CancellationToken::new();
+    // SIGHUP handling before the pid file: `submitd reload` must never find a server that the
+    // signal's default action would end.
+    submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
+        .context("installing the SIGHUP handler")?;
+    let pid_file = submitd::reload::PidFile::acquire(&queue_dir)?;
+    let result = serve_until_signal(server, shutdown, &mut term, &mut int).await;
+    pid_file.remove();
+    result
+}
+
+async fn serve_until_signal(
+    server: submitd::listener::Server,
+    shutdown: CancellationToken,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     let mut task = tokio::spawn(server.run(shutdown.clone()));
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),

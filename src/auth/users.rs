@@ -439,6 +439,22 @@ impl UserStore {
         self.path.as_deref()
     }
 
+    /// Re-read the file now (SIGHUP), whatever its metadata says; the number of users loaded.
+    /// On error the users already loaded stay. Blocking IO: call off the reactor.
+    pub fn reload(&self) -> Result<usize, UsersError> {
+        let Some(path) = &self.path else {
+            return Ok(self.len());
+        };
+        let stamp = fs::metadata(path).map_err(|e| io_error(path, e))?;
+        let users = load(path)?;
+        let count = users.len();
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.users = index(users);
+        state.stamp = Some(FileStamp::of(&stamp));
+        state.last_check = Instant::now();
+        Ok(count)
+    }
+
     fn maybe_reload(&self) {
         let Some(path) = &self.path else { return };
         let due = |s: &State| s.last_check.elapsed() >= self.check_interval;

@@ -31,7 +31,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// client that writes without reading blocks on its own socket instead of growing our buffer.
 const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 
-/// What every session of a server shares.
+/// What every session of a server shares. A reload makes a new one (a clone with new limits and
+/// certificate); a session keeps the one it started with.
+#[derive(Clone)]
 pub struct Context {
     pub config: Arc<SessionConfig>,
     pub command_timeout: Duration,
