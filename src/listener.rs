@@ -19,6 +19,7 @@ use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::Settings;
 use crate::delivery::Delivery;
+use crate::metrics::{self, Metrics};
 use crate::queue::Spool;
 use crate::queue::fsio::{RealIo, SpoolIo};
 use crate::queue::scheduler::Scheduler;
@@ -99,6 +100,8 @@ pub struct Server {
     ctx: Arc<Context>,
     limits: Arc<ConnectionLimits>,
     scheduler: Scheduler,
+    /// `[metrics] listen`, bound.
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Server {
@@ -117,7 +120,9 @@ impl Server {
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let (verifier, quota) = crate::auth::defences(users, &settings);
         let delivery = Delivery::new(&settings)?;
-        let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);
+        let metrics = Arc::new(Metrics::new());
+        let (queue, scheduler) =
+            Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
         let limits = &settings.limits;
         let ctx = Arc::new(Context {
             config: Arc::new(SessionConfig {
@@ -138,6 +143,7 @@ impl Server {
             spool,
             queue,
             shutdown: CancellationToken::new(),
+            metrics,
         });
         let mut server = Server {
             listeners: Vec::new(),
@@ -150,7 +156,15 @@ impl Server {
                 max_per_ip: limits.max_connections_per_ip,
             }),
             scheduler,
+            metrics: None,
         };
+        if let Some(addr) = settings.metrics.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            let local = listener.local_addr()?;
+            server.metrics = Some((listener, local));
+        }
         for (kind, addrs) in [
             (Kind::Submission, &settings.listen.submission),
             (Kind::Submissions, &settings.listen.submissions),
@@ -175,6 +189,11 @@ impl Server {
         &self.submission
     }
 
+    /// The bound `[metrics] listen` address, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
     /// The credential verifier every session shares (its counters are read by tests).
     pub fn verifier(&self) -> &Verifier {
         &self.ctx.verifier
@@ -191,6 +210,13 @@ impl Server {
         let tracker = TaskTracker::new();
         let queue_stop = CancellationToken::new();
         let queue = tokio::spawn(self.scheduler.run(queue_stop.clone()));
+        let scrapes = self.metrics.map(|(listener, _)| {
+            tokio::spawn(metrics::serve(
+                listener,
+                self.ctx.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_loops = Vec::new();
         for (kind, listener) in self.listeners {
@@ -223,7 +249,7 @@ impl Server {
         self.ctx.shutdown.cancel();
         // The queue stops taking new work now and finishes what runs, beside the sessions.
         queue_stop.cancel();
-        for l in accept_loops {
+        for l in accept_loops.into_iter().chain(scrapes) {
             let _ = l.await;
         }
         tracker.close();
@@ -253,9 +279,17 @@ fn admit(
     tracker: &TaskTracker,
 ) {
     let _ = tcp.set_nodelay(true);
+    let open = ctx.metrics.connection(match kind {
+        Kind::Submission => metrics::Port::Submission,
+        Kind::Submissions => metrics::Port::Submissions,
+    });
     let admission = match limits.admit(peer.ip()) {
         Ok(a) => a,
         Err(refusal) => {
+            ctx.metrics.refused(match refusal {
+                Refusal::Total => metrics::Refused::Total,
+                Refusal::PerIp => metrics::Refused::PerIp,
+            });
             let hostname = &ctx.config.hostname;
             let reply = match refusal {
                 Refusal::Total => reply::too_many_connections(hostname),
@@ -285,6 +319,7 @@ fn admit(
             }
             info!("disconnect");
             drop(admission);
+            drop(open);
         }
         .instrument(span),
     );
