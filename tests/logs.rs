@@ -162,7 +162,10 @@ async fn json_log_lines_tell_a_message_story_by_queue_id() {
     assert_eq!(delivery["status"], "sent");
     assert_eq!(delivery["to"], "bob@example.net");
     let relay = delivery["relay"].as_str().unwrap();
-    assert!(relay.ends_with(&format!(":{}", sink.addr.port())), "{relay}");
+    assert!(
+        relay.ends_with(&format!(":{}", sink.addr.port())),
+        "{relay}"
+    );
     assert_eq!(delivery["attempts"], 1);
     assert!(delivery["reply"].as_str().unwrap().starts_with("250"));
 }
