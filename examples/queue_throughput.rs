@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             smtputf8: false,
             eight_bit: false,
             size: body.len() as u64,
+            held: false,
         };
         spool.store_blocking(&env, body.as_bytes())?;
     }

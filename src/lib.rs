@@ -29,6 +29,7 @@
 //!   commands (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
+//! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
 //!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
@@ -37,6 +38,7 @@ pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dev;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod queue;

@@ -52,6 +52,8 @@ enum Command {
     /// Inspect and steer the queue (safe while the server runs).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Exit 0 when the server answers a 220 greeting on its first listen address, else 1.
+    Health,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,11 +65,20 @@ enum QueueCommand {
         json: bool,
     },
     /// Print a message's envelope and headers.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Print one JSON object instead, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make deferred recipients due now: of one message, or of every message.
     Retry { id: Option<String> },
     /// Remove a message from the queue without delivering it.
     Delete { id: String },
+    /// Keep a message from being delivered (even when due or retried) until released.
+    Hold { id: String },
+    /// Let a held message be delivered again, on its usual schedule.
+    Release { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,7 +104,11 @@ enum UserCommand {
     /// Remove a user.
     Del { login: String },
     /// List users and the senders they may use, and which are suspended.
-    List,
+    List {
+        /// Print a JSON array instead, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Suspend a user: AUTH still works, every MAIL FROM gets 550 (effective while the server
     /// runs, at the user's next login).
     Suspend {
@@ -210,6 +225,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let settings = Settings::load(config).map_err(Failure::Config)?;
             queue(&settings.queue.dir, cmd)
         }
+        Command::Health => {
+            let settings = Settings::load(config).map_err(Failure::Config)?;
+            let report = submitd::health::check(&settings.listen, submitd::health::TIMEOUT)
+                .map_err(|e| Failure::Runtime(anyhow!("unhealthy: {e}")))?;
+            println!("healthy: {report}");
+            Ok(())
+        }
     }
 }
 
@@ -237,9 +259,14 @@ fn queue(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
                 }
             }
         }
-        QueueCommand::Show { id: text } => {
+        QueueCommand::Show { id: text, json } => {
             let shown = control::show(&spool, &id(&text)?).map_err(failed)?;
-            print!("{}", show_text(&shown, now));
+            if json {
+                let value = control::shown_json(&shown, now);
+                println!("{}", serde_json::to_string_pretty(&value).context("JSON")?);
+            } else {
+                print!("{}", show_text(&shown, now));
+            }
         }
         QueueCommand::Retry { id: None } => {
             let r = control::retry(&spool, None, now).map_err(failed)?;
@@ -258,6 +285,25 @@ fn queue(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
                 println!("{id}: no deferred recipients");
             } else {
                 println!("{id}: {} recipient(s) due now", r.recipients);
+            }
+            if spool.load_envelope(&id).is_ok_and(|e| e.held) {
+                eprintln!("submitd: {id} is on hold: `submitd queue release {id}` to deliver it");
+            }
+        }
+        QueueCommand::Hold { id: text } => {
+            let id = id(&text)?;
+            if control::set_held(&spool, &id, true).map_err(failed)? {
+                println!("{id}: on hold");
+            } else {
+                println!("{id}: already on hold");
+            }
+        }
+        QueueCommand::Release { id: text } => {
+            let id = id(&text)?;
+            if control::set_held(&spool, &id, false).map_err(failed)? {
+                println!("{id}: released");
+            } else {
+                println!("{id}: was not on hold");
             }
         }
         QueueCommand::Delete { id: text } => {
@@ -376,9 +422,15 @@ fn user(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> 
             users::remove_user(path, &login).map_err(users_failure)?;
             eprintln!("removed {login} from {}", path.display());
         }
-        UserCommand::List => {
+        UserCommand::List { json } => {
             let suspensions = suspend::load(suspended).map_err(suspend_failure)?;
-            for u in users::load(path).map_err(users_failure)? {
+            let list = users::load(path).map_err(users_failure)?;
+            if json {
+                let value = users_json(&list, &suspensions);
+                println!("{}", serde_json::to_string_pretty(&value).context("JSON")?);
+                return Ok(());
+            }
+            for u in list {
                 let senders: Vec<String> = u.senders.iter().map(pattern_text).collect();
                 match suspensions.get(&u.login) {
                     Some(s) => println!(
@@ -409,6 +461,40 @@ fn user(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> 
         }
     }
     Ok(())
+}
+
+/// `user list --json`: an array of `{"login", "senders", "limits", "suspended"}`; `limits`
+/// holds only the per-user overrides set in the users file, `suspended` is `null` or
+/// `{"since", "reason"}`. Never the password hash.
+fn users_json(
+    list: &[users::User],
+    suspensions: &std::collections::BTreeMap<String, submitd::auth::suspend::Suspension>,
+) -> serde_json::Value {
+    let items = list
+        .iter()
+        .map(|u| {
+            let l = &u.limits;
+            let mut limits = serde_json::Map::new();
+            for (key, value) in [
+                ("messages_per_hour", l.messages_per_hour),
+                ("messages_per_day", l.messages_per_day),
+                ("recipients_per_hour", l.recipients_per_hour),
+                ("recipients_per_day", l.recipients_per_day),
+                ("suspend_recipients_per_hour", l.suspend_recipients_per_hour),
+            ] {
+                if let Some(v) = value {
+                    limits.insert(key.into(), v.into());
+                }
+            }
+            serde_json::json!({
+                "login": u.login,
+                "senders": u.senders.iter().map(pattern_text).collect::<Vec<_>>(),
+                "limits": limits,
+                "suspended": suspensions.get(&u.login),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(items)
 }
 
 fn pattern_text(p: &SenderPattern) -> String {

@@ -387,3 +387,187 @@ fn user_add_rejects_bad_sender_and_empty_password() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(!s.path("users.toml").exists());
 }
+
+#[test]
+fn user_list_json() {
+    let s = Setup::new();
+    let cfg = s.config();
+    assert_eq!(s.add_user("alice@example.test", "pw1").code, Some(0));
+    let out = s.run(
+        &[
+            "user",
+            "add",
+            "bob@example.test",
+            "--sender",
+            "@bob.example.test",
+            "--password-stdin",
+            "--config",
+            &cfg,
+        ],
+        "pw\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.run(
+        &[
+            "user",
+            "suspend",
+            "bob@example.test",
+            "--reason",
+            "spam run",
+            "--config",
+            &cfg,
+        ],
+        "",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = s.run(&["user", "list", "--json", "--config", &cfg], "");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    let users = v.as_array().unwrap();
+    assert_eq!(users.len(), 2, "{out:?}");
+    let alice = users
+        .iter()
+        .find(|u| u["login"] == "alice@example.test")
+        .unwrap();
+    assert_eq!(alice["senders"], serde_json::json!(["alice@example.test"]));
+    assert_eq!(alice["suspended"], serde_json::Value::Null);
+    assert_eq!(alice["limits"], serde_json::json!({}));
+    let bob = users
+        .iter()
+        .find(|u| u["login"] == "bob@example.test")
+        .unwrap();
+    assert_eq!(bob["senders"], serde_json::json!(["@bob.example.test"]));
+    assert_eq!(bob["suspended"]["reason"], "spam run");
+    assert!(bob["suspended"]["since"].as_u64().unwrap() > 1_600_000_000);
+    assert!(!out.stdout.contains("argon2"), "never the hash: {out:?}");
+}
+
+// --- submitd health ----------------------------------------------------------------------------
+
+/// A config whose listen addresses are given; cert, key and users need not exist for `health`.
+fn health_config(dir: &Path, submission: &str, submissions: &str, extra: &str) -> String {
+    let text = format!(
+        "hostname = \"mail.example.test\"\n[listen]\nsubmission = [{submission}]\n\
+         submissions = [{submissions}]\n{extra}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+         [auth]\nusers = \"users.toml\"\n[queue]\ndir = \"queue\"\n"
+    );
+    let path = dir.join("health.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn health(config: String) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        run_submitd(None, &["health", "--config", &config], None)
+    })
+    .await
+    .unwrap();
+    (out, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ok_on_587_and_465() {
+    let server = common::TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only 587 (the first listen address is the submission one).
+    let cfg = health_config(dir.path(), &format!("\"{}\"", server.submission), "", "");
+    let (out, _) = health(cfg).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.starts_with(&format!(
+            "healthy: {}: 220 mail.example.test",
+            server.submission
+        )),
+        "{out:?}"
+    );
+    // Only 465: TLS handshake against the self-signed certificate, then the greeting.
+    let cfg = health_config(dir.path(), "", &format!("\"{}\"", server.submissions), "");
+    let (out, _) = health(cfg).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(": 220 mail.example.test"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_when_nothing_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port where nothing listens: refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = health_config(dir.path(), &format!("\"127.0.0.1:{port}\""), "", "");
+    let (out, elapsed) = health(cfg).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.starts_with("submitd: unhealthy: "), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "one-line reason: {out:?}");
+    assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+
+    // A listener that accepts but never greets: the 5 s deadline, not a hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let cfg = health_config(dir.path(), &format!("\"{addr}\""), "", "");
+    let (out, elapsed) = health(cfg).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no answer within 5s"), "{out:?}");
+    assert!(
+        elapsed >= std::time::Duration::from_secs(4)
+            && elapsed < std::time::Duration::from_secs(15),
+        "{elapsed:?}"
+    );
+    drop(silent);
+
+    // A wrong greeting (a busy server's 554) is unhealthy too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut c, _) = busy.accept().unwrap();
+        c.write_all(b"554 5.3.2 busy\r\n").unwrap();
+    });
+    let cfg = health_config(dir.path(), &format!("\"{addr}\""), "", "");
+    let (out, _) = health(cfg).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("unexpected greeting \"554 5.3.2 busy\""),
+        "{out:?}"
+    );
+    server.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_sends_proxy_v2_local_first() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A fake server behind a PROXY-speaking balancer: header first, then greeting, then QUIT.
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut header = [0u8; 16];
+        c.read_exact(&mut header).unwrap();
+        c.write_all(b"220 fake ESMTP\r\n").unwrap();
+        let mut quit = [0u8; 6];
+        c.read_exact(&mut quit).unwrap();
+        c.write_all(b"221 bye\r\n").unwrap();
+        (header, quit)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = health_config(
+        dir.path(),
+        &format!("\"{addr}\""),
+        "",
+        "proxy_protocol = true",
+    );
+    let (out, _) = health(cfg).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let (header, quit) = server.join().unwrap();
+    assert_eq!(
+        header, *b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+        "PROXY v2 LOCAL, no addresses"
+    );
+    assert_eq!(&quit, b"QUIT\r\n");
+}

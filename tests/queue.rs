@@ -228,6 +228,7 @@ async fn a_bounce_is_never_bounced() {
         smtputf8: false,
         eight_bit: false,
         size: 10,
+        held: false,
     };
     let before = sink.received().len();
     spool

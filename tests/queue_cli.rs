@@ -71,6 +71,7 @@ impl Queue {
             smtputf8: false,
             eight_bit: false,
             size: MESSAGE.len() as u64,
+            held: false,
         };
         self.spool.store_blocking(&envelope, MESSAGE).unwrap();
         id
@@ -365,4 +366,144 @@ fn delete_waits_for_the_message_lock() {
     assert!(released.elapsed() < DEADLINE);
     assert!(!q.spool.envelope_path(&a).exists());
     assert!(!q.spool.message_path(&a).exists());
+}
+
+/// `submitd ARGS --config CONFIG` off the async runtime.
+async fn cli(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        finish(spawn(&config, &args))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
+    use common::sink::{Sink, SinkOptions};
+    let sink = Sink::start(SinkOptions::default()).await;
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
+        sink.addr
+    );
+    let server = common::TestServer::start_relay("", &relay).await;
+    let config = server.dir.path().join("submitd.toml");
+    let spool = Spool::attach(&server.queue_dir());
+    // Deferred for an hour: the scheduler knows it and leaves it alone until then.
+    let id = QueueId::generate();
+    let envelope = Envelope {
+        version: FORMAT_VERSION,
+        id: id.to_string(),
+        user: "alice@example.test".into(),
+        sender: "alice@example.test".into(),
+        recipients: vec![rcpt(
+            "bob@example.net",
+            RecipientState::Deferred,
+            Some(now() + 3_600),
+            Some("451 4.3.0 try later"),
+        )],
+        received_at: now() - 60,
+        helo: "client.test".into(),
+        smtputf8: false,
+        eight_bit: false,
+        size: MESSAGE.len() as u64,
+        held: false,
+    };
+    spool.store_blocking(&envelope, MESSAGE).unwrap();
+
+    let out = cli(&config, &["queue", "hold", id.as_str()]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{id}: on hold\n"));
+    let out = cli(&config, &["queue", "hold", id.as_str()]).await;
+    assert_eq!(out.stdout, format!("{id}: already on hold\n"), "{out:?}");
+    // Due now, but held: retry says so, and the scheduler must not touch it.
+    let out = cli(&config, &["queue", "retry", id.as_str()]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("is on hold"), "{out:?}");
+
+    let out = cli(&config, &["queue", "list"]).await;
+    assert!(out.stdout.contains("  next=held"), "{out:?}");
+    let out = cli(&config, &["queue", "list", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v[0]["status"], "held", "{out:?}");
+    assert_eq!(v[0]["held"], true);
+    let out = cli(&config, &["queue", "show", id.as_str(), "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["held"], true, "{out:?}");
+
+    // Several scheduler cycles (the scan runs every second).
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(sink.received().is_empty(), "a held message was delivered");
+    let env = spool.load_envelope(&id).unwrap();
+    assert!(env.held);
+    assert_eq!(env.recipients[0].state, RecipientState::Deferred);
+    assert_eq!(env.recipients[0].attempts, 2, "no attempt while held");
+
+    let out = cli(&config, &["queue", "release", id.as_str()]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{id}: released\n"));
+    let got = sink.wait_for(1, common::IO_TIMEOUT).await;
+    assert_eq!(got.len(), 1, "released message not delivered");
+    assert_eq!(got[0].data, MESSAGE);
+    assert_eq!(got[0].rcpts, ["bob@example.net"]);
+    // Delivered: gone from the queue (bounded wait for the state save).
+    let start = Instant::now();
+    while spool.envelope_path(&id).exists() && start.elapsed() < common::IO_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!spool.envelope_path(&id).exists());
+    let out = cli(&config, &["queue", "release", id.as_str()]).await;
+    assert_eq!(out.code, Some(1), "unknown ID: {out:?}");
+}
+
+#[test]
+fn show_json_has_the_fields() {
+    let q = Queue::new();
+    let (a, _) = q.mixed();
+    let out = q.run(&["queue", "show", "--json", a.as_str()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    assert_eq!(v["id"], a.as_str());
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["held"], false);
+    assert_eq!(v["sender"], "alice@example.test");
+    assert_eq!(v["user"], "alice@example.test");
+    assert_eq!(v["size"], MESSAGE.len());
+    assert_eq!(v["helo"], "client.test");
+    assert_eq!(v["smtputf8"], false);
+    assert_eq!(v["eight_bit"], false);
+    assert_eq!(v["next_due"], 0, "a pending recipient is due now");
+    assert!((180..200).contains(&v["age_seconds"].as_u64().unwrap()));
+    assert_eq!(v["recipients"], q.env_json(&a)["recipients"]);
+    assert_eq!(
+        v["headers"],
+        "From: alice@example.test\r\nTo: bob@example.net\r\nSubject: queued\r\n"
+    );
+    // The list object is the same minus the show-only fields.
+    let list: serde_json::Value =
+        serde_json::from_str(&q.run(&["queue", "list", "--json"]).stdout).unwrap();
+    let mut shown = v.as_object().unwrap().clone();
+    for key in ["helo", "smtputf8", "eight_bit", "headers"] {
+        shown.remove(key);
+    }
+    let mut listed = list[0].as_object().unwrap().clone();
+    // Ages are computed per run; compare everything else.
+    shown.remove("age_seconds");
+    listed.remove("age_seconds");
+    assert_eq!(shown, listed);
+}
+
+#[test]
+fn hold_and_release_unknown_id_exit_1() {
+    let q = Queue::new();
+    let unknown = QueueId::generate();
+    for cmd in ["hold", "release"] {
+        let out = q.run(&["queue", cmd, unknown.as_str()]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("no such message"), "{out:?}");
+        let out = q.run(&["queue", cmd, "nope"]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+    }
 }

@@ -135,6 +135,7 @@ fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
         smtputf8: false,
         eight_bit: false,
         size: message.len() as u64,
+        held: false,
     }
 }
 

@@ -379,6 +379,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             size: ORIGINAL.len() as u64,
+            held: false,
         }
     }
 

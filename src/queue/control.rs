@@ -1,5 +1,5 @@
-//! The `submitd queue` commands as library calls: list, show, retry and delete queued
-//! messages (DESIGN.md "Command line").
+//! The `submitd queue` commands as library calls: list, show, retry, delete, hold and release
+//! queued messages (DESIGN.md "Command line").
 //!
 //! # Safe while the server runs
 //!
@@ -8,8 +8,8 @@
 //! - Readers ([`list`], [`show`]) take no lock: envelopes are replaced by rename, never torn,
 //!   so a read sees the old or the new envelope. A message that vanishes between the directory
 //!   listing and the read was delivered (or deleted) meanwhile and is skipped.
-//! - Writers ([`retry`], [`delete`]) follow the protocol of [`super::spool::MessageLock`]:
-//!   take the message's flock (waiting while the scheduler holds it for a delivery attempt),
+//! - Writers ([`retry`], [`delete`], [`set_held`]) follow the protocol of
+//!   [`super::spool::MessageLock`]: take the message's flock (waiting while the scheduler holds it for a delivery attempt),
 //!   re-read the envelope under the lock, change it, write it back atomically, release. The
 //!   scheduler rescans the directory every second and re-reads envelopes whose mtime changed,
 //!   so a retry takes effect within about a second.
@@ -162,6 +162,23 @@ pub fn delete(spool: &Spool, id: &QueueId) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// Put a message on hold (`hold = true`) or release it. Returns whether the state changed
+/// (false: it already was). Written under the message's lock like [`retry`]; the scheduler
+/// re-reads the envelope before every attempt, so no attempt starts after this returns. An
+/// attempt already under way is not interrupted (its outcome is saved, the hold kept).
+/// Releasing does not move retry times: pending recipients are due at once, deferred ones at
+/// their `next_attempt` (use [`retry`] for now).
+pub fn set_held(spool: &Spool, id: &QueueId, hold: bool) -> Result<bool, ControlError> {
+    let _lock = spool.lock(id).map_err(|e| not_found(e, id))?;
+    let mut envelope = spool.load_envelope(id).map_err(|e| not_found(e, id))?;
+    if envelope.held == hold {
+        return Ok(false);
+    }
+    envelope.held = hold;
+    spool.save_envelope(&envelope)?;
+    Ok(true)
+}
+
 fn has_deferred(e: &Envelope) -> bool {
     e.recipients
         .iter()
@@ -225,8 +242,8 @@ const LAST_REPLY_WIDTH: usize = 60;
 
 /// One `queue list` line:
 /// `ID  AGE  SENDER  ADDR(state) ADDR(state)...  next=WHEN[ last=REPLY]`, fields separated by
-/// two spaces; SENDER is `<>` for the null sender; WHEN is `now`, a [`human_age`] or `-` when
-/// nothing is waiting; REPLY is cut to 60 characters. An unreadable envelope gives
+/// two spaces; SENDER is `<>` for the null sender; WHEN is `held` for a held message, else
+/// `now`, a [`human_age`] or `-` when nothing is waiting; REPLY is cut to 60 characters. An unreadable envelope gives
 /// `ID  invalid envelope: REASON`.
 pub fn format_line(entry: &Entry, now: u64) -> String {
     let envelope = match &entry.envelope {
@@ -256,6 +273,7 @@ pub fn format_line(entry: &Entry, now: u64) -> String {
         })
         .collect();
     let next = match envelope.next_due() {
+        _ if envelope.held => "held".to_string(),
         None => "-".to_string(),
         Some(t) if t <= now => "now".to_string(),
         Some(t) => human_age(t - now),
@@ -275,35 +293,76 @@ pub fn format_line(entry: &Entry, now: u64) -> String {
     line
 }
 
-/// The JSON of `queue list --json`: one object per message.
-pub fn to_json(entries: &[Entry], now: u64) -> serde_json::Value {
-    #[derive(Serialize)]
-    struct Json<'a> {
-        id: &'a str,
-        age_seconds: u64,
-        received_at: u64,
-        sender: &'a str,
-        user: &'a str,
-        size: u64,
-        recipients: &'a [super::spool::Recipient],
+/// One message in `queue list --json` and `queue show --json`; field names are stable (README
+/// "Queue commands for scripts").
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    id: &'a str,
+    /// `"held"` or `"queued"`.
+    status: &'static str,
+    held: bool,
+    age_seconds: u64,
+    received_at: u64,
+    /// Unix seconds of the next attempt were the message not held; `null` when nothing waits.
+    next_due: Option<u64>,
+    sender: &'a str,
+    user: &'a str,
+    size: u64,
+    recipients: &'a [super::spool::Recipient],
+}
+
+impl<'a> MessageJson<'a> {
+    fn new(id: &'a str, e: &'a Envelope, now: u64) -> Self {
+        MessageJson {
+            id,
+            status: if e.held { "held" } else { "queued" },
+            held: e.held,
+            age_seconds: now.saturating_sub(e.received_at),
+            received_at: e.received_at,
+            next_due: e.next_due(),
+            sender: &e.sender,
+            user: &e.user,
+            size: e.size,
+            recipients: &e.recipients,
+        }
     }
+}
+
+/// The JSON of `queue list --json`: an array, one object per message (an unreadable envelope
+/// is `{"id", "error"}`).
+pub fn to_json(entries: &[Entry], now: u64) -> serde_json::Value {
     let items = entries
         .iter()
         .map(|entry| match &entry.envelope {
-            Ok(e) => serde_json::to_value(Json {
-                id: entry.id.as_str(),
-                age_seconds: now.saturating_sub(e.received_at),
-                received_at: e.received_at,
-                sender: &e.sender,
-                user: &e.user,
-                size: e.size,
-                recipients: &e.recipients,
-            })
-            .unwrap_or(serde_json::Value::Null),
+            Ok(e) => serde_json::to_value(MessageJson::new(entry.id.as_str(), e, now))
+                .unwrap_or(serde_json::Value::Null),
             Err(reason) => serde_json::json!({ "id": entry.id.as_str(), "error": reason }),
         })
         .collect();
     serde_json::Value::Array(items)
+}
+
+/// The JSON of `queue show --json`: the `queue list --json` object plus `helo`, `smtputf8`,
+/// `eight_bit` and `headers` (the header section as text, invalid UTF-8 replaced).
+pub fn shown_json(shown: &Shown, now: u64) -> serde_json::Value {
+    #[derive(Serialize)]
+    struct Json<'a> {
+        #[serde(flatten)]
+        message: MessageJson<'a>,
+        helo: &'a str,
+        smtputf8: bool,
+        eight_bit: bool,
+        headers: String,
+    }
+    let e = &shown.envelope;
+    serde_json::to_value(Json {
+        message: MessageJson::new(&e.id, e, now),
+        helo: &e.helo,
+        smtputf8: e.smtputf8,
+        eight_bit: e.eight_bit,
+        headers: String::from_utf8_lossy(&shown.headers).into_owned(),
+    })
+    .unwrap_or(serde_json::Value::Null)
 }
 
 /// The state as written in the envelope file.
@@ -360,6 +419,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             size: 30,
+            held: false,
         };
         spool
             .store_blocking(&envelope, b"Subject: hi\r\nFrom: a@b\r\n\r\nbody\r\n")
@@ -495,6 +555,46 @@ mod tests {
         ));
         assert!(matches!(parse_id("../x"), Err(ControlError::BadId(_))));
         assert_eq!(parse_id(&a.as_str().to_lowercase()).unwrap(), a);
+    }
+
+    #[test]
+    fn hold_and_release() {
+        let (_dir, spool) = queue();
+        let id = store(
+            &spool,
+            vec![recipient("b@x.test", RecipientState::Pending, None)],
+        );
+        assert!(set_held(&spool, &id, true).unwrap());
+        assert!(!set_held(&spool, &id, true).unwrap(), "already held");
+        let env = spool.load_envelope(&id).unwrap();
+        assert!(env.held);
+        assert_eq!(env.attempt_due(), None);
+        assert_eq!(env.next_due(), Some(0));
+        let entries = list(&spool).unwrap();
+        assert!(format_line(&entries[0], 2_000).contains("  next=held"));
+        let json = to_json(&entries, 2_000);
+        assert_eq!(json[0]["status"], "held");
+        assert_eq!(json[0]["held"], true);
+        assert!(set_held(&spool, &id, false).unwrap());
+        let env = spool.load_envelope(&id).unwrap();
+        assert!(!env.held);
+        assert_eq!(env.attempt_due(), Some(0));
+        // Not held: the field is left out, so older builds still read the file.
+        let raw = std::fs::read_to_string(spool.envelope_path(&id)).unwrap();
+        assert!(!raw.contains("held"), "{raw}");
+        let gone = QueueId::generate();
+        assert!(matches!(
+            set_held(&spool, &gone, true),
+            Err(ControlError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_without_held_loads() {
+        let text = br#"{"version":1,"id":"0123456789ABCDEF0123","user":"u","sender":"s@x",
+            "recipients":[{"address":"a@b","state":"pending"}],"received_at":5,"helo":"h",
+            "size":3}"#;
+        assert!(!Envelope::from_bytes(text).unwrap().held);
     }
 
     #[test]

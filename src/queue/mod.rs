@@ -9,7 +9,10 @@
 //!   submitd prepended), CRLF line endings. Never modified after it is written.
 //! - `ID.env`: the envelope, one JSON object ([`spool::Envelope`]) with `"version": 1`, the
 //!   sender, the recipients each with a delivery state, the user, and times. It is rewritten
-//!   whole (temp file, fsync, rename) whenever a recipient's state changes.
+//!   whole (temp file, fsync, rename) whenever a recipient's state changes. An optional
+//!   `"held": true` marks a message on hold (`submitd queue hold`): the scheduler leaves it
+//!   alone until `queue release`. The key is absent when false, and a missing key reads as
+//!   false, so files from before holds existed load unchanged (still version 1).
 //!
 //! The `.env` file is the commit point: it is renamed into place after the `.msg` file, and
 //! the directory is fsynced before `250` is sent. A `.msg` without an `.env` is an

@@ -15,6 +15,10 @@
 //!   (`4.4.7`). Failed recipients get one DSN to the envelope sender, written to the spool
 //!   *before* the state is saved (a crash in between repeats the DSN; it never loses it). A
 //!   message from `<>` is never bounced. The message is removed when no recipient is pending.
+//! - A held message (`queue hold`, [`Envelope::held`]) is never due: the scan gives it no due
+//!   time, and an attempt re-reads the envelope and stops when it finds it held. Only an attempt
+//!   already past that check when the hold is written goes on. A held message does not expire:
+//!   `max_age` is checked on a deferral, and a held message has no attempts.
 //!
 //! Delivery is at-least-once: a crash after the remote 250 but before the state is saved sends
 //! that recipient again on restart.
@@ -285,7 +289,7 @@ fn scan_blocking(
                     })
                     .count();
                 let seen = Seen {
-                    due: env.next_due(),
+                    due: env.attempt_due(),
                     received_at: Some(env.received_at),
                     open,
                 };
@@ -335,6 +339,11 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
             return Vec::new();
         }
     };
+    // Re-read just now: a `queue hold` since the last scan wins over the scan's due time.
+    if env.held {
+        info!(queue_id = %id, "queue: message on hold, not attempted");
+        return Vec::new();
+    }
     let now = unix_now();
     let due: Vec<String> = env
         .recipients
@@ -529,6 +538,7 @@ fn apply_blocking(
                 smtputf8: !env.sender.is_ascii() || !dsn.is_ascii(),
                 eight_bit: !dsn.is_ascii(),
                 size: dsn.len() as u64,
+                held: false,
             };
             spool.store_blocking(&bounce, &dsn)?;
             info!(queue_id = %id, bounce = %bounce_id, to = %env.sender, "queue: DSN queued");
@@ -581,6 +591,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             size: 0,
+            held: false,
         };
         assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));

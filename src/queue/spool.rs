@@ -54,6 +54,15 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Size of `ID.msg` in octets.
     pub size: u64,
+    /// On hold (`submitd queue hold`): the scheduler makes no attempt until it is released.
+    /// Absent (false) in files written before holds existed, and left out when false so that
+    /// an older build still reads the file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why bytes are not an envelope.
@@ -78,6 +87,12 @@ impl Envelope {
                 RecipientState::Delivered | RecipientState::Failed => None,
             })
             .min()
+    }
+
+    /// When the scheduler should attempt the message: [`Envelope::next_due`], but never while
+    /// it is held.
+    pub fn attempt_due(&self) -> Option<u64> {
+        if self.held { None } else { self.next_due() }
     }
 
     /// Parse an `.env` file's content: JSON of this format version. Pure; never panics.
@@ -502,6 +517,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             size: 5,
+            held: false,
         }
     }
 

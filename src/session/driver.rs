@@ -416,6 +416,7 @@ async fn spool_message(
         smtputf8: accepted.params.smtputf8,
         eight_bit: accepted.params.body == Some(super::command::Body::EightBitMime),
         size: message.len() as u64,
+        held: false,
     };
     let size = message.len();
     match ctx.spool.store(envelope, message).await {

@@ -1,0 +1,761 @@
+//! `submitd-bench`: an SMTP submission load generator, in the spirit of Postfix's
+//! `smtp-source`, with implicit TLS, STARTTLS and AUTH PLAIN.
+//!
+//! Two modes:
+//! - **load** (default): `--sessions` connections at once send `--messages` messages in total,
+//!   `--per-session` per connection, then print one JSON line: messages, errors, seconds,
+//!   msgs_per_sec and latency percentiles. A message's latency runs from its first command
+//!   (MAIL FROM) to the 250 after its data; for the first message of a connection it runs from
+//!   the connect, so with `--per-session 1` it includes TCP connect, TLS handshake, EHLO and
+//!   AUTH.
+//! - **idle** (`--idle N`): open N connections, finish TLS and EHLO on each, print one JSON
+//!   line when all are up, then hold them (for `--hold`, or until stdin closes), for measuring
+//!   a server's memory per idle connection.
+//!
+//! Every socket operation has a timeout; a failed message is counted, never a panic. It refuses
+//! any target that is not a loopback address unless `--allow-remote` is given: it accepts any
+//! server certificate, because it exists to load our own test servers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+/// Longest reply line accepted from the server (RFC 5321 says 512; be generous).
+const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one multi-line reply.
+const MAX_REPLY_LINES: usize = 100;
+/// How many distinct error texts are printed on stderr.
+const MAX_ERRORS_SHOWN: usize = 5;
+
+const LONG_ABOUT: &str = "\
+SMTP submission load generator (like Postfix's smtp-source, plus TLS and AUTH PLAIN).
+
+It ACCEPTS ANY SERVER CERTIFICATE: it is meant for our own servers on loopback with test
+certificates, and refuses a target that is not a loopback address unless --allow-remote.
+
+Load mode prints exactly one JSON line on stdout: messages, errors, seconds, msgs_per_sec,
+p50_ms, p90_ms, p99_ms, max_ms (latency per message from its MAIL FROM, or from the connect
+for a connection's first message, to the 250 after its data). Idle mode (--idle N) prints one
+JSON line when all N connections are up, then holds them. Exit status: 0 when no error, 1 when
+any message or connection failed (the JSON line is printed either way), 2 for bad usage.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsMode {
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Plaintext, then STARTTLS (port 587).
+    Starttls,
+    /// No TLS at all.
+    None,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "submitd-bench", version, about = "SMTP submission load generator (loopback test servers only: accepts any certificate)", long_about = LONG_ABOUT)]
+struct Args {
+    /// Server address.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: String,
+    /// How TLS starts.
+    #[arg(long, value_enum, default_value_t = TlsMode::Implicit)]
+    tls: TlsMode,
+    /// AUTH PLAIN login (no AUTH when absent).
+    #[arg(long)]
+    user: Option<String>,
+    /// AUTH PLAIN password.
+    #[arg(long, requires = "user")]
+    password: Option<String>,
+    /// Envelope sender and header From.
+    #[arg(long, default_value = "bench@example.test")]
+    from: String,
+    /// Envelope recipient and header To.
+    #[arg(long, default_value = "sink@example.test")]
+    to: String,
+    /// Connections at once (concurrency).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    sessions: u64,
+    /// Messages in total [default: 1000, or unlimited with --duration].
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages per connection (0: as many as there are).
+    #[arg(long, default_value_t = 1)]
+    per_session: u64,
+    /// Message size in bytes (headers included, before the final dot).
+    #[arg(long, default_value_t = 10240, value_parser = clap::value_parser!(u64).range(64..=100_000_000))]
+    size: u64,
+    /// Send MAIL, RCPT and DATA as one write when the server offers PIPELINING.
+    #[arg(long)]
+    pipelining: bool,
+    /// Start no new message after this long (seconds, or "30s", "2m").
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Timeout of every connect, handshake, read and write.
+    #[arg(long, value_parser = parse_duration, default_value = "30")]
+    timeout: Duration,
+    /// Idle mode: open N connections (TLS and EHLO done), hold them, print when all are up.
+    #[arg(long, value_name = "N")]
+    idle: Option<u64>,
+    /// Idle mode: hold the connections this long (default: until stdin closes).
+    #[arg(long, value_parser = parse_duration, requires = "idle")]
+    hold: Option<Duration>,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Disable TLS session resumption (on by default, as in real clients).
+    #[arg(long)]
+    no_resume: bool,
+    /// EHLO name.
+    #[arg(long, default_value = "bench.example.test")]
+    ehlo: String,
+    /// TLS server name (SNI) [default: the host of --connect].
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Runtime worker threads (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+}
+
+/// Seconds ("10", "0.5") or a humantime duration ("10s", "2m").
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads as usize)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("submitd-bench: runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(Usage(e)) => {
+            eprintln!("submitd-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// A problem with the command line or the target: exit 2.
+struct Usage(anyhow::Error);
+
+/// Everything the workers share, built once.
+struct Shared {
+    addr: SocketAddr,
+    tls: TlsMode,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+    ehlo: Vec<u8>,
+    auth: Option<Vec<u8>>,
+    mail_rcpt: Vec<u8>,
+    /// The message, dot-stuffed, ending in CRLF.CRLF.
+    message: Vec<u8>,
+    pipelining: bool,
+    per_session: u64,
+    /// Messages not yet claimed by a worker.
+    remaining: AtomicU64,
+    deadline: Option<Instant>,
+    errors_shown: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// Take one message to send; false when the count or the duration is used up.
+    fn claim(&self) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        self.remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn note_error(&self, error: &anyhow::Error) {
+        let text = format!("{error:#}");
+        let mut shown = self.errors_shown.lock().unwrap_or_else(|e| e.into_inner());
+        if shown.len() < MAX_ERRORS_SHOWN && !shown.contains(&text) {
+            eprintln!("submitd-bench: error: {text}");
+            shown.push(text);
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Usage> {
+    let addr = target(&args.connect, args.allow_remote)
+        .await
+        .map_err(Usage)?;
+    let host = args
+        .connect
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(&args.connect);
+    let name = args.server_name.as_deref().unwrap_or(host);
+    let server_name = ServerName::try_from(name.to_string())
+        .map_err(|e| Usage(anyhow!("bad TLS server name {name:?}: {e}")))?;
+    let auth = match (&args.user, &args.password) {
+        (Some(user), password) => {
+            let password = password.as_deref().unwrap_or("");
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            Some(format!("AUTH PLAIN {token}\r\n").into_bytes())
+        }
+        (None, _) => None,
+    };
+    let messages = match (args.messages, args.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => 1000,
+    };
+    let shared = Arc::new(Shared {
+        addr,
+        tls: args.tls,
+        connector: connector(!args.no_resume),
+        server_name,
+        timeout: args.timeout,
+        ehlo: format!("EHLO {}\r\n", args.ehlo).into_bytes(),
+        auth,
+        mail_rcpt: format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\n", args.from, args.to).into_bytes(),
+        message: message(&args.from, &args.to, args.size as usize),
+        pipelining: args.pipelining,
+        per_session: if args.per_session == 0 {
+            u64::MAX
+        } else {
+            args.per_session
+        },
+        remaining: AtomicU64::new(messages),
+        deadline: args.duration.map(|d| Instant::now() + d),
+        errors_shown: Mutex::new(Vec::new()),
+    });
+    Ok(match args.idle {
+        Some(n) => idle(shared, n, args.sessions, args.hold).await,
+        None => load(shared, args.sessions).await,
+    })
+}
+
+/// Resolve the target; refuse anything but loopback unless allowed.
+async fn target(connect: &str, allow_remote: bool) -> anyhow::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(connect)
+        .await
+        .with_context(|| format!("cannot resolve --connect {connect:?} (want HOST:PORT)"))?
+        .collect();
+    let Some(first) = addrs.first().copied() else {
+        bail!("--connect {connect:?} resolves to no address");
+    };
+    if !allow_remote && let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "refusing non-loopback target {remote} (this tool accepts any certificate and is \
+             for loopback test servers; pass --allow-remote to override)"
+        );
+    }
+    Ok(first)
+}
+
+/// The message: headers, then lines of printable text up to `size` bytes, then the final dot.
+fn message(from: &str, to: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: submitd-bench\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    )
+    .into_bytes();
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut i = 0usize;
+    while m.len() + 2 <= size {
+        let remaining = size - m.len();
+        let mut line = (remaining - 2).min(76);
+        if remaining - line - 2 == 1 {
+            // Never leave a single byte that no CRLF-ended line can fill.
+            line -= 1;
+        }
+        for _ in 0..line {
+            m.push(ALPHABET[i % ALPHABET.len()]);
+            i += 1;
+        }
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(b".\r\n");
+    m
+}
+
+/// One client config for every connection: resumption on unless disabled, any certificate.
+fn connector(resume: bool) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(AnyCert(provider.signature_verification_algorithms));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Accepts any certificate (loopback test servers only), but still checks the handshake
+/// signatures, so the client does the work a real one does.
+#[derive(Debug)]
+struct AnyCert(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// What one worker counted.
+struct Tally {
+    sent: u64,
+    errors: u64,
+    /// Microseconds.
+    latency: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 us to 1 h, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn load(shared: Arc<Shared>, sessions: u64) -> bool {
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..sessions {
+        let shared = shared.clone();
+        workers.spawn(async move {
+            let mut tally = Tally {
+                sent: 0,
+                errors: 0,
+                latency: histogram(),
+            };
+            while shared.claim() {
+                if let Err(e) = session(&shared, &mut tally).await {
+                    // The message in flight failed; the connection is dropped.
+                    tally.errors += 1;
+                    shared.note_error(&e);
+                }
+            }
+            tally
+        });
+    }
+    let mut total = Tally {
+        sent: 0,
+        errors: 0,
+        latency: histogram(),
+    };
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(t) => {
+                total.sent += t.sent;
+                total.errors += t.errors;
+                // Same bounds on both sides: cannot fail.
+                let _ = total.latency.add(&t.latency);
+            }
+            Err(e) => {
+                eprintln!("submitd-bench: worker failed: {e}");
+                total.errors += 1;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let h = &total.latency;
+    let line = json!({
+        "messages": total.sent,
+        "errors": total.errors,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "msgs_per_sec": if seconds > 0.0 { ((total.sent as f64 / seconds) * 10.0).round() / 10.0 } else { 0.0 },
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+        "sessions": sessions,
+        "per_session": if shared.per_session == u64::MAX { 0 } else { shared.per_session },
+        "size": shared.message.len() - 3,
+        "tls": format!("{:?}", shared.tls).to_lowercase(),
+        "pipelining": shared.pipelining,
+    });
+    println!("{line}");
+    total.errors == 0
+}
+
+/// One connection: set up, send messages (the first already claimed), QUIT.
+async fn session(shared: &Shared, tally: &mut Tally) -> anyhow::Result<()> {
+    let mut start = Instant::now();
+    let (mut conn, pipelining) = open(shared).await?;
+    if let Some(auth) = &shared.auth {
+        conn.command(auth, "AUTH", 235).await?;
+    }
+    let pipelining = pipelining && shared.pipelining;
+    let mut in_session = 0u64;
+    loop {
+        if pipelining {
+            conn.wbuf.extend_from_slice(&shared.mail_rcpt);
+            conn.wbuf.extend_from_slice(b"DATA\r\n");
+            conn.flush("MAIL/RCPT/DATA").await?;
+            let mail = conn.reply("MAIL").await?;
+            let rcpt = conn.reply("RCPT").await?;
+            let data = conn.reply("DATA").await?;
+            for (what, want, reply) in [
+                ("MAIL", 250, mail),
+                ("RCPT", 250, rcpt),
+                ("DATA", 354, data),
+            ] {
+                reply.expect(what, want)?;
+            }
+        } else {
+            let (mail, rcpt) = shared.mail_rcpt.split_at(
+                shared
+                    .mail_rcpt
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(0)
+                    + 1,
+            );
+            conn.command(mail, "MAIL", 250).await?;
+            conn.command(rcpt, "RCPT", 250).await?;
+            conn.command(b"DATA\r\n", "DATA", 354).await?;
+        }
+        conn.command(&shared.message, "end of data", 250).await?;
+        tally.sent += 1;
+        tally
+            .latency
+            .saturating_record((start.elapsed().as_micros() as u64).max(1));
+        in_session += 1;
+        if in_session >= shared.per_session || !shared.claim() {
+            break;
+        }
+        start = Instant::now();
+    }
+    // The messages are in; a failed QUIT is not a failed message.
+    let _ = conn.command(b"QUIT\r\n", "QUIT", 221).await;
+    Ok(())
+}
+
+/// Connect, greeting, EHLO (STARTTLS and EHLO again when asked); returns whether the last
+/// EHLO offered PIPELINING.
+async fn open(shared: &Shared) -> anyhow::Result<(Conn, bool)> {
+    let tcp = timed(shared.timeout, "connect", TcpStream::connect(shared.addr)).await?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match shared.tls {
+        TlsMode::Implicit => Either::Right(handshake(shared, tcp).await?),
+        TlsMode::Starttls | TlsMode::None => Either::Left(tcp),
+    };
+    let mut conn = Conn {
+        stream,
+        rbuf: Vec::with_capacity(MAX_REPLY_LINE),
+        rpos: 0,
+        wbuf: Vec::with_capacity(1024),
+        timeout: shared.timeout,
+    };
+    conn.reply("greeting").await?.expect("greeting", 220)?;
+    let mut ehlo = conn.command(&shared.ehlo, "EHLO", 250).await?;
+    if shared.tls == TlsMode::Starttls {
+        conn.command(b"STARTTLS\r\n", "STARTTLS", 220).await?;
+        if conn.rpos < conn.rbuf.len() {
+            bail!("server sent bytes after its STARTTLS reply");
+        }
+        let Either::Left(tcp) = conn.stream else {
+            bail!("STARTTLS on a TLS connection");
+        };
+        conn.stream = Either::Right(handshake(shared, tcp).await?);
+        ehlo = conn
+            .command(&shared.ehlo, "EHLO after STARTTLS", 250)
+            .await?;
+    }
+    let pipelining = ehlo.text.lines().any(|l| {
+        l.get(4..)
+            .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+    });
+    Ok((conn, pipelining))
+}
+
+async fn handshake(shared: &Shared, tcp: TcpStream) -> anyhow::Result<TlsStream<TcpStream>> {
+    timed(
+        shared.timeout,
+        "TLS handshake",
+        shared.connector.connect(shared.server_name.clone(), tcp),
+    )
+    .await
+}
+
+async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result.with_context(|| what),
+        Err(_) => Err(anyhow!("{what}: timed out after {limit:?}")),
+    }
+}
+
+/// A server reply: its code and all its lines.
+struct Reply {
+    code: u16,
+    text: String,
+}
+
+impl Reply {
+    fn expect(self, what: &str, want: u16) -> anyhow::Result<Reply> {
+        if self.code == want {
+            Ok(self)
+        } else {
+            let first = self.text.lines().next().unwrap_or("");
+            bail!("{what}: expected {want}, got {first:?}")
+        }
+    }
+}
+
+/// One connection with its read buffer and a single write buffer.
+struct Conn {
+    stream: Either<TcpStream, TlsStream<TcpStream>>,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl Conn {
+    /// Send `line` (already CRLF-terminated) and check the reply code.
+    async fn command(&mut self, line: &[u8], what: &str, want: u16) -> anyhow::Result<Reply> {
+        self.wbuf.extend_from_slice(line);
+        self.flush(what).await?;
+        self.reply(what).await?.expect(what, want)
+    }
+
+    async fn flush(&mut self, what: &str) -> anyhow::Result<()> {
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {
+                self.wbuf.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(anyhow!("{what}: write: {e}")),
+            Err(_) => Err(anyhow!("{what}: write timed out after {:?}", self.timeout)),
+        }
+    }
+
+    /// Read one whole (possibly multi-line) reply.
+    async fn reply(&mut self, what: &str) -> anyhow::Result<Reply> {
+        let mut text = String::new();
+        for _ in 0..MAX_REPLY_LINES {
+            let line = self.line(what).await?;
+            let code = line
+                .get(..3)
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|_| matches!(line.get(3), None | Some(b' ') | Some(b'-')));
+            let Some(code) = code else {
+                bail!(
+                    "{what}: malformed reply {:?}",
+                    String::from_utf8_lossy(&line)
+                );
+            };
+            text.push_str(&String::from_utf8_lossy(&line));
+            text.push('\n');
+            if line.get(3) != Some(&b'-') {
+                return Ok(Reply { code, text });
+            }
+        }
+        bail!("{what}: reply longer than {MAX_REPLY_LINES} lines")
+    }
+
+    /// One reply line without its CRLF.
+    async fn line(&mut self, what: &str) -> anyhow::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = self.rbuf[self.rpos..].windows(2).position(|w| w == b"\r\n") {
+                let line = self.rbuf[self.rpos..self.rpos + end].to_vec();
+                self.rpos += end + 2;
+                if self.rpos == self.rbuf.len() {
+                    self.rbuf.clear();
+                    self.rpos = 0;
+                }
+                return Ok(line);
+            }
+            if self.rbuf.len() - self.rpos > MAX_REPLY_LINE {
+                bail!("{what}: reply line longer than {MAX_REPLY_LINE} bytes");
+            }
+            if self.rpos > 0 {
+                self.rbuf.drain(..self.rpos);
+                self.rpos = 0;
+            }
+            self.rbuf.reserve(MAX_REPLY_LINE);
+            let read = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.rbuf));
+            match read.await {
+                Ok(Ok(0)) => bail!("{what}: connection closed by the server"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("{what}: read: {e}"),
+                Err(_) => bail!("{what}: no reply within {:?}", self.timeout),
+            }
+        }
+    }
+}
+
+/// Idle mode: open `n` connections, `parallel` at a time, print when all are up, hold them.
+async fn idle(shared: Arc<Shared>, n: u64, parallel: u64, hold: Option<Duration>) -> bool {
+    let started = Instant::now();
+    let todo = Arc::new(AtomicU64::new(n));
+    let mut openers = tokio::task::JoinSet::new();
+    for _ in 0..parallel.min(n) {
+        let shared = shared.clone();
+        let todo = todo.clone();
+        openers.spawn(async move {
+            let mut conns = Vec::new();
+            let mut errors = 0u64;
+            while todo
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1))
+                .is_ok()
+            {
+                match open(&shared).await {
+                    Ok((conn, _)) => conns.push(conn),
+                    Err(e) => {
+                        errors += 1;
+                        shared.note_error(&e);
+                    }
+                }
+            }
+            (conns, errors)
+        });
+    }
+    let mut conns = Vec::new();
+    let mut errors = 0;
+    while let Some(done) = openers.join_next().await {
+        match done {
+            Ok((c, e)) => {
+                conns.extend(c);
+                errors += e;
+            }
+            Err(e) => {
+                eprintln!("submitd-bench: opener failed: {e}");
+                errors += 1;
+            }
+        }
+    }
+    let line = json!({
+        "idle": n,
+        "up": conns.len(),
+        "errors": errors,
+        "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "tls": format!("{:?}", shared.tls).to_lowercase(),
+    });
+    println!("{line}");
+    match hold {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            // Blocking stdin on its own thread: the runtime has no stdin support enabled.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 1024];
+                let mut stdin = std::io::stdin().lock();
+                while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(k) if k > 0) {}
+                let _ = tx.send(());
+            });
+            let _ = rx.await;
+        }
+    }
+    eprintln!("submitd-bench: closing {} idle connections", conns.len());
+    drop(conns);
+    errors == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_has_the_asked_size_and_needs_no_dot_stuffing() {
+        for size in [1000, 1001, 1002, 10239, 10240, 100_000] {
+            let m = message("a@example.test", "b@example.net", size);
+            assert!(m.ends_with(b"\r\n.\r\n"), "size {size}");
+            assert_eq!(m.len() - 3, size, "size {size}");
+            let body = &m[..m.len() - 3];
+            for line in body.split(|&b| b == b'\n') {
+                assert!(!line.starts_with(b"."), "size {size}");
+                assert!(line.len() <= 999, "size {size}");
+            }
+            // Only CRLF line ends: no bare CR or LF.
+            let crs = body.iter().filter(|&&b| b == b'\r').count();
+            let lfs = body.iter().filter(|&&b| b == b'\n').count();
+            assert_eq!(crs, lfs);
+            assert_eq!(body.windows(2).filter(|w| w == b"\r\n").count(), lfs);
+        }
+    }
+
+    #[test]
+    fn a_size_below_the_headers_gives_the_headers_alone() {
+        let m = message("a@example.test", "b@example.net", 64);
+        assert!(m.ends_with(b"\r\n\r\n.\r\n"));
+    }
+
+    #[test]
+    fn durations_in_seconds_or_humantime() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}
