@@ -25,6 +25,8 @@ pub struct Settings {
     /// `[[dkim]]`: signing keys, one entry per domain and selector (empty: no signing).
     pub dkim: Vec<crate::dkim::DkimConfig>,
     pub dev: DevSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
 }
 
 /// `[listen]`.
@@ -143,6 +145,29 @@ pub struct SubmissionSettings {
     pub received_client_ip: bool,
 }
 
+/// `[metrics]`: the Prometheus scrape endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    /// Where to serve `GET /metrics` over plain HTTP; `None` (`listen = ""`) turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`: how the server writes its log (to stderr).
+#[derive(Debug, Clone, Default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event, `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line; the event's fields are top-level keys.
+    Json,
+}
+
 /// `[dev]`: development conveniences, never on in `config/submitd.toml`.
 #[derive(Debug, Clone, Default)]
 pub struct DevSettings {
@@ -222,6 +247,10 @@ struct RawConfig {
     dkim: Vec<RawDkim>,
     #[serde(default)]
     dev: RawDev,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,6 +556,32 @@ struct RawDev {
     bootstrap: bool,
     #[serde(default = "default_dev_user")]
     user: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: String,
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+        }
+    }
 }
 
 fn default_dev_user() -> String {
@@ -1079,6 +1134,28 @@ impl Settings {
             p.push("dev.user", "must not be empty");
         }
 
+        let metrics_listen = match raw.metrics.listen.trim() {
+            "" => None,
+            v => match v.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.push(
+                        "metrics.listen",
+                        format!(
+                            "{v:?} is not an address:port (e.g. \"127.0.0.1:9587\"); \"\" turns metrics off"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let log_format = one_of(
+            p,
+            "log.format",
+            raw.log.format.trim(),
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        );
+
         if !problems.errors.is_empty() {
             return Err(ConfigErrors(problems.errors));
         }
@@ -1142,6 +1219,12 @@ impl Settings {
             dev: DevSettings {
                 bootstrap: raw.dev.bootstrap,
                 user: raw.dev.user.trim().to_string(),
+            },
+            metrics: MetricsSettings {
+                listen: metrics_listen,
+            },
+            log: LogSettings {
+                format: log_format.ok_or_else(missing)?,
             },
         })
     }
@@ -1529,6 +1612,10 @@ received_client_ip = true
 [dev]
 bootstrap = true
 user = "me@localhost"
+[metrics]
+listen = "127.0.0.1:9587"
+[log]
+format = "json"
 "#,
         )
         .unwrap();
@@ -1560,6 +1647,41 @@ user = "me@localhost"
         assert!(s.submission.received_client_ip);
         assert!(s.dev.bootstrap);
         assert_eq!(s.dev.user, "me@localhost");
+        assert_eq!(
+            s.metrics.listen,
+            Some("127.0.0.1:9587".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn metrics_and_log_defaults_and_checks() {
+        let s = parse(&with("")).unwrap();
+        assert_eq!(s.metrics.listen, None);
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!(
+            parse(&with("[metrics]\nlisten = \"\""))
+                .unwrap()
+                .metrics
+                .listen,
+            None
+        );
+        assert_error(
+            &with("[metrics]\nlisten = \"localhost:9587\""),
+            "metrics.listen",
+            "address:port",
+        );
+        assert_error(
+            &with("[metrics]\nlisten = \"9587\""),
+            "metrics.listen",
+            "address:port",
+        );
+        assert_error(&with("[log]\nformat = \"xml\""), "log.format", "\"json\"");
+        assert_error(
+            &with("[log]\nlevel = \"debug\""),
+            "log.level",
+            "unknown key",
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
 //!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
+//! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
+//!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod health;
 pub mod dkim;
 pub mod listener;
 pub mod proxy;
+pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod session;

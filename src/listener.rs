@@ -18,6 +18,7 @@ use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::Settings;
 use crate::delivery::Delivery;
+use crate::metrics::{self, Metrics};
 use crate::queue::Spool;
 use crate::queue::fsio::{RealIo, SpoolIo};
 use crate::queue::scheduler::Scheduler;
@@ -204,6 +205,8 @@ pub struct Server {
     /// The verifier every session shares (also inside `shared`; kept here to lend it out).
     verifier: Verifier,
     scheduler: Scheduler,
+    /// `[metrics] listen`, bound.
+    metrics: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Server {
@@ -222,7 +225,9 @@ impl Server {
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let (verifier, quota) = crate::auth::defences(users, &settings);
         let delivery = Delivery::new(&settings)?;
-        let (queue, scheduler) = Scheduler::new(&settings, spool.clone(), delivery);
+        let metrics = Arc::new(Metrics::new());
+        let (queue, scheduler) =
+            Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
         let limits = &settings.limits;
         let ctx_verifier = verifier.clone();
         let ctx = Arc::new(Context {
@@ -245,6 +250,7 @@ impl Server {
             queue,
             dkim: crate::dkim::SharedSigner::new(crate::dkim::DkimSigner::load(&settings.dkim)?),
             shutdown: CancellationToken::new(),
+            metrics,
         });
         let mut server = Server {
             listeners: Vec::new(),
@@ -263,7 +269,15 @@ impl Server {
             }),
             verifier: ctx_verifier,
             scheduler,
+            metrics: None,
         };
+        if let Some(addr) = settings.metrics.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            let local = listener.local_addr()?;
+            server.metrics = Some((listener, local));
+        }
         for (kind, addrs) in [
             (Kind::Submission, &settings.listen.submission),
             (Kind::Submissions, &settings.listen.submissions),
@@ -286,6 +300,11 @@ impl Server {
     /// The bound plaintext (STARTTLS) addresses.
     pub fn submission_addrs(&self) -> &[SocketAddr] {
         &self.submission
+    }
+
+    /// The bound `[metrics] listen` address, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
     }
 
     /// The credential verifier every session shares (its counters are read by tests).
@@ -319,6 +338,13 @@ impl Server {
         let tracker = TaskTracker::new();
         let queue_stop = CancellationToken::new();
         let queue = tokio::spawn(self.scheduler.run(queue_stop.clone()));
+        let scrapes = self.metrics.map(|(listener, _)| {
+            tokio::spawn(metrics::serve(
+                listener,
+                self.shared.snapshot().ctx.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_loops = Vec::new();
         for (kind, listener) in self.listeners {
@@ -351,7 +377,7 @@ impl Server {
         self.shared.snapshot().ctx.shutdown.cancel();
         // The queue stops taking new work now and finishes what runs, beside the sessions.
         queue_stop.cancel();
-        for l in accept_loops {
+        for l in accept_loops.into_iter().chain(scrapes) {
             let _ = l.await;
         }
         tracker.close();
@@ -384,8 +410,13 @@ fn admit(
     let _ = tcp.set_nodelay(true);
     let live = shared.snapshot();
     let proxied = live.settings.listen.proxy_protocol;
+    let open = live.ctx.metrics.connection(match kind {
+        Kind::Submission => metrics::Port::Submission,
+        Kind::Submissions => metrics::Port::Submissions,
+    });
     if proxied && !crate::proxy::is_trusted(&live.settings.listen.trusted_proxies, peer.ip()) {
         shared.proxy_stats.untrusted.fetch_add(1, Ordering::Relaxed);
+        live.ctx.metrics.refused(metrics::Refused::UntrustedProxy);
         warn!(conn = id, peer = %peer, "connection closed: peer is not in listen.trusted_proxies");
         return;
     }
@@ -430,6 +461,7 @@ fn admit(
                                 .proxy_stats
                                 .bad_header
                                 .fetch_add(1, Ordering::Relaxed);
+                            ctx.metrics.refused(metrics::Refused::ProxyHeader);
                             warn!(error = %e, "connection closed: no valid PROXY header");
                             return;
                         }
@@ -448,6 +480,7 @@ fn admit(
             }
             info!("disconnect");
             drop(slot);
+            drop(open);
         }
         .instrument(span),
     );
@@ -468,6 +501,10 @@ fn refuse(
         Refusal::Total => reply::too_many_connections(hostname),
         Refusal::PerIp => reply::too_many_connections_from_ip(hostname),
     };
+    ctx.metrics.refused(match refusal {
+        Refusal::Total => metrics::Refused::Total,
+        Refusal::PerIp => metrics::Refused::PerIp,
+    });
     info!(conn = id, peer = %client, "connection refused: {reply}");
     if kind == Kind::Submission {
         let _ = tcp.try_write(reply.to_wire().as_bytes());

@@ -13,7 +13,7 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use submitd::auth::senders::SenderPattern;
 use submitd::auth::users::{self, UsersError};
-use submitd::config::{ConfigErrors, Settings};
+use submitd::config::{ConfigErrors, LogFormat, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// How long sessions get to finish after SIGTERM before main gives up on them.
@@ -172,6 +172,8 @@ enum Failure {
     Usage(anyhow::Error),
     /// Exit 1.
     Runtime(anyhow::Error),
+    /// Exit with this code; the error is already in the log (in the log's format).
+    Logged(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -210,6 +212,7 @@ fn main() -> ExitCode {
             eprintln!("submitd: {e:#}");
             ExitCode::from(1)
         }
+        Err(Failure::Logged(code)) => ExitCode::from(code),
     }
 }
 
@@ -626,24 +629,57 @@ fn read_password(from_stdin: bool) -> Result<String, Failure> {
     Ok(password)
 }
 
+/// `serve`: the config first (its errors go to stderr as plain lines, exit 2), then logging in
+/// the configured `log.format`; from then on every error is a log event.
 fn serve(config: &Path) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
+    init_logging(settings.log.format);
+    let result = (|| {
+        submitd::dev::bootstrap(&settings)?;
+        settings.check_files().map_err(Failure::Config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        runtime.block_on(run_server(settings.clone()))?;
+        Ok(())
+    })();
+    match result {
+        Err(Failure::Runtime(e)) if settings.log.format == LogFormat::Json => {
+            tracing::error!(error = format!("{e:#}"), "stopped on an error");
+            Err(Failure::Logged(1))
+        }
+        Err(Failure::Config(errors)) if settings.log.format == LogFormat::Json => {
+            for e in &errors.0 {
+                tracing::error!(file = %e.file.display(), key = %e.key, error = %e.message, "config error");
+            }
+            Err(Failure::Logged(2))
+        }
+        other => other,
+    }
+}
+
+/// Log to stderr: `text`, human-readable (ANSI colour only on a terminal), or `json`, one object
+/// per line with the event's fields as top-level keys and the session's (`conn`, `peer`,
+/// `port`) under `span`. `RUST_LOG` sets the filter; default `info`.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: journald, files and pipes get plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
-    submitd::dev::bootstrap(&settings)?;
-    settings.check_files().map_err(Failure::Config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run_server(settings))?;
-    Ok(())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            // Colour only for a person at a terminal: journald, files and pipes get plain text.
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn run_server(settings: Settings) -> anyhow::Result<()> {
@@ -656,6 +692,9 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     }
     for a in server.submissions_addrs() {
         tracing::info!(kind = "submissions", addr = %a, "listening");
+    }
+    if let Some(a) = server.metrics_addr() {
+        tracing::info!(kind = "metrics", addr = %a, "listening");
     }
     // Handlers first, so that a signal arriving while the server starts is not lost.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -170,6 +170,8 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("relay", relay);
     keep!("dev", dev);
     keep!("auth.cache_ttl", auth.cache_ttl);
+    keep!("metrics.listen", metrics.listen);
+    keep!("log.format", log.format);
     keep!("limits.auth_window", limits.auth_window);
     keep!("limits.auth_failures_per_ip", limits.auth_failures_per_ip);
     keep!(

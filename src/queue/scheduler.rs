@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use crate::config::{RelayMode, Settings};
 use crate::delivery::dsn::{self, FailedRecipient};
 use crate::delivery::{Delivery, Job, Outcome};
+use crate::metrics::Metrics;
 
 use super::id::QueueId;
 use super::spool::{self, Envelope, Recipient, RecipientState, Spool, SpoolError};
@@ -68,6 +69,9 @@ struct Tracked {
     /// The envelope's modification time when it was last read.
     mtime: Option<SystemTime>,
     running: bool,
+    /// When the message arrived and how many recipients are still to deliver (metrics).
+    received_at: Option<u64>,
+    open: usize,
 }
 
 /// The scheduler's shared parts.
@@ -79,6 +83,7 @@ struct Shared {
     retry: Vec<Duration>,
     max_age: Duration,
     connections: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 /// A scheduler ready to run; made before the listeners so sessions can hold its handle.
@@ -91,7 +96,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// The scheduler and the handle sessions use to announce new messages.
-    pub fn new(settings: &Settings, spool: Spool, delivery: Delivery) -> (QueueHandle, Scheduler) {
+    pub fn new(
+        settings: &Settings,
+        spool: Spool,
+        delivery: Delivery,
+        metrics: Arc<Metrics>,
+    ) -> (QueueHandle, Scheduler) {
         let (tx, rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             spool,
@@ -101,6 +111,7 @@ impl Scheduler {
             retry: settings.queue.retry.clone(),
             max_age: settings.queue.max_age,
             connections: Semaphore::new(settings.queue.concurrency),
+            metrics,
         });
         let handle = QueueHandle { tx: tx.clone() };
         let scheduler = Scheduler {
@@ -139,6 +150,7 @@ async fn run(
     loop {
         if tokio::time::Instant::now() >= next_scan {
             scan(&shared, &mut tracked).await;
+            queue_metrics(&shared.metrics, &tracked);
             next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
         }
         // Start what is due, oldest due first, up to the concurrency limit.
@@ -167,7 +179,13 @@ async fn run(
         }
         tokio::select! {
             Some(id) = rx.recv() => {
-                tracked.entry(id).or_insert(Tracked { due: Some(0), mtime: None, running: false });
+                tracked.entry(id).or_insert(Tracked {
+                    due: Some(0),
+                    mtime: None,
+                    running: false,
+                    received_at: Some(unix_now()),
+                    open: 0,
+                });
             }
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(id) = done
@@ -209,22 +227,41 @@ async fn scan(shared: &Arc<Shared>, tracked: &mut HashMap<QueueId, Tracked>) {
         return;
     };
     tracked.retain(|id, t| t.running || present.contains_key(id));
-    for (id, mtime, due) in changed {
+    for (id, mtime, seen) in changed {
         let t = tracked.entry(id).or_insert(Tracked {
             due: None,
             mtime: None,
             running: false,
+            received_at: None,
+            open: 0,
         });
         if !t.running {
             t.mtime = Some(mtime);
-            t.due = due;
+            t.due = seen.due;
+            t.received_at = seen.received_at;
+            t.open = seen.open;
         }
     }
 }
 
+/// The queue gauges from what the scheduler tracks (no disk access).
+fn queue_metrics(metrics: &Metrics, tracked: &HashMap<QueueId, Tracked>) {
+    let open = tracked.values().map(|t| t.open).sum();
+    let oldest = tracked.values().filter_map(|t| t.received_at).min();
+    metrics.queue(tracked.len(), open, oldest);
+}
+
+/// What a scan read from one envelope.
+struct Seen {
+    due: Option<u64>,
+    received_at: Option<u64>,
+    /// Recipients pending or deferred.
+    open: usize,
+}
+
 type ScanResult = (
     HashMap<QueueId, SystemTime>,
-    Vec<(QueueId, SystemTime, Option<u64>)>,
+    Vec<(QueueId, SystemTime, Seen)>,
 );
 
 fn scan_blocking(
@@ -243,10 +280,29 @@ fn scan_blocking(
             continue;
         }
         match spool.load_envelope(&id) {
-            Ok(env) => changed.push((id, mtime, env.attempt_due())),
+            Ok(env) => {
+                let open = env
+                    .recipients
+                    .iter()
+                    .filter(|r| {
+                        matches!(r.state, RecipientState::Pending | RecipientState::Deferred)
+                    })
+                    .count();
+                let seen = Seen {
+                    due: env.attempt_due(),
+                    received_at: Some(env.received_at),
+                    open,
+                };
+                changed.push((id, mtime, seen));
+            }
             Err(e) => {
                 warn!(queue_id = %id, error = %e, "queue: unreadable envelope skipped");
-                changed.push((id, mtime, None));
+                let seen = Seen {
+                    due: None,
+                    received_at: None,
+                    open: 0,
+                };
+                changed.push((id, mtime, seen));
             }
         }
     }
@@ -324,6 +380,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
         tasks.spawn(async move {
             let _permit = shared.connections.acquire().await;
             let domain = rcpts.first().map(|r| domain_of(r)).unwrap_or_default();
+            let started = std::time::Instant::now();
             let job = Job {
                 queue_id: id.as_str(),
                 sender: &env.sender,
@@ -333,7 +390,9 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
             };
-            shared.delivery.attempt(&job).await
+            let outcomes = shared.delivery.attempt(&job).await;
+            shared.metrics.delivery_attempt(started.elapsed());
+            outcomes
         });
     }
     let mut outcomes = Vec::new();
@@ -449,6 +508,7 @@ fn apply_blocking(
             reply = %reply,
             "delivery"
         );
+        shared.metrics.delivery(status, age);
     }
     let mut bounces = Vec::new();
     if !failed.is_empty() {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::verify::{Verdict, Verifier};
+use crate::metrics::{Handshake, Metrics, Port};
 use crate::queue::scheduler::QueueHandle;
 use crate::queue::{Envelope, QueueId, Recipient, Spool, SpoolFailure, spool};
 use crate::submission::{self, Trace};
@@ -50,6 +51,7 @@ pub struct Context {
     /// `[[dkim]]` keys; signs after the submission headers are added.
     pub dkim: crate::dkim::SharedSigner,
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How a connection's conversation ended.
@@ -173,7 +175,10 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
         End::Closed => {}
         End::StartTls => {
             let handshake = tokio::time::timeout(ctx.command_timeout, ctx.tls.accept(conn.stream));
-            match handshake.await {
+            let handshake = handshake.await;
+            ctx.metrics
+                .tls_handshake(Port::Submission, handshake_result(&handshake));
+            match handshake {
                 Ok(Ok(tls)) => {
                     let mut conn = Conn::new(tls, deadline);
                     let session = Session::new(ctx.config.clone(), true);
@@ -190,7 +195,10 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
 pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAddr) {
     let deadline = Instant::now() + ctx.max_session_time;
     let handshake = tokio::time::timeout(ctx.command_timeout, ctx.tls.accept(tcp));
-    let tls = match handshake.await {
+    let handshake = handshake.await;
+    ctx.metrics
+        .tls_handshake(Port::Submissions, handshake_result(&handshake));
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             info!(error = %e, "TLS handshake failed");
@@ -221,6 +229,15 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
     let session = Session::new(ctx.config.clone(), true);
     conn.push(&session.greeting());
     drive(&mut conn, session, &ctx, peer).await;
+}
+
+/// How a handshake under a timeout ended, for the metrics.
+fn handshake_result<T, E>(r: &Result<Result<T, E>, tokio::time::error::Elapsed>) -> Handshake {
+    match r {
+        Ok(Ok(_)) => Handshake::Ok,
+        Ok(Err(_)) => Handshake::Failed,
+        Err(_) => Handshake::Timeout,
+    }
 }
 
 /// Wait `limits.greet_pause` before the greeting. `false` when the server shuts down meanwhile.
@@ -322,10 +339,12 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
         step = match step {
             Step::Nothing => return None,
             Step::Reply(r) => {
+                ctx.metrics.reply(&r);
                 conn.push(&r);
                 return None;
             }
             Step::Close(r) => {
+                ctx.metrics.reply(&r);
                 conn.close_with(&r, ctx.command_timeout).await;
                 return Some(End::Closed);
             }
@@ -419,6 +438,7 @@ async fn spool_message(
                 rcpts = accepted.recipients.len(),
                 "queued"
             );
+            ctx.metrics.message_accepted(size);
             ctx.queue.notify(id.clone());
             Ok(id)
         }

@@ -82,6 +82,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub submission: SocketAddr,
     pub submissions: SocketAddr,
+    /// The bound `[metrics] listen` address, when the config turns metrics on.
+    pub metrics: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -104,18 +106,38 @@ impl TestServer {
         TestServer::start_at(dir, path).await
     }
 
+    /// Start with extra `[limits]`, `[queue]` and `[relay]` lines and `extra` appended to the
+    /// config (whole sections, e.g. `[metrics]\nlisten = "127.0.0.1:0"`).
+    pub async fn start_full(limits: &str, queue: &str, relay: &str, extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config_full(
+            dir.path(),
+            limits,
+            queue,
+            relay,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        );
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!("\n{extra}\n"));
+        std::fs::write(&path, text).unwrap();
+        TestServer::start_at(dir, path).await
+    }
+
     async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> TestServer {
         let text = std::fs::read_to_string(&path).unwrap();
         let settings = Settings::from_toml(&text, &path).unwrap();
         let server = Server::bind(Arc::new(settings)).await.unwrap();
         let submission = server.submission_addrs()[0];
         let submissions = server.submissions_addrs()[0];
+        let metrics = server.metrics_addr();
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             dir,
             submission,
             submissions,
+            metrics,
             shutdown,
         }
     }
@@ -374,6 +396,7 @@ pub async fn start_prepared(
         dir,
         submission,
         submissions,
+        metrics: None,
         shutdown,
     };
     (server, verifier)
@@ -428,12 +451,14 @@ impl TestServer {
             .unwrap();
         let submission = server.submission_addrs()[0];
         let submissions = server.submissions_addrs()[0];
+        let metrics = server.metrics_addr();
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             dir,
             submission,
             submissions,
+            metrics,
             shutdown,
         }
     }

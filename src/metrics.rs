@@ -1,0 +1,727 @@
+//! Prometheus metrics (`[metrics] listen`): the counters, gauges and histograms one server
+//! keeps, and a minimal HTTP/1.1 responder that serves them at `GET /metrics` in the
+//! Prometheus text format (version 0.0.4).
+//!
+//! Every label takes its value from a fixed set defined here — never a user, an address or a
+//! domain — so the number of series stays constant whatever the traffic. Every series is
+//! created at start, so a scrape shows zeros rather than missing lines.
+//!
+//! The other modules call one method per event ([`Metrics::reply`] for everything a session
+//! answers, [`Metrics::delivery`] per recipient outcome, ...); the queue gauges are set by the
+//! scheduler after each directory scan, and the age of the oldest message is computed at
+//! scrape time from the oldest arrival time it recorded, so a scrape never touches the disk.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::session::reply::{self, Reply};
+
+/// The largest HTTP request head read; a longer one gets 431 and the connection closes.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// Time for a scraper to send its request, and again to read the response.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once; further connections are closed at once.
+const MAX_SCRAPES: usize = 8;
+
+/// One label, name and value, both from the fixed sets below.
+type Label = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 587, STARTTLS.
+    Submission,
+    /// 465, implicit TLS.
+    Submissions,
+}
+
+impl Port {
+    const ALL: [Port; 2] = [Port::Submission, Port::Submissions];
+
+    fn label(self) -> Label {
+        [(
+            "port",
+            match self {
+                Port::Submission => "submission",
+                Port::Submissions => "submissions",
+            },
+        )]
+    }
+}
+
+/// Why the listener turned a connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections`.
+    Total,
+    /// `limits.max_connections_per_ip`.
+    PerIp,
+    /// `listen.proxy_protocol`: the peer is not in `listen.trusted_proxies`.
+    UntrustedProxy,
+    /// `listen.proxy_protocol`: no valid PROXY header in time.
+    ProxyHeader,
+}
+
+/// How a TLS handshake (465, or 587 after STARTTLS) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    Failed,
+    Timeout,
+}
+
+const REFUSED: [&str; 4] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "untrusted_proxy",
+    "proxy_header",
+];
+const HANDSHAKE: [&str; 3] = ["ok", "failed", "timeout"];
+/// `submitd_auth_total{result}`.
+const AUTH_RESULTS: [&str; 6] = [
+    "success",
+    "bad_credentials",
+    "throttled",
+    "busy",
+    "malformed",
+    "cancelled",
+];
+/// `submitd_messages_rejected_total{reason}`.
+const REJECT_REASONS: [&str; 8] = [
+    "size",
+    "sender",
+    "rate_limit",
+    "suspended",
+    "too_many_recipients",
+    "bare_line_ending",
+    "content",
+    "storage",
+];
+/// `submitd_deliveries_total{status}`: the `status` field of the `delivery` log line.
+const DELIVERY_STATUSES: [&str; 4] = ["sent", "deferred", "bounced", "expired"];
+
+/// What a reply tells the counters, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Auth(&'static str),
+    Rejected(&'static str),
+}
+
+/// Sort a reply the session sends into an AUTH result or a rejection reason. Constant replies
+/// compare whole; computed ones by code and the start of their text (reply.rs builds them).
+fn classify(r: &Reply) -> Option<Event> {
+    use Event::{Auth, Rejected};
+    let text = r.text();
+    let event = match r.code() {
+        235 if *r == reply::AUTH_OK => Auth("success"),
+        535 if *r == reply::AUTH_FAILED => Auth("bad_credentials"),
+        421 if *r == reply::AUTH_TOO_MANY_FAILURES => Auth("bad_credentials"),
+        454 if *r == reply::AUTH_THROTTLED => Auth("throttled"),
+        454 if *r == reply::AUTH_BUSY => Auth("busy"),
+        501 if *r == reply::AUTH_BAD_BASE64 || *r == reply::AUTH_MALFORMED => Auth("malformed"),
+        501 if *r == reply::AUTH_CANCELLED => Auth("cancelled"),
+        552 if text.starts_with("5.3.4") => Rejected("size"),
+        553 if *r == reply::NULL_SENDER_REFUSED => Rejected("sender"),
+        553 if text.starts_with("5.7.1 Sender address rejected") => Rejected("sender"),
+        450 if text.starts_with("4.7.1") => Rejected("rate_limit"),
+        550 if *r == reply::ACCOUNT_SUSPENDED => Rejected("suspended"),
+        452 if *r == reply::TOO_MANY_RECIPIENTS => Rejected("too_many_recipients"),
+        550 if *r == reply::BARE_LINE_ENDING => Rejected("bare_line_ending"),
+        550 if *r == reply::NO_FROM || *r == reply::NUL_IN_MESSAGE => Rejected("content"),
+        451 if *r == reply::QUEUE_WRITE_ERROR => Rejected("storage"),
+        452 if *r == reply::INSUFFICIENT_STORAGE => Rejected("storage"),
+        _ => return None,
+    };
+    Some(event)
+}
+
+/// Every metric one server keeps, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<Label, Counter>,
+    connections_open: Family<Label, Gauge>,
+    connections_refused: Family<Label, Counter>,
+    tls_handshakes: Family<Labels2, Counter>,
+    auth: Family<Label, Counter>,
+    messages_accepted: Counter,
+    accepted_bytes: Counter,
+    messages_rejected: Family<Label, Counter>,
+    queue_messages: Gauge,
+    queue_recipients: Gauge,
+    queue_oldest_age: Gauge,
+    /// Unix seconds when the oldest queued message arrived; 0 when the queue is empty.
+    queue_oldest_received: AtomicU64,
+    deliveries: Family<Label, Counter>,
+    delivery_delay: Histogram,
+    attempt_duration: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every series at zero.
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::with_prefix("submitd"),
+            connections: Family::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            tls_handshakes: Family::default(),
+            auth: Family::default(),
+            messages_accepted: Counter::default(),
+            accepted_bytes: Counter::default(),
+            messages_rejected: Family::default(),
+            queue_messages: Gauge::default(),
+            queue_recipients: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            queue_oldest_received: AtomicU64::new(0),
+            deliveries: Family::default(),
+            // One second to five days (queue.max_age's default).
+            delivery_delay: Histogram::new([
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 432000.0,
+            ]),
+            attempt_duration: Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        };
+        // Create every series now (the guards `get_or_create` returns are dropped at once).
+        for port in Port::ALL {
+            drop(m.connections.get_or_create(&port.label()));
+            drop(m.connections_open.get_or_create(&port.label()));
+            for result in HANDSHAKE {
+                let [port] = port.label();
+                drop(m.tls_handshakes.get_or_create(&[port, ("result", result)]));
+            }
+        }
+        for reason in REFUSED {
+            drop(m.connections_refused.get_or_create(&[("reason", reason)]));
+        }
+        for result in AUTH_RESULTS {
+            drop(m.auth.get_or_create(&[("result", result)]));
+        }
+        for reason in REJECT_REASONS {
+            drop(m.messages_rejected.get_or_create(&[("reason", reason)]));
+        }
+        for status in DELIVERY_STATUSES {
+            drop(m.deliveries.get_or_create(&[("status", status)]));
+        }
+        m.register()
+    }
+
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "connections",
+            "Connections accepted by a listener, refused ones included",
+            self.connections.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Sessions running now",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections turned away by a connection limit",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes (465, and 587 after STARTTLS) by result",
+            self.tls_handshakes.clone(),
+        );
+        r.register("auth", "AUTH attempts by result", self.auth.clone());
+        r.register(
+            "messages_accepted",
+            "Messages queued (answered 250)",
+            self.messages_accepted.clone(),
+        );
+        r.register(
+            "accepted_bytes",
+            "Bytes of messages queued, submitd's added headers included",
+            self.accepted_bytes.clone(),
+        );
+        r.register(
+            "messages_rejected",
+            "MAIL, RCPT or message content refused, by reason",
+            self.messages_rejected.clone(),
+        );
+        r.register(
+            "queue_messages",
+            "Messages in the queue (bounces included)",
+            self.queue_messages.clone(),
+        );
+        r.register(
+            "queue_recipients",
+            "Recipients in the queue still to deliver (pending or deferred)",
+            self.queue_recipients.clone(),
+        );
+        r.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in the queue; 0 when it is empty",
+            self.queue_oldest_age.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery outcomes per recipient and attempt",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "delivery_delay_seconds",
+            "Time from acceptance to delivery, per recipient delivered",
+            self.delivery_delay.clone(),
+        );
+        r.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of one outbound delivery attempt (one destination, its recipients)",
+            self.attempt_duration.clone(),
+        );
+        self
+    }
+
+    /// A connection was accepted on `port`: counted, and open until the guard drops.
+    pub fn connection(&self, port: Port) -> OpenConnection {
+        self.connections.get_or_create(&port.label()).inc();
+        let gauge = self.connections_open.get_or_create_owned(&port.label());
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// A connection limit turned a connection away (it was counted by [`Metrics::connection`]).
+    pub fn refused(&self, why: Refused) {
+        let reason = match why {
+            Refused::Total => REFUSED[0],
+            Refused::PerIp => REFUSED[1],
+            Refused::UntrustedProxy => REFUSED[2],
+            Refused::ProxyHeader => REFUSED[3],
+        };
+        self.connections_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// A TLS handshake on `port` ended.
+    pub fn tls_handshake(&self, port: Port, result: Handshake) {
+        let result = match result {
+            Handshake::Ok => HANDSHAKE[0],
+            Handshake::Failed => HANDSHAKE[1],
+            Handshake::Timeout => HANDSHAKE[2],
+        };
+        let [port] = port.label();
+        self.tls_handshakes
+            .get_or_create(&[port, ("result", result)])
+            .inc();
+    }
+
+    /// A reply the session sends: counts AUTH results and refusals.
+    pub fn reply(&self, r: &Reply) {
+        match classify(r) {
+            Some(Event::Auth(result)) => {
+                self.auth.get_or_create(&[("result", result)]).inc();
+            }
+            Some(Event::Rejected(reason)) => {
+                self.messages_rejected
+                    .get_or_create(&[("reason", reason)])
+                    .inc();
+            }
+            None => {}
+        }
+    }
+
+    /// A message of `bytes` was queued.
+    pub fn message_accepted(&self, bytes: usize) {
+        self.messages_accepted.inc();
+        self.accepted_bytes.inc_by(bytes as u64);
+    }
+
+    /// The queue after a directory scan: messages, recipients still to deliver, and when the
+    /// oldest message arrived (Unix seconds).
+    pub fn queue(&self, messages: usize, recipients: usize, oldest: Option<u64>) {
+        self.queue_messages.set(messages as i64);
+        self.queue_recipients.set(recipients as i64);
+        self.queue_oldest_received
+            .store(oldest.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// A recipient's outcome of a delivery attempt; `status` is the `delivery` log line's
+    /// (`sent`, `deferred`, `bounced`, `expired`), `delay` the seconds since acceptance.
+    pub fn delivery(&self, status: &str, delay: u64) {
+        let Some(status) = DELIVERY_STATUSES.iter().find(|s| **s == status) else {
+            debug_assert!(false, "unknown delivery status {status:?}");
+            return;
+        };
+        self.deliveries.get_or_create(&[("status", status)]).inc();
+        if *status == "sent" {
+            self.delivery_delay.observe(delay as f64);
+        }
+    }
+
+    /// One outbound attempt (connection to one destination) took `took`.
+    pub fn delivery_attempt(&self, took: Duration) {
+        self.attempt_duration.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric, as of now.
+    pub fn encode(&self) -> String {
+        let oldest = self.queue_oldest_received.load(Ordering::Relaxed);
+        let age = if oldest == 0 {
+            0
+        } else {
+            unix_now().saturating_sub(oldest)
+        };
+        self.queue_oldest_age.set(age as i64);
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A session counted in `submitd_connections_open` until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP endpoint: one request per connection, then close. Enough for Prometheus and curl.
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP response before it is written.
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn error(status: &'static str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{status}\n"),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        );
+        if self.status.starts_with("405") {
+            out.push_str("Allow: GET\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+}
+
+/// The response to a complete request head (request line and headers, up to the empty line).
+/// Only `GET /metrics` (any query string) succeeds; headers are ignored.
+fn respond(head: &[u8], metrics: &Metrics) -> Response {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(head.len());
+    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
+        return Response::error("400 Bad Request");
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Response::error("400 Bad Request");
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Response::error("400 Bad Request");
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    match (method, path) {
+        ("GET", "/metrics") => Response {
+            status: "200 OK",
+            content_type: prometheus_text::CONTENT_TYPE,
+            body: metrics.encode(),
+        },
+        (_, "/metrics") => Response::error("405 Method Not Allowed"),
+        _ => Response::error("404 Not Found"),
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // More scrapers than slots: close; Prometheus retries at the next interval.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            scrape(tcp, peer, &metrics).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One connection: read the request head (bounded in size and time), answer, close.
+async fn scrape(mut tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(HTTP_TIMEOUT, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok::<bool, std::io::Error>(true);
+            }
+            if head.len() >= MAX_REQUEST {
+                return Ok(false);
+            }
+            let room = (MAX_REQUEST - head.len()).min(buf.len());
+            let n = tcp.read(&mut buf[..room]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let response = match read {
+        Ok(Ok(true)) => respond(&head, metrics),
+        Ok(Ok(false)) => Response::error("431 Request Header Fields Too Large"),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "metrics: request not read");
+            return;
+        }
+        Err(_) => Response::error("408 Request Timeout"),
+    };
+    let bytes = response.to_bytes();
+    let _ = tokio::time::timeout(HTTP_TIMEOUT, async {
+        tcp.write_all(&bytes).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_map_to_fixed_labels() {
+        let cases: Vec<(Reply, Option<Event>)> = vec![
+            (reply::AUTH_OK, Some(Event::Auth("success"))),
+            (reply::AUTH_FAILED, Some(Event::Auth("bad_credentials"))),
+            (
+                reply::AUTH_TOO_MANY_FAILURES,
+                Some(Event::Auth("bad_credentials")),
+            ),
+            (reply::AUTH_THROTTLED, Some(Event::Auth("throttled"))),
+            (reply::AUTH_BUSY, Some(Event::Auth("busy"))),
+            (reply::AUTH_MALFORMED, Some(Event::Auth("malformed"))),
+            (reply::AUTH_CANCELLED, Some(Event::Auth("cancelled"))),
+            (reply::MESSAGE_TOO_BIG, Some(Event::Rejected("size"))),
+            (reply::HEADER_TOO_BIG, Some(Event::Rejected("size"))),
+            (
+                reply::sender_not_owned("a@b.test"),
+                Some(Event::Rejected("sender")),
+            ),
+            (reply::NULL_SENDER_REFUSED, Some(Event::Rejected("sender"))),
+            (
+                reply::message_rate_limited("a@b.test"),
+                Some(Event::Rejected("rate_limit")),
+            ),
+            (
+                reply::recipient_rate_limited("a@b.test"),
+                Some(Event::Rejected("rate_limit")),
+            ),
+            (reply::ACCOUNT_SUSPENDED, Some(Event::Rejected("suspended"))),
+            (
+                reply::TOO_MANY_RECIPIENTS,
+                Some(Event::Rejected("too_many_recipients")),
+            ),
+            (
+                reply::BARE_LINE_ENDING,
+                Some(Event::Rejected("bare_line_ending")),
+            ),
+            (reply::NO_FROM, Some(Event::Rejected("content"))),
+            (reply::NUL_IN_MESSAGE, Some(Event::Rejected("content"))),
+            (reply::QUEUE_WRITE_ERROR, Some(Event::Rejected("storage"))),
+            (
+                reply::INSUFFICIENT_STORAGE,
+                Some(Event::Rejected("storage")),
+            ),
+            (reply::MAIL_OK, None),
+            (reply::queued("ABC"), None),
+            (reply::UNKNOWN_COMMAND, None),
+            (reply::AUTH_REQUIRED, None),
+        ];
+        for (r, want) in cases {
+            assert_eq!(classify(&r), want, "{r}");
+            if let Some(Event::Auth(l) | Event::Rejected(l)) = want {
+                assert!(AUTH_RESULTS.contains(&l) || REJECT_REASONS.contains(&l));
+            }
+        }
+    }
+
+    fn sample_value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn encodes_every_series_from_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for series in [
+            "submitd_connections_total{port=\"submission\"}",
+            "submitd_connections_open{port=\"submissions\"}",
+            "submitd_connections_refused_total{reason=\"max_connections_per_ip\"}",
+            "submitd_tls_handshakes_total{port=\"submissions\",result=\"failed\"}",
+            "submitd_auth_total{result=\"bad_credentials\"}",
+            "submitd_messages_accepted_total",
+            "submitd_accepted_bytes_total",
+            "submitd_messages_rejected_total{reason=\"bare_line_ending\"}",
+            "submitd_queue_messages",
+            "submitd_queue_recipients",
+            "submitd_queue_oldest_message_age_seconds",
+            "submitd_deliveries_total{status=\"deferred\"}",
+            "submitd_delivery_delay_seconds_count",
+            "submitd_delivery_attempt_duration_seconds_count",
+        ] {
+            assert_eq!(
+                sample_value(&text, series),
+                Some(0.0),
+                "{series} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_move_the_right_series() {
+        let m = Metrics::new();
+        let open = m.connection(Port::Submissions);
+        m.refused(Refused::PerIp);
+        m.tls_handshake(Port::Submission, Handshake::Timeout);
+        m.reply(&reply::AUTH_FAILED);
+        m.reply(&reply::BARE_LINE_ENDING);
+        m.message_accepted(1234);
+        m.delivery("sent", 7);
+        m.delivery("deferred", 7);
+        m.queue(3, 5, Some(unix_now() - 100));
+        let text = m.encode();
+        let v = |s: &str| sample_value(&text, s).unwrap_or_else(|| panic!("{s} in\n{text}"));
+        assert_eq!(v("submitd_connections_total{port=\"submissions\"}"), 1.0);
+        assert_eq!(v("submitd_connections_open{port=\"submissions\"}"), 1.0);
+        assert_eq!(
+            v("submitd_connections_refused_total{reason=\"max_connections_per_ip\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("submitd_tls_handshakes_total{port=\"submission\",result=\"timeout\"}"),
+            1.0
+        );
+        assert_eq!(v("submitd_auth_total{result=\"bad_credentials\"}"), 1.0);
+        assert_eq!(
+            v("submitd_messages_rejected_total{reason=\"bare_line_ending\"}"),
+            1.0
+        );
+        assert_eq!(v("submitd_accepted_bytes_total"), 1234.0);
+        assert_eq!(v("submitd_deliveries_total{status=\"sent\"}"), 1.0);
+        assert_eq!(v("submitd_delivery_delay_seconds_count"), 1.0);
+        assert_eq!(v("submitd_delivery_delay_seconds_bucket{le=\"15\"}"), 1.0);
+        assert_eq!(v("submitd_delivery_delay_seconds_bucket{le=\"5\"}"), 0.0);
+        assert_eq!(v("submitd_queue_recipients"), 5.0);
+        let age = v("submitd_queue_oldest_message_age_seconds");
+        assert!((100.0..110.0).contains(&age), "{age}");
+        drop(open);
+        assert_eq!(
+            sample_value(
+                &m.encode(),
+                "submitd_connections_open{port=\"submissions\"}"
+            ),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn http_requests() {
+        let m = Metrics::new();
+        let ok = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &m);
+        assert_eq!(ok.status, "200 OK");
+        assert_eq!(ok.content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(ok.body.contains("submitd_messages_accepted_total 0\n"));
+        assert_eq!(
+            respond(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", &m).status,
+            "200 OK"
+        );
+        for (head, status) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], "404 Not Found"),
+            (b"GET /metricsx HTTP/1.1\r\n\r\n", "404 Not Found"),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
+            (b"GET /metrics\r\n\r\n", "400 Bad Request"),
+            (b"GET /metrics HTTP/1.1 x\r\n\r\n", "400 Bad Request"),
+            (b"GET metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"\xff\xfe /metrics HTTP/1.1\r\n\r\n", "400 Bad Request"),
+            (b"GET /metrics SMTP/1.1\r\n\r\n", "400 Bad Request"),
+        ] {
+            assert_eq!(respond(head, &m).status, status, "{head:?}");
+        }
+        let wire = Response::error("405 Method Not Allowed").to_bytes();
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(wire.contains("\r\nAllow: GET\r\n"));
+        assert!(wire.contains("\r\nConnection: close\r\n"));
+    }
+}
