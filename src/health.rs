@@ -28,12 +28,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: usize = 512;
 const MAX_LINES: usize = 16;
 
-/// A PROXY protocol v2 header with the LOCAL command and no addresses (HAProxy's own health
-/// checks send this): the 12-byte signature, version 2 / LOCAL, family UNSPEC, length 0.
-pub const PROXY_V2_LOCAL: [u8; 16] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x20, 0x00, 0x00, 0x00,
-];
-
 /// Why the check failed, in one line.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -83,7 +77,7 @@ pub fn check(listen: &Listen, timeout: Duration) -> Result<String, HealthError> 
     let mut tcp = TcpStream::connect_timeout(&addr, timeout).map_err(io_err("connect"))?;
     set_deadline(&tcp, deadline).map_err(io_err("connect"))?;
     if listen.proxy_protocol {
-        tcp.write_all(&PROXY_V2_LOCAL)
+        tcp.write_all(&crate::proxy::v2_header(None))
             .map_err(io_err("PROXY header"))?;
     }
     let greeting = if tls {
@@ -303,13 +297,6 @@ mod tests {
         let t = target(&listen(&["192.0.2.1:2587"], &[])).unwrap();
         assert_eq!(t, ("192.0.2.1:2587".parse().unwrap(), false));
         assert_eq!(target(&listen(&[], &[])), None);
-    }
-
-    #[test]
-    fn proxy_header_is_v2_local() {
-        assert_eq!(&PROXY_V2_LOCAL[..12], b"\r\n\r\n\0\r\nQUIT\n");
-        assert_eq!(PROXY_V2_LOCAL[12], 0x20);
-        assert_eq!(&PROXY_V2_LOCAL[13..], &[0, 0, 0]);
     }
 
     #[test]

@@ -560,7 +560,7 @@ async fn health_sends_proxy_v2_local_first() {
         dir.path(),
         &format!("\"{addr}\""),
         "",
-        "proxy_protocol = true",
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
     );
     let (out, _) = health(cfg).await;
     assert_eq!(out.code, Some(0), "{out:?}");
