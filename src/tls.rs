@@ -47,6 +47,18 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The provider of the server config: [`provider`] with the SHA-256 cipher suites ahead of the
+/// SHA-384 ones, chosen over the client's order. AES-128-GCM is as safe a choice, and SHA-256
+/// has CPU instructions (SHA-NI, ARMv8) where SHA-512/384 mostly does not: with SHA-384 the
+/// handshake's transcript hash and key schedule cost about a tenth of a full handshake's
+/// server CPU, as much as the X25519 key exchange.
+fn server_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| format!("{:?}", s.suite()).ends_with("_SHA384"));
+    Arc::new(p)
+}
+
 fn pem_problem(path: &Path, what: &str, e: pem::Error) -> TlsError {
     match e {
         pem::Error::Io(io) => TlsError::file(path, format!("cannot read {what}: {io}")),
@@ -92,7 +104,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Other(format!("TLS protocol versions: {e}")))?
         .with_no_client_auth()
@@ -112,6 +124,7 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerC
             }
             other => TlsError::file(key, format!("cannot use certificate and key: {other}")),
         })?;
+    config.ignore_client_order = true;
     // SMTP has no ALPN protocol id; offering none means we ignore whatever a client sends.
     config.alpn_protocols = Vec::new();
     // Resumption skips the certificate signature and, for TLS 1.2, the key exchange: it helps
