@@ -637,6 +637,7 @@ fn serve(config: &Path) -> Result<(), Failure> {
     let result = (|| {
         submitd::dev::bootstrap(&settings)?;
         settings.check_files().map_err(Failure::Config)?;
+        raise_open_files_limit(settings.limits.max_connections);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -679,6 +680,40 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .init(),
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit: every connection is a descriptor, and
+/// the usual soft default (1024) would refuse connections long before `limits.max_connections`.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open files limit");
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
+            lim.rlim_cur = before;
+        }
+    }
+    // Listeners, the spool, outbound connections and logs need descriptors too.
+    let needed = max_connections as u64 + 64;
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections,
+            "the open files limit is below limits.max_connections; raise the hard limit (LimitNOFILE=)"
+        );
+    } else {
+        tracing::info!(open_files = lim.rlim_cur, was = before, "open files limit");
     }
 }
 

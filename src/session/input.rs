@@ -4,6 +4,9 @@
 pub const MAX_COMMAND_LINE: usize = 512;
 /// The longest AUTH continuation line, CRLF included (RFC 4954 section 4).
 pub const MAX_AUTH_LINE: usize = 12288;
+/// The capacity [`InputBuffer::release_spare`] lets an empty buffer keep: enough for command
+/// lines, far less than what a message body grows it to.
+const IDLE_CAPACITY: usize = 1024;
 
 /// What [`InputBuffer::next_line`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +117,21 @@ impl InputBuffer {
         self.discarding = false;
     }
 
+    /// Give back memory a message body or long line left behind, once nothing is buffered: a
+    /// connection that waits for its next command should not hold it.
+    pub fn release_spare(&mut self) {
+        if self.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.scanned = 0;
+        }
+    }
+
+    /// The buffer's capacity in bytes (memory held, buffered or not).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Whether nothing is buffered (RFC 2920: flush replies when the input is drained).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -217,6 +235,24 @@ mod tests {
         assert_eq!(buf.next_line(512), line(b"QUIT"));
         buf.consume(10);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn release_spare_frees_a_large_empty_buffer_only() {
+        let mut buf = InputBuffer::new();
+        buf.extend(&[b'z'; 50_000]);
+        buf.consume(49_990);
+        buf.release_spare();
+        assert!(buf.capacity() >= 50_000, "10 bytes still buffered");
+        assert_eq!(buf.len(), 10);
+        buf.consume(10);
+        buf.release_spare();
+        assert_eq!(buf.capacity(), 0);
+        buf.extend(b"NOOP\r\n");
+        assert_eq!(buf.next_line(512), line(b"NOOP"));
+        let small = buf.capacity();
+        buf.release_spare();
+        assert_eq!(buf.capacity(), small, "a command-sized buffer is kept");
     }
 
     #[test]

@@ -46,10 +46,22 @@ impl Reply {
 
     /// Append the wire form (`code-text` continuation lines, `code text` last, each CRLF).
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        // Without `format!`: this runs for every reply, and a string per line showed up in
+        // profiles of short sessions.
+        debug_assert!((100..1000).contains(&self.code), "{}", self.code);
+        let c = self.code;
+        let code = [
+            b'0' + (c / 100 % 10) as u8,
+            b'0' + (c / 10 % 10) as u8,
+            b'0' + (c % 10) as u8,
+        ];
+        out.reserve(self.text.len() + 8);
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
-            let sep = if lines.peek().is_some() { '-' } else { ' ' };
-            out.extend_from_slice(format!("{}{}{}\r\n", self.code, sep, line).as_bytes());
+            out.extend_from_slice(&code);
+            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 
