@@ -115,7 +115,7 @@ pub struct Session<'a> {
 enum HostResult {
     /// The host's answers are final for this attempt: one outcome per recipient, and the
     /// connection when it can carry another transaction.
-    Done(Vec<Outcome>, Option<Connection>),
+    Done(Vec<Outcome>, Option<Box<Connection>>),
     /// Nothing happened to the recipients; try the next host. The reply says why.
     NextHost(String),
 }
@@ -199,7 +199,7 @@ pub async fn deliver(
         let host = target.label();
         tracing::debug!(queue_id = job.queue_id, host = %host, "trying");
         match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
-            Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn),
+            Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn.map(|c| *c)),
             Ok(HostResult::NextHost(reply)) => {
                 tracing::debug!(queue_id = job.queue_id, host = %host, reply = %reply, "next host");
                 last = Some((host, reply));
@@ -237,7 +237,9 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
         Err(result) => return result,
     };
     match transaction(&mut conn, job).await {
-        Transaction::Done(outcomes) if conn.is_clean() => HostResult::Done(outcomes, Some(conn)),
+        Transaction::Done(outcomes) if conn.is_clean() => {
+            HostResult::Done(outcomes, Some(Box::new(conn)))
+        }
         Transaction::Done(outcomes) => {
             conn.close().await;
             HostResult::Done(outcomes, None)
