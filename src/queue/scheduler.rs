@@ -684,6 +684,44 @@ mod tests {
     }
 
     #[test]
+    fn tracker_starts_earliest_due_first_and_skips_running() {
+        let ids: Vec<QueueId> = (0..4).map(|_| QueueId::generate()).collect();
+        let mut t = Tracker::default();
+        t.update(ids[0].clone(), Some(30), None);
+        t.update(ids[1].clone(), Some(10), None);
+        t.update(ids[2].clone(), None, None);
+        t.announce(ids[3].clone());
+        // Announcing a known message changes nothing.
+        t.announce(ids[0].clone());
+        assert_eq!(t.start_next(20), Some(ids[3].clone()));
+        assert_eq!(t.start_next(20), Some(ids[1].clone()));
+        assert_eq!(t.start_next(20), None, "ids[0] is not due before 30");
+        // A scan's view of a running message is ignored; its result is not.
+        t.update(ids[1].clone(), Some(0), None);
+        assert_eq!(t.start_next(20), None);
+        t.finished(
+            ids[1].clone(),
+            After::Saved {
+                due: Some(25),
+                mtime: None,
+            },
+        );
+        t.finished(ids[3].clone(), After::Removed);
+        assert!(!t.messages.contains_key(&ids[3]));
+        assert_eq!(t.start_next(40), Some(ids[1].clone()));
+        assert_eq!(t.start_next(40), Some(ids[0].clone()));
+        assert_eq!(t.start_next(40), None);
+        t.finished(ids[0].clone(), After::Unknown);
+        assert_eq!(t.messages[&ids[0]].due, None);
+        // Forgetting a running message waits for its result.
+        t.forget(&ids[1]);
+        assert!(t.messages.contains_key(&ids[1]));
+        t.forget(&ids[2]);
+        assert!(!t.messages.contains_key(&ids[2]));
+        assert_eq!(t.waiting.len(), 0);
+    }
+
+    #[test]
     fn domains_group_case_insensitively() {
         assert_eq!(domain_of("a@Example.TEST"), "example.test");
         assert_eq!(domain_of("\"x@y\"@z.test"), "z.test");
