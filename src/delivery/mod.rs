@@ -3,6 +3,7 @@
 //! - [`mx`]: MX resolution (RFC 5321 section 5.1, RFC 7505 null MX) with hickory-resolver.
 //! - [`outbound`]: one delivery attempt over lettre's `AsyncSmtpConnection`, with an outcome
 //!   per recipient (MX mode with `relay.tls`, or the smarthost with `smarthost_tls` and AUTH).
+//! - [`pool`]: connection reuse, several messages per connection to the same destination.
 //! - [`dsn`]: RFC 3464 delivery status notifications for failed and expired recipients.
 //!
 //! The queue scheduler (`queue::scheduler`) decides when to call [`Delivery::attempt`] and
@@ -22,6 +23,7 @@
 pub mod dsn;
 pub mod mx;
 pub mod outbound;
+pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -33,7 +35,8 @@ use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
-use outbound::TlsPolicy;
+use outbound::{TlsPolicy, Transaction};
+use pool::{Lease, Pool};
 
 /// One attempt's work: one message to recipients that share a destination (one domain in MX
 /// mode; all of them for the smarthost).
@@ -90,6 +93,8 @@ struct Inner {
     timeout: Duration,
     route: Route,
     credentials: Option<Credentials>,
+    /// Idle connections kept for the next message, and the bound on open connections.
+    pool: Pool,
 }
 
 /// Where messages go.
@@ -165,6 +170,7 @@ impl Delivery {
                 timeout: relay.timeout,
                 route,
                 credentials,
+                pool: Pool::new(settings.queue.concurrency),
             }),
         })
     }
@@ -176,11 +182,12 @@ impl Delivery {
         if n == 0 {
             return Vec::new();
         }
-        // A safety net over DNS plus every host's bounded session.
+        // A safety net over a cached connection's transaction, DNS, and every host's bounded
+        // session.
         let bound = mx::Resolver::bound()
             + self.inner.timeout
             + outbound::session_bound(self.inner.timeout, job)
-                .saturating_mul(outbound::MAX_ADDRESSES as u32);
+                .saturating_mul(outbound::MAX_ADDRESSES as u32 + 1);
         let outcomes = match tokio::time::timeout(bound, self.attempt_inner(job)).await {
             Ok(outcomes) if outcomes.len() == n => outcomes,
             Ok(_) => vec![
@@ -201,9 +208,47 @@ impl Delivery {
         job.recipients.iter().cloned().zip(outcomes).collect()
     }
 
+    /// Close the connections kept for reuse (shutdown).
+    pub async fn close_idle(&self) {
+        self.inner.pool.close_all().await;
+    }
+
     async fn attempt_inner(&self, job: &Job<'_>) -> Vec<Outcome> {
         let inner = &*self.inner;
         let n = job.recipients.len();
+        let key = match inner.route {
+            Route::Mx { .. } => job.domain.to_lowercase(),
+            Route::Smarthost { .. } => String::new(),
+        };
+        // A connection kept from an earlier message to the same destination.
+        if let Some(mut lease) = inner.pool.checkout(&key) {
+            let bound = outbound::session_bound(inner.timeout, job);
+            match tokio::time::timeout(bound, outbound::transaction(&mut lease.conn, job)).await {
+                Ok(Transaction::Done(outcomes)) => {
+                    inner.pool.checkin(key, lease).await;
+                    return outcomes;
+                }
+                Ok(Transaction::MailRefused { reply, .. }) => {
+                    // Nothing happened to the message: a new connection takes it now.
+                    tracing::debug!(
+                        queue_id = job.queue_id,
+                        host = lease.conn.host(),
+                        reply = %reply,
+                        "cached connection not usable; opening a new one"
+                    );
+                    tokio::spawn(lease.conn.close());
+                }
+                Err(_) => {
+                    let reply = format!(
+                        "session with {} timed out after {bound:?}",
+                        lease.conn.host()
+                    );
+                    let host = Some(lease.conn.host().to_string());
+                    return vec![Outcome::Deferred { host, reply }; n];
+                }
+            }
+        }
+        let permit = inner.pool.permit().await;
         let (targets, tls) = match &inner.route {
             Route::Mx {
                 resolver,
@@ -246,7 +291,11 @@ impl Delivery {
             credentials: inner.credentials.as_ref(),
             timeout: inner.timeout,
         };
-        outbound::deliver(&targets, job, &session).await
+        let (outcomes, conn) = outbound::deliver(&targets, job, &session).await;
+        if let Some(conn) = conn {
+            inner.pool.checkin(key, Lease::new(conn, permit)).await;
+        }
+        outcomes
     }
 }
 

@@ -9,7 +9,14 @@
 //! 3. a second EHLO whose reply is parsed here: lettre's `ServerInfo` does not keep `SIZE`;
 //! 4. AUTH (PLAIN, then LOGIN) when credentials are set, only over TLS;
 //! 5. checks that need no round trip: SIZE, SMTPUTF8, 8BITMIME;
-//! 6. `MAIL FROM`, one `RCPT TO` per recipient (each reply kept), `DATA` when any was accepted.
+//! 6. `MAIL FROM`, one `RCPT TO` per recipient (each reply kept), `DATA` when any was accepted;
+//!    with PIPELINING at the next hop (RFC 2920) `MAIL`, the `RCPT`s and `DATA` go out in one
+//!    write and the replies are read one by one, in order.
+//!
+//! Steps 1 to 4 ([`Connection`] set-up) happen once per connection; step 6 ([`transaction`])
+//! may then run several times on it, one message after the other (see [`super::pool`]). A
+//! connection is offered for another message only when its last transaction is known to be
+//! over: the reply after the final dot was read, or a `RSET` was answered 250.
 //!
 //! Which failures move on to the next host (Postfix's "soft errors" before the transaction):
 //! connection refused/reset/timeout, a 4xx or 5xx greeting or EHLO, a STARTTLS failure (in
@@ -56,7 +63,7 @@ use tokio::net::TcpStream;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, CertificateStore, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Ehlo};
+use lettre::transport::smtp::commands::{Data, Ehlo, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
@@ -105,24 +112,94 @@ pub struct Session<'a> {
 }
 
 /// The result of one host.
-#[derive(Debug)]
 enum HostResult {
-    /// The host's answers are final for this attempt: one outcome per recipient.
-    Done(Vec<Outcome>),
+    /// The host's answers are final for this attempt: one outcome per recipient, and the
+    /// connection when it can carry another transaction.
+    Done(Vec<Outcome>, Option<Box<Connection>>),
     /// Nothing happened to the recipients; try the next host. The reply says why.
     NextHost(String),
 }
 
+/// Where a connection stands between transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// No transaction open: the next `MAIL FROM` may go out.
+    Clean,
+    /// The peer still talks but no new transaction should start (a 421, a transaction left
+    /// open, replies out of step): only a polite QUIT.
+    Dirty,
+    /// No more bytes may be written (network error, timeout, a broken guard, an unfinished
+    /// TLS upgrade): only dropped.
+    Broken,
+}
+
+/// An SMTP connection set up for transactions: greeting, EHLO, STARTTLS and AUTH done, the
+/// next hop's capabilities known. Several messages may go over it one after the other
+/// (connection reuse, see [`super::pool`]).
+pub struct Connection {
+    conn: AsyncSmtpConnection,
+    caps: Capabilities,
+    /// `name[ip]:port` of the host, as recorded in outcomes.
+    host: String,
+    /// Each step's timeout (`relay.timeout`).
+    timeout: Duration,
+    /// Transactions started on it.
+    transactions: u32,
+    health: Health,
+}
+
+impl Connection {
+    /// `name[ip]:port` of the host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Transactions started on this connection.
+    pub fn transactions(&self) -> u32 {
+        self.transactions
+    }
+
+    /// Whether another transaction may start on it.
+    pub fn is_clean(&self) -> bool {
+        self.health == Health::Clean
+    }
+
+    /// Close: QUIT when the peer may still be talked to (its answer does not matter), then
+    /// drop the socket.
+    pub async fn close(mut self) {
+        if self.health != Health::Broken {
+            let quit = self.conn.quit();
+            let _ = tokio::time::timeout(self.timeout.min(Duration::from_secs(5)), quit).await;
+        }
+    }
+}
+
+/// What one transaction on an open connection gave.
+pub enum Transaction {
+    /// The host's answers for this message are final: one outcome per recipient.
+    Done(Vec<Outcome>),
+    /// `MAIL FROM` was not accepted (or not answered): nothing happened to any recipient.
+    /// `status` is the enhanced status of a 5xx reply.
+    MailRefused {
+        reply: String,
+        status: Option<String>,
+    },
+}
+
 /// Deliver `job` to the first of `targets` that takes responsibility; one outcome per
-/// recipient, in order.
-pub async fn deliver(targets: &[Target], job: &Job<'_>, session: &Session<'_>) -> Vec<Outcome> {
+/// recipient, in order, and the connection when it can carry another message.
+pub async fn deliver(
+    targets: &[Target],
+    job: &Job<'_>,
+    session: &Session<'_>,
+) -> (Vec<Outcome>, Option<Connection>) {
     let mut last: Option<(String, String)> = None;
     let bound = session_bound(session.timeout, job);
     for target in targets.iter().take(MAX_ADDRESSES) {
         let host = target.label();
         tracing::debug!(queue_id = job.queue_id, host = %host, "trying");
         match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
-            Ok(HostResult::Done(outcomes)) => return outcomes,
+            Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn.map(|c| *c)),
             Ok(HostResult::NextHost(reply)) => {
                 tracing::debug!(queue_id = job.queue_id, host = %host, reply = %reply, "next host");
                 last = Some((host, reply));
@@ -138,13 +215,14 @@ pub async fn deliver(targets: &[Target], job: &Job<'_>, session: &Session<'_>) -
         None => (None, "no host to deliver to".to_string()),
     };
     let deferred = Outcome::Deferred { host, reply };
-    vec![deferred; job.recipients.len()]
+    (vec![deferred; job.recipients.len()], None)
 }
 
 /// The overall bound on one host's session: every step's timeout plus time to send the data.
 pub fn session_bound(step: Duration, job: &Job<'_>) -> Duration {
-    // connect+greeting+EHLO, STARTTLS+EHLO, EHLO, AUTH, MAIL, DATA, final reply, QUIT: 12 steps.
-    let steps = 12 + job.recipients.len() as u32;
+    // connect+greeting+EHLO, STARTTLS+EHLO, EHLO, AUTH, MAIL, DATA, final reply, RSET, QUIT:
+    // 13 steps.
+    let steps = 13 + job.recipients.len() as u32;
     step.saturating_mul(steps) + data_allowance(job.message.len())
 }
 
@@ -154,6 +232,40 @@ fn data_allowance(len: usize) -> Duration {
 }
 
 async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
+    let mut conn = match open(target, host, job.recipients.len(), s).await {
+        Ok(c) => c,
+        Err(result) => return result,
+    };
+    match transaction(&mut conn, job).await {
+        Transaction::Done(outcomes) if conn.is_clean() => {
+            HostResult::Done(outcomes, Some(Box::new(conn)))
+        }
+        Transaction::Done(outcomes) => {
+            conn.close().await;
+            HostResult::Done(outcomes, None)
+        }
+        Transaction::MailRefused { reply, status } => {
+            conn.close().await;
+            match status {
+                Some(status) => {
+                    let n = job.recipients.len();
+                    HostResult::Done(all_failed(host, &reply, &status, n), None)
+                }
+                None => HostResult::NextHost(format!("MAIL FROM at {host}: {reply}")),
+            }
+        }
+    }
+}
+
+/// Connect to `target` and set the session up: greeting, EHLO, STARTTLS per the policy, a
+/// second EHLO whose reply is parsed here, AUTH. `Err` is what the attempt makes of a failure
+/// (`n` recipients).
+async fn open(
+    target: &Target,
+    host: &str,
+    n: usize,
+    s: &Session<'_>,
+) -> Result<Connection, HostResult> {
     let implicit = match s.tls {
         TlsPolicy::Implicit(p) => Some(p.clone()),
         _ => None,
@@ -178,6 +290,9 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
                         Ok(Err(e)) => return Err(StepError::Io(e.to_string())),
                         Ok(Ok(tcp)) => tcp,
                     };
+                // Commands and replies are small and lock-step (or one pipelined group):
+                // waiting for more to fill a segment only adds latency.
+                let _ = tcp.set_nodelay(true);
                 let guarded = Box::new(Guarded::new(tcp, s.timeout));
                 AsyncSmtpConnection::connect_with_transport(guarded, s.hello)
                     .await
@@ -185,110 +300,170 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
             }
         }
     };
-    let mut conn = match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
+    let conn = match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
         Err(_) => {
-            return HostResult::NextHost(format!(
+            return Err(HostResult::NextHost(format!(
                 "connect, greeting or EHLO with {host} timed out"
-            ));
+            )));
         }
-        Ok(Err(e)) => return HostResult::NextHost(format!("connection to {host} failed: {e}")),
+        Ok(Err(e)) => {
+            return Err(HostResult::NextHost(format!(
+                "connection to {host} failed: {e}"
+            )));
+        }
         Ok(Ok(c)) => c,
     };
-    let mut usable = true;
-    let result = converse(&mut conn, target, host, job, s, &mut usable).await;
-    if usable {
-        // A polite QUIT; its answer does not matter.
-        let _ = tokio::time::timeout(s.timeout.min(Duration::from_secs(5)), conn.quit()).await;
+    let mut c = Connection {
+        conn,
+        caps: Capabilities::default(),
+        host: host.to_string(),
+        timeout: s.timeout,
+        transactions: 0,
+        health: Health::Clean,
+    };
+    match set_up(&mut c, target, n, s).await {
+        Ok(()) => Ok(c),
+        Err(result) => {
+            c.close().await;
+            Err(result)
+        }
     }
-    result
 }
 
-async fn converse(
-    conn: &mut AsyncSmtpConnection,
+/// STARTTLS, the second EHLO and AUTH on a fresh connection.
+async fn set_up(
+    c: &mut Connection,
     target: &Target,
-    host: &str,
-    job: &Job<'_>,
+    n: usize,
     s: &Session<'_>,
-    usable: &mut bool,
-) -> HostResult {
-    let n = job.recipients.len();
+) -> Result<(), HostResult> {
     let t = s.timeout;
+    let host = c.host.clone();
+    let conn = &mut c.conn;
 
     // STARTTLS.
     let params = match s.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
         TlsPolicy::Opportunistic if !conn.can_starttls() => None,
         _ if !conn.can_starttls() => {
-            return HostResult::NextHost(format!("TLS required but not offered by {host}"));
+            return Err(HostResult::NextHost(format!(
+                "TLS required but not offered by {host}"
+            )));
         }
         TlsPolicy::StartTlsVerified(p) => Some(p.clone()),
         TlsPolicy::Opportunistic | TlsPolicy::Required => match unverified_tls(target) {
             Ok(p) => Some(p),
-            Err(e) => return HostResult::NextHost(format!("TLS setup for {host}: {e}")),
+            Err(e) => return Err(HostResult::NextHost(format!("TLS setup for {host}: {e}"))),
         },
     };
     if let Some(params) = params {
         // lettre leaves no stream behind a failed (or interrupted) TLS upgrade: writing to it
         // again (QUIT) trips a debug assertion. Until the upgrade succeeded, only drop it.
-        *usable = false;
+        c.health = Health::Broken;
         match tokio::time::timeout(t.saturating_mul(3), conn.starttls(params, s.hello)).await {
-            Err(_) => return HostResult::NextHost(format!("STARTTLS with {host} timed out")),
+            Err(_) => {
+                return Err(HostResult::NextHost(format!(
+                    "STARTTLS with {host} timed out"
+                )));
+            }
             Ok(Err(e)) => {
-                return HostResult::NextHost(format!(
+                return Err(HostResult::NextHost(format!(
                     "STARTTLS with {host} failed: {}",
                     StepError::from(e)
-                ));
+                )));
             }
-            Ok(Ok(())) => *usable = true,
+            Ok(Ok(())) => c.health = Health::Clean,
         }
     }
 
-    // A second EHLO whose reply we parse ourselves (SIZE).
-    let caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
+    // A second EHLO whose reply we parse ourselves (SIZE, PIPELINING).
+    c.caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
         Ok(r) => Capabilities::from_ehlo(&r),
         Err(e) => {
-            *usable = !matches!(e, StepError::Io(_));
-            return HostResult::NextHost(format!("EHLO to {host}: {e}"));
+            if matches!(e, StepError::Io(_)) {
+                c.health = Health::Broken;
+            }
+            return Err(HostResult::NextHost(format!("EHLO to {host}: {e}")));
         }
     };
 
     // AUTH: only over TLS; a refusal is the operator's problem, not the users' (defer).
     if let Some(creds) = s.credentials {
         if !conn.is_encrypted() {
-            return HostResult::Done(all_deferred(
-                host,
-                "refusing to send smarthost credentials in clear text",
-                n,
+            return Err(HostResult::Done(
+                all_deferred(
+                    &host,
+                    "refusing to send smarthost credentials in clear text",
+                    n,
+                ),
+                None,
             ));
         }
         let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], creds);
         match tokio::time::timeout(t.saturating_mul(3), auth).await {
-            Err(_) => return HostResult::NextHost(format!("AUTH with {host} timed out")),
+            Err(_) => {
+                c.health = Health::Broken;
+                return Err(HostResult::NextHost(format!("AUTH with {host} timed out")));
+            }
             Ok(Err(e)) => {
                 let reply = format!("authentication to {host} failed: {}", StepError::from(e));
-                return HostResult::Done(all_deferred(host, &reply, n));
+                return Err(HostResult::Done(all_deferred(&host, &reply, n), None));
             }
             Ok(Ok(_)) => {}
         }
     }
+    Ok(())
+}
+
+/// One mail transaction on an open, clean connection: `MAIL FROM`, one `RCPT TO` per
+/// recipient (each reply kept), `DATA` and the message when any was accepted. With
+/// PIPELINING at the next hop (RFC 2920) `MAIL`, the `RCPT`s and `DATA` go out in one write
+/// and the replies are read in order. Afterwards the connection is clean again only when the
+/// transaction is known to be over (the reply after the final dot, or a `RSET` answered 250).
+pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
+    let n = job.recipients.len();
+    let t = c.timeout;
+    let host = c.host.clone();
 
     // Checks that need no round trip.
-    let envelope = match plan(job, &caps, host) {
+    let envelope = match plan(job, &c.caps, &host) {
         Ok(e) => e,
-        Err((status, reply)) => return HostResult::Done(all_failed(host, &reply, status, n)),
+        Err((status, reply)) => return Transaction::Done(all_failed(&host, &reply, status, n)),
     };
+    c.transactions += 1;
+    c.health = Health::Dirty;
+    let pipelined = c.caps.pipelining;
+    let conn = &mut c.conn;
 
-    // MAIL FROM.
-    match step(t, conn.command(envelope.mail_from)).await {
-        Ok(_) => {}
-        Err(StepError::Reply { code, text }) if code >= 500 => {
-            let reply = format!("{code} {text}");
-            let status = enhanced_status(&text, code);
-            return HostResult::Done(all_failed(host, &reply, &status, n));
+    // MAIL FROM (with the RCPTs and DATA behind it when pipelining).
+    let mail = if pipelined {
+        let mut group = envelope.mail_from;
+        for rcpt in &envelope.rcpt_to {
+            group.push_str(rcpt);
         }
+        group.push_str("DATA\r\n");
+        step(t, conn.command(group)).await
+    } else {
+        step(t, conn.command(envelope.mail_from)).await
+    };
+    match mail {
+        Ok(_) => {}
         Err(e) => {
-            *usable = !matches!(e, StepError::Io(_));
-            return HostResult::NextHost(format!("MAIL FROM at {host}: {e}"));
+            let status = match &e {
+                StepError::Reply { code, text } if *code >= 500 => {
+                    Some(enhanced_status(text, *code))
+                }
+                _ => None,
+            };
+            c.health = match e {
+                StepError::Io(_) => Health::Broken,
+                // Pipelined replies are now out of step: only QUIT.
+                _ => Health::Dirty,
+            };
+            return Transaction::MailRefused {
+                reply: e.to_string(),
+                status,
+            };
         }
     }
 
@@ -296,46 +471,82 @@ async fn converse(
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut accepted = Vec::new();
     for (i, rcpt) in envelope.rcpt_to.into_iter().enumerate() {
-        match step(t, conn.command(rcpt)).await {
+        let reply = if pipelined {
+            step(t, conn.read_response()).await
+        } else {
+            step(t, conn.command(rcpt)).await
+        };
+        match reply {
             Ok(_) => accepted.push(i),
             Err(StepError::Reply { code, text }) if code >= 500 => {
                 outcomes[i] = Some(Outcome::Failed {
-                    host: Some(host.to_string()),
+                    host: Some(host.clone()),
                     reply: format!("{code} {text}"),
                     status: enhanced_status(&text, code),
                 });
             }
             // 421: the server is closing; nothing more happens on this connection.
             Err(e @ StepError::Reply { code: 421, .. }) | Err(e @ StepError::Io(_)) => {
-                *usable = false;
-                return HostResult::Done(defer_rest(outcomes, host, &e.to_string()));
+                c.health = Health::Broken;
+                return Transaction::Done(defer_rest(outcomes, &host, &e.to_string()));
             }
             Err(e) => {
                 outcomes[i] = Some(Outcome::Deferred {
-                    host: Some(host.to_string()),
+                    host: Some(host.clone()),
                     reply: e.to_string(),
                 });
             }
         }
     }
+
+    // DATA: its reply (already sent when pipelining).
+    let data = if pipelined {
+        Some(step(t, conn.read_response()).await)
+    } else if accepted.is_empty() {
+        None
+    } else {
+        Some(step(t, conn.command(Data)).await)
+    };
     if accepted.is_empty() {
-        return HostResult::Done(defer_rest(outcomes, host, "no recipient accepted"));
+        if let Some(Ok(_)) = data {
+            // A 354 although no recipient was accepted: end the empty message at once
+            // (RFC 2920 section 3.1); whatever the answer, nothing was delivered.
+            let _ = step(t, conn.command(".\r\n")).await;
+        }
+        c.health = match data {
+            Some(Err(StepError::Io(_))) => Health::Broken,
+            _ => reset(conn, t).await,
+        };
+        return Transaction::Done(defer_rest(outcomes, &host, "no recipient accepted"));
     }
 
-    // DATA and the message; lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of
-    // the message is the one that ends its last line.
-    let final_reply = match step(t, conn.command(Data)).await {
-        Ok(_) => {
+    // The message; lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of the message
+    // is the one that ends its last line.
+    let final_reply = match data {
+        Some(Ok(_)) => {
             let body = job.message.strip_suffix(b"\r\n").unwrap_or(job.message);
             let bound = t + data_allowance(body.len());
-            step(bound, conn.message(body)).await
+            let reply = step(bound, conn.message(body)).await;
+            c.health = match &reply {
+                // No reply (timeout, reset, garbage): the conversation is out of step.
+                Err(StepError::Io(_)) => Health::Broken,
+                Err(StepError::Reply { code: 421, .. }) => Health::Dirty,
+                // The reply after the dot ends the transaction, whatever its code.
+                _ => Health::Clean,
+            };
+            reply
         }
-        Err(e) => Err(e),
+        Some(Err(e)) => {
+            // DATA refused: the transaction is still open on the server's side.
+            c.health = match &e {
+                StepError::Io(_) => Health::Broken,
+                StepError::Reply { code: 421, .. } => Health::Dirty,
+                _ => reset(conn, t).await,
+            };
+            Err(e)
+        }
+        None => Err(StepError::Io("DATA not sent".into())),
     };
-    // No reply (timeout, reset, garbage): the conversation is out of step, QUIT is pointless.
-    if matches!(final_reply, Err(StepError::Io(_))) {
-        *usable = false;
-    }
     let decided = |reply_outcome: Outcome| {
         let mut outcomes = outcomes.clone();
         for &i in &accepted {
@@ -345,20 +556,29 @@ async fn converse(
     };
     let outcomes = match final_reply {
         Ok(r) => decided(Outcome::Delivered {
-            host: host.to_string(),
+            host: host.clone(),
             reply: reply_text(&r),
         }),
         Err(StepError::Reply { code, text }) if code >= 500 => decided(Outcome::Failed {
-            host: Some(host.to_string()),
+            host: Some(host.clone()),
             reply: format!("{code} {text}"),
             status: enhanced_status(&text, code),
         }),
         Err(e) => decided(Outcome::Deferred {
-            host: Some(host.to_string()),
+            host: Some(host.clone()),
             reply: e.to_string(),
         }),
     };
-    HostResult::Done(defer_rest(outcomes, host, "not attempted"))
+    Transaction::Done(defer_rest(outcomes, &host, "not attempted"))
+}
+
+/// `RSET` to end a transaction left open; the connection's health afterwards.
+async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) -> Health {
+    match step(t, conn.command(Rset)).await {
+        Ok(_) => Health::Clean,
+        Err(StepError::Io(_)) => Health::Broken,
+        Err(_) => Health::Dirty,
+    }
 }
 
 /// Every undecided recipient deferred with `reply`.
@@ -478,6 +698,8 @@ pub struct Capabilities {
     pub size: bool,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// RFC 2920 command pipelining.
+    pub pipelining: bool,
 }
 
 impl Capabilities {
@@ -500,6 +722,7 @@ impl Capabilities {
                 }
                 "8BITMIME" => caps.eight_bit = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
+                "PIPELINING" => caps.pipelining = true,
                 _ => {}
             }
         }
@@ -864,7 +1087,7 @@ mod tests {
             .into_iter(),
         );
         assert_eq!(c.size_limit, Some(1000));
-        assert!(c.size && c.eight_bit && c.smtputf8);
+        assert!(c.size && c.eight_bit && c.smtputf8 && c.pipelining);
         let c = Capabilities::from_lines(["SIZE"].into_iter());
         assert!(c.size);
         assert_eq!(c.size_limit, None);
@@ -927,6 +1150,7 @@ mod tests {
             eight_bit: true,
             size: true,
             size_limit: Some(100),
+            pipelining: false,
         };
         let env = plan(&j, &caps, "h").unwrap();
         assert_eq!(

@@ -3,12 +3,17 @@
 //!
 //! - On start, and every [`SCAN_INTERVAL`] after, the queue directory is scanned; an envelope
 //!   that is new or whose modification time changed (a `queue retry` from the command line) is
-//!   re-read. A message just accepted is announced through [`QueueHandle::notify`] and tried
+//!   re-read. (A queue so big that a scan takes over 1/20 of that interval is scanned less
+//!   often: the scan never takes more than about 5% of the time.) A message just accepted is announced through [`QueueHandle::notify`] and tried
 //!   at once.
 //! - A due message (a recipient `pending`, or `deferred` with its next attempt in the past) is
-//!   delivered by a task; at most `queue.concurrency` run at once. Its due recipients are
-//!   grouped by destination domain (one connection, several RCPTs), or all together for the
-//!   smarthost.
+//!   delivered by a task; at most `queue.concurrency` run at once, earliest due first (the
+//!   waiting messages are kept ordered by due time, so picking one does not grow with the
+//!   queue). Its due recipients are grouped by destination domain (one transaction, several
+//!   RCPTs), or all together for the smarthost. Connections are reused across messages to the
+//!   same destination (`delivery::pool`).
+//! - An attempt reports where its message stands (removed, or saved with its next due time):
+//!   the scheduler needs no rescan to know it.
 //! - After the attempt, under the message's lock, the envelope is re-read and each recipient's
 //!   state saved atomically: delivered, failed, or deferred with the next attempt from
 //!   `queue.retry` (then every last interval) until `queue.max_age`, when it fails as expired
@@ -21,9 +26,14 @@
 //!   `max_age` is checked on a deferral, and a held message has no attempts.
 //!
 //! Delivery is at-least-once: a crash after the remote 250 but before the state is saved sends
-//! that recipient again on restart.
+//! that recipient again on restart. For the same reason the removal of a finished message is
+//! not fsynced on its own: the queue directory is fsynced once per scan (every
+//! [`SCAN_INTERVAL`]) when something was removed, and at shutdown. A crash in between can
+//! bring a delivered message back, to be delivered again (a duplicate, never a loss: Postfix
+//! makes the same trade). Bounces are stored durably before the message they report on is
+//! removed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,8 +50,10 @@ use crate::metrics::Metrics;
 use super::id::QueueId;
 use super::spool::{self, Envelope, Recipient, RecipientState, Spool, SpoolError};
 
-/// How often the queue directory is rescanned for new and changed envelopes.
+/// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The time between two scans is at least this many times what the last scan took.
+const SCAN_SHARE: u32 = 20;
 /// How long shutdown lets running deliveries finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// The `user` recorded on bounces.
@@ -66,12 +78,127 @@ impl QueueHandle {
 struct Tracked {
     /// Unix seconds when the next attempt is due; `None` when nothing is left to do.
     due: Option<u64>,
-    /// The envelope's modification time when it was last read.
+    /// The envelope's modification time when it was last read or written.
     mtime: Option<SystemTime>,
     running: bool,
     /// When the message arrived and how many recipients are still to deliver (metrics).
     received_at: Option<u64>,
     open: usize,
+}
+
+/// The messages the scheduler knows, and those waiting for an attempt ordered by due time: a
+/// message is in `waiting` exactly when it is not running and has a due time. Picking the
+/// next due message costs O(log n), whatever the queue's size.
+#[derive(Debug, Default)]
+struct Tracker {
+    messages: HashMap<QueueId, Tracked>,
+    waiting: BTreeSet<(u64, QueueId)>,
+}
+
+impl Tracker {
+    /// A message announced by a session: due now, unless already known.
+    fn announce(&mut self, id: QueueId) {
+        if !self.messages.contains_key(&id) {
+            self.update(id.clone(), Some(0), None);
+            self.note(&id, Some(unix_now()), 0);
+        }
+    }
+
+    /// Record what the envelope on disk says, unless an attempt is running (its result is
+    /// newer).
+    fn update(&mut self, id: QueueId, due: Option<u64>, mtime: Option<SystemTime>) {
+        let t = self.messages.entry(id.clone()).or_insert(Tracked {
+            due: None,
+            mtime: None,
+            running: false,
+            received_at: None,
+            open: 0,
+        });
+        if t.running {
+            return;
+        }
+        if let Some(old) = t.due {
+            self.waiting.remove(&(old, id.clone()));
+        }
+        t.due = due;
+        t.mtime = mtime;
+        if let Some(due) = due {
+            self.waiting.insert((due, id));
+        }
+    }
+
+    /// What the metrics want to know of a message: when it arrived, how many recipients are
+    /// still to deliver.
+    fn note(&mut self, id: &QueueId, received_at: Option<u64>, open: usize) {
+        if let Some(t) = self.messages.get_mut(id) {
+            t.received_at = received_at.or(t.received_at);
+            t.open = open;
+        }
+    }
+
+    /// Forget a message that is no longer queued (unless an attempt is running).
+    fn forget(&mut self, id: &QueueId) {
+        if self.messages.get(id).is_some_and(|t| !t.running)
+            && let Some(t) = self.messages.remove(id)
+            && let Some(due) = t.due
+        {
+            self.waiting.remove(&(due, id.clone()));
+        }
+    }
+
+    /// The message due first, when it is due by `now`; marked running.
+    fn start_next(&mut self, now: u64) -> Option<QueueId> {
+        let &(due, _) = self.waiting.first()?;
+        if due > now {
+            return None;
+        }
+        let (_, id) = self.waiting.pop_first()?;
+        if let Some(t) = self.messages.get_mut(&id) {
+            t.running = true;
+        }
+        Some(id)
+    }
+
+    /// An attempt ended.
+    fn finished(&mut self, id: QueueId, after: After) {
+        if let Some(t) = self.messages.get_mut(&id) {
+            t.running = false;
+        }
+        match after {
+            After::Removed => self.forget(&id),
+            After::Saved { due, mtime, open } => {
+                self.update(id.clone(), due, mtime);
+                self.note(&id, None, open);
+            }
+            // Re-read at the next scan.
+            After::Unknown => self.update(id, None, None),
+        }
+    }
+
+    /// Modification times of the messages not being delivered (the scan re-reads the others).
+    fn known(&self) -> HashMap<QueueId, Option<SystemTime>> {
+        self.messages
+            .iter()
+            .filter(|(_, t)| !t.running)
+            .map(|(id, t)| (id.clone(), t.mtime))
+            .collect()
+    }
+}
+
+/// Where a message stands after an attempt.
+#[derive(Debug)]
+enum After {
+    /// Done (or deleted meanwhile): no longer queued.
+    Removed,
+    /// Its envelope was saved: next attempt due then, file modified then, so many recipients
+    /// still to deliver.
+    Saved {
+        due: Option<u64>,
+        mtime: Option<SystemTime>,
+        open: usize,
+    },
+    /// Not known (not loaded, state not saved): the next scan reads the envelope again.
+    Unknown,
 }
 
 /// The scheduler's shared parts.
@@ -144,59 +271,62 @@ async fn run(
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let mut tracked: HashMap<QueueId, Tracked> = HashMap::new();
-    let mut running: JoinSet<QueueId> = JoinSet::new();
+    let mut tracker = Tracker::default();
+    let mut running: JoinSet<(QueueId, After)> = JoinSet::new();
+    // Which message each task delivers, to recover it should a task panic.
+    let mut tasks: HashMap<tokio::task::Id, QueueId> = HashMap::new();
     let mut next_scan = tokio::time::Instant::now();
+    // Messages removed since the directory was last fsynced.
+    let mut unsynced = false;
     loop {
         if tokio::time::Instant::now() >= next_scan {
-            scan(&shared, &mut tracked).await;
-            queue_metrics(&shared.metrics, &tracked);
-            next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
+            let started = tokio::time::Instant::now();
+            scan(&shared, &mut tracker, std::mem::take(&mut unsynced)).await;
+            // A queue so big that scanning it takes long is scanned less often, so that
+            // scanning takes at most about 1/SCAN_SHARE of the time.
+            let took = started.elapsed();
+            next_scan = tokio::time::Instant::now() + SCAN_INTERVAL.max(took * SCAN_SHARE);
         }
-        // Start what is due, oldest due first, up to the concurrency limit.
+        // Start what is due, earliest due first, up to the concurrency limit.
         let now = unix_now();
-        let mut due: Vec<(u64, QueueId)> = tracked
-            .iter()
-            .filter(|(_, t)| !t.running && t.due.is_some_and(|d| d <= now))
-            .map(|(id, t)| (t.due.unwrap_or(0), id.clone()))
-            .collect();
-        due.sort();
-        for (_, id) in due
-            .into_iter()
-            .take(concurrency.saturating_sub(running.len()))
-        {
-            if let Some(t) = tracked.get_mut(&id) {
-                t.running = true;
-            }
+        while running.len() < concurrency {
+            let Some(id) = tracker.start_next(now) else {
+                break;
+            };
             let shared = shared.clone();
             let tx = tx.clone();
-            running.spawn(async move {
-                for bounce in attempt(&shared, &id).await {
+            let task_id = id.clone();
+            let handle = running.spawn(async move {
+                let (bounces, after) = attempt(&shared, &task_id).await;
+                for bounce in bounces {
                     let _ = tx.try_send(bounce);
                 }
-                id
+                (task_id, after)
             });
+            tasks.insert(handle.id(), id);
         }
         tokio::select! {
-            Some(id) = rx.recv() => {
-                tracked.entry(id).or_insert(Tracked {
-                    due: Some(0),
-                    mtime: None,
-                    running: false,
-                    received_at: Some(unix_now()),
-                    open: 0,
-                });
-            }
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(id) = done
-                    && let Some(t) = tracked.get_mut(&id)
-                {
-                    // Re-read the envelope at the next scan: the attempt changed it.
-                    t.running = false;
-                    t.mtime = None;
-                    t.due = None;
-                    next_scan = tokio::time::Instant::now();
+            Some(id) = rx.recv() => tracker.announce(id),
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, after) = match done {
+                    Ok((task, (id, after))) => {
+                        tasks.remove(&task);
+                        (id, after)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "queue: delivery task failed");
+                        match tasks.remove(&e.id()) {
+                            Some(id) => (id, After::Unknown),
+                            None => continue,
+                        }
+                    }
+                };
+                match after {
+                    After::Removed => unsynced = true,
+                    After::Unknown => next_scan = tokio::time::Instant::now(),
+                    After::Saved { .. } => {}
                 }
+                tracker.finished(id, after);
             }
             _ = tokio::time::sleep_until(next_scan) => {}
             _ = shutdown.cancelled() => break,
@@ -211,44 +341,48 @@ async fn run(
         warn!("queue: deliveries still running at the shutdown deadline; they will be retried");
         running.abort_all();
     }
+    shared.delivery.close_idle().await;
+    let spool = shared.spool.clone();
+    let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
 }
 
-/// Rescan the queue directory: pick up new and changed envelopes, forget removed ones.
-async fn scan(shared: &Arc<Shared>, tracked: &mut HashMap<QueueId, Tracked>) {
+/// Rescan the queue directory: pick up new and changed envelopes, forget removed ones. With
+/// `sync`, first fsync the directory so that the removals since the last scan survive a crash.
+async fn scan(shared: &Arc<Shared>, tracker: &mut Tracker, sync: bool) {
     let spool = shared.spool.clone();
-    let known: HashMap<QueueId, Option<SystemTime>> = tracked
-        .iter()
-        .filter(|(_, t)| !t.running)
-        .map(|(id, t)| (id.clone(), t.mtime))
-        .collect();
-    let listing = tokio::task::spawn_blocking(move || scan_blocking(&spool, &known)).await;
-    let Ok(Ok((present, changed))) = listing else {
+    let known = tracker.known();
+    let listing = tokio::task::spawn_blocking(move || {
+        if sync && let Err(e) = spool.sync() {
+            warn!(error = %e, "queue: cannot fsync the queue directory");
+        }
+        scan_blocking(&spool, &known).map(|r| (r, known))
+    })
+    .await;
+    let Ok(Ok(((present, changed), known))) = listing else {
         warn!("queue: cannot scan the queue directory");
         return;
     };
-    tracked.retain(|id, t| t.running || present.contains_key(id));
-    for (id, mtime, seen) in changed {
-        let t = tracked.entry(id).or_insert(Tracked {
-            due: None,
-            mtime: None,
-            running: false,
-            received_at: None,
-            open: 0,
-        });
-        if !t.running {
-            t.mtime = Some(mtime);
-            t.due = seen.due;
-            t.received_at = seen.received_at;
-            t.open = seen.open;
+    for id in known.keys() {
+        if !present.contains(id) {
+            tracker.forget(id);
         }
     }
+    for (id, mtime, seen) in changed {
+        tracker.update(id.clone(), seen.due, Some(mtime));
+        tracker.note(&id, seen.received_at, seen.open);
+    }
+    queue_metrics(&shared.metrics, tracker);
 }
 
 /// The queue gauges from what the scheduler tracks (no disk access).
-fn queue_metrics(metrics: &Metrics, tracked: &HashMap<QueueId, Tracked>) {
-    let open = tracked.values().map(|t| t.open).sum();
-    let oldest = tracked.values().filter_map(|t| t.received_at).min();
-    metrics.queue(tracked.len(), open, oldest);
+fn queue_metrics(metrics: &Metrics, tracker: &Tracker) {
+    let open = tracker.messages.values().map(|t| t.open).sum();
+    let oldest = tracker
+        .messages
+        .values()
+        .filter_map(|t| t.received_at)
+        .min();
+    metrics.queue(tracker.messages.len(), open, oldest);
 }
 
 /// What a scan read from one envelope.
@@ -259,23 +393,36 @@ struct Seen {
     open: usize,
 }
 
-type ScanResult = (
-    HashMap<QueueId, SystemTime>,
-    Vec<(QueueId, SystemTime, Seen)>,
-);
+type ScanResult = (HashSet<QueueId>, Vec<(QueueId, SystemTime, Seen)>);
 
 fn scan_blocking(
     spool: &Spool,
     known: &HashMap<QueueId, Option<SystemTime>>,
 ) -> Result<ScanResult, SpoolError> {
-    let mut present = HashMap::new();
+    let mut present = HashSet::new();
     let mut changed = Vec::new();
-    for id in spool.list()? {
-        let Ok(meta) = std::fs::metadata(spool.envelope_path(&id)) else {
+    let dir = spool.dir();
+    let entries = std::fs::read_dir(dir).map_err(|source| SpoolError::Io {
+        path: dir.to_path_buf(),
+        step: "read directory",
+        source,
+    })?;
+    for entry in entries.flatten() {
+        // Top-level `ID.env` files only, as `Spool::list` takes them.
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".env"))
+            .and_then(QueueId::parse)
+        else {
+            continue;
+        };
+        // Relative to the open directory: no path walk per file.
+        let Ok(meta) = entry.metadata() else {
             continue;
         };
         let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        present.insert(id.clone(), mtime);
+        present.insert(id.clone());
         if known.get(&id).is_some_and(|m| *m == Some(mtime)) {
             continue;
         }
@@ -317,8 +464,9 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// One delivery attempt of one message; returns the IDs of bounces it queued.
-async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
+/// One delivery attempt of one message; returns the IDs of bounces it queued and where the
+/// message stands.
+async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> (Vec<QueueId>, After) {
     let spool = shared.spool.clone();
     let loaded = {
         let id = id.clone();
@@ -332,17 +480,18 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
         Ok(Err(e)) => {
             // Deleted meanwhile (`queue delete`), or unreadable: nothing to do now.
             info!(queue_id = %id, error = %e, "queue: message not loaded");
-            return Vec::new();
+            return (Vec::new(), After::Unknown);
         }
         Err(e) => {
             warn!(queue_id = %id, error = %e, "queue: load task failed");
-            return Vec::new();
+            return (Vec::new(), After::Unknown);
         }
     };
     // Re-read just now: a `queue hold` since the last scan wins over the scan's due time.
     if env.held {
         info!(queue_id = %id, "queue: message on hold, not attempted");
-        return Vec::new();
+        // The next scan reads it again and finds no due time.
+        return (Vec::new(), After::Unknown);
     }
     let now = unix_now();
     let due: Vec<String> = env
@@ -371,13 +520,12 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
     }
     let message = Arc::new(message);
     let env = Arc::new(env);
-    let mut tasks = JoinSet::new();
-    for (_, rcpts) in groups {
+    let deliver_group = |rcpts: Vec<String>| {
         let shared = shared.clone();
         let message = message.clone();
         let env = env.clone();
         let id = id.clone();
-        tasks.spawn(async move {
+        async move {
             let _permit = shared.connections.acquire().await;
             let domain = rcpts.first().map(|r| domain_of(r)).unwrap_or_default();
             let started = std::time::Instant::now();
@@ -393,36 +541,46 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> Vec<QueueId> {
             let outcomes = shared.delivery.attempt(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());
             outcomes
-        });
-    }
+        }
+    };
     let mut outcomes = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
-            Ok(list) => outcomes.extend(list),
-            Err(e) => warn!(queue_id = %id, error = %e, "queue: delivery task failed"),
+    if groups.len() == 1 {
+        // The common case needs no extra task.
+        let (_, rcpts) = groups.remove(0);
+        outcomes = deliver_group(rcpts).await;
+    } else {
+        let mut tasks = JoinSet::new();
+        for (_, rcpts) in groups {
+            tasks.spawn(deliver_group(rcpts));
+        }
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(list) => outcomes.extend(list),
+                Err(e) => warn!(queue_id = %id, error = %e, "queue: delivery task failed"),
+            }
         }
     }
     finish(shared, id, outcomes).await
 }
 
 /// Apply outcomes to the envelope under the message's lock; queue the DSN; remove the message
-/// when nothing is left. Returns the IDs of bounces queued.
+/// when nothing is left. Returns the IDs of bounces queued and where the message stands.
 async fn finish(
     shared: &Arc<Shared>,
     id: &QueueId,
     outcomes: Vec<(String, Outcome)>,
-) -> Vec<QueueId> {
+) -> (Vec<QueueId>, After) {
     let shared2 = shared.clone();
     let id2 = id.clone();
     match tokio::task::spawn_blocking(move || apply_blocking(&shared2, &id2, outcomes)).await {
-        Ok(Ok(bounces)) => bounces,
+        Ok(Ok(result)) => result,
         Ok(Err(e)) => {
             warn!(queue_id = %id, error = %e, "queue: cannot save delivery state; will retry");
-            Vec::new()
+            (Vec::new(), After::Unknown)
         }
         Err(e) => {
             warn!(queue_id = %id, error = %e, "queue: state task failed");
-            Vec::new()
+            (Vec::new(), After::Unknown)
         }
     }
 }
@@ -431,20 +589,20 @@ fn apply_blocking(
     shared: &Shared,
     id: &QueueId,
     outcomes: Vec<(String, Outcome)>,
-) -> Result<Vec<QueueId>, SpoolError> {
+) -> Result<(Vec<QueueId>, After), SpoolError> {
     let spool = &shared.spool;
     let lock = match spool.lock(id) {
         Ok(lock) => lock,
         // Deleted while we were delivering (`queue delete`).
         Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), After::Removed));
         }
         Err(e) => return Err(e),
     };
     let mut env = match spool.load_envelope(id) {
         Ok(env) => env,
         Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), After::Removed));
         }
         Err(e) => return Err(e),
     };
@@ -545,13 +703,27 @@ fn apply_blocking(
             bounces.push(bounce_id);
         }
     }
-    if env.next_due().is_none() {
-        spool.remove(id, &lock)?;
-        info!(queue_id = %id, "removed");
-    } else {
-        spool.save_envelope(&env)?;
-    }
-    Ok(bounces)
+    let after = match env.next_due() {
+        None => {
+            // The directory fsync that makes the removal durable comes with the next scan.
+            spool.remove_unsynced(id, &lock)?;
+            info!(queue_id = %id, "removed");
+            After::Removed
+        }
+        due => {
+            spool.save_envelope(&env)?;
+            let mtime = std::fs::metadata(spool.envelope_path(id))
+                .and_then(|m| m.modified())
+                .ok();
+            let open = env
+                .recipients
+                .iter()
+                .filter(|r| matches!(r.state, RecipientState::Pending | RecipientState::Deferred))
+                .count();
+            After::Saved { due, mtime, open }
+        }
+    };
+    Ok((bounces, after))
 }
 
 fn set(r: &mut Recipient, state: RecipientState, next: Option<u64>, reply: &str) {
@@ -598,6 +770,45 @@ mod tests {
         assert_eq!(env.next_due(), Some(0));
         env.recipients = vec![rcpt(RecipientState::Failed, None)];
         assert_eq!(env.next_due(), None);
+    }
+
+    #[test]
+    fn tracker_starts_earliest_due_first_and_skips_running() {
+        let ids: Vec<QueueId> = (0..4).map(|_| QueueId::generate()).collect();
+        let mut t = Tracker::default();
+        t.update(ids[0].clone(), Some(30), None);
+        t.update(ids[1].clone(), Some(10), None);
+        t.update(ids[2].clone(), None, None);
+        t.announce(ids[3].clone());
+        // Announcing a known message changes nothing.
+        t.announce(ids[0].clone());
+        assert_eq!(t.start_next(20), Some(ids[3].clone()));
+        assert_eq!(t.start_next(20), Some(ids[1].clone()));
+        assert_eq!(t.start_next(20), None, "ids[0] is not due before 30");
+        // A scan's view of a running message is ignored; its result is not.
+        t.update(ids[1].clone(), Some(0), None);
+        assert_eq!(t.start_next(20), None);
+        t.finished(
+            ids[1].clone(),
+            After::Saved {
+                due: Some(25),
+                mtime: None,
+                open: 1,
+            },
+        );
+        t.finished(ids[3].clone(), After::Removed);
+        assert!(!t.messages.contains_key(&ids[3]));
+        assert_eq!(t.start_next(40), Some(ids[1].clone()));
+        assert_eq!(t.start_next(40), Some(ids[0].clone()));
+        assert_eq!(t.start_next(40), None);
+        t.finished(ids[0].clone(), After::Unknown);
+        assert_eq!(t.messages[&ids[0]].due, None);
+        // Forgetting a running message waits for its result.
+        t.forget(&ids[1]);
+        assert!(t.messages.contains_key(&ids[1]));
+        t.forget(&ids[2]);
+        assert!(!t.messages.contains_key(&ids[2]));
+        assert_eq!(t.waiting.len(), 0);
     }
 
     #[test]

@@ -460,7 +460,16 @@ impl Spool {
 
     /// Remove a message (envelope first, so a crash in between leaves an orphan `.msg` that
     /// `open` cleans up, never an envelope without its message). Needs the message's lock.
-    pub fn remove(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
+    pub fn remove(&self, id: &QueueId, lock: &MessageLock) -> Result<(), SpoolError> {
+        self.remove_unsynced(id, lock)?;
+        self.sync_dir()
+    }
+
+    /// [`Spool::remove`] without the directory fsync, for a message whose delivery is done:
+    /// should the removal not survive a crash, the message comes back and is delivered again (a
+    /// duplicate, never a loss; Postfix makes the same trade). The scheduler makes removals
+    /// durable in batches with [`Spool::sync`].
+    pub fn remove_unsynced(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
         for path in [self.envelope_path(id), self.message_path(id)] {
             match self.io.remove(&path) {
                 Ok(()) => {}
@@ -468,6 +477,11 @@ impl Spool {
                 Err(e) => return Err(io_err(&path, "remove")(e)),
             }
         }
+        Ok(())
+    }
+
+    /// fsync the queue directory: removals before it survive a crash.
+    pub fn sync(&self) -> Result<(), SpoolError> {
         self.sync_dir()
     }
 

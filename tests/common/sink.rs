@@ -47,6 +47,11 @@ pub struct SinkOptions {
     pub data_reply: (u16, String),
     /// Default 127.0.0.1:0.
     pub bind: Option<SocketAddr>,
+    /// Advertise PIPELINING (default true).
+    pub pipelining: bool,
+    /// Close the connection (no reply, no 421) right after answering this many messages on
+    /// it, like a server whose idle timeout is short. Default: never.
+    pub close_after: Option<usize>,
 }
 
 impl Default for SinkOptions {
@@ -61,6 +66,8 @@ impl Default for SinkOptions {
             rcpt_rule: default_rcpt_rule(),
             data_reply: (250, "2.0.0 Ok".to_string()),
             bind: None,
+            pipelining: true,
+            close_after: None,
         }
     }
 }
@@ -280,6 +287,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         say!("220 {HOSTNAME} ESMTP sink\r\n");
     }
     let mut c = Conversation::default();
+    let mut messages = 0;
     let offer_starttls = opts.starttls && !tls;
     // AUTH is offered over TLS, or in clear when the sink has no TLS at all.
     let offer_auth = opts.auth.is_some() && (tls || !opts.starttls);
@@ -297,7 +305,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     auth_user: c.auth_user,
                     ..Conversation::default()
                 };
-                let mut lines = vec![HOSTNAME.to_string(), "PIPELINING".into()];
+                let mut lines = vec![HOSTNAME.to_string()];
+                if opts.pipelining {
+                    lines.push("PIPELINING".into());
+                }
                 if let Some(size) = opts.size {
                     lines.push(format!("SIZE {size}"));
                 }
@@ -475,6 +486,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 c.from = None;
                 c.rcpts.clear();
                 say!("{code} {text}\r\n");
+                messages += 1;
+                if opts.close_after.is_some_and(|n| messages >= n) {
+                    return Flow::Close;
+                }
             }
             "RSET" => {
                 c.from = None;
