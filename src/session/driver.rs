@@ -205,16 +205,20 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
     let accept = ctx.tls.accept_with(tcp, |tls| {
         tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     });
-    let handshake = tokio::time::timeout(ctx.command_timeout, accept).await;
-    ctx.metrics
-        .tls_handshake(Port::Submission, handshake_result(&handshake));
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+    // The outcome is matched as a temporary: a named result would stay in this future's
+    // state for the whole session (see `session_futures_stay_small`).
+    let tls = match tokio::time::timeout(ctx.command_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            ctx.metrics.tls_handshake(Port::Submission, Handshake::Ok);
+            tls
+        }
         Ok(Err(e)) => {
+            ctx.metrics.tls_handshake(Port::Submission, Handshake::Failed);
             info!(error = %e, "STARTTLS handshake failed");
             return;
         }
         Err(_) => {
+            ctx.metrics.tls_handshake(Port::Submission, Handshake::Timeout);
             info!("STARTTLS handshake timed out");
             return;
         }
@@ -272,16 +276,20 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
             let _ = std::io::Write::write_all(&mut tls.writer(), &wire);
         }
     });
-    let handshake = tokio::time::timeout(ctx.command_timeout, accept).await;
-    ctx.metrics
-        .tls_handshake(Port::Submissions, handshake_result(&handshake));
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+    // The outcome is matched as a temporary: a named result would stay in this future's
+    // state for the whole session (see `session_futures_stay_small`).
+    let tls = match tokio::time::timeout(ctx.command_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Ok);
+            tls
+        }
         Ok(Err(e)) => {
+            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Failed);
             info!(error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Timeout);
             info!("TLS handshake timed out");
             return;
         }
@@ -313,15 +321,6 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
         peer,
     )
     .await;
-}
-
-/// How a handshake under a timeout ended, for the metrics.
-fn handshake_result<T, E>(r: &Result<Result<T, E>, tokio::time::error::Elapsed>) -> Handshake {
-    match r {
-        Ok(Ok(_)) => Handshake::Ok,
-        Ok(Err(_)) => Handshake::Failed,
-        Err(_) => Handshake::Timeout,
-    }
 }
 
 /// Wait `limits.greet_pause` before the greeting. `false` when the server shuts down meanwhile.
