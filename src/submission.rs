@@ -106,7 +106,12 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
         "ESMTPSA"
     };
     let from = match trace.client_ip {
-        Some(ip) => format!("{} ([{}])", trace.helo, ip),
+        // RFC 5321 4.1.3 address literals: [192.0.2.1], [IPv6:2001:db8::1].
+        Some(std::net::IpAddr::V4(ip)) => format!("{} ([{ip}])", trace.helo),
+        Some(std::net::IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(v4) => format!("{} ([{v4}])", trace.helo),
+            None => format!("{} ([IPv6:{ip}])", trace.helo),
+        },
         None => trace.helo.to_string(),
     };
     let mut added = format!(

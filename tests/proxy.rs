@@ -241,7 +241,7 @@ async fn v2_ipv6_and_v1_on_465_with_the_client_hello_in_the_same_write() {
         .await
         .unwrap();
     let received = received_line(s.dir.path());
-    assert!(received.contains("2001:db8::44"), "{received}");
+    assert!(received.contains("([IPv6:2001:db8::44])"), "{received}");
 
     // v1 in front of TLS as well (a second server, so one message per queue).
     let s = start("\"127.0.0.1\"", "").await;
