@@ -16,14 +16,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::proto::rr::RData;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -81,14 +79,24 @@ impl Resolver {
             TokioResolver::builder_tokio()
                 .map_err(|e| DeliveryError(format!("system resolver configuration: {e}")))?
         } else {
-            let mut group = NameServerConfigGroup::with_capacity(servers.len() * 2);
-            for &addr in servers {
-                group.push(NameServerConfig::new(addr, Protocol::Udp));
-                group.push(NameServerConfig::new(addr, Protocol::Tcp));
-            }
+            // One name server per address, over UDP and TCP on that address's port (hickory
+            // 0.26 keeps the port in each connection, not in the server).
+            let group: Vec<NameServerConfig> = servers
+                .iter()
+                .map(|addr| {
+                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                        .into_iter()
+                        .map(|mut c| {
+                            c.port = addr.port();
+                            c
+                        })
+                        .collect();
+                    NameServerConfig::new(addr.ip(), true, connections)
+                })
+                .collect();
             TokioResolver::builder_with_config(
                 ResolverConfig::from_parts(None, vec![], group),
-                TokioConnectionProvider::default(),
+                TokioRuntimeProvider::default(),
             )
         };
         let opts: &mut ResolverOpts = builder.options_mut();
@@ -97,9 +105,10 @@ impl Resolver {
         // Negative answers are cached no longer than 5 minutes: a domain fixed by its owner
         // should not keep bouncing for the record's full SOA minimum.
         opts.negative_max_ttl = Some(Duration::from_secs(300));
-        Ok(Resolver {
-            inner: builder.build(),
-        })
+        let inner = builder
+            .build()
+            .map_err(|e| DeliveryError(format!("DNS resolver: {e}")))?;
+        Ok(Resolver { inner })
     }
 
     /// Upper bound on one [`Resolver::targets`] call: MX plus A/AAAA for each host.
@@ -180,8 +189,12 @@ impl Resolver {
         match self.inner.mx_lookup(fqdn(domain)).await {
             Ok(lookup) => {
                 let records: Vec<(u16, String)> = lookup
+                    .answers()
                     .iter()
-                    .map(|mx| (mx.preference(), host_name(&mx.exchange().to_ascii())))
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, host_name(&mx.exchange.to_ascii()))),
+                        _ => None,
+                    })
                     .collect();
                 if is_null_mx(&records) {
                     return Err(MxError::Permanent {
@@ -224,12 +237,18 @@ impl Resolver {
         let mut ips = Vec::new();
         let mut error = None;
         match v4 {
-            Ok(l) => ips.extend(l.iter().map(|a| IpAddr::V4(a.0))),
+            Ok(l) => ips.extend(l.answers().iter().filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })),
             Err(e) if classify(&e) == Negative::Other => error = Some(e.to_string()),
             Err(_) => {}
         }
         match v6 {
-            Ok(l) => ips.extend(l.iter().map(|a| IpAddr::V6(a.0))),
+            Ok(l) => ips.extend(l.answers().iter().filter_map(|r| match &r.data {
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })),
             Err(e) if classify(&e) == Negative::Other => error = Some(e.to_string()),
             Err(_) => {}
         }
@@ -248,16 +267,16 @@ enum Negative {
     Other,
 }
 
-/// `is_nx_domain()` first: hickory reports NXDOMAIN as "no records found" too. And "no
-/// records found" is only "no records" with NOERROR: hickory 0.25 reports SERVFAIL and
-/// REFUSED answers as `NoRecordsFound` as well (with that response code), which must stay
-/// temporary.
-fn classify(e: &ResolveError) -> Negative {
+/// `is_nx_domain()` first: hickory reports NXDOMAIN as "no records found" too
+/// (`NoRecordsFound` with response code NXDOMAIN). Only `NoRecordsFound` with NOERROR is
+/// "no records"; SERVFAIL, REFUSED (hickory 0.26: `DnsError::ResponseCode`), timeouts and
+/// everything else stay temporary, whatever shape a later hickory gives them.
+fn classify(e: &NetError) -> Negative {
     if e.is_nx_domain() {
         return Negative::NxDomain;
     }
-    match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. })
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))
             if *response_code == ResponseCode::NoError =>
         {
             Negative::NoRecords

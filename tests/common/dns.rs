@@ -12,13 +12,14 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_server::ServerFuture;
-use hickory_server::authority::{Catalog, MessageResponseBuilder, ZoneType};
-use hickory_server::proto::op::ResponseCode;
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::store::in_memory::InMemoryAuthority;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// One record in the zone. A null MX is `Rr::Mx(0, ".")`.
@@ -39,14 +40,15 @@ const TTL: u32 = 60;
 pub struct DnsServer {
     pub addr: SocketAddr,
     servfail: Arc<Mutex<HashSet<LowerName>>>,
-    _server: ServerFuture<Handler>,
+    _server: Server<Handler>,
 }
 
 impl DnsServer {
     /// Serve `records` (owner names fully qualified, like `"example.test."`).
     pub async fn start(records: Vec<(&'static str, Rr)>) -> DnsServer {
         let origin = Name::from_str(ORIGIN).unwrap();
-        let mut authority = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
+        let mut authority: InMemoryZoneHandler =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
         let soa = SOA::new(
             Name::from_str("ns.test.").unwrap(),
             Name::from_str("hostmaster.test.").unwrap(),
@@ -105,9 +107,10 @@ impl DnsServer {
                 Err(e) => panic!("no UDP+TCP port pair after {attempt} tries: {e}"),
             }
         };
-        let mut server = ServerFuture::new(handler);
+        let mut server = Server::new(handler);
         server.register_socket(udp);
-        server.register_listener(tcp, Duration::from_secs(10));
+        // At most 32 responses queued per TCP connection.
+        server.register_listener(tcp, Duration::from_secs(10), 32);
         DnsServer {
             addr,
             servfail,
@@ -131,23 +134,24 @@ struct Handler {
 // The trait is declared with `#[async_trait]`: this is its desugared form (no async-trait
 // dependency for one impl).
 impl RequestHandler for Handler {
-    fn handle_request<'life0, 'life1, 'async_trait, R>(
+    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
         &'life0 self,
         request: &'life1 Request,
         response_handle: R,
     ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
     where
         R: ResponseHandler + 'async_trait,
+        T: Time + 'async_trait,
         'life0: 'async_trait,
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(self.handle(request, response_handle))
+        Box::pin(self.handle::<R, T>(request, response_handle))
     }
 }
 
 impl Handler {
-    async fn handle<R: ResponseHandler>(
+    async fn handle<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
@@ -157,16 +161,22 @@ impl Handler {
             .is_ok_and(|info| self.servfail.lock().unwrap().contains(info.query.name()));
         if fail {
             let response = MessageResponseBuilder::from_message_request(request)
-                .error_msg(request.header(), ResponseCode::ServFail);
+                .error_msg(&request.metadata, ResponseCode::ServFail);
             return match response_handle.send_response(response).await {
                 Ok(info) => info,
                 Err(_) => {
-                    let mut header = *request.header();
-                    header.set_response_code(ResponseCode::ServFail);
-                    header.into()
+                    let mut metadata = Metadata::response_from_request(&request.metadata);
+                    metadata.response_code = ResponseCode::ServFail;
+                    Header {
+                        metadata,
+                        counts: HeaderCounts::default(),
+                    }
+                    .into()
                 }
             };
         }
-        self.catalog.handle_request(request, response_handle).await
+        self.catalog
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
