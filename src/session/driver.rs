@@ -213,12 +213,14 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
             tls
         }
         Ok(Err(e)) => {
-            ctx.metrics.tls_handshake(Port::Submission, Handshake::Failed);
+            ctx.metrics
+                .tls_handshake(Port::Submission, Handshake::Failed);
             info!(error = %e, "STARTTLS handshake failed");
             return;
         }
         Err(_) => {
-            ctx.metrics.tls_handshake(Port::Submission, Handshake::Timeout);
+            ctx.metrics
+                .tls_handshake(Port::Submission, Handshake::Timeout);
             info!("STARTTLS handshake timed out");
             return;
         }
@@ -284,12 +286,14 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
             tls
         }
         Ok(Err(e)) => {
-            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Failed);
+            ctx.metrics
+                .tls_handshake(Port::Submissions, Handshake::Failed);
             info!(error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Timeout);
+            ctx.metrics
+                .tls_handshake(Port::Submissions, Handshake::Timeout);
             info!("TLS handshake timed out");
             return;
         }
