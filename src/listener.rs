@@ -317,6 +317,11 @@ impl Server {
         crate::reload::Reloader::new(self.shared.clone())
     }
 
+    /// The handle that announces messages to the queue scheduler and flushes it.
+    pub fn queue(&self) -> crate::queue::scheduler::QueueHandle {
+        self.shared.snapshot().ctx.queue.clone()
+    }
+
     /// Connections closed by the PROXY protocol checks so far.
     pub fn proxy_stats(&self) -> Arc<ProxyStats> {
         self.shared.proxy_stats.clone()

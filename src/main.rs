@@ -357,6 +357,18 @@ fn queue(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
             }
         }
         QueueCommand::Retry { id: None } => {
+            // A running server flushes its queue in memory, like `postqueue -f`: thousands of
+            // envelope rewrites (each with an fsync) would delay the very retry asked for.
+            match submitd::reload::signal_flush(dir) {
+                Ok(pid) => {
+                    println!(
+                        "asked the running server (pid {pid}) to attempt every deferred message now"
+                    );
+                    return Ok(());
+                }
+                Err(submitd::reload::PidError::NotRunning { .. }) => {}
+                Err(e) => eprintln!("submitd: {e}; rewriting the envelopes instead"),
+            }
             let r = control::retry(&spool, None, now).map_err(failed)?;
             println!(
                 "{} recipient(s) of {} message(s) due now",
@@ -739,6 +751,8 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     // signal's default action would end.
     submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
         .context("installing the SIGHUP handler")?;
+    submitd::reload::watch_flush(server.queue(), shutdown.clone())
+        .context("installing the SIGUSR1 handler")?;
     let pid_file = submitd::reload::PidFile::acquire(&queue_dir)?;
     let result = serve_until_signal(server, shutdown, &mut term, &mut int).await;
     pid_file.remove();

@@ -288,6 +288,38 @@ impl PidFile {
 
 /// Send SIGHUP to the server whose pid is in `<dir>/submitd.pid`; its pid when sent.
 pub fn signal_reload(dir: &Path) -> Result<i32, PidError> {
+    signal_server(dir, libc::SIGHUP)
+}
+
+/// Ask the running server to attempt every deferred message now (SIGUSR1; `queue retry`).
+pub fn signal_flush(dir: &Path) -> Result<i32, PidError> {
+    signal_server(dir, libc::SIGUSR1)
+}
+
+/// Flush the queue on every SIGUSR1 until `shutdown`. Install before the pid file exists, as
+/// for SIGHUP: the default action of SIGUSR1 ends the process.
+pub fn watch_flush(
+    queue: crate::queue::scheduler::QueueHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = usr1.recv() => {
+                    info!(signal = "SIGUSR1", "queue flush requested");
+                    queue.flush();
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Send `sig` to the server whose pid `<dir>/submitd.pid` holds, if it runs.
+fn signal_server(dir: &Path, sig: libc::c_int) -> Result<i32, PidError> {
     let path = dir.join(PID_FILE);
     let mut file = match File::open(&path) {
         Ok(f) => f,
@@ -318,7 +350,7 @@ pub fn signal_reload(dir: &Path) -> Result<i32, PidError> {
             text: text.clone(),
         })?;
     // SAFETY: kill has no memory effects; pid is positive, so it names one process.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, sig) } != 0 {
         return Err(io_err(&path)(std::io::Error::last_os_error()));
     }
     Ok(pid)

@@ -470,3 +470,74 @@ async fn users_added_by_the_cli_log_in_without_restart_and_reload_without_a_serv
         "{out:?}"
     );
 }
+
+/// `submitd queue retry` beside a running server flushes it in memory (SIGUSR1), like
+/// `postqueue -f`: a message deferred for an hour is delivered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_retry_flushes_a_running_server() {
+    use common::sink::{Sink, SinkOptions};
+    use submitd::queue::{Envelope, QueueId, Recipient, RecipientState, Spool, spool};
+    let sink = Sink::start(SinkOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
+        sink.addr
+    );
+    let config = write_config_full(dir.path(), "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let message = b"From: alice@example.test\r\nSubject: flush\r\n\r\nbody\r\n";
+    let id = QueueId::generate();
+    let mut rcpt = Recipient::pending("bob@example.net");
+    rcpt.state = RecipientState::Deferred;
+    rcpt.attempts = 1;
+    rcpt.next_attempt = Some(now + 3_600);
+    let envelope = Envelope {
+        version: spool::FORMAT_VERSION,
+        id: id.to_string(),
+        user: "alice@example.test".into(),
+        sender: "alice@example.test".into(),
+        recipients: vec![rcpt],
+        received_at: now - 60,
+        helo: "client.test".into(),
+        smtputf8: false,
+        eight_bit: false,
+        size: message.len() as u64,
+        held: false,
+    };
+    let queue_dir = dir.path().join("queue");
+    std::fs::create_dir_all(&queue_dir).unwrap();
+    Spool::open(&queue_dir)
+        .unwrap()
+        .store_blocking(&envelope, message)
+        .unwrap();
+
+    let server = Binary::start(&config);
+    // Several scans: deferred for an hour, so nothing goes out by itself.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(sink.received().is_empty(), "delivered before its time");
+
+    let cfg = config.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        finish(spawn_submitd(
+            None,
+            &["queue", "retry", "--config", &cfg],
+            None,
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("asked the running server"), "{out:?}");
+    let got = sink.wait_for(1, IO_TIMEOUT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "not flushed; log:\n{}",
+        server.log.lock().unwrap().join("\n")
+    );
+    assert_eq!(got[0].data, message);
+    server.wait_for(|l| l.contains("queue flush requested"));
+}

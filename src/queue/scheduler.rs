@@ -63,6 +63,7 @@ pub const MAILER_DAEMON: &str = "MAILER-DAEMON";
 #[derive(Clone, Debug)]
 pub struct QueueHandle {
     tx: mpsc::Sender<QueueId>,
+    flush: Arc<tokio::sync::Notify>,
 }
 
 impl QueueHandle {
@@ -70,6 +71,13 @@ impl QueueHandle {
     /// scan finds the message anyway.
     pub fn notify(&self, id: QueueId) {
         let _ = self.tx.try_send(id);
+    }
+
+    /// Attempt every deferred message now (SIGUSR1, from `submitd queue retry`), like
+    /// Postfix's `postqueue -f`: in memory, without rewriting envelopes. Held messages stay
+    /// held. Lost if the server stops first; the messages then keep their retry times.
+    pub fn flush(&self) {
+        self.flush.notify_one();
     }
 }
 
@@ -84,6 +92,8 @@ struct Tracked {
     /// When the message arrived and how many recipients are still to deliver (metrics).
     received_at: Option<u64>,
     open: usize,
+    /// A flush made it due: its next attempt takes deferred recipients whatever their time.
+    forced: bool,
 }
 
 /// The messages the scheduler knows, and those waiting for an attempt ordered by due time: a
@@ -113,6 +123,7 @@ impl Tracker {
             running: false,
             received_at: None,
             open: 0,
+            forced: false,
         });
         if t.running {
             return;
@@ -146,17 +157,40 @@ impl Tracker {
         }
     }
 
-    /// The message due first, when it is due by `now`; marked running.
-    fn start_next(&mut self, now: u64) -> Option<QueueId> {
+    /// The message due first, when it is due by `now`; marked running. With it, whether a
+    /// flush forced it.
+    fn start_next(&mut self, now: u64) -> Option<(QueueId, bool)> {
         let &(due, _) = self.waiting.first()?;
         if due > now {
             return None;
         }
         let (_, id) = self.waiting.pop_first()?;
+        let mut forced = false;
         if let Some(t) = self.messages.get_mut(&id) {
             t.running = true;
+            forced = std::mem::take(&mut t.forced);
         }
-        Some(id)
+        Some((id, forced))
+    }
+
+    /// Make every waiting message due at `now` (a flush). Messages with nothing to attempt
+    /// (held, or done) have no due time and are not waiting.
+    fn flush(&mut self, now: u64) -> usize {
+        let later: Vec<(u64, QueueId)> = self
+            .waiting
+            .iter()
+            .filter(|(due, _)| *due > now)
+            .cloned()
+            .collect();
+        for (due, id) in &later {
+            self.waiting.remove(&(*due, id.clone()));
+            self.waiting.insert((now, id.clone()));
+            if let Some(t) = self.messages.get_mut(id) {
+                t.due = Some(now);
+                t.forced = true;
+            }
+        }
+        later.len()
     }
 
     /// An attempt ended.
@@ -218,6 +252,7 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<QueueId>,
     tx: mpsc::Sender<QueueId>,
+    flush: Arc<tokio::sync::Notify>,
     concurrency: usize,
 }
 
@@ -240,11 +275,16 @@ impl Scheduler {
             connections: Semaphore::new(settings.queue.concurrency),
             metrics,
         });
-        let handle = QueueHandle { tx: tx.clone() };
+        let flush = Arc::new(tokio::sync::Notify::new());
+        let handle = QueueHandle {
+            tx: tx.clone(),
+            flush: flush.clone(),
+        };
         let scheduler = Scheduler {
             shared,
             rx,
             tx,
+            flush,
             concurrency: settings.queue.concurrency,
         };
         (handle, scheduler)
@@ -253,7 +293,15 @@ impl Scheduler {
     /// Run until `shutdown` is cancelled, then let running deliveries finish within
     /// [`DRAIN_DEADLINE`].
     pub async fn run(self, shutdown: CancellationToken) {
-        run(self.shared, self.rx, self.tx, self.concurrency, shutdown).await
+        run(
+            self.shared,
+            self.rx,
+            self.tx,
+            self.flush,
+            self.concurrency,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -268,6 +316,7 @@ async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<QueueId>,
     tx: mpsc::Sender<QueueId>,
+    flush: Arc<tokio::sync::Notify>,
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
@@ -290,14 +339,14 @@ async fn run(
         // Start what is due, earliest due first, up to the concurrency limit.
         let now = unix_now();
         while running.len() < concurrency {
-            let Some(id) = tracker.start_next(now) else {
+            let Some((id, forced)) = tracker.start_next(now) else {
                 break;
             };
             let shared = shared.clone();
             let tx = tx.clone();
             let task_id = id.clone();
             let handle = running.spawn(async move {
-                let (bounces, after) = attempt(&shared, &task_id).await;
+                let (bounces, after) = attempt(&shared, &task_id, forced).await;
                 for bounce in bounces {
                     let _ = tx.try_send(bounce);
                 }
@@ -307,6 +356,10 @@ async fn run(
         }
         tokio::select! {
             Some(id) = rx.recv() => tracker.announce(id),
+            _ = flush.notified() => {
+                let n = tracker.flush(unix_now());
+                info!(messages = n, "queue: flush, deferred messages due now");
+            }
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, after) = match done {
                     Ok((task, (id, after))) => {
@@ -466,7 +519,7 @@ fn domain_of(address: &str) -> String {
 
 /// One delivery attempt of one message; returns the IDs of bounces it queued and where the
 /// message stands.
-async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> (Vec<QueueId>, After) {
+async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<QueueId>, After) {
     let spool = shared.spool.clone();
     let loaded = {
         let id = id.clone();
@@ -499,7 +552,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId) -> (Vec<QueueId>, After) {
         .iter()
         .filter(|r| match r.state {
             RecipientState::Pending => true,
-            RecipientState::Deferred => r.next_attempt.unwrap_or(0) <= now,
+            RecipientState::Deferred => forced || r.next_attempt.unwrap_or(0) <= now,
             _ => false,
         })
         .map(|r| r.address.clone())
@@ -782,12 +835,16 @@ mod tests {
         t.announce(ids[3].clone());
         // Announcing a known message changes nothing.
         t.announce(ids[0].clone());
-        assert_eq!(t.start_next(20), Some(ids[3].clone()));
-        assert_eq!(t.start_next(20), Some(ids[1].clone()));
-        assert_eq!(t.start_next(20), None, "ids[0] is not due before 30");
+        assert_eq!(t.start_next(20).map(|(id, _)| id), Some(ids[3].clone()));
+        assert_eq!(t.start_next(20).map(|(id, _)| id), Some(ids[1].clone()));
+        assert_eq!(
+            t.start_next(20).map(|(id, _)| id),
+            None,
+            "ids[0] is not due before 30"
+        );
         // A scan's view of a running message is ignored; its result is not.
         t.update(ids[1].clone(), Some(0), None);
-        assert_eq!(t.start_next(20), None);
+        assert_eq!(t.start_next(20).map(|(id, _)| id), None);
         t.finished(
             ids[1].clone(),
             After::Saved {
@@ -798,9 +855,9 @@ mod tests {
         );
         t.finished(ids[3].clone(), After::Removed);
         assert!(!t.messages.contains_key(&ids[3]));
-        assert_eq!(t.start_next(40), Some(ids[1].clone()));
-        assert_eq!(t.start_next(40), Some(ids[0].clone()));
-        assert_eq!(t.start_next(40), None);
+        assert_eq!(t.start_next(40).map(|(id, _)| id), Some(ids[1].clone()));
+        assert_eq!(t.start_next(40).map(|(id, _)| id), Some(ids[0].clone()));
+        assert_eq!(t.start_next(40).map(|(id, _)| id), None);
         t.finished(ids[0].clone(), After::Unknown);
         assert_eq!(t.messages[&ids[0]].due, None);
         // Forgetting a running message waits for its result.
@@ -809,6 +866,34 @@ mod tests {
         t.forget(&ids[2]);
         assert!(!t.messages.contains_key(&ids[2]));
         assert_eq!(t.waiting.len(), 0);
+    }
+
+    #[test]
+    fn flush_makes_later_messages_due_and_forced_once() {
+        let ids: Vec<QueueId> = (0..3).map(|_| QueueId::generate()).collect();
+        let mut t = Tracker::default();
+        t.update(ids[0].clone(), Some(3600), None);
+        t.update(ids[1].clone(), None, None); // held or done: nothing to attempt
+        t.update(ids[2].clone(), Some(5), None); // due already
+        assert_eq!(t.start_next(10), Some((ids[2].clone(), false)));
+        assert_eq!(t.start_next(10), None);
+        assert_eq!(t.flush(10), 1);
+        assert_eq!(t.start_next(10), Some((ids[0].clone(), true)));
+        assert_eq!(
+            t.start_next(10),
+            None,
+            "a message without a due time stays put"
+        );
+        // The next attempt after a normal deferral is not forced again.
+        t.finished(
+            ids[0].clone(),
+            After::Saved {
+                due: Some(10),
+                mtime: None,
+                open: 1,
+            },
+        );
+        assert_eq!(t.start_next(10), Some((ids[0].clone(), false)));
     }
 
     #[test]
