@@ -14,10 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 
 use crate::config::Listen;
 
@@ -81,7 +78,7 @@ pub fn check(listen: &Listen, timeout: Duration) -> Result<String, HealthError> 
             .map_err(io_err("PROXY header"))?;
     }
     let greeting = if tls {
-        let config = Arc::new(client_config());
+        let config = Arc::new(crate::tls::any_certificate_client_config());
         let name = ServerName::IpAddress(addr.ip().into());
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| io_err("TLS")(io::Error::other(e)))?;
@@ -197,66 +194,6 @@ impl Deadline for TcpStream {
 impl Deadline for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     fn deadline(&mut self, deadline: Instant) -> io::Result<()> {
         set_deadline(&self.sock, deadline)
-    }
-}
-
-fn client_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the default provider supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(OwnCertificate(provider)))
-        .with_no_client_auth()
-}
-
-/// Accepts any certificate, but still checks the handshake signatures: the check is about
-/// the server answering, and the certificate is its own.
-#[derive(Debug)]
-struct OwnCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for OwnCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
