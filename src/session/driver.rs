@@ -205,25 +205,9 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
     let accept = ctx.tls.accept_with(tcp, |tls| {
         tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     });
-    // The outcome is matched as a temporary: a named result would stay in this future's
-    // state for the whole session (see `session_futures_stay_small`).
-    let tls = match tokio::time::timeout(ctx.command_timeout, accept).await {
-        Ok(Ok(tls)) => {
-            ctx.metrics.tls_handshake(Port::Submission, Handshake::Ok);
-            tls
-        }
-        Ok(Err(e)) => {
-            ctx.metrics
-                .tls_handshake(Port::Submission, Handshake::Failed);
-            info!(error = %e, "STARTTLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            ctx.metrics
-                .tls_handshake(Port::Submission, Handshake::Timeout);
-            info!("STARTTLS handshake timed out");
-            return;
-        }
+    // Boxed: the handshake's state is needed once, not for the whole session.
+    let Some(tls) = Box::pin(handshake(&ctx, accept, Port::Submission)).await else {
+        return;
     };
     let mut conn = Conn::new(tls, deadline);
     drive(
@@ -233,6 +217,36 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
         peer,
     )
     .await;
+}
+
+/// Finish a TLS handshake within `command_timeout`, counting and logging how it ended. The
+/// outcome is matched as a temporary: a named result would stay in the session future's state
+/// for the whole session (see `session_futures_stay_small`).
+async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Context,
+    accept: tokio_rustls::Accept<IO>,
+    port: Port,
+) -> Option<tokio_rustls::server::TlsStream<IO>> {
+    let what = match port {
+        Port::Submission => "STARTTLS handshake",
+        Port::Submissions => "TLS handshake",
+    };
+    match tokio::time::timeout(ctx.command_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            ctx.metrics.tls_handshake(port, Handshake::Ok);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            ctx.metrics.tls_handshake(port, Handshake::Failed);
+            info!(error = %e, "{what} failed");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.tls_handshake(port, Handshake::Timeout);
+            info!("{what} timed out");
+            None
+        }
+    }
 }
 
 /// The plaintext part of a 587 connection; the stream when the client asked for STARTTLS.
@@ -278,25 +292,9 @@ pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAd
             let _ = std::io::Write::write_all(&mut tls.writer(), &wire);
         }
     });
-    // The outcome is matched as a temporary: a named result would stay in this future's
-    // state for the whole session (see `session_futures_stay_small`).
-    let tls = match tokio::time::timeout(ctx.command_timeout, accept).await {
-        Ok(Ok(tls)) => {
-            ctx.metrics.tls_handshake(Port::Submissions, Handshake::Ok);
-            tls
-        }
-        Ok(Err(e)) => {
-            ctx.metrics
-                .tls_handshake(Port::Submissions, Handshake::Failed);
-            info!(error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            ctx.metrics
-                .tls_handshake(Port::Submissions, Handshake::Timeout);
-            info!("TLS handshake timed out");
-            return;
-        }
+    // Boxed: the handshake's state is needed once, not for the whole session.
+    let Some(tls) = Box::pin(handshake(&ctx, accept, Port::Submissions)).await else {
+        return;
     };
     let mut conn = Conn::new(tls, deadline);
     if !greet_in_handshake {
