@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::auth::quota::Quota;
 use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::Settings;
@@ -172,15 +173,7 @@ impl Shared {
         let old = self.snapshot();
         let mut ctx = Context::clone(&old.ctx);
         let limits = &settings.limits;
-        ctx.config = Arc::new(SessionConfig {
-            hostname: settings.hostname.clone(),
-            max_message_size: limits.max_message_size,
-            max_recipients: limits.max_recipients,
-            max_auth_failures: limits.max_auth_failures,
-            quota: old.ctx.config.quota.clone(),
-            max_bad_commands: limits.max_bad_commands,
-            max_header_size: limits.max_header_size,
-        });
+        ctx.config = session_config(&settings, old.ctx.config.quota.clone());
         ctx.command_timeout = limits.command_timeout;
         ctx.greet_pause = limits.greet_pause;
         ctx.max_session_time = limits.max_session_time;
@@ -194,6 +187,21 @@ impl Shared {
         });
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
+}
+
+/// What each session is told of the settings; `quota` is the server's one sending ledger,
+/// kept across reloads.
+fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<SessionConfig> {
+    let limits = &settings.limits;
+    Arc::new(SessionConfig {
+        hostname: settings.hostname.clone(),
+        max_message_size: limits.max_message_size,
+        max_recipients: limits.max_recipients,
+        max_auth_failures: limits.max_auth_failures,
+        quota,
+        max_bad_commands: limits.max_bad_commands,
+        max_header_size: limits.max_header_size,
+    })
 }
 
 /// A bound server, ready to run.
@@ -231,15 +239,7 @@ impl Server {
         let limits = &settings.limits;
         let ctx_verifier = verifier.clone();
         let ctx = Arc::new(Context {
-            config: Arc::new(SessionConfig {
-                hostname: settings.hostname.clone(),
-                max_message_size: limits.max_message_size,
-                max_recipients: limits.max_recipients,
-                max_auth_failures: limits.max_auth_failures,
-                quota: Some(quota),
-                max_bad_commands: limits.max_bad_commands,
-                max_header_size: limits.max_header_size,
-            }),
+            config: session_config(&settings, Some(quota)),
             command_timeout: limits.command_timeout,
             greet_pause: limits.greet_pause,
             max_session_time: limits.max_session_time,
@@ -325,11 +325,6 @@ impl Server {
     /// Connections closed by the PROXY protocol checks so far.
     pub fn proxy_stats(&self) -> Arc<ProxyStats> {
         self.shared.proxy_stats.clone()
-    }
-
-    /// The DKIM keys every session signs with; `replace` them on reload.
-    pub fn dkim(&self) -> crate::dkim::SharedSigner {
-        self.shared.snapshot().ctx.dkim.clone()
     }
 
     /// The bound implicit-TLS addresses.

@@ -16,8 +16,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -138,30 +137,10 @@ fn edit<T>(
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    write_atomic(path, dir, &text).map_err(|e| io_error(path, e))?;
+    let mut text = text;
+    text.push(b'\n');
+    crate::auth::users::write_atomic(path, &text).map_err(|e| io_error(path, e))?;
     Ok(out)
-}
-
-fn write_atomic(path: &Path, dir: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Suspend `login` (a no-op returning `false` when it already is).

@@ -224,8 +224,9 @@ fn write_back(path: &Path, raw: &RawFile) -> Result<(), UsersError> {
 }
 
 /// Replace `path` with `contents`: temp file in the same directory, fsync, rename, fsync the
-/// directory, so a crash leaves either the old or the new file, never a torn one.
-fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// directory, so a crash leaves either the old or the new file, never a torn one. New files are
+/// 0600; an existing file keeps its mode. (Also the suspension state's writer.)
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = parent_dir(path);
     let name = path.file_name().ok_or_else(|| {
