@@ -91,6 +91,9 @@ pub struct Limits {
     /// The largest header section (up to the first empty line) of a message
     /// (`limits.max_header_size`, default 262144).
     pub max_header_size: u64,
+    /// More `Received:` fields than this and the message is refused with
+    /// `554 5.4.6 Too many hops` (`limits.max_hops`, default 50, Postfix's `hopcount_limit`).
+    pub max_hops: usize,
 }
 
 /// `[queue]`.
@@ -349,6 +352,8 @@ struct RawLimits {
     max_bad_commands: i64,
     #[serde(default = "default_max_header_size")]
     max_header_size: i64,
+    #[serde(default = "default_max_hops")]
+    max_hops: i64,
 }
 
 fn default_max_message_size() -> i64 {
@@ -405,6 +410,9 @@ fn default_max_bad_commands() -> i64 {
 fn default_max_header_size() -> i64 {
     262_144
 }
+fn default_max_hops() -> i64 {
+    50
+}
 
 impl Default for RawLimits {
     fn default() -> Self {
@@ -429,6 +437,7 @@ impl Default for RawLimits {
             max_session_time: default_max_session_time(),
             max_bad_commands: default_max_bad_commands(),
             max_header_size: default_max_header_size(),
+            max_hops: default_max_hops(),
         }
     }
 }
@@ -1026,6 +1035,7 @@ impl Settings {
             u32::MAX as u64,
         );
         let max_header_size = positive(p, "limits.max_header_size", l.max_header_size, u64::MAX);
+        let max_hops = positive(p, "limits.max_hops", l.max_hops, 10_000);
 
         let auth_window = positive_duration(p, "limits.auth_window", &l.auth_window);
         let mut count = |key: &str, value: i64| {
@@ -1193,6 +1203,7 @@ impl Settings {
                 max_session_time: max_session_time.ok_or_else(missing)?,
                 max_bad_commands: max_bad_commands.ok_or_else(missing)? as u32,
                 max_header_size: max_header_size.ok_or_else(missing)?,
+                max_hops: max_hops.ok_or_else(missing)? as usize,
             },
             queue: QueueSettings {
                 dir: resolve(base, q.dir.trim()),
@@ -1890,6 +1901,7 @@ format = "json"
             "max_auth_failures",
             "max_bad_commands",
             "max_header_size",
+            "max_hops",
         ] {
             assert_error(
                 &with(&format!("[limits]\n{key} = 0")),

@@ -31,7 +31,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner};
-use mail_parser::{HeaderName, HeaderValue, MessageParser};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -291,15 +290,11 @@ impl DkimSigner {
         self.entries.is_empty()
     }
 
-    /// The DKIM-Signature header fields for `message` (one per key of its From domain), ready
-    /// to prepend; empty when no key matches. Blocking: hashes the whole message.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
-        if self.entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(domain) = from_domain(message) else {
-            return Ok(Vec::new());
-        };
+    /// The DKIM-Signature header fields for `message` (one per key of `domain`, the From
+    /// domain the header check passed), ready to prepend; empty when no key matches. The
+    /// domain is never read from the message again here: a second parse could pick another
+    /// address than the one that was checked. Blocking: hashes the whole message.
+    pub fn sign(&self, message: &[u8], domain: &str) -> Result<Vec<u8>, DkimError> {
         let mut out = Vec::new();
         for entry in self.entries.iter().filter(|e| e.domain == domain) {
             let headers = headers_to_sign(message, &entry.headers);
@@ -320,27 +315,6 @@ impl DkimSigner {
         }
         Ok(out)
     }
-}
-
-/// The domain of the first address in the first From header, lowercase ASCII (`xn--` form).
-fn from_domain(message: &[u8]) -> Option<String> {
-    let parsed = MessageParser::new()
-        .header_address(HeaderName::From)
-        .parse_headers(header_section(message))?;
-    let address = parsed
-        .headers()
-        .iter()
-        .find_map(|h| match (&h.name, &h.value) {
-            (HeaderName::From, HeaderValue::Address(a)) => a
-                .iter()
-                .find_map(|a| a.address.as_deref().map(str::to_string)),
-            _ => None,
-        })?;
-    let (_, domain) = address.rsplit_once('@')?;
-    let domain = domain.trim().trim_end_matches('.');
-    idna::domain_to_ascii(domain)
-        .ok()
-        .map(|d| d.to_ascii_lowercase())
 }
 
 /// Of the configured headers, those the message has, then `from` once more (oversigning).
@@ -395,13 +369,13 @@ impl SharedSigner {
 
     /// Prepend the message's DKIM signatures, off the reactor. `Err` when a key matched but
     /// signing failed (logged): the message must not be queued unsigned.
-    pub async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, ()> {
+    pub async fn sign(&self, message: Vec<u8>, domain: Option<String>) -> Result<Vec<u8>, ()> {
         let signer = self.current();
-        if signer.is_empty() {
+        let Some(domain) = domain.filter(|d| signer.entries.iter().any(|e| &e.domain == d)) else {
             return Ok(message);
-        }
+        };
         let signed = tokio::task::spawn_blocking(move || {
-            let headers = signer.sign(&message)?;
+            let headers = signer.sign(&message, &domain)?;
             if headers.is_empty() {
                 return Ok(message);
             }
@@ -625,7 +599,7 @@ mod tests {
     }
 
     fn signed(signer: &DkimSigner, message: &[u8]) -> Vec<u8> {
-        let mut out = signer.sign(message).unwrap();
+        let mut out = signer.sign(message, "example.test").unwrap();
         out.extend_from_slice(message);
         out
     }
@@ -678,7 +652,7 @@ mod tests {
     fn header_list_has_present_headers_and_oversigned_from_but_not_received() {
         let dir = tempfile::tempdir().unwrap();
         let signer = DkimSigner::load(&[entry(dir.path(), Algorithm::Ed25519, "s1")]).unwrap();
-        let header = String::from_utf8(signer.sign(MESSAGE).unwrap()).unwrap();
+        let header = String::from_utf8(signer.sign(MESSAGE, "example.test").unwrap()).unwrap();
         let unfolded: String = header.split_whitespace().collect();
         let h = unfolded
             .split(';')
@@ -710,10 +684,10 @@ mod tests {
             vec![DkimResult::Pass, DkimResult::Pass]
         );
         let sub = b"From: alice@sub.example.test\r\nSubject: x\r\n\r\nx\r\n";
-        assert!(signer.sign(sub).unwrap().is_empty());
+        assert!(signer.sign(sub, "sub.example.test").unwrap().is_empty());
         let other = b"From: alice@example.net\r\nSubject: x\r\n\r\nx\r\n";
-        assert!(signer.sign(other).unwrap().is_empty());
-        assert!(DkimSigner::default().sign(MESSAGE).unwrap().is_empty());
+        assert!(signer.sign(other, "example.net").unwrap().is_empty());
+        assert!(DkimSigner::default().sign(MESSAGE, "example.test").unwrap().is_empty());
     }
 
     /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the

@@ -201,6 +201,7 @@ fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<Session
         quota,
         max_bad_commands: limits.max_bad_commands,
         max_header_size: limits.max_header_size,
+        max_hops: limits.max_hops,
     })
 }
 

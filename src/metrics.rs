@@ -143,6 +143,7 @@ fn classify(r: &Reply) -> Option<Event> {
         452 if *r == reply::TOO_MANY_RECIPIENTS => Rejected("too_many_recipients"),
         550 if *r == reply::BARE_LINE_ENDING => Rejected("bare_line_ending"),
         550 if *r == reply::NO_FROM || *r == reply::NUL_IN_MESSAGE => Rejected("content"),
+        554 if *r == reply::TOO_MANY_HOPS => Rejected("content"),
         451 if *r == reply::QUEUE_WRITE_ERROR => Rejected("storage"),
         452 if *r == reply::INSUFFICIENT_STORAGE => Rejected("storage"),
         _ => return None,
@@ -573,6 +574,8 @@ mod tests {
             (reply::AUTH_CANCELLED, Some(Event::Auth("cancelled"))),
             (reply::MESSAGE_TOO_BIG, Some(Event::Rejected("size"))),
             (reply::HEADER_TOO_BIG, Some(Event::Rejected("size"))),
+            (reply::TOO_MANY_HOPS, Some(Event::Rejected("content"))),
+            (reply::FROM_GROUP, Some(Event::Rejected("sender"))),
             (
                 reply::sender_not_owned("a@b.test"),
                 Some(Event::Rejected("sender")),

@@ -5,7 +5,7 @@
 //! `Date:` and a `Message-ID:` when the message has none. Everything the client sent is kept
 //! byte for byte after the prepended lines.
 
-use mail_parser::{HeaderName, HeaderValue, MessageParser};
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
@@ -18,6 +18,17 @@ pub enum FromProblem {
     Missing,
     /// An address in From or Sender the user does not own: `553 5.7.1`.
     NotOwned,
+    /// Group syntax (`name: members;`) in From or Sender, which RFC 5322 section 3.6.2 does
+    /// not allow there (`553 5.7.1`). Refused whatever the members: parsers disagree about
+    /// what a group's display name is, and some turn a mailbox written before the colon into it.
+    Group,
+}
+
+/// What the From check established: the domain of the first From address, the one DKIM signs
+/// for (lowercase, IDNA `xn--` form). `None` when the domain has no ASCII form (nothing signs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedFrom {
+    pub domain: Option<String>,
 }
 
 /// The header section of a message: everything up to and including the empty line, or the
@@ -36,28 +47,53 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Check that the message has a From header and that every address in every From and Sender
 /// header is owned by the user (DESIGN.md "Precise points").
-pub fn check_from(message: &[u8], senders: &[SenderPattern]) -> Result<(), FromProblem> {
+///
+/// Two views are checked, and both must pass:
+/// - the raw field text, unfolded: no group syntax (a `:` or `;` outside quoted strings,
+///   comments and domain literals), and every `local@domain` written anywhere in it, display
+///   names and comments included, is owned;
+/// - mail-parser's result: no group, every parsed address owned, and every decoded display
+///   name free of addresses the user does not own (an RFC 2047 encoded word can hide one).
+pub fn check_from(message: &[u8], senders: &[SenderPattern]) -> Result<CheckedFrom, FromProblem> {
     let headers = header_section(message);
+    for (_, value) in sender_fields(headers) {
+        let value = String::from_utf8_lossy(&value);
+        if has_group_syntax(&value) {
+            return Err(FromProblem::Group);
+        }
+        if !written_addresses_owned(&value, senders) {
+            return Err(FromProblem::NotOwned);
+        }
+    }
     let parser = MessageParser::new()
         .header_address(HeaderName::From)
         .header_address(HeaderName::Sender);
     let Some(parsed) = parser.parse_headers(headers) else {
         return Err(FromProblem::Missing);
     };
-    let mut from_addresses = 0usize;
+    let mut first_from: Option<String> = None;
     for header in parsed.headers() {
         let is_from = match header.name {
             HeaderName::From => true,
             HeaderName::Sender => false,
             _ => continue,
         };
-        let addresses: Vec<&str> = match &header.value {
-            HeaderValue::Address(address) => address
-                .iter()
-                .filter_map(|a| a.address.as_deref())
-                .collect(),
-            _ => Vec::new(),
-        };
+        let mut addresses: Vec<&str> = Vec::new();
+        if let HeaderValue::Address(address) = &header.value {
+            if matches!(address, Address::Group(_)) {
+                return Err(FromProblem::Group);
+            }
+            for addr in address.iter() {
+                if let Some(name) = addr.name.as_deref()
+                    && !written_addresses_owned(name, senders)
+                {
+                    return Err(FromProblem::NotOwned);
+                }
+                if let Some(a) = addr.address.as_deref() {
+                    addresses.push(a);
+                }
+            }
+        }
         if !is_from && addresses.is_empty() {
             // A Sender header we cannot read could hide anything.
             return Err(FromProblem::NotOwned);
@@ -67,14 +103,153 @@ pub fn check_from(message: &[u8], senders: &[SenderPattern]) -> Result<(), FromP
                 return Err(FromProblem::NotOwned);
             }
         }
-        if is_from {
-            from_addresses += addresses.len();
+        if is_from && first_from.is_none() {
+            first_from = addresses.first().map(|a| a.to_string());
         }
     }
-    if from_addresses == 0 {
+    let Some(first) = first_from else {
         return Err(FromProblem::Missing);
+    };
+    Ok(CheckedFrom {
+        domain: ascii_domain(&first),
+    })
+}
+
+/// The domain of an address, lowercase ASCII (`xn--` form), one trailing dot removed.
+fn ascii_domain(address: &str) -> Option<String> {
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim().trim_end_matches('.');
+    idna::domain_to_ascii(domain)
+        .ok()
+        .map(|d| d.to_ascii_lowercase())
+}
+
+/// The From and Sender fields of a header section, unfolded (CRLF before WSP removed), as
+/// (is_from, value). Field names compare case-insensitively; WSP before the colon is allowed
+/// (RFC 5322 section 4.5.3, obsolete syntax), as parsers accept it.
+fn sender_fields(headers: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let mut fields: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut current: Option<(bool, Vec<u8>)> = None;
+    for line in headers.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some((_, value)) = current.as_mut() {
+                value.extend_from_slice(line);
+            }
+            continue;
+        }
+        fields.extend(current.take());
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii_end();
+        let is_from = name.eq_ignore_ascii_case(b"from");
+        if is_from || name.eq_ignore_ascii_case(b"sender") {
+            current = Some((is_from, line[colon + 1..].to_vec()));
+        }
     }
-    Ok(())
+    fields.extend(current);
+    fields
+}
+
+/// Whether a From or Sender value uses group syntax: a `:` or `;` outside quoted strings,
+/// comments and domain literals. (Inside angle brackets a `:` would be an obsolete route,
+/// RFC 5322 section 4.4, never to be generated: refused too.)
+fn has_group_syntax(value: &str) -> bool {
+    let mut quoted = false;
+    let mut comment = 0usize;
+    let mut literal = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || comment > 0 || literal => escaped = true,
+            '"' if comment == 0 && !literal => quoted = !quoted,
+            '(' if !quoted && !literal => comment += 1,
+            ')' if !quoted && !literal && comment > 0 => comment -= 1,
+            '[' if !quoted && comment == 0 => literal = true,
+            ']' if literal => literal = false,
+            ':' | ';' if !quoted && comment == 0 && !literal => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Characters that end an address token written in header text.
+fn ends_token(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(
+            c,
+            '<' | '>' | '(' | ')' | ',' | ';' | ':' | '"' | '\\' | '@' | '[' | ']'
+        )
+}
+
+/// Whether every `local@domain` written in `text` (a raw field value or a decoded display
+/// name) is owned. An `@` with nothing on either side is not an address (`Alice @ home`); one
+/// with a side missing, or anything else malformed, is never owned.
+fn written_addresses_owned(text: &str, senders: &[SenderPattern]) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    for (at, _) in chars.iter().enumerate().filter(|(_, c)| **c == '@') {
+        let right: String = if chars.get(at + 1) == Some(&'[') {
+            let end = chars[at + 1..]
+                .iter()
+                .position(|&c| c == ']')
+                .map_or(chars.len(), |p| at + 1 + p + 1);
+            chars[at + 1..end].iter().collect()
+        } else {
+            chars[at + 1..]
+                .iter()
+                .take_while(|&&c| !ends_token(c))
+                .collect()
+        };
+        let left: String = if at > 0 && chars[at - 1] == '"' {
+            quoted_before(&chars[..at])
+        } else {
+            let start = chars[..at]
+                .iter()
+                .rposition(|&c| ends_token(c))
+                .map_or(0, |p| p + 1);
+            chars[start..at].iter().collect()
+        };
+        if left.is_empty() && right.is_empty() {
+            continue;
+        }
+        if !owns(senders, &format!("{left}@{right}")) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The quoted string that ends `chars` (which ends with `"`), quotes included; the whole
+/// prefix when its opening quote is missing.
+fn quoted_before(chars: &[char]) -> String {
+    let mut i = chars.len() - 1;
+    while i > 0 {
+        i -= 1;
+        let escaped = chars[..i].iter().rev().take_while(|&&c| c == '\\').count() % 2 == 1;
+        if chars[i] == '"' && !escaped {
+            return chars[i..].iter().collect();
+        }
+    }
+    chars.iter().collect()
+}
+
+/// How many trace fields (`Received:`) the header section holds: the hop count that
+/// `limits.max_hops` bounds (RFC 5321 section 6.3, Postfix's `hopcount_limit`).
+pub fn hop_count(headers: &[u8]) -> usize {
+    headers
+        .split(|&b| b == b'\n')
+        .filter(|line| {
+            let name_end = line.iter().position(|&b| b == b':');
+            name_end.is_some_and(|c| line[..c].trim_ascii_end().eq_ignore_ascii_case(b"received"))
+        })
+        .count()
 }
 
 /// What goes into the trace header.
@@ -195,10 +370,20 @@ mod tests {
         assert!(out.contains("\r\nDate: Tue"));
     }
 
+    fn ok(domain: &str) -> Result<CheckedFrom, FromProblem> {
+        Ok(CheckedFrom {
+            domain: Some(domain.to_string()),
+        })
+    }
+
+    fn domain_owner() -> Vec<SenderPattern> {
+        vec![SenderPattern::Domain("example.test".into())]
+    }
+
     #[test]
     fn from_check() {
-        let ok = b"From: Alice <Alice@EXAMPLE.test>\r\n\r\nx";
-        assert_eq!(check_from(ok, &alice()), Ok(()));
+        let ok_msg = b"From: Alice <Alice@EXAMPLE.test>\r\n\r\nx";
+        assert_eq!(check_from(ok_msg, &alice()), ok("example.test"));
         let missing = b"Subject: x\r\n\r\nFrom: alice@example.test\r\n";
         assert_eq!(check_from(missing, &alice()), Err(FromProblem::Missing));
         let foreign = b"From: alice@example.test, mallory@evil.test\r\n\r\n";
@@ -210,5 +395,160 @@ mod tests {
         let display = b"From: \"alice@example.test\" <mallory@evil.test>\r\n\r\n";
         assert_eq!(check_from(display, &alice()), Err(FromProblem::NotOwned));
         assert_eq!(check_from(b"", &alice()), Err(FromProblem::Missing));
+    }
+
+    #[test]
+    fn legitimate_from_forms_pass() {
+        for value in [
+            "alice@example.test",
+            "Alice <alice@example.test>",
+            "\"Smith, Alice\" <alice@example.test>",
+            "\"Alice (work)\" <alice@example.test>",
+            "alice@example.test (Alice)",
+            "Alice @ home <alice@example.test>",
+            "=?utf-8?q?Al=C3=AFce?= <alice@example.test>",
+            // Not `"alice"@example.test`: mail-parser 0.11 reads it as the name "alice" and the
+            // address "@example.test", which is refused (safe, and as before).
+            "Alice\r\n <alice@example.test>",
+            "\"alice@example.test\" <alice@example.test>",
+        ] {
+            let msg = format!("From: {value}\r\nSubject: x\r\n\r\nbody\r\n");
+            assert_eq!(
+                check_from(msg.as_bytes(), &alice()),
+                ok("example.test"),
+                "{value}"
+            );
+        }
+        let idn = "From: alice@B\u{fc}cher.example\r\n\r\n";
+        let owner = vec![SenderPattern::Domain("b\u{fc}cher.example".into())];
+        assert_eq!(
+            check_from(idn.as_bytes(), &owner),
+            ok("xn--bcher-kva.example")
+        );
+    }
+
+    /// The review's reproductions: group syntax puts a foreign mailbox where parsers disagree
+    /// about what it is (mail-parser 0.11 turns it into the group's name).
+    #[test]
+    fn group_syntax_in_from_or_sender_is_refused() {
+        let cases: &[&[u8]] = &[
+            b"From: Mallory <mallory@evil.test>: alice@example.test;\r\n\r\nx",
+            b"From: alice@example.test\r\nSender: Mallory <mallory@evil.test>: alice@example.test;\r\n\r\nx",
+            b"From: mallory@evil.test: alice@example.test;\r\n\r\nx",
+            b"From: alice@example.test\r\nFrom: Mallory <mallory@evil.test>:;\r\n\r\nx",
+            b"From: Friends: alice@example.test;\r\n\r\nx",
+            b"From: undisclosed-recipients:;\r\n\r\nx",
+            b"From: Team:\r\n alice@example.test;\r\n\r\nx",
+            b"FROM : Friends: alice@example.test;\r\n\r\nx",
+            b"From: <@evil.test:alice@example.test>\r\n\r\nx",
+        ];
+        for case in cases {
+            let got = check_from(case, &domain_owner());
+            assert!(
+                matches!(got, Err(FromProblem::Group | FromProblem::NotOwned)),
+                "{}: {got:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        // Inside quotes, comments and domain literals a colon is just text.
+        for value in [
+            "\"Re: Alice\" <alice@example.test>",
+            "alice@example.test (note: work)",
+        ] {
+            let msg = format!("From: {value}\r\n\r\nx");
+            assert_eq!(
+                check_from(msg.as_bytes(), &domain_owner()),
+                ok("example.test")
+            );
+        }
+    }
+
+    #[test]
+    fn addresses_hidden_in_names_and_comments_are_checked() {
+        for value in [
+            "mallory@evil.test <alice@example.test>",
+            "\"mallory@evil.test\" <alice@example.test>",
+            "alice@example.test (mallory@evil.test)",
+            "=?utf-8?q?mallory=40evil.test?= <alice@example.test>",
+            "=?utf-8?b?bWFsbG9yeUBldmlsLnRlc3Q=?= <alice@example.test>",
+            "\"mallory\"@evil.test",
+        ] {
+            let msg = format!("From: {value}\r\n\r\nx");
+            assert_eq!(
+                check_from(msg.as_bytes(), &domain_owner()),
+                Err(FromProblem::NotOwned),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn hops_are_received_fields_of_the_header_section() {
+        let msg = b"Received: a\r\nreceived : b\r\n\tReceived: folded\r\nX-Received: c\r\n\r\nReceived: body\r\n";
+        assert_eq!(hop_count(header_section(msg)), 2);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text around the foreign address: whatever a forger might try.
+        fn fragment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just("alice@example.test".to_string()),
+                Just("<alice@example.test>".to_string()),
+                Just("Alice ".to_string()),
+                Just("\"".to_string()),
+                Just("(".to_string()),
+                Just(")".to_string()),
+                Just("<".to_string()),
+                Just(">".to_string()),
+                Just(":".to_string()),
+                Just(";".to_string()),
+                Just(",".to_string()),
+                Just(" ".to_string()),
+                Just("\\".to_string()),
+                Just("\r\n ".to_string()),
+                Just("=?utf-8?q?x?=".to_string()),
+                "[ -~]{0,6}",
+            ]
+        }
+
+        /// A foreign address as it might be written.
+        fn foreign() -> impl Strategy<Value = String> {
+            let local = "[a-z][a-z0-9.+_-]{0,8}";
+            let domain = "[a-z][a-z0-9-]{0,8}\\.(test|net|example)";
+            (local, domain, 0..4usize)
+                .prop_filter("not the owned domain", |(_, d, _)| d != "example.test")
+                .prop_map(|(l, d, form)| match form {
+                    0 => format!("{l}@{d}"),
+                    1 => format!("<{l}@{d}>"),
+                    2 => format!("\"{l}\"@{d}"),
+                    _ => format!("{l}@{}", d.to_uppercase()),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Any From or Sender value in which an address the user does not own appears is
+            /// refused, whatever surrounds it.
+            #[test]
+            fn a_foreign_address_anywhere_is_refused(
+                before in proptest::collection::vec(fragment(), 0..4),
+                address in foreign(),
+                after in proptest::collection::vec(fragment(), 0..4),
+                in_sender in any::<bool>(),
+            ) {
+                let value = format!("{}{address}{}", before.concat(), after.concat());
+                let msg = if in_sender {
+                    format!("From: alice@example.test\r\nSender: {value}\r\n\r\nbody\r\n")
+                } else {
+                    format!("From: {value}\r\nSubject: x\r\n\r\nbody\r\n")
+                };
+                let got = check_from(msg.as_bytes(), &domain_owner());
+                prop_assert!(got.is_err(), "{msg:?} -> {got:?}");
+            }
+        }
     }
 }

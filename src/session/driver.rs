@@ -496,7 +496,7 @@ async fn spool_message(
     );
     let message = ctx
         .dkim
-        .sign(message)
+        .sign(message, accepted.from_domain.clone())
         .await
         .map_err(|()| SpoolFailure::NotSigned)?;
     let envelope = Envelope {

@@ -240,6 +240,14 @@ pub const SYNC_ERROR: Reply = Reply::new(554, "5.5.0 Protocol synchronization er
 /// `limits.max_bad_commands` protocol errors; the connection closes.
 pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0 Too many errors");
 /// The header section is larger than `limits.max_header_size`.
+/// Group syntax in From or Sender (RFC 5322 section 3.6.2 allows none there).
+pub const FROM_GROUP: Reply = Reply::new(
+    553,
+    "5.7.1 Sender address rejected: group syntax not allowed in From or Sender",
+);
+/// More `Received:` fields than `limits.max_hops`: a mail loop (RFC 5321 section 6.3; Postfix
+/// `hopcount_limit`, RFC 3463 5.4.6 routing loop).
+pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6 Too many hops");
 pub const HEADER_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message header size exceeds limit");
 /// NUL in message content: RFC 5322 `text` (section 3.5) excludes it and only the obsolete
 /// syntax (section 4.1) allowed it, never to be generated. Refused in DATA and BDAT alike.

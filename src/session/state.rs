@@ -30,6 +30,8 @@ pub struct SessionConfig {
     pub max_bad_commands: u32,
     /// The largest header section a message may have.
     pub max_header_size: u64,
+    /// More `Received:` fields than this: `554 5.4.6 Too many hops`.
+    pub max_hops: usize,
 }
 
 /// What the session waits for next.
@@ -73,6 +75,9 @@ pub struct Accepted {
     pub params: MailParams,
     /// The message as received (dot-unstuffed / chunks joined), without submitd's headers.
     pub message: Vec<u8>,
+    /// The domain of the From address the header check passed: the only domain DKIM may sign
+    /// for.
+    pub from_domain: Option<String>,
 }
 
 /// The mail transaction. Recipients need a sender; a message needs recipients.
@@ -668,8 +673,13 @@ impl Session {
             return Step::Reply(reply::NUL_IN_MESSAGE);
         }
         // Checked before the header parser runs, so it never sees more than this.
-        if submission::header_section(&message).len() as u64 > self.config.max_header_size {
+        let headers = submission::header_section(&message);
+        if headers.len() as u64 > self.config.max_header_size {
             return Step::Reply(reply::HEADER_TOO_BIG);
+        }
+        // A loop: every relay on the way added one (RFC 5321 section 6.3).
+        if submission::hop_count(headers) > self.config.max_hops {
+            return Step::Reply(reply::TOO_MANY_HOPS);
         }
         let Some(user) = self.user.clone() else {
             return Step::Reply(reply::AUTH_REQUIRED);
@@ -677,7 +687,8 @@ impl Session {
         match submission::check_from(&message, &user.senders) {
             Err(FromProblem::Missing) => Step::Reply(reply::NO_FROM),
             Err(FromProblem::NotOwned) => Step::Reply(reply::sender_not_owned(&user.login)),
-            Ok(()) => {
+            Err(FromProblem::Group) => Step::Reply(reply::FROM_GROUP),
+            Ok(checked) => {
                 self.mode = Mode::Queueing;
                 Step::Queue(Box::new(Accepted {
                     user,
@@ -686,6 +697,7 @@ impl Session {
                     recipients: rcpts,
                     params,
                     message,
+                    from_domain: checked.domain,
                 }))
             }
         }
@@ -749,6 +761,7 @@ mod tests {
             quota: None,
             max_bad_commands: 20,
             max_header_size: 60,
+            max_hops: 3,
         })
     }
 
