@@ -687,7 +687,12 @@ mod tests {
         assert!(signer.sign(sub, "sub.example.test").unwrap().is_empty());
         let other = b"From: alice@example.net\r\nSubject: x\r\n\r\nx\r\n";
         assert!(signer.sign(other, "example.net").unwrap().is_empty());
-        assert!(DkimSigner::default().sign(MESSAGE, "example.test").unwrap().is_empty());
+        assert!(
+            DkimSigner::default()
+                .sign(MESSAGE, "example.test")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the
