@@ -222,3 +222,75 @@ async fn damaged_queue_files_are_quarantined_and_the_rest_delivered() {
     let listed = control::list(&Spool::attach(&server.queue_dir())).unwrap();
     assert!(listed.is_empty(), "queue list sees quarantine: {listed:?}");
 }
+
+/// The file system, except that the directory fsync, once armed, takes 2.5 s (more than two
+/// scan intervals) and then fails with EIO.
+#[derive(Debug, Clone, Default)]
+struct SlowFailingDirSync {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl submitd::queue::fsio::SpoolIo for SlowFailingDirSync {
+    fn create(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        RealIo.create(path)
+    }
+    fn write_all(
+        &self,
+        path: &Path,
+        file: &mut std::fs::File,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        RealIo.write_all(path, file, bytes)
+    }
+    fn sync(&self, path: &Path, file: &std::fs::File) -> std::io::Result<()> {
+        RealIo.sync(path, file)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealIo.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2500));
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        RealIo.sync_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        RealIo.remove(path)
+    }
+}
+
+/// A message whose directory fsync fails is refused with 451 and never delivered, although
+/// its envelope sat under its final name while the fsync ran: the scheduler learns of new
+/// messages only from the session, after the commit, never from a directory scan.
+#[tokio::test]
+async fn a_message_refused_with_451_is_never_delivered() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let io = SlowFailingDirSync::default();
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
+        sink.addr
+    );
+    let server = TestServer::start_in_with_io(
+        tempfile::tempdir().unwrap(),
+        "",
+        &relay,
+        Arc::new(io.clone()),
+    )
+    .await;
+    let mut c = server.alice().await;
+    io.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reply = send_message(&mut c).await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    // Two more scan intervals: nothing may arrive.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        sink.received().is_empty(),
+        "a refused message was delivered"
+    );
+    assert!(server.queued().is_empty());
+    // The next message is committed, announced and delivered at once.
+    let reply = send_message(&mut c).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(sink.wait_for(1, IO_TIMEOUT).await.len(), 1);
+}

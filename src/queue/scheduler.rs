@@ -1,11 +1,16 @@
 //! The queue scheduler: which message is due, how many deliveries run at once, and what an
 //! attempt's outcomes do to the queue.
 //!
-//! - On start, and every [`SCAN_INTERVAL`] after, the queue directory is scanned; an envelope
-//!   that is new or whose modification time changed (a `queue retry` from the command line) is
-//!   re-read. (A queue so big that a scan takes over 1/20 of that interval is scanned less
-//!   often: the scan never takes more than about 5% of the time.) A message just accepted is announced through [`QueueHandle::notify`] and tried
-//!   at once.
+//! - On start the queue directory is scanned and every committed message is loaded. After
+//!   that, new messages reach the scheduler only through [`QueueHandle::notify`], which the
+//!   session calls after the spool write was committed (file fsync, rename, directory fsync):
+//!   a message whose commit failed, and whose client was told 451, is never picked up, even in
+//!   the moment its envelope exists under its final name. Every [`SCAN_INTERVAL`] after the
+//!   start, the directory is scanned again for the messages the scheduler already knows: an
+//!   envelope whose modification time changed (`queue hold`, `release`, `retry` from the
+//!   command line) is re-read, a removed one forgotten. (A queue so big that a scan takes over
+//!   1/20 of that interval is scanned less often: the scan never takes more than about 5% of
+//!   the time.)
 //! - A due message (a recipient `pending`, or `deferred` with its next attempt in the past) is
 //!   delivered by a task; at most `queue.concurrency` run at once, earliest due first (the
 //!   waiting messages are kept ordered by due time, so picking one does not grow with the
@@ -62,15 +67,17 @@ pub const MAILER_DAEMON: &str = "MAILER-DAEMON";
 /// Announces newly queued messages to the scheduler.
 #[derive(Clone, Debug)]
 pub struct QueueHandle {
-    tx: mpsc::Sender<QueueId>,
+    tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
 }
 
 impl QueueHandle {
-    /// Ask for an immediate attempt. Never blocks: if the channel is full, the next directory
-    /// scan finds the message anyway.
+    /// Hand a committed message to the scheduler for an immediate attempt: the only way a new
+    /// message reaches it while it runs. Never blocks and never drops one (the channel is
+    /// unbounded; the scheduler takes each ID at once into its tracker, which holds every
+    /// queued message anyway). Call it only after the spool write returned `Ok`.
     pub fn notify(&self, id: QueueId) {
-        let _ = self.tx.try_send(id);
+        let _ = self.tx.send(id);
     }
 
     /// Attempt every deferred message now (SIGUSR1, from `submitd queue retry`), like
@@ -250,8 +257,8 @@ struct Shared {
 /// A scheduler ready to run; made before the listeners so sessions can hold its handle.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<QueueId>,
-    tx: mpsc::Sender<QueueId>,
+    rx: mpsc::UnboundedReceiver<QueueId>,
+    tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
     concurrency: usize,
 }
@@ -264,7 +271,7 @@ impl Scheduler {
         delivery: Delivery,
         metrics: Arc<Metrics>,
     ) -> (QueueHandle, Scheduler) {
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             spool,
             delivery,
@@ -314,8 +321,8 @@ fn unix_now() -> u64 {
 
 async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<QueueId>,
-    tx: mpsc::Sender<QueueId>,
+    mut rx: mpsc::UnboundedReceiver<QueueId>,
+    tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
     concurrency: usize,
     shutdown: CancellationToken,
@@ -327,10 +334,13 @@ async fn run(
     let mut next_scan = tokio::time::Instant::now();
     // Messages removed since the directory was last fsynced.
     let mut unsynced = false;
+    // Only the first scan takes messages it does not know (see the module doc).
+    let mut admit_new = true;
     loop {
         if tokio::time::Instant::now() >= next_scan {
             let started = tokio::time::Instant::now();
-            scan(&shared, &mut tracker, std::mem::take(&mut unsynced)).await;
+            let sync = std::mem::take(&mut unsynced);
+            scan(&shared, &mut tracker, sync, std::mem::take(&mut admit_new)).await;
             // A queue so big that scanning it takes long is scanned less often, so that
             // scanning takes at most about 1/SCAN_SHARE of the time.
             let took = started.elapsed();
@@ -348,7 +358,7 @@ async fn run(
             let handle = running.spawn(async move {
                 let (bounces, after) = attempt(&shared, &task_id, forced).await;
                 for bounce in bounces {
-                    let _ = tx.try_send(bounce);
+                    let _ = tx.send(bounce);
                 }
                 (task_id, after)
             });
@@ -399,16 +409,17 @@ async fn run(
     let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
 }
 
-/// Rescan the queue directory: pick up new and changed envelopes, forget removed ones. With
-/// `sync`, first fsync the directory so that the removals since the last scan survive a crash.
-async fn scan(shared: &Arc<Shared>, tracker: &mut Tracker, sync: bool) {
+/// Rescan the queue directory: re-read changed envelopes, forget removed ones, and with
+/// `admit_new` (the start-up scan only) load the messages not known yet. With `sync`, first
+/// fsync the directory so that the removals since the last scan survive a crash.
+async fn scan(shared: &Arc<Shared>, tracker: &mut Tracker, sync: bool, admit_new: bool) {
     let spool = shared.spool.clone();
     let known = tracker.known();
     let listing = tokio::task::spawn_blocking(move || {
         if sync && let Err(e) = spool.sync() {
             warn!(error = %e, "queue: cannot fsync the queue directory");
         }
-        scan_blocking(&spool, &known).map(|r| (r, known))
+        scan_blocking(&spool, &known, admit_new).map(|r| (r, known))
     })
     .await;
     let Ok(Ok(((present, changed), known))) = listing else {
@@ -451,6 +462,7 @@ type ScanResult = (HashSet<QueueId>, Vec<(QueueId, SystemTime, Seen)>);
 fn scan_blocking(
     spool: &Spool,
     known: &HashMap<QueueId, Option<SystemTime>>,
+    admit_new: bool,
 ) -> Result<ScanResult, SpoolError> {
     let mut present = HashSet::new();
     let mut changed = Vec::new();
@@ -476,37 +488,46 @@ fn scan_blocking(
         };
         let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         present.insert(id.clone());
-        if known.get(&id).is_some_and(|m| *m == Some(mtime)) {
+        let Some(seen_mtime) = known.get(&id) else {
+            // Not known: a message being committed (announced once it is), or one whose
+            // commit failed (its client got 451, and the session removes it), or one an
+            // attempt is delivering. Only the start-up scan takes unknown messages.
+            if admit_new {
+                changed.push((id.clone(), mtime, read_seen(spool, &id)));
+            }
             continue;
-        }
-        match spool.load_envelope(&id) {
-            Ok(env) => {
-                let open = env
-                    .recipients
-                    .iter()
-                    .filter(|r| {
-                        matches!(r.state, RecipientState::Pending | RecipientState::Deferred)
-                    })
-                    .count();
-                let seen = Seen {
-                    due: env.attempt_due(),
-                    received_at: Some(env.received_at),
-                    open,
-                };
-                changed.push((id, mtime, seen));
-            }
-            Err(e) => {
-                warn!(queue_id = %id, error = %e, "queue: unreadable envelope skipped");
-                let seen = Seen {
-                    due: None,
-                    received_at: None,
-                    open: 0,
-                };
-                changed.push((id, mtime, seen));
-            }
+        };
+        if *seen_mtime != Some(mtime) {
+            changed.push((id.clone(), mtime, read_seen(spool, &id)));
         }
     }
     Ok((present, changed))
+}
+
+/// What the scheduler needs of an envelope on disk.
+fn read_seen(spool: &Spool, id: &QueueId) -> Seen {
+    match spool.load_envelope(id) {
+        Ok(env) => {
+            let open = env
+                .recipients
+                .iter()
+                .filter(|r| matches!(r.state, RecipientState::Pending | RecipientState::Deferred))
+                .count();
+            Seen {
+                due: env.attempt_due(),
+                received_at: Some(env.received_at),
+                open,
+            }
+        }
+        Err(e) => {
+            warn!(queue_id = %id, error = %e, "queue: unreadable envelope skipped");
+            Seen {
+                due: None,
+                received_at: None,
+                open: 0,
+            }
+        }
+    }
 }
 
 /// The domain of an address (after the last `@`), lowercased for grouping.

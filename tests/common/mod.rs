@@ -142,6 +142,11 @@ impl TestServer {
         }
     }
 
+    /// Stop the server (its sessions get 421; the queue drains its running deliveries).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     pub fn queue_dir(&self) -> PathBuf {
         self.dir.path().join("queue")
     }
