@@ -48,6 +48,7 @@ pub mod dkim;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod queue;
 pub mod reload;

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::session::reply::{self, Reply};
+use crate::outcome::{AuthResult, Outcome, Refusal};
 
 /// The largest HTTP request head read; a longer one gets 431 and the connection closes.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -92,64 +92,8 @@ const REFUSED: [&str; 4] = [
     "proxy_header",
 ];
 const HANDSHAKE: [&str; 3] = ["ok", "failed", "timeout"];
-/// `submitd_auth_total{result}`.
-const AUTH_RESULTS: [&str; 6] = [
-    "success",
-    "bad_credentials",
-    "throttled",
-    "busy",
-    "malformed",
-    "cancelled",
-];
-/// `submitd_messages_rejected_total{reason}`.
-const REJECT_REASONS: [&str; 8] = [
-    "size",
-    "sender",
-    "rate_limit",
-    "suspended",
-    "too_many_recipients",
-    "bare_line_ending",
-    "content",
-    "storage",
-];
 /// `submitd_deliveries_total{status}`: the `status` field of the `delivery` log line.
 const DELIVERY_STATUSES: [&str; 4] = ["sent", "deferred", "bounced", "expired"];
-
-/// What a reply tells the counters, if anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Auth(&'static str),
-    Rejected(&'static str),
-}
-
-/// Sort a reply the session sends into an AUTH result or a rejection reason. Constant replies
-/// compare whole; computed ones by code and the start of their text (reply.rs builds them).
-fn classify(r: &Reply) -> Option<Event> {
-    use Event::{Auth, Rejected};
-    let text = r.text();
-    let event = match r.code() {
-        235 if *r == reply::AUTH_OK => Auth("success"),
-        535 if *r == reply::AUTH_FAILED => Auth("bad_credentials"),
-        421 if *r == reply::AUTH_TOO_MANY_FAILURES => Auth("bad_credentials"),
-        454 if *r == reply::AUTH_THROTTLED => Auth("throttled"),
-        454 if *r == reply::AUTH_BUSY => Auth("busy"),
-        501 if *r == reply::AUTH_BAD_BASE64 || *r == reply::AUTH_MALFORMED => Auth("malformed"),
-        501 if *r == reply::AUTH_CANCELLED => Auth("cancelled"),
-        552 if text.starts_with("5.3.4") => Rejected("size"),
-        553 if *r == reply::NULL_SENDER_REFUSED => Rejected("sender"),
-        553 if text.starts_with("5.7.1 Sender address rejected") => Rejected("sender"),
-        450 if text.starts_with("4.7.1") => Rejected("rate_limit"),
-        550 if *r == reply::ACCOUNT_SUSPENDED => Rejected("suspended"),
-        452 if *r == reply::TOO_MANY_RECIPIENTS => Rejected("too_many_recipients"),
-        550 if *r == reply::BARE_LINE_ENDING => Rejected("bare_line_ending"),
-        550 if *r == reply::NO_FROM || *r == reply::NUL_IN_MESSAGE => Rejected("content"),
-        554 if *r == reply::TOO_MANY_HOPS => Rejected("content"),
-        451 if *r == reply::QUEUE_WRITE_ERROR => Rejected("storage"),
-        452 if *r == reply::INSUFFICIENT_STORAGE => Rejected("storage"),
-        _ => return None,
-    };
-    Some(event)
-}
 
 /// Every metric one server keeps, and the registry that encodes them.
 pub struct Metrics {
@@ -222,11 +166,14 @@ impl Metrics {
         for reason in REFUSED {
             drop(m.connections_refused.get_or_create(&[("reason", reason)]));
         }
-        for result in AUTH_RESULTS {
-            drop(m.auth.get_or_create(&[("result", result)]));
+        for result in AuthResult::ALL {
+            drop(m.auth.get_or_create(&[("result", result.label())]));
         }
-        for reason in REJECT_REASONS {
-            drop(m.messages_rejected.get_or_create(&[("reason", reason)]));
+        for kind in Refusal::ALL {
+            drop(
+                m.messages_rejected
+                    .get_or_create(&[("reason", kind.label())]),
+            );
         }
         for status in DELIVERY_STATUSES {
             drop(m.deliveries.get_or_create(&[("status", status)]));
@@ -339,18 +286,17 @@ impl Metrics {
             .inc();
     }
 
-    /// A reply the session sends: counts AUTH results and refusals.
-    pub fn reply(&self, r: &Reply) {
-        match classify(r) {
-            Some(Event::Auth(result)) => {
-                self.auth.get_or_create(&[("result", result)]).inc();
+    /// What a reply the session sent meant: an AUTH result or a refusal.
+    pub fn outcome(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Auth(result) => {
+                self.auth.get_or_create(&[("result", result.label())]).inc();
             }
-            Some(Event::Rejected(reason)) => {
+            Outcome::Rejected(kind) => {
                 self.messages_rejected
-                    .get_or_create(&[("reason", reason)])
+                    .get_or_create(&[("reason", kind.label())])
                     .inc();
             }
-            None => {}
         }
     }
 
@@ -559,62 +505,34 @@ async fn scrape(mut tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
 mod tests {
     use super::*;
 
+    /// Every refusal kind and every AUTH result moves its own series, and only that one.
     #[test]
-    fn replies_map_to_fixed_labels() {
-        let cases: Vec<(Reply, Option<Event>)> = vec![
-            (reply::AUTH_OK, Some(Event::Auth("success"))),
-            (reply::AUTH_FAILED, Some(Event::Auth("bad_credentials"))),
-            (
-                reply::AUTH_TOO_MANY_FAILURES,
-                Some(Event::Auth("bad_credentials")),
-            ),
-            (reply::AUTH_THROTTLED, Some(Event::Auth("throttled"))),
-            (reply::AUTH_BUSY, Some(Event::Auth("busy"))),
-            (reply::AUTH_MALFORMED, Some(Event::Auth("malformed"))),
-            (reply::AUTH_CANCELLED, Some(Event::Auth("cancelled"))),
-            (reply::MESSAGE_TOO_BIG, Some(Event::Rejected("size"))),
-            (reply::HEADER_TOO_BIG, Some(Event::Rejected("size"))),
-            (reply::TOO_MANY_HOPS, Some(Event::Rejected("content"))),
-            (reply::FROM_GROUP, Some(Event::Rejected("sender"))),
-            (
-                reply::sender_not_owned("a@b.test"),
-                Some(Event::Rejected("sender")),
-            ),
-            (reply::NULL_SENDER_REFUSED, Some(Event::Rejected("sender"))),
-            (
-                reply::message_rate_limited("a@b.test"),
-                Some(Event::Rejected("rate_limit")),
-            ),
-            (
-                reply::recipient_rate_limited("a@b.test"),
-                Some(Event::Rejected("rate_limit")),
-            ),
-            (reply::ACCOUNT_SUSPENDED, Some(Event::Rejected("suspended"))),
-            (
-                reply::TOO_MANY_RECIPIENTS,
-                Some(Event::Rejected("too_many_recipients")),
-            ),
-            (
-                reply::BARE_LINE_ENDING,
-                Some(Event::Rejected("bare_line_ending")),
-            ),
-            (reply::NO_FROM, Some(Event::Rejected("content"))),
-            (reply::NUL_IN_MESSAGE, Some(Event::Rejected("content"))),
-            (reply::QUEUE_WRITE_ERROR, Some(Event::Rejected("storage"))),
-            (
-                reply::INSUFFICIENT_STORAGE,
-                Some(Event::Rejected("storage")),
-            ),
-            (reply::MAIL_OK, None),
-            (reply::queued("ABC"), None),
-            (reply::UNKNOWN_COMMAND, None),
-            (reply::AUTH_REQUIRED, None),
-        ];
-        for (r, want) in cases {
-            assert_eq!(classify(&r), want, "{r}");
-            if let Some(Event::Auth(l) | Event::Rejected(l)) = want {
-                assert!(AUTH_RESULTS.contains(&l) || REJECT_REASONS.contains(&l));
-            }
+    fn every_outcome_is_counted_under_its_label() {
+        let outcomes = AuthResult::ALL
+            .into_iter()
+            .map(Outcome::Auth)
+            .chain(Refusal::ALL.into_iter().map(Outcome::Rejected));
+        for outcome in outcomes {
+            let m = Metrics::new();
+            let series = match outcome {
+                Outcome::Auth(r) => format!("submitd_auth_total{{result=\"{}\"}}", r.label()),
+                Outcome::Rejected(k) => {
+                    format!(
+                        "submitd_messages_rejected_total{{reason=\"{}\"}}",
+                        k.label()
+                    )
+                }
+            };
+            let before = m.encode();
+            assert_eq!(sample_value(&before, &series), Some(0.0), "{series}");
+            m.outcome(outcome);
+            let after = m.encode();
+            assert_eq!(sample_value(&after, &series), Some(1.0), "{outcome:?}");
+            let moved = after
+                .lines()
+                .filter(|l| !l.starts_with('#') && !before.lines().any(|b| b == *l))
+                .count();
+            assert_eq!(moved, 1, "{outcome:?} moved other series:\n{after}");
         }
     }
 
@@ -657,8 +575,8 @@ mod tests {
         let open = m.connection(Port::Submissions);
         m.refused(Refused::PerIp);
         m.tls_handshake(Port::Submission, Handshake::Timeout);
-        m.reply(&reply::AUTH_FAILED);
-        m.reply(&reply::BARE_LINE_ENDING);
+        m.outcome(Outcome::Auth(AuthResult::BadCredentials));
+        m.outcome(Outcome::Rejected(Refusal::BareLineEnding));
         m.message_accepted(1234);
         m.delivery("sent", 7);
         m.delivery("deferred", 7);

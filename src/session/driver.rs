@@ -424,12 +424,16 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
         step = match step {
             Step::Nothing => return None,
             Step::Reply(r) => {
-                ctx.metrics.reply(&r);
+                if let Some(outcome) = r.outcome() {
+                    ctx.metrics.outcome(outcome);
+                }
                 conn.push(&r);
                 return None;
             }
             Step::Close(r) => {
-                ctx.metrics.reply(&r);
+                if let Some(outcome) = r.outcome() {
+                    ctx.metrics.outcome(outcome);
+                }
                 conn.close_with(&r, ctx.command_timeout).await;
                 return Some(End::Closed);
             }
