@@ -475,7 +475,7 @@ fn admit(
                                 .bad_header
                                 .fetch_add(1, Ordering::Relaxed);
                             ctx.metrics.refused(metrics::Refused::ProxyHeader);
-                            warn!(error = %e, "connection closed: no valid PROXY header");
+                            warn!(error = %crate::logsafe::Escaped(&e), "connection closed: no valid PROXY header");
                             return;
                         }
                     };

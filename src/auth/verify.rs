@@ -569,8 +569,9 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..3 {
             let v = verifier.clone();
-            let pw = if i == 0 { "pw" } else { "nope" };
-            tasks.spawn(async move { v.verify("alice@x.test", pw).await.is_some() });
+            // Distinct guesses: the same one would share a single run.
+            let pw = if i == 0 { "pw".to_owned() } else { format!("nope{i}") };
+            tasks.spawn(async move { v.verify("alice@x.test", &pw).await.is_some() });
         }
         let mut oks = 0;
         while let Some(r) = tasks.join_next().await {
@@ -594,11 +595,12 @@ mod tests {
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..20 {
+        for i in 0..20 {
             let v = verifier.clone();
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
-                let verdict = v.authenticate(ip, "alice@x.test", "nope").await;
+                let guess = format!("nope{i}");
+                let verdict = v.authenticate(ip, "alice@x.test", &guess).await;
                 (matches!(verdict, Verdict::Busy), started.elapsed())
             });
         }
@@ -657,6 +659,138 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let v = verifier.authenticate(other, "alice@x.test", "pw").await;
         assert!(matches!(v, Verdict::Checked(Some(_))), "{v:?}");
+    }
+
+    /// A PHC string with cheap argon2 parameters (verification reads them from the string).
+    fn cheap_user(login: &str, password: &str) -> User {
+        let params = Params::new(64, 1, 1, None).unwrap();
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        User {
+            login: login.into(),
+            password: phc,
+            senders: vec![SenderPattern::parse(login).unwrap()],
+            limits: Default::default(),
+        }
+    }
+
+    /// The production defaults: 2 argon2 at once, 64 waiting, 20 failures per address and 10
+    /// per login; no cache, so only the verifier itself can spare argon2 runs.
+    fn defaults_verifier(users: Vec<User>) -> Verifier {
+        let throttle = Arc::new(AuthThrottle::new(crate::auth::throttle::ThrottleLimits {
+            window: Duration::from_secs(900),
+            per_ip: 20,
+            per_login: 10,
+        }));
+        Verifier::with_limits(
+            UserStore::from_users(users),
+            VerifierLimits {
+                parallel: 2,
+                queue: 64,
+                throttle: Some(throttle),
+                ..VerifierLimits::default()
+            },
+        )
+    }
+
+    fn nth_ip(i: u32) -> IpAddr {
+        IpAddr::from((0xC633_6400u32 + i).to_be_bytes()) // 198.51.100.0/24 onwards
+    }
+
+    /// Item 7: parallel guesses for one login from many addresses cannot all pass the login
+    /// limit before the first of them fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_guesses_for_one_login_stop_at_the_limit() {
+        let verifier = defaults_verifier(vec![cheap_user("alice@x.test", "right")]);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..60u32 {
+            let v = verifier.clone();
+            tasks.spawn(async move {
+                v.authenticate(nth_ip(i), "alice@x.test", &format!("guess {i}"))
+                    .await
+            });
+        }
+        let (mut checked, mut throttled) = (0, 0);
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+            .await
+            .expect("bounded")
+        {
+            match r.unwrap() {
+                Verdict::Checked(None) => checked += 1,
+                Verdict::Throttled(Throttled::Login) => throttled += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(checked <= 10, "{checked} guesses verified, limit 10");
+        assert_eq!(checked + throttled, 60);
+        assert_eq!(verifier.verifications(), checked as u64);
+        // Kept as failures: the right password is refused now too.
+        let v = verifier.authenticate(nth_ip(99), "alice@x.test", "right").await;
+        assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
+    }
+
+    /// Item 8: a pool opening 200 sessions for one account at once: one argon2 run (or a
+    /// few), every login succeeds, nothing counted against the address or the login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_the_same_login_shares_one_verification() {
+        // Real parameters: one run lasts longer than starting the burst does.
+        let verifier = defaults_verifier(vec![user("alice@x.test", "right")]);
+        let ip: IpAddr = "192.0.2.50".parse().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let v = verifier.clone();
+            tasks.spawn(async move { v.authenticate(ip, "alice@x.test", "right").await });
+        }
+        let mut ok = 0;
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+            .await
+            .expect("bounded")
+        {
+            match r.unwrap() {
+                Verdict::Checked(Some(u)) => {
+                    assert_eq!(u.login, "alice@x.test");
+                    ok += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ok, 200);
+        let runs = verifier.verifications();
+        assert!((1..=10).contains(&runs), "{runs} argon2 runs for one credential");
+        assert!(verifier.flights.running().is_empty(), "finished runs are gone");
+        // The reservations were refunded: the address can still fail 20 times.
+        let t = verifier.throttle().unwrap();
+        for i in 0..19 {
+            t.failed(ip, &format!("other{i}@x.test"));
+        }
+        assert!(t.check(ip, "bob@x.test").is_ok());
+    }
+
+    /// A wrong password sent by many addresses at once is one argon2 run, but a failure for
+    /// each attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_wrong_password_runs_once_and_counts_for_every_attempt() {
+        let verifier = defaults_verifier(vec![cheap_user("alice@x.test", "right")]);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8u32 {
+            let v = verifier.clone();
+            tasks.spawn(async move { v.authenticate(nth_ip(i), "alice@x.test", "nope").await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let v = r.unwrap();
+            assert!(matches!(v, Verdict::Checked(None)), "{v:?}");
+        }
+        assert!(verifier.verifications() <= 8);
+        // 8 failures counted for alice: two more distinct guesses reach the limit of 10.
+        for i in 0..2u32 {
+            let v = verifier.authenticate(nth_ip(50 + i), "alice@x.test", &format!("g{i}")).await;
+            assert!(matches!(v, Verdict::Checked(None)), "{v:?}");
+        }
+        let v = verifier.authenticate(nth_ip(60), "alice@x.test", "right").await;
+        assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
     }
 
     /// A verifier over a users file re-read at every look, with throttle, suspensions and a
