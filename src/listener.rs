@@ -535,15 +535,24 @@ mod tests {
     #[test]
     fn per_ip_slots_count_ipv6_per_prefix_and_mapped_ipv4_as_ipv4() {
         let limits = Arc::new(ConnectionLimits::new(100, 1, 64));
-        let a = limits.admit_ip(ip("2001:db8::1")).ok().expect("first of its /64");
+        let a = limits
+            .admit_ip(ip("2001:db8::1"))
+            .ok()
+            .expect("first of its /64");
         assert!(
             limits.admit_ip(ip("2001:db8::2")).is_err(),
             "same /64, same slot"
         );
         let other = limits.admit_ip(ip("2001:db8:0:1::1")).ok();
         assert!(other.is_some(), "another /64");
-        let v4 = limits.admit_ip(ip("192.0.2.1")).ok().expect("an IPv4 client");
-        assert!(limits.admit_ip(ip("::ffff:192.0.2.1")).is_err(), "mapped = the same IPv4");
+        let v4 = limits
+            .admit_ip(ip("192.0.2.1"))
+            .ok()
+            .expect("an IPv4 client");
+        assert!(
+            limits.admit_ip(ip("::ffff:192.0.2.1")).is_err(),
+            "mapped = the same IPv4"
+        );
         drop(a);
         let again = limits.admit_ip(ip("2001:db8::ffff")).ok();
         assert!(again.is_some(), "released under the /64 key");

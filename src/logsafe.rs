@@ -89,8 +89,14 @@ mod tests {
         assert_eq!(esc("alice@example.test"), "alice@example.test");
         assert_eq!(esc("a\r\nb"), "a\\r\\nb");
         assert_eq!(esc("\x1b[2J"), "\\x1b[2J");
-        assert_eq!(esc("\0\x07\x08\t\x0b\x0c\x1f\x7f"), "\\x00\\x07\\x08\\t\\x0b\\x0c\\x1f\\x7f");
-        assert_eq!(esc("\u{85}\u{9b}x\u{2028}\u{2029}"), "\\u{85}\\u{9b}x\\u{2028}\\u{2029}");
+        assert_eq!(
+            esc("\0\x07\x08\t\x0b\x0c\x1f\x7f"),
+            "\\x00\\x07\\x08\\t\\x0b\\x0c\\x1f\\x7f"
+        );
+        assert_eq!(
+            esc("\u{85}\u{9b}x\u{2028}\u{2029}"),
+            "\\u{85}\\u{9b}x\\u{2028}\\u{2029}"
+        );
         // A backslash the sender typed cannot pass for an escape.
         assert_eq!(esc("a\\nb"), "a\\\\nb");
         // Printable non-ASCII stays readable.
@@ -105,7 +111,10 @@ mod tests {
             Escaped(&e).to_string(),
             "bad\\r\\n2025-01-01T00:00:00Z WARN forged"
         );
-        assert_eq!(EscapedBytes(b"ok\n\xff\xfe\x1b").to_string(), "ok\\n\\xff\\xfe\\x1b");
+        assert_eq!(
+            EscapedBytes(b"ok\n\xff\xfe\x1b").to_string(),
+            "ok\\n\\xff\\xfe\\x1b"
+        );
         assert_eq!(EscapedBytes("é".as_bytes()).to_string(), "é");
     }
 
@@ -114,7 +123,8 @@ mod tests {
         let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         let out = esc(&all);
         assert!(
-            !out.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
+            !out.chars()
+                .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
             "{out:?}"
         );
     }

@@ -214,11 +214,12 @@ fn assert_no_injected_line(lines: &[String]) {
         assert!(!l.contains('\r'), "raw CR in the log: {l:?}");
         assert!(!l.starts_with("2030-"), "forged line in the log: {l:?}");
         let b = l.as_bytes();
-        let stamped = b.len() > 20
-            && b[..4].iter().all(u8::is_ascii_digit)
-            && b[4] == b'-'
-            && b[10] == b'T';
-        assert!(stamped, "a log line without the timestamp: {l:?}\n{lines:#?}");
+        let stamped =
+            b.len() > 20 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T';
+        assert!(
+            stamped,
+            "a log line without the timestamp: {l:?}\n{lines:#?}"
+        );
     }
 }
 

@@ -284,7 +284,9 @@ impl Verifier {
                     .flatten()
             }
         };
-        let phc = user.as_deref().map_or(&*self.dummy, |u| u.password.as_str());
+        let phc = user
+            .as_deref()
+            .map_or(&*self.dummy, |u| u.password.as_str());
         self.flights.tagger.tag(login, phc, password)
     }
 
@@ -570,7 +572,11 @@ mod tests {
         for i in 0..3 {
             let v = verifier.clone();
             // Distinct guesses: the same one would share a single run.
-            let pw = if i == 0 { "pw".to_owned() } else { format!("nope{i}") };
+            let pw = if i == 0 {
+                "pw".to_owned()
+            } else {
+                format!("nope{i}")
+            };
             tasks.spawn(async move { v.verify("alice@x.test", &pw).await.is_some() });
         }
         let mut oks = 0;
@@ -728,7 +734,9 @@ mod tests {
         assert_eq!(checked + throttled, 60);
         assert_eq!(verifier.verifications(), checked as u64);
         // Kept as failures: the right password is refused now too.
-        let v = verifier.authenticate(nth_ip(99), "alice@x.test", "right").await;
+        let v = verifier
+            .authenticate(nth_ip(99), "alice@x.test", "right")
+            .await;
         assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
     }
 
@@ -759,8 +767,14 @@ mod tests {
         }
         assert_eq!(ok, 200);
         let runs = verifier.verifications();
-        assert!((1..=10).contains(&runs), "{runs} argon2 runs for one credential");
-        assert!(verifier.flights.running().is_empty(), "finished runs are gone");
+        assert!(
+            (1..=10).contains(&runs),
+            "{runs} argon2 runs for one credential"
+        );
+        assert!(
+            verifier.flights.running().is_empty(),
+            "finished runs are gone"
+        );
         // The reservations were refunded: the address can still fail 20 times.
         let t = verifier.throttle().unwrap();
         for i in 0..19 {
@@ -786,10 +800,14 @@ mod tests {
         assert!(verifier.verifications() <= 8);
         // 8 failures counted for alice: two more distinct guesses reach the limit of 10.
         for i in 0..2u32 {
-            let v = verifier.authenticate(nth_ip(50 + i), "alice@x.test", &format!("g{i}")).await;
+            let v = verifier
+                .authenticate(nth_ip(50 + i), "alice@x.test", &format!("g{i}"))
+                .await;
             assert!(matches!(v, Verdict::Checked(None)), "{v:?}");
         }
-        let v = verifier.authenticate(nth_ip(60), "alice@x.test", "right").await;
+        let v = verifier
+            .authenticate(nth_ip(60), "alice@x.test", "right")
+            .await;
         assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
     }
 
