@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_recipients: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// IPv6 clients are counted per network of this prefix length by `max_connections_per_ip`
+    /// and the login throttle (`limits.ipv6_prefix`, default 64, 32..=128).
+    pub ipv6_prefix: u8,
     pub command_timeout: Duration,
     pub max_auth_failures: u32,
     /// The sliding window failed AUTHs are counted in (`auth_window`, default 15m).
@@ -320,6 +323,8 @@ struct RawLimits {
     max_connections: i64,
     #[serde(default = "default_max_connections_per_ip")]
     max_connections_per_ip: i64,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: i64,
     #[serde(default = "default_command_timeout")]
     command_timeout: String,
     #[serde(default = "default_max_auth_failures")]
@@ -367,6 +372,9 @@ fn default_max_connections() -> i64 {
 }
 fn default_max_connections_per_ip() -> i64 {
     32
+}
+fn default_ipv6_prefix() -> i64 {
+    i64::from(crate::ipkey::DEFAULT_IPV6_PREFIX)
 }
 fn default_command_timeout() -> String {
     "5m".into()
@@ -421,6 +429,7 @@ impl Default for RawLimits {
             max_recipients: default_max_recipients(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            ipv6_prefix: default_ipv6_prefix(),
             command_timeout: default_command_timeout(),
             max_auth_failures: default_max_auth_failures(),
             auth_window: default_auth_window(),
@@ -1008,6 +1017,23 @@ impl Settings {
             l.max_connections_per_ip,
             usize::MAX as u64,
         );
+        let ipv6_prefix = {
+            let range = crate::ipkey::IPV6_PREFIX_RANGE;
+            if range.contains(&l.ipv6_prefix) {
+                Some(l.ipv6_prefix as u8)
+            } else {
+                p.push(
+                    "limits.ipv6_prefix",
+                    format!(
+                        "must be a prefix length from {} to {}, got {}",
+                        range.start(),
+                        range.end(),
+                        l.ipv6_prefix
+                    ),
+                );
+                None
+            }
+        };
         let command_timeout = at_least_1s(p, "limits.command_timeout", &l.command_timeout);
         let max_auth_failures = positive(
             p,
@@ -1188,6 +1214,7 @@ impl Settings {
                 max_recipients: max_recipients.ok_or_else(missing)? as usize,
                 max_connections: max_connections.ok_or_else(missing)? as usize,
                 max_connections_per_ip: max_connections_per_ip.ok_or_else(missing)? as usize,
+                ipv6_prefix: ipv6_prefix.ok_or_else(missing)?,
                 command_timeout: command_timeout.ok_or_else(missing)?,
                 max_auth_failures: max_auth_failures.ok_or_else(missing)? as u32,
                 auth_window: auth_window.ok_or_else(missing)?,
@@ -1889,6 +1916,22 @@ format = "json"
             "limits.auth_parallel",
             "at most",
         );
+    }
+
+    #[test]
+    fn ipv6_prefix_defaults_to_64_and_is_range_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().limits.ipv6_prefix, 64);
+        for ok in [32, 48, 128] {
+            let s = parse(&with(&format!("[limits]\nipv6_prefix = {ok}"))).unwrap();
+            assert_eq!(s.limits.ipv6_prefix, ok as u8);
+        }
+        for bad in [0, 31, 129, -64] {
+            assert_error(
+                &with(&format!("[limits]\nipv6_prefix = {bad}")),
+                "limits.ipv6_prefix",
+                "from 32 to 128",
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //!   commands (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
+//! - [`ipkey`]: the client address as the per-address limits count it (IPv6 per network).
+//! - [`logsafe`]: escaping of network-supplied text before it reaches a log line.
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
 //!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
@@ -46,7 +48,9 @@ pub mod delivery;
 pub mod dev;
 pub mod dkim;
 pub mod health;
+pub mod ipkey;
 pub mod listener;
+pub mod logsafe;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,12 +39,15 @@ enum Kind {
     Submissions,
 }
 
-/// Counts connections in total and per client address. The maxima change on reload; a
-/// connection already admitted stays admitted.
+/// Counts connections in total and per client address (IPv6: per network of
+/// `limits.ipv6_prefix` bits, see [`crate::ipkey`]). The maxima and the prefix change on
+/// reload; a connection already admitted stays admitted and is released under the key it was
+/// counted under.
 struct ConnectionLimits {
     counts: Mutex<Counts>,
     max_total: AtomicUsize,
     max_per_ip: AtomicUsize,
+    ipv6_prefix: AtomicU8,
 }
 
 #[derive(Default)]
@@ -71,11 +74,12 @@ enum Refusal {
 }
 
 impl ConnectionLimits {
-    fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
+    fn new(max_total: usize, max_per_ip: usize, ipv6_prefix: u8) -> ConnectionLimits {
         ConnectionLimits {
             counts: Mutex::new(Counts::default()),
             max_total: AtomicUsize::new(max_total),
             max_per_ip: AtomicUsize::new(max_per_ip),
+            ipv6_prefix: AtomicU8::new(ipv6_prefix),
         }
     }
 
@@ -95,8 +99,9 @@ impl ConnectionLimits {
     }
 
     fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, Refusal> {
-        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one count.
-        let ip = ip.to_canonical();
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: one client, one count;
+        // one IPv6 host commonly holds a whole /64: one network, one count.
+        let ip = crate::ipkey::limit_key(ip, self.ipv6_prefix.load(Ordering::Relaxed));
         let mut counts = self.counts();
         let count = counts.per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip.load(Ordering::Relaxed) {
@@ -112,9 +117,10 @@ impl ConnectionLimits {
         })
     }
 
-    fn set_max(&self, total: usize, per_ip: usize) {
+    fn set_max(&self, total: usize, per_ip: usize, ipv6_prefix: u8) {
         self.max_total.store(total, Ordering::Relaxed);
         self.max_per_ip.store(per_ip, Ordering::Relaxed);
+        self.ipv6_prefix.store(ipv6_prefix, Ordering::Relaxed);
     }
 }
 
@@ -179,8 +185,14 @@ impl Shared {
         ctx.max_session_time = limits.max_session_time;
         ctx.received_client_ip = settings.submission.received_client_ip;
         ctx.tls = TlsAcceptor::from(tls);
-        self.limits
-            .set_max(limits.max_connections, limits.max_connections_per_ip);
+        self.limits.set_max(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.ipv6_prefix,
+        );
+        if let Some(throttle) = ctx.verifier.throttle() {
+            throttle.set_ipv6_prefix(limits.ipv6_prefix);
+        }
         let live = Arc::new(Live {
             settings: Arc::new(settings),
             ctx: Arc::new(ctx),
@@ -265,6 +277,7 @@ impl Server {
                 limits: Arc::new(ConnectionLimits::new(
                     limits.max_connections,
                     limits.max_connections_per_ip,
+                    limits.ipv6_prefix,
                 )),
                 proxy_stats: Arc::default(),
             }),
@@ -463,7 +476,7 @@ fn admit(
                                 .bad_header
                                 .fetch_add(1, Ordering::Relaxed);
                             ctx.metrics.refused(metrics::Refused::ProxyHeader);
-                            warn!(error = %e, "connection closed: no valid PROXY header");
+                            warn!(error = %crate::logsafe::Escaped(&e), "connection closed: no valid PROXY header");
                             return;
                         }
                     };
@@ -509,5 +522,48 @@ fn refuse(
     info!(conn = id, peer = %client, "connection refused: {reply}");
     if kind == Kind::Submission {
         let _ = tcp.try_write(reply.to_wire().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_ip_slots_count_ipv6_per_prefix_and_mapped_ipv4_as_ipv4() {
+        let limits = Arc::new(ConnectionLimits::new(100, 1, 64));
+        let a = limits
+            .admit_ip(ip("2001:db8::1"))
+            .ok()
+            .expect("first of its /64");
+        assert!(
+            limits.admit_ip(ip("2001:db8::2")).is_err(),
+            "same /64, same slot"
+        );
+        let other = limits.admit_ip(ip("2001:db8:0:1::1")).ok();
+        assert!(other.is_some(), "another /64");
+        let v4 = limits
+            .admit_ip(ip("192.0.2.1"))
+            .ok()
+            .expect("an IPv4 client");
+        assert!(
+            limits.admit_ip(ip("::ffff:192.0.2.1")).is_err(),
+            "mapped = the same IPv4"
+        );
+        drop(a);
+        let again = limits.admit_ip(ip("2001:db8::ffff")).ok();
+        assert!(again.is_some(), "released under the /64 key");
+
+        // /128 counts each address; a reload changes the prefix for new connections, and a
+        // slot taken under the old prefix is released under its own key.
+        limits.set_max(100, 1, 128);
+        let one = limits.admit_ip(ip("2001:db8::1")).ok();
+        assert!(one.is_some(), "/128: another address, another slot");
+        drop((again, one, other, v4));
+        assert!(limits.counts().per_ip.is_empty());
     }
 }

@@ -488,7 +488,7 @@ async fn scrape(mut tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
         Ok(Ok(true)) => respond(&head, metrics),
         Ok(Ok(false)) => Response::error("431 Request Header Fields Too Large"),
         Ok(Err(e)) => {
-            debug!(peer = %peer, error = %e, "metrics: request not read");
+            debug!(peer = %peer, error = %crate::logsafe::Escaped(&e), "metrics: request not read");
             return;
         }
         Err(_) => Response::error("408 Request Timeout"),

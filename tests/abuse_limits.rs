@@ -106,10 +106,11 @@ async fn burst_of_200_auths_is_bounded_and_other_sessions_stay_responsive() {
         clients.push(c);
     }
     let mut burst = tokio::task::JoinSet::new();
-    for mut c in clients {
+    for (i, mut c) in clients.into_iter().enumerate() {
         burst.spawn(async move {
             let started = Instant::now();
-            c.send(format!("AUTH PLAIN {}\r\n", plain(ALICE, "wrong")).as_bytes())
+            // Distinct guesses: the same credentials would share one argon2 run.
+            c.send(format!("AUTH PLAIN {}\r\n", plain(ALICE, &format!("wrong{i}"))).as_bytes())
                 .await;
             // `reply` panics after IO_TIMEOUT: nobody may hang.
             let reply = c.reply().await;
@@ -151,6 +152,42 @@ async fn burst_of_200_auths_is_bounded_and_other_sessions_stay_responsive() {
             "235",
         )
         .await;
+}
+
+/// A connection pool opening 200 sessions for one account at once: the same credentials share
+/// one argon2 run, so every session is in, even with one argon2 slot and a queue of 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn burst_of_200_logins_for_one_account_all_succeed() {
+    let (server, verifier) = start_prepared(
+        "auth_parallel = 1\nauth_queue = 4\nmax_connections_per_ip = 400",
+        |_| {},
+    )
+    .await;
+    let addr = server.submissions;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut c = Client::implicit_tls(addr).await;
+        c.cmd("EHLO pool.test", "250").await;
+        clients.push(c);
+    }
+    let mut burst = tokio::task::JoinSet::new();
+    for mut c in clients {
+        burst.spawn(async move {
+            c.send(format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PASSWORD)).as_bytes())
+                .await;
+            // `reply` panics after IO_TIMEOUT: nobody may hang.
+            c.reply().await
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = burst.join_next().await {
+        let reply = r.unwrap();
+        assert!(reply.starts_with("235"), "{reply:?}");
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+    let runs = verifier.verifications();
+    assert!(runs <= 10, "{runs} argon2 runs for one credential");
 }
 
 #[tokio::test]

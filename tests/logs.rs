@@ -202,3 +202,92 @@ async fn text_log_lines_carry_the_same_queue_id_field() {
     );
     assert!(has(&[" removed"]), "{story:#?}");
 }
+
+/// What a forged line would start with: a timestamp in the formatter's shape, years ahead.
+const FORGED: &str = "2030-01-01T00:00:00.000000Z  WARN authentication failed peer=6.6.6.6";
+
+/// Every text log line starts with the timestamp the formatter writes (`2026-05-04T...`): a
+/// line that does not, or that is the forged one, was injected.
+fn assert_no_injected_line(lines: &[String]) {
+    for l in lines {
+        assert!(!l.contains('\x1b'), "raw ESC in the log: {l:?}");
+        assert!(!l.contains('\r'), "raw CR in the log: {l:?}");
+        assert!(!l.starts_with("2030-"), "forged line in the log: {l:?}");
+        let b = l.as_bytes();
+        let stamped =
+            b.len() > 20 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T';
+        assert!(
+            stamped,
+            "a log line without the timestamp: {l:?}\n{lines:#?}"
+        );
+    }
+}
+
+fn text_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_login_with_crlf_and_esc_cannot_forge_a_text_log_line() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Running::start(&config(dir.path(), &sink, "text"));
+    let line = server.wait_for("listening on submissions", |l| {
+        l.contains("kind=\"submissions\"") || l.contains("kind=submissions")
+    });
+    let addr = text_addr(&line);
+
+    let login = format!("mallory\r\n{FORGED}\x1b[2J\u{85}\u{2028}");
+    let mut c = Client::implicit_tls(addr).await;
+    c.cmd("EHLO x", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain(&login, "guess")), "535")
+        .await;
+    c.cmd("QUIT", "221").await;
+    server.wait_for("the failed AUTH", |l| l.contains("authentication failed"));
+    let lines = server.stop();
+    assert_no_injected_line(&lines);
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("authentication failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0].contains(&format!(
+            "login=mallory\\r\\n{FORGED}\\x1b[2J\\u{{85}}\\u{{2028}}"
+        )),
+        "the login, escaped: {failed:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_next_hop_reply_with_a_bare_lf_cannot_forge_a_text_log_line() {
+    let sink = Sink::start(SinkOptions {
+        data_reply: (250, format!("2.0.0 Ok\n{FORGED}\x1b[2J")),
+        ..SinkOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Running::start(&config(dir.path(), &sink, "text"));
+    let line = server.wait_for("listening on submissions", |l| {
+        l.contains("kind=\"submissions\"") || l.contains("kind=submissions")
+    });
+    let id = submit(text_addr(&line)).await;
+    sink.wait_for(1, IO_TIMEOUT).await;
+    let field = format!("queue_id={id}");
+    server.wait_for("removed", |l| l.contains(&field) && l.contains("removed"));
+    let lines = server.stop();
+    assert_no_injected_line(&lines);
+    let delivery: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&field) && l.contains(" delivery"))
+        .collect();
+    assert_eq!(delivery.len(), 1, "{lines:#?}");
+    assert!(
+        delivery[0].contains(&format!("\\n{FORGED}\\x1b[2J")),
+        "the reply, escaped: {delivery:#?}"
+    );
+}

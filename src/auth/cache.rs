@@ -87,11 +87,54 @@ pub enum Lookup {
     Mismatch,
 }
 
+/// Keyed hashes of credentials: HMAC-SHA256 under a random key made when this is created and
+/// never written anywhere, over the login, a PHC string and a password, each length-prefixed
+/// (so no two inputs share an encoding). Without the key a tag cannot be tested against
+/// password guesses. Used by the cache and by the verifier to join concurrent verifications
+/// of the same credentials ([`super::verify`]); each has its own key.
+pub struct CredentialTagger {
+    key: hmac::Key,
+}
+
+impl CredentialTagger {
+    /// A tagger with a fresh random key.
+    pub fn new() -> CredentialTagger {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
+            .expect("the system random generator works");
+        CredentialTagger { key }
+    }
+
+    /// The tag of `password` offered for `login` whose stored hash is `phc`.
+    pub fn tag(&self, login: &str, phc: &str, password: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for field in [login.as_bytes(), phc.as_bytes(), password.as_bytes()] {
+            ctx.update(&(field.len() as u64).to_be_bytes());
+            ctx.update(field);
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+impl Default for CredentialTagger {
+    fn default() -> Self {
+        CredentialTagger::new()
+    }
+}
+
+impl std::fmt::Debug for CredentialTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("CredentialTagger").finish_non_exhaustive()
+    }
+}
+
 /// Verified logins of this process, keyed by login.
 pub struct CredentialCache {
     ttl: Duration,
     max_entries: usize,
-    key: hmac::Key,
+    key: CredentialTagger,
     clock: Clock,
     entries: Mutex<HashMap<String, Entry>>,
     hits: AtomicU64,
@@ -116,8 +159,7 @@ impl CredentialCache {
         }
         // The key never leaves this process: without it, a stored tag cannot be tested
         // against password guesses.
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rand::SystemRandom::new())
-            .expect("the system random generator works");
+        let key = CredentialTagger::new();
         Some(CredentialCache {
             ttl,
             max_entries,
@@ -133,18 +175,7 @@ impl CredentialCache {
     }
 
     fn tag(&self, user: &User, password: &str) -> [u8; 32] {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        for field in [
-            user.login.as_bytes(),
-            user.password.as_bytes(),
-            password.as_bytes(),
-        ] {
-            ctx.update(&(field.len() as u64).to_be_bytes());
-            ctx.update(field);
-        }
-        let mut out = [0; 32];
-        out.copy_from_slice(ctx.sign().as_ref());
-        out
+        self.key.tag(&user.login, &user.password, password)
     }
 
     /// Whether an unexpired entry for `login` exists (memory only): when not, a lookup would

@@ -40,6 +40,7 @@ pub fn defences(
         per_ip: limits.auth_failures_per_ip,
         per_login: limits.auth_failures_per_login,
     });
+    throttle.set_ipv6_prefix(limits.ipv6_prefix);
     let verifier = verify::Verifier::with_limits(
         users,
         verify::VerifierLimits {

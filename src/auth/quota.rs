@@ -196,7 +196,7 @@ impl Quota {
     /// Write a suspension to the state file (blocking IO: call it off the reactor).
     pub fn persist_suspension(&self, login: &str, reason: &str) {
         if let Err(e) = self.suspensions.suspend(login, reason) {
-            tracing::error!(user = %login, reason, error = %e,
+            tracing::error!(user = %crate::logsafe::Escaped(login), reason = %crate::logsafe::Escaped(&reason), error = %e,
                 "account suspended in memory only: cannot write the suspension state");
         }
     }
@@ -258,7 +258,7 @@ impl Quota {
         let reason = format!(
             "{seen} recipients in the last hour (threshold {threshold}), {messages} messages"
         );
-        tracing::error!(user = %user.login, recipients_last_hour = seen, threshold,
+        tracing::error!(user = %crate::logsafe::Escaped(&user.login), recipients_last_hour = seen, threshold,
             messages_last_hour = messages, "user looks compromised: suspending the account");
         // Refuse at once, even before the file is written.
         self.suspensions.mark(&user.login, &reason);

@@ -5,7 +5,13 @@
 //!
 //! - Only verified failures count (wrong password, unknown login); refused attempts do not, so
 //!   the window really ends `auth_window` after the last guess that was checked.
-//! - IPv6 clients are counted per /64: one host commonly has a whole /64 to rotate through.
+//! - An attempt that will run argon2 is counted *before* it runs ([`AuthThrottle::reserve`]):
+//!   a failure in flight. A wrong password leaves it counted; a success or an attempt that
+//!   never ran argon2 gives it back ([`AuthThrottle::refund`]). So parallel guesses cannot all
+//!   pass the check before the first of them fails: the limit holds for them too.
+//! - IPv6 clients are counted per network of `limits.ipv6_prefix` bits (default /64; one host
+//!   commonly has a whole /64 to rotate through), with the listener's key
+//!   ([`crate::ipkey::limit_key`]).
 //! - A successful login clears that login's counter (a user who mistyped twice is not left
 //!   half-locked) but never an address's counter: an attacker holding one valid account could
 //!   otherwise reset its address between guesses at other accounts.
@@ -16,6 +22,7 @@
 
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::window::{BoundedMap, Buckets};
@@ -50,19 +57,20 @@ struct Counters {
 /// Failed-authentication counters shared by every session of a server.
 pub struct AuthThrottle {
     limits: ThrottleLimits,
+    /// `limits.ipv6_prefix` (changes on reload).
+    ipv6_prefix: AtomicU8,
     origin: Instant,
     counters: Mutex<Counters>,
 }
 
-/// The address as counted: IPv4 (also when mapped into IPv6) as is, IPv6 by its /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
+/// An attempt counted as a failure before argon2 ran ([`AuthThrottle::reserve`]). Kept (a
+/// verified failure) unless given back with [`AuthThrottle::refund`]; dropping it keeps it,
+/// so an attempt whose session went away meanwhile still counts.
+#[derive(Debug)]
+#[must_use = "a reservation counts as a failure unless refunded"]
+pub struct Reservation {
+    ip: Option<IpAddr>,
+    at_ms: u64,
 }
 
 /// The login as counted: at most [`MAX_LOGIN_KEY`] bytes, cut at a character boundary.
@@ -87,12 +95,23 @@ impl AuthThrottle {
     pub fn with_capacity(limits: ThrottleLimits, max_tracked: usize) -> AuthThrottle {
         AuthThrottle {
             limits,
+            ipv6_prefix: AtomicU8::new(crate::ipkey::DEFAULT_IPV6_PREFIX),
             origin: Instant::now(),
             counters: Mutex::new(Counters {
                 ips: BoundedMap::new(max_tracked, limits.window),
                 logins: BoundedMap::new(max_tracked, limits.window),
             }),
         }
+    }
+
+    /// Count IPv6 clients per network of `prefix` bits from now on (`limits.ipv6_prefix`).
+    pub fn set_ipv6_prefix(&self, prefix: u8) {
+        self.ipv6_prefix.store(prefix, Ordering::Relaxed);
+    }
+
+    /// The address as counted (see [`crate::ipkey::limit_key`]).
+    fn ip_key(&self, ip: IpAddr) -> IpAddr {
+        crate::ipkey::limit_key(ip, self.ipv6_prefix.load(Ordering::Relaxed))
     }
 
     fn now_ms(&self) -> u64 {
@@ -113,17 +132,64 @@ impl AuthThrottle {
         self.failed_at(ip, login, self.now_ms());
     }
 
+    /// Check and, when allowed, count the attempt as a failure at once, under one lock: what
+    /// an attempt that is about to run argon2 does, so that N parallel attempts cannot all
+    /// pass a limit below N.
+    pub fn reserve(&self, ip: IpAddr, login: &str) -> Result<Reservation, Throttled> {
+        self.reserve_at(ip, login, self.now_ms())
+    }
+
+    /// Give back a reservation: a success (the login's counter is cleared by
+    /// [`succeeded`](Self::succeeded); the address's reservation is taken back here) or an
+    /// attempt that was not verified after all (queue full, waited too long).
+    pub fn refund(&self, reservation: Reservation, login: &str) {
+        let mut c = self.counters();
+        if let Some(ip) = reservation.ip
+            && let Some(b) = c.ips.get_mut(&ip)
+        {
+            b.remove(reservation.at_ms, 1);
+        }
+        if self.limits.per_login > 0
+            && let Some(b) = c.logins.get_mut(&login_key(login).to_owned())
+        {
+            b.remove(reservation.at_ms, 1);
+        }
+    }
+
+    fn reserve_at(&self, ip: IpAddr, login: &str, now_ms: u64) -> Result<Reservation, Throttled> {
+        let ip = self.ip_key(ip);
+        let mut c = self.counters();
+        self.check_locked(&mut c, ip, login, now_ms)?;
+        self.count_locked(&mut c, ip, login, now_ms);
+        Ok(Reservation {
+            ip: (self.limits.per_ip > 0).then_some(ip),
+            at_ms: now_ms,
+        })
+    }
+
     /// A successful login: clears that login's failures (never the address's).
     pub fn succeeded(&self, login: &str) {
         self.counters().logins.remove(&login_key(login).to_owned());
     }
 
     fn check_at(&self, ip: IpAddr, login: &str, now_ms: u64) -> Result<(), Throttled> {
+        let ip = self.ip_key(ip);
         let mut c = self.counters();
+        self.check_locked(&mut c, ip, login, now_ms)
+    }
+
+    /// `ip` is already keyed.
+    fn check_locked(
+        &self,
+        c: &mut Counters,
+        ip: IpAddr,
+        login: &str,
+        now_ms: u64,
+    ) -> Result<(), Throttled> {
         let over = |b: Option<&mut Buckets>, limit: u32| {
             limit > 0 && b.is_some_and(|b| b.total(now_ms) >= limit)
         };
-        if over(c.ips.get_mut(&ip_key(ip)), self.limits.per_ip) {
+        if over(c.ips.get_mut(&ip), self.limits.per_ip) {
             return Err(Throttled::Ip);
         }
         if over(
@@ -136,11 +202,17 @@ impl AuthThrottle {
     }
 
     fn failed_at(&self, ip: IpAddr, login: &str, now_ms: u64) {
+        let ip = self.ip_key(ip);
+        let mut c = self.counters();
+        self.count_locked(&mut c, ip, login, now_ms);
+    }
+
+    /// `ip` is already keyed.
+    fn count_locked(&self, c: &mut Counters, ip: IpAddr, login: &str, now_ms: u64) {
         let window = self.limits.window;
         let make = || Buckets::new(window, BUCKETS);
-        let mut c = self.counters();
         if self.limits.per_ip > 0 {
-            c.ips.touch(&ip_key(ip), now_ms, make).add(now_ms, 1);
+            c.ips.touch(&ip, now_ms, make).add(now_ms, 1);
         }
         if self.limits.per_login > 0 {
             c.logins
@@ -227,6 +299,56 @@ mod tests {
         t.failed_at(ip("::ffff:192.0.2.1"), "a", 0);
         t.failed_at(ip("192.0.2.1"), "a", 0);
         assert_eq!(t.check_at(ip("192.0.2.1"), "c", 0), Err(Throttled::Ip));
+    }
+
+    #[test]
+    fn reservations_count_at_once_and_hold_the_limit() {
+        let t = throttle(3, 2);
+        let a = ip("192.0.2.1");
+        let r1 = t.reserve_at(a, "alice@t", 0).unwrap();
+        let r2 = t.reserve_at(ip("192.0.2.2"), "alice@t", 0).unwrap();
+        // Two in flight for alice: a third is refused before either finished.
+        assert_eq!(
+            t.reserve_at(ip("192.0.2.3"), "alice@t", 0).unwrap_err(),
+            Throttled::Login
+        );
+        // A refund (success or not verified) gives the place back; a kept one stays.
+        t.refund(r1, "alice@t");
+        drop(r2);
+        let r3 = t.reserve_at(a, "alice@t", 1).unwrap();
+        assert_eq!(t.check_at(a, "bob@t", 1), Ok(()), "a: 1 kept + 1 refunded");
+        drop(r3);
+        assert_eq!(t.check_at(a, "bob@t", 1), Ok(()));
+        let _r4 = t.reserve_at(a, "bob@t", 1).unwrap();
+        t.failed_at(a, "bob@t", 1);
+        assert_eq!(t.check_at(a, "carol@t", 2), Err(Throttled::Ip), "a: 3 kept");
+        // A refund after the window moved on takes nothing from newer failures.
+        let old = t.reserve_at(ip("192.0.2.9"), "dave@t", 2).unwrap();
+        t.failed_at(ip("192.0.2.9"), "erin@t", 16 * MIN);
+        t.refund(old, "dave@t");
+        t.failed_at(ip("192.0.2.9"), "erin@t", 16 * MIN);
+        assert_eq!(
+            t.check_at(ip("192.0.2.9"), "x@t", 16 * MIN),
+            Ok(()),
+            "2 < 3"
+        );
+        t.failed_at(ip("192.0.2.9"), "erin@t", 16 * MIN);
+        assert_eq!(
+            t.check_at(ip("192.0.2.9"), "x@t", 16 * MIN),
+            Err(Throttled::Ip)
+        );
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_configurable() {
+        let t = throttle(1, 0);
+        t.set_ipv6_prefix(48);
+        t.failed_at(ip("2001:db8:1:2::1"), "a", 0);
+        assert_eq!(
+            t.check_at(ip("2001:db8:1:ffff::1"), "b", 0),
+            Err(Throttled::Ip)
+        );
+        assert_eq!(t.check_at(ip("2001:db8:2::1"), "b", 0), Ok(()));
     }
 
     #[test]

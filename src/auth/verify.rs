@@ -12,21 +12,76 @@
 //! 3. Otherwise argon2 on the bounded pool; a success of a user who is not suspended enters
 //!    the cache. A wrong password always ends here, cached login or not, and counts as a
 //!    failure in the throttle exactly as without a cache.
+//!
+//! Step 3 is shared ("single flight"): concurrent AUTHs with the same login, stored hash and
+//! password (keyed by an HMAC of the three under a per-process key, never by the plaintext)
+//! wait for one argon2 run, so a connection pool opening 200 sessions at once costs one
+//! verification, not 200 places in the wait queue. Throttle accounting per attempt:
+//!
+//! - the attempt that starts a run *reserves* it in the throttle first (counted as a failure
+//!   before argon2 runs, refused if that would pass a limit), so parallel guesses cannot all
+//!   pass the check before the first one fails; a success or an attempt that was not verified
+//!   (queue full, waited too long) refunds it, a failure keeps it;
+//! - an attempt joining a run already under way was checked against the throttle (which counts
+//!   the runs in flight) but reserves nothing: it is the same guess, and runs no argon2. When
+//!   the shared run fails, it counts as one more failure for its own address and the login.
+//!
+//! Every wait (a permit, or another attempt's run) is bounded by [`MAX_VERIFY_WAIT`]; past it
+//! the attempt is [`Verdict::Busy`] (`454 4.7.0`).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 
-use super::cache::{Clock, CredentialCache, Lookup};
+use super::cache::{Clock, CredentialCache, CredentialTagger, Lookup};
 use super::suspend::Suspensions;
-use super::throttle::{AuthThrottle, Throttled};
+use super::throttle::{AuthThrottle, Reservation, Throttled};
 use super::users::{User, UserStore};
+use crate::logsafe::Escaped;
+
+/// The longest an AUTH waits for its verification: for a permit on the argon2 pool, or for
+/// the run of another attempt with the same credentials. Past it the attempt is
+/// [`Verdict::Busy`] (`454 4.7.0`): well under any client's reply timeout, far over one
+/// argon2 run (tens of milliseconds).
+pub const MAX_VERIFY_WAIT: Duration = Duration::from_secs(10);
+
+/// What one verification found: `None` when it got no permit (queue full), else the user or
+/// `None` (unknown login or wrong password).
+type Outcome = Option<Option<Arc<User>>>;
+
+type Running = HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>;
+
+/// Verifications under way, by credential tag; each publishes its outcome once.
+#[derive(Default)]
+struct Flights {
+    tagger: CredentialTagger,
+    running: Mutex<Running>,
+}
+
+impl Flights {
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Takes a finished (or failed) run out of [`Flights`], also if its task panicked.
+struct Landing {
+    flights: Arc<Flights>,
+    key: [u8; 32],
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.flights.running().remove(&self.key);
+    }
+}
 
 /// OWASP's argon2id recommendation (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane.
 const M_COST_KIB: u32 = 19456;
@@ -78,6 +133,8 @@ pub struct Verifier {
     verifications: Arc<AtomicU64>,
     /// Verified credentials (`[auth] cache_ttl`); `None` when off.
     cache: Option<Arc<CredentialCache>>,
+    /// argon2 runs under way, joined by concurrent attempts with the same credentials.
+    flights: Arc<Flights>,
 }
 
 /// The bounds and defences of a [`Verifier`] (`[limits] auth_*`).
@@ -149,26 +206,53 @@ impl Verifier {
             dummy: dummy_phc().into(),
             verifications: Arc::new(AtomicU64::new(0)),
             cache: CredentialCache::new(limits.cache_ttl, limits.clock).map(Arc::new),
+            flights: Arc::default(),
         }
     }
 
-    /// AUTH from `ip`: refused without argon2 when throttled or when the wait queue is full;
-    /// otherwise verified, and a failure counted against `ip` and `login`.
+    /// AUTH from `ip`: refused without argon2 when throttled, when the wait queue is full or
+    /// after [`MAX_VERIFY_WAIT`]; otherwise verified (once for concurrent attempts with the
+    /// same credentials), and a failure counted against `ip` and `login`.
     pub async fn authenticate(&self, ip: IpAddr, login: &str, password: &str) -> Verdict {
-        if let Some(throttle) = &self.throttle
-            && let Err(which) = throttle.check(ip, login)
+        let throttle = self.throttle.as_deref();
+        if let Some(t) = throttle
+            && let Err(which) = t.check(ip, login)
         {
-            tracing::warn!(login, limit = ?which, "authentication throttled");
+            tracing::warn!(login = %Escaped(login), limit = ?which, "authentication throttled");
             return Verdict::Throttled(which);
         }
-        let Some(user) = self.check(login, password).await else {
-            tracing::warn!(login, "authentication refused: verification queue full");
+        if let Some(user) = self.cached_user(login, password).await {
+            if let Some(t) = throttle {
+                t.succeeded(login);
+            }
+            return Verdict::Checked(Some(user));
+        }
+        let run = self.shared_run(throttle.map(|t| (t, ip)), login, password);
+        let (outcome, reservation) = match run.await {
+            Ok(done) => done,
+            Err(which) => {
+                tracing::warn!(login = %Escaped(login), limit = ?which, "authentication throttled");
+                return Verdict::Throttled(which);
+            }
+        };
+        let Some(user) = outcome else {
+            if let (Some(t), Some(r)) = (throttle, reservation) {
+                t.refund(r, login);
+            }
+            tracing::warn!(login = %Escaped(login), "authentication refused: verification busy");
             return Verdict::Busy;
         };
-        if let Some(throttle) = &self.throttle {
-            match &user {
-                Some(_) => throttle.succeeded(login),
-                None => throttle.failed(ip, login),
+        if let Some(t) = throttle {
+            match (&user, reservation) {
+                (Some(_), Some(r)) => {
+                    t.refund(r, login);
+                    t.succeeded(login);
+                }
+                (Some(_), None) => t.succeeded(login),
+                // Reserved before the run: already counted.
+                (None, Some(_)) => {}
+                // Joined another attempt's run: one more failure from this address.
+                (None, None) => t.failed(ip, login),
             }
         }
         Verdict::Checked(user)
@@ -177,15 +261,81 @@ impl Verifier {
     /// The user, when `password` is right for `login`; `None` otherwise (unknown or wrong, or
     /// the wait queue full).
     pub async fn verify(&self, login: &str, password: &str) -> Option<Arc<User>> {
-        self.check(login, password).await.flatten()
+        if let Some(user) = self.cached_user(login, password).await {
+            return Some(user);
+        }
+        match self.shared_run(None, login, password).await {
+            Ok((outcome, _)) => outcome.flatten(),
+            Err(_) => None,
+        }
     }
 
-    /// The cache, then argon2; `None` when the argon2 wait queue is full.
-    async fn check(&self, login: &str, password: &str) -> Option<Option<Arc<User>>> {
-        if let Some(user) = self.cached_user(login, password).await {
-            return Some(Some(user));
-        }
-        self.run(login, password).await
+    /// The key of a verification: login, the stored hash (the dummy's for an unknown login) and
+    /// the password, under the per-process key.
+    async fn flight_key(&self, login: &str, password: &str) -> [u8; 32] {
+        let user = match self.users.get_if_fresh(login) {
+            Some(user) => user,
+            None => {
+                let users = self.users.clone();
+                let owned = login.to_owned();
+                tokio::task::spawn_blocking(move || users.get(&owned))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let phc = user
+            .as_deref()
+            .map_or(&*self.dummy, |u| u.password.as_str());
+        self.flights.tagger.tag(login, phc, password)
+    }
+
+    /// argon2 for these credentials: joins a run under way, or starts one (after reserving it
+    /// in the throttle when `throttle` is given). The outcome, with the reservation when this
+    /// attempt made one; `Err` when the reservation was refused.
+    async fn shared_run(
+        &self,
+        throttle: Option<(&AuthThrottle, IpAddr)>,
+        login: &str,
+        password: &str,
+    ) -> Result<(Outcome, Option<Reservation>), Throttled> {
+        let key = self.flight_key(login, password).await;
+        let (mut rx, reservation) = {
+            let mut running = self.flights.running();
+            match running.get(&key) {
+                Some(rx) => (rx.clone(), None),
+                None => {
+                    let reservation = match throttle {
+                        Some((t, ip)) => Some(t.reserve(ip, login)?),
+                        None => None,
+                    };
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(key, rx.clone());
+                    let landing = Landing {
+                        flights: Arc::clone(&self.flights),
+                        key,
+                    };
+                    let verifier = self.clone();
+                    let (login, password) = (login.to_owned(), password.to_owned());
+                    // Its own task: the run goes on for the others when the attempt that
+                    // started it goes away.
+                    tokio::spawn(async move {
+                        let _landing = landing;
+                        let outcome = verifier.run(&login, &password).await;
+                        let _ = tx.send(Some(outcome));
+                    });
+                    (rx, reservation)
+                }
+            }
+        };
+        let waited = tokio::time::timeout(MAX_VERIFY_WAIT, rx.wait_for(Option::is_some)).await;
+        let outcome = match waited {
+            Ok(Ok(done)) => done.clone().flatten(),
+            // The run ended without an outcome (its task failed), or took too long: not
+            // verified.
+            Ok(Err(_)) | Err(_) => None,
+        };
+        Ok((outcome, reservation))
     }
 
     /// The user, when the cache holds `password` for `login`'s current hash and the user is
@@ -324,6 +474,11 @@ impl Verifier {
         self.cache.as_ref().map_or(0, |c| c.hits())
     }
 
+    /// The login throttle, when there is one.
+    pub fn throttle(&self) -> Option<&AuthThrottle> {
+        self.throttle.as_deref()
+    }
+
     /// The credentials cache, `None` when `cache_ttl` is zero.
     pub fn cache(&self) -> Option<&CredentialCache> {
         self.cache.as_deref()
@@ -416,8 +571,13 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..3 {
             let v = verifier.clone();
-            let pw = if i == 0 { "pw" } else { "nope" };
-            tasks.spawn(async move { v.verify("alice@x.test", pw).await.is_some() });
+            // Distinct guesses: the same one would share a single run.
+            let pw = if i == 0 {
+                "pw".to_owned()
+            } else {
+                format!("nope{i}")
+            };
+            tasks.spawn(async move { v.verify("alice@x.test", &pw).await.is_some() });
         }
         let mut oks = 0;
         while let Some(r) = tasks.join_next().await {
@@ -441,11 +601,12 @@ mod tests {
         );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..20 {
+        for i in 0..20 {
             let v = verifier.clone();
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
-                let verdict = v.authenticate(ip, "alice@x.test", "nope").await;
+                let guess = format!("nope{i}");
+                let verdict = v.authenticate(ip, "alice@x.test", &guess).await;
                 (matches!(verdict, Verdict::Busy), started.elapsed())
             });
         }
@@ -504,6 +665,150 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let v = verifier.authenticate(other, "alice@x.test", "pw").await;
         assert!(matches!(v, Verdict::Checked(Some(_))), "{v:?}");
+    }
+
+    /// A PHC string with cheap argon2 parameters (verification reads them from the string).
+    fn cheap_user(login: &str, password: &str) -> User {
+        let params = Params::new(64, 1, 1, None).unwrap();
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        User {
+            login: login.into(),
+            password: phc,
+            senders: vec![SenderPattern::parse(login).unwrap()],
+            limits: Default::default(),
+        }
+    }
+
+    /// The production defaults: 2 argon2 at once, 64 waiting, 20 failures per address and 10
+    /// per login; no cache, so only the verifier itself can spare argon2 runs.
+    fn defaults_verifier(users: Vec<User>) -> Verifier {
+        let throttle = Arc::new(AuthThrottle::new(crate::auth::throttle::ThrottleLimits {
+            window: Duration::from_secs(900),
+            per_ip: 20,
+            per_login: 10,
+        }));
+        Verifier::with_limits(
+            UserStore::from_users(users),
+            VerifierLimits {
+                parallel: 2,
+                queue: 64,
+                throttle: Some(throttle),
+                ..VerifierLimits::default()
+            },
+        )
+    }
+
+    fn nth_ip(i: u32) -> IpAddr {
+        IpAddr::from((0xC633_6400u32 + i).to_be_bytes()) // 198.51.100.0/24 onwards
+    }
+
+    /// Item 7: parallel guesses for one login from many addresses cannot all pass the login
+    /// limit before the first of them fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_guesses_for_one_login_stop_at_the_limit() {
+        let verifier = defaults_verifier(vec![cheap_user("alice@x.test", "right")]);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..60u32 {
+            let v = verifier.clone();
+            tasks.spawn(async move {
+                v.authenticate(nth_ip(i), "alice@x.test", &format!("guess {i}"))
+                    .await
+            });
+        }
+        let (mut checked, mut throttled) = (0, 0);
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+            .await
+            .expect("bounded")
+        {
+            match r.unwrap() {
+                Verdict::Checked(None) => checked += 1,
+                Verdict::Throttled(Throttled::Login) => throttled += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(checked <= 10, "{checked} guesses verified, limit 10");
+        assert_eq!(checked + throttled, 60);
+        assert_eq!(verifier.verifications(), checked as u64);
+        // Kept as failures: the right password is refused now too.
+        let v = verifier
+            .authenticate(nth_ip(99), "alice@x.test", "right")
+            .await;
+        assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
+    }
+
+    /// Item 8: a pool opening 200 sessions for one account at once: one argon2 run (or a
+    /// few), every login succeeds, nothing counted against the address or the login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_the_same_login_shares_one_verification() {
+        // Real parameters: one run lasts longer than starting the burst does.
+        let verifier = defaults_verifier(vec![user("alice@x.test", "right")]);
+        let ip: IpAddr = "192.0.2.50".parse().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let v = verifier.clone();
+            tasks.spawn(async move { v.authenticate(ip, "alice@x.test", "right").await });
+        }
+        let mut ok = 0;
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+            .await
+            .expect("bounded")
+        {
+            match r.unwrap() {
+                Verdict::Checked(Some(u)) => {
+                    assert_eq!(u.login, "alice@x.test");
+                    ok += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ok, 200);
+        let runs = verifier.verifications();
+        assert!(
+            (1..=10).contains(&runs),
+            "{runs} argon2 runs for one credential"
+        );
+        assert!(
+            verifier.flights.running().is_empty(),
+            "finished runs are gone"
+        );
+        // The reservations were refunded: the address can still fail 20 times.
+        let t = verifier.throttle().unwrap();
+        for i in 0..19 {
+            t.failed(ip, &format!("other{i}@x.test"));
+        }
+        assert!(t.check(ip, "bob@x.test").is_ok());
+    }
+
+    /// A wrong password sent by many addresses at once is one argon2 run, but a failure for
+    /// each attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_wrong_password_runs_once_and_counts_for_every_attempt() {
+        let verifier = defaults_verifier(vec![cheap_user("alice@x.test", "right")]);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8u32 {
+            let v = verifier.clone();
+            tasks.spawn(async move { v.authenticate(nth_ip(i), "alice@x.test", "nope").await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let v = r.unwrap();
+            assert!(matches!(v, Verdict::Checked(None)), "{v:?}");
+        }
+        assert!(verifier.verifications() <= 8);
+        // 8 failures counted for alice: two more distinct guesses reach the limit of 10.
+        for i in 0..2u32 {
+            let v = verifier
+                .authenticate(nth_ip(50 + i), "alice@x.test", &format!("g{i}"))
+                .await;
+            assert!(matches!(v, Verdict::Checked(None)), "{v:?}");
+        }
+        let v = verifier
+            .authenticate(nth_ip(60), "alice@x.test", "right")
+            .await;
+        assert!(matches!(v, Verdict::Throttled(Throttled::Login)), "{v:?}");
     }
 
     /// A verifier over a users file re-read at every look, with throttle, suspensions and a

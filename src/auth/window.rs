@@ -55,6 +55,18 @@ impl Buckets {
         self.counts[slot] = self.counts[slot].saturating_add(amount);
     }
 
+    /// Take back `amount` events counted at `at_ms` (a refund); nothing when that sub-window
+    /// has already left the window or is in the future.
+    pub fn remove(&mut self, at_ms: u64, amount: u32) {
+        let sub = at_ms / self.width_ms;
+        let n = self.counts.len() as u64;
+        if sub > self.head || self.head - sub >= n {
+            return;
+        }
+        let slot = (sub % n) as usize;
+        self.counts[slot] = self.counts[slot].saturating_sub(amount);
+    }
+
     /// The events in the window ending at `now_ms`.
     pub fn total(&mut self, now_ms: u64) -> u32 {
         self.advance(now_ms);

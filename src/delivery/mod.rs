@@ -25,6 +25,7 @@ pub mod mx;
 pub mod outbound;
 pub mod pool;
 
+use crate::logsafe::Escaped;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -232,8 +233,8 @@ impl Delivery {
                     // Nothing happened to the message: a new connection takes it now.
                     tracing::debug!(
                         queue_id = job.queue_id,
-                        host = lease.conn.host(),
-                        reply = %reply,
+                        host = %Escaped(lease.conn.host()),
+                        reply = %Escaped(&reply),
                         "cached connection not usable; opening a new one"
                     );
                     tokio::spawn(lease.conn.close());

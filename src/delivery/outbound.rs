@@ -51,6 +51,7 @@
 //! - **Silence.** A read waiting more than `relay.timeout` for a byte fails, so every reply
 //!   (the greeting and each after a command) has its own `relay.timeout`, inside lettre too.
 
+use crate::logsafe::Escaped;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -197,11 +198,11 @@ pub async fn deliver(
     let bound = session_bound(session.timeout, job);
     for target in targets.iter().take(MAX_ADDRESSES) {
         let host = target.label();
-        tracing::debug!(queue_id = job.queue_id, host = %host, "trying");
+        tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), "trying");
         match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
             Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn.map(|c| *c)),
             Ok(HostResult::NextHost(reply)) => {
-                tracing::debug!(queue_id = job.queue_id, host = %host, reply = %reply, "next host");
+                tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), reply = %Escaped(&reply), "next host");
                 last = Some((host, reply));
             }
             Err(_) => {

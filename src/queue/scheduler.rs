@@ -38,6 +38,7 @@
 //! makes the same trade). Bounces are stored durably before the message they report on is
 //! removed.
 
+use crate::logsafe::Escaped;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -732,12 +733,12 @@ fn apply_blocking(
         };
         info!(
             queue_id = %id,
-            to = %address,
-            relay = relay.as_deref().unwrap_or("none"),
+            to = %Escaped(&address),
+            relay = %Escaped(relay.as_deref().unwrap_or("none")),
             delay = age,
             attempts = r.attempts,
             status,
-            reply = %reply,
+            reply = %Escaped(&reply),
             "delivery"
         );
         shared.metrics.delivery(status, age);
@@ -773,7 +774,7 @@ fn apply_blocking(
                 held: false,
             };
             spool.store_blocking(&bounce, &dsn)?;
-            info!(queue_id = %id, bounce = %bounce_id, to = %env.sender, "queue: DSN queued");
+            info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
             bounces.push(bounce_id);
         }
     }

@@ -3,6 +3,7 @@
 //! reactor — argon2 verification and the spool write. Everything else is decided by the
 //! sans-IO [`Session`].
 
+use crate::logsafe::Escaped;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -238,7 +239,7 @@ async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(Err(e)) => {
             ctx.metrics.tls_handshake(port, Handshake::Failed);
-            info!(error = %e, "{what} failed");
+            info!(error = %Escaped(&e), "{what} failed");
             None
         }
         Err(_) => {
@@ -379,7 +380,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(()) => continue,
                 Err(ReadError::Eof) => return End::Closed,
                 Err(ReadError::Io(e)) => {
-                    info!(error = %e, "connection error");
+                    info!(error = %Escaped(&e), "connection error");
                     return End::Closed;
                 }
                 Err(ReadError::SessionTime) => {
@@ -458,8 +459,8 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                 match verdict {
                     Verdict::Checked(user) => {
                         match &user {
-                            Some(u) => info!(user = %u.login, "authenticated"),
-                            None => warn!(login = %creds.login, "authentication failed"),
+                            Some(u) => info!(user = %Escaped(&u.login), "authenticated"),
+                            None => warn!(login = %Escaped(&creds.login), "authentication failed"),
                         }
                         session.auth_result(user)
                     }
@@ -525,8 +526,8 @@ async fn spool_message(
         Ok(()) => {
             info!(
                 queue_id = %id,
-                user = %accepted.user.login,
-                from = %accepted.sender,
+                user = %Escaped(&accepted.user.login),
+                from = %Escaped(&accepted.sender),
                 size,
                 rcpts = accepted.recipients.len(),
                 "queued"
@@ -536,7 +537,7 @@ async fn spool_message(
             Ok(id)
         }
         Err(e) => {
-            warn!(error = %e, user = %accepted.user.login, "queue write failed");
+            warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
             Err(e.failure())
         }
     }
