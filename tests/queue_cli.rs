@@ -388,10 +388,10 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
         "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\n",
         sink.addr
     );
-    let server = common::TestServer::start_relay("", &relay).await;
-    let config = server.dir.path().join("submitd.toml");
-    let spool = Spool::attach(&server.queue_dir());
-    // Deferred for an hour: the scheduler knows it and leaves it alone until then.
+    // Queued before the server starts (a running server takes new messages only from its
+    // sessions): deferred for an hour, the scheduler knows it and leaves it alone until then.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let id = QueueId::generate();
     let envelope = Envelope {
         version: FORMAT_VERSION,
@@ -412,6 +412,14 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
         held: false,
     };
     spool.store_blocking(&envelope, MESSAGE).unwrap();
+    let server = common::TestServer::start_in_with_io(
+        dir,
+        "",
+        &relay,
+        std::sync::Arc::new(submitd::queue::fsio::RealIo),
+    )
+    .await;
+    let config = server.dir.path().join("submitd.toml");
 
     let out = cli(&config, &["queue", "hold", id.as_str()]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
