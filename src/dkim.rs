@@ -117,6 +117,8 @@ pub enum DkimError {
     },
     #[error("{}: {message}", path.display())]
     Write { path: PathBuf, message: String },
+    #[error("DKIM signing task failed: {0}")]
+    Task(String),
 }
 
 /// Every key that failed to load, with the index of its `[[dkim]]` entry.
@@ -367,14 +369,19 @@ impl SharedSigner {
         *guard = Arc::new(signer);
     }
 
-    /// Prepend the message's DKIM signatures, off the reactor. `Err` when a key matched but
-    /// signing failed (logged): the message must not be queued unsigned.
-    pub async fn sign(&self, message: Vec<u8>, domain: Option<String>) -> Result<Vec<u8>, ()> {
+    /// Prepend the message's DKIM signatures for `domain` (the From domain the header check
+    /// passed), off the reactor; the message unchanged when no key is for that domain. `Err`
+    /// when a key matched but signing failed: the message must not be queued unsigned.
+    pub async fn sign(
+        &self,
+        message: Vec<u8>,
+        domain: Option<String>,
+    ) -> Result<Vec<u8>, DkimError> {
         let signer = self.current();
         let Some(domain) = domain.filter(|d| signer.entries.iter().any(|e| &e.domain == d)) else {
             return Ok(message);
         };
-        let signed = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let headers = signer.sign(&message, &domain)?;
             if headers.is_empty() {
                 return Ok(message);
@@ -382,20 +389,10 @@ impl SharedSigner {
             let mut out = Vec::with_capacity(headers.len() + message.len());
             out.extend_from_slice(&headers);
             out.extend_from_slice(&message);
-            Ok::<_, DkimError>(out)
+            Ok(out)
         })
-        .await;
-        match signed {
-            Ok(Ok(message)) => Ok(message),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "DKIM signing failed; message refused with 451");
-                Err(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "DKIM signing task failed; message refused with 451");
-                Err(())
-            }
-        }
+        .await
+        .map_err(|e| DkimError::Task(e.to_string()))?
     }
 }
 

@@ -48,6 +48,7 @@ pub mod delivery;
 pub mod dev;
 pub mod dkim;
 pub mod health;
+pub mod intake;
 pub mod ipkey;
 pub mod listener;
 pub mod logsafe;

@@ -19,6 +19,7 @@ use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::Settings;
 use crate::delivery::Delivery;
+use crate::intake::Intake;
 use crate::metrics::{self, Metrics};
 use crate::queue::Spool;
 use crate::queue::fsio::{RealIo, SpoolIo};
@@ -183,7 +184,7 @@ impl Shared {
         ctx.command_timeout = limits.command_timeout;
         ctx.greet_pause = limits.greet_pause;
         ctx.max_session_time = limits.max_session_time;
-        ctx.received_client_ip = settings.submission.received_client_ip;
+        ctx.intake.received_client_ip = settings.submission.received_client_ip;
         ctx.tls = TlsAcceptor::from(tls);
         self.limits.set_max(
             limits.max_connections,
@@ -252,16 +253,23 @@ impl Server {
         let limits = &settings.limits;
         let ctx_verifier = verifier.clone();
         let ctx = Arc::new(Context {
-            config: session_config(&settings, Some(quota)),
+            config: session_config(&settings, Some(quota.clone())),
             command_timeout: limits.command_timeout,
             greet_pause: limits.greet_pause,
             max_session_time: limits.max_session_time,
-            received_client_ip: settings.submission.received_client_ip,
             tls: TlsAcceptor::from(tls),
             verifier,
-            spool,
-            queue,
-            dkim: crate::dkim::SharedSigner::new(crate::dkim::DkimSigner::load(&settings.dkim)?),
+            intake: Intake {
+                hostname: settings.hostname.clone(),
+                received_client_ip: settings.submission.received_client_ip,
+                spool,
+                queue,
+                dkim: crate::dkim::SharedSigner::new(crate::dkim::DkimSigner::load(
+                    &settings.dkim,
+                )?),
+                quota: Some(quota),
+                metrics: metrics.clone(),
+            },
             shutdown: CancellationToken::new(),
             metrics,
         });
@@ -333,7 +341,7 @@ impl Server {
 
     /// The handle that announces messages to the queue scheduler and flushes it.
     pub fn queue(&self) -> crate::queue::scheduler::QueueHandle {
-        self.shared.snapshot().ctx.queue.clone()
+        self.shared.snapshot().ctx.intake.queue.clone()
     }
 
     /// Connections closed by the PROXY protocol checks so far.

@@ -73,7 +73,7 @@ impl Reloader {
             Ok((settings, tls, dkim, reloaded)) => {
                 // One signer is shared by every session: messages signed from now on use the
                 // new keys.
-                current.ctx.dkim.replace(dkim);
+                current.ctx.intake.dkim.replace(dkim);
                 self.shared.apply(settings, tls);
                 info!(
                     config = %current.settings.config_path.display(),

@@ -54,7 +54,7 @@ use crate::delivery::{Delivery, Job, Outcome};
 use crate::metrics::Metrics;
 
 use super::id::QueueId;
-use super::spool::{self, Envelope, Recipient, RecipientState, Spool, SpoolError};
+use super::spool::{Envelope, Recipient, RecipientState, Spool, SpoolError};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -758,21 +758,19 @@ fn apply_blocking(
                 time::OffsetDateTime::now_utc(),
             );
             let bounce_id = QueueId::generate();
-            let bounce = Envelope {
-                version: spool::FORMAT_VERSION,
-                id: bounce_id.to_string(),
-                user: MAILER_DAEMON.into(),
-                sender: String::new(),
-                recipients: vec![Recipient::pending(env.sender.clone())],
-                received_at: now,
-                helo: shared.hostname.clone(),
-                // dsn.rs: a DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a
-                // non-ASCII address) at the next hop.
-                smtputf8: !env.sender.is_ascii() || !dsn.is_ascii(),
-                eight_bit: !dsn.is_ascii(),
-                size: dsn.len() as u64,
-                held: false,
-            };
+            let mut bounce = Envelope::new(
+                &bounce_id,
+                MAILER_DAEMON,
+                "",
+                std::slice::from_ref(&env.sender),
+                &shared.hostname,
+                now,
+            );
+            // dsn.rs: a DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a
+            // non-ASCII address) at the next hop.
+            bounce.smtputf8 = !env.sender.is_ascii() || !dsn.is_ascii();
+            bounce.eight_bit = !dsn.is_ascii();
+            bounce.size = dsn.len() as u64;
             spool.store_blocking(&bounce, &dsn)?;
             info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
             bounces.push(bounce_id);

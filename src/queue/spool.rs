@@ -75,6 +75,31 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// A new message's envelope: every recipient pending, 7-bit, not held; `size` 0 until the
+    /// caller sets it (and `smtputf8`, `eight_bit`) from the message it stores.
+    pub fn new(
+        id: &QueueId,
+        user: &str,
+        sender: &str,
+        recipients: &[String],
+        helo: &str,
+        received_at: u64,
+    ) -> Envelope {
+        Envelope {
+            version: FORMAT_VERSION,
+            id: id.to_string(),
+            user: user.to_string(),
+            sender: sender.to_string(),
+            recipients: recipients.iter().map(Recipient::pending).collect(),
+            received_at,
+            helo: helo.to_string(),
+            smtputf8: false,
+            eight_bit: false,
+            size: 0,
+            held: false,
+        }
+    }
+
     /// Unix seconds when the next delivery attempt is due: 0 while a recipient is pending,
     /// else the earliest deferred recipient's next attempt; `None` when every recipient is
     /// delivered or failed (the message is done).
@@ -172,8 +197,6 @@ pub enum SpoolError {
 pub enum SpoolFailure {
     WriteError,
     DiskFull,
-    /// A DKIM key matched the From domain but signing failed: not stored (`451 4.3.0`).
-    NotSigned,
 }
 
 impl SpoolError {

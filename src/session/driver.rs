@@ -21,15 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::verify::{Verdict, Verifier};
+use crate::intake::Intake;
 use crate::metrics::{Handshake, Metrics, Port};
-use crate::queue::scheduler::QueueHandle;
-use crate::queue::{Envelope, QueueId, Recipient, Spool, SpoolFailure, spool};
-use crate::submission::{self, Trace};
 
 use super::input::InputBuffer;
 use super::pump::{self, Progress};
 use super::reply::{self, Reply};
-use super::state::{Accepted, Session, SessionConfig, Step, Want};
+use super::state::{Session, SessionConfig, Step, Want};
 
 /// Bytes read from the socket at a time. The buffer lives on the thread's stack only while the
 /// read is polled, never in the session's future: an idle connection does not pay for it.
@@ -54,14 +52,10 @@ pub struct Context {
     pub greet_pause: Duration,
     /// `limits.max_session_time`: the whole connection, from accept.
     pub max_session_time: Duration,
-    pub received_client_ip: bool,
     pub tls: TlsAcceptor,
     pub verifier: Verifier,
-    pub spool: Spool,
-    /// Announces accepted messages to the queue scheduler.
-    pub queue: QueueHandle,
-    /// `[[dkim]]` keys; signs after the submission headers are added.
-    pub dkim: crate::dkim::SharedSigner,
+    /// Message admission: headers, DKIM, spool, scheduler handoff.
+    pub intake: Intake,
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
 }
@@ -469,77 +463,11 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Step::Queue(accepted) => {
-                let (user, rcpts) = (accepted.user.clone(), accepted.recipients.len());
-                let id = Box::pin(spool_message(*accepted, ctx, peer)).await;
-                if let (Ok(_), Some(quota)) = (&id, &ctx.config.quota) {
-                    Box::pin(quota.queued(&user, rcpts)).await;
-                }
-                session.queued(id.as_ref().map(|id| id.as_str()).map_err(|f| *f))
+                // Boxed: a rare step should not make every session's future larger.
+                let id = Box::pin(ctx.intake.accept(*accepted, peer.ip())).await;
+                session.queued(id.as_ref().map(|id| id.as_str()).map_err(|e| e.refusal()))
             }
         };
-    }
-}
-
-/// Add the submission headers and write the message durably; how it failed otherwise.
-async fn spool_message(
-    accepted: Accepted,
-    ctx: &Context,
-    peer: SocketAddr,
-) -> Result<QueueId, SpoolFailure> {
-    let id = QueueId::generate();
-    let now = time::OffsetDateTime::now_utc();
-    let message = submission::prepend_headers(
-        &accepted.message,
-        &Trace {
-            helo: &accepted.helo,
-            client_ip: ctx.received_client_ip.then_some(peer.ip()),
-            hostname: &ctx.config.hostname,
-            queue_id: id.as_str(),
-            smtputf8: accepted.params.smtputf8,
-            now,
-        },
-    );
-    let message = ctx
-        .dkim
-        .sign(message, accepted.from_domain.clone())
-        .await
-        .map_err(|()| SpoolFailure::NotSigned)?;
-    let envelope = Envelope {
-        version: spool::FORMAT_VERSION,
-        id: id.to_string(),
-        user: accepted.user.login.clone(),
-        sender: accepted.sender.clone(),
-        recipients: accepted
-            .recipients
-            .iter()
-            .map(|address| Recipient::pending(address.clone()))
-            .collect(),
-        received_at: now.unix_timestamp().max(0) as u64,
-        helo: accepted.helo.clone(),
-        smtputf8: accepted.params.smtputf8,
-        eight_bit: accepted.params.body == Some(super::command::Body::EightBitMime),
-        size: message.len() as u64,
-        held: false,
-    };
-    let size = message.len();
-    match ctx.spool.store(envelope, message).await {
-        Ok(()) => {
-            info!(
-                queue_id = %id,
-                user = %Escaped(&accepted.user.login),
-                from = %Escaped(&accepted.sender),
-                size,
-                rcpts = accepted.recipients.len(),
-                "queued"
-            );
-            ctx.metrics.message_accepted(size);
-            ctx.queue.notify(id.clone());
-            Ok(id)
-        }
-        Err(e) => {
-            warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
-            Err(e.failure())
-        }
     }
 }
 

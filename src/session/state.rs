@@ -9,10 +9,11 @@ use crate::auth::quota::{Quota, Refusal};
 use crate::auth::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::auth::senders::owns;
 use crate::auth::users::User;
-use crate::queue::SpoolFailure;
+use crate::intake::Accepted;
+use crate::outcome;
 use crate::submission::{self, FromProblem};
 
-use super::command::{self, Command, MailParams, ParseError, ReversePath};
+use super::command::{self, Body, Command, MailParams, ParseError, ReversePath};
 use super::data::{BdatAccumulator, BodyError, DataReader, DataResult};
 use super::input::{LineEvent, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use super::reply::{self, Reply};
@@ -63,21 +64,6 @@ pub enum Step {
     Queue(Box<Accepted>),
     /// Nothing to send (part of a BDAT chunk consumed).
     Nothing,
-}
-
-/// A message that passed every check and only needs to be made durable.
-#[derive(Debug)]
-pub struct Accepted {
-    pub user: Arc<User>,
-    pub helo: String,
-    pub sender: String,
-    pub recipients: Vec<String>,
-    pub params: MailParams,
-    /// The message as received (dot-unstuffed / chunks joined), without submitd's headers.
-    pub message: Vec<u8>,
-    /// The domain of the From address the header check passed: the only domain DKIM may sign
-    /// for.
-    pub from_domain: Option<String>,
 }
 
 /// The mail transaction. Recipients need a sender; a message needs recipients.
@@ -364,14 +350,13 @@ impl Session {
         }
     }
 
-    /// The result of a [`Step::Queue`]: the queue ID, or how the spool failed.
-    pub fn queued(&mut self, id: Result<&str, SpoolFailure>) -> Step {
+    /// The result of a [`Step::Queue`]: the queue ID, or why the message was not accepted.
+    pub fn queued(&mut self, id: Result<&str, outcome::Refusal>) -> Step {
         self.mode = Mode::Command;
+        let login = self.user.as_ref().map_or("", |u| u.login.as_str());
         match id {
             Ok(id) => Step::Reply(reply::queued(id)),
-            Err(SpoolFailure::WriteError) => Step::Reply(reply::QUEUE_WRITE_ERROR),
-            Err(SpoolFailure::DiskFull) => Step::Reply(reply::INSUFFICIENT_STORAGE),
-            Err(SpoolFailure::NotSigned) => Step::Reply(reply::DKIM_SIGNING_FAILED),
+            Err(refusal) => Step::Reply(reply::refusal(refusal, login)),
         }
     }
 
@@ -695,7 +680,8 @@ impl Session {
                     helo: self.helo.clone().unwrap_or_default(),
                     sender: from,
                     recipients: rcpts,
-                    params,
+                    smtputf8: params.smtputf8,
+                    eight_bit: params.body == Some(Body::EightBitMime),
                     message,
                     from_domain: checked.domain,
                 }))
