@@ -38,6 +38,8 @@
 //!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
 //! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
 //!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
+//! - [`fsown`]: rewritten files keep their owner and group (the CLI runs as root, the server
+//!   as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
@@ -45,6 +47,7 @@ pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;
+pub mod fsown;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -501,6 +501,8 @@ impl Spool {
         let io = &*self.io;
         let result = (|| {
             let mut file: File = io.create(&tmp).map_err(io_err(&tmp, "create"))?;
+            // An envelope rewritten by root (`queue hold`) must stay the server's.
+            crate::fsown::keep_owner(&file, path).map_err(io_err(path, "keep owner"))?;
             io.write_all(&tmp, &mut file, bytes)
                 .map_err(io_err(&tmp, "write"))?;
             io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
