@@ -33,9 +33,12 @@
 //!   commands (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
 //!   recipient, and RFC 3464 DSNs.
+//! - [`control_socket`]: `<queue.dir>/submitd.sock`, how `submitd reload` and `queue retry`
+//!   reach a running server (peer credentials checked; never a signal to a pid from a file).
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
-//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
+//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` lock (one server per
+//!   queue directory).
 //! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
 //!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
 //! - [`fsown`]: rewritten files keep their owner and group (the CLI runs as root, the server
@@ -44,6 +47,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod control_socket;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;

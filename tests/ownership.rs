@@ -78,7 +78,11 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
     ] {
         let out = cli(&config, args);
         assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
-        assert_eq!(owner_mode(&users), (0, SERVICE_GID, 0o640), "after {args:?}");
+        assert_eq!(
+            owner_mode(&users),
+            (0, SERVICE_GID, 0o640),
+            "after {args:?}"
+        );
     }
 
     // The suspension state is a new file in the queue directory: the directory's owner's.
