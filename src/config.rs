@@ -116,12 +116,18 @@ pub struct RelaySettings {
     pub smarthost_user: String,
     pub smarthost_password: String,
     pub ca_file: Option<PathBuf>,
+    /// Where `relay.mode = "capture"` writes each message (`ID.eml`) and its envelope and
+    /// results (`ID.json`), resolved against the config file's directory; `None` otherwise.
+    pub capture_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayMode {
     Mx,
     Smarthost,
+    /// Development: nothing leaves the machine; every message is written to
+    /// `relay.capture_dir` and counts as delivered.
+    Capture,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,6 +502,8 @@ struct RawRelay {
     smarthost_password: String,
     #[serde(default)]
     ca_file: String,
+    #[serde(default)]
+    capture_dir: String,
 }
 
 fn default_relay_mode() -> String {
@@ -527,6 +535,7 @@ impl Default for RawRelay {
             smarthost_user: String::new(),
             smarthost_password: String::new(),
             ca_file: String::new(),
+            capture_dir: String::new(),
         }
     }
 }
@@ -1076,7 +1085,11 @@ impl Settings {
             p,
             "relay.mode",
             &r.mode,
-            &[("mx", RelayMode::Mx), ("smarthost", RelayMode::Smarthost)],
+            &[
+                ("mx", RelayMode::Mx),
+                ("smarthost", RelayMode::Smarthost),
+                ("capture", RelayMode::Capture),
+            ],
         );
         let port = positive(p, "relay.port", r.port, u16::MAX as u64);
         let relay_tls = one_of(
@@ -1127,6 +1140,18 @@ impl Settings {
             );
         }
         let ca_file = (!r.ca_file.trim().is_empty()).then(|| resolve(base, r.ca_file.trim()));
+        let capture_dir = match (mode, r.capture_dir.trim()) {
+            (Some(RelayMode::Capture), "") => {
+                p.push(
+                    "relay.capture_dir",
+                    "required when relay.mode = \"capture\" (the directory that receives ID.eml and ID.json)",
+                );
+                None
+            }
+            (Some(RelayMode::Capture), dir) => Some(resolve(base, dir)),
+            // Like `smarthost` in MX mode: kept in the file, unused.
+            _ => None,
+        };
 
         let dkim = dkim_entries(p, base, &raw.dkim);
 
@@ -1211,6 +1236,7 @@ impl Settings {
                 smarthost_user: r.smarthost_user.clone(),
                 smarthost_password: r.smarthost_password.clone(),
                 ca_file,
+                capture_dir,
             },
             submission: SubmissionSettings {
                 received_client_ip: raw.submission.received_client_ip,
@@ -1506,6 +1532,32 @@ users = "users.toml"
         );
         assert_error(&set("soon"), "auth.cache_ttl", "not a duration");
         assert_error(&set("25h"), "auth.cache_ttl", "too long: at most 24h");
+    }
+
+    #[test]
+    fn capture_mode_needs_capture_dir_resolved_against_the_config_dir() {
+        assert_error(
+            &with("[relay]\nmode = \"capture\""),
+            "relay.capture_dir",
+            "required when relay.mode = \"capture\"",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"capture\"\ncapture_dir = \"  \""),
+            "relay.capture_dir",
+            "required",
+        );
+        let s = parse(&with(
+            "[relay]\nmode = \"capture\"\ncapture_dir = \"../var/outbox\"",
+        ))
+        .unwrap();
+        assert_eq!(s.relay.mode, RelayMode::Capture);
+        assert_eq!(
+            s.relay.capture_dir.as_deref(),
+            Some(Path::new("/etc/submitd/../var/outbox"))
+        );
+        let s = parse(&with("[relay]\ncapture_dir = \"/tmp/outbox\"")).unwrap();
+        assert_eq!(s.relay.capture_dir, None, "unused outside capture mode");
+        assert_eq!(parse(MINIMAL).unwrap().relay.capture_dir, None);
     }
 
     #[test]

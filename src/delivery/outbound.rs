@@ -1058,6 +1058,7 @@ mod tests {
             message,
             smtputf8: utf8,
             eight_bit: false,
+            envelope: None,
         }
     }
 
