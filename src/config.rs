@@ -1315,28 +1315,54 @@ impl Settings {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => p.push("queue.dir", format!("{}: not a directory", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Created at startup (mode 0700); its parent must be there to hold it.
-                let parent = dir
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                if !parent.is_dir() {
-                    p.push(
-                        "queue.dir",
-                        format!(
-                            "{}: does not exist, and neither does its parent directory {}",
-                            dir.display(),
-                            parent.display()
-                        ),
-                    );
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                // Created at startup (mode 0700, missing parents with the default mode): the
+                // nearest existing ancestor must be a directory to hold them.
+                let mut ancestor = dir.parent();
+                while let Some(a) = ancestor.filter(|a| !a.as_os_str().is_empty()) {
+                    match std::fs::metadata(a) {
+                        Ok(m) if m.is_dir() => break,
+                        Ok(_) => {
+                            p.push(
+                                "queue.dir",
+                                format!(
+                                    "{}: cannot be created: {} is not a directory",
+                                    dir.display(),
+                                    a.display()
+                                ),
+                            );
+                            break;
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                            ) =>
+                        {
+                            ancestor = a.parent();
+                        }
+                        Err(e) => {
+                            p.push(
+                                "queue.dir",
+                                format!("{}: {}: {e}", dir.display(), a.display()),
+                            );
+                            break;
+                        }
+                    }
                 }
             }
             Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
         }
         // The suspension state (a missing file is fine: nobody is suspended). The server would
         // run with a broken one, ignoring it; check-config says so.
-        if let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir)) {
+        if dir.is_dir()
+            && let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir))
+        {
             p.push("queue.dir", e.to_string());
         }
 
