@@ -2181,7 +2181,12 @@ mod shipped_files {
         assert!(s.dev.bootstrap);
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));
-        assert_eq!(s.relay.mode, RelayMode::Smarthost);
+        // Nothing leaves a dev machine: mail lands in var/dev/outbox.
+        assert_eq!(s.relay.mode, RelayMode::Capture);
+        assert_eq!(
+            s.relay.capture_dir.as_deref(),
+            Some(Path::new("config/../var/dev/outbox"))
+        );
     }
 }
 
