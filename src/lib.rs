@@ -7,7 +7,7 @@
 //! ```text
 //! listener ──> session ──> auth ──> submission fixes ──> DKIM ──> queue (spool) ──> "250 queued as ID"
 //!                                                                   │
-//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost)
+//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost | capture)
 //!                                                   └── permanent failure / expiry ──> DSN (queued too)
 //! ```
 //!
