@@ -163,21 +163,12 @@ fn allowed(uid: u32) -> bool {
 }
 
 async fn handle(mut stream: tokio::net::UnixStream, reloader: &Reloader, queue: &QueueHandle) {
-    let reply = match stream.peer_cred() {
-        Ok(cred) if allowed(cred.uid()) => {
-            match tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream)).await {
-                Ok(Ok(line)) => match parse(&line) {
-                    Ok(request) => {
-                        info!(uid = cred.uid(), pid = cred.pid(), request = ?request, "control socket request");
-                        answer(request, reloader, queue).await
-                    }
-                    Err(why) => format!("ERR {why}"),
-                },
-                Ok(Err(why)) => format!("ERR {why}"),
-                Err(_) => format!("ERR no request line within {READ_TIMEOUT:?}"),
-            }
-        }
-        Ok(cred) => {
+    // The line is read whoever the peer is: closing a Unix socket with unread data resets it,
+    // and the client would not see the reply.
+    let line = tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream)).await;
+    let reply = match (stream.peer_cred(), line) {
+        (Err(e), _) => format!("ERR cannot read peer credentials: {e}"),
+        (Ok(cred), _) if !allowed(cred.uid()) => {
             warn!(
                 uid = cred.uid(),
                 pid = cred.pid(),
@@ -185,7 +176,15 @@ async fn handle(mut stream: tokio::net::UnixStream, reloader: &Reloader, queue: 
             );
             "ERR permission denied".to_string()
         }
-        Err(e) => format!("ERR cannot read peer credentials: {e}"),
+        (Ok(cred), Ok(Ok(line))) => match parse(&line) {
+            Ok(request) => {
+                info!(uid = cred.uid(), pid = cred.pid(), request = ?request, "control socket request");
+                answer(request, reloader, queue).await
+            }
+            Err(why) => format!("ERR {why}"),
+        },
+        (Ok(_), Ok(Err(why))) => format!("ERR {why}"),
+        (Ok(_), Err(_)) => format!("ERR no request line within {READ_TIMEOUT:?}"),
     };
     let mut reply = one_line(&reply);
     reply.push('\n');
@@ -256,10 +255,10 @@ fn one_line(text: &str) -> String {
 /// Why the CLI could not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no submitd server is running (nothing listens on {path}: {source})")]
-    NotRunning { path: PathBuf, source: io::Error },
-    #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("no submitd server is running (nothing listens on {path}: {cause})")]
+    NotRunning { path: PathBuf, cause: io::Error },
+    #[error("control socket {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("the server refused: {0}")]
     Refused(String),
     #[error("control socket {path}: unexpected reply {reply:?}")]
@@ -270,9 +269,9 @@ pub enum ClientError {
 /// Blocking, bounded by `timeout` for each of the write and the read.
 pub fn request(dir: &Path, request: Request, timeout: Duration) -> Result<String, ClientError> {
     let path = dir.join(SOCKET_FILE);
-    let io_err = |source| ClientError::Io {
+    let io_err = |cause| ClientError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(s) => s,
@@ -282,15 +281,18 @@ pub fn request(dir: &Path, request: Request, timeout: Duration) -> Result<String
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Err(ClientError::NotRunning { path, source: e });
+            return Err(ClientError::NotRunning { path, cause: e });
         }
         Err(e) => return Err(io_err(e)),
     };
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
-    stream
-        .write_all(request.line().as_bytes())
-        .map_err(io_err)?;
+    match stream.write_all(request.line().as_bytes()) {
+        Ok(()) => {}
+        // The server may answer and close before reading (a refused peer): read its reply.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(io_err(e)),
+    }
     let mut reply = Vec::new();
     (&mut stream)
         .take(MAX_REPLY as u64)

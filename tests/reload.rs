@@ -596,3 +596,49 @@ fn reload_and_retry_never_signal_the_pid_in_the_pid_file() {
     let _ = victim.wait();
     assert!(alive, "the process named in submitd.pid was signalled");
 }
+
+/// The control socket serves only root and the server's own user (SO_PEERCRED), even when the
+/// file permissions would let someone else connect. Needs root (to run a client as nobody).
+#[test]
+fn control_socket_refuses_a_client_that_is_neither_root_nor_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a client as another user (euid is not 0)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let server = Binary::start(&config);
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Open everything up: only the peer check stands between nobody and the server.
+    chmod(dir.path(), 0o755);
+    chmod(&config, 0o644);
+    chmod(&dir.path().join("queue"), 0o755);
+    chmod(&dir.path().join("queue/submitd.sock"), 0o666);
+    let out = Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(["reload", "--config"])
+        .arg(&config)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: cannot run the binary as nobody: {e}");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    server.wait_for(|l| l.contains("refused a client") && l.contains("uid=65534"));
+    assert_eq!(server.count(|l| l.contains("reloaded: new connections")), 0);
+    // Root still gets through.
+    let out = reload_cmd(&config);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
