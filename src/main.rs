@@ -740,6 +740,17 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
 
     let queue_dir = settings.queue.dir.clone();
     let server = submitd::listener::Server::bind(Arc::new(settings)).await?;
+    // Handlers first, so that a signal arriving while the server starts is not lost.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = CancellationToken::new();
+    // Every handler before the "listening" lines and the control socket: whoever waits for
+    // them may signal at once, and the default action of SIGHUP, SIGUSR1 or SIGTERM would end
+    // the process.
+    submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
+        .context("installing the SIGHUP handler")?;
+    submitd::reload::watch_flush(server.queue(), shutdown.clone())
+        .context("installing the SIGUSR1 handler")?;
     for a in server.submission_addrs() {
         tracing::info!(kind = "submission", addr = %a, "listening");
     }
@@ -749,16 +760,6 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     if let Some(a) = server.metrics_addr() {
         tracing::info!(kind = "metrics", addr = %a, "listening");
     }
-    // Handlers first, so that a signal arriving while the server starts is not lost.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let shutdown = CancellationToken::new();
-    // SIGHUP handling before the pid file: `submitd reload` must never find a server that the
-    // signal's default action would end.
-    submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
-        .context("installing the SIGHUP handler")?;
-    submitd::reload::watch_flush(server.queue(), shutdown.clone())
-        .context("installing the SIGUSR1 handler")?;
     let pid_file = submitd::reload::PidFile::acquire(&queue_dir)?;
     // Bound only under the pid file's lock: a socket file already there is stale.
     let control = submitd::control_socket::ControlSocket::bind(&queue_dir, &pid_file)

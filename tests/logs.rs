@@ -233,7 +233,7 @@ fn dev_bootstrap_banner_is_a_json_log_line_with_json_logs() {
     server.wait_for("listening on submissions", |l| {
         l.contains("\"submissions\"") && l.contains("listening")
     });
-    // SIGTERM is handled once the control socket exists (the listeners log before that).
+    // Fully started (the control socket comes last) before it is stopped.
     let socket = dir.path().join("var/queue/submitd.sock");
     let deadline = Instant::now() + IO_TIMEOUT;
     while !socket.exists() {
