@@ -122,12 +122,18 @@ pub struct RelaySettings {
     pub smarthost_user: String,
     pub smarthost_password: String,
     pub ca_file: Option<PathBuf>,
+    /// Where `relay.mode = "capture"` writes each message (`ID.eml`) and its envelope and
+    /// results (`ID.json`), resolved against the config file's directory; `None` otherwise.
+    pub capture_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayMode {
     Mx,
     Smarthost,
+    /// Development: nothing leaves the machine; every message is written to
+    /// `relay.capture_dir` and counts as delivered.
+    Capture,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,6 +520,8 @@ struct RawRelay {
     smarthost_password: String,
     #[serde(default)]
     ca_file: String,
+    #[serde(default)]
+    capture_dir: String,
 }
 
 fn default_relay_mode() -> String {
@@ -545,6 +553,7 @@ impl Default for RawRelay {
             smarthost_user: String::new(),
             smarthost_password: String::new(),
             ca_file: String::new(),
+            capture_dir: String::new(),
         }
     }
 }
@@ -1112,7 +1121,11 @@ impl Settings {
             p,
             "relay.mode",
             &r.mode,
-            &[("mx", RelayMode::Mx), ("smarthost", RelayMode::Smarthost)],
+            &[
+                ("mx", RelayMode::Mx),
+                ("smarthost", RelayMode::Smarthost),
+                ("capture", RelayMode::Capture),
+            ],
         );
         let port = positive(p, "relay.port", r.port, u16::MAX as u64);
         let relay_tls = one_of(
@@ -1163,6 +1176,18 @@ impl Settings {
             );
         }
         let ca_file = (!r.ca_file.trim().is_empty()).then(|| resolve(base, r.ca_file.trim()));
+        let capture_dir = match (mode, r.capture_dir.trim()) {
+            (Some(RelayMode::Capture), "") => {
+                p.push(
+                    "relay.capture_dir",
+                    "required when relay.mode = \"capture\" (the directory that receives ID.eml and ID.json)",
+                );
+                None
+            }
+            (Some(RelayMode::Capture), dir) => Some(resolve(base, dir)),
+            // Like `smarthost` in MX mode: kept in the file, unused.
+            _ => None,
+        };
 
         let dkim = dkim_entries(p, base, &raw.dkim);
 
@@ -1249,6 +1274,7 @@ impl Settings {
                 smarthost_user: r.smarthost_user.clone(),
                 smarthost_password: r.smarthost_password.clone(),
                 ca_file,
+                capture_dir,
             },
             submission: SubmissionSettings {
                 received_client_ip: raw.submission.received_client_ip,
@@ -1327,28 +1353,54 @@ impl Settings {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => p.push("queue.dir", format!("{}: not a directory", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Created at startup (mode 0700); its parent must be there to hold it.
-                let parent = dir
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                if !parent.is_dir() {
-                    p.push(
-                        "queue.dir",
-                        format!(
-                            "{}: does not exist, and neither does its parent directory {}",
-                            dir.display(),
-                            parent.display()
-                        ),
-                    );
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                // Created at startup (mode 0700, missing parents with the default mode): the
+                // nearest existing ancestor must be a directory to hold them.
+                let mut ancestor = dir.parent();
+                while let Some(a) = ancestor.filter(|a| !a.as_os_str().is_empty()) {
+                    match std::fs::metadata(a) {
+                        Ok(m) if m.is_dir() => break,
+                        Ok(_) => {
+                            p.push(
+                                "queue.dir",
+                                format!(
+                                    "{}: cannot be created: {} is not a directory",
+                                    dir.display(),
+                                    a.display()
+                                ),
+                            );
+                            break;
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                            ) =>
+                        {
+                            ancestor = a.parent();
+                        }
+                        Err(e) => {
+                            p.push(
+                                "queue.dir",
+                                format!("{}: {}: {e}", dir.display(), a.display()),
+                            );
+                            break;
+                        }
+                    }
                 }
             }
             Err(e) => p.push("queue.dir", format!("{}: {e}", dir.display())),
         }
         // The suspension state (a missing file is fine: nobody is suspended). The server would
         // run with a broken one, ignoring it; check-config says so.
-        if let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir)) {
+        if dir.is_dir()
+            && let Err(e) = crate::auth::suspend::load(&crate::auth::suspend::state_path(dir))
+        {
             p.push("queue.dir", e.to_string());
         }
 
@@ -1544,6 +1596,32 @@ users = "users.toml"
         );
         assert_error(&set("soon"), "auth.cache_ttl", "not a duration");
         assert_error(&set("25h"), "auth.cache_ttl", "too long: at most 24h");
+    }
+
+    #[test]
+    fn capture_mode_needs_capture_dir_resolved_against_the_config_dir() {
+        assert_error(
+            &with("[relay]\nmode = \"capture\""),
+            "relay.capture_dir",
+            "required when relay.mode = \"capture\"",
+        );
+        assert_error(
+            &with("[relay]\nmode = \"capture\"\ncapture_dir = \"  \""),
+            "relay.capture_dir",
+            "required",
+        );
+        let s = parse(&with(
+            "[relay]\nmode = \"capture\"\ncapture_dir = \"../var/outbox\"",
+        ))
+        .unwrap();
+        assert_eq!(s.relay.mode, RelayMode::Capture);
+        assert_eq!(
+            s.relay.capture_dir.as_deref(),
+            Some(Path::new("/etc/submitd/../var/outbox"))
+        );
+        let s = parse(&with("[relay]\ncapture_dir = \"/tmp/outbox\"")).unwrap();
+        assert_eq!(s.relay.capture_dir, None, "unused outside capture mode");
+        assert_eq!(parse(MINIMAL).unwrap().relay.capture_dir, None);
     }
 
     #[test]
@@ -2158,7 +2236,12 @@ mod shipped_files {
         assert!(s.dev.bootstrap);
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.tls.cert, Path::new("config/../var/dev/cert.pem"));
-        assert_eq!(s.relay.mode, RelayMode::Smarthost);
+        // Nothing leaves a dev machine: mail lands in var/dev/outbox.
+        assert_eq!(s.relay.mode, RelayMode::Capture);
+        assert_eq!(
+            s.relay.capture_dir.as_deref(),
+            Some(Path::new("config/../var/dev/outbox"))
+        );
     }
 }
 

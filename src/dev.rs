@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rand::Rng;
 
-use crate::config::Settings;
+use crate::config::{LogFormat, Settings};
 
 /// Length of the generated dev password (alphanumeric: about 119 bits).
 const PASSWORD_LEN: usize = 20;
@@ -51,7 +51,19 @@ pub fn bootstrap(settings: &Settings) -> anyhow::Result<()> {
         write_secret(&pw_file, &password)?;
         crate::auth::users::add_user(users, &settings.dev.user, &phc, &[])?;
         tracing::info!(user = %settings.dev.user, users = %users.display(), "dev: created the dev user");
-        eprintln!("{}", banner(settings, &password, &pw_file));
+        match settings.log.format {
+            // One JSON log line like every other (a collector would choke on the text block).
+            // The password is logged on purpose: it is the generated dev credential, shown once,
+            // and only with `dev.bootstrap` (never in production configs).
+            LogFormat::Json => tracing::warn!(
+                login = %settings.dev.user,
+                password = %password,
+                password_file = %pw_file.display(),
+                submit = %curl_command(settings, &password),
+                "dev bootstrap: created a user (password shown once; also saved to password_file)"
+            ),
+            LogFormat::Text => eprintln!("{}", banner(settings, &password, &pw_file)),
+        }
     }
     Ok(())
 }
@@ -95,9 +107,9 @@ fn client_addr(addr: SocketAddr) -> SocketAddr {
     a
 }
 
-/// The one-time message with the dev login, its password and a curl command that submits a
-/// test mail (implicit TLS when there is a submissions address, STARTTLS otherwise).
-fn banner(settings: &Settings, password: &str, pw_file: &Path) -> String {
+/// A curl command that submits a test mail as the dev user (implicit TLS when there is a
+/// submissions address, STARTTLS otherwise).
+fn curl_command(settings: &Settings, password: &str) -> String {
     let user = &settings.dev.user;
     let url = match (
         settings.listen.submissions.first(),
@@ -107,22 +119,32 @@ fn banner(settings: &Settings, password: &str, pw_file: &Path) -> String {
         (None, Some(a)) => format!("smtp://{}", client_addr(*a)),
         (None, None) => "smtps://127.0.0.1:465".to_string(),
     };
-    let rule = "=".repeat(72);
     format!(
-        "\n{rule}\n\
-         submitd dev bootstrap: created a user (shown once; also saved to {pw})\n\
-         \n  login:    {user}\n  password: {password}\n\n\
-         Submit a test message:\n\n\
-         curl --ssl-reqd -k --crlf --url {url} --user '{user}:{password}' \\\n    \
+        "curl --ssl-reqd -k --crlf --url {url} --user '{user}:{password}' \\\n    \
          --mail-from {user} --mail-rcpt someone@example.test -T - <<'EOF'\n\
          From: {user}\n\
          To: someone@example.test\n\
          Subject: submitd test\n\
          \n\
          Hello from submitd.\n\
-         EOF\n\
+         EOF"
+    )
+}
+
+/// The one-time message (text logs) with the dev login, its password and a curl command that
+/// submits a test mail.
+fn banner(settings: &Settings, password: &str, pw_file: &Path) -> String {
+    let user = &settings.dev.user;
+    let rule = "=".repeat(72);
+    format!(
+        "\n{rule}\n\
+         submitd dev bootstrap: created a user (shown once; also saved to {pw})\n\
+         \n  login:    {user}\n  password: {password}\n\n\
+         Submit a test message:\n\n\
+         {curl}\n\
          {rule}\n",
         pw = pw_file.display(),
+        curl = curl_command(settings, password),
     )
 }
 

@@ -7,7 +7,7 @@
 //! ```text
 //! listener ──> session ──> auth ──> submission fixes ──> DKIM ──> queue (spool) ──> "250 queued as ID"
 //!                                                                   │
-//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost)
+//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost | capture)
 //!                                                   └── permanent failure / expiry ──> DSN (queued too)
 //! ```
 //!
@@ -35,18 +35,25 @@
 //!   recipient, and RFC 3464 DSNs.
 //! - [`ipkey`]: the client address as the per-address limits count it (IPv6 per network).
 //! - [`logsafe`]: escaping of network-supplied text before it reaches a log line.
+//! - [`control_socket`]: `<queue.dir>/submitd.sock`, how `submitd reload` and `queue retry`
+//!   reach a running server (peer credentials checked; never a signal to a pid from a file).
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
 //! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
-//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` file.
+//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` lock (one server per
+//!   queue directory).
 //! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
 //!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
+//! - [`fsown`]: rewritten files keep their owner and group (the CLI runs as root, the server
+//!   as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
 pub mod config;
+pub mod control_socket;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;
+pub mod fsown;
 pub mod health;
 pub mod intake;
 pub mod ipkey;

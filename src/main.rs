@@ -57,8 +57,8 @@ enum Command {
     /// DKIM signing keys.
     #[command(subcommand)]
     Dkim(DkimCommand),
-    /// Make the running server re-read its config, certificate, users and limits (SIGHUP to
-    /// the pid in <queue.dir>/submitd.pid); open sessions are not dropped.
+    /// Make the running server re-read its config, certificate, users and limits (through the
+    /// control socket <queue.dir>/submitd.sock); open sessions are not dropped.
     Reload,
 }
 
@@ -270,10 +270,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
         }) => dkim_keygen(&domain, &selector, algorithm, bits, &out),
         Command::Reload => {
+            use submitd::control_socket::{self, Request};
             let settings = Settings::load(config).map_err(Failure::Config)?;
-            let pid = submitd::reload::signal_reload(&settings.queue.dir)
-                .map_err(|e| Failure::Runtime(e.into()))?;
-            println!("sent SIGHUP to submitd (pid {pid}); its log says whether the reload took");
+            let reply = control_socket::request(
+                &settings.queue.dir,
+                Request::Reload,
+                control_socket::CLIENT_TIMEOUT,
+            )
+            .map_err(|e| Failure::Runtime(e.into()))?;
+            println!("{reply}");
             Ok(())
         }
     }
@@ -359,14 +364,15 @@ fn queue(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
         QueueCommand::Retry { id: None } => {
             // A running server flushes its queue in memory, like `postqueue -f`: thousands of
             // envelope rewrites (each with an fsync) would delay the very retry asked for.
-            match submitd::reload::signal_flush(dir) {
-                Ok(pid) => {
-                    println!(
-                        "asked the running server (pid {pid}) to attempt every deferred message now"
-                    );
+            use submitd::control_socket::{self, ClientError, Request};
+            match control_socket::request(dir, Request::Flush, control_socket::CLIENT_TIMEOUT) {
+                Ok(_) => {
+                    println!("asked the running server to attempt every deferred message now");
                     return Ok(());
                 }
-                Err(submitd::reload::PidError::NotRunning { .. }) => {}
+                Err(e @ ClientError::NotRunning { .. }) => {
+                    eprintln!("submitd: {e}; making deferred recipients due in the envelopes")
+                }
                 Err(e) => eprintln!("submitd: {e}; rewriting the envelopes instead"),
             }
             let r = control::retry(&spool, None, now).map_err(failed)?;
@@ -734,6 +740,17 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
 
     let queue_dir = settings.queue.dir.clone();
     let server = submitd::listener::Server::bind(Arc::new(settings)).await?;
+    // Handlers first, so that a signal arriving while the server starts is not lost.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = CancellationToken::new();
+    // Every handler before the "listening" lines and the control socket: whoever waits for
+    // them may signal at once, and the default action of SIGHUP, SIGUSR1 or SIGTERM would end
+    // the process.
+    submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
+        .context("installing the SIGHUP handler")?;
+    submitd::reload::watch_flush(server.queue(), shutdown.clone())
+        .context("installing the SIGUSR1 handler")?;
     for a in server.submission_addrs() {
         tracing::info!(kind = "submission", addr = %a, "listening");
     }
@@ -743,18 +760,26 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     if let Some(a) = server.metrics_addr() {
         tracing::info!(kind = "metrics", addr = %a, "listening");
     }
-    // Handlers first, so that a signal arriving while the server starts is not lost.
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let shutdown = CancellationToken::new();
-    // SIGHUP handling before the pid file: `submitd reload` must never find a server that the
-    // signal's default action would end.
-    submitd::reload::watch_sighup(server.reloader(), shutdown.clone())
-        .context("installing the SIGHUP handler")?;
-    submitd::reload::watch_flush(server.queue(), shutdown.clone())
-        .context("installing the SIGUSR1 handler")?;
     let pid_file = submitd::reload::PidFile::acquire(&queue_dir)?;
-    let result = serve_until_signal(server, shutdown, &mut term, &mut int).await;
+    // Bound only under the pid file's lock: a socket file already there is stale.
+    let control = submitd::control_socket::ControlSocket::bind(&queue_dir, &pid_file)
+        .context("creating the control socket")
+        .and_then(|socket| {
+            socket
+                .serve(server.reloader(), server.queue(), shutdown.clone())
+                .context("serving the control socket")
+        });
+    let control = match control {
+        Ok(task) => task,
+        Err(e) => {
+            pid_file.remove();
+            return Err(e);
+        }
+    };
+    let result = serve_until_signal(server, shutdown.clone(), &mut term, &mut int).await;
+    shutdown.cancel();
+    // The task removes the socket file when it sees the cancellation.
+    let _ = tokio::time::timeout(Duration::from_secs(5), control).await;
     pid_file.remove();
     result
 }

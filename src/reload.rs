@@ -1,5 +1,7 @@
-//! Live reload (SIGHUP, `submitd reload`) and the pid file that `submitd reload` finds the
-//! server by.
+//! Live reload (SIGHUP, `submitd reload` through the control socket) and the pid file whose
+//! lock keeps a second server off the same queue directory. Nothing signals the pid written in
+//! that file: the service account writes it, and root's CLI must not trust it (see
+//! [`crate::control_socket`]).
 //!
 //! A reload re-reads the config file, the certificate and key, and the users file, and applies
 //! the limits to new sessions. Everything is read and checked off the reactor before anything
@@ -207,7 +209,7 @@ pub fn watch_sighup(reloader: Reloader, shutdown: CancellationToken) -> std::io:
     Ok(())
 }
 
-/// Why the pid file could not be taken or used.
+/// Why the pid file could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum PidError {
     #[error("{path}: {source}")]
@@ -217,10 +219,6 @@ pub enum PidError {
     },
     #[error("another submitd (pid {pid}) is running with this queue directory ({path} is locked)")]
     Running { pid: String, path: PathBuf },
-    #[error("no submitd server is running: {path} {why}")]
-    NotRunning { path: PathBuf, why: &'static str },
-    #[error("{path}: bad pid {text:?}")]
-    BadPid { path: PathBuf, text: String },
 }
 
 /// `<queue.dir>/submitd.pid`, locked (flock) for as long as the server runs.
@@ -286,18 +284,9 @@ impl PidFile {
     }
 }
 
-/// Send SIGHUP to the server whose pid is in `<dir>/submitd.pid`; its pid when sent.
-pub fn signal_reload(dir: &Path) -> Result<i32, PidError> {
-    signal_server(dir, libc::SIGHUP)
-}
-
-/// Ask the running server to attempt every deferred message now (SIGUSR1; `queue retry`).
-pub fn signal_flush(dir: &Path) -> Result<i32, PidError> {
-    signal_server(dir, libc::SIGUSR1)
-}
-
-/// Flush the queue on every SIGUSR1 until `shutdown`. Install before the pid file exists, as
-/// for SIGHUP: the default action of SIGUSR1 ends the process.
+/// Flush the queue on every SIGUSR1 until `shutdown` (ops signal the server directly, e.g.
+/// through systemd). Install early, as for SIGHUP: the default action of SIGUSR1 ends the
+/// process.
 pub fn watch_flush(
     queue: crate::queue::scheduler::QueueHandle,
     shutdown: CancellationToken,
@@ -318,53 +307,13 @@ pub fn watch_flush(
     Ok(())
 }
 
-/// Send `sig` to the server whose pid `<dir>/submitd.pid` holds, if it runs.
-fn signal_server(dir: &Path, sig: libc::c_int) -> Result<i32, PidError> {
-    let path = dir.join(PID_FILE);
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PidError::NotRunning {
-                path,
-                why: "does not exist",
-            });
-        }
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    // A live server holds an exclusive lock: if we can lock, nobody does.
-    if try_flock(&file, libc::LOCK_SH).map_err(io_err(&path))? {
-        return Err(PidError::NotRunning {
-            path,
-            why: "is stale (not locked by a running server)",
-        });
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(io_err(&path))?;
-    let pid = text
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| PidError::BadPid {
-            path: path.clone(),
-            text: text.clone(),
-        })?;
-    // SAFETY: kill has no memory effects; pid is positive, so it names one process.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(io_err(&path)(std::io::Error::last_os_error()));
-    }
-    Ok(pid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn pid_file_is_exclusive_and_signal_sees_its_state() {
+    fn pid_file_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
-        let err = signal_reload(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("does not exist"), "{err}");
         let pid = PidFile::acquire(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(PID_FILE)).unwrap();
         assert_eq!(text.trim(), std::process::id().to_string());
@@ -376,10 +325,8 @@ mod tests {
         );
         pid.remove();
         assert!(!dir.path().join(PID_FILE).exists());
-        // A stale file (its server died without removing it) is not a running server.
+        // A stale file (its server died without removing it) is simply taken over.
         std::fs::write(dir.path().join(PID_FILE), "12345\n").unwrap();
-        let err = signal_reload(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("stale"), "{err}");
         let taken = PidFile::acquire(dir.path()).unwrap();
         taken.remove();
     }

@@ -571,3 +571,60 @@ async fn health_sends_proxy_v2_local_first() {
     );
     assert_eq!(&quit, b"QUIT\r\n");
 }
+
+/// `queue.dir` with missing parents (DESIGN.md: "created (mode 0700, missing parents too)"):
+/// check-config accepts it, `serve` creates the parents with the default mode, the queue
+/// directory itself 0700, and runs.
+#[test]
+fn queue_dir_with_missing_parents_is_created_and_the_server_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("dir = \"queue\"", "dir = \"a/b/queue\""),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = run_submitd(None, &["check-config", "--config", cfg], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let mut server = common::run::spawn_submitd(None, &["serve", "--config", cfg], None);
+    let queue = dir.path().join("a/b/queue");
+    let socket = queue.join("submitd.sock");
+    let deadline = Instant::now() + common::IO_TIMEOUT;
+    while !socket.exists() {
+        if Instant::now() > deadline || server.try_wait().unwrap().is_some() {
+            let _ = server.kill();
+            panic!("server did not start: {:?}", common::run::finish(server));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&queue), 0o700);
+    // The umask the server inherited (read without changing it: tests run in parallel).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    let default = 0o777 & !umask;
+    assert_eq!(mode(&dir.path().join("a")), default);
+    assert_eq!(mode(&dir.path().join("a/b")), default);
+
+    // A file where a parent should be: a clear config error naming the key.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(dir.path().join("f"), "").unwrap();
+    std::fs::write(&config, text.replace("a/b/queue", "f/queue")).unwrap();
+    let out = run_submitd(None, &["check-config", "--config", cfg], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("queue.dir") && out.stderr.contains("is not a directory"),
+        "{out:?}"
+    );
+}

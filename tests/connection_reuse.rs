@@ -46,6 +46,7 @@ async fn send(delivery: &Delivery, rcpt: &str) -> Outcome {
         message: MESSAGE,
         smtputf8: false,
         eight_bit: false,
+        envelope: None,
     };
     let mut out = tokio::time::timeout(Duration::from_secs(60), delivery.attempt(&job))
         .await

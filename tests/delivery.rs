@@ -41,6 +41,7 @@ fn job<'a>(recipients: &'a [String], domain: &'a str) -> Job<'a> {
         message: MESSAGE,
         smtputf8: false,
         eight_bit: false,
+        envelope: None,
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::sink::{Sink, SinkOptions};
 use common::*;
 
-/// A `serve` child whose stderr lines arrive on a channel.
+/// A `serve` child whose stderr and stdout lines arrive on a channel.
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -29,15 +29,22 @@ impl Running {
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let tx2 = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx2.send(line);
             }
         });
         Running {
@@ -289,5 +296,55 @@ async fn a_next_hop_reply_with_a_bare_lf_cannot_forge_a_text_log_line() {
     assert!(
         delivery[0].contains(&format!("\\n{FORGED}\\x1b[2J")),
         "the reply, escaped: {delivery:#?}"
+    );
+}
+
+/// The dev bootstrap's one-time password banner follows `log.format`: with JSON logs it is one
+/// JSON log line (login, password, where it is saved), and every line on stdout and stderr of
+/// a first dev run parses as JSON.
+#[test]
+fn dev_bootstrap_banner_is_a_json_log_line_with_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dev.toml");
+    std::fs::write(
+        &config,
+        "hostname = \"localhost\"\n\
+         [listen]\nsubmission = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n\
+         [tls]\ncert = \"var/cert.pem\"\nkey = \"var/key.pem\"\n\
+         [auth]\nusers = \"var/users.toml\"\n\
+         [queue]\ndir = \"var/queue\"\n\
+         [relay]\nmode = \"capture\"\ncapture_dir = \"var/outbox\"\n\
+         [log]\nformat = \"json\"\n\
+         [dev]\nbootstrap = true\n",
+    )
+    .unwrap();
+    let mut server = Running::start(&config);
+    server.wait_for("listening on submissions", |l| {
+        l.contains("\"submissions\"") && l.contains("listening")
+    });
+    // Fully started (the control socket comes last) before it is stopped.
+    let socket = dir.path().join("var/queue/submitd.sock");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = server.stop();
+    let events: Vec<serde_json::Value> = lines.iter().map(|l| json(l)).collect();
+    let banner = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("dev bootstrap")
+        })
+        .unwrap_or_else(|| panic!("no dev bootstrap line in {events:#?}"));
+    let saved = std::fs::read_to_string(dir.path().join("var/dev-password")).unwrap();
+    assert_eq!(banner["password"], saved.trim_end());
+    assert_eq!(banner["login"], "dev@localhost");
+    assert!(
+        banner["submit"].as_str().unwrap().starts_with("curl "),
+        "{banner}"
     );
 }

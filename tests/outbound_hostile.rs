@@ -208,6 +208,7 @@ async fn attempt_at(server: &Hostile, tls: &str) -> (Outcome, Duration) {
         message: MESSAGE,
         smtputf8: false,
         eight_bit: false,
+        envelope: None,
     };
     let started = Instant::now();
     let mut out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))

@@ -1,6 +1,6 @@
 //! Live reload: a rotated certificate, new limits and new users reach new connections while
 //! open sessions go on; a bad config is refused and the old one kept. In process through
-//! `Reloader`, and with the real binary through `submitd reload` (SIGHUP).
+//! `Reloader`, and with the real binary through `submitd reload` (the control socket).
 
 mod common;
 
@@ -273,7 +273,7 @@ async fn reload_reads_the_users_file_at_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real binary: `submitd reload`, SIGHUP, the pid file.
+// The real binary: `submitd reload`, the control socket, the pid file.
 // ---------------------------------------------------------------------------------------------
 
 /// `submitd serve` on ephemeral ports, its stderr lines collected.
@@ -319,11 +319,11 @@ impl Binary {
         let tls = b.wait_for(|l| l.contains("listening") && l.contains("kind=\"submissions\""));
         b.plain = addr(&plain).unwrap();
         b.tls = addr(&tls).unwrap();
-        // The pid file is written after the listeners.
-        let dir = config.parent().unwrap().join("queue/submitd.pid");
+        // The control socket is created after the listeners and the pid file.
+        let dir = config.parent().unwrap().join("queue/submitd.sock");
         let deadline = Instant::now() + IO_TIMEOUT;
         while !dir.exists() {
-            assert!(Instant::now() < deadline, "no pid file");
+            assert!(Instant::now() < deadline, "no control socket");
             std::thread::sleep(Duration::from_millis(20));
         }
         b
@@ -386,7 +386,7 @@ async fn submitd_reload_rotates_the_cert_of_a_running_binary() {
     let rotated = rotate_cert(dir.path(), ROTATED);
     let out = reload_cmd(&config);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("sent SIGHUP"), "{out:?}");
+    assert!(out.stdout.contains("reloaded: users=2"), "{out:?}");
     server.wait_for(|l| l.contains("reloaded: new connections"));
     assert_eq!(
         tls_peer_cert(server.tls, &rotated, ROTATED).await.unwrap(),
@@ -397,7 +397,12 @@ async fn submitd_reload_rotates_the_cert_of_a_running_binary() {
     // A broken key: refused, logged with the file and the reason, the rotated cert stays.
     std::fs::write(dir.path().join("key.pem"), "garbage\n").unwrap();
     let out = reload_cmd(&config);
-    assert_eq!(out.code, Some(0), "{out:?}");
+    // The control socket answers with the outcome: the refusal and its reason, exit 1.
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("reload refused") && out.stderr.contains("tls.key"),
+        "{out:?}"
+    );
     let line = server.wait_for(|l| l.contains("reload refused"));
     assert!(line.contains("ERROR") && line.contains("key.pem"), "{line}");
     assert!(
@@ -463,6 +468,7 @@ async fn users_added_by_the_cli_log_in_without_restart_and_reload_without_a_serv
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!dir.path().join("queue/submitd.pid").exists());
+    assert!(!dir.path().join("queue/submitd.sock").exists());
     let out = reload_cmd(&config);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
@@ -471,7 +477,7 @@ async fn users_added_by_the_cli_log_in_without_restart_and_reload_without_a_serv
     );
 }
 
-/// `submitd queue retry` beside a running server flushes it in memory (SIGUSR1), like
+/// `submitd queue retry` beside a running server flushes it in memory (control socket), like
 /// `postqueue -f`: a message deferred for an hour is delivered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_retry_flushes_a_running_server() {
@@ -540,4 +546,99 @@ async fn queue_retry_flushes_a_running_server() {
     );
     assert_eq!(got[0].data, message);
     server.wait_for(|l| l.contains("queue flush requested"));
+}
+
+/// The pid file is written by the service account: `submitd reload` and `queue retry` (run as
+/// root) must never signal the pid it names. An unrelated process's pid in a locked-looking
+/// place, no server running: the process lives on and both commands say no server runs.
+#[test]
+fn reload_and_retry_never_signal_the_pid_in_the_pid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let queue = dir.path().join("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let mut victim = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(queue.join("submitd.pid"), format!("{}\n", victim.id())).unwrap();
+    // Even while something holds the pid file's lock (as a live server would).
+    let held = std::fs::File::open(queue.join("submitd.pid")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let cfg = config.to_str().unwrap();
+
+    let out = reload_cmd(&config);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no submitd server is running"),
+        "{out:?}"
+    );
+    let out = finish(spawn_submitd(
+        None,
+        &["queue", "retry", "--config", cfg],
+        None,
+    ));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("no submitd server is running"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("0 recipient(s) of 0 message(s)"),
+        "{out:?}"
+    );
+
+    // Signals are delivered before kill() returns; a short pause covers the scheduler anyway.
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(alive, "the process named in submitd.pid was signalled");
+}
+
+/// The control socket serves only root and the server's own user (SO_PEERCRED), even when the
+/// file permissions would let someone else connect. Needs root (to run a client as nobody).
+#[test]
+fn control_socket_refuses_a_client_that_is_neither_root_nor_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a client as another user (euid is not 0)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    let server = Binary::start(&config);
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Open everything up: only the peer check stands between nobody and the server.
+    chmod(dir.path(), 0o755);
+    chmod(&config, 0o644);
+    chmod(&dir.path().join("queue"), 0o755);
+    chmod(&dir.path().join("queue/submitd.sock"), 0o666);
+    let out = Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(["reload", "--config"])
+        .arg(&config)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: cannot run the binary as nobody: {e}");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    server.wait_for(|l| l.contains("refused a client") && l.contains("uid=65534"));
+    assert_eq!(server.count(|l| l.contains("reloaded: new connections")), 0);
+    // Root still gets through.
+    let out = reload_cmd(&config);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }

@@ -235,7 +235,8 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> 
             "users path has no file name",
         )
     })?;
-    // Password hashes are secrets: new files are 0600; an existing file keeps its mode.
+    // Password hashes are secrets: new files are 0600; an existing file keeps its mode, owner
+    // and group (see `fsown`).
     let mode = match fs::metadata(path) {
         Ok(m) => m.permissions().mode() & 0o7777,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
@@ -253,7 +254,9 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> 
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        // `mode()` above is filtered by the umask; set the exact mode explicitly.
+        // Owner and group first (a chown may clear set-id bits), then the exact mode: `mode()`
+        // above is filtered by the umask.
+        crate::fsown::keep_owner(&file, path)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()?;

@@ -4,6 +4,7 @@
 //! - [`outbound`]: one delivery attempt over lettre's `AsyncSmtpConnection`, with an outcome
 //!   per recipient (MX mode with `relay.tls`, or the smarthost with `smarthost_tls` and AUTH).
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
+//! - [`capture`]: `relay.mode = "capture"`, messages written to `relay.capture_dir` (development).
 //! - [`dsn`]: RFC 3464 delivery status notifications for failed and expired recipients.
 //!
 //! The queue scheduler (`queue::scheduler`) decides when to call [`Delivery::attempt`] and
@@ -20,6 +21,7 @@
 //! - Smarthost AUTH failure defers (an operator error must not bounce users' mail).
 //! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
+pub mod capture;
 pub mod dsn;
 pub mod mx;
 pub mod outbound;
@@ -56,6 +58,8 @@ pub struct Job<'a> {
     pub smtputf8: bool,
     /// Submitted with BODY=8BITMIME.
     pub eight_bit: bool,
+    /// The queued envelope, for destinations that record it (capture writes it to `ID.json`).
+    pub envelope: Option<&'a crate::queue::Envelope>,
 }
 
 /// What happened to one recipient in one attempt.
@@ -114,6 +118,8 @@ enum Route {
         port: u16,
         tls: TlsPolicy,
     },
+    /// Nothing leaves the machine: written to `dir` (`relay.mode = "capture"`).
+    Capture { dir: std::path::PathBuf },
 }
 
 impl Delivery {
@@ -156,6 +162,15 @@ impl Delivery {
                     port,
                     tls,
                 }
+            }
+            RelayMode::Capture => {
+                let dir = relay.capture_dir.clone().ok_or_else(|| {
+                    DeliveryError(
+                        "relay.capture_dir: required when relay.mode = \"capture\"".into(),
+                    )
+                })?;
+                capture::create_dir(&dir)?;
+                Route::Capture { dir }
             }
         };
         let credentials = (!relay.smarthost_user.is_empty() && relay.mode == RelayMode::Smarthost)
@@ -217,9 +232,10 @@ impl Delivery {
     async fn attempt_inner(&self, job: &Job<'_>) -> Vec<Outcome> {
         let inner = &*self.inner;
         let n = job.recipients.len();
-        let key = match inner.route {
+        let key = match &inner.route {
             Route::Mx { .. } => job.domain.to_lowercase(),
             Route::Smarthost { .. } => String::new(),
+            Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
         // A connection kept from an earlier message to the same destination.
         if let Some(mut lease) = inner.pool.checkout(&key) {
@@ -285,6 +301,7 @@ impl Delivery {
                 Ok(targets) => (targets, tls),
                 Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
             },
+            Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
         let session = outbound::Session {
             hello: &inner.hello,

@@ -1059,6 +1059,7 @@ mod tests {
             message,
             smtputf8: utf8,
             eight_bit: false,
+            envelope: None,
         }
     }
 

@@ -585,7 +585,8 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for rcpt in due {
         let key = match shared.mode {
-            RelayMode::Smarthost => String::new(),
+            // One destination for every recipient.
+            RelayMode::Smarthost | RelayMode::Capture => String::new(),
             RelayMode::Mx => domain_of(&rcpt),
         };
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -612,6 +613,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
                 message: &message,
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
+                envelope: Some(&env),
             };
             let outcomes = shared.delivery.attempt(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());

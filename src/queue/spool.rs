@@ -228,8 +228,23 @@ fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> S
     }
 }
 
+/// Create the queue directory when missing: missing parents with the default mode (umask),
+/// the queue directory itself 0700 (DESIGN.md).
+fn create_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
 impl Spool {
-    /// Open (creating with mode 0700 when missing) the queue directory, remove what an
+    /// Open (creating with mode 0700 when missing, parents too) the queue directory, remove what an
     /// interrupted write left (`*.tmp` files, `.msg` files without an `.env`) and quarantine
     /// what cannot be delivered (see the module doc).
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
@@ -239,11 +254,7 @@ impl Spool {
     /// [`Spool::open`] writing through `io` (the storage-fault tests pass a
     /// [`super::fsio::FaultyIo`]).
     pub fn open_with_io(dir: &Path, io: Arc<dyn SpoolIo>) -> Result<Spool, SpoolError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir, "create directory"))?;
+        create_dir(dir).map_err(io_err(dir, "create directory"))?;
         let spool = Spool {
             dir: dir.to_path_buf(),
             io,
@@ -524,6 +535,8 @@ impl Spool {
         let io = &*self.io;
         let result = (|| {
             let mut file: File = io.create(&tmp).map_err(io_err(&tmp, "create"))?;
+            // An envelope rewritten by root (`queue hold`) must stay the server's.
+            crate::fsown::keep_owner(&file, path).map_err(io_err(path, "keep owner"))?;
             io.write_all(&tmp, &mut file, bytes)
                 .map_err(io_err(&tmp, "write"))?;
             io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;

@@ -1,0 +1,108 @@
+//! Ownership of rewritten files: a file replaced through a temp file and a rename keeps the owner
+//! and group of the file it replaces.
+//!
+//! Why: the server runs as a service account, while the documented admin commands (`user add`,
+//! `user del`, `user suspend`, `queue hold`, `queue release`) run as root. A temp file created
+//! by root belongs to root; renamed over `users.toml` (`root:mail 0640`) or an envelope
+//! (`submitd:submitd 0600`) it would lock the server out of its own state, silently.
+//!
+//! The rules, for the temp file before the rename:
+//! - it replaces an existing file: give it that file's uid and gid (`fchown`). When the ids
+//!   already match nothing is done, so an unprivileged owner rewriting its own file needs no
+//!   privilege; when they differ and `fchown` fails (EPERM: not root and not allowed to take
+//!   that group), the write is refused with an error naming the owner it would lose, rather
+//!   than replacing the file with one the server may not read.
+//! - it is a new file and we are root: give it the directory's uid and gid, so that a file the
+//!   CLI creates in the queue or config directory belongs to whoever owns that directory (the
+//!   service account). Unprivileged, a new file keeps the creator's ids, as usual.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Give `tmp` (a temp file about to be renamed onto `target`) the owner and group `target` has,
+/// or for a new file (as root) those of `target`'s directory. See the module doc. Call it
+/// before setting the mode: a `chown` may clear set-id bits.
+pub fn keep_owner(tmp: &File, target: &Path) -> io::Result<()> {
+    let want = match std::fs::metadata(target) {
+        Ok(m) => (m.uid(), m.gid()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !is_root() {
+                return Ok(());
+            }
+            let m = std::fs::metadata(parent_dir(target))?;
+            (m.uid(), m.gid())
+        }
+        Err(e) => return Err(e),
+    };
+    let have = tmp.metadata()?;
+    if (have.uid(), have.gid()) == want {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(tmp, Some(want.0), Some(want.1)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot give the new {} the owner {}:{} of the file it replaces (we are {}:{}): \
+                 {e}; run this as that user or as root",
+                target.display(),
+                want.0,
+                want.1,
+                have.uid(),
+                have.gid()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_owner_is_a_no_op_and_a_new_file_unprivileged_keeps_its_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        std::fs::write(&target, "x").unwrap();
+        let tmp = File::create(dir.path().join("f.tmp")).unwrap();
+        keep_owner(&tmp, &target).unwrap();
+        keep_owner(&tmp, &dir.path().join("new")).unwrap();
+    }
+
+    #[test]
+    fn root_gives_the_target_its_owner_and_a_new_file_the_directory_owner() {
+        if !is_root() {
+            eprintln!("skipped: needs root (chown to another uid)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        std::fs::write(&target, "x").unwrap();
+        std::os::unix::fs::chown(&target, Some(65534), Some(4321)).unwrap();
+        let tmp = File::create(dir.path().join("f.tmp")).unwrap();
+        keep_owner(&tmp, &target).unwrap();
+        let m = tmp.metadata().unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 4321));
+
+        std::os::unix::fs::chown(dir.path(), Some(65533), Some(4322)).unwrap();
+        let tmp = File::create(dir.path().join("g.tmp")).unwrap();
+        keep_owner(&tmp, &dir.path().join("g")).unwrap();
+        let m = tmp.metadata().unwrap();
+        assert_eq!((m.uid(), m.gid()), (65533, 4322));
+    }
+}
