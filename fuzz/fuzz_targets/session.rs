@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         max_auth_failures: 3,
         max_bad_commands: 5 + u32::from(limits >> 6) * 5,
         max_header_size: 48 + u64::from(limits & 0x30) * 4,
+        max_hops: 1 + usize::from(limits & 0x03),
         quota: None,
     });
     let user = alice();
@@ -110,7 +111,9 @@ fuzz_target!(|data: &[u8]| {
                         assert!(!m.contains(&0));
                         let headers = submission::header_section(m).len() as u64;
                         assert!(headers <= config.max_header_size);
-                        assert_eq!(submission::check_from(m, senders), Ok(()));
+                        assert!(submission::hop_count(submission::header_section(m)) <= config.max_hops);
+                        let checked = submission::check_from(m, senders).expect("From checked");
+                        assert_eq!(checked.domain, accepted.from_domain);
                         session.queued(Ok("ID"))
                     }
                 };
