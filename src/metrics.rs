@@ -6,8 +6,8 @@
 //! domain — so the number of series stays constant whatever the traffic. Every series is
 //! created at start, so a scrape shows zeros rather than missing lines.
 //!
-//! The other modules call one method per event ([`Metrics::reply`] for everything a session
-//! answers, [`Metrics::delivery`] per recipient outcome, ...); the queue gauges are set by the
+//! The other modules call one method per event ([`Metrics::outcome`] for what a session's
+//! reply meant, [`Metrics::delivery`] per recipient outcome, ...); the queue gauges are set by the
 //! scheduler after each directory scan, and the age of the oldest message is computed at
 //! scrape time from the oldest arrival time it recorded, so a scrape never touches the disk.
 
