@@ -47,6 +47,7 @@
 //!   as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
+pub mod artefacts;
 pub mod auth;
 pub mod config;
 pub mod control_socket;
