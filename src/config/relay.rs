@@ -364,7 +364,7 @@ mod tests {
         );
     }
 
-    /// What `delivery::split_host_port` used to take apart at startup, now parsed with the file.
+    /// The host and port delivery connects to, taken apart once with the file.
     #[test]
     fn smarthost_is_parsed_once() {
         let host = |v: &str| v.parse::<Smarthost>().map(|s| (s.host, s.port));
