@@ -36,49 +36,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::submission::header_section;
 
-/// The headers signed when an entry names none (RFC 6376 section 5.4.1's list, plus the
-/// identity and MIME headers and the one-click unsubscribe pair of RFC 8058), lowercase.
-pub const DEFAULT_HEADERS: &[&str] = &[
-    "from",
-    "sender",
-    "reply-to",
-    "subject",
-    "date",
-    "message-id",
-    "to",
-    "cc",
-    "in-reply-to",
-    "references",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "content-disposition",
-    "resent-date",
-    "resent-from",
-    "resent-sender",
-    "resent-to",
-    "resent-cc",
-    "resent-message-id",
-    "list-id",
-    "list-help",
-    "list-unsubscribe",
-    "list-unsubscribe-post",
-    "list-subscribe",
-    "list-post",
-    "list-owner",
-    "list-archive",
-];
-
-/// One `[[dkim]]` entry, validated by `config` (domain and selector lowercase ASCII, `key`
-/// resolved against the config file's directory, `headers` lowercase and holding `from`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DkimConfig {
-    pub domain: String,
-    pub selector: String,
-    /// PEM private key: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
-    pub key: PathBuf,
-    pub headers: Vec<String>,
-}
+pub use crate::config::{DEFAULT_HEADERS, DkimConfig};
 
 /// A key's algorithm, inferred from the key file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,8 @@
 //! through it at will: counted per address, one host could take every slot.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::ops::RangeInclusive;
 
-/// `limits.ipv6_prefix` when not given.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
-/// The prefix lengths `limits.ipv6_prefix` accepts: shorter than /32 would lump whole
-/// providers together; /128 counts every address on its own.
-pub const IPV6_PREFIX_RANGE: RangeInclusive<i64> = 32..=128;
+pub use crate::config::{DEFAULT_IPV6_PREFIX, IPV6_PREFIX_RANGE};
 
 /// The key `ip` is counted under: IPv4 as is (also when mapped into IPv6, `::ffff:a.b.c.d`, as
 /// a dual-stack listener sees IPv4 clients), IPv6 as its network of `ipv6_prefix` bits

@@ -11,7 +11,10 @@
 //!                                                   └── permanent failure / expiry ──> DSN (queued too)
 //! ```
 //!
-//! - [`config`]: the TOML config, its defaults and validation (`Settings`).
+//! - [`config`]: the TOML config, its defaults and validation (`Settings`), one file per
+//!   section; the floor of the crate (imports no other module).
+//! - [`artefacts`]: the files the config points to (certificate, users, DKIM keys, queue
+//!   directory), checked before a start or a reload.
 //! - [`tls`]: PEM files to a rustls `ServerConfig`; self-signed development certificates.
 //! - [`listener`]: binds the submission (587, STARTTLS) and submissions (465, implicit TLS)
 //!   sockets, enforces connection limits, spawns one session task per connection and runs the
@@ -47,6 +50,7 @@
 //!   as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
+pub mod artefacts;
 pub mod auth;
 pub mod config;
 pub mod control_socket;

@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve => serve(config),
         Command::CheckConfig => {
             let settings = Settings::load(config).map_err(Failure::Config)?;
-            settings.check_files().map_err(Failure::Config)?;
+            submitd::artefacts::check_files(&settings).map_err(Failure::Config)?;
             println!("config OK: {}", config.display());
             Ok(())
         }
@@ -654,7 +654,7 @@ fn serve(config: &Path) -> Result<(), Failure> {
     init_logging(settings.log.format);
     let result = (|| {
         submitd::dev::bootstrap(&settings)?;
-        settings.check_files().map_err(Failure::Config)?;
+        submitd::artefacts::check_files(&settings).map_err(Failure::Config)?;
         raise_open_files_limit(settings.limits.max_connections);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -340,90 +340,7 @@ impl HeaderReader {
     }
 }
 
-/// An address or a CIDR block from `listen.trusted_proxies`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is in this block. IPv4-mapped IPv6 addresses (a dual-stack listener's view
-    /// of an IPv4 peer) count as IPv4.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// `192.0.2.10`, `10.0.0.0/8`, `2001:db8::/32`; host bits must be zero.
-    fn from_str(text: &str) -> Result<Cidr, String> {
-        let bad = || format!("{text:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")");
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 3 => {
-                p.parse::<u8>().map_err(|_| bad())?
-            }
-            Some(_) => return Err(bad()),
-        };
-        if prefix > max {
-            return Err(format!("{text:?}: prefix length above {max}"));
-        }
-        // Kept as written: an IPv4-mapped IPv6 block never matches (write IPv4 blocks as IPv4).
-        let cidr = Cidr { addr, prefix };
-        if cidr.masked() != cidr.addr {
-            return Err(format!("{text:?}: host bits set after the prefix"));
-        }
-        Ok(cidr)
-    }
-}
-
-impl Cidr {
-    fn masked(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+pub use crate::config::Cidr;
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
@@ -607,41 +524,6 @@ mod tests {
         assert_eq!(parse(&big), Err(ProxyError::V2TooLong));
         big[14..16].copy_from_slice(&(V2_MAX_PAYLOAD as u16).to_be_bytes());
         assert_eq!(parse(&big), Ok(Parsed::Incomplete));
-    }
-
-    #[test]
-    fn cidrs() {
-        let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(!c.contains("::1".parse().unwrap()));
-        let one: Cidr = "127.0.0.1".parse().unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        let all: Cidr = "::/0".parse().unwrap();
-        assert!(all.contains("2001:db8::1".parse().unwrap()));
-        assert!(!all.contains("192.0.2.1".parse().unwrap()));
-        let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        assert!(
-            "0.0.0.0/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        for bad in [
-            "10.0.0.1/8",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
-            "localhost",
-            "2001:db8::/129",
-            "",
-        ] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
     }
 
     mod prop {

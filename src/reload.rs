@@ -119,7 +119,7 @@ fn prepare(
     for key in &needs_restart {
         warn!(key, file = %path.display(), "changed value needs restart; keeping the running one");
     }
-    new.check_files()?;
+    crate::artefacts::check_files(&new)?;
     let tls = crate::tls::load_server_config(&new.tls.cert, &new.tls.key).map_err(|e| {
         ConfigErrors(vec![crate::config::ConfigError {
             file: path.to_path_buf(),

@@ -30,46 +30,20 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// Users tracked at most (a users file larger than this loses the oldest idle counters).
 const MAX_USERS: usize = 100_000;
 
-/// Sending limits; 0 means unlimited (for `suspend_recipients_per_hour`: never suspend).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendLimits {
-    pub messages_per_hour: u32,
-    pub messages_per_day: u32,
-    pub recipients_per_hour: u32,
-    pub recipients_per_day: u32,
-    pub suspend_recipients_per_hour: u32,
-}
+pub use crate::config::SendLimits;
 
-impl SendLimits {
-    /// The documented `[limits]` defaults.
-    pub const DEFAULT: SendLimits = SendLimits {
-        messages_per_hour: 500,
-        messages_per_day: 2000,
-        recipients_per_hour: 2000,
-        recipients_per_day: 10_000,
-        suspend_recipients_per_hour: 0,
-    };
-
-    /// No limit at all.
-    pub const UNLIMITED: SendLimits = SendLimits {
-        messages_per_hour: 0,
-        messages_per_day: 0,
-        recipients_per_hour: 0,
-        recipients_per_day: 0,
-        suspend_recipients_per_hour: 0,
-    };
-
-    /// These limits with a user's overrides applied.
-    pub fn for_user(&self, o: &SendOverrides) -> SendLimits {
-        SendLimits {
-            messages_per_hour: o.messages_per_hour.unwrap_or(self.messages_per_hour),
-            messages_per_day: o.messages_per_day.unwrap_or(self.messages_per_day),
-            recipients_per_hour: o.recipients_per_hour.unwrap_or(self.recipients_per_hour),
-            recipients_per_day: o.recipients_per_day.unwrap_or(self.recipients_per_day),
-            suspend_recipients_per_hour: o
-                .suspend_recipients_per_hour
-                .unwrap_or(self.suspend_recipients_per_hour),
-        }
+/// `defaults` with a user's overrides applied.
+fn for_user(defaults: &SendLimits, o: &SendOverrides) -> SendLimits {
+    SendLimits {
+        messages_per_hour: o.messages_per_hour.unwrap_or(defaults.messages_per_hour),
+        messages_per_day: o.messages_per_day.unwrap_or(defaults.messages_per_day),
+        recipients_per_hour: o
+            .recipients_per_hour
+            .unwrap_or(defaults.recipients_per_hour),
+        recipients_per_day: o.recipients_per_day.unwrap_or(defaults.recipients_per_day),
+        suspend_recipients_per_hour: o
+            .suspend_recipients_per_hour
+            .unwrap_or(defaults.suspend_recipients_per_hour),
     }
 }
 
@@ -205,7 +179,7 @@ impl Quota {
         if self.suspensions.is_suspended(&user.login) {
             return Err(Refusal::Suspended);
         }
-        let limits = self.defaults.for_user(&user.limits);
+        let limits = for_user(&self.defaults, &user.limits);
         let mut usage = self.usage();
         let Some(u) = usage.get_mut(&user.login) else {
             return Ok(());
@@ -219,7 +193,7 @@ impl Quota {
     }
 
     fn check_rcpt_at(&self, user: &User, pending: usize, now_ms: u64) -> Result<(), Refusal> {
-        let limits = self.defaults.for_user(&user.limits);
+        let limits = for_user(&self.defaults, &user.limits);
         let adding = u32::try_from(pending).unwrap_or(u32::MAX).saturating_add(1);
         let mut usage = self.usage();
         let (hour, day) = match usage.get_mut(&user.login) {
@@ -238,7 +212,7 @@ impl Quota {
     }
 
     fn record_at(&self, user: &User, recipients: usize, now_ms: u64) -> Recorded {
-        let limits = self.defaults.for_user(&user.limits);
+        let limits = for_user(&self.defaults, &user.limits);
         let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
         let mut usage = self.usage();
         let u = usage.touch(&user.login, now_ms, Usage::new);

@@ -137,12 +137,12 @@ impl Delivery {
                 },
             },
             RelayMode::Smarthost => {
-                let (host, port) = split_host_port(&relay.smarthost).ok_or_else(|| {
-                    DeliveryError(format!(
-                        "relay.smarthost: {:?} must be \"host:port\"",
-                        relay.smarthost
-                    ))
+                let smarthost = relay.smarthost.as_ref().ok_or_else(|| {
+                    DeliveryError(
+                        "relay.smarthost: required when relay.mode = \"smarthost\"".into(),
+                    )
                 })?;
+                let (host, port) = (smarthost.host.clone(), smarthost.port);
                 let tls = match relay.smarthost_tls {
                     SmarthostTls::None => TlsPolicy::None,
                     SmarthostTls::Starttls => {
@@ -317,17 +317,6 @@ impl Delivery {
     }
 }
 
-/// `host:port`, `[v6]:port`: the host without brackets and the port.
-fn split_host_port(value: &str) -> Option<(String, u16)> {
-    let (host, port) = value.trim().rsplit_once(':')?;
-    let port = port.parse().ok().filter(|&p| p > 0)?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then(|| (host.to_string(), port))
-}
-
 /// Verified TLS toward the smarthost: the system roots (honouring `SSL_CERT_FILE` and
 /// `SSL_CERT_DIR`) plus `relay.ca_file`. Built once: loading the system roots is slow.
 fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, DeliveryError> {
@@ -368,26 +357,5 @@ async fn smarthost_targets(
         Ok(Ok(ips)) => Ok(ips.into_iter().map(target).collect()),
         Ok(Err(e)) => Err(format!("cannot resolve smarthost {host}: {e}")),
         Err(_) => Err(format!("resolving smarthost {host} timed out")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port() {
-        assert_eq!(
-            split_host_port("smtp.example.test:587"),
-            Some(("smtp.example.test".into(), 587))
-        );
-        assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
-        assert_eq!(
-            split_host_port("127.0.0.1:2525"),
-            Some(("127.0.0.1".into(), 2525))
-        );
-        assert_eq!(split_host_port("nohost"), None);
-        assert_eq!(split_host_port(":25"), None);
-        assert_eq!(split_host_port("h:0"), None);
     }
 }

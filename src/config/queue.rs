@@ -1,0 +1,90 @@
+//! `[queue]`: the spool directory, the retry schedule and delivery concurrency.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::value::{duration, positive_duration};
+use super::{Context, Problems};
+
+/// `[queue]`.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub dir: PathBuf,
+    pub retry: Vec<Duration>,
+    pub max_age: Duration,
+    /// How many deliveries run at once (`queue.concurrency`, default 16).
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    #[serde(default = "default_queue_dir")]
+    dir: String,
+    #[serde(default = "default_retry")]
+    retry: Vec<String>,
+    #[serde(default = "default_max_age")]
+    max_age: String,
+    #[serde(default = "default_concurrency")]
+    concurrency: u64,
+}
+
+fn default_concurrency() -> u64 {
+    16
+}
+
+fn default_queue_dir() -> String {
+    "var/queue".into()
+}
+fn default_retry() -> Vec<String> {
+    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_age() -> String {
+    "5d".into()
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            dir: default_queue_dir(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// Validate `[queue]`.
+pub(super) fn parse(q: &RawQueue, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<QueueSettings> {
+    if q.dir.trim().is_empty() {
+        p.push("queue.dir", "must not be empty");
+    }
+    if q.retry.is_empty() {
+        p.push("queue.retry", "must list at least one interval");
+    }
+    let mut retry = Vec::new();
+    for r in &q.retry {
+        match duration(p, "queue.retry", r) {
+            Some(d) if d.is_zero() => p.push(
+                "queue.retry",
+                format!("{r:?}: intervals must be longer than 0"),
+            ),
+            Some(d) => retry.push(d),
+            None => {}
+        }
+    }
+    let max_age = positive_duration(p, "queue.max_age", &q.max_age);
+    if q.concurrency == 0 || q.concurrency > 10_000 {
+        p.push("queue.concurrency", "must be between 1 and 10000");
+    }
+    Some(QueueSettings {
+        dir: cx.resolve(q.dir.trim()),
+        retry,
+        max_age: max_age?,
+        concurrency: q.concurrency.clamp(1, 10_000) as usize,
+    })
+}
