@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use submitd::config::Settings;
-use submitd::listener::Server;
 use submitd::queue::{Envelope, QueueId, Recipient, Spool};
+use submitd::server::Server;
 
 /// A minimal SMTP sink: accepts everything, counts messages. Like a real server (Postfix's
 /// smtpd) it writes its replies to pipelined commands together, once it has read every command

@@ -1,5 +1,5 @@
 //! Ownership of rewritten files: a file replaced through a temp file and a rename keeps the owner
-//! and group of the file it replaces.
+//! and group of the file it replaces; [`write_atomic`] is that replacement.
 //!
 //! Why: the server runs as a service account, while the documented admin commands (`user add`,
 //! `user del`, `user suspend`, `queue hold`, `queue release`) run as root. A temp file created
@@ -16,10 +16,11 @@
 //!   CLI creates in the queue or config directory belongs to whoever owns that directory (the
 //!   service account). Unprivileged, a new file keeps the creator's ids, as usual.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Whether this process runs with effective uid 0.
 pub fn is_root() -> bool {
@@ -68,6 +69,51 @@ pub fn keep_owner(tmp: &File, target: &Path) -> io::Result<()> {
             ),
         )
     })
+}
+
+/// Replace `path` with `contents`: temp file in the same directory, fsync, rename, fsync the
+/// directory, so a crash leaves either the old or the new file, never a torn one. New files are
+/// 0600; an existing file keeps its mode. (The users file's and the suspension
+/// state's writer.)
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = parent_dir(path);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
+    // Password hashes are secrets: new files are 0600; an existing file keeps its mode, owner
+    // and group (see the module doc).
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
+        Err(e) => return Err(e),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // Owner and group first (a chown may clear set-id bits), then the exact mode: `mode()`
+        // above is filtered by the umask.
+        keep_owner(&file, path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

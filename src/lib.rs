@@ -16,11 +16,17 @@
 //! - [`artefacts`]: the files the config points to (certificate, users, DKIM keys, queue
 //!   directory), checked before a start or a reload.
 //! - [`tls`]: PEM files to a rustls `ServerConfig`; self-signed development certificates.
-//! - [`listener`]: binds the submission (587, STARTTLS) and submissions (465, implicit TLS)
-//!   sockets, enforces connection limits, spawns one session task per connection and runs the
-//!   queue scheduler beside them; drains both on shutdown.
-//! - [`proxy`]: the HAProxy PROXY protocol v1/v2 header in front of both ports (sans-IO parser,
-//!   a reader that never consumes past the header) and `listen.trusted_proxies`.
+//! - [`server`]: the composition root. `Server::bind` loads every artefact, opens the spool,
+//!   builds the verifier, quota and queue scheduler and binds the sockets; `run` serves and
+//!   drains on shutdown. Holds what new connections are served with, swapped by its `Reloader`.
+//! - [`listener`]: accept and admission: binds the submission (587, STARTTLS), submissions
+//!   (465, implicit TLS) and metrics sockets, enforces connection limits, spawns one session
+//!   task per connection. With the session driver and outbound delivery, the only code that
+//!   touches sockets: the PROXY header reader, the `GET /metrics` responder and the control
+//!   socket's server side live under it.
+//! - [`proxy`]: the HAProxy PROXY protocol v1/v2 header in front of both ports (sans-IO parser
+//!   and the reader's decisions, which never consume past the header) and
+//!   `listen.trusted_proxies`.
 //! - [`session`]: the SMTP conversation. Everything in it but `driver` is sans-IO: the command
 //!   parser, the line buffer, the DATA and BDAT readers, the state machine, the replies, and
 //!   `pump` (one step of the session over buffered input, shared with the fuzz target).
@@ -39,15 +45,16 @@
 //! - [`ipkey`]: the client address as the per-address limits count it (IPv6 per network).
 //! - [`logsafe`]: escaping of network-supplied text before it reaches a log line.
 //! - [`control_socket`]: `<queue.dir>/submitd.sock`, how `submitd reload` and `queue retry`
-//!   reach a running server (peer credentials checked; never a signal to a pid from a file).
+//!   reach a running server (peer credentials checked; never a signal to a pid from a file):
+//!   the protocol and the CLI's client.
 //! - [`health`]: `submitd health`, one greeting from the first listen address (probes).
-//! - [`reload`]: SIGHUP / `submitd reload`: re-read config, certificate, users and limits for
-//!   new sessions, refusing a bad config; the `<queue.dir>/submitd.pid` lock (one server per
-//!   queue directory).
-//! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above, served
-//!   at `GET /metrics` on `[metrics] listen` by a minimal HTTP responder.
-//! - [`fsown`]: rewritten files keep their owner and group (the CLI runs as root, the server
-//!   as a service account).
+//! - [`reload`]: SIGHUP / `submitd reload`: re-read and check config, certificate, DKIM keys
+//!   and users (each once) for new sessions, refusing a bad config.
+//! - [`pidfile`]: the `<queue.dir>/submitd.pid` lock (one server per queue directory).
+//! - [`metrics`]: Prometheus counters, gauges and histograms fed by the stages above (served
+//!   at `GET /metrics` on `[metrics] listen` by `listener::metrics_http`).
+//! - [`fsown`]: atomic file replacement; rewritten files keep their owner and group (the CLI
+//!   runs as root, the server as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod artefacts;
@@ -65,9 +72,11 @@ pub mod listener;
 pub mod logsafe;
 pub mod metrics;
 pub mod outcome;
+pub mod pidfile;
 pub mod proxy;
 pub mod queue;
 pub mod reload;
+pub mod server;
 pub mod session;
 pub mod submission;
 pub mod tls;

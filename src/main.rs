@@ -739,7 +739,7 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let queue_dir = settings.queue.dir.clone();
-    let server = submitd::listener::Server::bind(Arc::new(settings)).await?;
+    let server = submitd::server::Server::bind(Arc::new(settings)).await?;
     // Handlers first, so that a signal arriving while the server starts is not lost.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -760,9 +760,9 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     if let Some(a) = server.metrics_addr() {
         tracing::info!(kind = "metrics", addr = %a, "listening");
     }
-    let pid_file = submitd::reload::PidFile::acquire(&queue_dir)?;
+    let pid_file = submitd::pidfile::PidFile::acquire(&queue_dir)?;
     // Bound only under the pid file's lock: a socket file already there is stale.
-    let control = submitd::control_socket::ControlSocket::bind(&queue_dir, &pid_file)
+    let control = submitd::listener::control::ControlSocket::bind(&queue_dir, &pid_file)
         .context("creating the control socket")
         .and_then(|socket| {
             socket
@@ -785,7 +785,7 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve_until_signal(
-    server: submitd::listener::Server,
+    server: submitd::server::Server,
     shutdown: CancellationToken,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,

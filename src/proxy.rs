@@ -3,8 +3,8 @@
 //!
 //! [`parse`] is sans-IO: it looks at the bytes received so far and says whether they are a
 //! complete header (and how many bytes it used), a valid start of one, or not a header. Because
-//! a header's end is decided by its own bytes only, [`read_header`] never consumes a byte past
-//! it: it peeks at what the socket holds, consumes it all while the header is incomplete (every
+//! a header's end is decided by its own bytes only, the socket reader
+//! ([`crate::listener::proxy_header::read_header`]) never consumes a byte past it: it peeks at what the socket holds, consumes it all while the header is incomplete (every
 //! such byte belongs to the header), and once the header is complete consumes exactly the rest
 //! of it. The ClientHello on 465, or a pipelined EHLO on 587, stays in the socket.
 //!
@@ -16,9 +16,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 /// The 12-byte signature that starts every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -252,52 +249,9 @@ enum Command {
     Proxy,
 }
 
-/// Why [`read_header`] gave up.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error(transparent)]
-    Malformed(#[from] ProxyError),
-    #[error("connection closed before the PROXY header was complete")]
-    Eof,
-    #[error("PROXY header not received within {0:?}")]
-    Timeout(Duration),
-    #[error("reading the PROXY header: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Read a PROXY header from `tcp` within `limit`, consuming exactly its bytes.
-pub async fn read_header(tcp: &mut TcpStream, limit: Duration) -> Result<Header, ReadError> {
-    tokio::time::timeout(limit, read_header_untimed(tcp))
-        .await
-        .map_err(|_| ReadError::Timeout(limit))?
-}
-
-async fn read_header_untimed(tcp: &mut TcpStream) -> Result<Header, ReadError> {
-    let mut reader = HeaderReader::new();
-    let mut peeked = [0u8; MAX_HEADER];
-    loop {
-        let room = reader.room();
-        let n = tcp.peek(&mut peeked[..room]).await?;
-        if n == 0 {
-            return Err(ReadError::Eof);
-        }
-        match reader.offer(&peeked[..n])? {
-            Offer::Done { header, consume } => {
-                // Consume the header's bytes only; what follows stays in the socket.
-                tcp.read_exact(&mut peeked[..consume]).await?;
-                return Ok(header);
-            }
-            Offer::NeedMore => {
-                // Every byte offered belongs to the header: consume them; the next peek then
-                // waits for new bytes.
-                tcp.read_exact(&mut peeked[..n]).await?;
-            }
-        }
-    }
-}
-
 /// The reader's decisions without the socket: offered the bytes waiting in the socket (a
-/// peek), it says how many of them to consume. Shared by [`read_header`] and the fuzz target.
+/// peek), it says how many of them to consume. Shared by the socket reader
+/// ([`crate::listener::proxy_header::read_header`]) and the fuzz target.
 #[derive(Debug, Default)]
 pub struct HeaderReader {
     seen: Vec<u8>,

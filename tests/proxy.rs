@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use submitd::config::Settings;
-use submitd::listener::Server;
 use submitd::proxy::v2_header;
+use submitd::server::Server;
 use tokio_util::sync::CancellationToken;
 
 struct ProxyServer {

@@ -16,8 +16,7 @@ use common::*;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use submitd::config::Settings;
-use submitd::listener::Server;
-use submitd::reload::Reloader;
+use submitd::server::{Reloader, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::suspend::Suspensions;
-use super::users::User;
+use super::users::{SendOverrides, User};
 use super::window::{BoundedMap, Buckets};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -45,16 +45,6 @@ fn for_user(defaults: &SendLimits, o: &SendOverrides) -> SendLimits {
             .suspend_recipients_per_hour
             .unwrap_or(defaults.suspend_recipients_per_hour),
     }
-}
-
-/// Per-user overrides from the users file; `None` takes the `[limits]` default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendOverrides {
-    pub messages_per_hour: Option<u32>,
-    pub messages_per_day: Option<u32>,
-    pub recipients_per_hour: Option<u32>,
-    pub recipients_per_day: Option<u32>,
-    pub suspend_recipients_per_hour: Option<u32>,
 }
 
 /// Why a MAIL or RCPT is refused.

@@ -139,7 +139,7 @@ fn edit<T>(
     })?;
     let mut text = text;
     text.push(b'\n');
-    crate::auth::users::write_atomic(path, &text).map_err(|e| io_error(path, e))?;
+    crate::fsown::write_atomic(path, &text).map_err(|e| io_error(path, e))?;
     Ok(out)
 }
 

@@ -2,18 +2,15 @@
 //! changes to the file without a restart.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 
-use super::quota::SendOverrides;
 use super::senders::SenderPattern;
 
 /// One user as the server uses it.
@@ -27,6 +24,17 @@ pub struct User {
     pub senders: Vec<SenderPattern>,
     /// Sending limits of this user that differ from `[limits]` (see [`super::quota`]).
     pub limits: SendOverrides,
+}
+
+/// Per-user sending limits from the users file (`messages_per_hour` etc. on `[[user]]`);
+/// `None` takes the `[limits]` default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOverrides {
+    pub messages_per_hour: Option<u32>,
+    pub messages_per_day: Option<u32>,
+    pub recipients_per_hour: Option<u32>,
+    pub recipients_per_day: Option<u32>,
+    pub suspend_recipients_per_hour: Option<u32>,
 }
 
 /// Why a users file could not be read, parsed or written. Errors name the file and the entry.
@@ -220,54 +228,7 @@ fn write_back(path: &Path, raw: &RawFile) -> Result<(), UsersError> {
         .map_err(|e| invalid(path, format!("cannot serialize users file: {e}")))?;
     // Refuse to write anything the server would then refuse to load.
     parse(&text, path)?;
-    write_atomic(path, text.as_bytes()).map_err(|e| io_error(path, e))
-}
-
-/// Replace `path` with `contents`: temp file in the same directory, fsync, rename, fsync the
-/// directory, so a crash leaves either the old or the new file, never a torn one. New files are
-/// 0600; an existing file keeps its mode. (Also the suspension state's writer.)
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = parent_dir(path);
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "users path has no file name",
-        )
-    })?;
-    // Password hashes are secrets: new files are 0600; an existing file keeps its mode, owner
-    // and group (see `fsown`).
-    let mode = match fs::metadata(path) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
-        Err(e) => return Err(e),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // Owner and group first (a chown may clear set-id bits), then the exact mode: `mode()`
-        // above is filtered by the umask.
-        crate::fsown::keep_owner(&file, path)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::fsown::write_atomic(path, text.as_bytes()).map_err(|e| io_error(path, e))
 }
 
 /// Add a user to the file (created when missing), atomically (temp file, fsync, rename).
@@ -446,17 +407,32 @@ impl UserStore {
     /// Re-read the file now (SIGHUP), whatever its metadata says; the number of users loaded.
     /// On error the users already loaded stay. Blocking IO: call off the reactor.
     pub fn reload(&self) -> Result<usize, UsersError> {
+        Ok(self.install(self.read_fresh()?))
+    }
+
+    /// Read the file now without using it yet: a reload installs it only once everything else
+    /// it loads is good too. Blocking IO: call off the reactor.
+    pub fn read_fresh(&self) -> Result<FreshUsers, UsersError> {
         let Some(path) = &self.path else {
-            return Ok(self.len());
+            return Ok(FreshUsers(None));
         };
+        // Stamp before reading, as in `open`.
         let stamp = fs::metadata(path).map_err(|e| io_error(path, e))?;
         let users = load(path)?;
+        Ok(FreshUsers(Some((users, FileStamp::of(&stamp)))))
+    }
+
+    /// Serve the users `fresh` holds from now on; the number of users loaded.
+    pub fn install(&self, fresh: FreshUsers) -> usize {
+        let Some((users, stamp)) = fresh.0 else {
+            return self.len();
+        };
         let count = users.len();
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.users = index(users);
-        state.stamp = Some(FileStamp::of(&stamp));
+        state.stamp = Some(stamp);
         state.last_check = Instant::now();
-        Ok(count)
+        count
     }
 
     fn maybe_reload(&self) {
@@ -499,6 +475,11 @@ impl UserStore {
     }
 }
 
+/// A users file read by [`UserStore::read_fresh`], waiting for [`UserStore::install`]
+/// (`None` for an in-memory store, which has no file).
+#[derive(Debug)]
+pub struct FreshUsers(Option<(Vec<User>, FileStamp)>);
+
 impl std::fmt::Debug for UserStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserStore")
@@ -511,6 +492,7 @@ impl std::fmt::Debug for UserStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     // Real PHC strings (argon2id, m=19456, t=2, p=1); the parser only checks their shape.
     const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\

@@ -14,7 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use submitd::config::Settings;
-use submitd::listener::Server;
+use submitd::server::Server;
 
 /// The server name in test certificates and greetings.
 pub const HOSTNAME: &str = "mail.example.test";

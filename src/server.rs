@@ -1,0 +1,294 @@
+//! The composition root: [`Server::bind`] loads the certificate, users and DKIM keys, opens
+//! the spool, builds the verifier, the quota and the queue scheduler and binds every socket;
+//! [`Server::run`] serves until shutdown and drains. The state every accept loop and every
+//! reload share lives here too: what new connections are served with, swapped whole by a
+//! [`Reloader`] from what [`crate::reload`] prepared.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::auth::quota::Quota;
+use crate::auth::users::UserStore;
+use crate::auth::verify::Verifier;
+use crate::config::{ConfigError, ConfigErrors, Settings};
+use crate::delivery::Delivery;
+use crate::intake::Intake;
+use crate::listener::{Admission, Current, Live, ProxyStats, Sockets};
+use crate::metrics::Metrics;
+use crate::queue::Spool;
+use crate::queue::fsio::{RealIo, SpoolIo};
+use crate::queue::scheduler::{QueueHandle, Scheduler};
+use crate::reload::{Prepared, Reload, Reloaded};
+use crate::session::driver::Context;
+use crate::session::state::SessionConfig;
+
+/// How long shutdown waits for running sessions before giving up on them.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The part of a server that accept loops and reloads share.
+struct Shared {
+    live: RwLock<Arc<Live>>,
+    admission: Arc<Admission>,
+}
+
+impl Current for Shared {
+    fn current(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Shared {
+    /// Serve new connections with `settings` and `tls` from now on. The verifier, throttles,
+    /// spool and queue stay the same objects; open sessions keep their own snapshot.
+    fn apply(&self, settings: Settings, tls: Arc<rustls::ServerConfig>) {
+        let old = self.current();
+        let mut ctx = Context::clone(&old.ctx);
+        let limits = &settings.limits;
+        ctx.config = session_config(&settings, old.ctx.config.quota.clone());
+        ctx.command_timeout = limits.command_timeout;
+        ctx.greet_pause = limits.greet_pause;
+        ctx.max_session_time = limits.max_session_time;
+        ctx.intake.received_client_ip = settings.submission.received_client_ip;
+        ctx.tls = TlsAcceptor::from(tls);
+        self.admission.set_limits(limits);
+        if let Some(throttle) = ctx.verifier.throttle() {
+            throttle.set_ipv6_prefix(limits.ipv6_prefix);
+        }
+        let live = Arc::new(Live {
+            settings: Arc::new(settings),
+            ctx: Arc::new(ctx),
+        });
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+}
+
+/// What each session is told of the settings; `quota` is the server's one sending ledger,
+/// kept across reloads.
+fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<SessionConfig> {
+    let limits = &settings.limits;
+    Arc::new(SessionConfig {
+        hostname: settings.hostname.clone(),
+        max_message_size: limits.max_message_size,
+        max_recipients: limits.max_recipients,
+        max_auth_failures: limits.max_auth_failures,
+        quota,
+        max_bad_commands: limits.max_bad_commands,
+        max_header_size: limits.max_header_size,
+        max_hops: limits.max_hops,
+    })
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    sockets: Sockets,
+    shared: Arc<Shared>,
+    /// The verifier every session shares (also inside `shared`; kept here to lend it out).
+    verifier: Verifier,
+    scheduler: Scheduler,
+}
+
+impl Server {
+    /// Load TLS and users, open the spool and bind every listen address.
+    pub async fn bind(settings: Arc<Settings>) -> anyhow::Result<Server> {
+        Server::bind_with_spool_io(settings, Arc::new(RealIo)).await
+    }
+
+    /// [`Server::bind`] with the spool writing through `io` (storage-fault tests).
+    pub async fn bind_with_spool_io(
+        settings: Arc<Settings>,
+        io: Arc<dyn SpoolIo>,
+    ) -> anyhow::Result<Server> {
+        let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
+        let users = UserStore::open(&settings.auth.users)?;
+        let spool = Spool::open_with_io(&settings.queue.dir, io)?;
+        let (verifier, quota) = crate::auth::defences(users, &settings);
+        let delivery = Delivery::new(&settings)?;
+        let metrics = Arc::new(Metrics::new());
+        let (queue, scheduler) =
+            Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
+        let limits = &settings.limits;
+        let ctx = Arc::new(Context {
+            config: session_config(&settings, Some(quota.clone())),
+            command_timeout: limits.command_timeout,
+            greet_pause: limits.greet_pause,
+            max_session_time: limits.max_session_time,
+            tls: TlsAcceptor::from(tls),
+            verifier: verifier.clone(),
+            intake: Intake {
+                hostname: settings.hostname.clone(),
+                received_client_ip: settings.submission.received_client_ip,
+                spool,
+                queue,
+                dkim: crate::dkim::SharedSigner::new(crate::dkim::DkimSigner::load(
+                    &settings.dkim,
+                )?),
+                quota: Some(quota),
+                metrics: metrics.clone(),
+            },
+            shutdown: CancellationToken::new(),
+            metrics,
+        });
+        let shared = Arc::new(Shared {
+            live: RwLock::new(Arc::new(Live {
+                settings: settings.clone(),
+                ctx,
+            })),
+            admission: Arc::new(Admission::new(limits)),
+        });
+        Ok(Server {
+            sockets: Sockets::bind(&settings).await?,
+            shared,
+            verifier,
+            scheduler,
+        })
+    }
+
+    /// The bound plaintext (STARTTLS) addresses.
+    pub fn submission_addrs(&self) -> &[SocketAddr] {
+        self.sockets.submission_addrs()
+    }
+
+    /// The bound implicit-TLS addresses.
+    pub fn submissions_addrs(&self) -> &[SocketAddr] {
+        self.sockets.submissions_addrs()
+    }
+
+    /// The bound `[metrics] listen` address, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.sockets.metrics_addr()
+    }
+
+    /// The credential verifier every session shares (its counters are read by tests).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Reloads the config, certificate, users and limits of this server while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            running: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The handle that announces messages to the queue scheduler and flushes it.
+    pub fn queue(&self) -> QueueHandle {
+        self.shared.current().ctx.intake.queue.clone()
+    }
+
+    /// Connections closed by the PROXY protocol checks so far.
+    pub fn proxy_stats(&self) -> Arc<ProxyStats> {
+        self.shared.admission.proxy_stats.clone()
+    }
+
+    /// Serve until `shutdown` is cancelled, then drain sessions: they get `421 4.3.2` at their
+    /// next command; after [`DRAIN_DEADLINE`] the rest are abandoned.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let queue_stop = CancellationToken::new();
+        let queue = tokio::spawn(self.scheduler.run(queue_stop.clone()));
+        let metrics = self.shared.current().ctx.metrics.clone();
+        let admission = self.shared.admission.clone();
+        let tasks =
+            self.sockets
+                .serve(self.shared.clone(), admission, metrics, &tracker, &shutdown);
+        shutdown.cancelled().await;
+        // Every context a reload made shares this token.
+        self.shared.current().ctx.shutdown.cancel();
+        // The queue stops taking new work now and finishes what runs, beside the sessions.
+        queue_stop.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = tracker.len(),
+                "shutdown deadline passed with sessions open"
+            );
+        }
+        let _ = queue.await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reloads a running server. Cheap to clone; reloads run one at a time.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    running: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Reloader {
+    /// Re-read the config file the server started with and apply it to new connections. On
+    /// error nothing changes; the reasons are logged and returned.
+    pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let _one_at_a_time = self.running.lock().await;
+        let current = self.shared.current();
+        let old = current.settings.clone();
+        let users = current.ctx.verifier.users().clone();
+        let path = old.config_path.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || crate::reload::prepare(&old, &path, &users)).await;
+        let result = match prepared {
+            Ok(r) => r,
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: current.settings.config_path.clone(),
+                key: "-".into(),
+                message: format!("reload task failed: {e}"),
+            }])),
+        };
+        match result {
+            Ok(Prepared {
+                settings,
+                tls,
+                dkim,
+                users,
+                needs_restart,
+            }) => {
+                // The users file is read now rather than at the next login's check.
+                let users = current.ctx.verifier.users().install(users);
+                // One signer is shared by every session: messages signed from now on use the
+                // new keys.
+                current.ctx.intake.dkim.replace(dkim);
+                self.shared.apply(settings, tls);
+                info!(
+                    config = %current.settings.config_path.display(),
+                    users,
+                    "reloaded: new connections use the new settings"
+                );
+                Ok(Reloaded {
+                    needs_restart,
+                    users,
+                })
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!(
+                        file = %e.file.display(),
+                        key = %e.key,
+                        "reload refused, keeping the running config: {}",
+                        e.message
+                    );
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> impl std::future::Future<Output = Result<Reloaded, ConfigErrors>> + Send {
+        Reloader::reload(self)
+    }
+}
