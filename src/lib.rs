@@ -48,12 +48,14 @@
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod control_socket;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;
 pub mod fsown;
+pub mod headers;
 pub mod health;
 pub mod intake;
 pub mod ipkey;

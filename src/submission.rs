@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 use crate::auth::senders::{SenderPattern, owns};
+pub use crate::headers::header_section;
 
 /// Why the header From check refused a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,20 +30,6 @@ pub enum FromProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedFrom {
     pub domain: Option<String>,
-}
-
-/// The header section of a message: everything up to and including the empty line, or the
-/// whole message when it has no body.
-pub fn header_section(message: &[u8]) -> &[u8] {
-    match find(message, b"\r\n\r\n") {
-        Some(i) => &message[..i + 4],
-        None if message.starts_with(b"\r\n") => &message[..2],
-        None => message,
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Check that the message has a From header and that every address in every From and Sender

@@ -48,6 +48,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::unix_now;
 use crate::config::{RelayMode, Settings};
 use crate::delivery::dsn::{self, FailedRecipient};
 use crate::delivery::{Delivery, Job, Outcome};
@@ -311,13 +312,6 @@ impl Scheduler {
         )
         .await
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn run(
