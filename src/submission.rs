@@ -7,9 +7,9 @@
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
 
 use crate::auth::senders::{SenderPattern, owns};
+pub use crate::clock::rfc5322_date;
 pub use crate::headers::header_section;
 
 /// Why the header From check refused a message.
@@ -251,12 +251,6 @@ pub struct Trace<'a> {
     /// SMTPUTF8 was used (RFC 6531 3.7.3: `UTF8SMTPSA`).
     pub smtputf8: bool,
     pub now: OffsetDateTime,
-}
-
-/// RFC 5322 date-time (`Tue, 24 Nov 2026 13:31:00 +0000`).
-pub fn rfc5322_date(t: OffsetDateTime) -> String {
-    t.format(&Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
 }
 
 /// The message as it will be queued: the headers submitd adds, then the submitted bytes.
