@@ -57,7 +57,11 @@ mod tests {
         // (message, header section, header fields)
         let cases: &[(&[u8], &[u8], &[u8])] = &[
             (b"A: b\r\n\r\nbody", b"A: b\r\n\r\n", b"A: b\r\n"),
-            (b"A: b\r\nC: d\r\n\r\n", b"A: b\r\nC: d\r\n\r\n", b"A: b\r\nC: d\r\n"),
+            (
+                b"A: b\r\nC: d\r\n\r\n",
+                b"A: b\r\nC: d\r\n\r\n",
+                b"A: b\r\nC: d\r\n",
+            ),
             // No body and no empty line.
             (b"A: b\r\n", b"A: b\r\n", b"A: b\r\n"),
             (b"A: b", b"A: b", b"A: b"),
@@ -69,9 +73,17 @@ mod tests {
             // The first empty line ends the section.
             (b"A: b\r\n\r\nC: d\r\n\r\n", b"A: b\r\n\r\n", b"A: b\r\n"),
             // Folded fields stay in.
-            (b"A: b\r\n c\r\n\r\nx", b"A: b\r\n c\r\n\r\n", b"A: b\r\n c\r\n"),
+            (
+                b"A: b\r\n c\r\n\r\nx",
+                b"A: b\r\n c\r\n\r\n",
+                b"A: b\r\n c\r\n",
+            ),
             // A lone LF is not a line ending (the session refuses it anyway).
-            (b"A: b\n\nC: d\r\n\r\nx", b"A: b\n\nC: d\r\n\r\n", b"A: b\n\nC: d\r\n"),
+            (
+                b"A: b\n\nC: d\r\n\r\nx",
+                b"A: b\n\nC: d\r\n\r\n",
+                b"A: b\n\nC: d\r\n",
+            ),
             (b"A: b\n\nbody", b"A: b\n\nbody", b"A: b\n\nbody"),
         ];
         for &(message, section, fields) in cases {

@@ -37,8 +37,8 @@ use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
-pub use crate::queue::courier::{Job, Outcome};
 use crate::queue::courier::{Courier, CourierFuture};
+pub use crate::queue::courier::{Job, Outcome};
 use outbound::{TlsPolicy, Transaction};
 use pool::{Lease, Pool};
 

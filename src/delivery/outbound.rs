@@ -69,8 +69,8 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use super::mx::{Target, to_ascii_domain};
-use crate::headers::header_fields;
 use super::{Job, Outcome};
+use crate::headers::header_fields;
 
 /// At most this many addresses are tried in one attempt (Postfix: `smtp_mx_address_limit`).
 pub const MAX_ADDRESSES: usize = 10;
@@ -438,10 +438,7 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     if let Err(refused) = mail_from(c, &envelope, pipelined).await {
         return refused;
     }
-    let Rcpts {
-        outcomes,
-        accepted,
-    } = match rcpt_to(c, envelope.rcpt_to, n, pipelined).await {
+    let Rcpts { outcomes, accepted } = match rcpt_to(c, envelope.rcpt_to, n, pipelined).await {
         Ok(rcpts) => rcpts,
         Err(done) => return done,
     };
@@ -486,7 +483,11 @@ struct Rcpts {
 
 /// `MAIL FROM`, with the `RCPT`s and `DATA` behind it in the same write when pipelining; its
 /// reply. `Err` is the transaction's end when it was not accepted.
-async fn mail_from(c: &mut Connection, envelope: &Envelope, pipelined: bool) -> Result<(), Transaction> {
+async fn mail_from(
+    c: &mut Connection,
+    envelope: &Envelope,
+    pipelined: bool,
+) -> Result<(), Transaction> {
     let t = c.timeout;
     let mail = if pipelined {
         let mut group = envelope.mail_from.clone();

@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 
 use super::id::QueueId;
 use super::spool::{Envelope, Spool, SpoolError};
-use crate::headers::header_fields;
 use crate::clock::rfc5322_date;
+use crate::headers::header_fields;
 
 /// One recipient the DSN reports on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -688,8 +688,7 @@ fn lock_and_load(
     spool: &Spool,
     id: &QueueId,
 ) -> Result<Option<(MessageLock, Envelope)>, SpoolError> {
-    let gone =
-        |e: &SpoolError| matches!(e, SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+    let gone = |e: &SpoolError| matches!(e, SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
     let lock = match spool.lock(id) {
         Ok(lock) => lock,
         Err(e) if gone(&e) => return Ok(None),
