@@ -59,12 +59,14 @@
 
 pub mod artefacts;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod control_socket;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;
 pub mod fsown;
+pub mod headers;
 pub mod health;
 pub mod intake;
 pub mod ipkey;

@@ -335,7 +335,7 @@ fn queue(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
     use submitd::queue::control::{self, ControlError};
 
     let spool = Spool::attach(dir);
-    let now = unix_now();
+    let now = submitd::clock::unix_now();
     let failed = |e: ControlError| Failure::Runtime(e.into());
     let id = |text: &str| control::parse_id(text).map_err(failed);
     match cmd {
@@ -474,13 +474,6 @@ fn unix_date(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .map(submitd::submission::rfc5322_date)
         .unwrap_or_else(|_| secs.to_string())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn user(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> {

@@ -12,7 +12,7 @@
 //! scrape time from the oldest arrival time it recorded, so a scrape never touches the disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::clock::unix_now;
 use crate::outcome::{AuthResult, Outcome, Refusal};
 
 /// One label, name and value, both from the fixed sets below.
@@ -343,13 +344,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ impl Server {
         let users = UserStore::open(&settings.auth.users)?;
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let (verifier, quota) = crate::auth::defences(users, &settings);
-        let delivery = Delivery::new(&settings)?;
+        let delivery = Arc::new(Delivery::new(&settings)?);
         let metrics = Arc::new(Metrics::new());
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());

@@ -7,9 +7,10 @@
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
 
 use crate::auth::senders::{SenderPattern, owns};
+pub use crate::clock::rfc5322_date;
+pub use crate::headers::header_section;
 
 /// Why the header From check refused a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,20 +30,6 @@ pub enum FromProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedFrom {
     pub domain: Option<String>,
-}
-
-/// The header section of a message: everything up to and including the empty line, or the
-/// whole message when it has no body.
-pub fn header_section(message: &[u8]) -> &[u8] {
-    match find(message, b"\r\n\r\n") {
-        Some(i) => &message[..i + 4],
-        None if message.starts_with(b"\r\n") => &message[..2],
-        None => message,
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Check that the message has a From header and that every address in every From and Sender
@@ -264,12 +251,6 @@ pub struct Trace<'a> {
     /// SMTPUTF8 was used (RFC 6531 3.7.3: `UTF8SMTPSA`).
     pub smtputf8: bool,
     pub now: OffsetDateTime,
-}
-
-/// RFC 5322 date-time (`Tue, 24 Nov 2026 13:31:00 +0000`).
-pub fn rfc5322_date(t: OffsetDateTime) -> String {
-    t.format(&Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
 }
 
 /// The message as it will be queued: the headers submitd adds, then the submitted bytes.

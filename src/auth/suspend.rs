@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_now;
+
 /// The state file's name inside the queue directory.
 pub const FILE_NAME: &str = "suspended.json";
 const FORMAT_VERSION: u32 = 1;
@@ -72,14 +74,6 @@ fn io_error(path: &Path, source: std::io::Error) -> SuspendError {
         path: path.to_owned(),
         source,
     }
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Every suspension in the file; a missing file means none.

@@ -5,10 +5,10 @@
 //!   per recipient (MX mode with `relay.tls`, or the smarthost with `smarthost_tls` and AUTH).
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
 //! - [`capture`]: `relay.mode = "capture"`, messages written to `relay.capture_dir` (development).
-//! - [`dsn`]: RFC 3464 delivery status notifications for failed and expired recipients.
 //!
-//! The queue scheduler (`queue::scheduler`) decides when to call [`Delivery::attempt`] and
-//! what to do with the outcomes.
+//! [`Delivery`] is the queue's [`Courier`]: the queue scheduler (`queue::scheduler`) decides
+//! when to call it and what the outcomes do (retries, and DSNs in `queue::bounce`); this module
+//! only talks to the next hop. It imports the queue's types, never the other way round.
 //!
 //! Decisions where DESIGN.md is silent:
 //!
@@ -22,7 +22,6 @@
 //! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
 pub mod capture;
-pub mod dsn;
 pub mod mx;
 pub mod outbound;
 pub mod pool;
@@ -38,47 +37,10 @@ use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
+use crate::queue::courier::{Courier, CourierFuture};
+pub use crate::queue::courier::{Job, Outcome};
 use outbound::{TlsPolicy, Transaction};
 use pool::{Lease, Pool};
-
-/// One attempt's work: one message to recipients that share a destination (one domain in MX
-/// mode; all of them for the smarthost).
-#[derive(Debug, Clone)]
-pub struct Job<'a> {
-    pub queue_id: &'a str,
-    /// Envelope sender; empty for the null sender (bounces).
-    pub sender: &'a str,
-    pub recipients: &'a [String],
-    /// The recipients' domain (MX mode), as written after the last `@`.
-    pub domain: &'a str,
-    /// The message as queued (CRLF line endings).
-    pub message: &'a [u8],
-    /// Submitted with SMTPUTF8: needs SMTPUTF8 at the next hop when any address or header is
-    /// non-ASCII.
-    pub smtputf8: bool,
-    /// Submitted with BODY=8BITMIME.
-    pub eight_bit: bool,
-    /// The queued envelope, for destinations that record it (capture writes it to `ID.json`).
-    pub envelope: Option<&'a crate::queue::Envelope>,
-}
-
-/// What happened to one recipient in one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The next hop answered 250 to DATA for this recipient.
-    Delivered { host: String, reply: String },
-    /// Try again later: 4xx, connection failure, timeout, TLS failure under `required`, DNS
-    /// SERVFAIL or timeout.
-    Deferred { host: Option<String>, reply: String },
-    /// Permanent for this recipient: 5xx (status = its enhanced code, else `5.0.0`), null MX
-    /// (`5.1.10`), NXDOMAIN (`5.1.2`), next hop lacking SMTPUTF8/8BITMIME the message needs
-    /// (`5.6.7` / `5.6.3`).
-    Failed {
-        host: Option<String>,
-        reply: String,
-        status: String,
-    },
-}
 
 /// Why delivery could not be set up (bad CA file, resolver config).
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +276,16 @@ impl Delivery {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
         outcomes
+    }
+}
+
+impl Courier for Delivery {
+    fn deliver<'a>(&'a self, job: &'a Job<'a>) -> CourierFuture<'a, Vec<(String, Outcome)>> {
+        Box::pin(self.attempt(job))
+    }
+
+    fn close_idle(&self) -> CourierFuture<'_, ()> {
+        Box::pin(Delivery::close_idle(self))
     }
 }
 

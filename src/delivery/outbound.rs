@@ -70,6 +70,7 @@ use lettre::transport::smtp::response::Response;
 
 use super::mx::{Target, to_ascii_domain};
 use super::{Job, Outcome};
+use crate::headers::header_fields;
 
 /// At most this many addresses are tried in one attempt (Postfix: `smtp_mx_address_limit`).
 pub const MAX_ADDRESSES: usize = 10;
@@ -423,7 +424,6 @@ async fn set_up(
 /// transaction is known to be over (the reply after the final dot, or a `RSET` answered 250).
 pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     let n = job.recipients.len();
-    let t = c.timeout;
     let host = c.host.clone();
 
     // Checks that need no round trip.
@@ -434,54 +434,111 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     c.transactions += 1;
     c.health = Health::Dirty;
     let pipelined = c.caps.pipelining;
-    let conn = &mut c.conn;
 
-    // MAIL FROM (with the RCPTs and DATA behind it when pipelining).
+    if let Err(refused) = mail_from(c, &envelope, pipelined).await {
+        return refused;
+    }
+    let Rcpts { outcomes, accepted } = match rcpt_to(c, envelope.rcpt_to, n, pipelined).await {
+        Ok(rcpts) => rcpts,
+        Err(done) => return done,
+    };
+
+    // DATA: its reply (already sent when pipelining).
+    let t = c.timeout;
+    let data = if pipelined {
+        Some(step(t, c.conn.read_response()).await)
+    } else if accepted.is_empty() {
+        None
+    } else {
+        Some(step(t, c.conn.command(Data)).await)
+    };
+    if accepted.is_empty() {
+        if let Some(Ok(_)) = data {
+            // A 354 although no recipient was accepted: end the empty message at once
+            // (RFC 2920 section 3.1); whatever the answer, nothing was delivered.
+            let _ = step(t, c.conn.command(".\r\n")).await;
+        }
+        c.health = match data {
+            Some(Err(StepError::Io(_))) => Health::Broken,
+            _ => reset(&mut c.conn, t).await,
+        };
+        return Transaction::Done(defer_rest(outcomes, &host, "no recipient accepted"));
+    }
+
+    let final_reply = message_data(c, job, data).await;
+    let outcome = final_outcome(final_reply, &host);
+    let mut outcomes = outcomes;
+    for &i in &accepted {
+        outcomes[i] = Some(outcome.clone());
+    }
+    Transaction::Done(defer_rest(outcomes, &host, "not attempted"))
+}
+
+/// What the `RCPT TO` replies decided: an outcome for each refused recipient, and the indexes
+/// of the accepted ones (their outcome is the reply after the message).
+struct Rcpts {
+    outcomes: Vec<Option<Outcome>>,
+    accepted: Vec<usize>,
+}
+
+/// `MAIL FROM`, with the `RCPT`s and `DATA` behind it in the same write when pipelining; its
+/// reply. `Err` is the transaction's end when it was not accepted.
+async fn mail_from(
+    c: &mut Connection,
+    envelope: &Envelope,
+    pipelined: bool,
+) -> Result<(), Transaction> {
+    let t = c.timeout;
     let mail = if pipelined {
-        let mut group = envelope.mail_from;
+        let mut group = envelope.mail_from.clone();
         for rcpt in &envelope.rcpt_to {
             group.push_str(rcpt);
         }
         group.push_str("DATA\r\n");
-        step(t, conn.command(group)).await
+        step(t, c.conn.command(group)).await
     } else {
-        step(t, conn.command(envelope.mail_from)).await
+        step(t, c.conn.command(&envelope.mail_from)).await
     };
-    match mail {
-        Ok(_) => {}
-        Err(e) => {
-            let status = match &e {
-                StepError::Reply { code, text } if *code >= 500 => {
-                    Some(enhanced_status(text, *code))
-                }
-                _ => None,
-            };
-            c.health = match e {
-                StepError::Io(_) => Health::Broken,
-                // Pipelined replies are now out of step: only QUIT.
-                _ => Health::Dirty,
-            };
-            return Transaction::MailRefused {
-                reply: e.to_string(),
-                status,
-            };
-        }
-    }
+    let Err(e) = mail else {
+        return Ok(());
+    };
+    let status = match &e {
+        StepError::Reply { code, text } if *code >= 500 => Some(enhanced_status(text, *code)),
+        _ => None,
+    };
+    c.health = match e {
+        StepError::Io(_) => Health::Broken,
+        // Pipelined replies are now out of step: only QUIT.
+        _ => Health::Dirty,
+    };
+    Err(Transaction::MailRefused {
+        reply: e.to_string(),
+        status,
+    })
+}
 
-    // RCPT TO, one reply per recipient.
+/// One `RCPT TO` per recipient (already sent when pipelining), one reply each. `Err` is the
+/// transaction's end when the connection is lost or closing (421).
+async fn rcpt_to(
+    c: &mut Connection,
+    rcpt_to: Vec<String>,
+    n: usize,
+    pipelined: bool,
+) -> Result<Rcpts, Transaction> {
+    let t = c.timeout;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut accepted = Vec::new();
-    for (i, rcpt) in envelope.rcpt_to.into_iter().enumerate() {
+    for (i, rcpt) in rcpt_to.into_iter().enumerate() {
         let reply = if pipelined {
-            step(t, conn.read_response()).await
+            step(t, c.conn.read_response()).await
         } else {
-            step(t, conn.command(rcpt)).await
+            step(t, c.conn.command(rcpt)).await
         };
         match reply {
             Ok(_) => accepted.push(i),
             Err(StepError::Reply { code, text }) if code >= 500 => {
                 outcomes[i] = Some(Outcome::Failed {
-                    host: Some(host.clone()),
+                    host: Some(c.host.clone()),
                     reply: format!("{code} {text}"),
                     status: enhanced_status(&text, code),
                 });
@@ -489,45 +546,36 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
             // 421: the server is closing; nothing more happens on this connection.
             Err(e @ StepError::Reply { code: 421, .. }) | Err(e @ StepError::Io(_)) => {
                 c.health = Health::Broken;
-                return Transaction::Done(defer_rest(outcomes, &host, &e.to_string()));
+                let done = defer_rest(outcomes, &c.host, &e.to_string());
+                return Err(Transaction::Done(done));
             }
             Err(e) => {
                 outcomes[i] = Some(Outcome::Deferred {
-                    host: Some(host.clone()),
+                    host: Some(c.host.clone()),
                     reply: e.to_string(),
                 });
             }
         }
     }
+    Ok(Rcpts { outcomes, accepted })
+}
 
-    // DATA: its reply (already sent when pipelining).
-    let data = if pipelined {
-        Some(step(t, conn.read_response()).await)
-    } else if accepted.is_empty() {
-        None
-    } else {
-        Some(step(t, conn.command(Data)).await)
-    };
-    if accepted.is_empty() {
-        if let Some(Ok(_)) = data {
-            // A 354 although no recipient was accepted: end the empty message at once
-            // (RFC 2920 section 3.1); whatever the answer, nothing was delivered.
-            let _ = step(t, conn.command(".\r\n")).await;
-        }
-        c.health = match data {
-            Some(Err(StepError::Io(_))) => Health::Broken,
-            _ => reset(conn, t).await,
-        };
-        return Transaction::Done(defer_rest(outcomes, &host, "no recipient accepted"));
-    }
-
-    // The message; lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of the message
-    // is the one that ends its last line.
-    let final_reply = match data {
+/// After the `DATA` reply (`None`: DATA was not sent): the message and the reply after its
+/// final dot, which decides every accepted recipient. Leaves the connection's health as the
+/// replies left it.
+async fn message_data(
+    c: &mut Connection,
+    job: &Job<'_>,
+    data: Option<Result<Response, StepError>>,
+) -> Result<Response, StepError> {
+    let t = c.timeout;
+    match data {
         Some(Ok(_)) => {
+            // lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of the message is the
+            // one that ends its last line.
             let body = job.message.strip_suffix(b"\r\n").unwrap_or(job.message);
             let bound = t + data_allowance(body.len());
-            let reply = step(bound, conn.message(body)).await;
+            let reply = step(bound, c.conn.message(body)).await;
             c.health = match &reply {
                 // No reply (timeout, reset, garbage): the conversation is out of step.
                 Err(StepError::Io(_)) => Health::Broken,
@@ -542,35 +590,31 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
             c.health = match &e {
                 StepError::Io(_) => Health::Broken,
                 StepError::Reply { code: 421, .. } => Health::Dirty,
-                _ => reset(conn, t).await,
+                _ => reset(&mut c.conn, t).await,
             };
             Err(e)
         }
         None => Err(StepError::Io("DATA not sent".into())),
-    };
-    let decided = |reply_outcome: Outcome| {
-        let mut outcomes = outcomes.clone();
-        for &i in &accepted {
-            outcomes[i] = Some(reply_outcome.clone());
-        }
-        outcomes
-    };
-    let outcomes = match final_reply {
-        Ok(r) => decided(Outcome::Delivered {
-            host: host.clone(),
+    }
+}
+
+/// The outcome of every accepted recipient from the reply after the message.
+fn final_outcome(reply: Result<Response, StepError>, host: &str) -> Outcome {
+    match reply {
+        Ok(r) => Outcome::Delivered {
+            host: host.to_string(),
             reply: reply_text(&r),
-        }),
-        Err(StepError::Reply { code, text }) if code >= 500 => decided(Outcome::Failed {
-            host: Some(host.clone()),
+        },
+        Err(StepError::Reply { code, text }) if code >= 500 => Outcome::Failed {
+            host: Some(host.to_string()),
             reply: format!("{code} {text}"),
             status: enhanced_status(&text, code),
-        }),
-        Err(e) => decided(Outcome::Deferred {
-            host: Some(host.clone()),
+        },
+        Err(e) => Outcome::Deferred {
+            host: Some(host.to_string()),
             reply: e.to_string(),
-        }),
-    };
-    Transaction::Done(defer_rest(outcomes, &host, "not attempted"))
+        },
+    }
 }
 
 /// `RSET` to end a transaction left open; the connection's health afterwards.
@@ -760,21 +804,10 @@ pub fn smtputf8_need(job: &Job<'_>) -> Utf8Need {
             need = Utf8Need::DomainsOnly;
         }
     }
-    if job.smtputf8 && !headers(job.message).is_ascii() {
+    if job.smtputf8 && !header_fields(job.message).is_ascii() {
         return Utf8Need::Required;
     }
     need
-}
-
-/// The header section: up to the first empty line.
-fn headers(message: &[u8]) -> &[u8] {
-    if message.starts_with(b"\r\n") {
-        return &[];
-    }
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(p) => &message[..p + 2],
-        None => message,
-    }
 }
 
 /// `local@domain` split at the last `@`; no `@`: all local part.
@@ -1195,8 +1228,8 @@ mod tests {
 
     #[test]
     fn header_section() {
-        assert_eq!(headers(b"A: b\r\n\r\nbody"), b"A: b\r\n");
-        assert_eq!(headers(b"\r\nbody"), b"");
-        assert_eq!(headers(b"A: b\r\n"), b"A: b\r\n");
+        assert_eq!(header_fields(b"A: b\r\n\r\nbody"), b"A: b\r\n");
+        assert_eq!(header_fields(b"\r\nbody"), b"");
+        assert_eq!(header_fields(b"A: b\r\n"), b"A: b\r\n");
     }
 }

@@ -457,6 +457,9 @@ mod tests {
         (dir, spool)
     }
 
+    /// An envelope file that is not JSON.
+    const GARBAGE_ENVELOPE: &[u8] = b"{not json";
+
     #[test]
     fn list_skips_nothing_and_flags_garbage() {
         let (_dir, spool) = queue();
@@ -465,7 +468,7 @@ mod tests {
             vec![recipient("b@x.test", RecipientState::Pending, None)],
         );
         let bad = QueueId::generate();
-        std::fs::write(spool.envelope_path(&bad), b"{not json").unwrap();
+        std::fs::write(spool.envelope_path(&bad), GARBAGE_ENVELOPE).unwrap();
         let entries = list(&spool).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, a);

@@ -1,5 +1,7 @@
 //! The queue: message IDs ([`id`]), the durable spool ([`spool`]) and the file operations it
-//! writes through ([`fsio`]).
+//! writes through ([`fsio`]); the [`scheduler`] that attempts queued messages through a
+//! [`courier::Courier`] and queues DSNs ([`bounce`]) for those that fail; the `queue`
+//! commands ([`control`]).
 //!
 //! # On-disk format, version 1
 //!
@@ -20,12 +22,15 @@
 //! cannot be delivered as it is (garbage or foreign-version `.env`, missing or truncated `.msg`)
 //! is moved to `quarantine/` at start-up (see [`spool`]).
 
+pub mod bounce;
 pub mod control;
+pub mod courier;
 pub mod fsio;
 pub mod id;
 pub mod scheduler;
 pub mod spool;
 
+pub use courier::{Courier, Job, Outcome};
 pub use id::QueueId;
 pub use spool::{
     Envelope, EnvelopeError, Recipient, RecipientState, Spool, SpoolError, SpoolFailure,

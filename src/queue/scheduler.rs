@@ -48,13 +48,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::unix_now;
 use crate::config::{RelayMode, Settings};
-use crate::delivery::dsn::{self, FailedRecipient};
-use crate::delivery::{Delivery, Job, Outcome};
 use crate::metrics::Metrics;
 
+use super::bounce::{self, FailedRecipient};
+use super::courier::{Courier, Job, Outcome};
 use super::id::QueueId;
-use super::spool::{Envelope, Recipient, RecipientState, Spool, SpoolError};
+use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, SpoolError};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,8 +63,6 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 const SCAN_SHARE: u32 = 20;
 /// How long shutdown lets running deliveries finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// The `user` recorded on bounces.
-pub const MAILER_DAEMON: &str = "MAILER-DAEMON";
 
 /// Announces newly queued messages to the scheduler.
 #[derive(Clone, Debug)]
@@ -246,7 +245,7 @@ enum After {
 /// The scheduler's shared parts.
 struct Shared {
     spool: Spool,
-    delivery: Delivery,
+    courier: Arc<dyn Courier>,
     hostname: String,
     mode: RelayMode,
     retry: Vec<Duration>,
@@ -269,13 +268,13 @@ impl Scheduler {
     pub fn new(
         settings: &Settings,
         spool: Spool,
-        delivery: Delivery,
+        courier: Arc<dyn Courier>,
         metrics: Arc<Metrics>,
     ) -> (QueueHandle, Scheduler) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             spool,
-            delivery,
+            courier,
             hostname: settings.hostname.clone(),
             mode: settings.relay.mode,
             retry: settings.queue.retry.clone(),
@@ -311,13 +310,6 @@ impl Scheduler {
         )
         .await
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn run(
@@ -405,7 +397,7 @@ async fn run(
         warn!("queue: deliveries still running at the shutdown deadline; they will be retried");
         running.abort_all();
     }
-    shared.delivery.close_idle().await;
+    shared.courier.close_idle().await;
     let spool = shared.spool.clone();
     let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
 }
@@ -615,7 +607,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
                 eight_bit: env.eight_bit,
                 envelope: Some(&env),
             };
-            let outcomes = shared.delivery.attempt(&job).await;
+            let outcomes = shared.courier.deliver(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());
             outcomes
         }
@@ -662,28 +654,62 @@ async fn finish(
     }
 }
 
+/// [`finish`]'s blocking part: the envelope re-read under the message's lock, the outcomes
+/// recorded, the DSN stored before the state that reports the failure is saved.
 fn apply_blocking(
     shared: &Shared,
     id: &QueueId,
     outcomes: Vec<(String, Outcome)>,
 ) -> Result<(Vec<QueueId>, After), SpoolError> {
     let spool = &shared.spool;
-    let lock = match spool.lock(id) {
-        Ok(lock) => lock,
+    let Some((lock, mut env)) = lock_and_load(spool, id)? else {
         // Deleted while we were delivering (`queue delete`).
-        Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((Vec::new(), After::Removed));
-        }
-        Err(e) => return Err(e),
-    };
-    let mut env = match spool.load_envelope(id) {
-        Ok(env) => env,
-        Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((Vec::new(), After::Removed));
-        }
-        Err(e) => return Err(e),
+        return Ok((Vec::new(), After::Removed));
     };
     let now = unix_now();
+    let failed = record_outcomes(shared, id, &mut env, outcomes, now);
+    let mut bounces = Vec::new();
+    if !failed.is_empty() {
+        if env.sender.is_empty() {
+            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md).
+            warn!(queue_id = %id, rcpts = failed.len(), "queue: bounce undeliverable, dropped");
+        } else {
+            let bounce_id = bounce::queue(spool, &shared.hostname, id, &env, &failed, now)?;
+            info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
+            bounces.push(bounce_id);
+        }
+    }
+    let after = save_or_remove(spool, id, &env, &lock)?;
+    Ok((bounces, after))
+}
+
+/// The message's lock and its envelope as it is now; `None` when the message is gone.
+fn lock_and_load(
+    spool: &Spool,
+    id: &QueueId,
+) -> Result<Option<(MessageLock, Envelope)>, SpoolError> {
+    let gone = |e: &SpoolError| matches!(e, SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+    let lock = match spool.lock(id) {
+        Ok(lock) => lock,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match spool.load_envelope(id) {
+        Ok(env) => Ok(Some((lock, env))),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Each outcome into its recipient's state (still open ones only), logged and counted; the
+/// recipients that failed, for the DSN. A deferral past `queue.max_age` fails as expired.
+fn record_outcomes(
+    shared: &Shared,
+    id: &QueueId,
+    env: &mut Envelope,
+    outcomes: Vec<(String, Outcome)>,
+    now: u64,
+) -> Vec<FailedRecipient> {
     let age = now.saturating_sub(env.received_at);
     let expired = age >= shared.max_age.as_secs();
     let mut failed = Vec::new();
@@ -718,7 +744,7 @@ fn apply_blocking(
                 set(r, RecipientState::Failed, None, &reply);
                 failed.push(FailedRecipient {
                     address: address.clone(),
-                    status: "4.4.7".into(),
+                    status: bounce::EXPIRED.into(),
                     diagnostic: reply.clone(),
                     remote_mta: host.clone(),
                 });
@@ -745,60 +771,33 @@ fn apply_blocking(
         );
         shared.metrics.delivery(status, age);
     }
-    let mut bounces = Vec::new();
-    if !failed.is_empty() {
-        if env.sender.is_empty() {
-            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md).
-            warn!(queue_id = %id, rcpts = failed.len(), "queue: bounce undeliverable, dropped");
-        } else {
-            let message = spool.load_message(id)?;
-            let dsn = dsn::build(
-                &shared.hostname,
-                &env,
-                &message,
-                &failed,
-                time::OffsetDateTime::now_utc(),
-            );
-            let bounce_id = QueueId::generate();
-            let mut bounce = Envelope::new(
-                &bounce_id,
-                MAILER_DAEMON,
-                "",
-                std::slice::from_ref(&env.sender),
-                &shared.hostname,
-                now,
-            );
-            // dsn.rs: a DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a
-            // non-ASCII address) at the next hop.
-            bounce.smtputf8 = !env.sender.is_ascii() || !dsn.is_ascii();
-            bounce.eight_bit = !dsn.is_ascii();
-            bounce.size = dsn.len() as u64;
-            spool.store_blocking(&bounce, &dsn)?;
-            info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
-            bounces.push(bounce_id);
-        }
+    failed
+}
+
+/// Remove the message when no recipient is left to attempt, else save its envelope.
+fn save_or_remove(
+    spool: &Spool,
+    id: &QueueId,
+    env: &Envelope,
+    lock: &MessageLock,
+) -> Result<After, SpoolError> {
+    let due = env.next_due();
+    if due.is_none() {
+        // The directory fsync that makes the removal durable comes with the next scan.
+        spool.remove_unsynced(id, lock)?;
+        info!(queue_id = %id, "removed");
+        return Ok(After::Removed);
     }
-    let after = match env.next_due() {
-        None => {
-            // The directory fsync that makes the removal durable comes with the next scan.
-            spool.remove_unsynced(id, &lock)?;
-            info!(queue_id = %id, "removed");
-            After::Removed
-        }
-        due => {
-            spool.save_envelope(&env)?;
-            let mtime = std::fs::metadata(spool.envelope_path(id))
-                .and_then(|m| m.modified())
-                .ok();
-            let open = env
-                .recipients
-                .iter()
-                .filter(|r| matches!(r.state, RecipientState::Pending | RecipientState::Deferred))
-                .count();
-            After::Saved { due, mtime, open }
-        }
-    };
-    Ok((bounces, after))
+    spool.save_envelope(env)?;
+    let mtime = std::fs::metadata(spool.envelope_path(id))
+        .and_then(|m| m.modified())
+        .ok();
+    let open = env
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, RecipientState::Pending | RecipientState::Deferred))
+        .count();
+    Ok(After::Saved { due, mtime, open })
 }
 
 fn set(r: &mut Recipient, state: RecipientState, next: Option<u64>, reply: &str) {

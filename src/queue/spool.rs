@@ -597,6 +597,9 @@ mod tests {
         );
     }
 
+    /// The start of an envelope whose write was interrupted.
+    const HALF_WRITTEN_ENVELOPE: &[u8] = b"{";
+
     #[test]
     fn open_removes_interrupted_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -605,7 +608,7 @@ mod tests {
         spool.store_blocking(&envelope(&done), b"hello").unwrap();
         let orphan = QueueId::generate();
         fs::write(spool.message_path(&orphan), b"half").unwrap();
-        fs::write(dir.path().join("X.env.tmp"), b"{").unwrap();
+        fs::write(dir.path().join("X.env.tmp"), HALF_WRITTEN_ENVELOPE).unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         assert!(!spool.message_path(&orphan).exists());
         assert!(!dir.path().join("X.env.tmp").exists());

@@ -8,11 +8,14 @@
 //!
 //! The result is 7-bit unless an address, a reply or the original headers are not ASCII; a
 //! caller sending it should pass 8BITMIME (and SMTPUTF8 for a non-ASCII recipient) in that case.
+//! [`queue`] stores it as a message of its own, from `<>`, which the scheduler then delivers.
 
 use std::fmt::Write as _;
 
-use crate::queue::Envelope;
-use crate::submission::rfc5322_date;
+use super::id::QueueId;
+use super::spool::{Envelope, Spool, SpoolError};
+use crate::clock::rfc5322_date;
+use crate::headers::header_fields;
 
 /// One recipient the DSN reports on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,45 @@ pub struct FailedRecipient {
 
 /// The status of a message that stayed in the queue longer than `queue.max_age`.
 pub const EXPIRED: &str = "4.4.7";
+
+/// The `user` recorded on bounces.
+pub const MAILER_DAEMON: &str = "MAILER-DAEMON";
+
+/// Build the DSN for `failed` recipients of the message `id` (envelope `env`, which must not be
+/// from `<>`) and store it durably as a new message from `<>` to `env.sender`; its ID.
+pub fn queue(
+    spool: &Spool,
+    hostname: &str,
+    id: &QueueId,
+    env: &Envelope,
+    failed: &[FailedRecipient],
+    now: u64,
+) -> Result<QueueId, SpoolError> {
+    let message = spool.load_message(id)?;
+    let dsn = build(
+        hostname,
+        env,
+        &message,
+        failed,
+        time::OffsetDateTime::now_utc(),
+    );
+    let bounce_id = QueueId::generate();
+    let mut bounce = Envelope::new(
+        &bounce_id,
+        MAILER_DAEMON,
+        "",
+        std::slice::from_ref(&env.sender),
+        hostname,
+        now,
+    );
+    // A DSN carrying non-ASCII text needs 8BITMIME (and SMTPUTF8 for a non-ASCII address) at
+    // the next hop.
+    bounce.smtputf8 = !env.sender.is_ascii() || !dsn.is_ascii();
+    bounce.eight_bit = !dsn.is_ascii();
+    bounce.size = dsn.len() as u64;
+    spool.store_blocking(&bounce, &dsn)?;
+    Ok(bounce_id)
+}
 
 /// Longest diagnostic text kept (characters); the rest is cut with `...`.
 const MAX_DIAGNOSTIC: usize = 900;
@@ -53,7 +95,7 @@ pub fn build(
     now: time::OffsetDateTime,
 ) -> Vec<u8> {
     let hostname = one_line(hostname, 255).replace(' ', "");
-    let headers = header_section(original_message);
+    let headers = sanitized_headers(original_message);
     let human = human_readable(&hostname, original, failed);
     let global_status = failed.iter().any(|r| !r.address.is_ascii());
     let status = delivery_status(&hostname, original, failed);
@@ -314,11 +356,11 @@ fn fold(field: &str) -> String {
     s
 }
 
-/// The original header section (up to the first empty line), CRLF line endings, each line cut
-/// to [`MAX_LINE`] octets (at a UTF-8 boundary) and bare CRs replaced by spaces.
-fn header_section(message: &[u8]) -> Vec<u8> {
+/// The original header fields ([`header_fields`]), CRLF line endings, each line cut to
+/// [`MAX_LINE`] octets (at a UTF-8 boundary) and bare CRs replaced by spaces.
+fn sanitized_headers(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut rest = message;
+    let mut rest = header_fields(message);
     while !rest.is_empty() {
         let (mut line, next) = match rest.iter().position(|&b| b == b'\n') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -328,6 +370,8 @@ fn header_section(message: &[u8]) -> Vec<u8> {
         if let Some(l) = line.strip_suffix(b"\r") {
             line = l;
         }
+        // Only a bare LF can make an empty line here (the spool has none): it must not end
+        // up inside the headers part either.
         if line.is_empty() {
             break;
         }

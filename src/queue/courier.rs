@@ -1,0 +1,64 @@
+//! The seam between the queue and whatever carries its messages away.
+//!
+//! The scheduler holds a [`Courier`] (chasquid's shape), not the SMTP client: it decides when to
+//! attempt a message and what the outcomes mean (retries, bounces), the courier only attempts.
+//! `delivery::Delivery` is the server's courier (MX, smarthost or capture directory); the queue
+//! never imports it, so delivery may import the queue's types ([`Job`], [`Outcome`]).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::spool::Envelope;
+
+/// One attempt's work: one message to recipients that share a destination (one domain in MX
+/// mode; all of them for the smarthost).
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub queue_id: &'a str,
+    /// Envelope sender; empty for the null sender (bounces).
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// The recipients' domain (MX mode), as written after the last `@`.
+    pub domain: &'a str,
+    /// The message as queued (CRLF line endings).
+    pub message: &'a [u8],
+    /// Submitted with SMTPUTF8: needs SMTPUTF8 at the next hop when any address or header is
+    /// non-ASCII.
+    pub smtputf8: bool,
+    /// Submitted with BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// The queued envelope, for destinations that record it (capture writes it to `ID.json`).
+    pub envelope: Option<&'a Envelope>,
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop answered 250 to DATA for this recipient.
+    Delivered { host: String, reply: String },
+    /// Try again later: 4xx, connection failure, timeout, TLS failure under `required`, DNS
+    /// SERVFAIL or timeout.
+    Deferred { host: Option<String>, reply: String },
+    /// Permanent for this recipient: 5xx (status = its enhanced code, else `5.0.0`), null MX
+    /// (`5.1.10`), NXDOMAIN (`5.1.2`), next hop lacking SMTPUTF8/8BITMIME the message needs
+    /// (`5.6.7` / `5.6.3`).
+    Failed {
+        host: Option<String>,
+        reply: String,
+        status: String,
+    },
+}
+
+/// A future a courier returns; boxed so that `Arc<dyn Courier>` works (one allocation per
+/// attempt, nothing next to the network round trips it waits for).
+pub type CourierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What carries a message to its next hop, as the scheduler sees it.
+pub trait Courier: Send + Sync {
+    /// Attempt `job`: exactly one outcome per recipient of the job, in order, each with its
+    /// recipient. Must not hang: the courier bounds its own attempt.
+    fn deliver<'a>(&'a self, job: &'a Job<'a>) -> CourierFuture<'a, Vec<(String, Outcome)>>;
+
+    /// Close connections kept for reuse (at shutdown, after the last attempt).
+    fn close_idle(&self) -> CourierFuture<'_, ()>;
+}
