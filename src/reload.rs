@@ -18,8 +18,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::auth::users::{FreshUsers, UserStore};
 use crate::config::{ConfigError, ConfigErrors, Settings};
@@ -160,50 +159,4 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.auth_queue", limits.auth_queue);
     keep!("limits.user_*", limits.user_limits);
     changed
-}
-
-/// Reload on every SIGHUP until `shutdown`. Install before anything can send SIGHUP (before
-/// the pid file exists): the default action of SIGHUP ends the process.
-pub fn watch_sighup(reloader: impl Reload, shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                got = hup.recv() => {
-                    if got.is_none() {
-                        break;
-                    }
-                    info!(signal = "SIGHUP", "reloading");
-                    // Errors are logged by reload itself.
-                    let _ = reloader.reload().await;
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Flush the queue on every SIGUSR1 until `shutdown` (ops signal the server directly, e.g.
-/// through systemd). Install early, as for SIGHUP: the default action of SIGUSR1 ends the
-/// process.
-pub fn watch_flush(
-    queue: crate::queue::scheduler::QueueHandle,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                Some(()) = usr1.recv() => {
-                    info!(signal = "SIGUSR1", "queue flush requested");
-                    queue.flush();
-                }
-                _ = shutdown.cancelled() => break,
-            }
-        }
-    });
-    Ok(())
 }

@@ -14,14 +14,6 @@ use submitd::delivery::{Delivery, Job, Outcome};
 
 const MESSAGE: &[u8] = b"From: alice@example.test\r\nSubject: reuse\r\n\r\nHello.\r\n.dot\r\n";
 
-/// `[relay]` lines for a smarthost in clear on the sink.
-fn smarthost(sink: &Sink) -> String {
-    format!(
-        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
-        sink.addr
-    )
-}
-
 fn delivery(dir: &tempfile::TempDir, sink: &Sink) -> Delivery {
     let path = write_config_full(
         dir.path(),
@@ -160,21 +152,8 @@ async fn a_4xx_in_a_reused_connection_defers_only_that_message() {
 
 /// Submit one message as alice to `rcpt`.
 async fn submit(server: &TestServer, rcpt: &str, subject: &str) {
-    let mut c = server.alice().await;
-    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
-    c.cmd(&format!("RCPT TO:<{rcpt}>"), "250").await;
-    c.cmd("DATA", "354").await;
-    let body = format!("From: {ALICE}\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n.\r\n");
-    c.send(body.as_bytes()).await;
-    c.expect("250 2.0.0 Ok: queued as ").await;
-}
-
-async fn wait_empty(server: &TestServer) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !server.queued().is_empty() {
-        assert!(Instant::now() < deadline, "queue never emptied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let body = format!("From: {ALICE}\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n");
+    server.submit(&[rcpt], &body).await;
 }
 
 /// Through the whole server: N messages to the smarthost arrive intact over fewer than N
@@ -188,7 +167,7 @@ async fn queued_messages_reuse_connections_end_to_end() {
         submit(&server, &format!("bob{i}@example.net"), &format!("m{i}")).await;
     }
     let got = sink.wait_for(N, IO_TIMEOUT).await;
-    wait_empty(&server).await;
+    server.wait_empty().await;
     let mut rcpts: Vec<String> = got.iter().map(|r| r.rcpts.join(",")).collect();
     rcpts.sort();
     let mut want: Vec<String> = (0..N).map(|i| format!("bob{i}@example.net")).collect();
@@ -223,5 +202,5 @@ async fn dropped_connections_cost_no_retry_end_to_end() {
         submit(&server, &format!("bob{i}@example.net"), &format!("m{i}")).await;
     }
     assert_eq!(sink.wait_for(N, IO_TIMEOUT).await.len(), N);
-    wait_empty(&server).await;
+    server.wait_empty().await;
 }

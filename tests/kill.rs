@@ -2,55 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-
+use common::binary::Binary;
 use common::*;
-
-/// The real binary, started on ephemeral ports; returns it with its two listen addresses.
-fn start_binary(config: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let kind = if line.contains("submissions") {
-                    465
-                } else {
-                    587
-                };
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .map(|a| a.trim_matches('"').parse::<SocketAddr>().unwrap());
-                let _ = tx.send((kind, addr));
-            }
-        }
-    });
-    let (mut plain, mut tls) = (None, None);
-    while plain.is_none() || tls.is_none() {
-        let (kind, addr) = rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
-        if kind == 465 {
-            tls = addr
-        } else {
-            plain = addr
-        }
-    }
-    (child, plain.unwrap(), tls.unwrap())
-}
 
 #[tokio::test]
 async fn queued_message_survives_sigkill_and_restart() {
@@ -58,7 +11,8 @@ async fn queued_message_survives_sigkill_and_restart() {
     let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
     let queue = dir.path().join("queue");
 
-    let (mut child, _, tls) = start_binary(&config);
+    let mut server = Binary::start(&config);
+    let tls = server.tls;
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
     c.cmd(
@@ -78,10 +32,10 @@ async fn queued_message_survives_sigkill_and_restart() {
         .to_string();
 
     // SIGKILL right after the 250: no chance to flush anything.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 
-    let (mut child, _, tls) = start_binary(&config);
+    let mut server = Binary::start(&config);
+    let tls = server.tls;
     let queued = queued_in(&queue);
     assert_eq!(queued.len(), 1, "the message is still queued after restart");
     assert_eq!(queued[0].0["id"], id.as_str());
@@ -89,8 +43,7 @@ async fn queued_message_survives_sigkill_and_restart() {
     // And the restarted server takes mail again.
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 }
 
 /// Submit one message over an open, authenticated connection; returns the queue ID.
@@ -121,7 +74,8 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
         "127.0.0.1:0",
         "127.0.0.1:0",
     );
-    let (mut child, _, tls) = start_binary(&config);
+    let mut server = Binary::start(&config);
+    let tls = server.tls;
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
     c.cmd(
@@ -133,8 +87,7 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
     for n in 0..20 {
         ids.push(submit_on(&mut c, n).await);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
     assert_eq!(queued_in(&dir.path().join("queue")).len(), 20);
 
     // Second life: a working relay. Every message is delivered, exactly the 20 submitted.
@@ -151,7 +104,7 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
         "127.0.0.1:0",
         "127.0.0.1:0",
     );
-    let (mut child, _, _) = start_binary(&config);
+    let mut server = Binary::start(&config);
     let got = sink.wait_for(20, IO_TIMEOUT).await;
     let mut delivered: Vec<String> = got
         .iter()
@@ -170,8 +123,7 @@ async fn twenty_queued_messages_all_deliver_after_sigkill_and_restart() {
         assert!(std::time::Instant::now() < deadline, "queue not emptied");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 }
 
 /// The queue commands work beside the running server and the server honours them.
@@ -188,7 +140,8 @@ async fn queue_commands_while_the_server_runs() {
         "127.0.0.1:0",
         "127.0.0.1:0",
     );
-    let (mut child, _, tls) = start_binary(&config);
+    let mut server = Binary::start(&config);
+    let tls = server.tls;
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
     c.cmd(
@@ -238,8 +191,7 @@ async fn queue_commands_while_the_server_runs() {
         assert!(std::time::Instant::now() < deadline, "retry not picked up");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 }
 
 /// SIGTERM: the server stops accepting, closes idle sessions with 421 4.3.2, lets the queue
@@ -248,7 +200,8 @@ async fn queue_commands_while_the_server_runs() {
 async fn sigterm_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
-    let (mut child, plain_addr, tls) = start_binary(&config);
+    let mut server = Binary::start(&config);
+    let (plain_addr, tls) = (server.plain, server.tls);
     let mut c = Client::implicit_tls(tls).await;
     c.cmd("EHLO client.test", "250").await;
     c.cmd(
@@ -259,12 +212,12 @@ async fn sigterm_shuts_down_cleanly() {
     let id = submit_on(&mut c, 7).await;
     let mut idle = Client::plain(plain_addr).await;
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
     idle.expect("421 4.3.2").await;
     c.cmd("NOOP", "421 4.3.2").await;
     let deadline = std::time::Instant::now() + IO_TIMEOUT;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "server did not exit");

@@ -98,11 +98,7 @@ impl Running {
 
 /// A config in `dir` delivering to `sink`, with `log_format`.
 fn config(dir: &Path, sink: &Sink, log_format: &str) -> std::path::PathBuf {
-    let relay = format!(
-        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
-        sink.addr
-    );
-    let path = write_config_full(dir, "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let path = write_config_full(dir, "", "", &smarthost(sink), "127.0.0.1:0", "127.0.0.1:0");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!("\n[log]\nformat = \"{log_format}\"\n"));
     std::fs::write(&path, text).unwrap();

@@ -13,14 +13,6 @@ use tokio::net::TcpStream;
 
 const METRICS_ON: &str = "[metrics]\nlisten = \"127.0.0.1:0\"";
 
-/// `[relay]` lines for a smarthost in clear on the sink.
-fn smarthost(sink: &Sink) -> String {
-    format!(
-        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
-        sink.addr
-    )
-}
-
 /// Send `request` as is, read the whole response until the server closes (bounded). A reset
 /// counts as the end.
 async fn http(addr: SocketAddr, request: &[u8]) -> String {

@@ -9,48 +9,14 @@ use common::sink::{Sink, SinkOptions};
 use common::*;
 use mail_parser::{MessageParser, MimeHeaders};
 
-/// `[relay]` lines for a smarthost in clear on the sink.
-fn smarthost(sink: &Sink) -> String {
-    format!(
-        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
-        sink.addr
-    )
-}
-
-/// Submit one message as alice; returns its queue ID.
-async fn submit(server: &TestServer, rcpts: &[&str], body: &str) -> String {
-    let mut c = server.alice().await;
-    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
-    for r in rcpts {
-        c.cmd(&format!("RCPT TO:<{r}>"), "250").await;
-    }
-    c.cmd("DATA", "354").await;
-    c.send(format!("{body}.\r\n").as_bytes()).await;
-    let r = c.expect("250 2.0.0 Ok: queued as ").await;
-    r.trim_start_matches("250 2.0.0 Ok: queued as ")
-        .trim_end()
-        .to_string()
-}
-
-/// Wait until the queue directory holds no message.
-async fn wait_empty(server: &TestServer) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !server.queued().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "queue never emptied: {:?}",
-            server.queued()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn delivers_through_the_smarthost_and_empties_the_queue() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server = TestServer::start_relay("", &smarthost(&sink)).await;
     let body = message_from(ALICE);
-    let id = submit(&server, &["bob@example.net", "carol@example.org"], &body).await;
+    let id = server
+        .submit(&["bob@example.net", "carol@example.org"], &body)
+        .await;
     let got = sink.wait_for(1, IO_TIMEOUT).await;
     assert_eq!(got[0].from, ALICE);
     assert_eq!(got[0].rcpts, ["bob@example.net", "carol@example.org"]);
@@ -65,7 +31,7 @@ async fn delivers_through_the_smarthost_and_empties_the_queue() {
         data.ends_with(&format!("{body}\r\n")) || data.ends_with(&body),
         "{data:?}"
     );
-    wait_empty(&server).await;
+    server.wait_empty().await;
     assert_eq!(sink.connections(), 1, "one connection for both recipients");
 }
 
@@ -73,24 +39,26 @@ async fn delivers_through_the_smarthost_and_empties_the_queue() {
 async fn temporary_failure_is_retried_then_delivered() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server = TestServer::start_relay("retry = [\"1s\"]", &smarthost(&sink)).await;
-    submit(
-        &server,
-        &["flaky@example.net", "ok@example.net"],
-        &message_from(ALICE),
-    )
-    .await;
+    server
+        .submit(
+            &["flaky@example.net", "ok@example.net"],
+            &message_from(ALICE),
+        )
+        .await;
     let got = sink.wait_for(2, IO_TIMEOUT).await;
     // First attempt: ok delivered, flaky deferred. Second: only flaky.
     assert_eq!(got[0].rcpts, ["ok@example.net"]);
     assert_eq!(got[1].rcpts, ["flaky@example.net"]);
-    wait_empty(&server).await;
+    server.wait_empty().await;
 }
 
 #[tokio::test]
 async fn deferred_state_is_saved_with_the_reply_and_next_attempt() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server = TestServer::start_relay("retry = [\"1h\"]", &smarthost(&sink)).await;
-    let id = submit(&server, &["defer@example.net"], &message_from(ALICE)).await;
+    let id = server
+        .submit(&["defer@example.net"], &message_from(ALICE))
+        .await;
     let deadline = Instant::now() + IO_TIMEOUT;
     loop {
         let q = server.queued();
@@ -139,7 +107,9 @@ async fn mixed_recipients_deliver_and_bounce_once() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server = TestServer::start_relay("", &smarthost(&sink)).await;
     let body = "From: alice@example.test\r\nSubject: mixed\r\n\r\nhi\r\n";
-    submit(&server, &["ok@example.net", "reject@example.net"], body).await;
+    server
+        .submit(&["ok@example.net", "reject@example.net"], body)
+        .await;
     let deadline = Instant::now() + IO_TIMEOUT;
     let (status, text) = loop {
         if let Some(found) = dsn_for_alice(&sink) {
@@ -164,7 +134,7 @@ async fn mixed_recipients_deliver_and_bounce_once() {
         .collect();
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].rcpts, ["ok@example.net"]);
-    wait_empty(&server).await;
+    server.wait_empty().await;
     assert_eq!(
         sink.received().iter().filter(|r| r.from.is_empty()).count(),
         1,
@@ -177,7 +147,9 @@ async fn expired_message_bounces_with_4_4_7() {
     let sink = Sink::start(SinkOptions::default()).await;
     let server =
         TestServer::start_relay("retry = [\"1s\"]\nmax_age = \"2s\"", &smarthost(&sink)).await;
-    submit(&server, &["defer@example.net"], &message_from(ALICE)).await;
+    server
+        .submit(&["defer@example.net"], &message_from(ALICE))
+        .await;
     let deadline = Instant::now() + IO_TIMEOUT;
     let (status, _) = loop {
         if let Some(found) = dsn_for_alice(&sink) {
@@ -192,7 +164,7 @@ async fn expired_message_bounces_with_4_4_7() {
     );
     assert!(status.contains("Action: failed"));
     assert!(status.contains("Status: 4.4.7"), "{status}");
-    wait_empty(&server).await;
+    server.wait_empty().await;
 }
 
 #[tokio::test]
@@ -208,7 +180,7 @@ async fn a_bounce_is_never_bounced() {
     c.send(format!("{body}.\r\n").as_bytes()).await;
     c.expect("250").await;
     // Reject everything, DSN included.
-    wait_empty(&server).await;
+    server.wait_empty().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(server.queued().is_empty());
     // The DSN to alice was accepted by the sink (alice@ is not rejected); now a DSN whose
@@ -239,7 +211,7 @@ async fn a_bounce_is_never_bounced() {
         .store_blocking(&env, b"From: x\r\n\r\nbounce\r\n")
         .unwrap();
     let (_, restarted) = start_again(&server.dir.path().join("submitd.toml")).await;
-    wait_empty(&server).await;
+    server.wait_empty().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(server.queued().is_empty(), "no DSN of the DSN was queued");
     assert_eq!(sink.received().len(), before, "nothing more was sent");
@@ -266,12 +238,9 @@ async fn mx_mode_delivers_and_bounces_null_mx() {
         dns.addr
     );
     let server = TestServer::start_relay("", &relay).await;
-    submit(
-        &server,
-        &["bob@dest.test", "x@nullmx.test"],
-        &message_from(ALICE),
-    )
-    .await;
+    server
+        .submit(&["bob@dest.test", "x@nullmx.test"], &message_from(ALICE))
+        .await;
     let deadline = Instant::now() + IO_TIMEOUT;
     let (status, _) = loop {
         if let Some(found) = dsn_for_alice(&sink) {
@@ -292,5 +261,5 @@ async fn mx_mode_delivers_and_bounces_null_mx() {
         .collect();
     assert_eq!(delivered.len(), 1, "{:?}", server.queued());
     assert_eq!(delivered[0].rcpts, ["bob@dest.test"]);
-    wait_empty(&server).await;
+    server.wait_empty().await;
 }

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::Binary;
 use common::run::{finish, spawn_submitd};
 use common::*;
 use rustls_pki_types::CertificateDer;
@@ -275,92 +275,6 @@ async fn reload_reads_the_users_file_at_once() {
 // The real binary: `submitd reload`, the control socket, the pid file.
 // ---------------------------------------------------------------------------------------------
 
-/// `submitd serve` on ephemeral ports, its stderr lines collected.
-struct Binary {
-    child: Child,
-    plain: SocketAddr,
-    tls: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    fn start(config: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let mut b = Binary {
-            child,
-            plain: "0.0.0.0:0".parse().unwrap(),
-            tls: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
-        let addr = |line: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .map(|a| a.trim_matches('"').parse::<SocketAddr>().unwrap())
-        };
-        let plain = b.wait_for(|l| l.contains("listening") && l.contains("kind=\"submission\""));
-        let tls = b.wait_for(|l| l.contains("listening") && l.contains("kind=\"submissions\""));
-        b.plain = addr(&plain).unwrap();
-        b.tls = addr(&tls).unwrap();
-        // The control socket is created after the listeners and the pid file.
-        let dir = config.parent().unwrap().join("queue/submitd.sock");
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while !dir.exists() {
-            assert!(Instant::now() < deadline, "no control socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    /// The first log line (from the start) that matches, waiting for it.
-    fn wait_for(&self, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            if let Some(l) = self.log.lock().unwrap().iter().find(|l| matches(l)) {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "log line not seen; log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self, matches: impl Fn(&str) -> bool) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| matches(l))
-            .count()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn reload_cmd(config: &Path) -> common::run::Output {
     let config = config.to_str().unwrap();
     finish(spawn_submitd(None, &["reload", "--config", config], None))
@@ -537,12 +451,7 @@ async fn queue_retry_flushes_a_running_server() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("asked the running server"), "{out:?}");
     let got = sink.wait_for(1, IO_TIMEOUT).await;
-    assert_eq!(
-        got.len(),
-        1,
-        "not flushed; log:\n{}",
-        server.log.lock().unwrap().join("\n")
-    );
+    assert_eq!(got.len(), 1, "not flushed; log:\n{}", server.log());
     assert_eq!(got[0].data, message);
     server.wait_for(|l| l.contains("queue flush requested"));
 }

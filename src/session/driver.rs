@@ -197,21 +197,26 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
     let Some(tcp) = serve_plaintext(tcp, &ctx, peer, deadline).await else {
         return;
     };
-    let accept = ctx.tls.accept_with(tcp, |tls| {
+    serve_after_starttls(tcp, &ctx, peer, deadline).await;
+}
+
+/// The TLS handshake after STARTTLS, then a new session over it (RFC 3207 section 4.2).
+/// Generic over the stream so that the session tests can run it over an in-memory pipe.
+async fn serve_after_starttls<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: IO,
+    ctx: &Context,
+    peer: SocketAddr,
+    deadline: Instant,
+) {
+    let accept = ctx.tls.accept_with(stream, |tls| {
         tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     });
     // Boxed: the handshake's state is needed once, not for the whole session.
-    let Some(tls) = Box::pin(handshake(&ctx, accept, Port::Submission)).await else {
+    let Some(tls) = Box::pin(handshake(ctx, accept, Port::Submission)).await else {
         return;
     };
     let mut conn = Conn::new(tls, deadline);
-    drive(
-        &mut conn,
-        Session::new(ctx.config.clone(), true),
-        &ctx,
-        peer,
-    )
-    .await;
+    drive(&mut conn, Session::new(ctx.config.clone(), true), ctx, peer).await;
 }
 
 /// Finish a TLS handshake within `command_timeout`, counting and logging how it ended. The
@@ -474,6 +479,331 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::task::JoinHandle;
+
+    use crate::config::Settings;
+
+    const HOSTNAME: &str = "mail.example.test";
+    /// Every wait in these tests is bounded by this.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A server context as `listener` builds it, from a minimal config in `dir`; nothing binds
+    /// a socket, and the queue scheduler never runs.
+    fn context(dir: &std::path::Path) -> Context {
+        let (cert, key) = crate::tls::self_signed(HOSTNAME).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        std::fs::write(dir.join("users.toml"), "").unwrap();
+        let text = format!(
+            "hostname = \"{HOSTNAME}\"\n[listen]\nsubmission = [\"127.0.0.1:0\"]\n\
+             submissions = [\"127.0.0.1:0\"]\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [auth]\nusers = \"users.toml\"\n[queue]\ndir = \"queue\"\n\
+             [relay]\nmode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n"
+        );
+        let settings = Settings::from_toml(&text, &dir.join("submitd.toml")).unwrap();
+        let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key).unwrap();
+        let users = crate::auth::users::UserStore::open(&settings.auth.users).unwrap();
+        let (verifier, quota) = crate::auth::defences(users, &settings);
+        let spool = crate::queue::Spool::open(&settings.queue.dir).unwrap();
+        let delivery = Arc::new(crate::delivery::Delivery::new(&settings).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let (queue, _scheduler) = crate::queue::scheduler::Scheduler::new(
+            &settings,
+            spool.clone(),
+            delivery,
+            metrics.clone(),
+        );
+        let limits = &settings.limits;
+        Context {
+            config: Arc::new(SessionConfig {
+                hostname: settings.hostname.clone(),
+                max_message_size: limits.max_message_size,
+                max_recipients: limits.max_recipients,
+                max_auth_failures: limits.max_auth_failures,
+                quota: Some(quota.clone()),
+                max_bad_commands: limits.max_bad_commands,
+                max_header_size: limits.max_header_size,
+                max_hops: limits.max_hops,
+            }),
+            command_timeout: limits.command_timeout,
+            greet_pause: Duration::ZERO,
+            max_session_time: limits.max_session_time,
+            tls: TlsAcceptor::from(tls),
+            verifier,
+            intake: Intake {
+                hostname: settings.hostname.clone(),
+                received_client_ip: settings.submission.received_client_ip,
+                spool,
+                queue,
+                dkim: crate::dkim::SharedSigner::new(
+                    crate::dkim::DkimSigner::load(&settings.dkim).unwrap(),
+                ),
+                quota: Some(quota),
+                metrics: metrics.clone(),
+            },
+            shutdown: CancellationToken::new(),
+            metrics,
+        }
+    }
+
+    /// The server's end of the pipe, recording the size of every write that reached it.
+    struct Recorded {
+        inner: DuplexStream,
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Recorded {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorded {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r {
+                self.writes.lock().unwrap().push(n);
+            }
+            r
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// What `serve_submission` does after its TCP-only steps (greet_pause, the early-talker
+    /// check): greeting, the plaintext session, then STARTTLS into a new one.
+    async fn serve_plaintext_stream(stream: Recorded, ctx: Arc<Context>) {
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let deadline = Instant::now() + ctx.max_session_time;
+        let mut conn = Conn::new(stream, deadline);
+        let session = Session::new(ctx.config.clone(), false);
+        conn.push(&session.greeting());
+        if let End::StartTls = drive(&mut conn, session, &ctx, peer).await {
+            serve_after_starttls(conn.stream, &ctx, peer, deadline).await;
+        }
+    }
+
+    enum ClientStream {
+        Plain(DuplexStream),
+        Tls(Box<tokio_rustls::client::TlsStream<DuplexStream>>),
+        Gone,
+    }
+
+    /// A session over an in-memory pipe, driven like a client: a line out, a reply in.
+    struct TestSession {
+        stream: ClientStream,
+        buf: Vec<u8>,
+        ctx: Arc<Context>,
+        writes: Arc<Mutex<Vec<usize>>>,
+        server: JoinHandle<()>,
+        dir: tempfile::TempDir,
+    }
+
+    impl TestSession {
+        /// A plaintext (587) session, its greeting read.
+        async fn start() -> TestSession {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = Arc::new(context(dir.path()));
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let recorded = Recorded {
+                inner: server,
+                writes: writes.clone(),
+            };
+            let server = tokio::spawn(serve_plaintext_stream(recorded, ctx.clone()));
+            let mut s = TestSession {
+                stream: ClientStream::Plain(client),
+                buf: Vec::new(),
+                ctx,
+                writes,
+                server,
+                dir,
+            };
+            let greeting = s.reply().await;
+            assert_eq!(greeting, format!("220 {HOSTNAME} ESMTP submitd\r\n"));
+            s
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            let io: &mut (dyn AsyncWrite + Unpin + Send) = match &mut self.stream {
+                ClientStream::Plain(s) => s,
+                ClientStream::Tls(s) => s.as_mut(),
+                ClientStream::Gone => unreachable!(),
+            };
+            io.write_all(bytes).await.unwrap();
+            io.flush().await.unwrap();
+        }
+
+        /// Read once; 0 at EOF.
+        async fn read_some(&mut self) -> usize {
+            let mut chunk = [0u8; 4096];
+            let read = async {
+                match &mut self.stream {
+                    ClientStream::Plain(s) => s.read(&mut chunk).await,
+                    ClientStream::Tls(s) => s.read(&mut chunk).await,
+                    ClientStream::Gone => unreachable!(),
+                }
+            };
+            let n = tokio::time::timeout(WAIT, read)
+                .await
+                .expect("the server did not answer")
+                .unwrap();
+            self.buf.extend_from_slice(&chunk[..n]);
+            n
+        }
+
+        /// One whole reply (all its lines).
+        async fn reply(&mut self) -> String {
+            loop {
+                let mut start = 0;
+                while let Some(end) = self.buf[start..].windows(2).position(|w| w == b"\r\n") {
+                    let line = &self.buf[start..start + end];
+                    start += end + 2;
+                    if line.len() < 4 || line[3] == b' ' {
+                        let reply: Vec<u8> = self.buf.drain(..start).collect();
+                        return String::from_utf8(reply).unwrap();
+                    }
+                }
+                assert!(self.read_some().await > 0, "EOF before a whole reply");
+            }
+        }
+
+        /// Send a command, expect a reply starting with `expected`.
+        async fn cmd(&mut self, line: &str, expected: &str) -> String {
+            self.send(format!("{line}\r\n").as_bytes()).await;
+            let reply = self.reply().await;
+            assert!(
+                reply.starts_with(expected),
+                "{line}: {reply:?}, wanted {expected:?}"
+            );
+            reply
+        }
+
+        /// TLS over the pipe, trusting the server's certificate.
+        async fn upgrade(&mut self) {
+            let ClientStream::Plain(plain) =
+                std::mem::replace(&mut self.stream, ClientStream::Gone)
+            else {
+                panic!("already TLS");
+            };
+            // Every context makes its own certificate: trust the one this server loaded.
+            let pem = std::fs::read(self.dir.path().join("cert.pem")).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            use rustls_pki_types::pem::PemObject;
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
+            let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, plain);
+            let tls = tokio::time::timeout(WAIT, connect).await.unwrap().unwrap();
+            self.stream = ClientStream::Tls(Box::new(tls));
+        }
+
+        /// The sizes of the server's writes since the last call.
+        fn take_writes(&self) -> Vec<usize> {
+            std::mem::take(&mut *self.writes.lock().unwrap())
+        }
+
+        /// Expect EOF, and the server task to have ended.
+        async fn expect_closed(mut self) {
+            assert_eq!(self.read_some().await, 0, "more bytes: {:?}", self.buf);
+            tokio::time::timeout(WAIT, self.server)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// RFC 3207 section 4.2, the STARTTLS injection (CVE-2011-0411): commands in the same
+    /// packet as STARTTLS are dropped, and the session starts over after the handshake.
+    #[tokio::test]
+    async fn bytes_pipelined_after_starttls_are_discarded() {
+        let mut s = TestSession::start().await;
+        s.cmd("EHLO client.test", "250-").await;
+        s.send(b"STARTTLS\r\nMAIL FROM:<alice@example.test>\r\nNOOP\r\n")
+            .await;
+        let reply = s.reply().await;
+        assert!(reply.starts_with("220 2.0.0"), "{reply:?}");
+        assert!(s.buf.is_empty(), "bytes after the STARTTLS reply");
+        s.upgrade().await;
+        // If the injected commands had survived, their replies would come first.
+        s.cmd("NOOP", "250 2.0.0 Ok\r\n").await;
+        s.cmd("MAIL FROM:<alice@example.test>", "503 5.5.1 EHLO first")
+            .await;
+        s.cmd("EHLO client.test", "250-").await;
+        s.cmd("STARTTLS", "503 5.5.1").await;
+    }
+
+    /// RFC 2920: the replies to a pipelined group leave in one write, not one each.
+    #[tokio::test]
+    async fn pipelined_replies_are_batched() {
+        let mut s = TestSession::start().await;
+        s.cmd("EHLO client.test", "250-").await;
+        s.take_writes();
+        s.send(b"RSET\r\nRSET\r\nRSET\r\n").await;
+        let mut total = 0;
+        for _ in 0..3 {
+            let reply = s.reply().await;
+            assert!(reply.starts_with("250 2.0.0"), "{reply:?}");
+            total += reply.len();
+        }
+        assert_eq!(s.take_writes(), vec![total]);
+    }
+
+    /// Replies are flushed before every read: an incomplete next command does not hold back
+    /// the reply to the one before it.
+    #[tokio::test]
+    async fn a_read_does_not_wait_with_replies_pending() {
+        let mut s = TestSession::start().await;
+        s.cmd("EHLO client.test", "250-").await;
+        s.send(b"RSET\r\nRSE").await;
+        let reply = s.reply().await;
+        assert!(reply.starts_with("250 "), "{reply:?}");
+        s.cmd("T", "250 ").await;
+    }
+
+    /// Shutdown closes an idle session with 421 4.3.2.
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_session_with_421() {
+        let mut s = TestSession::start().await;
+        s.cmd("EHLO client.test", "250-").await;
+        s.ctx.shutdown.cancel();
+        let reply = s.reply().await;
+        assert_eq!(
+            reply,
+            format!("421 4.3.2 {HOSTNAME} Service shutting down\r\n")
+        );
+        s.expect_closed().await;
+    }
 
     /// The size of the future an async fn of three arguments returns, without calling it.
     fn future_size<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {

@@ -375,6 +375,7 @@ impl Client {
 pub fn message_from(from: &str) -> String {
     format!("From: {from}\r\nTo: rcpt@example.net\r\nSubject: test\r\n\r\nHello.\r\n")
 }
+pub mod binary;
 pub mod dns;
 pub mod run;
 pub mod sink;
@@ -465,6 +466,44 @@ impl TestServer {
             submissions,
             metrics,
             shutdown,
+        }
+    }
+}
+
+/// `[relay]` lines for a smarthost in clear on the sink.
+pub fn smarthost(sink: &sink::Sink) -> String {
+    format!(
+        "mode = \"smarthost\"\nsmarthost = \"{}\"\nsmarthost_tls = \"none\"\ntimeout = \"10s\"\n",
+        sink.addr
+    )
+}
+
+impl TestServer {
+    /// Submit one message (`body`, without the final dot) as alice; returns its queue ID.
+    pub async fn submit(&self, rcpts: &[&str], body: &str) -> String {
+        let mut c = self.alice().await;
+        c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+        for r in rcpts {
+            c.cmd(&format!("RCPT TO:<{r}>"), "250").await;
+        }
+        c.cmd("DATA", "354").await;
+        c.send(format!("{body}.\r\n").as_bytes()).await;
+        let r = c.expect("250 2.0.0 Ok: queued as ").await;
+        r.trim_start_matches("250 2.0.0 Ok: queued as ")
+            .trim_end()
+            .to_string()
+    }
+
+    /// Wait until the queue directory holds no message.
+    pub async fn wait_empty(&self) {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while !self.queued().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue never emptied: {:?}",
+                self.queued()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
