@@ -5,10 +5,10 @@
 //! The modules follow the path a message takes:
 //!
 //! ```text
-//! listener ──> session ──> auth ──> submission fixes ──> DKIM ──> queue (spool) ──> "250 queued as ID"
-//!                                                                   │
-//!                                            queue scheduler <──────┘ ──> delivery (MX | smarthost | capture)
-//!                                                   └── permanent failure / expiry ──> DSN (queued too)
+//! listener ──> session ──> auth ──> intake (submission fixes, DKIM, spool) ──> "250 queued as ID"
+//!                                                         │ notify, after the commit
+//!                               queue scheduler <─────────┘ ──> Courier = delivery (MX | smarthost | capture)
+//!                                      └── permanent failure / expiry ──> queue::bounce (DSN, queued too)
 //! ```
 //!
 //! - [`config`]: the TOML config, its defaults and validation (`Settings`), one file per
@@ -33,15 +33,23 @@
 //! - [`auth`]: SASL PLAIN and LOGIN decoding (pure), the users file, argon2id verification on a
 //!   bounded pool off the reactor, sender ownership, and the cross-connection defences (login
 //!   throttling, per-user sending limits, suspension).
-//! - [`submission`]: the RFC 6409 section 8 fixes (Received, Message-ID, Date) and the header
-//!   From check.
+//! - [`intake`]: message admission between the end of DATA and the `250`: prepare (the
+//!   submission headers), sign (DKIM), store (spool), notify (scheduler, sending ledger); a
+//!   typed `AcceptError`.
+//! - [`submission`]: the RFC 6409 section 8 fixes (Received, Message-ID, Date), the header
+//!   From check (no group syntax, every written address owned) and the hop count.
+//! - [`outcome`]: what a reply means, as types (`AuthResult`, `Refusal`): carried in the
+//!   session's replies, counted by metrics, never read back from reply text.
+//! - [`headers`]: where a message's header section ends (the one definition).
+//! - [`clock`]: Unix time and RFC 5322 dates.
 //! - [`dkim`]: DKIM signing (RFC 6376, RSA and Ed25519) of the fixed message before it is
 //!   spooled, and `dkim keygen`.
 //! - [`queue`]: queue IDs, the durable spool (every write through one `fsio::SpoolIo`, so tests
-//!   can fail any step), the scheduler (retries, per-recipient state, DSNs) and the `queue`
-//!   commands (`control`), which coordinate with a running server through per-message locks.
-//! - [`delivery`]: MX resolution, one outbound SMTP attempt through lettre with an outcome per
-//!   recipient, and RFC 3464 DSNs.
+//!   can fail any step), the scheduler (retries, per-recipient state, bounce policy), RFC 3464
+//!   DSNs (`bounce`), the `Courier` trait it delivers through, and the `queue` commands
+//!   (`control`), which coordinate with a running server through per-message locks.
+//! - [`delivery`]: the `Courier`: MX resolution, one outbound SMTP attempt through lettre with
+//!   an outcome per recipient, connection reuse, and the capture destination.
 //! - [`ipkey`]: the client address as the per-address limits count it (IPv6 per network).
 //! - [`logsafe`]: escaping of network-supplied text before it reaches a log line.
 //! - [`control_socket`]: `<queue.dir>/submitd.sock`, how `submitd reload` and `queue retry`

@@ -11,7 +11,7 @@
 //! - Sessions check before the message is queued and count after, so two sessions of one user
 //!   racing can go over by the messages in flight: a soft limit, never a lost message.
 //! - Windows slide in steps (an hour by the minute, a day by the hour; see
-//!   [`Buckets`](super::window::Buckets)). Counters are in memory: a restart resets them.
+//!   [`Buckets`]). Counters are in memory: a restart resets them.
 //! - `suspend_recipients_per_hour` (0 = off): when a user's accepted recipients in the last
 //!   hour reach it, the account is suspended ([`suspend`](super::suspend)), persisted, and
 //!   logged with `tracing::error!`. The message that crossed the line was already queued and
