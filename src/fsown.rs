@@ -72,8 +72,8 @@ pub fn keep_owner(tmp: &File, target: &Path) -> io::Result<()> {
 }
 
 /// Replace `path` with `contents`: temp file in the same directory, fsync, rename, fsync the
-/// directory, so a crash leaves either the old or the new file, never a torn one. New files are
-/// 0600; an existing file keeps its mode. (The users file's and the suspension
+/// directory, so a crash leaves either the old or the new file, never a torn one. An existing
+/// file keeps its mode; a new one gets [`new_file_mode`]. (The users file's and the suspension
 /// state's writer.)
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -85,7 +85,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     // and group (see the module doc).
     let mode = match std::fs::metadata(path) {
         Ok(m) => m.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0o600,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_file_mode(dir),
         Err(e) => return Err(e),
     };
     let tmp = dir.join(format!(
@@ -114,6 +114,17 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The mode of a file [`write_atomic`] creates: 0600, except as root in a directory shared
+/// with a service group (group `r-x`, not group root, e.g. `/etc/submitd` as `root:submitd
+/// 0750`): 0640, so that the server, which reads through that group, can read the users file
+/// root's first `user add` creates. The file takes the directory's group ([`keep_owner`]).
+fn new_file_mode(dir: &Path) -> u32 {
+    match std::fs::metadata(dir) {
+        Ok(m) if is_root() && m.gid() != 0 && m.mode() & 0o050 == 0o050 => 0o640,
+        _ => 0o600,
+    }
 }
 
 #[cfg(test)]
@@ -150,5 +161,31 @@ mod tests {
         keep_owner(&tmp, &dir.path().join("g")).unwrap();
         let m = tmp.metadata().unwrap();
         assert_eq!((m.uid(), m.gid()), (65533, 4322));
+    }
+
+    /// Root's first `user add` in `/etc/submitd` (`root:GROUP 0750`) makes a file the service
+    /// group can read: `root:GROUP 0640`. In a private directory it stays 0600.
+    #[test]
+    fn a_new_file_in_a_group_shared_directory_is_group_readable() {
+        if !is_root() {
+            eprintln!("skipped: needs root to give a directory another group");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("etc");
+        std::fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::chown(&shared, Some(0), Some(65534)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let users = shared.join("users.toml");
+        write_atomic(&users, b"x").unwrap();
+        let m = std::fs::metadata(&users).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, 65534, 0o640));
+
+        let private = dir.path().join("queue");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let state = private.join("suspended.json");
+        write_atomic(&state, b"{}").unwrap();
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o600);
     }
 }
