@@ -126,13 +126,12 @@ fn sender_fields(headers: &[u8]) -> Vec<(bool, Vec<u8>)> {
             continue;
         }
         fields.extend(current.take());
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some((name, value)) = split_field(line) else {
             continue;
         };
-        let name = line[..colon].trim_ascii_end();
         let is_from = name.eq_ignore_ascii_case(b"from");
         if is_from || name.eq_ignore_ascii_case(b"sender") {
-            current = Some((is_from, line[colon + 1..].to_vec()));
+            current = Some((is_from, value.to_vec()));
         }
     }
     fields.extend(current);
@@ -230,13 +229,34 @@ fn quoted_before(chars: &[char]) -> String {
 /// How many trace fields (`Received:`) the header section holds: the hop count that
 /// `limits.max_hops` bounds (RFC 5321 section 6.3, Postfix's `hopcount_limit`).
 pub fn hop_count(headers: &[u8]) -> usize {
+    field_names(headers)
+        .filter(|name| name.eq_ignore_ascii_case(b"received"))
+        .count()
+}
+
+/// A line that starts a header field: its name (WSP before the colon dropped, RFC 5322
+/// section 4.5.3 obsolete syntax) and the value after the colon. `None` for a continuation
+/// line (it starts with WSP) or a line without a colon.
+fn split_field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    let end = name.len()
+        - name
+            .iter()
+            .rev()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+    Some((&name[..end], &line[colon + 1..]))
+}
+
+/// The names of the fields of a header section, in order.
+fn field_names(headers: &[u8]) -> impl Iterator<Item = &[u8]> {
     headers
         .split(|&b| b == b'\n')
-        .filter(|line| {
-            let name_end = line.iter().position(|&b| b == b':');
-            name_end.is_some_and(|c| line[..c].trim_ascii_end().eq_ignore_ascii_case(b"received"))
-        })
-        .count()
+        .filter_map(|line| split_field(line).map(|(name, _)| name))
 }
 
 /// What goes into the trace header.
@@ -293,14 +313,7 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
 
 /// Whether a header field named `name` (lowercase) starts a line of the header section.
 fn has_header(headers: &[u8], name: &[u8]) -> bool {
-    headers.split(|&b| b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()..]
-                .iter()
-                .find(|b| !matches!(b, b' ' | b'\t'))
-                == Some(&b':')
-    })
+    field_names(headers).any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -353,6 +353,24 @@ mod tests {
     }
 }
 
+/// A client config that trusts exactly the certificates in `pem_certs` (tests that talk to a
+/// server started with a self-signed certificate).
+pub fn client_config_trusting(pem_certs: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem_certs) {
+        let cert = cert.map_err(|e| TlsError::Other(format!("bad PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Other(format!("unusable certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A client config that accepts any server certificate but still checks the handshake
 /// signatures, so the handshake does the work a real client's does. Only for talking to our
 /// own server: `submitd health` and the `submitd-bench` load generator (loopback).

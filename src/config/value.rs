@@ -78,15 +78,7 @@ pub(super) fn positive(
     value: i64,
     max: u64,
 ) -> Option<u64> {
-    if value <= 0 {
-        problems.push(key, format!("must be positive, got {value}"));
-        None
-    } else if value as u64 > max {
-        problems.push(key, format!("must be at most {max}, got {value}"));
-        None
-    } else {
-        Some(value as u64)
-    }
+    count_in(problems, key, value, 1, "must be positive", max)
 }
 
 /// A count where 0 has a meaning (off, unlimited, automatic).
@@ -96,8 +88,20 @@ pub(super) fn non_negative(
     value: i64,
     max: u64,
 ) -> Option<u64> {
-    if value < 0 {
-        problems.push(key, format!("must be 0 or more, got {value}"));
+    count_in(problems, key, value, 0, "must be 0 or more", max)
+}
+
+/// `value` in `min..=max`, or a problem: `too_small` below `min`, "must be at most" above.
+fn count_in(
+    problems: &mut Problems<'_>,
+    key: &str,
+    value: i64,
+    min: i64,
+    too_small: &str,
+    max: u64,
+) -> Option<u64> {
+    if value < min {
+        problems.push(key, format!("{too_small}, got {value}"));
         None
     } else if value as u64 > max {
         problems.push(key, format!("must be at most {max}, got {value}"));

@@ -711,17 +711,7 @@ mod tests {
             };
             // Every context makes its own certificate: trust the one this server loaded.
             let pem = std::fs::read(self.dir.path().join("cert.pem")).unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            use rustls_pki_types::pem::PemObject;
-            for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = crate::tls::client_config_trusting(&pem).unwrap();
             let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
             let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, plain);
             let tls = tokio::time::timeout(WAIT, connect).await.unwrap().unwrap();

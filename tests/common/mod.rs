@@ -217,17 +217,7 @@ pub fn b64(bytes: &[u8]) -> String {
 /// A rustls client config that trusts the test certificate.
 pub fn client_tls() -> TlsConnector {
     let (cert, _) = cert_and_key();
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = submitd::tls::client_config_trusting(cert.as_bytes()).unwrap();
     TlsConnector::from(Arc::new(config))
 }
 
