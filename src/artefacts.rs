@@ -21,7 +21,15 @@ pub fn check_files(settings: &Settings) -> Result<(), ConfigErrors> {
     let p = &mut problems;
 
     check_tls(settings, p);
-    if let Err(e) = crate::auth::users::load(&settings.auth.users) {
+    let overlay = settings.auth.backend != crate::config::AuthBackend::File;
+    let load = if overlay {
+        crate::auth::users::load_overlay
+    } else {
+        crate::auth::users::load
+    };
+    if let Some(users) = &settings.auth.users
+        && let Err(e) = load(users)
+    {
         p.push("auth.users", e.to_string());
     }
     if let Some(ca) = &settings.relay.ca_file

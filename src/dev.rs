@@ -17,8 +17,13 @@ const PASSWORD_LEN: usize = 20;
 
 /// The file, next to the users file, that keeps the generated dev password (mode 0600) so that
 /// scripts and the README can use it: `$(cat var/dev/dev-password)`.
+/// The dev config uses the file backend, so `auth.users` is set; without one the password
+/// file goes beside the queue directory.
 pub fn password_file(settings: &Settings) -> PathBuf {
-    settings.auth.users.with_file_name("dev-password")
+    match &settings.auth.users {
+        Some(users) => users.with_file_name("dev-password"),
+        None => settings.queue.dir.with_file_name("dev-password"),
+    }
 }
 
 /// Create the missing cert/key and users file for a dev config; no-op unless `dev.bootstrap`.
@@ -38,7 +43,10 @@ pub fn bootstrap(settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
 
-    let users = &settings.auth.users;
+    let Some(users) = &settings.auth.users else {
+        // A directory backend: its accounts are not ours to create.
+        return Ok(());
+    };
     if !users.exists() {
         if let Some(parent) = non_empty_parent(users) {
             std::fs::create_dir_all(parent)
@@ -206,7 +214,7 @@ bootstrap = true
         let s = dev_settings(dir.path());
         bootstrap(&s).unwrap();
         crate::tls::load_server_config(&s.tls.cert, &s.tls.key).unwrap();
-        let users = crate::auth::users::load(&s.auth.users).unwrap();
+        let users = crate::auth::users::load(s.auth.users.as_deref().unwrap()).unwrap();
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].login, "dev@localhost");
         let pw = std::fs::read_to_string(password_file(&s)).unwrap();

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::auth::quota::Quota;
 use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
-use crate::config::{ConfigError, ConfigErrors, Settings};
+use crate::config::{AuthBackend, ConfigError, ConfigErrors, Settings};
 use crate::delivery::Delivery;
 use crate::intake::Intake;
 use crate::listener::{Admission, Current, Live, ProxyStats, Sockets};
@@ -105,7 +105,11 @@ impl Server {
         io: Arc<dyn SpoolIo>,
     ) -> anyhow::Result<Server> {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
-        let users = UserStore::open(&settings.auth.users)?;
+        let users = match &settings.auth.users {
+            Some(path) if settings.auth.backend == AuthBackend::File => UserStore::open(path)?,
+            Some(path) => UserStore::open_overlay(path)?,
+            None => UserStore::from_users(Vec::new()),
+        };
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let (verifier, quota) = crate::auth::defences(users, &settings);
         let delivery = Arc::new(Delivery::new(&settings)?);

@@ -5,6 +5,7 @@
 //! sending limits ([`quota`]) and account suspension ([`suspend`]), counted with the bounded
 //! sliding windows of [`window`].
 
+pub mod backend;
 pub mod cache;
 pub mod quota;
 pub mod sasl;

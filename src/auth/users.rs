@@ -70,7 +70,10 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     login: String,
-    password: String,
+    /// Required by the file backend; beside a directory backend (which checks passwords) an
+    /// entry only adds senders and limits, and a password here is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     senders: Option<Vec<String>>,
     // Sending limits (0 = unlimited), overriding `[limits] user_*` for this user.
@@ -126,7 +129,9 @@ fn check_phc(phc: &str) -> Option<&'static str> {
     None
 }
 
-fn validate(raw: RawFile, path: &Path) -> Result<Vec<User>, UsersError> {
+/// `overlay`: the file sits beside a directory backend, so passwords are not required (and
+/// not kept: the directory checks them).
+fn validate(raw: RawFile, path: &Path, overlay: bool) -> Result<Vec<User>, UsersError> {
     let mut seen = HashSet::new();
     let mut users = Vec::with_capacity(raw.users.len());
     for (i, raw_user) in raw.users.into_iter().enumerate() {
@@ -142,9 +147,16 @@ fn validate(raw: RawFile, path: &Path) -> Result<Vec<User>, UsersError> {
         if !seen.insert(raw_user.login.clone()) {
             return Err(fail("duplicate login"));
         }
-        if let Some(why) = check_phc(&raw_user.password) {
-            return Err(fail(why));
-        }
+        let password = match (overlay, raw_user.password) {
+            (true, _) => String::new(),
+            (false, None) => return Err(fail("missing field `password`")),
+            (false, Some(phc)) => {
+                if let Some(why) = check_phc(&phc) {
+                    return Err(fail(why));
+                }
+                phc
+            }
+        };
         let senders = match &raw_user.senders {
             // An explicit empty list would be a user who can send nothing; that is almost
             // certainly a mistake, so it is refused rather than guessed at.
@@ -170,7 +182,7 @@ fn validate(raw: RawFile, path: &Path) -> Result<Vec<User>, UsersError> {
         };
         users.push(User {
             login: raw_user.login,
-            password: raw_user.password,
+            password,
             senders,
             limits,
         });
@@ -181,7 +193,23 @@ fn validate(raw: RawFile, path: &Path) -> Result<Vec<User>, UsersError> {
 /// Parse users-file text. Rejects unknown keys, duplicate logins, bad sender patterns and any
 /// password that is not an argon2 PHC string (plaintext passwords are a config error).
 pub fn parse(text: &str, path: &Path) -> Result<Vec<User>, UsersError> {
-    validate(parse_raw(text, path)?, path)
+    validate(parse_raw(text, path)?, path, false)
+}
+
+/// Read a users file that sits beside a directory backend: entries add senders and per-user
+/// limits; passwords are not required and not kept.
+pub fn load_overlay(path: &Path) -> Result<Vec<User>, UsersError> {
+    let text = fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    validate(parse_raw(&text, path)?, path, true)
+}
+
+/// `load` or, beside a directory backend, `load_overlay`.
+fn load_as(path: &Path, overlay: bool) -> Result<Vec<User>, UsersError> {
+    if overlay {
+        load_overlay(path)
+    } else {
+        load(path)
+    }
 }
 
 /// Read and parse a users file.
@@ -240,7 +268,7 @@ pub fn add_user(path: &Path, login: &str, phc: &str, senders: &[String]) -> Resu
         }
         raw.users.push(RawUser {
             login: login.to_owned(),
-            password: phc.to_owned(),
+            password: Some(phc.to_owned()),
             senders: (!senders.is_empty()).then(|| senders.to_vec()),
             messages_per_hour: None,
             messages_per_day: None,
@@ -260,7 +288,7 @@ pub fn set_password(path: &Path, login: &str, phc: &str) -> Result<(), UsersErro
             .iter_mut()
             .find(|u| u.login == login)
             .ok_or_else(|| UsersError::NoSuchUser(login.to_owned()))?;
-        user.password = phc.to_owned();
+        user.password = Some(phc.to_owned());
         Ok(())
     })
 }
@@ -314,6 +342,8 @@ pub struct UserStore {
     path: Option<Arc<Path>>,
     state: Arc<RwLock<State>>,
     check_interval: Duration,
+    /// Beside a directory backend: passwords neither required nor kept ([`load_overlay`]).
+    overlay: bool,
 }
 
 fn index(users: Vec<User>) -> HashMap<String, Arc<User>> {
@@ -332,14 +362,27 @@ impl UserStore {
         Self::open_with_interval(path, Self::CHECK_INTERVAL)
     }
 
+    /// Load a users file that sits beside a directory backend ([`load_overlay`]).
+    pub fn open_overlay(path: &Path) -> Result<UserStore, UsersError> {
+        Self::open_as(path, Self::CHECK_INTERVAL, true)
+    }
+
     /// `open` with another metadata check interval (tests use zero).
     pub(crate) fn open_with_interval(
         path: &Path,
         check_interval: Duration,
     ) -> Result<UserStore, UsersError> {
+        Self::open_as(path, check_interval, false)
+    }
+
+    fn open_as(
+        path: &Path,
+        check_interval: Duration,
+        overlay: bool,
+    ) -> Result<UserStore, UsersError> {
         // Stamp before reading: a change racing with the read is then seen on the next check.
         let stamp = fs::metadata(path).map_err(|e| io_error(path, e))?;
-        let users = load(path)?;
+        let users = load_as(path, overlay)?;
         Ok(UserStore {
             path: Some(Arc::from(path)),
             state: Arc::new(RwLock::new(State {
@@ -348,6 +391,7 @@ impl UserStore {
                 last_check: Instant::now(),
             })),
             check_interval,
+            overlay,
         })
     }
 
@@ -361,6 +405,7 @@ impl UserStore {
                 last_check: Instant::now(),
             })),
             check_interval: Self::CHECK_INTERVAL,
+            overlay: false,
         }
     }
 
@@ -418,7 +463,7 @@ impl UserStore {
         };
         // Stamp before reading, as in `open`.
         let stamp = fs::metadata(path).map_err(|e| io_error(path, e))?;
-        let users = load(path)?;
+        let users = load_as(path, self.overlay)?;
         Ok(FreshUsers(Some((users, FileStamp::of(&stamp)))))
     }
 
@@ -463,7 +508,7 @@ impl UserStore {
         }
         // Recorded even when the load fails, so a bad file is reported once, not every second.
         state.stamp = stamp;
-        match load(path) {
+        match load_as(path, self.overlay) {
             Ok(users) => {
                 tracing::info!(path = %path.display(), users = users.len(), "users file reloaded");
                 state.users = index(users);

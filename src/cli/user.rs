@@ -55,7 +55,77 @@ pub(crate) enum UserCommand {
 pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
     let suspended = submitd::auth::suspend::state_path(&settings.queue.dir);
-    run(&settings.auth.users, &suspended, cmd)
+    let backend = settings.auth.backend.name();
+    match (&settings.auth.users, &cmd) {
+        (_, UserCommand::List { json }) if backend != "file" => {
+            list_directory_backend(settings.auth.users.as_deref(), &suspended, *json)
+        }
+        (_, UserCommand::Suspend { .. } | UserCommand::Unsuspend { .. }) if backend != "file" => {
+            // Suspension is submitd's own state: any login the directory may know.
+            run(Path::new(""), &suspended, cmd, false)
+        }
+        (Some(path), _) if backend == "file" => run(path, &suspended, cmd, true),
+        _ => Err(usage(format!(
+            "auth.backend = {backend:?}: accounts and passwords live in that directory, \
+             so add, change and remove them there (`user list`, `suspend` and `unsuspend` \
+             still work; suspension is submitd's own state)"
+        ))),
+    }
+}
+
+/// `user list` beside a directory backend: the users-file entries that add senders or limits
+/// (if there is a file), then every suspended login the file does not name.
+fn list_directory_backend(
+    users: Option<&Path>,
+    suspended: &Path,
+    json: bool,
+) -> Result<(), Failure> {
+    let suspensions =
+        submitd::auth::suspend::load(suspended).map_err(|e| Failure::Runtime(e.into()))?;
+    let list = match users {
+        Some(path) => users::load_overlay(path).map_err(users_failure)?,
+        None => Vec::new(),
+    };
+    let named: std::collections::HashSet<&str> = list.iter().map(|u| u.login.as_str()).collect();
+    if json {
+        let mut value = users_json(&list, &suspensions);
+        if let serde_json::Value::Array(items) = &mut value {
+            for (login, s) in suspensions
+                .iter()
+                .filter(|(l, _)| !named.contains(l.as_str()))
+            {
+                items.push(serde_json::json!({
+                    "login": login, "senders": [], "limits": {}, "suspended": s,
+                }));
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value).context("JSON")?);
+        return Ok(());
+    }
+    for u in &list {
+        let senders: Vec<String> = u.senders.iter().map(pattern_text).collect();
+        match suspensions.get(&u.login) {
+            Some(s) => println!(
+                "{}\t{}\t(suspended since {}: {})",
+                u.login,
+                senders.join(" "),
+                unix_date(s.since),
+                s.reason
+            ),
+            None => println!("{}\t{}", u.login, senders.join(" ")),
+        }
+    }
+    for (login, s) in suspensions
+        .iter()
+        .filter(|(l, _)| !named.contains(l.as_str()))
+    {
+        println!(
+            "{login}\t-\t(suspended since {}: {})",
+            unix_date(s.since),
+            s.reason
+        );
+    }
+    Ok(())
 }
 
 /// A users-file problem: bad content is a config error (2), the rest runtime (1).
@@ -66,7 +136,9 @@ fn users_failure(e: UsersError) -> Failure {
     }
 }
 
-fn run(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> {
+/// `file_backend`: whether `path` is the users file that holds the accounts (suspending then
+/// checks the login exists).
+fn run(path: &Path, suspended: &Path, cmd: UserCommand, file_backend: bool) -> Result<(), Failure> {
     use submitd::auth::suspend;
     let suspend_failure = |e: suspend::SuspendError| Failure::Runtime(e.into());
     match cmd {
@@ -134,9 +206,13 @@ fn run(path: &Path, suspended: &Path, cmd: UserCommand) -> Result<(), Failure> {
             }
         }
         UserCommand::Suspend { login, reason } => {
-            let list = users::load(path).map_err(users_failure)?;
-            if !list.iter().any(|u| u.login == login) {
-                return Err(users_failure(UsersError::NoSuchUser(login)));
+            if file_backend {
+                let list = users::load(path).map_err(users_failure)?;
+                if !list.iter().any(|u| u.login == login) {
+                    return Err(users_failure(UsersError::NoSuchUser(login)));
+                }
+            } else if login.trim().is_empty() || login.chars().any(char::is_control) {
+                return Err(usage(format!("bad login {login:?}")));
             }
             if suspend::suspend(suspended, &login, &reason).map_err(suspend_failure)? {
                 eprintln!("suspended {login} ({})", suspended.display());

@@ -29,7 +29,10 @@ mod submission;
 mod tls;
 mod value;
 
-pub use auth::AuthSettings;
+pub use auth::{
+    AuthBackend, AuthSettings, DovecotSettings, DovecotSocket, LdapSettings, SqlSettings, SqlUrl,
+    check_sender_template,
+};
 pub use dev::DevSettings;
 pub use dkim::{DEFAULT_HEADERS, DkimConfig, check_selector};
 pub use limits::{DEFAULT_IPV6_PREFIX, IPV6_PREFIX_RANGE, Limits, SendLimits};
@@ -483,7 +486,10 @@ format = "json"
         .unwrap();
         assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
         assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
-        assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
+        assert_eq!(
+            s.auth.users.as_deref(),
+            Some(Path::new("/etc/submitd/users.toml"))
+        );
         assert_eq!(s.queue.dir, Path::new("/etc/submitd/spool"));
         assert_eq!(
             s.relay.ca_file.as_deref(),
@@ -494,7 +500,7 @@ format = "json"
         assert_eq!(s.tls.cert, Path::new("config/certs/cert.pem"));
         // A bare file name: relative to the working directory, which is its directory.
         let s = Settings::from_toml(MINIMAL, Path::new("submitd.toml")).unwrap();
-        assert_eq!(s.auth.users, Path::new("users.toml"));
+        assert_eq!(s.auth.users.as_deref(), Some(Path::new("users.toml")));
 
         let abs = MINIMAL.replace("certs/cert.pem", "/srv/cert.pem");
         assert_eq!(parse(&abs).unwrap().tls.cert, Path::new("/srv/cert.pem"));
@@ -687,7 +693,10 @@ mod shipped_files {
         assert!(!s.dev.bootstrap);
         assert_eq!(s.tls.cert, Path::new("/etc/submitd/certs/cert.pem"));
         assert_eq!(s.tls.key, Path::new("/etc/submitd/certs/key.pem"));
-        assert_eq!(s.auth.users, Path::new("/etc/submitd/users.toml"));
+        assert_eq!(
+            s.auth.users.as_deref(),
+            Some(Path::new("/etc/submitd/users.toml"))
+        );
         assert_eq!(s.queue.dir, Path::new("/var/spool/submitd"));
     }
 

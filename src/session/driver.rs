@@ -505,7 +505,8 @@ mod tests {
         );
         let settings = Settings::from_toml(&text, &dir.join("submitd.toml")).unwrap();
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key).unwrap();
-        let users = crate::auth::users::UserStore::open(&settings.auth.users).unwrap();
+        let users =
+            crate::auth::users::UserStore::open(settings.auth.users.as_deref().unwrap()).unwrap();
         let (verifier, quota) = crate::auth::defences(users, &settings);
         let spool = crate::queue::Spool::open(&settings.queue.dir).unwrap();
         let delivery = Arc::new(crate::delivery::Delivery::new(&settings).unwrap());
