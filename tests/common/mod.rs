@@ -77,6 +77,24 @@ pub fn write_config_full(
     path
 }
 
+/// Write a config whose `[auth]` table is `auth` (keys first, then any `[auth.X]` subtable),
+/// placed last in the file; the users file is written too (use it with `users = "users.toml"`).
+/// Delivery as `relay` lines.
+pub fn write_config_auth(dir: &Path, auth: &str, relay: &str) -> PathBuf {
+    let (cert, key) = cert_and_key();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("users.toml"), users_toml()).unwrap();
+    let config = format!(
+        "hostname = \"{HOSTNAME}\"\n\n[listen]\nsubmission = [\"127.0.0.1:0\"]\n\
+         submissions = [\"127.0.0.1:0\"]\n\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+         [queue]\ndir = \"queue\"\n\n[relay]\n{relay}\n\n[auth]\n{auth}\n"
+    );
+    let path = dir.join("submitd.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 /// A running server in its own temp directory; stopped when dropped.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -121,6 +139,13 @@ impl TestServer {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(&format!("\n{extra}\n"));
         std::fs::write(&path, text).unwrap();
+        TestServer::start_at(dir, path).await
+    }
+
+    /// Start with `auth` as the whole `[auth]` table ([`write_config_auth`]) and `relay` lines.
+    pub async fn start_auth(auth: &str, relay: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config_auth(dir.path(), auth, relay);
         TestServer::start_at(dir, path).await
     }
 
