@@ -59,7 +59,13 @@ mod rc {
 }
 
 /// The LDAP backend.
+#[derive(Debug)]
 pub struct Ldap {
+    // Boxed: `Directory` holds one of each backend inline.
+    inner: Box<Inner>,
+}
+
+struct Inner {
     url: String,
     starttls: bool,
     tls: Arc<rustls::ClientConfig>,
@@ -74,7 +80,7 @@ pub struct Ldap {
     pool: Pool,
 }
 
-impl std::fmt::Debug for Ldap {
+impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not derived: the service password must not reach a log through `{:?}`.
         f.debug_struct("Ldap")
@@ -140,7 +146,7 @@ impl Ldap {
             settings.sender_attributes.clone()
         };
         let pool_size = settings.pool_size.max(1);
-        Ok(Ldap {
+        let inner = Inner {
             url: settings.url.trim().to_owned(),
             starttls: settings.starttls,
             tls,
@@ -154,6 +160,9 @@ impl Ldap {
                 idle: Mutex::new(Vec::with_capacity(pool_size)),
                 slots: Semaphore::new(pool_size),
             },
+        };
+        Ok(Ldap {
+            inner: Box::new(inner),
         })
     }
 
@@ -162,19 +171,23 @@ impl Ldap {
         if req.password.is_empty() || req.login.is_empty() || req.login.len() > MAX_LOGIN {
             return Ok(None);
         }
-        tokio::time::timeout(self.timeout, self.authenticate_pooled(req))
+        let l = &self.inner;
+        tokio::time::timeout(l.timeout, l.authenticate_pooled(req))
             .await
-            .map_err(|_| self.timed_out())?
+            .map_err(|_| l.timed_out())?
     }
 
     /// Connect, TLS, the service bind (if any), a base-scope search of `base`, and in search
     /// mode the filter once (for a login nobody has).
     pub async fn check(&self) -> Result<(), BackendError> {
-        tokio::time::timeout(self.timeout, self.check_inner())
+        let l = &self.inner;
+        tokio::time::timeout(l.timeout, l.check_inner())
             .await
-            .map_err(|_| self.timed_out())?
+            .map_err(|_| l.timed_out())?
     }
+}
 
+impl Inner {
     fn timed_out(&self) -> BackendError {
         BackendError::Timeout {
             key: KEY_URL,
