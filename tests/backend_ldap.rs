@@ -78,6 +78,8 @@ async fn the_usual(l: &Ldap) {
 async fn search_mode_over_ldaps() {
     let s = Slapd::start();
     let l = backend(&s.search_settings());
+    let debug = format!("{l:?}");
+    assert!(!debug.contains(slapd::SERVICE_PASSWORD), "{debug}");
     l.check().await.unwrap();
     the_usual(&l).await;
 }
