@@ -67,7 +67,8 @@ impl Default for Options {
 /// A running Dovecot; killed (whole process group) when dropped.
 pub struct Dovecot {
     pub dir: tempfile::TempDir,
-    /// The auth-client unix socket.
+    /// The auth-client unix socket (`unix_listener auth-submitd` in `base_dir`, as README's
+    /// example, with `nogroup` for submitd's group).
     pub socket: PathBuf,
     /// The auth-client TCP port on 127.0.0.1.
     pub port: u16,
@@ -87,7 +88,7 @@ impl Dovecot {
         let port = free_port();
         write_files(dir.path(), port, &options);
         let dovecot = Dovecot {
-            socket: dir.path().join("auth-client"),
+            socket: dir.path().join("run/auth-submitd"),
             dir,
             port,
             child: Mutex::new(None),
@@ -228,10 +229,7 @@ fn group_alive(group: i32) -> bool {
 }
 
 /// Whether the peer sent a whole auth-client handshake (up to `DONE`) within 2 s.
-fn handshake_done<S: Read + Write>(mut s: S) -> bool
-where
-    S: SetTimeout,
-{
+fn handshake_done<S: Read + Write + SetTimeout>(mut s: S) -> bool {
     s.set_timeout(Duration::from_secs(2));
     if s.write_all(b"VERSION\t1\t2\nCPID\t1\n").is_err() {
         return false;
@@ -308,7 +306,7 @@ fn write_files(dir: &Path, port: u16, options: &Options) {
          passdb {{\n  driver = checkpassword\n  args = {d}/checkpassword.sh\n}}\n\
          userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/home\n}}\n\
          service auth {{\n\
-         \x20 unix_listener {d}/auth-client {{\n    mode = 0600\n  }}\n\
+         \x20 unix_listener auth-submitd {{\n    mode = 0660\n    user = $default_internal_user\n    group = nogroup\n  }}\n\
          \x20 inet_listener auth-client {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
          }}\n",
         mechs = options.mechanisms,
