@@ -392,6 +392,7 @@ pub fn message_from(from: &str) -> String {
 }
 pub mod binary;
 pub mod dns;
+pub mod postgres;
 pub mod run;
 pub mod sink;
 

@@ -188,9 +188,10 @@ pub fn parse(stored: &str) -> Stored {
         },
         Prefix::Argon2 => only(parse_crypt(body), |s| matches!(s, Stored::Argon2(_))),
         Prefix::Bcrypt => only(parse_crypt(body), |s| matches!(s, Stored::Bcrypt { .. })),
-        Prefix::Sha(id) => only(parse_crypt(body), |s| {
-            matches!(s, Stored::ShaCrypt { hash, .. } if hash.as_bytes()[1] == *id)
-        }),
+        Prefix::Sha(id) => only(
+            parse_crypt(body),
+            |s| matches!(s, Stored::ShaCrypt { hash, .. } if hash.as_bytes()[1] == *id),
+        ),
     }
 }
 
@@ -421,7 +422,10 @@ mod tests {
     #[test]
     fn parsed_costs() {
         assert!(matches!(parse(BLF), Stored::Bcrypt { cost: 5, .. }));
-        assert!(matches!(parse(SHA512), Stored::ShaCrypt { rounds: 5000, .. }));
+        assert!(matches!(
+            parse(SHA512),
+            Stored::ShaCrypt { rounds: 5000, .. }
+        ));
         assert!(matches!(
             parse(SHA256_ROUNDS),
             Stored::ShaCrypt { rounds: 20000, .. }
@@ -438,11 +442,20 @@ mod tests {
                 "{PLAIN-MD5}5f4dcc3b5aa765d61d8327deb882cf99",
                 Refusal::Weak("PLAIN-MD5"),
             ),
-            ("{MD5-CRYPT}$1$HJ.aHN3f$BlT.me/OOZxXJyG3CykMj/", Refusal::Weak("MD5-CRYPT")),
-            ("$1$HJ.aHN3f$BlT.me/OOZxXJyG3CykMj/", Refusal::Weak("MD5-CRYPT")),
+            (
+                "{MD5-CRYPT}$1$HJ.aHN3f$BlT.me/OOZxXJyG3CykMj/",
+                Refusal::Weak("MD5-CRYPT"),
+            ),
+            (
+                "$1$HJ.aHN3f$BlT.me/OOZxXJyG3CykMj/",
+                Refusal::Weak("MD5-CRYPT"),
+            ),
             ("{CRYPT}u9tSJMSmnEdw.", Refusal::Weak("CRYPT")),
             ("{DES-CRYPT}u9tSJMSmnEdw.", Refusal::Weak("DES-CRYPT")),
-            ("{SSHA512}35nrity9mO02hMl7It2fSVGK", Refusal::Weak("SSHA512")),
+            (
+                "{SSHA512}35nrity9mO02hMl7It2fSVGK",
+                Refusal::Weak("SSHA512"),
+            ),
             ("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", Refusal::Weak("SHA")),
             ("{PBKDF2}$1$abc$1000$def", Refusal::Unsupported("PBKDF2")),
             ("Tr0ub4dor&3", Refusal::Unknown),
@@ -456,9 +469,18 @@ mod tests {
 
     #[test]
     fn a_prefix_must_match_its_body() {
-        assert_eq!(parse(&format!("{{SHA256-CRYPT}}{}", bare(SHA512))), Stored::Unknown);
-        assert_eq!(parse(&format!("{{BLF-CRYPT}}{}", bare(SHA512))), Stored::Unknown);
-        assert_eq!(parse(&format!("{{ARGON2ID}}{}", bare(BLF))), Stored::Unknown);
+        assert_eq!(
+            parse(&format!("{{SHA256-CRYPT}}{}", bare(SHA512))),
+            Stored::Unknown
+        );
+        assert_eq!(
+            parse(&format!("{{BLF-CRYPT}}{}", bare(SHA512))),
+            Stored::Unknown
+        );
+        assert_eq!(
+            parse(&format!("{{ARGON2ID}}{}", bare(BLF))),
+            Stored::Unknown
+        );
         // {CRYPT} is libc crypt(): any of the modern bodies.
         assert_eq!(
             verify(&parse(&format!("{{CRYPT}}{}", bare(SHA512))), PW),
