@@ -101,6 +101,30 @@ pub struct Metrics {
     deliveries: Family<Label, Counter>,
     delivery_delay: Histogram,
     attempt_duration: Histogram,
+    auth_backend_requests: Family<Label, Counter>,
+    auth_backend_failures: Family<Labels2, Counter>,
+    auth_backend_duration: Family<Label, Histogram, fn() -> Histogram>,
+}
+
+/// `submitd_auth_backend_failures_total{reason}`: `BackendError::label`'s values.
+const BACKEND_FAILURES: [&str; 6] = [
+    "unreachable",
+    "refused",
+    "query",
+    "protocol",
+    "timeout",
+    "config",
+];
+
+/// `auth.backend`'s directory names, the only values of the `backend` label.
+const BACKENDS: [&str; 3] = ["dovecot", "ldap", "sql"];
+
+fn backend_histogram() -> Histogram {
+    // A local LDAP bind is ~1 ms, a Dovecot argon2 check tens of ms; the top bucket is
+    // `auth.backend_timeout`'s maximum.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+    ])
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,6 +164,9 @@ impl Metrics {
             attempt_duration: Histogram::new([
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),
+            auth_backend_requests: Family::default(),
+            auth_backend_failures: Family::default(),
+            auth_backend_duration: Family::new_with_constructor(backend_histogram),
         };
         // Create every series now (the guards `get_or_create` returns are dropped at once).
         for port in Port::ALL {
@@ -236,7 +263,66 @@ impl Metrics {
             "Duration of one outbound delivery attempt (one destination, its recipients)",
             self.attempt_duration.clone(),
         );
+        r.register(
+            "auth_backend_requests",
+            "Questions to the authentication backend (auth.backend), answered or not",
+            self.auth_backend_requests.clone(),
+        );
+        r.register(
+            "auth_backend_failures",
+            "Questions the authentication backend could not answer (454 to the client), by reason",
+            self.auth_backend_failures.clone(),
+        );
+        r.register(
+            "auth_backend_duration_seconds",
+            "Time the authentication backend took per question, failures included",
+            self.auth_backend_duration.clone(),
+        );
         self
+    }
+
+    /// Create the series of the configured directory backend at zero.
+    pub fn auth_backend_configured(&self, backend: &'static str) {
+        let Some(backend) = BACKENDS.iter().find(|b| **b == backend) else {
+            return;
+        };
+        drop(
+            self.auth_backend_requests
+                .get_or_create(&[("backend", backend)]),
+        );
+        drop(
+            self.auth_backend_duration
+                .get_or_create(&[("backend", backend)]),
+        );
+        for reason in BACKEND_FAILURES {
+            drop(
+                self.auth_backend_failures
+                    .get_or_create(&[("backend", backend), ("reason", reason)]),
+            );
+        }
+    }
+
+    /// One question to a directory backend took `took`; `failure` is why it got no answer.
+    pub fn auth_backend(
+        &self,
+        backend: &'static str,
+        took: Duration,
+        failure: Option<&'static str>,
+    ) {
+        let Some(backend) = BACKENDS.iter().find(|b| **b == backend) else {
+            return;
+        };
+        self.auth_backend_requests
+            .get_or_create(&[("backend", backend)])
+            .inc();
+        self.auth_backend_duration
+            .get_or_create(&[("backend", backend)])
+            .observe(took.as_secs_f64());
+        if let Some(reason) = failure.and_then(|f| BACKEND_FAILURES.iter().find(|r| **r == f)) {
+            self.auth_backend_failures
+                .get_or_create(&[("backend", backend), ("reason", reason)])
+                .inc();
+        }
     }
 
     /// A connection was accepted on `port`: counted, and open until the guard drops.

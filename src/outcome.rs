@@ -27,6 +27,8 @@ pub enum AuthResult {
     Throttled,
     /// No argon2 worker in time: `454 4.7.0`.
     Busy,
+    /// The directory backend could not answer (down, slow, misconfigured): `454 4.7.0`.
+    Unavailable,
     /// Undecodable or malformed response: `501 5.5.2`.
     Malformed,
     /// The client sent `*`: `501 5.7.0`.
@@ -35,12 +37,13 @@ pub enum AuthResult {
 
 impl AuthResult {
     /// Every result, for tests and for creating every series at zero.
-    pub const ALL: [AuthResult; 7] = [
+    pub const ALL: [AuthResult; 8] = [
         AuthResult::Success,
         AuthResult::BadCredentials,
         AuthResult::TooManyFailures,
         AuthResult::Throttled,
         AuthResult::Busy,
+        AuthResult::Unavailable,
         AuthResult::Malformed,
         AuthResult::Cancelled,
     ];
@@ -52,6 +55,7 @@ impl AuthResult {
             AuthResult::BadCredentials | AuthResult::TooManyFailures => "bad_credentials",
             AuthResult::Throttled => "throttled",
             AuthResult::Busy => "busy",
+            AuthResult::Unavailable => "unavailable",
             AuthResult::Malformed => "malformed",
             AuthResult::Cancelled => "cancelled",
         }

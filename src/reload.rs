@@ -147,6 +147,9 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("relay", relay);
     keep!("dev", dev);
     keep!("auth.cache_ttl", auth.cache_ttl);
+    keep!("auth.backend", auth.backend);
+    keep!("auth.backend_timeout", auth.backend_timeout);
+    keep!("auth.default_senders", auth.default_senders);
     keep!("metrics.listen", metrics.listen);
     keep!("log.format", log.format);
     keep!("limits.auth_window", limits.auth_window);

@@ -93,6 +93,21 @@ pub struct Server {
     scheduler: Scheduler,
 }
 
+/// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
+/// once rather than at the first login (the server serves either way: an outage is `454`).
+async fn probe_directory(verifier: Verifier) {
+    let Some(d) = verifier.directory() else {
+        return;
+    };
+    match d.check().await {
+        Ok(()) => tracing::info!(backend = d.name(), "authentication backend reachable"),
+        Err(e) => {
+            tracing::error!(backend = d.name(), key = e.key(), error = %crate::logsafe::Escaped(&e.to_string()),
+            "authentication backend check failed; logins get 454 4.7.0 until it answers")
+        }
+    }
+}
+
 impl Server {
     /// Load TLS and users, open the spool and bind every listen address.
     pub async fn bind(settings: Arc<Settings>) -> anyhow::Result<Server> {
@@ -111,9 +126,14 @@ impl Server {
             None => UserStore::from_users(Vec::new()),
         };
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
-        let (verifier, quota) = crate::auth::defences(users, &settings);
-        let delivery = Arc::new(Delivery::new(&settings)?);
         let metrics = Arc::new(Metrics::new());
+        let (verifier, quota) = crate::auth::defences(users, &settings);
+        let mut verifier = verifier.with_default_senders(&settings.auth.default_senders);
+        if let Some(directory) = crate::auth::directory(&settings, Some(metrics.clone()))? {
+            verifier = verifier.with_directory(directory);
+            tokio::spawn(probe_directory(verifier.clone()));
+        }
+        let delivery = Arc::new(Delivery::new(&settings)?);
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
         let limits = &settings.limits;

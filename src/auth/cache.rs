@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::{constant_time, digest, hmac, rand};
 
+use super::backend::Identity;
 use super::users::User;
 
 /// The most entries kept at once, whatever the size of the users file.
@@ -73,6 +74,8 @@ struct Entry {
     tag: [u8; 32],
     phc: [u8; 32],
     expires: Instant,
+    /// What a directory backend said about the login (directory entries only).
+    identity: Option<Arc<Identity>>,
 }
 
 /// What a lookup found.
@@ -170,12 +173,13 @@ impl CredentialCache {
         })
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+    #[cfg(test)]
     fn tag(&self, user: &User, password: &str) -> [u8; 32] {
         self.key.tag(&user.login, &user.password, password)
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether an unexpired entry for `login` exists (memory only): when not, a lookup would
@@ -187,38 +191,72 @@ impl CredentialCache {
 
     /// Check `password` for `user` (as the users file has it now).
     pub fn check(&self, user: &User, password: &str) -> Lookup {
+        self.lookup(&user.login, &user.password, password).0
+    }
+
+    /// A directory login: the identity the directory gave when it accepted `password` for
+    /// `login` within the TTL; `marker` is the backend's stand-in for a stored hash.
+    pub fn check_identity(
+        &self,
+        login: &str,
+        marker: &str,
+        password: &str,
+    ) -> Option<Arc<Identity>> {
+        match self.lookup(login, marker, password) {
+            (Lookup::Hit, identity) => identity,
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, login: &str, phc: &str, password: &str) -> (Lookup, Option<Arc<Identity>>) {
         let now = self.clock.now();
         let entry = {
             let mut entries = self.entries();
-            let Some(entry) = entries.get(&user.login) else {
-                return Lookup::Miss;
+            let Some(entry) = entries.get(login) else {
+                return (Lookup::Miss, None);
             };
-            if entry.expires <= now || entry.phc != sha256(user.password.as_bytes()) {
-                entries.remove(&user.login);
-                return Lookup::Miss;
+            if entry.expires <= now || entry.phc != sha256(phc.as_bytes()) {
+                entries.remove(login);
+                return (Lookup::Miss, None);
             }
             entry.clone()
         };
         // The HMAC runs outside the lock; it takes about a microsecond.
-        let tag = self.tag(user, password);
+        let tag = self.key.tag(login, phc, password);
         if constant_time::verify_slices_are_equal(&tag, &entry.tag).is_ok() {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            Lookup::Hit
+            (Lookup::Hit, entry.identity)
         } else {
-            Lookup::Mismatch
+            (Lookup::Mismatch, None)
         }
     }
 
     /// Remember that argon2 accepted `password` for `user` just now.
     pub fn insert(&self, user: &User, password: &str) {
+        self.put(&user.login, &user.password, password, None);
+    }
+
+    /// Remember that the directory accepted `password` for `login` just now, saying `identity`.
+    pub fn insert_identity(
+        &self,
+        login: &str,
+        marker: &str,
+        password: &str,
+        identity: Arc<Identity>,
+    ) {
+        self.put(login, marker, password, Some(identity));
+    }
+
+    fn put(&self, login: &str, phc: &str, password: &str, identity: Option<Arc<Identity>>) {
         let now = self.clock.now();
         let entry = Entry {
-            tag: self.tag(user, password),
-            phc: sha256(user.password.as_bytes()),
+            tag: self.key.tag(login, phc, password),
+            phc: sha256(phc.as_bytes()),
             expires: now + self.ttl,
+            identity,
         };
         let mut entries = self.entries();
-        if entries.len() >= self.max_entries && !entries.contains_key(&user.login) {
+        if entries.len() >= self.max_entries && !entries.contains_key(login) {
             entries.retain(|_, e| e.expires > now);
             if entries.len() >= self.max_entries
                 && let Some(soonest) = entries
@@ -229,7 +267,7 @@ impl CredentialCache {
                 entries.remove(&soonest);
             }
         }
-        entries.insert(user.login.clone(), entry);
+        entries.insert(login.to_owned(), entry);
     }
 
     /// Drop `login`'s entry (deleted or suspended user).
@@ -285,6 +323,7 @@ mod tests {
             login: login.into(),
             password: phc.into(),
             senders: vec![SenderPattern::parse(login).unwrap()],
+            senders_given: true,
             limits: Default::default(),
         }
     }

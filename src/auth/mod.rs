@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod directory;
 pub mod quota;
 pub mod sasl;
 pub mod senders;
@@ -19,6 +20,25 @@ pub mod window;
 use std::sync::Arc;
 
 use crate::config::Settings;
+
+/// The directory backend `auth.backend` selects, `None` for the file backend. Reads the files
+/// its section names (blocking; call before serving); connects to nothing yet.
+pub fn directory(
+    settings: &Settings,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) -> Result<Option<directory::DirectoryAuth>, backend::BackendError> {
+    let auth = &settings.auth;
+    let Some(found) = backend::Directory::from_settings(&auth.backend, auth.backend_timeout)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(directory::DirectoryAuth::new(
+        found,
+        auth.backend_timeout,
+        auth.default_senders.clone(),
+        metrics,
+    )))
+}
 
 /// The verifier (bounded argon2 pool, login throttle) and the sending quota (with the
 /// suspension state in `<queue.dir>/suspended.json`) of a server, from `[limits]`.

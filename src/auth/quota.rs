@@ -250,6 +250,7 @@ mod tests {
             login: login.into(),
             password: String::new(),
             senders: vec![SenderPattern::parse(login).unwrap()],
+            senders_given: true,
             limits,
         }
     }

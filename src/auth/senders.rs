@@ -80,6 +80,32 @@ impl fmt::Display for SenderPattern {
     }
 }
 
+/// `auth.default_senders` for one login: `{login}` is the login itself, `@{login_domain}` any
+/// address at the login's domain, anything else a literal pattern. A template that makes no
+/// valid pattern for this login (`{login}` when the login is not an address) gives nothing:
+/// such a user may send only as what else names them.
+pub fn expand_defaults(templates: &[String], login: &str) -> Vec<SenderPattern> {
+    templates
+        .iter()
+        .filter_map(|t| {
+            match t.as_str() {
+                // Only ever one address: a login such as `@example.test` is not a domain.
+                "{login}" => SenderPattern::parse(login)
+                    .ok()
+                    .filter(|p| matches!(p, SenderPattern::Address { .. })),
+                "@{login_domain}" => {
+                    let (local, domain) = login.rsplit_once('@')?;
+                    if local.is_empty() {
+                        return None;
+                    }
+                    SenderPattern::parse(&format!("@{domain}")).ok()
+                }
+                literal => SenderPattern::parse(literal).ok(),
+            }
+        })
+        .collect()
+}
+
 /// Whether any of `patterns` covers `address`.
 pub fn owns(patterns: &[SenderPattern], address: &str) -> bool {
     patterns.iter().any(|p| p.matches(address))
@@ -160,6 +186,32 @@ fn is_atext(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_templates_expand_per_login() {
+        let t: Vec<String> = [
+            "{login}",
+            "@{login_domain}",
+            "noreply@example.org",
+            "@lists.example.org",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let got = expand_defaults(&t, "alice@example.test");
+        assert!(owns(&got, "alice@example.test"));
+        assert!(owns(&got, "sales@example.test"));
+        assert!(owns(&got, "noreply@example.org"));
+        assert!(owns(&got, "x@lists.example.org"));
+        assert!(!owns(&got, "alice@example.org"));
+        // A login that is not an address: only the literal patterns remain.
+        let got = expand_defaults(&t, "alice");
+        assert_eq!(got.len(), 2);
+        assert!(!owns(&got, "alice@example.test"));
+        // An injected pattern in the login is not a pattern.
+        let t: Vec<String> = vec!["{login}".into(), "@{login_domain}".into()];
+        assert!(expand_defaults(&t, "@example.test").is_empty());
+    }
 
     fn pat(s: &str) -> SenderPattern {
         SenderPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))

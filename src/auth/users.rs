@@ -20,8 +20,11 @@ pub struct User {
     pub login: String,
     /// argon2id PHC string.
     pub password: String,
-    /// Parsed `senders` (defaults to `[login]`).
+    /// Parsed `senders` (defaults to `[login]`; beside a directory backend, to nothing: the
+    /// entry only adds).
     pub senders: Vec<SenderPattern>,
+    /// Whether `senders` was written in the entry (else `auth.default_senders` decides).
+    pub senders_given: bool,
     /// Sending limits of this user that differ from `[limits]` (see [`super::quota`]).
     pub limits: SendOverrides,
 }
@@ -167,6 +170,7 @@ fn validate(raw: RawFile, path: &Path, overlay: bool) -> Result<Vec<User>, Users
                 .iter()
                 .map(|s| SenderPattern::parse(s).map_err(|e| fail(&format!("senders: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?,
+            None if overlay => Vec::new(),
             None => vec![SenderPattern::parse(&raw_user.login).map_err(|e| {
                 fail(&format!(
                     "login is not an address, so senders must be given ({e})"
@@ -183,6 +187,7 @@ fn validate(raw: RawFile, path: &Path, overlay: bool) -> Result<Vec<User>, Users
         users.push(User {
             login: raw_user.login,
             password,
+            senders_given: raw_user.senders.is_some(),
             senders,
             limits,
         });

@@ -28,6 +28,13 @@
 //!
 //! Every wait (a permit, or another attempt's run) is bounded by [`MAX_VERIFY_WAIT`]; past it
 //! the attempt is [`Verdict::Busy`] (`454 4.7.0`).
+//!
+//! With a directory backend ([`super::directory`]) the same order holds, with the directory in
+//! place of argon2 and the users file: the cache and single-flight keys use the backend's
+//! marker in place of a stored hash (so a cached login lives at most `cache_ttl` after the
+//! directory last said yes: revoking an account takes effect within it), and a directory that
+//! cannot answer is [`Verdict::Unavailable`] (`454 4.7.0`): the throttle reservation is
+//! refunded, so an outage never counts against the user.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,7 +47,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 
+use super::backend::{AuthRequest, Identity, Mechanism};
 use super::cache::{Clock, CredentialCache, CredentialTagger, Lookup};
+use super::directory::DirectoryAuth;
+use super::senders::expand_defaults;
 use super::suspend::Suspensions;
 use super::throttle::{AuthThrottle, Reservation, Throttled};
 use super::users::{User, UserStore};
@@ -52,9 +62,16 @@ use crate::logsafe::Escaped;
 /// argon2 run (tens of milliseconds).
 pub const MAX_VERIFY_WAIT: Duration = Duration::from_secs(10);
 
-/// What one verification found: `None` when it got no permit (queue full), else the user or
-/// `None` (unknown login or wrong password).
-type Outcome = Option<Option<Arc<User>>>;
+/// What one verification found.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// No permit (queue full), or no outcome in time.
+    Busy,
+    /// The user, or `None` (unknown login or wrong password).
+    Checked(Option<Arc<User>>),
+    /// The directory backend could not answer (logged where it happened).
+    Unavailable,
+}
 
 type Running = HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>;
 
@@ -135,6 +152,22 @@ pub struct Verifier {
     cache: Option<Arc<CredentialCache>>,
     /// argon2 runs under way, joined by concurrent attempts with the same credentials.
     flights: Arc<Flights>,
+    /// The directory backend, when `auth.backend` is not `"file"`.
+    directory: Option<Arc<DirectoryAuth>>,
+    /// Questions to the directory at once: network waits, not CPU, so more than argon2's.
+    directory_permits: Arc<Semaphore>,
+    /// `auth.default_senders` for users-file entries without `senders`, when it is not the
+    /// default (`["{login}"]`, which the users file already applies).
+    default_senders: Option<Arc<[String]>>,
+}
+
+/// Where an AUTH comes from, besides its credentials: what a directory backend is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The client's address (the real one, after PROXY protocol).
+    pub ip: IpAddr,
+    /// The port it connected to.
+    pub local_port: u16,
 }
 
 /// The bounds and defences of a [`Verifier`] (`[limits] auth_*`).
@@ -164,6 +197,8 @@ pub enum Verdict {
     Throttled(Throttled),
     /// The wait queue for argon2 is full: refused without argon2.
     Busy,
+    /// The directory backend could not answer: refused, not counted against the user.
+    Unavailable,
 }
 
 /// A place in the wait queue, given back on drop (also when the waiting session goes away).
@@ -207,13 +242,46 @@ impl Verifier {
             verifications: Arc::new(AtomicU64::new(0)),
             cache: CredentialCache::new(limits.cache_ttl, limits.clock).map(Arc::new),
             flights: Arc::default(),
+            directory: None,
+            directory_permits: Arc::new(Semaphore::new((permits * 4).max(16))),
+            default_senders: None,
         }
+    }
+
+    /// Check passwords with `directory` instead of the users file, which then only adds
+    /// senders and limits to the directory's users.
+    pub fn with_directory(mut self, directory: DirectoryAuth) -> Verifier {
+        self.directory = Some(Arc::new(directory));
+        self
+    }
+
+    /// `auth.default_senders` for users-file entries that name no `senders`.
+    pub fn with_default_senders(mut self, templates: &[String]) -> Verifier {
+        self.default_senders = (templates != ["{login}"]).then(|| templates.into());
+        self
+    }
+
+    /// The directory backend, if one is configured.
+    pub fn directory(&self) -> Option<&DirectoryAuth> {
+        self.directory.as_deref()
     }
 
     /// AUTH from `ip`: refused without argon2 when throttled, when the wait queue is full or
     /// after [`MAX_VERIFY_WAIT`]; otherwise verified (once for concurrent attempts with the
     /// same credentials), and a failure counted against `ip` and `login`.
     pub async fn authenticate(&self, ip: IpAddr, login: &str, password: &str) -> Verdict {
+        let client = Client { ip, local_port: 0 };
+        self.authenticate_client(client, login, password).await
+    }
+
+    /// [`authenticate`](Verifier::authenticate), telling a directory backend the local port.
+    pub async fn authenticate_client(
+        &self,
+        client: Client,
+        login: &str,
+        password: &str,
+    ) -> Verdict {
+        let ip = client.ip;
         let throttle = self.throttle.as_deref();
         if let Some(t) = throttle
             && let Err(which) = t.check(ip, login)
@@ -227,7 +295,7 @@ impl Verifier {
             }
             return Verdict::Checked(Some(user));
         }
-        let run = self.shared_run(throttle.map(|t| (t, ip)), login, password);
+        let run = self.shared_run(throttle.map(|t| (t, ip)), client, login, password);
         let (outcome, reservation) = match run.await {
             Ok(done) => done,
             Err(which) => {
@@ -235,12 +303,19 @@ impl Verifier {
                 return Verdict::Throttled(which);
             }
         };
-        let Some(user) = outcome else {
-            if let (Some(t), Some(r)) = (throttle, reservation) {
-                t.refund(r, login);
+        let user = match outcome {
+            Outcome::Checked(user) => user,
+            Outcome::Busy | Outcome::Unavailable => {
+                if let (Some(t), Some(r)) = (throttle, reservation) {
+                    t.refund(r, login);
+                }
+                if matches!(outcome, Outcome::Busy) {
+                    tracing::warn!(login = %Escaped(login), "authentication refused: verification busy");
+                    return Verdict::Busy;
+                }
+                // Logged by the directory, once per burst.
+                return Verdict::Unavailable;
             }
-            tracing::warn!(login = %Escaped(login), "authentication refused: verification busy");
-            return Verdict::Busy;
         };
         if let Some(t) = throttle {
             match (&user, reservation) {
@@ -264,15 +339,22 @@ impl Verifier {
         if let Some(user) = self.cached_user(login, password).await {
             return Some(user);
         }
-        match self.shared_run(None, login, password).await {
-            Ok((outcome, _)) => outcome.flatten(),
-            Err(_) => None,
+        let client = Client {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            local_port: 0,
+        };
+        match self.shared_run(None, client, login, password).await {
+            Ok((Outcome::Checked(user), _)) => user,
+            _ => None,
         }
     }
 
     /// The key of a verification: login, the stored hash (the dummy's for an unknown login) and
     /// the password, under the per-process key.
     async fn flight_key(&self, login: &str, password: &str) -> [u8; 32] {
+        if let Some(d) = &self.directory {
+            return self.flights.tagger.tag(login, d.marker(), password);
+        }
         let user = match self.users.get_if_fresh(login) {
             Some(user) => user,
             None => {
@@ -296,6 +378,7 @@ impl Verifier {
     async fn shared_run(
         &self,
         throttle: Option<(&AuthThrottle, IpAddr)>,
+        client: Client,
         login: &str,
         password: &str,
     ) -> Result<(Outcome, Option<Reservation>), Throttled> {
@@ -321,19 +404,29 @@ impl Verifier {
                     // started it goes away.
                     tokio::spawn(async move {
                         let _landing = landing;
-                        let outcome = verifier.run(&login, &password).await;
+                        let outcome = match &verifier.directory {
+                            Some(d) => verifier.run_directory(d, client, &login, &password).await,
+                            None => verifier.run(&login, &password).await,
+                        };
                         let _ = tx.send(Some(outcome));
                     });
                     (rx, reservation)
                 }
             }
         };
-        let waited = tokio::time::timeout(MAX_VERIFY_WAIT, rx.wait_for(Option::is_some)).await;
+        // A directory question is bounded by `backend_timeout` (at most 60 s) on top of the
+        // wait for a permit.
+        let limit = MAX_VERIFY_WAIT
+            + self
+                .directory
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.timeout());
+        let waited = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
         let outcome = match waited {
-            Ok(Ok(done)) => done.clone().flatten(),
+            Ok(Ok(done)) => done.clone().unwrap_or(Outcome::Busy),
             // The run ended without an outcome (its task failed), or took too long: not
             // verified.
-            Ok(Err(_)) | Err(_) => None,
+            Ok(Err(_)) | Err(_) => Outcome::Busy,
         };
         Ok((outcome, reservation))
     }
@@ -345,6 +438,9 @@ impl Verifier {
         let cache = self.cache.as_ref()?;
         if !cache.contains(login) {
             return None;
+        }
+        if let Some(d) = &self.directory {
+            return self.cached_directory_user(d, cache, login, password).await;
         }
         let suspended_now = || match &self.suspensions {
             Some(s) => s.is_suspended_if_fresh(login),
@@ -380,14 +476,19 @@ impl Verifier {
             return None;
         }
         match cache.check(&user, password) {
-            Lookup::Hit => Some(user),
+            Lookup::Hit => Some(self.with_defaults(user)),
             Lookup::Miss | Lookup::Mismatch => None,
         }
     }
 
     /// A permit, waiting in the bounded queue when none is free; `None` when the queue is full.
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        match self.permits.clone().try_acquire_owned() {
+        self.permit_of(&self.permits).await
+    }
+
+    /// A permit of `permits`, waiting in the bounded queue; `None` when the queue is full.
+    async fn permit_of(&self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        match permits.clone().try_acquire_owned() {
             Ok(permit) => return Some(permit),
             Err(TryAcquireError::Closed) => return None,
             Err(TryAcquireError::NoPermits) => {}
@@ -398,12 +499,14 @@ impl Verifier {
             return None;
         }
         // The semaphore is never closed, so acquire only fails if that changes.
-        self.permits.clone().acquire_owned().await.ok()
+        permits.clone().acquire_owned().await.ok()
     }
 
-    /// Verify on the blocking pool; `None` when no permit could be had (queue full).
-    async fn run(&self, login: &str, password: &str) -> Option<Option<Arc<User>>> {
-        let permit = self.permit().await?;
+    /// Verify on the blocking pool.
+    async fn run(&self, login: &str, password: &str) -> Outcome {
+        let Some(permit) = self.permit().await else {
+            return Outcome::Busy;
+        };
         let users = self.users.clone();
         let suspensions = self.suspensions.clone();
         let dummy = Arc::clone(&self.dummy);
@@ -449,14 +552,118 @@ impl Verifier {
                 if !suspended && let Some(cache) = &self.cache {
                     cache.insert(&user, password);
                 }
-                Some(Some(user))
+                Outcome::Checked(Some(self.with_defaults(user)))
             }
-            Ok(None) => Some(None),
+            Ok(None) => Outcome::Checked(None),
             Err(e) => {
                 tracing::error!(error = %e, "password verification task failed");
-                Some(None)
+                Outcome::Checked(None)
             }
         }
+    }
+
+    /// A users-file user without `senders` gets `auth.default_senders`, when those are not the
+    /// file's own default.
+    fn with_defaults(&self, user: Arc<User>) -> Arc<User> {
+        match &self.default_senders {
+            Some(templates) if !user.senders_given => {
+                let mut u = (*user).clone();
+                u.senders = expand_defaults(templates, &u.login);
+                Arc::new(u)
+            }
+            _ => user,
+        }
+    }
+
+    /// Ask the directory (on its own bounded pool of permits); a verified login becomes a
+    /// [`User`] with the users-file entry of the same login on top, and enters the cache
+    /// unless suspended.
+    async fn run_directory(
+        &self,
+        d: &DirectoryAuth,
+        client: Client,
+        login: &str,
+        password: &str,
+    ) -> Outcome {
+        let Some(_permit) = self.permit_of(&self.directory_permits).await else {
+            return Outcome::Busy;
+        };
+        let req = AuthRequest {
+            login,
+            password,
+            mechanism: Mechanism::Plain,
+            client_ip: client.ip,
+            local_port: client.local_port,
+            // AUTH is offered only after TLS (RFC 8314 / STARTTLS): always secured.
+            secured: true,
+        };
+        let identity = match d.ask(&req).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return Outcome::Checked(None),
+            Err(_) => return Outcome::Unavailable,
+        };
+        let (user, suspended) = self.directory_user(d, login, &identity).await;
+        if !suspended && let Some(cache) = &self.cache {
+            cache.insert_identity(login, d.marker(), password, Arc::new(identity));
+        }
+        Outcome::Checked(Some(user))
+    }
+
+    /// The user a directory `identity` makes, with the users-file entry of `login` on top, and
+    /// whether `login` is suspended now (both looked at off the reactor when due).
+    async fn directory_user(
+        &self,
+        d: &DirectoryAuth,
+        login: &str,
+        identity: &Identity,
+    ) -> (Arc<User>, bool) {
+        let suspended_now = self
+            .suspensions
+            .as_ref()
+            .map_or(Some(false), |s| s.is_suspended_if_fresh(login));
+        let (entry, suspended) = match (self.users.get_if_fresh(login), suspended_now) {
+            (Some(entry), Some(suspended)) => (entry, suspended),
+            _ => {
+                let users = self.users.clone();
+                let suspensions = self.suspensions.clone();
+                let owned = login.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let entry = users.get(&owned);
+                    let suspended = suspensions.as_ref().is_some_and(|s| {
+                        s.refresh();
+                        s.is_suspended(&owned)
+                    });
+                    (entry, suspended)
+                })
+                .await
+                // The lookup task failed: no entry, and suspended to be safe (MAIL is refused;
+                // nothing is cached).
+                .unwrap_or((None, true))
+            }
+        };
+        (
+            Arc::new(d.user(login, identity, entry.as_deref())),
+            suspended,
+        )
+    }
+
+    /// A cache hit for a directory login: the identity the directory gave within `cache_ttl`,
+    /// made into a user with the users-file entry as it is now. A suspended login is dropped
+    /// from the cache and asks the directory again.
+    async fn cached_directory_user(
+        &self,
+        d: &DirectoryAuth,
+        cache: &CredentialCache,
+        login: &str,
+        password: &str,
+    ) -> Option<Arc<User>> {
+        let identity = cache.check_identity(login, d.marker(), password)?;
+        let (user, suspended) = self.directory_user(d, login, &identity).await;
+        if suspended {
+            cache.forget(login);
+            return None;
+        }
+        Some(user)
     }
 
     /// The store this verifier reads.
@@ -505,6 +712,7 @@ mod tests {
             login: login.into(),
             password: hash_password(password).unwrap(),
             senders: vec![SenderPattern::parse(login).unwrap()],
+            senders_given: true,
             limits: Default::default(),
         }
     }
@@ -679,6 +887,7 @@ mod tests {
             login: login.into(),
             password: phc,
             senders: vec![SenderPattern::parse(login).unwrap()],
+            senders_given: true,
             limits: Default::default(),
         }
     }

@@ -2,14 +2,44 @@
 
 use std::path::Path;
 
-use submitd::config::Settings;
+use submitd::auth::backend::BackendError;
+use submitd::config::{ConfigError, ConfigErrors, Settings};
 
 use super::Failure;
 
-/// Every problem of the config, the certificate and key, and the users file, or "config OK".
+/// Every problem of the config, the certificate and key, and the users file; then, with a
+/// directory backend, a connection to it (bind, queries); or "config OK".
 pub(crate) fn check_config(config: &Path) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
     submitd::artefacts::check_files(&settings).map_err(Failure::Config)?;
+    check_backend(&settings)?;
     println!("config OK: {}", config.display());
+    Ok(())
+}
+
+/// Connect to the directory backend and do what a login does short of checking a password.
+fn check_backend(settings: &Settings) -> Result<(), Failure> {
+    let fail = |e: BackendError| {
+        Failure::Config(ConfigErrors(vec![ConfigError {
+            file: settings.config_path.clone(),
+            key: e.key().to_owned(),
+            message: e
+                .to_string()
+                .trim_start_matches(&format!("{}: ", e.key()))
+                .to_owned(),
+        }]))
+    };
+    let Some(directory) = submitd::auth::directory(settings, None).map_err(fail)? else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(directory.check()).map_err(fail)?;
+    println!(
+        "auth.backend {:?}: reachable, settings accepted",
+        directory.name()
+    );
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::verify::{Verdict, Verifier};
+use crate::auth::verify::{Client, Verdict, Verifier};
 use crate::intake::Intake;
 use crate::metrics::{Handshake, Metrics, Port};
 
@@ -58,6 +58,27 @@ pub struct Context {
     pub intake: Intake,
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+}
+
+/// Who is on the other end: the client's address (after PROXY protocol, the real client) and
+/// the local port it connected to (a directory backend is told both).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    addr: SocketAddr,
+    local_port: u16,
+}
+
+impl Peer {
+    fn of(tcp: &TcpStream, addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            local_port: tcp.local_addr().map_or(0, |a| a.port()),
+        }
+    }
+
+    fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
+    }
 }
 
 /// How a connection's conversation ended.
@@ -193,6 +214,7 @@ async fn read_into<S: AsyncRead + Unpin>(
 /// Serve a plaintext submission (587) connection: greeting, then STARTTLS into a new session.
 pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAddr) {
     let deadline = Instant::now() + ctx.max_session_time;
+    let peer = Peer::of(&tcp, peer);
     // Two phases, so that the plaintext one's room in this future is reused by the TLS one.
     let Some(tcp) = serve_plaintext(tcp, &ctx, peer, deadline).await else {
         return;
@@ -205,7 +227,7 @@ pub async fn serve_submission(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAdd
 async fn serve_after_starttls<IO: AsyncRead + AsyncWrite + Unpin>(
     stream: IO,
     ctx: &Context,
-    peer: SocketAddr,
+    peer: Peer,
     deadline: Instant,
 ) {
     let accept = ctx.tls.accept_with(stream, |tls| {
@@ -253,7 +275,7 @@ async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 async fn serve_plaintext(
     tcp: TcpStream,
     ctx: &Context,
-    peer: SocketAddr,
+    peer: Peer,
     deadline: Instant,
 ) -> Option<TcpStream> {
     let mut conn = Conn::new(tcp, deadline);
@@ -277,6 +299,7 @@ async fn serve_plaintext(
 /// Serve an implicit-TLS submissions (465) connection: handshake first (RFC 8314), then SMTP.
 pub async fn serve_submissions(tcp: TcpStream, ctx: Arc<Context>, peer: SocketAddr) {
     let deadline = Instant::now() + ctx.max_session_time;
+    let peer = Peer::of(&tcp, peer);
     // Without a greet_pause the greeting rides in the handshake: TLS 1.3 sends it right after
     // the server's Finished (half-RTT data), TLS 1.2 with the server's last flight. The client
     // has it one round trip sooner, the server saves a write, and the client cannot have talked
@@ -359,7 +382,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     mut session: Session,
     ctx: &Context,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> End {
     let limit = ctx.command_timeout;
     loop {
@@ -418,7 +441,7 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Context,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Option<End> {
     loop {
         step = match step {
@@ -449,8 +472,12 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
             Step::Verify(creds) => {
                 // Boxed, like the spool write below: a rare step should not make every
                 // session's future (held for the whole connection) larger.
-                let verdict = Box::pin(ctx.verifier.authenticate(
-                    peer.ip(),
+                let client = Client {
+                    ip: peer.ip(),
+                    local_port: peer.local_port,
+                };
+                let verdict = Box::pin(ctx.verifier.authenticate_client(
+                    client,
                     &creds.login,
                     &creds.password,
                 ))
@@ -465,6 +492,7 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Verdict::Throttled(_) => session.auth_refused(reply::AUTH_THROTTLED),
                     Verdict::Busy => session.auth_refused(reply::AUTH_BUSY),
+                    Verdict::Unavailable => session.auth_refused(reply::AUTH_UNAVAILABLE),
                 }
             }
             Step::Queue(accepted) => {
@@ -597,7 +625,10 @@ mod tests {
     /// What `serve_submission` does after its TCP-only steps (greet_pause, the early-talker
     /// check): greeting, the plaintext session, then STARTTLS into a new one.
     async fn serve_plaintext_stream(stream: Recorded, ctx: Arc<Context>) {
-        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let peer = Peer {
+            addr: "192.0.2.1:4000".parse().unwrap(),
+            local_port: 587,
+        };
         let deadline = Instant::now() + ctx.max_session_time;
         let mut conn = Conn::new(stream, deadline);
         let session = Session::new(ctx.config.clone(), false);

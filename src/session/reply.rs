@@ -302,6 +302,11 @@ pub const AUTH_THROTTLED: Reply = Reply::enhanced(
 /// The argon2 wait queue is full (RFC 4954 section 6: 454 is a temporary failure).
 pub const AUTH_BUSY: Reply =
     Reply::enhanced(454, [4, 7, 0], "Temporary authentication failure").auth(AuthResult::Busy);
+/// The directory backend could not answer: the same reply (the client just retries later),
+/// counted apart.
+pub const AUTH_UNAVAILABLE: Reply =
+    Reply::enhanced(454, [4, 7, 0], "Temporary authentication failure")
+        .auth(AuthResult::Unavailable);
 pub const ACCOUNT_SUSPENDED: Reply = Reply::enhanced(
     550,
     [5, 7, 1],
@@ -440,6 +445,7 @@ pub fn auth_result(result: AuthResult) -> Reply {
         AuthResult::TooManyFailures => AUTH_TOO_MANY_FAILURES,
         AuthResult::Throttled => AUTH_THROTTLED,
         AuthResult::Busy => AUTH_BUSY,
+        AuthResult::Unavailable => AUTH_UNAVAILABLE,
         AuthResult::Malformed => AUTH_MALFORMED,
         AuthResult::Cancelled => AUTH_CANCELLED,
     }

@@ -756,6 +756,7 @@ mod tests {
             login: "alice@example.test".into(),
             password: String::new(),
             senders: vec![SenderPattern::parse("alice@example.test").unwrap()],
+            senders_given: true,
             limits: Default::default(),
         })
     }

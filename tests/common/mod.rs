@@ -395,6 +395,7 @@ pub mod dns;
 pub mod postgres;
 pub mod run;
 pub mod sink;
+pub mod slapd;
 
 /// Start like [`TestServer::start_with`], after `prepare` may change the files in the server's
 /// directory (e.g. append to `users.toml`); also returns the server's verifier, whose

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every test of submitd: `cargo test --locked` with the ignored tests included. Those need real
+# servers and tools that the tests start themselves (Dovecot, OpenLDAP's slapd, PostgreSQL,
+# swaks) and Python's dkimpy for the DKIM cross-check; this script installs what is missing
+# (Debian packages as root or through sudo, dkimpy with pip) before running them.
+# Extra arguments go to cargo test, e.g. `./test.sh --test backend_ldap`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-core)
+[ -x /usr/sbin/slapd ] || missing+=(slapd)
+command -v slapadd >/dev/null || [ -x /usr/sbin/slapadd ] || missing+=(slapd)
+command -v ldapsearch >/dev/null || missing+=(ldap-utils)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v swaks >/dev/null || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
+command -v setpriv >/dev/null || missing+=(util-linux)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then
+      sudo=(sudo)
+    else
+      echo "test.sh: missing Debian packages: ${missing[*]}" >&2
+      echo "install them as root (apt-get install ${missing[*]}) and run again" >&2
+      exit 1
+    fi
+  fi
+  echo "test.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The DKIM cross-check (tests/dkim.rs) verifies with dkimpy; pynacl for Ed25519.
+if ! python3 -c 'import dkim, dns, nacl' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check \
+    dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2 ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2
+fi
+
+exec cargo test --locked "$@" -- --include-ignored
