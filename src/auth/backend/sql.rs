@@ -46,7 +46,8 @@ const KEY_TIMEOUT: &str = "auth.backend_timeout";
 
 /// The sql backend: a parsed connection string, the two queries and a connection pool.
 pub struct Sql {
-    config: Config,
+    /// Boxed, like the pool: both are large and `Directory` holds one backend by value.
+    config: Box<Config>,
     /// `Some` when the connection string asks for TLS.
     tls: Option<MakeRustlsConnect>,
     /// `user@host:port/db`, for messages: the connection string without its password.
@@ -56,7 +57,7 @@ pub struct Sql {
     password_query: String,
     senders_query: Option<String>,
     timeout: Duration,
-    pool: Pool,
+    pool: Box<Pool>,
     /// Checked instead of a hash that is missing or refused, so that those logins cost what
     /// a wrong password costs.
     dummy: Arc<Stored>,
@@ -143,17 +144,17 @@ impl Sql {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Sql {
             target: describe(&config),
-            config,
+            config: Box::new(config),
             tls,
             url_key,
             password_query: settings.password_query.clone(),
             senders_query: settings.senders_query.clone(),
             timeout,
-            pool: Pool {
+            pool: Box::new(Pool {
                 size: settings.pool_size,
                 slots: Semaphore::new(settings.pool_size),
                 idle: Mutex::new(VecDeque::new()),
-            },
+            }),
             dummy,
             verifying: Arc::new(Semaphore::new(cpus)),
         })
