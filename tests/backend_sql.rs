@@ -141,13 +141,7 @@ async fn unknown_null_ambiguous_plaintext_and_injection_are_refused() {
         ("bcrypt@example.test\0", PW),
     ] {
         let got = sql.authenticate(&req(login, password)).await;
-        assert!(
-            matches!(got, Ok(None) | Err(BackendError::Query { .. })),
-            "{login:?}: {got:?}"
-        );
-        if !login.contains('\0') {
-            assert_eq!(got, Ok(None), "{login:?}");
-        }
+        assert_eq!(got, Ok(None), "{login:?}");
     }
     // The table survived.
     assert!(matches!(

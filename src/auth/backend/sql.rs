@@ -163,7 +163,12 @@ impl Sql {
     /// Check one login: the stored hash, verified here; on success the senders.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Answer {
         let deadline = Instant::now() + self.timeout;
-        let stored = self.stored_hash(req.login, deadline).await?;
+        // PostgreSQL text cannot hold NUL: such a login matches nobody (asking would be a
+        // query error, an outage to the client).
+        let stored = match req.login.contains('\0') {
+            true => None,
+            false => self.stored_hash(req.login, deadline).await?,
+        };
         let stored = stored.map(|s| scheme::parse(&s));
         if let Some(refusal) = stored.as_ref().and_then(refused_before_verifying) {
             scheme::warn_once(refusal);
@@ -277,10 +282,11 @@ impl Sql {
                     lease.release();
                     return Ok(rows);
                 }
-                Ok(Err(e)) if lease.reused && !retried && e.as_db_error().is_none() => {
+                Ok(Err(e)) if lease.reused && !retried && is_outage(&e) => {
                     tracing::debug!(error = %e, "sql: pooled connection failed, reconnecting");
                     retried = true;
                 }
+                Ok(Err(e)) if is_outage(&e) => return Err(self.connect_error(&e)),
                 Ok(Err(e)) => return Err(query_error(key, &e)),
                 Err(_) => {
                     return Err(BackendError::Timeout {
@@ -523,6 +529,18 @@ async fn read_rows(
         }
     }
     Ok(rows)
+}
+
+/// Whether `e` is the connection or the server failing rather than the query: a closed
+/// socket, or SQLSTATE class 08 (connection), 53 (resources), 57 (operator intervention, e.g.
+/// the server shutting down) or 58 (system error).
+fn is_outage(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => ["08", "53", "57", "58"]
+            .iter()
+            .any(|class| db.code().code().starts_with(class)),
+    }
 }
 
 /// A failed prepare or query, naming the server's message.
