@@ -1,5 +1,5 @@
-//! A real PostgreSQL 15 (Debian's `postgresql-15`) for the sql backend's tests: its own data
-//! directory in a temp dir, run as `nobody` (postgres refuses root), listening on 127.0.0.1 on
+//! A real PostgreSQL (Debian's `postgresql`, 15 on bookworm) for the sql backend's tests: its
+//! own data directory in a temp dir, run as `nobody` (postgres refuses root), listening on 127.0.0.1 on
 //! a free port and on a unix socket in the temp dir. It can be stopped and started again on the
 //! same port and data (an outage), and paused with SIGSTOP (a server that accepts connections
 //! but never answers). Dropped: the postmaster and its children are killed.
@@ -11,7 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Debian's versioned install directory (15 on bookworm; the newest one present).
+fn bin_dir() -> PathBuf {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|v| Path::new(&format!("/usr/lib/postgresql/{v}/bin/initdb")).exists())
+        .max()
+        .unwrap_or(15);
+    PathBuf::from(format!("/usr/lib/postgresql/{newest}/bin"))
+}
 /// `nobody`, who owns the data directory and runs the server.
 const NOBODY: u32 = 65534;
 /// Every wait for the server (start, stop, a psql command) is bounded by this.
@@ -33,7 +43,7 @@ pub struct Postgres {
 impl Postgres {
     /// Whether the Debian package is installed (tests needing it are `#[ignore]`d otherwise).
     pub fn available() -> bool {
-        Path::new(BIN).join("postgres").exists()
+        bin_dir().join("postgres").exists()
     }
 
     /// initdb, start, and create [`ROLE`] (password login over TCP, scram-sha-256) and
@@ -42,7 +52,7 @@ impl Postgres {
         let mut dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let status = as_nobody(&Path::new(BIN).join("initdb"))
+        let status = as_nobody(&bin_dir().join("initdb"))
             .args([
                 "-U",
                 "postgres",
@@ -99,7 +109,7 @@ impl Postgres {
     }
 
     fn psql_in(&self, db: &str, sql: &str) {
-        let mut child = Command::new(Path::new(BIN).join("psql"))
+        let mut child = Command::new(bin_dir().join("psql"))
             .args([
                 "-X",
                 "-q",
@@ -223,7 +233,7 @@ impl Postgres {
             .open(self.dir.path().join("postgres.log"))
             .unwrap();
         let socket_dir: PathBuf = self.dir.path().into();
-        let child = as_nobody(&Path::new(BIN).join("postgres"))
+        let child = as_nobody(&bin_dir().join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args([
@@ -250,7 +260,7 @@ impl Postgres {
                 self.child = None;
                 return false;
             }
-            let ready = Command::new(Path::new(BIN).join("pg_isready"))
+            let ready = Command::new(bin_dir().join("pg_isready"))
                 .arg("-h")
                 .arg(self.dir.path())
                 .args(["-p", &self.port.to_string(), "-U", "postgres", "-t", "2"])
