@@ -393,6 +393,7 @@ pub fn message_from(from: &str) -> String {
 pub mod binary;
 pub mod dns;
 pub mod dovecot;
+pub mod postgres;
 pub mod run;
 pub mod sink;
 pub mod slapd;
