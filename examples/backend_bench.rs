@@ -69,6 +69,14 @@ async fn main() {
     let dovecot = common::dovecot::Dovecot::start();
     let slapd = common::slapd::Slapd::start();
     let postgres = common::postgres::Postgres::start();
+    let sql_user = "sql@example.test";
+    let sql_password = "sql-bench-password";
+    let phc = submitd::auth::verify::hash_password(sql_password).unwrap();
+    postgres.psql(&format!(
+        "CREATE TABLE users (login text NOT NULL, password text); \
+         GRANT SELECT ON users TO submitd; \
+         INSERT INTO users VALUES ('{sql_user}', '{{ARGON2ID}}{phc}');"
+    ));
     let setups = [
         Setup {
             name: "file",
@@ -97,9 +105,13 @@ async fn main() {
         Setup {
             name: "sql",
             scheme: "argon2id (m=19456,t=2)",
-            auth: format!("backend = \"sql\"\n{}", postgres.auth_toml()),
-            login: common::postgres::ARGON_USER.into(),
-            password: common::postgres::ARGON_PASSWORD.into(),
+            auth: format!(
+                "backend = \"sql\"\n[auth.sql]\nurl = \"{}\"\n\
+                 password_query = \"SELECT password FROM users WHERE login = $1\"\n",
+                postgres.url()
+            ),
+            login: sql_user.into(),
+            password: sql_password.into(),
         },
     ];
     let sink = Sink::start(SinkOptions::default()).await;
