@@ -607,6 +607,44 @@ fn protocol(detail: String) -> BackendError {
     BackendError::Protocol { key: KEY, detail }
 }
 
+/// Everything that reads what Dovecot sends, over a whole transcript and without IO: lines as
+/// the connection reads them (bounded), the handshake up to `DONE`, then replies with their
+/// `OK`/`FAIL` fields. For the `dovecot_reply` fuzz target and the proptest: it must never
+/// panic. Returns the number of replies parsed.
+#[doc(hidden)]
+pub fn parse_transcript(input: &[u8]) -> usize {
+    use futures_util::FutureExt as _;
+    let mut reader: &[u8] = input;
+    let mut buf = Vec::new();
+    let mut handshake = Handshake::default();
+    let mut greeted = false;
+    let mut replies = 0;
+    // A slice never blocks, so each read completes at once; the count bounds the loop.
+    for _ in 0..input.len() + 1 {
+        let Some(Ok(Some(line))) = read_line(&mut reader, &mut buf).now_or_never() else {
+            break;
+        };
+        if !greeted {
+            match handshake.line(&line) {
+                Ok(true) => greeted = true,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+            continue;
+        }
+        let Some((_, reply)) = parse_reply(&line) else {
+            break;
+        };
+        match reply {
+            Reply::Ok(fields) => drop(verified(&fields)),
+            Reply::Fail(fields) => drop(failed(&fields)),
+            Reply::Cont => {}
+        }
+        replies += 1;
+    }
+    replies
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary.
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -622,6 +660,31 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transcript_is_parsed_through_the_handshake_to_the_replies() {
+        let t = b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nSPID\t1\nCUID\t2\nDONE\n\
+                  OK\t1\tuser=a@x\nFAIL\t2\tuser=b@x\ttemp\nCONT\t3\t\n";
+        assert_eq!(parse_transcript(t), 3);
+        // No PLAIN: the handshake refuses, nothing after it is read.
+        assert_eq!(parse_transcript(b"VERSION\t1\t2\nDONE\nOK\t1\n"), 0);
+        assert_eq!(parse_transcript(b""), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_what_dovecot_sends_never_panics(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cut in 0usize..200,
+        ) {
+            parse_transcript(&input);
+            // And a valid transcript with arbitrary bytes spliced in.
+            let mut t = b"VERSION\t1\t2\nMECH\tPLAIN\nDONE\nOK\t1\tuser=a\\tb\tnologin\n".to_vec();
+            let at = cut.min(t.len());
+            t.splice(at..at, input.iter().copied().take(64));
+            parse_transcript(&t);
+        }
+    }
     use std::net::Ipv4Addr;
     use tokio::net::TcpListener;
 
