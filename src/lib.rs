@@ -88,5 +88,6 @@ pub mod queue;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod submission;
 pub mod tls;

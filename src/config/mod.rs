@@ -25,6 +25,7 @@ mod metrics;
 mod queue;
 mod raw;
 mod relay;
+mod state;
 mod submission;
 mod tls;
 mod value;
@@ -41,6 +42,7 @@ pub use log::{LogFormat, LogSettings};
 pub use metrics::MetricsSettings;
 pub use queue::QueueSettings;
 pub use relay::{RelayMode, RelaySettings, RelayTls, Smarthost, SmarthostTls};
+pub use state::{StateBackend, StateSettings, StateUrl, redact as redact_url};
 pub use submission::SubmissionSettings;
 pub use tls::TlsFiles;
 pub use value::check_hostname;
@@ -64,6 +66,8 @@ pub struct Settings {
     pub dkim: Vec<DkimConfig>,
     pub dev: DevSettings,
     pub metrics: MetricsSettings,
+    /// `[state]`: where throttles, sending windows and suspensions live.
+    pub state: StateSettings,
     pub log: LogSettings,
 }
 
@@ -155,6 +159,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: metrics::RawMetrics,
     #[serde(default)]
+    state: state::RawState,
+    #[serde(default)]
     log: log::RawLog,
 }
 
@@ -211,6 +217,7 @@ impl Settings {
         let dkim = dkim::parse(&raw.dkim, p, &cx);
         let dev = dev::parse(&raw.dev, p);
         let metrics = metrics::parse(&raw.metrics, p);
+        let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
 
         problems.finish()?;
@@ -229,6 +236,7 @@ impl Settings {
             dkim,
             dev,
             metrics: metrics.ok_or_else(missing)?,
+            state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
         })
     }
