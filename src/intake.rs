@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::auth::quota::Quota;
+use crate::auth::quota::{Admission, Quota, Refusal as QuotaRefusal};
 use crate::auth::users::User;
 use crate::dkim::{DkimError, SharedSigner};
 use crate::logsafe::Escaped;
@@ -60,6 +60,10 @@ pub enum AcceptError {
     /// The spool write failed and left nothing behind (`451 4.3.0`, `452 4.3.1` when full).
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Over the user's sending limits in the shared store (`450 4.7.1`): the replicas
+    /// together reached them while this message was on its way.
+    #[error("over the user's sending limits across the replicas")]
+    Limited(Refusal),
 }
 
 impl AcceptError {
@@ -71,6 +75,7 @@ impl AcceptError {
                 SpoolFailure::DiskFull => Refusal::InsufficientStorage,
                 SpoolFailure::WriteError => Refusal::QueueWrite,
             },
+            AcceptError::Limited(refusal) => *refusal,
         }
     }
 }
@@ -93,6 +98,25 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// With a shared store, count the message in the user's windows there before it is
+    /// stored (all replicas, one limit); over them, it is refused.
+    async fn admit(&self, accepted: &Accepted) -> Result<Option<Admission>, AcceptError> {
+        let Some(quota) = &self.quota else {
+            return Ok(None);
+        };
+        quota
+            .admit(&accepted.user, accepted.recipients.len())
+            .await
+            .map_err(|refusal| {
+                warn!(user = %Escaped(&accepted.user.login), "message refused: over the sending limits across the replicas");
+                AcceptError::Limited(match refusal {
+                    QuotaRefusal::Recipients => Refusal::RecipientRateLimited,
+                    QuotaRefusal::Suspended => Refusal::Suspended,
+                    QuotaRefusal::Messages => Refusal::MessageRateLimited,
+                })
+            })
+    }
+
     /// Prepare, sign, store and announce one message; its queue ID once it is durable.
     pub async fn accept(&self, accepted: Accepted, client: IpAddr) -> Result<QueueId, AcceptError> {
         let id = QueueId::generate();
@@ -127,8 +151,14 @@ impl Intake {
         envelope.eight_bit = accepted.eight_bit;
         envelope.size = message.len() as u64;
         let size = message.len();
+        let admission = self.admit(&accepted).await?;
         if let Err(e) = self.spool.store(envelope, message).await {
             warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
+            if let (Some(quota), Some(a)) = (&self.quota, admission) {
+                quota
+                    .release(&accepted.user, accepted.recipients.len(), a)
+                    .await;
+            }
             return Err(e.into());
         }
         info!(

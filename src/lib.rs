@@ -81,6 +81,7 @@ pub mod ipkey;
 pub mod listener;
 pub mod logsafe;
 pub mod metrics;
+pub mod outage;
 pub mod outcome;
 pub mod pidfile;
 pub mod proxy;

@@ -104,6 +104,9 @@ pub struct Metrics {
     auth_backend_requests: Family<Label, Counter>,
     auth_backend_failures: Family<Labels2, Counter>,
     auth_backend_duration: Family<Label, Histogram, fn() -> Histogram>,
+    state_up: Gauge,
+    /// `[state]`: 0 local, 1 shared store answering, 2 shared store down (for `/health`).
+    state_mode: std::sync::atomic::AtomicU8,
 }
 
 /// `submitd_auth_backend_failures_total{reason}`: `BackendError::label`'s values.
@@ -167,7 +170,10 @@ impl Metrics {
             auth_backend_requests: Family::default(),
             auth_backend_failures: Family::default(),
             auth_backend_duration: Family::new_with_constructor(backend_histogram),
+            state_up: Gauge::default(),
+            state_mode: std::sync::atomic::AtomicU8::new(0),
         };
+        m.state_up.set(1);
         // Create every series now (the guards `get_or_create` returns are dropped at once).
         for port in Port::ALL {
             drop(m.connections.get_or_create(&port.label()));
@@ -264,6 +270,11 @@ impl Metrics {
             self.attempt_duration.clone(),
         );
         r.register(
+            "state_backend_up",
+            "1 when the [state] store answers (always 1 with backend = \"local\"), 0 while limits fall back to per-process counters",
+            self.state_up.clone(),
+        );
+        r.register(
             "auth_backend_requests",
             "Questions to the authentication backend (auth.backend), answered or not",
             self.auth_backend_requests.clone(),
@@ -279,6 +290,29 @@ impl Metrics {
             self.auth_backend_duration.clone(),
         );
         self
+    }
+
+    /// The shared state store answers (`Some(true)`), does not (`Some(false)`), or there is
+    /// none (`None`, `backend = "local"`).
+    pub fn state_backend(&self, up: Option<bool>) {
+        let (mode, gauge) = match up {
+            None => (0, 1),
+            Some(true) => (1, 1),
+            Some(false) => (2, 0),
+        };
+        self.state_mode.store(mode, Ordering::Relaxed);
+        self.state_up.set(gauge);
+    }
+
+    /// `GET /health`'s body: the process serves; the state store's status.
+    pub fn health_json(&self) -> String {
+        let (backend, up) = match self.state_mode.load(Ordering::Relaxed) {
+            0 => ("local", true),
+            1 => ("redis", true),
+            _ => ("redis", false),
+        };
+        let state = if up { "up" } else { "down" };
+        format!("{{\"status\":\"ok\",\"state_backend\":\"{backend}\",\"state\":\"{state}\"}}\n")
     }
 
     /// Create the series of the configured directory backend at zero.

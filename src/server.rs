@@ -91,6 +91,11 @@ pub struct Server {
     /// The verifier every session shares (also inside `shared`; kept here to lend it out).
     verifier: Verifier,
     scheduler: Scheduler,
+    /// The shared state store and the suspensions that follow its set, when `[state]` has one.
+    follow: Option<(
+        Arc<crate::state::Shared>,
+        Arc<crate::auth::suspend::Suspensions>,
+    )>,
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -127,7 +132,9 @@ impl Server {
         };
         let spool = Spool::open_with_io(&settings.queue.dir, io)?;
         let metrics = Arc::new(Metrics::new());
-        let (verifier, quota) = crate::auth::defences(users, &settings);
+        let state = crate::state::from_settings(&settings.state, Some(metrics.clone()))?;
+        let (verifier, quota) = crate::auth::defences(users, &settings, state.clone());
+        let follow = state.map(|s| (s, quota.suspensions().clone()));
         let mut verifier = verifier.with_default_senders(&settings.auth.default_senders);
         if let Some(directory) = crate::auth::directory(&settings, Some(metrics.clone()))? {
             verifier = verifier.with_directory(directory);
@@ -170,6 +177,7 @@ impl Server {
             shared,
             verifier,
             scheduler,
+            follow,
         })
     }
 
@@ -217,6 +225,13 @@ impl Server {
         let tracker = TaskTracker::new();
         let queue_stop = CancellationToken::new();
         let queue = tokio::spawn(self.scheduler.run(queue_stop.clone()));
+        if let Some((state, suspensions)) = self.follow.clone() {
+            tokio::spawn(crate::auth::follow_shared_suspensions(
+                state,
+                suspensions,
+                shutdown.clone(),
+            ));
+        }
         let metrics = self.shared.current().ctx.metrics.clone();
         let admission = self.shared.admission.clone();
         let tasks =

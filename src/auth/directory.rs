@@ -3,8 +3,7 @@
 //! answer into the [`User`] the session works with (its senders, or `auth.default_senders`,
 //! plus what a users-file entry of the same login adds).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::{AuthRequest, BackendError, Directory, Identity};
@@ -12,9 +11,6 @@ use super::senders::{SenderPattern, expand_defaults};
 use super::users::{SendOverrides, User};
 use crate::logsafe::Escaped;
 use crate::metrics::Metrics;
-
-/// An outage is logged at once, then at most once per this interval while it lasts.
-const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The most sender patterns taken from one directory entry.
 const MAX_SENDERS: usize = 1000;
@@ -26,7 +22,7 @@ pub struct DirectoryAuth {
     timeout: Duration,
     default_senders: Vec<String>,
     metrics: Option<Arc<Metrics>>,
-    outage: OutageLog,
+    outage: crate::outage::OutageLog,
     /// What the cache and single-flight keys use in place of a stored hash: one per backend.
     marker: String,
 }
@@ -49,7 +45,7 @@ impl DirectoryAuth {
             timeout,
             default_senders,
             metrics,
-            outage: OutageLog::default(),
+            outage: crate::outage::OutageLog::default(),
             marker,
         }
     }
@@ -91,8 +87,14 @@ impl DirectoryAuth {
             );
         }
         match &answer {
-            Err(e) => self.outage.failed(self.name(), e),
-            Ok(_) => self.outage.answered(self.name()),
+            Err(e) => self.outage.failed(
+                self.name(),
+                &format!("{} ({})", e, e.label()),
+                "authentication backend unavailable; clients get 454 4.7.0",
+            ),
+            Ok(_) => self
+                .outage
+                .answered(self.name(), "authentication backend answers again"),
         }
         answer
     }
@@ -135,44 +137,6 @@ impl DirectoryAuth {
             senders,
             senders_given: true,
             limits,
-        }
-    }
-}
-
-/// Logs a directory outage when it starts, then at most every [`OUTAGE_LOG_INTERVAL`] with
-/// the number of failures in between, and once when the directory answers again: a dead LDAP
-/// server under load is a handful of lines, not one per login.
-#[derive(Debug, Default)]
-struct OutageLog {
-    /// When the last line was logged, while an outage lasts.
-    since: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl OutageLog {
-    fn failed(&self, backend: &'static str, e: &BackendError) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        let due = since.is_none_or(|t| t.elapsed() >= OUTAGE_LOG_INTERVAL);
-        if !due {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let more = self.suppressed.swap(0, Ordering::Relaxed);
-        *since = Some(Instant::now());
-        tracing::error!(backend, key = e.key(), reason = e.label(), error = %Escaped(&e.to_string()),
-            failures_not_logged = more,
-            "authentication backend unavailable; clients get 454 4.7.0");
-    }
-
-    fn answered(&self, backend: &'static str) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.take().is_some() {
-            let more = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                backend,
-                failures_not_logged = more,
-                "authentication backend answers again"
-            );
         }
     }
 }

@@ -21,6 +21,38 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 
+/// Keep `suspensions`' copy of the shared store's suspension set fresh: read every
+/// [`SHARED_SUSPENSIONS_EVERY`] (a suspension made anywhere takes effect everywhere within
+/// about that), kept as it was while the store does not answer. Ends with `shutdown`.
+pub async fn follow_shared_suspensions(
+    shared: Arc<crate::state::Shared>,
+    suspensions: Arc<suspend::Suspensions>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Some(set) = shared.answered(shared.store().suspensions().await) {
+            suspensions.set_shared(
+                set.into_iter()
+                    .map(|(login, s)| {
+                        let entry = suspend::Suspension {
+                            since: s.since,
+                            reason: s.reason,
+                        };
+                        (login, entry)
+                    })
+                    .collect(),
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SHARED_SUSPENSIONS_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often the shared suspension set is read.
+pub const SHARED_SUSPENSIONS_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// The directory backend `auth.backend` selects, `None` for the file backend. Reads the files
 /// its section names (blocking; call before serving); connects to nothing yet.
 pub fn directory(
@@ -46,6 +78,7 @@ pub fn directory(
 pub fn defences(
     users: users::UserStore,
     settings: &Settings,
+    shared: Option<Arc<crate::state::Shared>>,
 ) -> (verify::Verifier, Arc<quota::Quota>) {
     let limits = &settings.limits;
     let parallel = limits.auth_parallel.unwrap_or_else(|| {
@@ -62,6 +95,7 @@ pub fn defences(
         per_login: limits.auth_failures_per_login,
     });
     throttle.set_ipv6_prefix(limits.ipv6_prefix);
+    let throttle = throttle.with_shared(shared.clone());
     let verifier = verify::Verifier::with_limits(
         users,
         verify::VerifierLimits {
@@ -73,6 +107,6 @@ pub fn defences(
             clock: cache::Clock::system(),
         },
     );
-    let quota = Arc::new(quota::Quota::new(limits.user_limits, suspensions));
+    let quota = Arc::new(quota::Quota::new(limits.user_limits, suspensions).with_shared(shared));
     (verifier, quota)
 }

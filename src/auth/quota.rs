@@ -17,13 +17,20 @@
 //!   logged with `tracing::error!`. The message that crossed the line was already queued and
 //!   stays queued (`submitd queue list` shows it with the user's login). The count that
 //!   triggers a suspension restarts after it, so `submitd user unsuspend` really lifts it.
+//! - With a shared store (`[state] backend = "redis"`), a message is admitted once more when
+//!   it is about to be stored ([`Quota::admit`]): its message and recipients are added to the
+//!   user's windows in the store atomically, all or nothing, within the limits, in one round
+//!   trip, so N replicas enforce one limit exactly (a message over it gets `450 4.7.1` after
+//!   its data). A failed write takes the counts back. MAIL and RCPT still check early against
+//!   this process's own counters; when the store does not answer, those decide.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::suspend::Suspensions;
+use super::suspend::{Suspension, Suspensions};
 use super::users::{SendOverrides, User};
 use super::window::{BoundedMap, Buckets};
+use crate::state::{Count, Shared, Stamp, Window};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -102,7 +109,24 @@ pub struct Quota {
     origin: Instant,
     usage: Mutex<BoundedMap<String, Usage>>,
     suspensions: Arc<Suspensions>,
+    /// The store every replica counts in, when `[state] backend = "redis"`.
+    shared: Option<Arc<Shared>>,
 }
+
+/// A message admitted in the shared store: its counts, taken back if it is not stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    stamp: Stamp,
+}
+
+const HOUR_WINDOW: Window = Window {
+    len: HOUR,
+    buckets: 60,
+};
+const DAY_WINDOW: Window = Window {
+    len: DAY,
+    buckets: 24,
+};
 
 impl Quota {
     /// Counters with `defaults` for users without overrides, suspensions in `suspensions`.
@@ -112,7 +136,124 @@ impl Quota {
             origin: Instant::now(),
             usage: Mutex::new(BoundedMap::new(MAX_USERS, DAY)),
             suspensions,
+            shared: None,
         }
+    }
+
+    /// Count in `shared` as well, which decides while it answers.
+    pub fn with_shared(mut self, shared: Option<Arc<Shared>>) -> Quota {
+        self.shared = shared;
+        self
+    }
+
+    /// The store's keys of `login`'s windows.
+    fn keys(login: &str) -> [String; 5] {
+        [
+            "messages_hour",
+            "messages_day",
+            "recipients_hour",
+            "recipients_day",
+            "suspicion",
+        ]
+        .map(|w| format!("quota:{w}:{login}"))
+    }
+
+    /// A message of `user` to `recipients` is about to be stored: with a shared store, add it
+    /// to the user's windows there, atomically within the limits (`Err` when over: nothing
+    /// added). `Ok(None)` without a store, or when it does not answer (MAIL and RCPT already
+    /// checked this process's counters).
+    pub async fn admit(
+        &self,
+        user: &User,
+        recipients: usize,
+    ) -> Result<Option<Admission>, Refusal> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let limits = for_user(&self.defaults, &user.limits);
+        let keys = Quota::keys(&user.login);
+        let rcpts = recipients as u64;
+        let counts = [
+            (0, HOUR_WINDOW, 1, limits.messages_per_hour),
+            (1, DAY_WINDOW, 1, limits.messages_per_day),
+            (2, HOUR_WINDOW, rcpts, limits.recipients_per_hour),
+            (3, DAY_WINDOW, rcpts, limits.recipients_per_day),
+        ]
+        .map(|(i, window, amount, limit)| Count {
+            key: &keys[i],
+            window,
+            amount,
+            limit: u64::from(limit),
+        });
+        match shared.answered(shared.store().add_within(&counts).await) {
+            Some(Ok(stamp)) => Ok(Some(Admission { stamp })),
+            Some(Err(over)) if over < 2 => Err(Refusal::Messages),
+            Some(Err(_)) => Err(Refusal::Recipients),
+            None => Ok(None),
+        }
+    }
+
+    /// The admitted message was not stored: take its counts back from the store.
+    pub async fn release(&self, user: &User, recipients: usize, admission: Admission) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let keys = Quota::keys(&user.login);
+        let rcpts = recipients as u64;
+        let counts = [
+            (0, HOUR_WINDOW, 1),
+            (1, DAY_WINDOW, 1),
+            (2, HOUR_WINDOW, rcpts),
+            (3, DAY_WINDOW, rcpts),
+        ]
+        .map(|(i, window, amount)| Count {
+            key: &keys[i],
+            window,
+            amount,
+            limit: 0,
+        });
+        shared.answered(shared.store().take_back(&counts, admission.stamp).await);
+    }
+
+    /// After a message admitted in the shared store was stored: count its recipients toward
+    /// suspension there; the threshold crossed, suspend the user in the store (and here at
+    /// once). `None` when the store does not answer (then this process decides).
+    async fn suspicion_shared(&self, user: &User, recipients: usize) -> Option<()> {
+        let shared = self.shared.as_ref()?;
+        let limits = for_user(&self.defaults, &user.limits);
+        let threshold = u64::from(limits.suspend_recipients_per_hour);
+        if threshold == 0 {
+            return Some(());
+        }
+        let keys = Quota::keys(&user.login);
+        let count = [Count {
+            key: &keys[4],
+            window: HOUR_WINDOW,
+            amount: recipients as u64,
+            limit: 0,
+        }];
+        let (_, totals) = shared.answered(shared.store().add(&count).await)?;
+        let seen = totals.first().copied().unwrap_or(0);
+        if seen < threshold {
+            return Some(());
+        }
+        let reason = format!(
+            "{seen} recipients in the last hour across the replicas (threshold {threshold})"
+        );
+        tracing::error!(user = %crate::logsafe::Escaped(&user.login), recipients_last_hour = seen, threshold,
+            "user looks compromised: suspending the account on every replica");
+        let suspension = Suspension {
+            since: crate::clock::unix_now(),
+            reason: reason.clone(),
+        };
+        self.suspensions
+            .mark_shared(&user.login, suspension.clone());
+        let stored = crate::state::StoredSuspension {
+            since: suspension.since,
+            reason,
+        };
+        shared.answered(shared.store().suspend(&user.login, &stored).await)?;
+        shared.answered(shared.store().clear(&[keys[4].as_str()]).await)
     }
 
     /// The suspensions this quota consults.
@@ -147,6 +288,15 @@ impl Quota {
     /// A message of `user` to `recipients` was queued: [`Quota::record`] it, and write a
     /// suspension it caused to the state file before returning (on the blocking pool).
     pub async fn queued(self: &Arc<Self>, user: &User, recipients: usize) {
+        if self.shared.is_some() {
+            // This process's counters mirror the store's (the early MAIL and RCPT checks, and
+            // the fallback); suspicion is counted in the store.
+            let now_ms = self.now_ms();
+            if self.suspicion_shared(user, recipients).await.is_some() {
+                self.count_at(user, recipients, now_ms);
+                return;
+            }
+        }
         if let Recorded::Suspend { reason } = self.record(user, recipients) {
             let quota = Arc::clone(self);
             let login = user.login.clone();
@@ -199,6 +349,17 @@ impl Quota {
             return Err(Refusal::Recipients);
         }
         Ok(())
+    }
+
+    /// Count a queued message in this process without the suspension check.
+    fn count_at(&self, user: &User, recipients: usize, now_ms: u64) {
+        let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
+        let mut usage = self.usage();
+        let u = usage.touch(&user.login, now_ms, Usage::new);
+        u.messages_hour.add(now_ms, 1);
+        u.messages_day.add(now_ms, 1);
+        u.recipients_hour.add(now_ms, rcpts);
+        u.recipients_day.add(now_ms, rcpts);
     }
 
     fn record_at(&self, user: &User, recipients: usize, now_ms: u64) -> Recorded {

@@ -185,6 +185,9 @@ pub struct Suspensions {
     path: Option<PathBuf>,
     state: RwLock<State>,
     check_interval: Duration,
+    /// The shared store's suspension set as last read (`[state] backend = "redis"`): kept
+    /// while the store does not answer, so known suspensions stay in force.
+    shared: RwLock<BTreeMap<String, Suspension>>,
 }
 
 impl Suspensions {
@@ -207,6 +210,7 @@ impl Suspensions {
                 last_check: Instant::now(),
             }),
             check_interval,
+            shared: RwLock::new(BTreeMap::new()),
         };
         s.reload(&mut s.state.write().unwrap_or_else(|e| e.into_inner()));
         s
@@ -222,21 +226,48 @@ impl Suspensions {
                 last_check: Instant::now(),
             }),
             check_interval: Self::CHECK_INTERVAL,
+            shared: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// The shared store's suspension set, as just read: replaces the copy kept before.
+    pub fn set_shared(&self, users: BTreeMap<String, Suspension>) {
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = users;
+    }
+
+    /// Suspend `login` in the shared copy at once (the store itself is written by the caller):
+    /// refused from now on here, before the next read of the store.
+    pub fn mark_shared(&self, login: &str, suspension: Suspension) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(login.to_owned(), suspension);
+    }
+
+    fn in_shared(&self, login: &str) -> bool {
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(login)
     }
 
     /// Whether `login` is suspended (memory only, never blocks on IO).
     pub fn is_suspended(&self, login: &str) -> bool {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .users
-            .contains_key(login)
+        self.in_shared(login)
+            || self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .users
+                .contains_key(login)
     }
 
     /// Whether `login` is suspended, from memory; `None` when a look at the file is due (then
     /// [`refresh`](Suspensions::refresh) off the reactor first).
     pub fn is_suspended_if_fresh(&self, login: &str) -> Option<bool> {
+        if self.in_shared(login) {
+            return Some(true);
+        }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         if self.path.is_some() && state.last_check.elapsed() >= self.check_interval {
             return None;

@@ -19,13 +19,17 @@
 //!   [`MAX_LOGIN_KEY`] bytes), so guessing which logins exist is throttled like passwords.
 //! - Memory is bounded: at most [`MAX_TRACKED`] addresses and as many logins, the least
 //!   recently failing evicted first; entries idle for a whole window are pruned.
+//! - With a shared store (`[state] backend = "redis"`) the `*_shared` methods count in the
+//!   store, atomically (one round trip each), so every replica enforces the same limits; the
+//!   per-process counters are kept too and decide whenever the store does not answer.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::window::{BoundedMap, Buckets};
+use crate::state::{Count, Counter, Shared, Stamp, Window};
 
 /// How many addresses (and, separately, logins) are tracked at most.
 pub const MAX_TRACKED: usize = 100_000;
@@ -61,6 +65,8 @@ pub struct AuthThrottle {
     ipv6_prefix: AtomicU8,
     origin: Instant,
     counters: Mutex<Counters>,
+    /// The store every replica counts in, when `[state] backend = "redis"`.
+    shared: Option<Arc<Shared>>,
 }
 
 /// An attempt counted as a failure before argon2 ran ([`AuthThrottle::reserve`]). Kept (a
@@ -71,6 +77,8 @@ pub struct AuthThrottle {
 pub struct Reservation {
     ip: Option<IpAddr>,
     at_ms: u64,
+    /// Counted in the shared store too, at this time.
+    shared: Option<Stamp>,
 }
 
 /// The login as counted: at most [`MAX_LOGIN_KEY`] bytes, cut at a character boundary.
@@ -101,7 +109,14 @@ impl AuthThrottle {
                 ips: BoundedMap::new(max_tracked, limits.window),
                 logins: BoundedMap::new(max_tracked, limits.window),
             }),
+            shared: None,
         }
+    }
+
+    /// Count in `shared` as well, which decides while it answers.
+    pub fn with_shared(mut self, shared: Option<Arc<Shared>>) -> AuthThrottle {
+        self.shared = shared;
+        self
     }
 
     /// Count IPv6 clients per network of `prefix` bits from now on (`limits.ipv6_prefix`).
@@ -164,6 +179,7 @@ impl AuthThrottle {
         Ok(Reservation {
             ip: (self.limits.per_ip > 0).then_some(ip),
             at_ms: now_ms,
+            shared: None,
         })
     }
 
@@ -219,6 +235,138 @@ impl AuthThrottle {
                 .touch(&login_key(login).to_owned(), now_ms, make)
                 .add(now_ms, 1);
         }
+    }
+
+    /// The store's counters for an attempt from `ip` for `login`: (key, limit) of each limit
+    /// that is on, the address first.
+    fn shared_keys(&self, ip: IpAddr, login: &str) -> Vec<(String, u32, Throttled)> {
+        let mut keys = Vec::with_capacity(2);
+        if self.limits.per_ip > 0 {
+            let ip = self.ip_key(ip);
+            keys.push((
+                format!("throttle:ip:{ip}"),
+                self.limits.per_ip,
+                Throttled::Ip,
+            ));
+        }
+        if self.limits.per_login > 0 {
+            let key = format!("throttle:login:{}", login_key(login));
+            keys.push((key, self.limits.per_login, Throttled::Login));
+        }
+        keys
+    }
+
+    fn window(&self) -> Window {
+        Window {
+            len: self.limits.window,
+            buckets: BUCKETS as u32,
+        }
+    }
+
+    /// Whether a shared store counts too (`[state] backend = "redis"`).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// [`check`](Self::check) against the shared store when there is one and it answers.
+    pub async fn check_shared(&self, ip: IpAddr, login: &str) -> Result<(), Throttled> {
+        let Some(shared) = &self.shared else {
+            return self.check(ip, login);
+        };
+        let keys = self.shared_keys(ip, login);
+        let window = self.window();
+        let counters: Vec<Counter<'_>> = keys
+            .iter()
+            .map(|(key, ..)| Counter { key, window })
+            .collect();
+        match shared.answered(shared.store().totals(&counters).await) {
+            Some(totals) => match keys
+                .iter()
+                .zip(totals)
+                .find(|((_, limit, _), total)| *total >= u64::from(*limit))
+            {
+                Some(((_, _, which), _)) => Err(*which),
+                None => Ok(()),
+            },
+            None => self.check(ip, login),
+        }
+    }
+
+    /// [`reserve`](Self::reserve) in the shared store, atomically for every replica, when
+    /// there is one and it answers; counted in this process too.
+    pub async fn reserve_shared(&self, ip: IpAddr, login: &str) -> Result<Reservation, Throttled> {
+        let Some(shared) = &self.shared else {
+            return self.reserve(ip, login);
+        };
+        let keys = self.shared_keys(ip, login);
+        let window = self.window();
+        let counts: Vec<Count<'_>> = keys
+            .iter()
+            .map(|(key, limit, _)| Count {
+                key,
+                window,
+                amount: 1,
+                limit: u64::from(*limit),
+            })
+            .collect();
+        match shared.answered(shared.store().add_within(&counts).await) {
+            Some(Ok(stamp)) => {
+                let now_ms = self.now_ms();
+                let keyed = self.ip_key(ip);
+                self.count_locked(&mut self.counters(), keyed, login, now_ms);
+                Ok(Reservation {
+                    ip: (self.limits.per_ip > 0).then_some(keyed),
+                    at_ms: now_ms,
+                    shared: Some(stamp),
+                })
+            }
+            Some(Err(over)) => Err(keys.get(over).map_or(Throttled::Login, |k| k.2)),
+            None => self.reserve(ip, login),
+        }
+    }
+
+    /// [`refund`](Self::refund), in the shared store too when the reservation was made there.
+    pub async fn refund_shared(&self, reservation: Reservation, ip: IpAddr, login: &str) {
+        let stamp = reservation.shared;
+        self.refund(reservation, login);
+        if let (Some(shared), Some(stamp)) = (&self.shared, stamp) {
+            let keys = self.shared_keys(ip, login);
+            let counts = self.counts(&keys);
+            shared.answered(shared.store().take_back(&counts, stamp).await);
+        }
+    }
+
+    /// [`failed`](Self::failed), in the shared store too.
+    pub async fn failed_shared(&self, ip: IpAddr, login: &str) {
+        self.failed(ip, login);
+        if let Some(shared) = &self.shared {
+            let keys = self.shared_keys(ip, login);
+            let counts = self.counts(&keys);
+            shared.answered(shared.store().add(&counts).await);
+        }
+    }
+
+    /// [`succeeded`](Self::succeeded), in the shared store too.
+    pub async fn succeeded_shared(&self, login: &str) {
+        self.succeeded(login);
+        if let Some(shared) = &self.shared
+            && self.limits.per_login > 0
+        {
+            let key = format!("throttle:login:{}", login_key(login));
+            shared.answered(shared.store().clear(&[key.as_str()]).await);
+        }
+    }
+
+    fn counts<'a>(&self, keys: &'a [(String, u32, Throttled)]) -> Vec<Count<'a>> {
+        let window = self.window();
+        keys.iter()
+            .map(|(key, limit, _)| Count {
+                key,
+                window,
+                amount: 1,
+                limit: u64::from(*limit),
+            })
+            .collect()
     }
 
     /// How many addresses and logins are tracked (tests).

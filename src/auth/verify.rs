@@ -284,14 +284,14 @@ impl Verifier {
         let ip = client.ip;
         let throttle = self.throttle.as_deref();
         if let Some(t) = throttle
-            && let Err(which) = t.check(ip, login)
+            && let Err(which) = t.check_shared(ip, login).await
         {
             tracing::warn!(login = %Escaped(login), limit = ?which, "authentication throttled");
             return Verdict::Throttled(which);
         }
         if let Some(user) = self.cached_user(login, password).await {
             if let Some(t) = throttle {
-                t.succeeded(login);
+                t.succeeded_shared(login).await;
             }
             return Verdict::Checked(Some(user));
         }
@@ -307,7 +307,7 @@ impl Verifier {
             Outcome::Checked(user) => user,
             Outcome::Busy | Outcome::Unavailable => {
                 if let (Some(t), Some(r)) = (throttle, reservation) {
-                    t.refund(r, login);
+                    t.refund_shared(r, ip, login).await;
                 }
                 if matches!(outcome, Outcome::Busy) {
                     tracing::warn!(login = %Escaped(login), "authentication refused: verification busy");
@@ -320,14 +320,14 @@ impl Verifier {
         if let Some(t) = throttle {
             match (&user, reservation) {
                 (Some(_), Some(r)) => {
-                    t.refund(r, login);
-                    t.succeeded(login);
+                    t.refund_shared(r, ip, login).await;
+                    t.succeeded_shared(login).await;
                 }
-                (Some(_), None) => t.succeeded(login),
+                (Some(_), None) => t.succeeded_shared(login).await,
                 // Reserved before the run: already counted.
                 (None, Some(_)) => {}
                 // Joined another attempt's run: one more failure from this address.
-                (None, None) => t.failed(ip, login),
+                (None, None) => t.failed_shared(ip, login).await,
             }
         }
         Verdict::Checked(user)
@@ -383,33 +383,22 @@ impl Verifier {
         password: &str,
     ) -> Result<(Outcome, Option<Reservation>), Throttled> {
         let key = self.flight_key(login, password).await;
-        let (mut rx, reservation) = {
+        let shared = throttle.is_some_and(|(t, _)| t.is_shared());
+        let (mut rx, reservation) = if shared {
+            self.start_or_join_shared(throttle, key, client, login, password)
+                .await?
+        } else {
             let mut running = self.flights.running();
             match running.get(&key) {
                 Some(rx) => (rx.clone(), None),
                 None => {
+                    // Reserved under the flights lock: N attempts with the same credentials
+                    // reserve once between them.
                     let reservation = match throttle {
                         Some((t, ip)) => Some(t.reserve(ip, login)?),
                         None => None,
                     };
-                    let (tx, rx) = watch::channel(None);
-                    running.insert(key, rx.clone());
-                    let landing = Landing {
-                        flights: Arc::clone(&self.flights),
-                        key,
-                    };
-                    let verifier = self.clone();
-                    let (login, password) = (login.to_owned(), password.to_owned());
-                    // Its own task: the run goes on for the others when the attempt that
-                    // started it goes away.
-                    tokio::spawn(async move {
-                        let _landing = landing;
-                        let outcome = match &verifier.directory {
-                            Some(d) => verifier.run_directory(d, client, &login, &password).await,
-                            None => verifier.run(&login, &password).await,
-                        };
-                        let _ = tx.send(Some(outcome));
-                    });
+                    let rx = self.start(&mut running, key, client, login, password);
                     (rx, reservation)
                 }
             }
@@ -429,6 +418,71 @@ impl Verifier {
             Ok(Err(_)) | Err(_) => Outcome::Busy,
         };
         Ok((outcome, reservation))
+    }
+
+    /// Start the verification of `key`'s credentials in a task of its own (the run goes on for
+    /// the others when the attempt that started it goes away); its outcome is published once.
+    fn start(
+        &self,
+        running: &mut Running,
+        key: [u8; 32],
+        client: Client,
+        login: &str,
+        password: &str,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let (tx, rx) = watch::channel(None);
+        running.insert(key, rx.clone());
+        let landing = Landing {
+            flights: Arc::clone(&self.flights),
+            key,
+        };
+        let verifier = self.clone();
+        let (login, password) = (login.to_owned(), password.to_owned());
+        tokio::spawn(async move {
+            let _landing = landing;
+            let outcome = match &verifier.directory {
+                Some(d) => verifier.run_directory(d, client, &login, &password).await,
+                None => verifier.run(&login, &password).await,
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// With a shared throttle the reservation is a round trip, which cannot happen under the
+    /// flights lock: join a run under way, else reserve, then start, unless another attempt
+    /// started one meanwhile (then join it and give the reservation back).
+    async fn start_or_join_shared(
+        &self,
+        throttle: Option<(&AuthThrottle, IpAddr)>,
+        key: [u8; 32],
+        client: Client,
+        login: &str,
+        password: &str,
+    ) -> Result<(watch::Receiver<Option<Outcome>>, Option<Reservation>), Throttled> {
+        if let Some(rx) = self.flights.running().get(&key) {
+            return Ok((rx.clone(), None));
+        }
+        let reservation = match throttle {
+            Some((t, ip)) => Some(t.reserve_shared(ip, login).await?),
+            None => None,
+        };
+        let started = {
+            let mut running = self.flights.running();
+            match running.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => Ok(self.start(&mut running, key, client, login, password)),
+            }
+        };
+        match started {
+            Ok(rx) => Ok((rx, reservation)),
+            Err(rx) => {
+                if let (Some((t, ip)), Some(r)) = (throttle, reservation) {
+                    t.refund_shared(r, ip, login).await;
+                }
+                Ok((rx, None))
+            }
+        }
     }
 
     /// The user, when the cache holds `password` for `login`'s current hash and the user is

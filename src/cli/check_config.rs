@@ -13,7 +13,36 @@ pub(crate) fn check_config(config: &Path) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
     submitd::artefacts::check_files(&settings).map_err(Failure::Config)?;
     check_backend(&settings)?;
+    check_state(&settings)?;
     println!("config OK: {}", config.display());
+    Ok(())
+}
+
+/// With `[state] backend = "redis"`: one round trip to the store.
+fn check_state(settings: &Settings) -> Result<(), Failure> {
+    let key = match &settings.state.backend {
+        submitd::config::StateBackend::Redis {
+            url: submitd::config::StateUrl::File(_),
+            ..
+        } => "state.url_file",
+        _ => "state.url",
+    };
+    let fail = |e: submitd::state::StoreError| {
+        Failure::Config(ConfigErrors(vec![ConfigError {
+            file: settings.config_path.clone(),
+            key: key.to_owned(),
+            message: e.to_string(),
+        }]))
+    };
+    let Some(shared) = submitd::state::from_settings(&settings.state, None).map_err(fail)? else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(shared.store().ping()).map_err(fail)?;
+    println!("state.backend \"redis\": reachable");
     Ok(())
 }
 

@@ -55,6 +55,15 @@ pub(crate) enum UserCommand {
 pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
     let suspended = submitd::auth::suspend::state_path(&settings.queue.dir);
+    if let Some(shared) = submitd::state::from_settings(&settings.state, None)
+        .map_err(|e| Failure::Runtime(e.into()))?
+        && matches!(
+            cmd,
+            UserCommand::Suspend { .. } | UserCommand::Unsuspend { .. } | UserCommand::List { .. }
+        )
+    {
+        return shared_suspensions(&settings, &shared, &suspended, cmd);
+    }
     let backend = settings.auth.backend.name();
     match (&settings.auth.users, &cmd) {
         (_, UserCommand::List { json }) if backend != "file" => {
@@ -73,22 +82,85 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     }
 }
 
-/// `user list` beside a directory backend: the users-file entries that add senders or limits
-/// (if there is a file), then every suspended login the file does not name.
-fn list_directory_backend(
-    users: Option<&Path>,
-    suspended: &Path,
+/// `user suspend|unsuspend|list` with `[state] backend = "redis"`: the suspension set is the
+/// store's, shared by every replica (which see a change within about a second).
+fn shared_suspensions(
+    settings: &Settings,
+    shared: &submitd::state::Shared,
+    suspended_file: &Path,
+    cmd: UserCommand,
+) -> Result<(), Failure> {
+    use submitd::state::StoredSuspension;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let store = shared.store();
+    let fail = |e: submitd::state::StoreError| {
+        Failure::Runtime(anyhow::anyhow!(
+            "{e} (state.url {}); nothing changed",
+            "in the config"
+        ))
+    };
+    match cmd {
+        UserCommand::Suspend { login, reason } => {
+            if login.trim().is_empty() || login.chars().any(char::is_control) {
+                return Err(usage(format!("bad login {login:?}")));
+            }
+            let entry = StoredSuspension {
+                since: submitd::clock::unix_now(),
+                reason,
+            };
+            if runtime
+                .block_on(store.suspend(&login, &entry))
+                .map_err(fail)?
+            {
+                eprintln!("suspended {login} on every replica (shared state store)");
+            } else {
+                eprintln!("{login} was already suspended");
+            }
+        }
+        UserCommand::Unsuspend { login } => {
+            runtime.block_on(store.unsuspend(&login)).map_err(fail)?;
+            // A suspension from before the store (this host's file) is lifted too.
+            let _ = submitd::auth::suspend::unsuspend(suspended_file, &login);
+            eprintln!("lifted the suspension of {login} on every replica (shared state store)");
+        }
+        UserCommand::List { json } => {
+            let set = runtime.block_on(store.suspensions()).map_err(fail)?;
+            let mut all = submitd::auth::suspend::load(suspended_file).unwrap_or_default();
+            for (login, s) in set {
+                all.insert(
+                    login,
+                    submitd::auth::suspend::Suspension {
+                        since: s.since,
+                        reason: s.reason,
+                    },
+                );
+            }
+            let list = match &settings.auth.users {
+                Some(path) if settings.auth.backend.name() == "file" => {
+                    users::load(path).map_err(users_failure)?
+                }
+                Some(path) => users::load_overlay(path).map_err(users_failure)?,
+                None => Vec::new(),
+            };
+            print_list(&list, &all, json)?;
+        }
+        _ => unreachable!("only suspend, unsuspend and list come here"),
+    }
+    Ok(())
+}
+
+/// The users and every suspended login the users file does not name.
+fn print_list(
+    list: &[users::User],
+    suspensions: &std::collections::BTreeMap<String, submitd::auth::suspend::Suspension>,
     json: bool,
 ) -> Result<(), Failure> {
-    let suspensions =
-        submitd::auth::suspend::load(suspended).map_err(|e| Failure::Runtime(e.into()))?;
-    let list = match users {
-        Some(path) => users::load_overlay(path).map_err(users_failure)?,
-        None => Vec::new(),
-    };
     let named: std::collections::HashSet<&str> = list.iter().map(|u| u.login.as_str()).collect();
     if json {
-        let mut value = users_json(&list, &suspensions);
+        let mut value = users_json(list, suspensions);
         if let serde_json::Value::Array(items) = &mut value {
             for (login, s) in suspensions
                 .iter()
@@ -102,7 +174,7 @@ fn list_directory_backend(
         println!("{}", serde_json::to_string_pretty(&value).context("JSON")?);
         return Ok(());
     }
-    for u in &list {
+    for u in list {
         let senders: Vec<String> = u.senders.iter().map(pattern_text).collect();
         match suspensions.get(&u.login) {
             Some(s) => println!(
@@ -126,6 +198,22 @@ fn list_directory_backend(
         );
     }
     Ok(())
+}
+
+/// `user list` beside a directory backend: the users-file entries that add senders or limits
+/// (if there is a file), then every suspended login the file does not name.
+fn list_directory_backend(
+    users: Option<&Path>,
+    suspended: &Path,
+    json: bool,
+) -> Result<(), Failure> {
+    let suspensions =
+        submitd::auth::suspend::load(suspended).map_err(|e| Failure::Runtime(e.into()))?;
+    let list = match users {
+        Some(path) => users::load_overlay(path).map_err(users_failure)?,
+        None => Vec::new(),
+    };
+    print_list(&list, &suspensions, json)
 }
 
 /// A users-file problem: bad content is a config error (2), the rest runtime (1).

@@ -56,7 +56,7 @@ impl Response {
 }
 
 /// The response to a complete request head (request line and headers, up to the empty line).
-/// Only `GET /metrics` (any query string) succeeds; headers are ignored.
+/// Only `GET /metrics` and `GET /health` (any query string) succeed; headers are ignored.
 fn respond(head: &[u8], metrics: &Metrics) -> Response {
     let line_end = head
         .windows(2)
@@ -81,7 +81,12 @@ fn respond(head: &[u8], metrics: &Metrics) -> Response {
             content_type: prometheus_text::CONTENT_TYPE,
             body: metrics.encode(),
         },
-        (_, "/metrics") => Response::error("405 Method Not Allowed"),
+        ("GET", "/health") => Response {
+            status: "200 OK",
+            content_type: "application/json",
+            body: metrics.health_json(),
+        },
+        (_, "/metrics" | "/health") => Response::error("405 Method Not Allowed"),
         _ => Response::error("404 Not Found"),
     }
 }

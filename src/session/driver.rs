@@ -535,7 +535,7 @@ mod tests {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key).unwrap();
         let users =
             crate::auth::users::UserStore::open(settings.auth.users.as_deref().unwrap()).unwrap();
-        let (verifier, quota) = crate::auth::defences(users, &settings);
+        let (verifier, quota) = crate::auth::defences(users, &settings, None);
         let spool = crate::queue::Spool::open(&settings.queue.dir).unwrap();
         let delivery = Arc::new(crate::delivery::Delivery::new(&settings).unwrap());
         let metrics = Arc::new(Metrics::new());

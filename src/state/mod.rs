@@ -59,3 +59,93 @@ pub enum StoreError {
     #[error("state store error: {0}")]
     Protocol(String),
 }
+
+/// The store as the rest of the server uses it: every call bounded by `state.timeout`, an
+/// outage logged once per burst and shown in the metrics (`submitd_state_backend_up`), and
+/// `None` for "no answer": the caller then decides with its per-process state.
+#[derive(Debug)]
+pub struct Shared {
+    store: redis::Store,
+    up: std::sync::atomic::AtomicBool,
+    outage: crate::outage::OutageLog,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+}
+
+impl Shared {
+    /// Around `store`; reports up/down to `metrics` when given.
+    pub fn new(
+        store: redis::Store,
+        metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    ) -> Shared {
+        if let Some(m) = &metrics {
+            m.state_backend(Some(true));
+        }
+        Shared {
+            store,
+            up: std::sync::atomic::AtomicBool::new(true),
+            outage: crate::outage::OutageLog::default(),
+            metrics,
+        }
+    }
+
+    /// The store, for calls whose errors the caller reports through [`Shared::answered`].
+    pub fn store(&self) -> &redis::Store {
+        &self.store
+    }
+
+    /// Whether the last call got an answer.
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Note how a call ended, and turn it into `Some(answer)` or `None` (fall back).
+    pub fn answered<T>(&self, result: Result<T, StoreError>) -> Option<T> {
+        match result {
+            Ok(v) => {
+                if !self.up.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(m) = &self.metrics {
+                        m.state_backend(Some(true));
+                    }
+                    self.outage
+                        .answered("state", "state store answers again; shared limits apply");
+                }
+                Some(v)
+            }
+            Err(e) => {
+                if self.up.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    && let Some(m) = &self.metrics
+                {
+                    m.state_backend(Some(false));
+                }
+                self.outage.failed(
+                    "state",
+                    &e.to_string(),
+                    "state store unavailable; limits fall back to this process's own counters",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The shared store `[state]` names, `None` for `backend = "local"`. Reads `url_file`
+/// (blocking: call before serving); connects to nothing yet.
+pub fn from_settings(
+    settings: &crate::config::StateSettings,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+) -> Result<Option<std::sync::Arc<Shared>>, StoreError> {
+    use crate::config::{StateBackend, StateUrl};
+    let StateBackend::Redis { url, prefix } = &settings.backend else {
+        return Ok(None);
+    };
+    let url = match url {
+        StateUrl::Inline(u) => u.clone(),
+        StateUrl::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                StoreError::Unreachable(format!("state.url_file {}: {e}", path.display()))
+            })?,
+    };
+    let store = redis::Store::new(&url, prefix, settings.timeout)?;
+    Ok(Some(std::sync::Arc::new(Shared::new(store, metrics))))
+}
