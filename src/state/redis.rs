@@ -542,6 +542,12 @@ impl Store {
         {
             self.forget(generation);
             StoreError::Unreachable(self.text(e))
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        {
+            // A URL without the password the server wants: a connection problem, not an
+            // answer.
+            StoreError::Unreachable(self.text(e))
         } else {
             StoreError::Protocol(self.text(e))
         }
