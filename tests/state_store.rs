@@ -500,4 +500,14 @@ async fn add_within_round_trip_time() {
         total / conc.as_secs_f64(),
         conc.as_micros() as f64 / each as f64,
     );
+    // How much of it is the script's own time on the server.
+    let mut c = raw(&redis).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_evalsha")) {
+        println!("server: {line}");
+    }
 }
