@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of submitd: `cargo test --locked` with the ignored tests included. Those need real
 # servers and tools that the tests start themselves (Dovecot, OpenLDAP's slapd, PostgreSQL,
-# swaks) and Python's dkimpy for the DKIM cross-check; this script installs what is missing
+# Redis, swaks) and Python's dkimpy for the DKIM cross-check; this script installs what is missing
 # (Debian packages as root or through sudo, dkimpy with pip) before running them.
 # Extra arguments go to cargo test, e.g. `./test.sh --test backend_ldap`.
 set -euo pipefail
@@ -13,6 +13,7 @@ command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-c
 command -v slapadd >/dev/null || [ -x /usr/sbin/slapadd ] || missing+=(slapd)
 command -v ldapsearch >/dev/null || missing+=(ldap-utils)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v swaks >/dev/null || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
 command -v setpriv >/dev/null || missing+=(util-linux)
 

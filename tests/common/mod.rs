@@ -394,6 +394,7 @@ pub mod binary;
 pub mod dns;
 pub mod dovecot;
 pub mod postgres;
+pub mod redis;
 pub mod run;
 pub mod sink;
 pub mod slapd;
