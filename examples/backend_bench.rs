@@ -26,44 +26,12 @@ mod postgres;
 #[path = "../tests/common/slapd.rs"]
 mod slapd;
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
+#[path = "support/bench.rs"]
+mod support;
 
 use tokio_util::sync::CancellationToken;
 
-const FILE_USER: &str = "file@example.test";
-const FILE_PASSWORD: &str = "file-bench-password";
-
-/// A submitd on 127.0.0.1:0 in `dir` with `auth` as its `[auth]` table, delivering into
-/// `dir/outbox` (capture mode: the same small cost for every backend); its 465 port.
-async fn start(dir: &Path, auth: &str, stop: CancellationToken) -> u16 {
-    let (cert, key) = submitd::tls::self_signed("mail.example.test").unwrap();
-    std::fs::write(dir.join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("key.pem"), key).unwrap();
-    let phc = submitd::auth::verify::hash_password(FILE_PASSWORD).unwrap();
-    std::fs::write(
-        dir.join("users.toml"),
-        format!("[[user]]\nlogin = \"{FILE_USER}\"\npassword = \"{phc}\"\n"),
-    )
-    .unwrap();
-    let text = format!(
-        "hostname = \"mail.example.test\"\n[listen]\nsubmission = [\"127.0.0.1:0\"]\n\
-         submissions = [\"127.0.0.1:0\"]\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
-         [queue]\ndir = \"queue\"\n[relay]\nmode = \"capture\"\ncapture_dir = \"outbox\"\n\
-         [limits]\nuser_messages_per_hour = 0\nuser_messages_per_day = 0\n\
-         user_recipients_per_hour = 0\nuser_recipients_per_day = 0\n[auth]\n{auth}\n"
-    );
-    let path = dir.join("submitd.toml");
-    std::fs::write(&path, &text).unwrap();
-    let settings = submitd::config::Settings::from_toml(&text, &path).unwrap();
-    let server = submitd::server::Server::bind(Arc::new(settings))
-        .await
-        .unwrap();
-    let port = server.submissions_addrs()[0].port();
-    tokio::spawn(server.run(stop));
-    port
-}
+use support::{FILE_PASSWORD, FILE_USER, Figures, Load, bench, start};
 
 /// One backend set up for a run: the `[auth]` table (without `cache_ttl`) and a login.
 struct Setup {
@@ -72,56 +40,6 @@ struct Setup {
     auth: String,
     login: String,
     password: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Figures {
-    msgs_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn bench(port: u16, login: &str, password: &str, messages: u64, sessions: u64) -> Figures {
-    let bin = std::env::var("BENCH").unwrap_or_else(|_| "target/release/submitd-bench".into());
-    let out = Command::new(&bin)
-        .args([
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--tls",
-            "implicit",
-        ])
-        .args(["--user", login, "--password", password, "--from", login])
-        .args([
-            "--to",
-            "rcpt@example.net",
-            "--size",
-            "1024",
-            "--per-session",
-            "1",
-        ])
-        .args([
-            "--sessions",
-            &sessions.to_string(),
-            "--messages",
-            &messages.to_string(),
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("{bin}: {e} (cargo build --release --bin submitd-bench)"));
-    let line = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
-        panic!(
-            "submitd-bench printed {line:?} ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(json["errors"], 0, "{json}");
-    println!("{json}");
-    let f = |k: &str| json[k].as_f64().unwrap_or(f64::NAN);
-    Figures {
-        msgs_per_sec: f("msgs_per_sec"),
-        p50_ms: f("p50_ms"),
-        p99_ms: f("p99_ms"),
-    }
 }
 
 #[tokio::main]
@@ -191,7 +109,17 @@ async fn main() {
                 let port = start(dir.path(), &auth, stop.clone()).await;
                 let (login, password) = (s.login.clone(), s.password.clone());
                 let figures = tokio::task::spawn_blocking(move || {
-                    bench(port, &login, &password, messages, sessions)
+                    bench(
+                        port,
+                        &login,
+                        &password,
+                        Load {
+                            messages,
+                            sessions,
+                            per_session: 1,
+                            size: 1024,
+                        },
+                    )
                 })
                 .await
                 .unwrap();

@@ -290,3 +290,30 @@ async fn with_the_store_down_mail_still_flows_and_health_says_so_then_it_converg
     );
     assert!(r.server.count(|l| l.contains("state store answers again")) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server: ./test.sh runs it"]
+async fn a_burst_of_one_account_logging_in_everywhere_at_once_is_not_throttled() {
+    let redis = Redis::start();
+    // Ten logins at once on each replica: each replica asks argon2 (and reserves in the
+    // throttle) once for them all, so even a per-login limit of 5 is not reached.
+    let rs = replicas(
+        &redis,
+        "auth_failures_per_login = 5\nauth_failures_per_ip = 5",
+    );
+    let mut logins = Vec::new();
+    for i in 0..30 {
+        let addr = rs[i % 3].server.tls;
+        logins.push(tokio::spawn(async move {
+            let mut c = Client::implicit_tls(addr).await;
+            c.cmd("EHLO client.test", "250").await;
+            c.send(format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PASSWORD)).as_bytes())
+                .await;
+            c.reply().await
+        }));
+    }
+    for l in logins {
+        let reply = l.await.unwrap();
+        assert!(reply.starts_with("235"), "{reply}");
+    }
+}

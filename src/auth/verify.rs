@@ -71,6 +71,8 @@ enum Outcome {
     Checked(Option<Arc<User>>),
     /// The directory backend could not answer (logged where it happened).
     Unavailable,
+    /// The shared throttle refused the attempt that would have started the run.
+    Throttled(Throttled),
 }
 
 type Running = HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>;
@@ -305,6 +307,10 @@ impl Verifier {
         };
         let user = match outcome {
             Outcome::Checked(user) => user,
+            Outcome::Throttled(which) => {
+                tracing::warn!(login = %Escaped(login), limit = ?which, "authentication throttled");
+                return Verdict::Throttled(which);
+            }
             Outcome::Busy | Outcome::Unavailable => {
                 if let (Some(t), Some(r)) = (throttle, reservation) {
                     t.refund_shared(r, ip, login).await;
@@ -436,6 +442,19 @@ impl Verifier {
             flights: Arc::clone(&self.flights),
             key,
         };
+        self.spawn_run(tx, landing, client, login, password);
+        rx
+    }
+
+    /// The run itself, in its own task, publishing its outcome on `tx`.
+    fn spawn_run(
+        &self,
+        tx: watch::Sender<Option<Outcome>>,
+        landing: Landing,
+        client: Client,
+        login: &str,
+        password: &str,
+    ) {
         let verifier = self.clone();
         let (login, password) = (login.to_owned(), password.to_owned());
         tokio::spawn(async move {
@@ -446,12 +465,12 @@ impl Verifier {
             };
             let _ = tx.send(Some(outcome));
         });
-        rx
     }
 
     /// With a shared throttle the reservation is a round trip, which cannot happen under the
-    /// flights lock: join a run under way, else reserve, then start, unless another attempt
-    /// started one meanwhile (then join it and give the reservation back).
+    /// flights lock. So the run is entered in the flights first (attempts arriving meanwhile
+    /// join it, reserving nothing, as with the local throttle), then reserved, then started;
+    /// a refused reservation is published to the joiners as their outcome too.
     async fn start_or_join_shared(
         &self,
         throttle: Option<(&AuthThrottle, IpAddr)>,
@@ -460,29 +479,32 @@ impl Verifier {
         login: &str,
         password: &str,
     ) -> Result<(watch::Receiver<Option<Outcome>>, Option<Reservation>), Throttled> {
-        if let Some(rx) = self.flights.running().get(&key) {
-            return Ok((rx.clone(), None));
-        }
+        let (tx, rx) = {
+            let mut running = self.flights.running();
+            if let Some(rx) = running.get(&key) {
+                return Ok((rx.clone(), None));
+            }
+            let (tx, rx) = watch::channel(None);
+            running.insert(key, rx.clone());
+            (tx, rx)
+        };
+        // Takes the entry out again however this ends (also if this attempt goes away).
+        let landing = Landing {
+            flights: Arc::clone(&self.flights),
+            key,
+        };
         let reservation = match throttle {
-            Some((t, ip)) => Some(t.reserve_shared(ip, login).await?),
+            Some((t, ip)) => match t.reserve_shared(ip, login).await {
+                Ok(r) => Some(r),
+                Err(which) => {
+                    let _ = tx.send(Some(Outcome::Throttled(which)));
+                    return Err(which);
+                }
+            },
             None => None,
         };
-        let started = {
-            let mut running = self.flights.running();
-            match running.get(&key) {
-                Some(rx) => Err(rx.clone()),
-                None => Ok(self.start(&mut running, key, client, login, password)),
-            }
-        };
-        match started {
-            Ok(rx) => Ok((rx, reservation)),
-            Err(rx) => {
-                if let (Some((t, ip)), Some(r)) = (throttle, reservation) {
-                    t.refund_shared(r, ip, login).await;
-                }
-                Ok((rx, None))
-            }
-        }
+        self.spawn_run(tx, landing, client, login, password);
+        Ok((rx, reservation))
     }
 
     /// The user, when the cache holds `password` for `login`'s current hash and the user is
