@@ -285,16 +285,20 @@ impl Verifier {
     ) -> Verdict {
         let ip = client.ip;
         let throttle = self.throttle.as_deref();
-        if let Some(t) = throttle
+        // A shared throttle's check is a round trip: needed before a cache hit, which
+        // reserves nothing; without a cached entry the reservation checks, atomically.
+        let check = throttle.is_some_and(|t| {
+            !t.is_shared() || self.cache.as_ref().is_some_and(|c| c.contains(login))
+        });
+        if check
+            && let Some(t) = throttle
             && let Err(which) = t.check_shared(ip, login).await
         {
             tracing::warn!(login = %Escaped(login), limit = ?which, "authentication throttled");
             return Verdict::Throttled(which);
         }
         if let Some(user) = self.cached_user(login, password).await {
-            if let Some(t) = throttle {
-                t.succeeded_shared(login).await;
-            }
+            self.settle(ip, login, true, None).await;
             return Verdict::Checked(Some(user));
         }
         let run = self.shared_run(throttle.map(|t| (t, ip)), client, login, password);
@@ -323,20 +327,42 @@ impl Verifier {
                 return Verdict::Unavailable;
             }
         };
-        if let Some(t) = throttle {
-            match (&user, reservation) {
-                (Some(_), Some(r)) => {
-                    t.refund_shared(r, ip, login).await;
-                    t.succeeded_shared(login).await;
-                }
-                (Some(_), None) => t.succeeded_shared(login).await,
-                // Reserved before the run: already counted.
-                (None, Some(_)) => {}
-                // Joined another attempt's run: one more failure from this address.
-                (None, None) => t.failed_shared(ip, login).await,
-            }
-        }
+        self.settle(ip, login, user.is_some(), reservation).await;
         Verdict::Checked(user)
+    }
+
+    /// The throttle's bookkeeping once an attempt is decided. With a shared store it is a
+    /// round trip or two the client need not wait for: it runs in the background, and the
+    /// AUTH costs one round trip (the reservation, or the check before a cache hit).
+    async fn settle(
+        &self,
+        ip: IpAddr,
+        login: &str,
+        success: bool,
+        reservation: Option<Reservation>,
+    ) {
+        let Some(t) = self.throttle.clone() else {
+            return;
+        };
+        let login = login.to_owned();
+        let work = async move {
+            match (success, reservation) {
+                (true, Some(r)) => {
+                    t.refund_shared(r, ip, &login).await;
+                    t.succeeded_shared(&login).await;
+                }
+                (true, None) => t.succeeded_shared(&login).await,
+                // Reserved before the run: already counted.
+                (false, Some(_)) => {}
+                // Joined another attempt's run: one more failure from this address.
+                (false, None) => t.failed_shared(ip, &login).await,
+            }
+        };
+        if self.throttle.as_ref().is_some_and(|t| t.is_shared()) {
+            tokio::spawn(work);
+        } else {
+            work.await;
+        }
     }
 
     /// The user, when `password` is right for `login`; `None` otherwise (unknown or wrong, or
