@@ -30,6 +30,7 @@ fn alice() -> Arc<User> {
             SenderPattern::parse("alice@example.test").unwrap(),
             SenderPattern::parse("@alice.example.test").unwrap(),
         ],
+        senders_given: true,
         limits: Default::default(),
     })
 }
