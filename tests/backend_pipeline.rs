@@ -8,12 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use common::dovecot::{Dovecot, SHA_PASSWORD, SHA_USER};
 use common::run::run_submitd;
-use common::{IO_TIMEOUT, TestServer, login_as, write_config_auth};
+use common::{TestServer, http_get, login_as, write_config_auth};
 
 fn auth_toml(d: &Dovecot, extra: &str) -> String {
     format!(
@@ -32,20 +29,7 @@ async fn server(d: &Dovecot, extra: &str, limits: &str) -> TestServer {
 }
 
 async fn scrape(addr: SocketAddr) -> String {
-    let mut tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(IO_TIMEOUT, tcp.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_owned()
+    http_get(addr, "/metrics").await
 }
 
 fn value(text: &str, series: &str) -> f64 {

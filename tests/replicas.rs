@@ -7,14 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use common::binary::{Binary, log_addr};
 use common::redis::Redis;
 use common::run::run_submitd;
 use common::{
-    ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, Client, IO_TIMEOUT, login_as, message_from, plain,
+    ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, Client, IO_TIMEOUT, http_get, login_as, message_from,
+    plain,
 };
 
 /// One replica: its directory (config, users, queue, outbox), the process, its metrics address.
@@ -80,23 +78,6 @@ async fn try_send(c: &mut Client, from: &str) -> String {
     c.send(format!("{}.\r\n", message_from(from)).as_bytes())
         .await;
     c.reply().await
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(IO_TIMEOUT, tcp.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,6 +76,17 @@ struct Usage {
 }
 
 impl Usage {
+    /// Count one queued message to `recipients` in the message and recipient windows (not
+    /// toward suspension); the recipients as counted.
+    fn count(u: &mut Usage, recipients: usize, now_ms: u64) -> u32 {
+        let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
+        u.messages_hour.add(now_ms, 1);
+        u.messages_day.add(now_ms, 1);
+        u.recipients_hour.add(now_ms, rcpts);
+        u.recipients_day.add(now_ms, rcpts);
+        rcpts
+    }
+
     fn new() -> Usage {
         Usage {
             messages_hour: Buckets::new(HOUR, 60),
@@ -158,6 +169,29 @@ impl Quota {
         .map(|w| format!("quota:{w}:{login}"))
     }
 
+    /// One message to `recipients` in the store's four windows of a user (`keys`), within
+    /// `limits` when given (without: taking the counts back).
+    fn message_counts<'a>(
+        keys: &'a [String; 5],
+        recipients: usize,
+        limits: Option<&SendLimits>,
+    ) -> [Count<'a>; 4] {
+        let rcpts = recipients as u64;
+        let limit = |f: fn(&SendLimits) -> u32| limits.map_or(0, |l| u64::from(f(l)));
+        [
+            (0, HOUR_WINDOW, 1, limit(|l| l.messages_per_hour)),
+            (1, DAY_WINDOW, 1, limit(|l| l.messages_per_day)),
+            (2, HOUR_WINDOW, rcpts, limit(|l| l.recipients_per_hour)),
+            (3, DAY_WINDOW, rcpts, limit(|l| l.recipients_per_day)),
+        ]
+        .map(|(i, window, amount, limit)| Count {
+            key: &keys[i],
+            window,
+            amount,
+            limit,
+        })
+    }
+
     /// A message of `user` to `recipients` is about to be stored: with a shared store, add it
     /// to the user's windows there, atomically within the limits (`Err` when over: nothing
     /// added). `Ok(None)` without a store, or when it does not answer (MAIL and RCPT already
@@ -172,19 +206,7 @@ impl Quota {
         };
         let limits = for_user(&self.defaults, &user.limits);
         let keys = Quota::keys(&user.login);
-        let rcpts = recipients as u64;
-        let counts = [
-            (0, HOUR_WINDOW, 1, limits.messages_per_hour),
-            (1, DAY_WINDOW, 1, limits.messages_per_day),
-            (2, HOUR_WINDOW, rcpts, limits.recipients_per_hour),
-            (3, DAY_WINDOW, rcpts, limits.recipients_per_day),
-        ]
-        .map(|(i, window, amount, limit)| Count {
-            key: &keys[i],
-            window,
-            amount,
-            limit: u64::from(limit),
-        });
+        let counts = Quota::message_counts(&keys, recipients, Some(&limits));
         match shared.answered(shared.store().add_within(&counts).await) {
             Some(Ok(stamp)) => Ok(Some(Admission { stamp })),
             Some(Err(over)) if over < 2 => Err(Refusal::Messages),
@@ -199,19 +221,7 @@ impl Quota {
             return;
         };
         let keys = Quota::keys(&user.login);
-        let rcpts = recipients as u64;
-        let counts = [
-            (0, HOUR_WINDOW, 1),
-            (1, DAY_WINDOW, 1),
-            (2, HOUR_WINDOW, rcpts),
-            (3, DAY_WINDOW, rcpts),
-        ]
-        .map(|(i, window, amount)| Count {
-            key: &keys[i],
-            window,
-            amount,
-            limit: 0,
-        });
+        let counts = Quota::message_counts(&keys, recipients, None);
         shared.answered(shared.store().take_back(&counts, admission.stamp).await);
     }
 
@@ -353,24 +363,19 @@ impl Quota {
 
     /// Count a queued message in this process without the suspension check.
     fn count_at(&self, user: &User, recipients: usize, now_ms: u64) {
-        let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
         let mut usage = self.usage();
-        let u = usage.touch(&user.login, now_ms, Usage::new);
-        u.messages_hour.add(now_ms, 1);
-        u.messages_day.add(now_ms, 1);
-        u.recipients_hour.add(now_ms, rcpts);
-        u.recipients_day.add(now_ms, rcpts);
+        Usage::count(
+            usage.touch(&user.login, now_ms, Usage::new),
+            recipients,
+            now_ms,
+        );
     }
 
     fn record_at(&self, user: &User, recipients: usize, now_ms: u64) -> Recorded {
         let limits = for_user(&self.defaults, &user.limits);
-        let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
         let mut usage = self.usage();
         let u = usage.touch(&user.login, now_ms, Usage::new);
-        u.messages_hour.add(now_ms, 1);
-        u.messages_day.add(now_ms, 1);
-        u.recipients_hour.add(now_ms, rcpts);
-        u.recipients_day.add(now_ms, rcpts);
+        let rcpts = Usage::count(u, recipients, now_ms);
         u.suspicion.add(now_ms, rcpts);
         let threshold = limits.suspend_recipients_per_hour;
         let seen = u.suspicion.total(now_ms);

@@ -415,26 +415,9 @@ impl Verifier {
         password: &str,
     ) -> Result<(Outcome, Option<Reservation>), Throttled> {
         let key = self.flight_key(login, password).await;
-        let shared = throttle.is_some_and(|(t, _)| t.is_shared());
-        let (mut rx, reservation) = if shared {
-            self.start_or_join_shared(throttle, key, client, login, password)
-                .await?
-        } else {
-            let mut running = self.flights.running();
-            match running.get(&key) {
-                Some(rx) => (rx.clone(), None),
-                None => {
-                    // Reserved under the flights lock: N attempts with the same credentials
-                    // reserve once between them.
-                    let reservation = match throttle {
-                        Some((t, ip)) => Some(t.reserve(ip, login)?),
-                        None => None,
-                    };
-                    let rx = self.start(&mut running, key, client, login, password);
-                    (rx, reservation)
-                }
-            }
-        };
+        let (mut rx, reservation) = self
+            .join_or_start(throttle, key, client, login, password)
+            .await?;
         // A directory question is bounded by `backend_timeout` (at most 60 s) on top of the
         // wait for a permit.
         let limit = MAX_VERIFY_WAIT
@@ -450,26 +433,6 @@ impl Verifier {
             Ok(Err(_)) | Err(_) => Outcome::Busy,
         };
         Ok((outcome, reservation))
-    }
-
-    /// Start the verification of `key`'s credentials in a task of its own (the run goes on for
-    /// the others when the attempt that started it goes away); its outcome is published once.
-    fn start(
-        &self,
-        running: &mut Running,
-        key: [u8; 32],
-        client: Client,
-        login: &str,
-        password: &str,
-    ) -> watch::Receiver<Option<Outcome>> {
-        let (tx, rx) = watch::channel(None);
-        running.insert(key, rx.clone());
-        let landing = Landing {
-            flights: Arc::clone(&self.flights),
-            key,
-        };
-        self.spawn_run(tx, landing, client, login, password);
-        rx
     }
 
     /// The run itself, in its own task, publishing its outcome on `tx`.
@@ -493,11 +456,13 @@ impl Verifier {
         });
     }
 
-    /// With a shared throttle the reservation is a round trip, which cannot happen under the
-    /// flights lock. So the run is entered in the flights first (attempts arriving meanwhile
-    /// join it, reserving nothing, as with the local throttle), then reserved, then started;
-    /// a refused reservation is published to the joiners as their outcome too.
-    async fn start_or_join_shared(
+    /// Join the run of these credentials under way, or start one: entered in the flights
+    /// first (attempts arriving meanwhile join it and reserve nothing: N attempts with the same
+    /// credentials reserve once between them), then reserved in the throttle (a round trip
+    /// with a shared store, so never under the flights lock), then started in a task of its
+    /// own (it goes on for the others when this attempt goes away). A refused reservation is
+    /// published to the joiners as their outcome too.
+    async fn join_or_start(
         &self,
         throttle: Option<(&AuthThrottle, IpAddr)>,
         key: [u8; 32],
@@ -544,28 +509,7 @@ impl Verifier {
         if let Some(d) = &self.directory {
             return self.cached_directory_user(d, cache, login, password).await;
         }
-        let suspended_now = || match &self.suspensions {
-            Some(s) => s.is_suspended_if_fresh(login),
-            None => Some(false),
-        };
-        let (user, suspended) = match (self.users.get_if_fresh(login), suspended_now()) {
-            (Some(user), Some(suspended)) => (user, suspended),
-            _ => {
-                let users = self.users.clone();
-                let suspensions = self.suspensions.clone();
-                let login = login.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    let user = users.get(&login);
-                    let suspended = suspensions.as_ref().is_some_and(|s| {
-                        s.refresh();
-                        s.is_suspended(&login)
-                    });
-                    (user, suspended)
-                })
-                .await
-                .ok()?
-            }
-        };
+        let (user, suspended) = self.entry_and_suspension(login).await?;
         let Some(user) = user else {
             // Deleted: argon2 against the dummy decides, as for any unknown login.
             cache.forget(login);
@@ -581,6 +525,31 @@ impl Verifier {
             Lookup::Hit => Some(self.with_defaults(user)),
             Lookup::Miss | Lookup::Mismatch => None,
         }
+    }
+
+    /// `login`'s users-file entry and whether it is suspended now: from memory, or (when a
+    /// look at the files is due) off the reactor. `None` when that lookup task failed.
+    async fn entry_and_suspension(&self, login: &str) -> Option<(Option<Arc<User>>, bool)> {
+        let suspended_now = self
+            .suspensions
+            .as_ref()
+            .map_or(Some(false), |s| s.is_suspended_if_fresh(login));
+        if let (Some(entry), Some(suspended)) = (self.users.get_if_fresh(login), suspended_now) {
+            return Some((entry, suspended));
+        }
+        let users = self.users.clone();
+        let suspensions = self.suspensions.clone();
+        let login = login.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let entry = users.get(&login);
+            let suspended = suspensions.as_ref().is_some_and(|s| {
+                s.refresh();
+                s.is_suspended(&login)
+            });
+            (entry, suspended)
+        })
+        .await
+        .ok()
     }
 
     /// A permit, waiting in the bounded queue when none is free; `None` when the queue is full.
@@ -719,30 +688,12 @@ impl Verifier {
         login: &str,
         identity: &Identity,
     ) -> (Arc<User>, bool) {
-        let suspended_now = self
-            .suspensions
-            .as_ref()
-            .map_or(Some(false), |s| s.is_suspended_if_fresh(login));
-        let (entry, suspended) = match (self.users.get_if_fresh(login), suspended_now) {
-            (Some(entry), Some(suspended)) => (entry, suspended),
-            _ => {
-                let users = self.users.clone();
-                let suspensions = self.suspensions.clone();
-                let owned = login.to_owned();
-                tokio::task::spawn_blocking(move || {
-                    let entry = users.get(&owned);
-                    let suspended = suspensions.as_ref().is_some_and(|s| {
-                        s.refresh();
-                        s.is_suspended(&owned)
-                    });
-                    (entry, suspended)
-                })
-                .await
-                // The lookup task failed: no entry, and suspended to be safe (MAIL is refused;
-                // nothing is cached).
-                .unwrap_or((None, true))
-            }
-        };
+        // The lookup task failed: no entry, and suspended to be safe (MAIL is refused;
+        // nothing is cached).
+        let (entry, suspended) = self
+            .entry_and_suspension(login)
+            .await
+            .unwrap_or((None, true));
         (
             Arc::new(d.user(login, identity, entry.as_deref())),
             suspended,

@@ -95,6 +95,24 @@ pub fn write_config_auth(dir: &Path, auth: &str, relay: &str) -> PathBuf {
     path
 }
 
+/// `GET path` over plain HTTP (the metrics listener): the response body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    text.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 /// A running server in its own temp directory; stopped when dropped.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
