@@ -1,14 +1,18 @@
-//! Message admission: what happens between the end of a message's data and the `250`.
+//! Message admission: from the first octet of a message's data to the `250`.
 //!
-//! [`Intake::accept`] takes a message the session has checked (sender binding, size, hops) and
-//! carries it through four steps, in order:
+//! The content goes to the spool as it arrives: [`Intake::begin`] opens a [`Draft`] (the
+//! message's queue file, not yet committed) and the session driver [`Draft::write`]s each
+//! piece the session hands out, off the reactor, so that no session holds a message whole.
+//! Once the session has checked the message (sender binding, size, hops, From),
+//! [`Intake::accept`] carries it through four steps, in order:
 //!
 //! 1. **prepare**: the headers an MSA adds (RFC 6409 section 8: `Received:`, and `Date:` and
-//!    `Message-ID:` when missing), `submission::prepend_headers`;
+//!    `Message-ID:` when missing), `submission::trace_headers`, kept in the envelope's
+//!    `prefix` (they go out in front of the stored content);
 //! 2. **sign**: DKIM, for the From domain the header check passed and no other, off the
-//!    reactor (`dkim::SharedSigner`);
-//! 3. **store**: envelope and message durably in the spool (file fsync, rename, directory
-//!    fsync, `queue::Spool::store`); a failure removes both files;
+//!    reactor (`dkim::SharedSigner`); the signature joins the prefix;
+//! 3. **store**: commit the draft (envelope record, file fsync, rename, directory fsync,
+//!    `queue::SpoolWriter::commit`); a failure removes the file;
 //! 4. **notify**: the committed message is handed to the scheduler, the per-user sending
 //!    ledger records it, the `queued` line is logged.
 //!
@@ -27,6 +31,7 @@ use crate::logsafe::Escaped;
 use crate::metrics::Metrics;
 use crate::outcome::Refusal;
 use crate::queue::scheduler::QueueHandle;
+use crate::queue::spool::SpoolWriter;
 use crate::queue::{Envelope, QueueId, Spool, SpoolError, SpoolFailure};
 use crate::submission::{self, Trace};
 
@@ -43,8 +48,13 @@ pub struct Accepted {
     pub smtputf8: bool,
     /// MAIL FROM carried BODY=8BITMIME (RFC 6152): pass it on.
     pub eight_bit: bool,
-    /// The message as received (dot-unstuffed / chunks joined), without submitd's headers.
-    pub message: Vec<u8>,
+    /// The message's header section as received (through the empty line that ends it; the
+    /// whole message when it has no body), at most `limits.max_header_size` octets. The whole
+    /// content, this included, went to the [`Draft`].
+    pub headers: Vec<u8>,
+    /// Interim, until the session streams: the whole content, which the driver writes to the
+    /// draft itself.
+    pub content: Vec<u8>,
     /// The domain of the From address the header check passed: the only domain DKIM may sign
     /// for.
     pub from_domain: Option<String>,
@@ -117,12 +127,39 @@ impl Intake {
             })
     }
 
-    /// Prepare, sign, store and announce one message; its queue ID once it is durable.
-    pub async fn accept(&self, accepted: Accepted, client: IpAddr) -> Result<QueueId, AcceptError> {
-        let id = QueueId::generate();
+    /// Open the queue file of a new message, off the reactor.
+    pub async fn begin(&self) -> Result<Draft, AcceptError> {
+        let spool = self.spool.clone();
+        let writer = tokio::task::spawn_blocking(move || spool.create(&QueueId::generate()))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+            .inspect_err(|e| warn!(error = %e, "queue write failed"))?;
+        Ok(Draft {
+            writer: Some(writer),
+            error: None,
+        })
+    }
+
+    /// Prepare, sign, store and announce one message whose content is in `draft`; its queue
+    /// ID once it is durable.
+    pub async fn accept(
+        &self,
+        accepted: Accepted,
+        mut draft: Draft,
+        client: IpAddr,
+    ) -> Result<QueueId, AcceptError> {
+        let writer = match (draft.writer.take(), draft.error.take()) {
+            (Some(w), None) => w,
+            (_, Some(e)) => {
+                warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
+                return Err(e.into());
+            }
+            (None, None) => return Err(SpoolError::Task("message already committed".into()).into()),
+        };
+        let id = writer.id().clone();
         let now = time::OffsetDateTime::now_utc();
-        let message = submission::prepend_headers(
-            &accepted.message,
+        let trace = submission::trace_headers(
+            &accepted.headers,
             &Trace {
                 helo: &accepted.helo,
                 client_ip: self.received_client_ip.then_some(client),
@@ -132,9 +169,8 @@ impl Intake {
                 now,
             },
         );
-        let message = self
-            .dkim
-            .sign(message, accepted.from_domain.clone())
+        let (writer, prefix) = self
+            .sign(writer, trace, accepted.from_domain.clone())
             .await
             .inspect_err(|e| {
                 tracing::error!(error = %e, "DKIM signing failed; message refused with 451");
@@ -149,18 +185,24 @@ impl Intake {
         );
         envelope.smtputf8 = accepted.smtputf8;
         envelope.eight_bit = accepted.eight_bit;
-        envelope.size = message.len() as u64;
-        let size = message.len();
+        envelope.prefix = prefix;
         let admission = self.admit(&accepted).await?;
-        if let Err(e) = self.spool.store(envelope, message).await {
-            warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
-            if let (Some(quota), Some(a)) = (&self.quota, admission) {
-                quota
-                    .release(&accepted.user, accepted.recipients.len(), a)
-                    .await;
+        let committed = tokio::task::spawn_blocking(move || writer.commit(envelope))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))
+            .and_then(|r| r);
+        let size = match committed {
+            Ok(envelope) => envelope.size as usize,
+            Err(e) => {
+                warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
+                if let (Some(quota), Some(a)) = (&self.quota, admission) {
+                    quota
+                        .release(&accepted.user, accepted.recipients.len(), a)
+                        .await;
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         info!(
             queue_id = %id,
             user = %Escaped(&accepted.user.login),
@@ -177,5 +219,95 @@ impl Intake {
                 .await;
         }
         Ok(id)
+    }
+
+    /// The prefix: DKIM signatures for `domain` (when a key is for it) over `trace` and the
+    /// stored content, then `trace`. Hands the writer back for the commit.
+    async fn sign(
+        &self,
+        writer: SpoolWriter,
+        trace: String,
+        domain: Option<String>,
+    ) -> Result<(SpoolWriter, String), AcceptError> {
+        if !self.dkim.signs_for(domain.as_deref()) {
+            return Ok((writer, trace));
+        }
+        // The signer needs the message in one piece: read the content back (bounded by
+        // `max_message_size`), sign, keep only the signature headers.
+        let (writer, message) = tokio::task::spawn_blocking(move || {
+            let mut message = trace.into_bytes();
+            let start = message.len();
+            message.resize(start + writer.written() as usize, 0);
+            let read = writer.read_content_at(0, &mut message[start..]);
+            (writer, read.map(|_| (message, start)))
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?;
+        let (message, trace_len) = message.map_err(|e| SpoolError::Io {
+            path: self.spool.dir().to_path_buf(),
+            step: "read back",
+            source: e,
+        })?;
+        let content_len = message.len() - trace_len;
+        let signed = self.dkim.sign(message, domain).await?;
+        let prefix_len = signed.len() - content_len;
+        let prefix = String::from_utf8_lossy(&signed[..prefix_len]).into_owned();
+        Ok((writer, prefix))
+    }
+}
+
+/// A message being received: its queue file, written as the data arrives and committed by
+/// [`Intake::accept`]. Dropped without a commit, the file is removed.
+#[derive(Debug)]
+pub struct Draft {
+    writer: Option<SpoolWriter>,
+    /// The first failed write: later pieces are dropped, and accepting reports it (`451`, or
+    /// `452` when the disk is full) once the client has sent the whole message.
+    error: Option<SpoolError>,
+}
+
+impl Draft {
+    /// Append a piece of content, off the reactor. Returns the buffer, emptied, for reuse.
+    pub async fn write(&mut self, mut piece: Vec<u8>) -> Vec<u8> {
+        let Some(mut writer) = self.writer.take() else {
+            piece.clear();
+            return piece;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let result = writer.write(&piece);
+            piece.clear();
+            // A failed writer is dropped here, off the reactor (drop removes its file).
+            (result.is_ok().then_some(writer), piece, result)
+        })
+        .await;
+        match done {
+            Ok((writer, piece, result)) => {
+                self.writer = writer;
+                if let Err(e) = result {
+                    self.error.get_or_insert(e);
+                }
+                piece
+            }
+            Err(e) => {
+                self.error.get_or_insert(SpoolError::Task(e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Octets written so far.
+    pub fn written(&self) -> u64 {
+        self.writer.as_ref().map_or(0, SpoolWriter::written)
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        // Removing the file blocks: off the reactor when there is one.
+        if let Some(writer) = self.writer.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn_blocking(move || drop(writer));
+        }
     }
 }

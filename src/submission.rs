@@ -275,6 +275,16 @@ pub struct Trace<'a> {
 
 /// The message as it will be queued: the headers submitd adds, then the submitted bytes.
 pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
+    let added = trace_headers(header_section(message), trace);
+    let mut out = Vec::with_capacity(added.len() + message.len());
+    out.extend_from_slice(added.as_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The header fields [`prepend_headers`] puts in front of a message whose header section is
+/// `headers`: `Received:`, then `Date:` and `Message-ID:` when the message has none.
+pub fn trace_headers(headers: &[u8], trace: &Trace<'_>) -> String {
     let date = rfc5322_date(trace.now);
     let protocol = if trace.smtputf8 {
         "UTF8SMTPSA"
@@ -295,7 +305,6 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
         host = trace.hostname,
         id = trace.queue_id,
     );
-    let headers = header_section(message);
     if !has_header(headers, b"date") {
         added.push_str(&format!("Date: {date}\r\n"));
     }
@@ -305,10 +314,7 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
             trace.queue_id, trace.hostname
         ));
     }
-    let mut out = Vec::with_capacity(added.len() + message.len());
-    out.extend_from_slice(added.as_bytes());
-    out.extend_from_slice(message);
-    out
+    added
 }
 
 /// Whether a header field named `name` (lowercase) starts a line of the header section.

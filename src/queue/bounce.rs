@@ -424,6 +424,8 @@ mod tests {
             eight_bit: false,
             size: ORIGINAL.len() as u64,
             held: false,
+            prefix: String::new(),
+            content_len: 0,
         }
     }
 

@@ -172,13 +172,12 @@ fn retry_one(spool: &Spool, id: &QueueId, now: u64) -> Result<usize, ControlErro
     Ok(touched)
 }
 
-/// Remove a message (both files), waiting for its lock. The envelope may be garbage: deleting
-/// is how an operator gets rid of it.
+/// Remove a message, waiting for its lock. Its file may be garbage: deleting is how an
+/// operator gets rid of it.
 pub fn delete(spool: &Spool, id: &QueueId) -> Result<(), ControlError> {
     let lock = spool.lock(id).map_err(|e| not_found(e, id))?;
-    // Under the lock: the scheduler may have finished the message while we waited, and a
-    // `.msg` without `.env` is a message still being received.
-    if !spool.envelope_path(id).exists() {
+    // Under the lock: the scheduler may have finished the message while we waited.
+    if !spool.path(id).exists() {
         return Err(ControlError::NotFound(id.clone()));
     }
     spool.remove(id, &lock)?;
@@ -443,6 +442,8 @@ mod tests {
             eight_bit: false,
             size: 30,
             held: false,
+            prefix: String::new(),
+            content_len: 30,
         };
         spool
             .store_blocking(&envelope, b"Subject: hi\r\nFrom: a@b\r\n\r\nbody\r\n")
@@ -468,7 +469,7 @@ mod tests {
             vec![recipient("b@x.test", RecipientState::Pending, None)],
         );
         let bad = QueueId::generate();
-        std::fs::write(spool.envelope_path(&bad), GARBAGE_ENVELOPE).unwrap();
+        std::fs::write(spool.path(&bad), GARBAGE_ENVELOPE).unwrap();
         let entries = list(&spool).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, a);
@@ -571,8 +572,7 @@ mod tests {
             b"Subject: hi\r\nFrom: a@b\r\n"
         );
         delete(&spool, &a).unwrap();
-        assert!(!spool.envelope_path(&a).exists());
-        assert!(!spool.message_path(&a).exists());
+        assert!(!spool.path(&a).exists());
         assert!(matches!(delete(&spool, &a), Err(ControlError::NotFound(_))));
         assert!(matches!(show(&spool, &a), Err(ControlError::NotFound(_))));
         assert!(matches!(
@@ -606,8 +606,9 @@ mod tests {
         assert!(!env.held);
         assert_eq!(env.attempt_due(), Some(0));
         // Not held: the field is left out, so older builds still read the file.
-        let raw = std::fs::read_to_string(spool.envelope_path(&id)).unwrap();
-        assert!(!raw.contains("held"), "{raw}");
+        let raw = std::fs::read(spool.path(&id)).unwrap();
+        let last = raw.rsplit(|&b| b == b'{').next().unwrap();
+        assert!(!String::from_utf8_lossy(last).contains("held"), "{raw:?}");
         let gone = QueueId::generate();
         assert!(matches!(
             set_held(&spool, &gone, true),
@@ -617,9 +618,9 @@ mod tests {
 
     #[test]
     fn envelope_without_held_loads() {
-        let text = br#"{"version":1,"id":"0123456789ABCDEF0123","user":"u","sender":"s@x",
+        let text = br#"{"version":2,"id":"0123456789ABCDEF0123","user":"u","sender":"s@x",
             "recipients":[{"address":"a@b","state":"pending"}],"received_at":5,"helo":"h",
-            "size":3}"#;
+            "size":3,"content_len":3}"#;
         assert!(!Envelope::from_bytes(text).unwrap().held);
     }
 
@@ -627,12 +628,13 @@ mod tests {
     fn in_flight_message_is_not_deletable() {
         let (_dir, spool) = queue();
         let id = QueueId::generate();
-        std::fs::write(spool.message_path(&id), b"half").unwrap();
+        let mut writer = spool.create(&id).unwrap();
+        writer.write(b"half").unwrap();
         assert!(matches!(
             delete(&spool, &id),
             Err(ControlError::NotFound(_))
         ));
-        assert!(spool.message_path(&id).exists());
+        assert_eq!(writer.written(), 4);
     }
 
     #[test]

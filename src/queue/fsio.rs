@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 
 /// The file operations the spool writes with. Every method blocks.
 pub trait SpoolIo: Send + Sync + std::fmt::Debug {
-    /// Create (or truncate) `path` with mode 0600, for writing.
+    /// Create (or truncate) `path` with mode 0600, for writing and reading back.
     fn create(&self, path: &Path) -> io::Result<File>;
+    /// Open the existing `path` for appending.
+    fn open_append(&self, path: &Path) -> io::Result<File>;
     /// Write all of `bytes` to `file`, which was created for `path`.
     fn write_all(&self, path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()>;
     /// fsync `file`, which was created for `path`.
@@ -36,11 +38,16 @@ pub struct RealIo;
 impl SpoolIo for RealIo {
     fn create(&self, path: &Path) -> io::Result<File> {
         OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(path)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new().append(true).open(path)
     }
 
     fn write_all(&self, _path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()> {
@@ -68,6 +75,8 @@ impl SpoolIo for RealIo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Create,
+    /// Opening a queue file to append a record.
+    Open,
     Write,
     Sync,
     Rename,
@@ -79,9 +88,11 @@ pub enum Op {
 /// or a rename's destination).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// `ID.msg` (and `ID.msg.tmp`).
+    /// `ID.q` (and `ID.q.tmp`).
+    Queue,
+    /// A version 1 `ID.msg` (migration).
     Msg,
-    /// `ID.env` (and `ID.env.tmp`).
+    /// A version 1 `ID.env` (migration).
     Env,
     /// Any path (the only sensible target of [`Op::SyncDir`]).
     Any,
@@ -92,6 +103,7 @@ impl Target {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let name = name.strip_suffix(".tmp").unwrap_or(name);
         match self {
+            Target::Queue => name.ends_with(".q"),
             Target::Msg => name.ends_with(".msg"),
             Target::Env => name.ends_with(".env"),
             Target::Any => true,
@@ -175,6 +187,11 @@ impl SpoolIo for FaultyIo {
         RealIo.create(path)
     }
 
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        self.check(Op::Open, path)?;
+        RealIo.open_append(path)
+    }
+
     fn write_all(&self, path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()> {
         if let Err(e) = self.check(Op::Write, path) {
             // Like a real short write: part of the bytes reached the file.
@@ -201,6 +218,80 @@ impl SpoolIo for FaultyIo {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.check(Op::Remove, path)?;
+        RealIo.remove(path)
+    }
+}
+
+/// [`RealIo`] that kills the process (`abort`, as a power cut would stop it) at its Nth write
+/// operation of any kind, before it (a write: after half of its bytes): the crash tests run
+/// a child process over it for every N.
+#[derive(Debug)]
+pub struct CrashingIo {
+    at: u32,
+    seen: std::sync::atomic::AtomicU32,
+}
+
+impl CrashingIo {
+    /// Crash before operation `at` (1 = the first); 0 never crashes.
+    pub fn new(at: u32) -> CrashingIo {
+        CrashingIo {
+            at,
+            seen: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Write operations done so far.
+    pub fn operations(&self) -> u32 {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn step(&self) {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.at {
+            std::process::abort();
+        }
+    }
+}
+
+impl SpoolIo for CrashingIo {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        self.step();
+        RealIo.create(path)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        self.step();
+        RealIo.open_append(path)
+    }
+
+    fn write_all(&self, path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        let n = self.seen.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.at {
+            // A torn write: half of it reaches the file (and the disk), then the crash.
+            let _ = file.write_all(&bytes[..bytes.len() / 2]);
+            let _ = file.sync_all();
+        }
+        self.step();
+        RealIo.write_all(path, file, bytes)
+    }
+
+    fn sync(&self, path: &Path, file: &File) -> io::Result<()> {
+        self.step();
+        RealIo.sync(path, file)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step();
+        RealIo.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step();
+        RealIo.sync_dir(dir)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.step();
         RealIo.remove(path)
     }
 }

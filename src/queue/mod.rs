@@ -27,6 +27,8 @@ pub mod control;
 pub mod courier;
 pub mod fsio;
 pub mod id;
+pub mod migrate;
+pub mod qfile;
 pub mod scheduler;
 pub mod spool;
 

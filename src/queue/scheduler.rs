@@ -466,13 +466,9 @@ fn scan_blocking(
         source,
     })?;
     for entry in entries.flatten() {
-        // Top-level `ID.env` files only, as `Spool::list` takes them.
+        // Top-level `ID.q` files only, as `Spool::list` takes them.
         let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".env"))
-            .and_then(QueueId::parse)
-        else {
+        let Some(id) = name.to_str().and_then(crate::queue::spool::id_of_file_name) else {
             continue;
         };
         // Relative to the open directory: no path walk per file.
@@ -789,7 +785,7 @@ fn save_or_remove(
         return Ok(After::Removed);
     }
     spool.save_envelope(env)?;
-    let mtime = std::fs::metadata(spool.envelope_path(id))
+    let mtime = std::fs::metadata(spool.path(id))
         .and_then(|m| m.modified())
         .ok();
     let open = env
@@ -838,6 +834,8 @@ mod tests {
             eight_bit: false,
             size: 0,
             held: false,
+            prefix: String::new(),
+            content_len: 0,
         };
         assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));

@@ -1,17 +1,19 @@
-//! The durable spool: a message is acknowledged only after its files and the directory entry
-//! are on disk (temp file, write, fsync, rename, directory fsync). See the module above for the
-//! format. Every write goes through a [`SpoolIo`] ([`super::fsio`]). All calls here block;
-//! async callers go through [`Spool::store`].
+//! The durable spool: a message is acknowledged only after its file and the directory entry
+//! are on disk (temp file, write, fsync, rename, directory fsync). One file per message,
+//! `ID.q` ([`super::qfile`] has the layout). Every write goes through a [`SpoolIo`]
+//! ([`super::fsio`]). All calls here block; async callers use `spawn_blocking`.
 //!
-//! # Start-up checks and quarantine
+//! # Start-up and quarantine
 //!
-//! [`Spool::open`] removes what an interrupted write left (`*.tmp`, a `.msg` without `.env`)
-//! and moves every committed entry that cannot be delivered as it is into
-//! `quarantine/` (mode 0700) beside the queue, logged at error level: an `.env` that does not
-//! parse, has another version or names another ID, an `.env` whose `.msg` is missing, a `.msg`
-//! shorter than the envelope's `size`. They are kept, not deleted: an operator may repair one
-//! and move it back. Nothing else looks inside `quarantine/` (listing takes only top-level
-//! `ID.env` files).
+//! [`Spool::open`] does only directory work, so that a large queue never delays the
+//! listeners: it removes what an interrupted write left (`*.tmp`) and migrates a version 1
+//! queue ([`super::migrate`]). Whoever reads an entry first (the scheduler's start-up load)
+//! asks [`Spool::check`] and moves an entry that cannot be delivered as it is into
+//! `quarantine/` (mode 0700) beside the queue with [`Spool::quarantine_entry`], logged at
+//! error level: a file without a valid header or record, a record that does not parse, has
+//! another version or names another ID, content shorter than the record says. They are kept,
+//! not deleted: an operator may repair one and move it back. Nothing else looks inside
+//! `quarantine/` (listing takes only top-level `ID.q` files).
 
 use std::fs::{self, File};
 use std::io;
@@ -23,14 +25,18 @@ use serde::{Deserialize, Serialize};
 
 use super::fsio::{RealIo, SpoolIo};
 use super::id::QueueId;
+use super::qfile::{self, ReadAt};
 
 /// The queue format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = qfile::VERSION;
+
+/// The suffix of a committed queue file, `ID.q`.
+pub const SUFFIX: &str = ".q";
 
 /// Where start-up moves queue entries that cannot be delivered, inside the queue directory.
 pub const QUARANTINE_DIR: &str = "quarantine";
 
-/// The envelope of one queued message (`ID.env`).
+/// The envelope of one queued message: the current record of its `ID.q`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
@@ -52,8 +58,16 @@ pub struct Envelope {
     /// Submitted with BODY=8BITMIME (RFC 6152): pass it on.
     #[serde(default)]
     pub eight_bit: bool,
-    /// Size of `ID.msg` in octets.
+    /// Size of the message as relayed (`prefix` and content) in octets.
     pub size: u64,
+    /// The header fields submitd adds in front of the submitted content when relaying it
+    /// (`Received:`, `Date:` and `Message-ID:` when missing, `DKIM-Signature:`), CRLF-ended.
+    /// Kept here rather than in the content so that the content is stored as it arrives.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Octets of submitted content in the file, after the header.
+    #[serde(default)]
+    pub content_len: u64,
     /// On hold (`submitd queue hold`): the scheduler makes no attempt until it is released.
     /// Absent (false) in files written before holds existed, and left out when false so that
     /// an older build still reads the file.
@@ -96,6 +110,8 @@ impl Envelope {
             smtputf8: false,
             eight_bit: false,
             size: 0,
+            prefix: String::new(),
+            content_len: 0,
             held: false,
         }
     }
@@ -120,17 +136,44 @@ impl Envelope {
         if self.held { None } else { self.next_due() }
     }
 
-    /// Parse an `.env` file's content: JSON of this format version. Pure; never panics.
+    /// Parse an envelope record: JSON of this format version whose sizes agree. Pure; never
+    /// panics.
     pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let envelope: Envelope =
             serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Syntax(e.to_string()))?;
         if envelope.version != FORMAT_VERSION {
             return Err(EnvelopeError::Version(envelope.version));
         }
+        if Some(envelope.size)
+            != envelope
+                .content_len
+                .checked_add(envelope.prefix.len() as u64)
+        {
+            return Err(EnvelopeError::Syntax(format!(
+                "size {} is not prefix {} + content {}",
+                envelope.size,
+                envelope.prefix.len(),
+                envelope.content_len
+            )));
+        }
         Ok(envelope)
     }
 
-    /// The `.env` file's content.
+    /// A version 1 `ID.env` (the two-file format), as the version 2 envelope of the same
+    /// message: its `ID.msg` becomes the content, with nothing in front.
+    pub fn from_v1_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let mut envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Syntax(e.to_string()))?;
+        if envelope.version != 1 {
+            return Err(EnvelopeError::Version(envelope.version));
+        }
+        envelope.version = FORMAT_VERSION;
+        envelope.prefix.clear();
+        envelope.content_len = envelope.size;
+        Ok(envelope)
+    }
+
+    /// The record's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Plain data with string keys: serialising cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
@@ -220,7 +263,10 @@ pub struct Spool {
     io: Arc<dyn SpoolIo>,
 }
 
-fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+pub(super) fn io_err<'a>(
+    path: &'a Path,
+    step: &'static str,
+) -> impl FnOnce(io::Error) -> SpoolError + 'a {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
         step,
@@ -243,10 +289,15 @@ fn create_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// The queue ID a committed queue file is named after (`ID.q`), if `name` is one.
+pub fn id_of_file_name(name: &str) -> Option<QueueId> {
+    name.strip_suffix(SUFFIX).and_then(QueueId::parse)
+}
+
 impl Spool {
-    /// Open (creating with mode 0700 when missing, parents too) the queue directory, remove what an
-    /// interrupted write left (`*.tmp` files, `.msg` files without an `.env`) and quarantine
-    /// what cannot be delivered (see the module doc).
+    /// Open (creating with mode 0700 when missing, parents too) the queue directory, remove what
+    /// an interrupted write left (`*.tmp`) and migrate a version 1 queue. Directory work only:
+    /// entries are checked by whoever reads them first (see the module doc).
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         Spool::open_with_io(dir, Arc::new(RealIo))
     }
@@ -263,84 +314,14 @@ impl Spool {
             let entry = entry.map_err(io_err(dir, "read directory"))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let orphan = name
-                .strip_suffix(".msg")
-                .is_some_and(|id| !dir.join(format!("{id}.env")).exists());
             let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && (name.ends_with(".tmp") || orphan) {
+            if is_file && name.ends_with(".tmp") {
                 tracing::warn!(file = %entry.path().display(), "removing interrupted queue write");
                 let _ = spool.io.remove(&entry.path());
             }
         }
-        let mut moved = 0;
-        for id in spool.list()? {
-            if let Some(reason) = spool.check_entry(&id) {
-                spool.quarantine(&id, &reason)?;
-                moved += 1;
-            }
-        }
-        if moved > 0 {
-            let _ = spool.io.sync_dir(dir);
-        }
+        super::migrate::migrate(&spool)?;
         Ok(spool)
-    }
-
-    /// Why a committed entry cannot be delivered as it is; `None` when it is fine, or when it
-    /// cannot be read right now (an IO error is not proof of garbage).
-    fn check_entry(&self, id: &QueueId) -> Option<String> {
-        let bytes = match fs::read(self.envelope_path(id)) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(queue_id = %id, error = %e, "queue: cannot read envelope");
-                return None;
-            }
-        };
-        let envelope = match Envelope::from_bytes(&bytes) {
-            Ok(e) => e,
-            Err(e) => return Some(format!("envelope: {e}")),
-        };
-        if envelope.id != id.as_str() {
-            return Some(format!("envelope names another ID {:?}", envelope.id));
-        }
-        match fs::metadata(self.message_path(id)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Some("message file missing".into()),
-            Err(_) => None,
-            Ok(meta) if meta.len() < envelope.size => Some(format!(
-                "message file truncated: {} of {} octets",
-                meta.len(),
-                envelope.size
-            )),
-            Ok(_) => None,
-        }
-    }
-
-    /// Move a message's files into [`QUARANTINE_DIR`] (the envelope first: once it is gone,
-    /// the message is no longer queued).
-    fn quarantine(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
-        let qdir = self.quarantine_dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&qdir)
-            .map_err(io_err(&qdir, "create directory"))?;
-        for path in [self.envelope_path(id), self.message_path(id)] {
-            let Some(name) = path.file_name() else {
-                continue;
-            };
-            match self.io.rename(&path, &qdir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path, "quarantine")(e)),
-            }
-        }
-        let _ = self.io.sync_dir(&qdir);
-        tracing::error!(
-            queue_id = %id,
-            reason,
-            dir = %qdir.display(),
-            "queue: damaged queue entry moved to quarantine"
-        );
-        Ok(())
     }
 
     /// The queue directory as it is, without start-up cleanup: for the `queue` commands, which
@@ -357,23 +338,98 @@ impl Spool {
         &self.dir
     }
 
-    /// Where damaged entries are moved at start-up.
+    /// What every write goes through.
+    pub(super) fn io(&self) -> &dyn SpoolIo {
+        &*self.io
+    }
+
+    /// Where damaged entries are moved.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.dir.join(QUARANTINE_DIR)
     }
 
-    /// Path of a message's body file.
-    pub fn message_path(&self, id: &QueueId) -> PathBuf {
-        self.dir.join(format!("{id}.msg"))
+    /// Path of a message's queue file, `ID.q`.
+    pub fn path(&self, id: &QueueId) -> PathBuf {
+        self.dir.join(format!("{id}{SUFFIX}"))
     }
 
-    /// Path of a message's envelope file.
-    pub fn envelope_path(&self, id: &QueueId) -> PathBuf {
-        self.dir.join(format!("{id}.env"))
+    /// Path of a message's queue file while it is written, `ID.q.tmp`.
+    fn temp_path(&self, id: &QueueId) -> PathBuf {
+        self.dir.join(format!("{id}{SUFFIX}.tmp"))
     }
 
-    /// Store a message durably, off the async reactor. Returns only once both files and the
-    /// directory entries are fsynced; on error nothing of the message is left behind.
+    /// Why a committed entry cannot be delivered as it is; `None` when it is fine, or when it
+    /// cannot be read right now (an IO error is not proof of garbage).
+    pub fn check(&self, id: &QueueId) -> Option<String> {
+        match self.load_envelope(id) {
+            Ok(_) => None,
+            Err(SpoolError::Invalid { message, .. }) => Some(message),
+            Err(e) => {
+                tracing::warn!(queue_id = %id, error = %e, "queue: cannot read queue file");
+                None
+            }
+        }
+    }
+
+    /// Move a message's queue file into [`QUARANTINE_DIR`], logged with `reason`.
+    pub fn quarantine_entry(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
+        self.quarantine(&[self.path(id)], id, reason)
+    }
+
+    /// Move `paths` (one queue entry's files) into [`QUARANTINE_DIR`], in order.
+    pub(super) fn quarantine(
+        &self,
+        paths: &[PathBuf],
+        id: &QueueId,
+        reason: &str,
+    ) -> Result<(), SpoolError> {
+        let qdir = self.quarantine_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&qdir)
+            .map_err(io_err(&qdir, "create directory"))?;
+        for path in paths {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            match self.io.rename(path, &qdir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(path, "quarantine")(e)),
+            }
+        }
+        let _ = self.io.sync_dir(&qdir);
+        let _ = self.io.sync_dir(&self.dir);
+        tracing::error!(
+            queue_id = %id,
+            reason,
+            dir = %qdir.display(),
+            "queue: damaged queue entry moved to quarantine"
+        );
+        Ok(())
+    }
+
+    /// Start writing a new message: `ID.q.tmp` with the header, content to follow through
+    /// [`SpoolWriter::write`], committed by [`SpoolWriter::commit`].
+    pub fn create(&self, id: &QueueId) -> Result<SpoolWriter, SpoolError> {
+        let tmp = self.temp_path(id);
+        let io = &*self.io;
+        let mut file = io.create(&tmp).map_err(io_err(&tmp, "create"))?;
+        let mut writer = SpoolWriter {
+            spool: self.clone(),
+            id: id.clone(),
+            tmp,
+            file: None,
+            written: 0,
+        };
+        io.write_all(&writer.tmp, &mut file, &qfile::header())
+            .map_err(io_err(&writer.tmp, "write"))?;
+        writer.file = Some(file);
+        Ok(writer)
+    }
+
+    /// Store a whole message durably, off the async reactor (see [`Spool::store_blocking`]).
     pub async fn store(&self, envelope: Envelope, message: Vec<u8>) -> Result<(), SpoolError> {
         let spool = self.clone();
         tokio::task::spawn_blocking(move || spool.store_blocking(&envelope, &message))
@@ -381,10 +437,9 @@ impl Spool {
             .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// The blocking body of [`Spool::store`]. Any failed step, the final directory fsync
-    /// included, removes both files: a rename whose durability is not proven must not be
-    /// acknowledged, and an entry left in place after a `451` would be delivered although the
-    /// client was told it was not (and will send it again).
+    /// Store a message whose content is in memory (bounces, the queue tools, tests): the
+    /// envelope's `prefix` goes in front of `message` when it is relayed. Returns once the
+    /// file and the directory entry are fsynced; on error nothing of the message is left.
     ///
     /// Each writer runs its own directory fsync, concurrently with the others. A group commit
     /// (one fsync at a time covering every rename done while the previous one ran) was tried
@@ -398,59 +453,62 @@ impl Spool {
             path: self.dir.clone(),
             message: format!("bad queue id {:?}", envelope.id),
         })?;
-        let msg_path = self.message_path(&id);
-        let env_path = self.envelope_path(&id);
-        let result = (|| {
-            self.write_atomically(&msg_path, message, false)?;
-            self.write_atomically(&env_path, &envelope.to_bytes(), false)?;
-            self.sync_dir()
-        })();
-        if result.is_err() {
-            let _ = self.io.remove(&env_path);
-            let _ = self.io.remove(&msg_path);
-            let _ = self.io.sync_dir(&self.dir);
-        }
-        result
+        let mut writer = self.create(&id)?;
+        writer.write(message)?;
+        writer.commit(envelope.clone()).map(|_| ())
     }
 
-    /// Rewrite a message's envelope atomically (delivery state changes).
+    /// Record a message's new state: append its envelope as the current record and fsync. The
+    /// caller holds the message's [`MessageLock`]. A failed or torn append leaves the previous
+    /// record current.
     pub fn save_envelope(&self, envelope: &Envelope) -> Result<(), SpoolError> {
         let id = QueueId::parse(&envelope.id).ok_or_else(|| SpoolError::Invalid {
             path: self.dir.clone(),
             message: format!("bad queue id {:?}", envelope.id),
         })?;
-        let path = self.envelope_path(&id);
-        self.write_atomically(&path, &envelope.to_bytes(), true)
+        let path = self.path(&id);
+        let io = &*self.io;
+        let mut file = io.open_append(&path).map_err(io_err(&path, "open"))?;
+        let end = file.metadata().map_err(io_err(&path, "stat"))?.len();
+        io.write_all(&path, &mut file, &qfile::record(end, &envelope.to_bytes()))
+            .map_err(io_err(&path, "write"))?;
+        io.sync(&path, &file).map_err(io_err(&path, "fsync"))
     }
 
-    /// Read a message's envelope.
+    /// Read a message's current envelope.
     pub fn load_envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
-        let path = self.envelope_path(id);
-        let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
-        Envelope::from_bytes(&bytes).map_err(|e| SpoolError::Invalid {
-            path,
-            message: e.to_string(),
-        })
+        let path = self.path(id);
+        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        read_envelope(&path, id, &file)
     }
 
-    /// Read a message's body.
+    /// Open a message for relaying: its current envelope and its bytes.
+    pub fn open_message(&self, id: &QueueId) -> Result<(Envelope, StoredMessage), SpoolError> {
+        let path = self.path(id);
+        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let envelope = read_envelope(&path, id, &file)?;
+        let message = StoredMessage {
+            file,
+            prefix: envelope.prefix.clone().into_bytes(),
+            content_len: envelope.content_len,
+        };
+        Ok((envelope, message))
+    }
+
+    /// A message's bytes as relayed (prefix and content), whole in memory: for the queue tools
+    /// and bounces of small messages; delivery streams through [`Spool::open_message`].
     pub fn load_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
-        let path = self.message_path(id);
-        fs::read(&path).map_err(io_err(&path, "read"))
+        let path = self.path(id);
+        let (_, message) = self.open_message(id)?;
+        message.read_all().map_err(io_err(&path, "read"))
     }
 
-    /// IDs of every committed message (those with an `.env`), oldest first. Only top-level
-    /// files named `ID.env` count: `quarantine/` and anything else is ignored.
+    /// IDs of every committed message (`ID.q` at the top level), oldest first.
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir, "read directory"))? {
             let entry = entry.map_err(io_err(&self.dir, "read directory"))?;
-            let name = entry.file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".env"))
-                .and_then(QueueId::parse)
-            {
+            if let Some(id) = entry.file_name().to_str().and_then(id_of_file_name) {
                 ids.push(id);
             }
         }
@@ -459,10 +517,207 @@ impl Spool {
     }
 }
 
-/// An exclusive lock on one queued message: `flock(LOCK_EX)` on its `.msg` file, which is
-/// never replaced, so the lock holds across envelope rewrites. Every read-modify-write of an
-/// envelope (the scheduler saving an attempt, `queue retry`, `queue delete`) holds it; readers
-/// need none because envelopes are replaced by rename, never torn. Released on drop.
+/// The current envelope of the queue file `file` (at `path`, for message `id`), checked
+/// against the file: right ID, content inside the file.
+fn read_envelope(path: &Path, id: &QueueId, file: &File) -> Result<Envelope, SpoolError> {
+    let invalid = |message: String| SpoolError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let (at, json) = qfile::find_record(file, len).map_err(|e| match e {
+        qfile::RecordError::Io(e) => io_err(path, "read")(e),
+        other => invalid(other.to_string()),
+    })?;
+    let envelope = Envelope::from_bytes(&json).map_err(|e| invalid(format!("envelope: {e}")))?;
+    if envelope.id != id.as_str() {
+        return Err(invalid(format!(
+            "envelope names another ID {:?}",
+            envelope.id
+        )));
+    }
+    if qfile::CONTENT_OFFSET.checked_add(envelope.content_len) > Some(at.offset) {
+        return Err(invalid(format!(
+            "content truncated: the record says {} octets",
+            envelope.content_len
+        )));
+    }
+    Ok(envelope)
+}
+
+/// A message being written to the spool: content in, then [`SpoolWriter::commit`]. Dropped
+/// without a commit, its temp file is removed (nothing of it stays in the queue).
+#[derive(Debug)]
+pub struct SpoolWriter {
+    spool: Spool,
+    id: QueueId,
+    tmp: PathBuf,
+    /// `None` once committed or failed.
+    file: Option<File>,
+    written: u64,
+}
+
+impl SpoolWriter {
+    /// The queue ID the message will have.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Octets of content written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Append content. After an error the writer is spent: commit fails, drop removes it.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(spent(&self.tmp));
+        };
+        if let Err(e) = self.spool.io.write_all(&self.tmp, file, bytes) {
+            self.file = None;
+            return Err(io_err(&self.tmp, "write")(e));
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Read back content written so far, at content offset `pos` (DKIM hashes the body from
+    /// here); returns how many octets were read, 0 at the end.
+    pub fn read_content_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(file) = self.file.as_ref() else {
+            return Err(io::Error::other("spool writer is spent"));
+        };
+        let n = (self.written.saturating_sub(pos)).min(buf.len() as u64) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(
+            file,
+            &mut buf[..n],
+            qfile::CONTENT_OFFSET + pos,
+        )?;
+        Ok(n)
+    }
+
+    /// Commit: append the first envelope record (with this content's sizes), fsync, rename to
+    /// `ID.q`, fsync the directory. Returns the envelope as stored. Any failed step removes the
+    /// file: a rename whose durability is not proven must not be acknowledged, and an entry
+    /// left in place after a `451` would be delivered although the client was told it was not.
+    pub fn commit(mut self, mut envelope: Envelope) -> Result<Envelope, SpoolError> {
+        let Some(mut file) = self.file.take() else {
+            return Err(spent(&self.tmp));
+        };
+        envelope.version = FORMAT_VERSION;
+        envelope.id = self.id.to_string();
+        envelope.content_len = self.written;
+        envelope.size = self.written + envelope.prefix.len() as u64;
+        let spool = self.spool.clone();
+        let io = &*spool.io;
+        let tmp = self.tmp.clone();
+        let path = spool.path(&self.id);
+        let result = (|| {
+            let at = qfile::CONTENT_OFFSET + self.written;
+            io.write_all(&tmp, &mut file, &qfile::record(at, &envelope.to_bytes()))
+                .map_err(io_err(&tmp, "write"))?;
+            // A message the CLI queues as root must stay the server's.
+            crate::fsown::keep_owner(&file, &path).map_err(io_err(&path, "keep owner"))?;
+            io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
+            drop(file);
+            io.rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
+            io.sync_dir(&spool.dir)
+                .map_err(io_err(&spool.dir, "fsync directory"))
+        })();
+        match result {
+            Ok(()) => {
+                // Committed: nothing for drop to remove.
+                self.tmp = PathBuf::new();
+                Ok(envelope)
+            }
+            Err(e) => {
+                let _ = io.remove(&path);
+                let _ = io.sync_dir(&spool.dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn spent(path: &Path) -> SpoolError {
+    SpoolError::Io {
+        path: path.to_path_buf(),
+        step: "write",
+        source: io::Error::other("an earlier write to this message failed"),
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.file = None;
+            let _ = self.spool.io.remove(&self.tmp);
+        }
+    }
+}
+
+/// A queued message opened for relaying: the envelope's prefix, then the content read from
+/// the queue file in pieces, so that a large message is never held whole.
+#[derive(Debug)]
+pub struct StoredMessage {
+    file: File,
+    prefix: Vec<u8>,
+    content_len: u64,
+}
+
+impl StoredMessage {
+    /// Octets of the message as relayed.
+    pub fn len(&self) -> u64 {
+        self.prefix.len() as u64 + self.content_len
+    }
+
+    /// Whether the message has no octets at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The header fields submitd puts in front of the content.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// Fill `buf` from the message as relayed at `pos`; how many octets (0 at the end). Blocks.
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let plen = self.prefix.len() as u64;
+        if pos < plen {
+            let from = &self.prefix[pos as usize..];
+            let n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+            return Ok(n);
+        }
+        let at = pos - plen;
+        let n = self.content_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        self.file
+            .read_exact_at(&mut buf[..n], qfile::CONTENT_OFFSET + at)?;
+        Ok(n)
+    }
+
+    /// The whole message in memory.
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.len()).map_err(io::Error::other)?;
+        let mut out = vec![0u8; len];
+        let mut pos = 0;
+        while pos < len {
+            let n = self.read_at(pos as u64, &mut out[pos..])?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+}
+
+/// An exclusive lock on one queued message: `flock(LOCK_EX)` on its `ID.q`, which is never
+/// replaced (state changes are appended), so the lock holds across them. Every
+/// read-modify-write of an envelope (the scheduler saving an attempt, `queue retry`,
+/// `queue delete`) holds it; readers need none: a reader sees the last complete record.
+/// Released on drop.
 #[derive(Debug)]
 pub struct MessageLock {
     _file: File,
@@ -472,7 +727,7 @@ impl Spool {
     /// Lock a message, waiting for any other holder. `Io` with `NotFound` when it is gone.
     pub fn lock(&self, id: &QueueId) -> Result<MessageLock, SpoolError> {
         use std::os::fd::AsRawFd;
-        let path = self.message_path(id);
+        let path = self.path(id);
         let file = File::open(&path).map_err(io_err(&path, "open"))?;
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is shared.
@@ -492,8 +747,7 @@ impl Spool {
         Ok(MessageLock { _file: file })
     }
 
-    /// Remove a message (envelope first, so a crash in between leaves an orphan `.msg` that
-    /// `open` cleans up, never an envelope without its message). Needs the message's lock.
+    /// Remove a message and fsync the directory. Needs the message's lock.
     pub fn remove(&self, id: &QueueId, lock: &MessageLock) -> Result<(), SpoolError> {
         self.remove_unsynced(id, lock)?;
         self.sync_dir()
@@ -504,53 +758,17 @@ impl Spool {
     /// duplicate, never a loss; Postfix makes the same trade). The scheduler makes removals
     /// durable in batches with [`Spool::sync`].
     pub fn remove_unsynced(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
-        for path in [self.envelope_path(id), self.message_path(id)] {
-            match self.io.remove(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path, "remove")(e)),
-            }
+        let path = self.path(id);
+        match self.io.remove(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, "remove")(e)),
         }
-        Ok(())
     }
 
     /// fsync the queue directory: removals before it survive a crash.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.sync_dir()
-    }
-
-    /// Write `bytes` to `path` through a temp file in the same directory: create, write,
-    /// fsync, rename. With `sync_parent`, fsync the directory too. On failure the temp file
-    /// is removed.
-    fn write_atomically(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        sync_parent: bool,
-    ) -> Result<(), SpoolError> {
-        let tmp = path.with_extension(format!(
-            "{}.tmp",
-            path.extension().and_then(|e| e.to_str()).unwrap_or("")
-        ));
-        let io = &*self.io;
-        let result = (|| {
-            let mut file: File = io.create(&tmp).map_err(io_err(&tmp, "create"))?;
-            // An envelope rewritten by root (`queue hold`) must stay the server's.
-            crate::fsown::keep_owner(&file, path).map_err(io_err(path, "keep owner"))?;
-            io.write_all(&tmp, &mut file, bytes)
-                .map_err(io_err(&tmp, "write"))?;
-            io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
-            drop(file);
-            io.rename(&tmp, path).map_err(io_err(path, "rename"))
-        })();
-        if result.is_err() {
-            let _ = io.remove(&tmp);
-            return result;
-        }
-        if sync_parent {
-            self.sync_dir()?;
-        }
-        Ok(())
     }
 
     /// fsync the queue directory so that renames into it survive a crash.
@@ -562,174 +780,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope(id: &QueueId) -> Envelope {
-        Envelope {
-            version: FORMAT_VERSION,
-            id: id.to_string(),
-            user: "alice@example.test".into(),
-            sender: "alice@example.test".into(),
-            recipients: vec![Recipient::pending("bob@example.net")],
-            received_at: 1_700_000_000,
-            helo: "client.test".into(),
-            smtputf8: false,
-            eight_bit: false,
-            size: 5,
-            held: false,
-        }
-    }
-
-    #[test]
-    fn store_then_load_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("q")).unwrap();
-        let id = QueueId::generate();
-        spool.store_blocking(&envelope(&id), b"hello").unwrap();
-        assert_eq!(spool.load_envelope(&id).unwrap(), envelope(&id));
-        assert_eq!(spool.load_message(&id).unwrap(), b"hello");
-        assert_eq!(spool.list().unwrap(), vec![id]);
-        let mode = fs::metadata(spool.dir()).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o700
-        );
-    }
-
-    /// The start of an envelope whose write was interrupted.
-    const HALF_WRITTEN_ENVELOPE: &[u8] = b"{";
-
-    #[test]
-    fn open_removes_interrupted_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let done = QueueId::generate();
-        spool.store_blocking(&envelope(&done), b"hello").unwrap();
-        let orphan = QueueId::generate();
-        fs::write(spool.message_path(&orphan), b"half").unwrap();
-        fs::write(dir.path().join("X.env.tmp"), HALF_WRITTEN_ENVELOPE).unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        assert!(!spool.message_path(&orphan).exists());
-        assert!(!dir.path().join("X.env.tmp").exists());
-        assert_eq!(spool.list().unwrap(), vec![done]);
-    }
-
-    #[test]
-    fn failed_write_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let id = QueueId::generate();
-        // A directory where the envelope should go makes the rename fail.
-        fs::create_dir(spool.envelope_path(&id)).unwrap();
-        fs::write(spool.envelope_path(&id).join("block"), b"").unwrap();
-        assert!(spool.store_blocking(&envelope(&id), b"hello").is_err());
-        assert!(!spool.message_path(&id).exists());
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-    }
-
-    #[test]
-    fn every_failed_step_leaves_nothing_and_classifies_the_errno() {
-        use crate::queue::fsio::{Fault, FaultyIo, Op, Target};
-        let steps = [
-            (Op::Create, Target::Msg),
-            (Op::Write, Target::Msg),
-            (Op::Sync, Target::Msg),
-            (Op::Rename, Target::Msg),
-            (Op::Create, Target::Env),
-            (Op::Write, Target::Env),
-            (Op::Sync, Target::Env),
-            (Op::Rename, Target::Env),
-            (Op::SyncDir, Target::Any),
-        ];
-        for (op, target) in steps {
-            for (errno, want) in [
-                (libc::EIO, SpoolFailure::WriteError),
-                (libc::ENOSPC, SpoolFailure::DiskFull),
-                (libc::EDQUOT, SpoolFailure::DiskFull),
-            ] {
-                let dir = tempfile::tempdir().unwrap();
-                let io = FaultyIo::new();
-                let spool = Spool::open_with_io(dir.path(), Arc::new(io.clone())).unwrap();
-                io.fail(Fault {
-                    op,
-                    target,
-                    nth: 1,
-                    errno,
-                });
-                let id = QueueId::generate();
-                let err = spool.store_blocking(&envelope(&id), b"hello").unwrap_err();
-                assert_eq!(io.injected(), 1, "{op:?} {target:?}");
-                assert_eq!(err.failure(), want, "{op:?} {target:?} {errno}: {err}");
-                let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-                assert!(left.is_empty(), "{op:?} {target:?}: {left:?}");
-                // The next store works.
-                spool.store_blocking(&envelope(&id), b"hello").unwrap();
-                assert_eq!(spool.list().unwrap(), vec![id]);
-            }
-        }
-    }
-
-    #[test]
-    fn envelope_bytes_round_trip_and_reject_garbage() {
-        let env = envelope(&QueueId::generate());
-        assert_eq!(Envelope::from_bytes(&env.to_bytes()), Ok(env.clone()));
-        let mut v2 = env.clone();
-        v2.version = 2;
-        assert_eq!(
-            Envelope::from_bytes(&v2.to_bytes()),
-            Err(EnvelopeError::Version(2))
-        );
-        for garbage in [&b""[..], b"{", b"\x00\xff", b"[]", b"{\"version\":1}"] {
-            assert!(Envelope::from_bytes(garbage).is_err(), "{garbage:?}");
-        }
-    }
-
-    #[test]
-    fn open_quarantines_damaged_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let good = QueueId::generate();
-        spool.store_blocking(&envelope(&good), b"hello").unwrap();
-        // Garbage envelope, foreign version, missing message, truncated message, wrong ID.
-        let garbage = QueueId::generate();
-        fs::write(spool.envelope_path(&garbage), b"{\"version\":1,").unwrap();
-        fs::write(spool.message_path(&garbage), b"x").unwrap();
-        let version = QueueId::generate();
-        let mut env = envelope(&version);
-        env.version = 9;
-        fs::write(spool.envelope_path(&version), env.to_bytes()).unwrap();
-        fs::write(spool.message_path(&version), b"hello").unwrap();
-        let missing = QueueId::generate();
-        fs::write(spool.envelope_path(&missing), envelope(&missing).to_bytes()).unwrap();
-        let short = QueueId::generate();
-        spool.store_blocking(&envelope(&short), b"hel").unwrap();
-        let other = QueueId::generate();
-        fs::write(spool.envelope_path(&other), envelope(&good).to_bytes()).unwrap();
-        fs::write(spool.message_path(&other), b"hello").unwrap();
-
-        let spool = Spool::open(dir.path()).unwrap();
-        assert_eq!(spool.list().unwrap(), vec![good]);
-        let q = spool.quarantine_dir();
-        let mode = fs::metadata(&q).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o700
-        );
-        for id in [&garbage, &version, &missing, &short, &other] {
-            assert!(q.join(format!("{id}.env")).exists(), "{id}");
-            assert!(!spool.envelope_path(id).exists());
-            assert!(!spool.message_path(id).exists());
-        }
-        assert!(q.join(format!("{short}.msg")).exists());
-        // A second start leaves the quarantine alone.
-        let spool = Spool::open(dir.path()).unwrap();
-        assert_eq!(spool.list().unwrap().len(), 1);
-        assert_eq!(fs::read_dir(&q).unwrap().count(), 9);
-    }
-}
+mod tests;

@@ -495,9 +495,14 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                     Verdict::Unavailable => session.auth_refused(reply::AUTH_UNAVAILABLE),
                 }
             }
-            Step::Queue(accepted) => {
+            Step::Queue(mut accepted) => {
                 // Boxed: a rare step should not make every session's future larger.
-                let id = Box::pin(ctx.intake.accept(*accepted, peer.ip())).await;
+                let id = Box::pin(async {
+                    let mut draft = ctx.intake.begin().await?;
+                    draft.write(std::mem::take(&mut accepted.content)).await;
+                    ctx.intake.accept(*accepted, draft, peer.ip()).await
+                })
+                .await;
                 session.queued(id.as_ref().map(|id| id.as_str()).map_err(|e| e.refusal()))
             }
         };

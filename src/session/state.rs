@@ -682,7 +682,8 @@ impl Session {
                     recipients: rcpts,
                     smtputf8: params.smtputf8,
                     eight_bit: params.body == Some(Body::EightBitMime),
-                    message,
+                    headers: submission::header_section(&message).to_vec(),
+                    content: message,
                     from_domain: checked.domain,
                 }))
             }
