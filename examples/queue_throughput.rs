@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     for n in 0..messages {
         let id = QueueId::generate();
         let env = Envelope {
-            version: 1,
+            version: submitd::queue::spool::FORMAT_VERSION,
             id: id.to_string(),
             user: "bench@bench.test".into(),
             sender: "bench@bench.test".into(),
@@ -135,11 +135,15 @@ async fn main() -> anyhow::Result<()> {
             smtputf8: false,
             eight_bit: false,
             size: body.len() as u64,
+            prefix: String::new(),
+            content_len: body.len() as u64,
             held: false,
         };
         // Not fsynced: filling is not what is measured, and fsync makes it slow.
-        std::fs::write(spool.message_path(&id), body.as_bytes())?;
-        std::fs::write(spool.envelope_path(&id), env.to_bytes())?;
+        std::fs::write(
+            spool.path(&id),
+            submitd::queue::qfile::whole(body.as_bytes(), &env.to_bytes()),
+        )?;
     }
 
     let cpu_before = cpu_time();

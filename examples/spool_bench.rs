@@ -26,11 +26,19 @@ use submitd::queue::{Envelope, QueueId, Recipient, Spool};
 #[derive(Debug, Default)]
 struct TimingIo {
     /// Nanoseconds and calls per op: create, write, sync, rename, sync_dir, remove.
-    nanos: [AtomicU64; 6],
-    calls: [AtomicU64; 6],
+    nanos: [AtomicU64; 7],
+    calls: [AtomicU64; 7],
 }
 
-const OPS: [&str; 6] = ["create", "write", "fsync", "rename", "fsync_dir", "remove"];
+const OPS: [&str; 7] = [
+    "create",
+    "write",
+    "fsync",
+    "rename",
+    "fsync_dir",
+    "remove",
+    "open_append",
+];
 
 impl TimingIo {
     fn time<T>(&self, op: usize, f: impl FnOnce() -> T) -> T {
@@ -45,6 +53,9 @@ impl TimingIo {
 impl SpoolIo for TimingIo {
     fn create(&self, path: &Path) -> io::Result<File> {
         self.time(0, || RealIo.create(path))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        self.time(6, || RealIo.open_append(path))
     }
     fn write_all(&self, path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()> {
         self.time(1, || RealIo.write_all(path, file, bytes))
@@ -76,6 +87,8 @@ fn envelope(id: &QueueId, size: usize) -> Envelope {
         eight_bit: false,
         size: size as u64,
         held: false,
+        prefix: String::new(),
+        content_len: size as u64,
     }
 }
 

@@ -63,12 +63,12 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
         eight_bit: false,
         size: message.len() as u64,
         held: false,
+        prefix: String::new(),
+        content_len: message.len() as u64,
     };
     spool.store_blocking(&envelope, message).unwrap();
     chown(&queue, SERVICE_UID, SERVICE_GID, 0o700);
-    for path in [spool.envelope_path(&id), spool.message_path(&id)] {
-        chown(&path, SERVICE_UID, SERVICE_GID, 0o600);
-    }
+    chown(&spool.path(&id), SERVICE_UID, SERVICE_GID, 0o600);
 
     // Users file: rewritten by root, still root:SERVICE_GID 0640 (the server reads it by group).
     for args in [
@@ -95,13 +95,13 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
     assert_eq!(owner_mode(&state), (SERVICE_UID, SERVICE_GID, 0o600));
     assert_eq!(owner_mode(&users), (0, SERVICE_GID, 0o640));
 
-    // Queue hold and release rewrite the envelope: it stays the service account's.
+    // Queue hold and release append to the queue file: it stays the service account's.
     let id_text = id.to_string();
     for action in ["hold", "release"] {
         let out = cli(&config, &["queue", action, &id_text]);
         assert_eq!(out.code, Some(0), "{action}: {out:?}");
         assert_eq!(
-            owner_mode(&spool.envelope_path(&id)),
+            owner_mode(&spool.path(&id)),
             (SERVICE_UID, SERVICE_GID, 0o600),
             "after queue {action}"
         );
@@ -109,7 +109,7 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
     let out = cli(&config, &["queue", "retry", &id_text]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(
-        owner_mode(&spool.envelope_path(&id)).0,
+        owner_mode(&spool.path(&id)).0,
         SERVICE_UID,
         "after queue retry ID"
     );

@@ -200,6 +200,8 @@ async fn a_bounce_is_never_bounced() {
         smtputf8: false,
         eight_bit: false,
         size: 10,
+        prefix: String::new(),
+        content_len: 10,
         held: false,
     };
     let before = sink.received().len();

@@ -71,6 +71,8 @@ impl Queue {
             smtputf8: false,
             eight_bit: false,
             size: MESSAGE.len() as u64,
+            prefix: String::new(),
+            content_len: MESSAGE.len() as u64,
             held: false,
         };
         self.spool.store_blocking(&envelope, MESSAGE).unwrap();
@@ -110,7 +112,7 @@ impl Queue {
     }
 
     fn env_json(&self, id: &QueueId) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.spool.envelope_path(id)).unwrap()).unwrap()
+        serde_json::to_value(self.spool.load_envelope(id).unwrap()).unwrap()
     }
 }
 
@@ -217,10 +219,10 @@ fn retry_one_makes_deferred_due_now() {
     );
     assert_eq!(env["recipients"][1]["state"], "pending");
     // Nothing deferred in b: left alone, still exit 0.
-    let untouched = std::fs::read(q.spool.envelope_path(&b)).unwrap();
+    let untouched = std::fs::read(q.spool.path(&b)).unwrap();
     let out = q.run(&["queue", "retry", b.as_str()]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(std::fs::read(q.spool.envelope_path(&b)).unwrap(), untouched);
+    assert_eq!(std::fs::read(q.spool.path(&b)).unwrap(), untouched);
 }
 
 #[test]
@@ -266,14 +268,13 @@ fn retry_all_touches_every_deferred() {
 }
 
 #[test]
-fn delete_removes_both_files() {
+fn delete_removes_the_queue_file() {
     let q = Queue::new();
     let (a, b) = q.mixed();
     let out = q.run(&["queue", "delete", a.as_str()]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(!q.spool.envelope_path(&a).exists());
-    assert!(!q.spool.message_path(&a).exists());
-    assert!(q.spool.envelope_path(&b).exists());
+    assert!(!q.spool.path(&a).exists());
+    assert!(q.spool.path(&b).exists());
     let out = q.run(&["queue", "list"]);
     assert!(!out.stdout.contains(a.as_str()));
     // Gone now: a second delete is an unknown ID.
@@ -314,8 +315,7 @@ fn garbage_envelope_does_not_break_list() {
     let q = Queue::new();
     let (a, _) = q.mixed();
     let bad = QueueId::generate();
-    std::fs::write(q.spool.message_path(&bad), MESSAGE).unwrap();
-    std::fs::write(q.spool.envelope_path(&bad), b"\x00garbage{").unwrap();
+    std::fs::write(q.spool.path(&bad), b"SUBMITDQ\x00garbage{").unwrap();
     let out = q.run(&["queue", "list"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout.lines().count(), 3, "{out:?}");
@@ -343,7 +343,7 @@ fn garbage_envelope_does_not_break_list() {
     );
     let out = q.run(&["queue", "delete", bad.as_str()]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(!q.spool.message_path(&bad).exists());
+    assert!(!q.spool.path(&bad).exists());
 }
 
 #[test]
@@ -354,18 +354,13 @@ fn delete_waits_for_the_message_lock() {
     let child = spawn(&q.config, &["queue", "delete", a.as_str()]);
     std::thread::sleep(Duration::from_millis(300));
     // Still held: the delete must not have happened.
-    assert!(
-        q.spool.envelope_path(&a).exists(),
-        "delete ignored the lock"
-    );
-    assert!(q.spool.message_path(&a).exists(), "delete ignored the lock");
+    assert!(q.spool.path(&a).exists(), "delete ignored the lock");
     let released = Instant::now();
     drop(lock);
     let out = finish(child);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(released.elapsed() < DEADLINE);
-    assert!(!q.spool.envelope_path(&a).exists());
-    assert!(!q.spool.message_path(&a).exists());
+    assert!(!q.spool.path(&a).exists());
 }
 
 /// `submitd ARGS --config CONFIG` off the async runtime.
@@ -409,6 +404,8 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
         smtputf8: false,
         eight_bit: false,
         size: MESSAGE.len() as u64,
+        prefix: String::new(),
+        content_len: MESSAGE.len() as u64,
         held: false,
     };
     spool.store_blocking(&envelope, MESSAGE).unwrap();
@@ -458,10 +455,10 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
     assert_eq!(got[0].rcpts, ["bob@example.net"]);
     // Delivered: gone from the queue (bounded wait for the state save).
     let start = Instant::now();
-    while spool.envelope_path(&id).exists() && start.elapsed() < common::IO_TIMEOUT {
+    while spool.path(&id).exists() && start.elapsed() < common::IO_TIMEOUT {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!spool.envelope_path(&id).exists());
+    assert!(!spool.path(&id).exists());
     let out = cli(&config, &["queue", "release", id.as_str()]).await;
     assert_eq!(out.code, Some(1), "unknown ID: {out:?}");
 }

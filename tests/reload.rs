@@ -424,6 +424,8 @@ async fn queue_retry_flushes_a_running_server() {
         smtputf8: false,
         eight_bit: false,
         size: message.len() as u64,
+        prefix: String::new(),
+        content_len: message.len() as u64,
         held: false,
     };
     let queue_dir = dir.path().join("queue");

@@ -279,10 +279,14 @@ async fn a_queued_message_is_on_disk_at_the_250() {
         .unwrap()
         .trim_end()
         .to_string();
-    let env = server.queue_dir().join(format!("{id}.env"));
-    let msg = server.queue_dir().join(format!("{id}.msg"));
-    assert!(env.exists() && msg.exists());
-    let body = std::fs::read_to_string(msg).unwrap();
+    // One file: `ID.q`, committed (header, content, envelope record) before the 250.
+    let file = server.queue_dir().join(format!("{id}.q"));
+    let raw = std::fs::read(&file).unwrap();
+    assert!(raw.starts_with(b"SUBMITDQ"), "{raw:?}");
+    let spool = submitd::queue::Spool::attach(&server.queue_dir());
+    let qid = submitd::queue::QueueId::parse(&id).unwrap();
+    assert_eq!(spool.load_envelope(&qid).unwrap().recipients.len(), 1);
+    let body = String::from_utf8(spool.load_message(&qid).unwrap()).unwrap();
     // `submit` ends the data with CRLF.CRLF after a body that already ends in CRLF.
     assert!(body.ends_with(&format!("{}\r\n", message_from(ALICE))));
     assert!(

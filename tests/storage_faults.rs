@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::sink::{Sink, SinkOptions};
 use common::*;
 use submitd::queue::fsio::{Fault, FaultyIo, Op, RealIo, Target};
-use submitd::queue::{Envelope, QueueId, Recipient, Spool, control, spool};
+use submitd::queue::{Envelope, QueueId, Recipient, Spool, control, qfile, spool};
 
 /// Delivery to nowhere (127.0.0.1:1); retries far away so the scheduler writes nothing while
 /// a case runs.
@@ -39,21 +39,18 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Every step of a spool write, for both files, failing with EIO and with ENOSPC: the client
+/// Every step of a spool write, failing with EIO and with ENOSPC: the client
 /// gets `451 4.3.0` (`452 4.3.1` for a full disk), never a 250; nothing of the message is left
 /// in the queue; the same connection then queues a message once the fault is gone.
 #[tokio::test]
 async fn every_failed_spool_step_is_refused_and_leaves_nothing() {
     let steps = [
-        (Op::Create, Target::Msg),
-        (Op::Write, Target::Msg),
-        (Op::Sync, Target::Msg),
-        (Op::Rename, Target::Msg),
-        (Op::Create, Target::Env),
-        (Op::Write, Target::Env),
-        (Op::Sync, Target::Env),
-        (Op::Rename, Target::Env),
-        // After both renames: the files are in place but not proven durable.
+        (Op::Create, Target::Queue),
+        // The first write is the header, the next ones content, the last the record.
+        (Op::Write, Target::Queue),
+        (Op::Sync, Target::Queue),
+        (Op::Rename, Target::Queue),
+        // After the rename: the file is in place but not proven durable.
         (Op::SyncDir, Target::Any),
     ];
     let errnos = [
@@ -135,12 +132,14 @@ fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
         smtputf8: false,
         eight_bit: false,
         size: message.len() as u64,
+        prefix: String::new(),
+        content_len: message.len() as u64,
         held: false,
     }
 }
 
-/// A queue with 3 good messages and 2 damaged ones (an `.env` that is not JSON, and a `.msg`
-/// cut short of the envelope's `size`): the server starts, the 3 are delivered, the 2 are in
+/// A queue with 3 good messages and 2 damaged ones (a file whose record is not JSON, and one
+/// whose content is shorter than its record says): the server starts, the 3 are delivered, the 2 are in
 /// `quarantine/` and neither the scheduler nor `queue list` sees them.
 #[tokio::test]
 async fn damaged_queue_files_are_quarantined_and_the_rest_delivered() {
@@ -158,19 +157,20 @@ async fn damaged_queue_files_are_quarantined_and_the_rest_delivered() {
     }
     let garbage = QueueId::generate();
     std::fs::write(
-        spool.envelope_path(&garbage),
-        b"{\"version\":1,\"id\":\"tru",
+        spool.path(&garbage),
+        qfile::whole(b"From: x\r\n\r\nlost\r\n", b"{\"version\":2,\"id\":\"tru"),
     )
     .unwrap();
-    std::fs::write(spool.message_path(&garbage), b"From: x\r\n\r\nlost\r\n").unwrap();
     let truncated = QueueId::generate();
     let whole = format!("From: {ALICE}\r\nSubject: truncated\r\n\r\nthe whole body\r\n");
     std::fs::write(
-        spool.envelope_path(&truncated),
-        good_envelope(&truncated, whole.as_bytes()).to_bytes(),
+        spool.path(&truncated),
+        qfile::whole(
+            &whole.as_bytes()[..20],
+            &good_envelope(&truncated, whole.as_bytes()).to_bytes(),
+        ),
     )
     .unwrap();
-    std::fs::write(spool.message_path(&truncated), &whole.as_bytes()[..20]).unwrap();
 
     let sink = Sink::start(SinkOptions::default()).await;
     let relay = format!(
@@ -205,12 +205,7 @@ async fn damaged_queue_files_are_quarantined_and_the_rest_delivered() {
     let quarantine = server.queue_dir().join(spool::QUARANTINE_DIR);
     let mut held = entries(&quarantine);
     held.sort();
-    let mut want = vec![
-        format!("{garbage}.env"),
-        format!("{garbage}.msg"),
-        format!("{truncated}.env"),
-        format!("{truncated}.msg"),
-    ];
+    let mut want = vec![format!("{garbage}.q"), format!("{truncated}.q")];
     want.sort();
     assert_eq!(held, want);
     let mode = std::fs::metadata(&quarantine).unwrap().permissions();
@@ -233,6 +228,9 @@ struct SlowFailingDirSync {
 impl submitd::queue::fsio::SpoolIo for SlowFailingDirSync {
     fn create(&self, path: &Path) -> std::io::Result<std::fs::File> {
         RealIo.create(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        RealIo.open_append(path)
     }
     fn write_all(
         &self,

@@ -10,11 +10,11 @@
 //!   listing and the read was delivered (or deleted) meanwhile and is skipped.
 //! - Writers ([`retry`], [`delete`], [`set_held`]) follow the protocol of
 //!   [`super::spool::MessageLock`]: take the message's flock (waiting while the scheduler holds it for a delivery attempt),
-//!   re-read the envelope under the lock, change it, write it back atomically, release. The
-//!   scheduler rescans the directory every second and re-reads envelopes whose mtime changed,
-//!   so a retry takes effect within about a second.
-//! - A message with a `.msg` but no `.env` is still being written: it is not committed, so it
-//!   is neither listed nor deletable.
+//!   re-read the envelope under the lock, change it, append it as the current record, release.
+//!   The scheduler rescans the directory every second and re-reads queue files whose mtime
+//!   changed, so a retry takes effect within about a second.
+//! - A message still being written is an `ID.q.tmp`: it is not committed, so it is neither
+//!   listed nor deletable.
 
 use std::io;
 
@@ -27,7 +27,7 @@ use super::spool::{Envelope, RecipientState, Spool, SpoolError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: QueueId,
-    /// The envelope, or why it could not be read (a garbage `.env` is listed, not fatal).
+    /// The envelope, or why it could not be read (a damaged file is listed, not fatal).
     pub envelope: Result<Envelope, String>,
 }
 

@@ -3,24 +3,21 @@
 //! [`courier::Courier`] and queues DSNs ([`bounce`]) for those that fail; the `queue`
 //! commands ([`control`]).
 //!
-//! # On-disk format, version 1
+//! # On-disk format, version 2
 //!
-//! Everything lives in `queue.dir` (mode 0700). One accepted message is two files:
+//! Everything lives in `queue.dir` (mode 0700). One accepted message is one file, `ID.q`
+//! ([`qfile`] has the byte layout): a 16-octet header, the content exactly as submitted, then
+//! envelope records ([`spool::Envelope`], JSON with `"version": 2`: the sender, the recipients
+//! each with a delivery state, the user, times, and the `prefix` of header fields submitd puts
+//! in front of the content when relaying), each followed by a trailer with its offset, length
+//! and CRC. The last valid record is the current state; a state change appends one. An
+//! optional `"held": true` marks a message on hold (`submitd queue hold`).
 //!
-//! - `ID.msg`: the message exactly as it will be relayed (submitted bytes with the headers
-//!   submitd prepended), CRLF line endings. Never modified after it is written.
-//! - `ID.env`: the envelope, one JSON object ([`spool::Envelope`]) with `"version": 1`, the
-//!   sender, the recipients each with a delivery state, the user, and times. It is rewritten
-//!   whole (temp file, fsync, rename) whenever a recipient's state changes. An optional
-//!   `"held": true` marks a message on hold (`submitd queue hold`): the scheduler leaves it
-//!   alone until `queue release`. The key is absent when false, and a missing key reads as
-//!   false, so files from before holds existed load unchanged (still version 1).
-//!
-//! The `.env` file is the commit point: it is renamed into place after the `.msg` file, and
-//! the directory is fsynced before `250` is sent. A `.msg` without an `.env` is an
-//! interrupted write and is removed at start-up; so are `*.tmp` files. A committed entry that
-//! cannot be delivered as it is (garbage or foreign-version `.env`, missing or truncated `.msg`)
-//! is moved to `quarantine/` at start-up (see [`spool`]).
+//! The content is written as it arrives, to `ID.q.tmp`; the commit is: first record, fsync,
+//! rename to `ID.q`, directory fsync, and only then `250`. A `.tmp` is an interrupted write and
+//! is removed at start-up. A committed file that cannot be delivered as it is is moved to
+//! `quarantine/` by the scheduler's start-up load (see [`spool`]). A version 1 queue (`ID.env`
+//! and `ID.msg`) is migrated at start-up ([`migrate`]).
 
 pub mod bounce;
 pub mod control;

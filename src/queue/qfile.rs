@@ -66,6 +66,17 @@ pub fn record(offset: u64, json: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A whole queue file in memory: header, `content`, one record. For tools that fill a queue
+/// without the spool's fsyncs (benchmarks); the server writes through `Spool`.
+pub fn whole(content: &[u8], json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTENT_OFFSET as usize + content.len() + json.len() + 24);
+    out.extend_from_slice(&header());
+    out.extend_from_slice(content);
+    let at = out.len() as u64;
+    out.extend_from_slice(&record(at, json));
+    out
+}
+
 /// Positioned reads: a queue file, or bytes in memory (tests, the fuzz target).
 pub trait ReadAt {
     /// Read exactly `buf.len()` octets at `offset`.

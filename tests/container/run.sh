@@ -174,14 +174,11 @@ timeout 30 curl -sS --ssl-reqd -k --url "smtp://127.0.0.1:$high" \
   --mail-rcpt bob@example.net -T "$mail" || fail "curl submission over STARTTLS"
 
 found=0
-for f in "$spool"/*.msg; do
+for f in "$spool"/*.q; do
   [ -e "$f" ] || continue
   grep -q "$marker" "$f" || continue
-  env="${f%.msg}.env"
-  [ -f "$env" ] || fail "$f has no envelope"
-  for file in "$f" "$env"; do
-    [ "$(stat -c %u:%g "$file")" = "$UID_:$UID_" ] || fail "$file owned by $(stat -c %u:%g "$file")"
-  done
+  head -c 8 "$f" | grep -q SUBMITDQ || fail "$f is not a version 2 queue file"
+  [ "$(stat -c %u:%g "$f")" = "$UID_:$UID_" ] || fail "$f owned by $(stat -c %u:%g "$f")"
   found=$((found + 1))
 done
 [ "$found" -eq 2 ] || fail "expected 2 queued messages with $marker, found $found: $(ls -l "$spool")"
