@@ -95,10 +95,10 @@ async fn every_failed_spool_step_is_refused_and_leaves_nothing() {
     }
 }
 
-/// A fault on a later call (the second rename: the envelope's) behaves the same; a disk quota
-/// (EDQUOT) counts as a full disk.
+/// A fault on a later call (the second write: the content, after the header) behaves the
+/// same; a disk quota (EDQUOT) counts as a full disk.
 #[tokio::test]
-async fn quota_on_the_second_rename_is_insufficient_storage() {
+async fn quota_on_the_content_write_is_insufficient_storage() {
     let io = FaultyIo::new();
     let server = TestServer::start_in_with_io(
         tempfile::tempdir().unwrap(),
@@ -109,7 +109,7 @@ async fn quota_on_the_second_rename_is_insufficient_storage() {
     .await;
     let mut c = server.alice().await;
     io.fail(Fault {
-        op: Op::Rename,
+        op: Op::Write,
         target: Target::Any,
         nth: 2,
         errno: libc::EDQUOT,

@@ -228,21 +228,21 @@ impl Drop for TestServer {
     }
 }
 
-/// Every committed message in a queue directory: (envelope JSON, message bytes).
+/// Every committed message in a queue directory: (envelope JSON, message bytes as relayed).
+/// A message removed while this reads (delivered meanwhile) is left out.
 pub fn queued_in(dir: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    if !dir.is_dir() {
         return Vec::new();
-    };
-    let mut envs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "env"))
-        .collect();
-    envs.sort();
-    envs.iter()
-        .map(|env| {
-            let json = serde_json::from_slice(&std::fs::read(env).unwrap()).unwrap();
-            let msg = std::fs::read(env.with_extension("msg")).unwrap();
-            (json, msg)
+    }
+    let spool = submitd::queue::Spool::attach(dir);
+    spool
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| {
+            let env = spool.load_envelope(id).ok()?;
+            let msg = spool.load_message(id).ok()?;
+            Some((serde_json::to_value(env).unwrap(), msg))
         })
         .collect()
 }
