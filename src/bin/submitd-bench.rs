@@ -46,6 +46,8 @@ const MAX_ERRORS_SHOWN: usize = 5;
 const MAX_RCPTS: u64 = 1000;
 /// Most messages `--fill-queue` writes.
 const MAX_FILL: u64 = 10_000_000;
+/// Failed stores after which `--fill-queue` stops.
+const MAX_FILL_FAILURES: u64 = 100;
 /// Descriptors kept free beside the connections when raising RLIMIT_NOFILE.
 const SPARE_FILES: u64 = 64;
 
@@ -368,6 +370,7 @@ fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
     let later = now + 30 * 86_400;
     let todo = AtomicU64::new(n);
     let failed = AtomicU64::new(0);
+    let stored = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..args.threads.max(1) {
@@ -377,7 +380,8 @@ fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
                     .is_ok()
                 {
                     let id = QueueId::generate();
-                    let mut env = Envelope::new(&id, &args.from, &args.from, &rcpts, &args.ehlo, now);
+                    let mut env =
+                        Envelope::new(&id, &args.from, &args.from, &rcpts, &args.ehlo, now);
                     env.size = body.len() as u64;
                     for r in &mut env.recipients {
                         r.state = RecipientState::Deferred;
@@ -385,13 +389,23 @@ fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
                         r.next_attempt = Some(later);
                         r.last_reply = Some("451 4.4.1 submitd-bench: filled deferred".into());
                     }
-                    if let Err(e) = spool.store_blocking(&env, &body) {
-                        if failed.fetch_add(1, Ordering::Relaxed) < MAX_ERRORS_SHOWN as u64 {
-                            eprintln!("submitd-bench: store: {e}");
+                    match spool.store_blocking(&env, &body) {
+                        Ok(()) => {
+                            stored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let before = failed.fetch_add(1, Ordering::Relaxed);
+                            if before < MAX_ERRORS_SHOWN as u64 {
+                                eprintln!("submitd-bench: store: {e}");
+                            }
+                            // A full disk fails every store: give up instead of trying N times.
+                            if before >= MAX_FILL_FAILURES {
+                                todo.store(0, Ordering::Relaxed);
+                            }
                         }
                     }
                     let left = todo.load(Ordering::Relaxed);
-                    if left % 100_000 == 0 && left > 0 {
+                    if left.is_multiple_of(100_000) && left > 0 {
                         eprintln!("submitd-bench: {left} to fill");
                     }
                 }
@@ -399,10 +413,11 @@ fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
         }
     });
     let failed = failed.into_inner();
+    let stored = stored.into_inner();
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({ "filled": n - failed, "errors": failed, "seconds": (seconds * 1000.0).round() / 1000.0 })
+        json!({ "filled": stored, "errors": failed, "seconds": (seconds * 1000.0).round() / 1000.0 })
     );
     if failed > 0 {
         bail!("{failed} messages not stored");
@@ -561,7 +576,9 @@ async fn session(shared: &Shared, tally: &mut Tally) -> anyhow::Result<()> {
         }
         // Straight from the shared copy: a 25 MB message is not copied per connection.
         conn.write_direct(&shared.message, "message data").await?;
-        conn.reply("end of data").await?.expect("end of data", 250)?;
+        conn.reply("end of data")
+            .await?
+            .expect("end of data", 250)?;
         tally.sent += 1;
         tally
             .latency
@@ -827,7 +844,7 @@ mod tests {
 
     #[test]
     fn message_has_the_asked_size_and_needs_no_dot_stuffing() {
-        for size in [1000, 1001, 1002, 10239, 10240, 100_000] {
+        for size in [1000, 1001, 1002, 10239, 10240, 100_000, 26_214_400] {
             let m = message("a@example.test", "b@example.net", size);
             assert!(m.ends_with(b"\r\n.\r\n"), "size {size}");
             assert_eq!(m.len() - 3, size, "size {size}");
@@ -855,11 +872,58 @@ mod tests {
         assert_eq!(recipients("sink@example.net", 1), ["sink@example.net"]);
         assert_eq!(
             recipients("sink@example.net", 3),
-            ["sink1@example.net", "sink2@example.net", "sink3@example.net"]
+            [
+                "sink1@example.net",
+                "sink2@example.net",
+                "sink3@example.net"
+            ]
         );
         let many = recipients("sink@example.net", MAX_RCPTS);
         let distinct: std::collections::HashSet<_> = many.iter().collect();
         assert_eq!(distinct.len(), MAX_RCPTS as usize);
+    }
+
+    #[test]
+    fn fill_queue_writes_every_message_into_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = dir.path().join("queue");
+        let args = Args::try_parse_from([
+            "submitd-bench",
+            "--fill-queue",
+            queue.to_str().expect("utf-8 path"),
+            "50",
+            "--size",
+            "1024",
+            "--threads",
+            "4",
+        ])
+        .expect("arguments parse without --connect");
+        let fill = args.fill_queue.clone().expect("fill mode");
+        fill_queue(&args, &fill).expect("fill");
+        let files: Vec<_> = std::fs::read_dir(&queue)
+            .expect("queue dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .collect();
+        // Whatever the on-disk format, 50 messages are at least 50 files.
+        assert!(files.len() >= 50, "{} files", files.len());
+        let bad =
+            Args::try_parse_from(["submitd-bench", "--fill-queue", "x", "lots"]).expect("parse");
+        assert!(fill_queue(&bad, bad.fill_queue.as_deref().expect("fill")).is_err());
+    }
+
+    #[test]
+    fn rcpts_and_sessions_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["submitd-bench", "--connect", "127.0.0.1:1"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&["--rcpts", "1000"]).is_ok());
+        assert!(parse(&["--rcpts", "1001"]).is_err());
+        assert!(parse(&["--rcpts", "0"]).is_err());
+        assert!(parse(&["--sessions", "2048", "--size", "26214400"]).is_ok());
+        assert!(Args::try_parse_from(["submitd-bench"]).is_err());
     }
 
     #[test]
