@@ -12,6 +12,9 @@
 //!   line when all are up, then hold them (for `--hold`, or until stdin closes), for measuring
 //!   a server's memory per idle connection.
 //!
+//! - **fill-queue** (hidden, `--fill-queue DIR N`): write N deferred messages into a submitd
+//!   queue directory offline, through the library's spool API, for the queue-depth benchmark.
+//!
 //! Every socket operation has a timeout; a failed message is counted, never a panic. It refuses
 //! any target that is not a loopback address unless `--allow-remote` is given: it accepts any
 //! server certificate, because it exists to load our own test servers.
@@ -39,6 +42,14 @@ const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 100;
 /// How many distinct error texts are printed on stderr.
 const MAX_ERRORS_SHOWN: usize = 5;
+/// Most recipients per message (Postfix's `smtpd_recipient_limit` default).
+const MAX_RCPTS: u64 = 1000;
+/// Most messages `--fill-queue` writes.
+const MAX_FILL: u64 = 10_000_000;
+/// Failed stores after which `--fill-queue` stops.
+const MAX_FILL_FAILURES: u64 = 100;
+/// Descriptors kept free beside the connections when raising RLIMIT_NOFILE.
+const SPARE_FILES: u64 = 64;
 
 const LONG_ABOUT: &str = "\
 SMTP submission load generator (like Postfix's smtp-source, plus TLS and AUTH PLAIN).
@@ -47,7 +58,7 @@ It ACCEPTS ANY SERVER CERTIFICATE: it is meant for our own servers on loopback w
 certificates, and refuses a target that is not a loopback address unless --allow-remote.
 
 Load mode prints exactly one JSON line on stdout: messages, errors, seconds, msgs_per_sec,
-p50_ms, p90_ms, p99_ms, max_ms (latency per message from its MAIL FROM, or from the connect
+mb_per_sec (message bytes, 2^20 per MB), rcpts, p50_ms, p90_ms, p99_ms, max_ms (latency per message from its MAIL FROM, or from the connect
 for a connection's first message, to the 250 after its data). Idle mode (--idle N) prints one
 JSON line when all N connections are up, then holds them. Exit status: 0 when no error, 1 when
 any message or connection failed (the JSON line is printed either way), 2 for bad usage.";
@@ -66,8 +77,8 @@ enum TlsMode {
 #[command(name = "submitd-bench", version, about = "SMTP submission load generator (loopback test servers only: accepts any certificate)", long_about = LONG_ABOUT)]
 struct Args {
     /// Server address.
-    #[arg(long, value_name = "HOST:PORT")]
-    connect: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "fill_queue")]
+    connect: Option<String>,
     /// How TLS starts.
     #[arg(long, value_enum, default_value_t = TlsMode::Implicit)]
     tls: TlsMode,
@@ -83,6 +94,10 @@ struct Args {
     /// Envelope recipient and header To.
     #[arg(long, default_value = "sink@example.test")]
     to: String,
+    /// Recipients per message: with N > 1, --to's local part gets 1..=N appended
+    /// (sink1@, sink2@, ...): distinct addresses, since Postfix drops repeated ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_RCPTS))]
+    rcpts: u64,
     /// Connections at once (concurrency).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     sessions: u64,
@@ -125,6 +140,10 @@ struct Args {
     /// Runtime worker threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: u64,
+    /// Write N deferred messages (--size bytes, --rcpts recipients at --to, next attempt in 30
+    /// days) into the submitd queue directory DIR, offline, then exit.
+    #[arg(long, num_args = 2, value_names = ["DIR", "N"], hide = true)]
+    fill_queue: Option<Vec<String>>,
 }
 
 /// Seconds ("10", "0.5") or a humantime duration ("10s", "2m").
@@ -137,6 +156,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(fill) = &args.fill_queue {
+        return match fill_queue(&args, fill) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("submitd-bench: fill-queue: {e:#}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
+    raise_open_files(args.sessions.max(args.idle.unwrap_or(0)) + SPARE_FILES);
     let runtime = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -176,7 +205,9 @@ struct Shared {
     timeout: Duration,
     ehlo: Vec<u8>,
     auth: Option<Vec<u8>>,
-    mail_rcpt: Vec<u8>,
+    mail: Vec<u8>,
+    /// One `RCPT TO` line per recipient.
+    rcpts: Vec<Vec<u8>>,
     /// The message, dot-stuffed, ending in CRLF.CRLF.
     message: Vec<u8>,
     pipelining: bool,
@@ -209,14 +240,12 @@ impl Shared {
 }
 
 async fn run(args: Args) -> Result<bool, Usage> {
-    let addr = target(&args.connect, args.allow_remote)
-        .await
-        .map_err(Usage)?;
-    let host = args
-        .connect
+    let connect = args.connect.as_deref().unwrap_or_default();
+    let addr = target(connect, args.allow_remote).await.map_err(Usage)?;
+    let host = connect
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(&args.connect);
+        .unwrap_or(connect);
     let name = args.server_name.as_deref().unwrap_or(host);
     let server_name = ServerName::try_from(name.to_string())
         .map_err(|e| Usage(anyhow!("bad TLS server name {name:?}: {e}")))?;
@@ -242,7 +271,11 @@ async fn run(args: Args) -> Result<bool, Usage> {
         timeout: args.timeout,
         ehlo: format!("EHLO {}\r\n", args.ehlo).into_bytes(),
         auth,
-        mail_rcpt: format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\n", args.from, args.to).into_bytes(),
+        mail: format!("MAIL FROM:<{}>\r\n", args.from).into_bytes(),
+        rcpts: recipients(&args.to, args.rcpts)
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes())
+            .collect(),
         message: message(&args.from, &args.to, args.size as usize),
         pipelining: args.pipelining,
         per_session: if args.per_session == 0 {
@@ -276,6 +309,120 @@ async fn target(connect: &str, allow_remote: bool) -> anyhow::Result<SocketAddr>
         );
     }
     Ok(first)
+}
+
+/// The recipient addresses: `to` itself for one, else `to` with 1..=n after its local part.
+fn recipients(to: &str, n: u64) -> Vec<String> {
+    if n <= 1 {
+        return vec![to.to_string()];
+    }
+    let (local, domain) = to.rsplit_once('@').unwrap_or((to, ""));
+    let at = if to.contains('@') { "@" } else { "" };
+    (1..=n).map(|i| format!("{local}{i}{at}{domain}")).collect()
+}
+
+/// Raise the soft RLIMIT_NOFILE towards `needed` (never above the hard limit): 2048 sessions
+/// need more than the usual soft 1024.
+fn raise_open_files(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = needed.min(lim.rlim_max);
+    if want > lim.rlim_cur {
+        lim.rlim_cur = want;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            eprintln!(
+                "submitd-bench: cannot raise the open files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if want < needed {
+        eprintln!("submitd-bench: open files limit {want} is below the {needed} needed");
+    }
+}
+
+/// Hidden mode: N deferred messages into a queue directory, through the public spool API,
+/// from several threads (the file system merges their fsyncs).
+fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
+    use submitd::queue::{Envelope, QueueId, RecipientState, Spool};
+    let [dir, n] = fill else {
+        bail!("want --fill-queue DIR N");
+    };
+    let n: u64 = n.parse().context("N is not a number")?;
+    if n > MAX_FILL {
+        bail!("at most {MAX_FILL} messages");
+    }
+    let spool = Spool::open(std::path::Path::new(dir)).context("opening the queue")?;
+    let mut body = message(&args.from, &args.to, args.size as usize);
+    body.truncate(body.len() - 3);
+    let rcpts = recipients(&args.to, args.rcpts);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let later = now + 30 * 86_400;
+    let todo = AtomicU64::new(n);
+    let failed = AtomicU64::new(0);
+    let stored = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..args.threads.max(1) {
+            scope.spawn(|| {
+                while todo
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1))
+                    .is_ok()
+                {
+                    let id = QueueId::generate();
+                    let mut env =
+                        Envelope::new(&id, &args.from, &args.from, &rcpts, &args.ehlo, now);
+                    env.size = body.len() as u64;
+                    for r in &mut env.recipients {
+                        r.state = RecipientState::Deferred;
+                        r.attempts = 1;
+                        r.next_attempt = Some(later);
+                        r.last_reply = Some("451 4.4.1 submitd-bench: filled deferred".into());
+                    }
+                    match spool.store_blocking(&env, &body) {
+                        Ok(()) => {
+                            stored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let before = failed.fetch_add(1, Ordering::Relaxed);
+                            if before < MAX_ERRORS_SHOWN as u64 {
+                                eprintln!("submitd-bench: store: {e}");
+                            }
+                            // A full disk fails every store: give up instead of trying N times.
+                            if before >= MAX_FILL_FAILURES {
+                                todo.store(0, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let left = todo.load(Ordering::Relaxed);
+                    if left.is_multiple_of(100_000) && left > 0 {
+                        eprintln!("submitd-bench: {left} to fill");
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner();
+    let stored = stored.into_inner();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "filled": stored, "errors": failed, "seconds": (seconds * 1000.0).round() / 1000.0 })
+    );
+    if failed > 0 {
+        bail!("{failed} messages not stored");
+    }
+    Ok(())
 }
 
 /// The message: headers, then lines of printable text up to `size` bytes, then the final dot.
@@ -369,11 +516,14 @@ async fn load(shared: Arc<Shared>, sessions: u64) -> bool {
     let seconds = started.elapsed().as_secs_f64();
     let ms = |us: u64| us as f64 / 1000.0;
     let h = &total.latency;
+    let bytes = total.sent as f64 * (shared.message.len() - 3) as f64;
     let line = json!({
         "messages": total.sent,
         "errors": total.errors,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "msgs_per_sec": if seconds > 0.0 { ((total.sent as f64 / seconds) * 10.0).round() / 10.0 } else { 0.0 },
+        "mb_per_sec": if seconds > 0.0 { ((bytes / 1_048_576.0 / seconds) * 100.0).round() / 100.0 } else { 0.0 },
+        "rcpts": shared.rcpts.len(),
         "p50_ms": ms(h.value_at_quantile(0.50)),
         "p90_ms": ms(h.value_at_quantile(0.90)),
         "p99_ms": ms(h.value_at_quantile(0.99)),
@@ -399,33 +549,36 @@ async fn session(shared: &Shared, tally: &mut Tally) -> anyhow::Result<()> {
     let mut in_session = 0u64;
     loop {
         if pipelining {
-            conn.wbuf.extend_from_slice(&shared.mail_rcpt);
+            conn.wbuf.extend_from_slice(&shared.mail);
+            for rcpt in &shared.rcpts {
+                conn.wbuf.extend_from_slice(rcpt);
+            }
             conn.wbuf.extend_from_slice(b"DATA\r\n");
             conn.flush("MAIL/RCPT/DATA").await?;
+            // Read every reply before judging any: the server answers each pipelined command.
             let mail = conn.reply("MAIL").await?;
-            let rcpt = conn.reply("RCPT").await?;
-            let data = conn.reply("DATA").await?;
-            for (what, want, reply) in [
-                ("MAIL", 250, mail),
-                ("RCPT", 250, rcpt),
-                ("DATA", 354, data),
-            ] {
-                reply.expect(what, want)?;
+            let mut rcpts = Vec::with_capacity(shared.rcpts.len());
+            for _ in &shared.rcpts {
+                rcpts.push(conn.reply("RCPT").await?);
             }
+            let data = conn.reply("DATA").await?;
+            mail.expect("MAIL", 250)?;
+            for rcpt in rcpts {
+                rcpt.expect("RCPT", 250)?;
+            }
+            data.expect("DATA", 354)?;
         } else {
-            let (mail, rcpt) = shared.mail_rcpt.split_at(
-                shared
-                    .mail_rcpt
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .unwrap_or(0)
-                    + 1,
-            );
-            conn.command(mail, "MAIL", 250).await?;
-            conn.command(rcpt, "RCPT", 250).await?;
+            conn.command(&shared.mail, "MAIL", 250).await?;
+            for rcpt in &shared.rcpts {
+                conn.command(rcpt, "RCPT", 250).await?;
+            }
             conn.command(b"DATA\r\n", "DATA", 354).await?;
         }
-        conn.command(&shared.message, "end of data", 250).await?;
+        // Straight from the shared copy: a 25 MB message is not copied per connection.
+        conn.write_direct(&shared.message, "message data").await?;
+        conn.reply("end of data")
+            .await?
+            .expect("end of data", 250)?;
         tally.sent += 1;
         tally
             .latency
@@ -531,6 +684,20 @@ impl Conn {
         self.wbuf.extend_from_slice(line);
         self.flush(what).await?;
         self.reply(what).await?.expect(what, want)
+    }
+
+    /// Write `bytes` without going through the write buffer (which must be empty).
+    async fn write_direct(&mut self, bytes: &[u8], what: &str) -> anyhow::Result<()> {
+        debug_assert!(self.wbuf.is_empty());
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow!("{what}: write: {e}")),
+            Err(_) => Err(anyhow!("{what}: write timed out after {:?}", self.timeout)),
+        }
     }
 
     async fn flush(&mut self, what: &str) -> anyhow::Result<()> {
@@ -677,7 +844,7 @@ mod tests {
 
     #[test]
     fn message_has_the_asked_size_and_needs_no_dot_stuffing() {
-        for size in [1000, 1001, 1002, 10239, 10240, 100_000] {
+        for size in [1000, 1001, 1002, 10239, 10240, 100_000, 26_214_400] {
             let m = message("a@example.test", "b@example.net", size);
             assert!(m.ends_with(b"\r\n.\r\n"), "size {size}");
             assert_eq!(m.len() - 3, size, "size {size}");
@@ -698,6 +865,65 @@ mod tests {
     fn a_size_below_the_headers_gives_the_headers_alone() {
         let m = message("a@example.test", "b@example.net", 64);
         assert!(m.ends_with(b"\r\n\r\n.\r\n"));
+    }
+
+    #[test]
+    fn recipients_are_distinct_beyond_one() {
+        assert_eq!(recipients("sink@example.net", 1), ["sink@example.net"]);
+        assert_eq!(
+            recipients("sink@example.net", 3),
+            [
+                "sink1@example.net",
+                "sink2@example.net",
+                "sink3@example.net"
+            ]
+        );
+        let many = recipients("sink@example.net", MAX_RCPTS);
+        let distinct: std::collections::HashSet<_> = many.iter().collect();
+        assert_eq!(distinct.len(), MAX_RCPTS as usize);
+    }
+
+    #[test]
+    fn fill_queue_writes_every_message_into_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = dir.path().join("queue");
+        let args = Args::try_parse_from([
+            "submitd-bench",
+            "--fill-queue",
+            queue.to_str().expect("utf-8 path"),
+            "50",
+            "--size",
+            "1024",
+            "--threads",
+            "4",
+        ])
+        .expect("arguments parse without --connect");
+        let fill = args.fill_queue.clone().expect("fill mode");
+        fill_queue(&args, &fill).expect("fill");
+        let files: Vec<_> = std::fs::read_dir(&queue)
+            .expect("queue dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .collect();
+        // Whatever the on-disk format, 50 messages are at least 50 files.
+        assert!(files.len() >= 50, "{} files", files.len());
+        let bad =
+            Args::try_parse_from(["submitd-bench", "--fill-queue", "x", "lots"]).expect("parse");
+        assert!(fill_queue(&bad, bad.fill_queue.as_deref().expect("fill")).is_err());
+    }
+
+    #[test]
+    fn rcpts_and_sessions_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["submitd-bench", "--connect", "127.0.0.1:1"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&["--rcpts", "1000"]).is_ok());
+        assert!(parse(&["--rcpts", "1001"]).is_err());
+        assert!(parse(&["--rcpts", "0"]).is_err());
+        assert!(parse(&["--sessions", "2048", "--size", "26214400"]).is_ok());
+        assert!(Args::try_parse_from(["submitd-bench"]).is_err());
     }
 
     #[test]
