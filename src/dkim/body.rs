@@ -293,7 +293,10 @@ mod tests {
         if lines.is_empty() && c == Canonicalization::Simple {
             return b"\r\n".to_vec();
         }
-        lines.iter().flat_map(|l| [&l[..], b"\r\n"].concat()).collect()
+        lines
+            .iter()
+            .flat_map(|l| [&l[..], b"\r\n"].concat())
+            .collect()
     }
 
     fn sha256(bytes: &[u8]) -> BodyHash {
@@ -352,9 +355,17 @@ mod tests {
             (b"  ", b"  \r\n", b""),
             (b"abc", b"abc\r\n", b"abc\r\n"),
             // RFC 6376 3.4.5's example.
-            (b" C \r\nD \t E\r\n\r\n\r\n", b" C \r\nD \t E\r\n", b" C\r\nD E\r\n"),
+            (
+                b" C \r\nD \t E\r\n\r\n\r\n",
+                b" C \r\nD \t E\r\n",
+                b" C\r\nD E\r\n",
+            ),
             (b"a \r\n  \r\n\r\n", b"a \r\n  \r\n", b"a\r\n"),
-            (b"a\r\n \r\nb\t\t\r\n", b"a\r\n \r\nb\t\t\r\n", b"a\r\n\r\nb\r\n"),
+            (
+                b"a\r\n \r\nb\t\t\r\n",
+                b"a\r\n \r\nb\t\t\r\n",
+                b"a\r\n\r\nb\r\n",
+            ),
             (b"\tx", b"\tx\r\n", b" x\r\n"),
             // Bare CR and LF are content, never line ends or whitespace.
             (b"a \r b\n", b"a \r b\n\r\n", b"a \r b\n\r\n"),
@@ -398,7 +409,11 @@ mod tests {
         for _ in 0..10_000 {
             hasher.update(&[b'\r', b'\n', b' ', b'\t'].repeat(64));
         }
-        assert!(hasher.out.capacity() <= OUT_CAP, "{}", hasher.out.capacity());
+        assert!(
+            hasher.out.capacity() <= OUT_CAP,
+            "{}",
+            hasher.out.capacity()
+        );
         hasher.update(b"y");
         let mut want = b"x".to_vec();
         want.extend_from_slice(&b"\r\n".repeat(640_000));

@@ -44,8 +44,8 @@ use crate::submission::header_section;
 
 mod body;
 
-pub use body::{BodyHash, CanonicalHasher};
 use body::BodyLanes;
+pub use body::{BodyHash, CanonicalHasher};
 
 pub use crate::config::{DEFAULT_HEADERS, DkimConfig};
 
@@ -284,7 +284,10 @@ impl DkimSigner {
 
     /// A hasher per body canonicalization the keys of `domain` use; `None` without a key.
     fn body_lanes(&self, domain: &str) -> Option<BodyLanes> {
-        let mut wanted = self.entries_for(domain).map(|e| e.canonicalization.1).peekable();
+        let mut wanted = self
+            .entries_for(domain)
+            .map(|e| e.canonicalization.1)
+            .peekable();
         wanted.peek()?;
         Some(BodyLanes::new(wanted))
     }
@@ -334,9 +337,7 @@ fn sign_entry(
         .headers(headers_to_sign(header_section, &entry.headers))
         .header_canonicalization(header_canon)
         .body_canonicalization(body_canon);
-    let (_, headers, signed, _) = signer
-        .template
-        .canonicalize(Fields(header_section));
+    let (_, headers, signed, _) = signer.template.canonicalize(Fields(header_section));
     let mut signature = signer.template.clone();
     signature.bh = bh.to_vec();
     signature.t = now;
@@ -476,7 +477,6 @@ impl SharedSigner {
         .map_err(|e| DkimError::Task(e.to_string()))?
     }
 }
-
 
 impl SharedSigner {
     /// A hasher for the body of a message from `domain` (the From domain the header check
@@ -843,6 +843,165 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// What the whole-message path signed with before streaming: mail-auth over the message.
+    fn mail_auth_sign(signer: &DkimSigner, message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in &signer.entries {
+            let (ch, cb) = entry.canonicalization;
+            let signature = MailAuthSigner::from_key(Borrowed(&entry.key.key))
+                .domain(entry.domain.clone())
+                .selector(entry.selector.clone())
+                .headers(headers_to_sign(message, &entry.headers))
+                .header_canonicalization(ch)
+                .body_canonicalization(cb)
+                .sign(message)
+                .unwrap();
+            out.extend_from_slice(signature.to_header().as_bytes());
+        }
+        out
+    }
+
+    /// The message's header section, then its body in chunks of `size`, through the
+    /// streaming entry points a session uses.
+    fn stream_signed(shared: &SharedSigner, message: &[u8], size: usize) -> Vec<u8> {
+        let header = header_section(message);
+        let mut hasher = shared.body_hasher(Some("example.test")).unwrap();
+        for chunk in message[header.len()..].chunks(size) {
+            hasher.update(chunk);
+        }
+        let hashes = hasher.finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out = runtime
+            .block_on(shared.sign_header_section(header.to_vec(), hashes))
+            .unwrap();
+        out.extend_from_slice(message);
+        out
+    }
+
+    fn tag<'a>(header: &'a str, name: &str) -> String {
+        let unfolded: String = header.split_whitespace().collect();
+        unfolded
+            .split(';')
+            .find_map(|t| t.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap()
+    }
+
+    const BIG_BODY_MESSAGE: &[u8] = b"From: alice@example.test\r\nTo: bob@example.net\r\n\
+        Subject: report\r\n\r\nLine one  with\tspaces \r\n\r\n  indented\r\n";
+
+    #[test]
+    fn streamed_signatures_verify_for_every_algorithm_and_canonicalization() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonicalizations = [
+            (Canonicalization::Relaxed, Canonicalization::Relaxed),
+            (Canonicalization::Simple, Canonicalization::Simple),
+            (Canonicalization::Relaxed, Canonicalization::Simple),
+        ];
+        for algorithm in [Algorithm::Rsa, Algorithm::Ed25519] {
+            for (ch, cb) in canonicalizations {
+                let mut signer = DkimSigner::load(&[entry(
+                    dir.path(),
+                    algorithm,
+                    &format!("{algorithm:?}-{ch:?}-{cb:?}").to_lowercase(),
+                )])
+                .unwrap();
+                signer.entries[0].canonicalization = (ch, cb);
+                let shared = SharedSigner::new(signer);
+                let signer = shared.current();
+                for size in [1, 7, 4096] {
+                    let message = stream_signed(&shared, MESSAGE, size);
+                    let text = String::from_utf8(message.clone()).unwrap();
+                    let c = format!(
+                        "c={}/{}",
+                        format!("{ch:?}").to_lowercase(),
+                        format!("{cb:?}").to_lowercase()
+                    );
+                    assert!(text.contains(&c), "{text}");
+                    assert_eq!(verify(&message, &signer), vec![DkimResult::Pass], "{text}");
+                    let body = text.replace("Hello Bob.", "Hello Eve.");
+                    assert!(matches!(
+                        verify(body.as_bytes(), &signer)[..],
+                        [DkimResult::Neutral(mail_auth::Error::Dkim(
+                            mail_auth::dkim::DkimError::FailedBodyHashMatch
+                        ))]
+                    ));
+                    let subject = text.replace("Subject: hello", "Subject: hullo");
+                    assert!(matches!(
+                        verify(subject.as_bytes(), &signer)[..],
+                        [DkimResult::Fail(_)]
+                    ));
+                    // Whitespace: relaxed ignores what simple signs.
+                    let spaced = text.replace("Subject: hello", "Subject:  hello");
+                    let want_pass = ch == Canonicalization::Relaxed;
+                    let got = verify(spaced.as_bytes(), &signer);
+                    assert_eq!(got == vec![DkimResult::Pass], want_pass, "{ch:?} {got:?}");
+                    let trailing = text.replace("Hello Bob.\r\n", "Hello Bob. \r\n");
+                    let got = verify(trailing.as_bytes(), &signer);
+                    assert_eq!(
+                        got == vec![DkimResult::Pass],
+                        cb == Canonicalization::Relaxed,
+                        "{cb:?} {got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_and_whole_message_paths_sign_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = DkimSigner::load(&[
+            entry(dir.path(), Algorithm::Rsa, "r"),
+            entry(dir.path(), Algorithm::Ed25519, "e"),
+        ])
+        .unwrap();
+        let shared = SharedSigner::new(signer);
+        let signer = shared.current();
+        let empty_body = b"From: alice@example.test\r\nSubject: x\r\n\r\n";
+        let no_body = b"From: alice@example.test\r\nSubject: x\r\n";
+        for message in [MESSAGE, BIG_BODY_MESSAGE, &empty_body[..], &no_body[..]] {
+            // RSA PKCS#1 v1.5 and Ed25519 are deterministic: with the same t= the fields are
+            // the same bytes. Retried in case the clock ticks between the two.
+            let same = (0..3).any(|_| {
+                let old = mail_auth_sign(&signer, message);
+                let whole = signer.sign(message, "example.test").unwrap();
+                let streamed = stream_signed(&shared, message, 3);
+                old == whole && streamed.starts_with(&old)
+            });
+            let old = String::from_utf8(mail_auth_sign(&signer, message)).unwrap();
+            let new = String::from_utf8(signer.sign(message, "example.test").unwrap()).unwrap();
+            assert!(same, "{old}\n{new}");
+            for (o, n) in old
+                .split("DKIM-Signature:")
+                .zip(new.split("DKIM-Signature:"))
+                .skip(1)
+            {
+                assert_eq!(tag(o, "bh"), tag(n, "bh"));
+                assert_eq!(tag(o, "h"), tag(n, "h"));
+            }
+        }
+        // The header section may come without its empty line.
+        let hashes = {
+            let mut h = shared.body_hasher(Some("example.test")).unwrap();
+            h.update(b"Hello Bob.\r\n\r\n\r\n");
+            h.finish()
+        };
+        let header = header_section(MESSAGE);
+        for header in [header, &header[..header.len() - 2]] {
+            let mut message = hashes.sign(header).unwrap();
+            message.extend_from_slice(MESSAGE);
+            assert_eq!(
+                verify(&message, &signer),
+                vec![DkimResult::Pass, DkimResult::Pass]
+            );
+        }
+        // No key for the domain: no hasher, nothing to sign.
+        assert!(shared.body_hasher(Some("example.net")).is_none());
+        assert!(shared.body_hasher(None).is_none());
     }
 
     /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the
