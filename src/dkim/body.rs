@@ -176,8 +176,8 @@ impl CanonicalHasher {
         self.held_cr = cr;
     }
 
-    /// Relaxed: stops only at SP, HTAB and CR (memchr); a single SP between content bytes
-    /// is already canonical and stays inside the run being copied.
+    /// Relaxed: stops only at SP, HTAB and CR (memchr); what is canonical already stays in
+    /// one run, so a chunk of ordinary text reaches the digest in one piece.
     fn update_relaxed(&mut self, chunk: &[u8]) {
         let Some(start) = self.resolve_cr(chunk) else {
             return;
@@ -191,7 +191,16 @@ impl CanonicalHasher {
             }
             let byte = chunk[at];
             let after = chunk.get(at + 1).copied();
-            if byte == b' ' && at > run && after.is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+            let content_at = |i: usize| {
+                chunk
+                    .get(i)
+                    .is_some_and(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+            };
+            // Inside a run, a single SP before content and a CRLF before content (the line
+            // before it had no trailing whitespace) are canonical already: the run goes on.
+            if at > run
+                && (byte == b' ' && content_at(at + 1)
+                    || byte == b'\r' && after == Some(b'\n') && content_at(at + 2))
             {
                 continue;
             }
