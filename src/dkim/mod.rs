@@ -882,7 +882,7 @@ mod tests {
         out
     }
 
-    fn tag<'a>(header: &'a str, name: &str) -> String {
+    fn tag(header: &str, name: &str) -> String {
         let unfolded: String = header.split_whitespace().collect();
         unfolded
             .split(';')
