@@ -13,6 +13,11 @@
 //! "oversigning"). Headers the message lacks are left out, so a relay may add them (OpenDKIM's
 //! behaviour). Received is never in the default list: it is added again at every hop.
 //!
+//! Streaming: the body is hashed chunk by chunk as it arrives ([`BodyHasher`], `body`), and the
+//! signature is made later from the header section alone and those hashes
+//! ([`SharedSigner::sign_header_section`]); the whole-message [`DkimSigner::sign`] is the same
+//! path over one chunk.
+//!
 //! When signing fails (it cannot for a key that loaded, short of a library error) the message
 //! is refused with `451 4.3.0` rather than sent unsigned: a domain with a published key and a
 //! DMARC policy would see unsigned mail rejected or junked far away, where the user cannot see
@@ -29,12 +34,18 @@ use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::{HeaderWriter, Writable};
-use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner};
+use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
+use mail_auth::dkim::canonicalize::CanonicalHeaders;
+use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner, Signature};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::submission::header_section;
+
+mod body;
+
+use body::BodyLanes;
+pub use body::{BodyHash, CanonicalHasher};
 
 pub use crate::config::{DEFAULT_HEADERS, DkimConfig};
 
@@ -199,6 +210,8 @@ struct Entry {
     selector: String,
     key: LoadedKey,
     headers: Vec<String>,
+    /// Header and body canonicalization; `[[dkim]]` has no setting: relaxed/relaxed.
+    canonicalization: (Canonicalization, Canonicalization),
 }
 
 /// The keys a server signs with. Loaded once at start; [`DkimSigner::load`] again on reload.
@@ -234,6 +247,7 @@ impl DkimSigner {
                     selector: c.selector.clone(),
                     key,
                     headers: c.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    canonicalization: (Canonicalization::Relaxed, Canonicalization::Relaxed),
                 }),
                 Err(e) => errors.push((i, e)),
             }
@@ -255,25 +269,135 @@ impl DkimSigner {
     /// domain is never read from the message again here: a second parse could pick another
     /// address than the one that was checked. Blocking: hashes the whole message.
     pub fn sign(&self, message: &[u8], domain: &str) -> Result<Vec<u8>, DkimError> {
+        let Some(mut lanes) = self.body_lanes(domain) else {
+            return Ok(Vec::new());
+        };
+        let headers = header_section(message);
+        lanes.update(&message[headers.len()..]);
+        self.sign_header_section(headers, domain, &lanes.finish())
+    }
+
+    /// The entries that sign mail from `domain`.
+    fn entries_for<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries.iter().filter(move |e| e.domain == domain)
+    }
+
+    /// A hasher per body canonicalization the keys of `domain` use; `None` without a key.
+    fn body_lanes(&self, domain: &str) -> Option<BodyLanes> {
+        let mut wanted = self
+            .entries_for(domain)
+            .map(|e| e.canonicalization.1)
+            .peekable();
+        wanted.peek()?;
+        Some(BodyLanes::new(wanted))
+    }
+
+    /// The DKIM-Signature fields for a message of `domain` from its header section (with or
+    /// without the empty line) and its body hashes. Blocking: RSA signing takes milliseconds.
+    fn sign_header_section(
+        &self,
+        header_section: &[u8],
+        domain: &str,
+        body: &[(Canonicalization, BodyHash)],
+    ) -> Result<Vec<u8>, DkimError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut out = Vec::new();
-        for entry in self.entries.iter().filter(|e| e.domain == domain) {
-            let headers = headers_to_sign(message, &entry.headers);
+        for entry in self.entries_for(domain) {
             let failed = |message: String| DkimError::Sign {
                 domain: entry.domain.clone(),
                 selector: entry.selector.clone(),
                 message,
             };
-            let signature = MailAuthSigner::from_key(Borrowed(&entry.key.key))
-                .domain(entry.domain.clone())
-                .selector(entry.selector.clone())
-                .headers(headers)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed)
-                .sign(message)
-                .map_err(|e| failed(e.to_string()))?;
+            let bh = body
+                .iter()
+                .find(|(c, _)| *c == entry.canonicalization.1)
+                .map(|(_, hash)| hash)
+                .ok_or_else(|| failed("no body hash for this key's canonicalization".into()))?;
+            let signature = sign_entry(entry, header_section, bh, now).map_err(failed)?;
             out.extend_from_slice(signature.to_header().as_bytes());
         }
         Ok(out)
+    }
+}
+
+/// One entry's signature: mail-auth picks and canonicalizes the header fields as it does for a
+/// whole message (same `h=`, oversigned From included), with our body hash in `bh=`.
+fn sign_entry(
+    entry: &Entry,
+    header_section: &[u8],
+    bh: &BodyHash,
+    now: u64,
+) -> Result<Signature, String> {
+    let (header_canon, body_canon) = entry.canonicalization;
+    let signer = MailAuthSigner::from_key(Borrowed(&entry.key.key))
+        .domain(entry.domain.clone())
+        .selector(entry.selector.clone())
+        .headers(headers_to_sign(header_section, &entry.headers))
+        .header_canonicalization(header_canon)
+        .body_canonicalization(body_canon);
+    let (_, headers, signed, _) = signer.template.canonicalize(Fields(header_section));
+    let mut signature = signer.template.clone();
+    signature.bh = bh.to_vec();
+    signature.t = now;
+    signature.h = signed;
+    signature.b = signer
+        .key
+        .sign(HeaderHashInput {
+            headers,
+            signature: &signature,
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(signature)
+}
+
+/// The header fields of a header section, split as mail-auth's canonicalization takes them:
+/// the name before the first colon, the value after it with its folded lines and final CRLF.
+/// A line without a colon is no field a key could list: skipped.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> HeaderStream<'a> for Fields<'a> {
+    fn next_header(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        loop {
+            if self.0.is_empty() || self.0.starts_with(b"\r\n") {
+                return None;
+            }
+            // A field ends at the first CRLF not followed by WSP (RFC 5322 2.2.3).
+            let mut end = 0;
+            let end = loop {
+                match memchr::memmem::find(&self.0[end..], b"\r\n") {
+                    Some(i) if matches!(self.0.get(end + i + 2), Some(b' ' | b'\t')) => {
+                        end += i + 2;
+                    }
+                    Some(i) => break end + i + 2,
+                    None => break self.0.len(),
+                }
+            };
+            let (field, rest) = self.0.split_at(end);
+            self.0 = rest;
+            if let Some(colon) = memchr::memchr(b':', field) {
+                return Some((&field[..colon], &field[colon + 1..]));
+            }
+        }
+    }
+
+    fn body(&mut self) -> &'a [u8] {
+        &[]
+    }
+}
+
+/// What the header hash covers (RFC 6376 3.7): the signed fields, canonicalized, then the
+/// DKIM-Signature field itself with an empty `b=` and no final CRLF.
+struct HeaderHashInput<'a> {
+    headers: CanonicalHeaders<'a>,
+    signature: &'a Signature,
+}
+
+impl Writable for HeaderHashInput<'_> {
+    fn write(self, writer: &mut impl Writer) {
+        self.headers.write(writer);
+        self.signature.write(writer, false);
     }
 }
 
@@ -357,6 +481,77 @@ impl SharedSigner {
         })
         .await
         .map_err(|e| DkimError::Task(e.to_string()))?
+    }
+}
+
+impl SharedSigner {
+    /// A hasher for the body of a message from `domain` (the From domain the header check
+    /// passed), holding on to the keys in use now; `None` when no key is for that domain.
+    pub fn body_hasher(&self, domain: Option<&str>) -> Option<BodyHasher> {
+        let signer = self.current();
+        let lanes = signer.body_lanes(domain?)?;
+        Some(BodyHasher {
+            domain: domain?.to_string(),
+            signer,
+            lanes,
+        })
+    }
+
+    /// The DKIM-Signature fields to prepend to a message whose header section is
+    /// `header_section` and whose body went through the hasher of `body`, off the reactor.
+    /// Signs with the keys the hasher was made with, so a reload in between changes nothing.
+    /// `Err`: the message must not be queued unsigned.
+    pub async fn sign_header_section(
+        &self,
+        header_section: Vec<u8>,
+        body: BodyHashes,
+    ) -> Result<Vec<u8>, DkimError> {
+        tokio::task::spawn_blocking(move || body.sign(&header_section))
+            .await
+            .map_err(|e| DkimError::Task(e.to_string()))?
+    }
+}
+
+/// The body of one message hashed as it streams by, for every key of its From domain.
+/// Memory is bounded (a small output buffer per canonicalization) whatever the body holds.
+#[derive(Debug)]
+pub struct BodyHasher {
+    signer: Arc<DkimSigner>,
+    domain: String,
+    lanes: BodyLanes,
+}
+
+impl BodyHasher {
+    /// The next body bytes (after the header section's empty line), split anywhere. CPU
+    /// only, at hashing speed: fine wherever the chunk is handled.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.lanes.update(chunk);
+    }
+
+    /// The body is complete.
+    pub fn finish(self) -> BodyHashes {
+        BodyHashes {
+            signer: self.signer,
+            domain: self.domain,
+            hashes: self.lanes.finish(),
+        }
+    }
+}
+
+/// A message's finished body hashes, with the keys that will sign it.
+#[derive(Debug)]
+pub struct BodyHashes {
+    signer: Arc<DkimSigner>,
+    domain: String,
+    hashes: Vec<(Canonicalization, BodyHash)>,
+}
+
+impl BodyHashes {
+    /// The DKIM-Signature fields for the message with this header section (the empty line
+    /// may be there or not). Blocking: RSA signing takes milliseconds.
+    pub fn sign(&self, header_section: &[u8]) -> Result<Vec<u8>, DkimError> {
+        self.signer
+            .sign_header_section(header_section, &self.domain, &self.hashes)
     }
 }
 
@@ -654,6 +849,165 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// What the whole-message path signed with before streaming: mail-auth over the message.
+    fn mail_auth_sign(signer: &DkimSigner, message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in &signer.entries {
+            let (ch, cb) = entry.canonicalization;
+            let signature = MailAuthSigner::from_key(Borrowed(&entry.key.key))
+                .domain(entry.domain.clone())
+                .selector(entry.selector.clone())
+                .headers(headers_to_sign(message, &entry.headers))
+                .header_canonicalization(ch)
+                .body_canonicalization(cb)
+                .sign(message)
+                .unwrap();
+            out.extend_from_slice(signature.to_header().as_bytes());
+        }
+        out
+    }
+
+    /// The message's header section, then its body in chunks of `size`, through the
+    /// streaming entry points a session uses.
+    fn stream_signed(shared: &SharedSigner, message: &[u8], size: usize) -> Vec<u8> {
+        let header = header_section(message);
+        let mut hasher = shared.body_hasher(Some("example.test")).unwrap();
+        for chunk in message[header.len()..].chunks(size) {
+            hasher.update(chunk);
+        }
+        let hashes = hasher.finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out = runtime
+            .block_on(shared.sign_header_section(header.to_vec(), hashes))
+            .unwrap();
+        out.extend_from_slice(message);
+        out
+    }
+
+    fn tag(header: &str, name: &str) -> String {
+        let unfolded: String = header.split_whitespace().collect();
+        unfolded
+            .split(';')
+            .find_map(|t| t.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap()
+    }
+
+    const BIG_BODY_MESSAGE: &[u8] = b"From: alice@example.test\r\nTo: bob@example.net\r\n\
+        Subject: report\r\n\r\nLine one  with\tspaces \r\n\r\n  indented\r\n";
+
+    #[test]
+    fn streamed_signatures_verify_for_every_algorithm_and_canonicalization() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonicalizations = [
+            (Canonicalization::Relaxed, Canonicalization::Relaxed),
+            (Canonicalization::Simple, Canonicalization::Simple),
+            (Canonicalization::Relaxed, Canonicalization::Simple),
+        ];
+        for algorithm in [Algorithm::Rsa, Algorithm::Ed25519] {
+            for (ch, cb) in canonicalizations {
+                let mut signer = DkimSigner::load(&[entry(
+                    dir.path(),
+                    algorithm,
+                    &format!("{algorithm:?}-{ch:?}-{cb:?}").to_lowercase(),
+                )])
+                .unwrap();
+                signer.entries[0].canonicalization = (ch, cb);
+                let shared = SharedSigner::new(signer);
+                let signer = shared.current();
+                for size in [1, 7, 4096] {
+                    let message = stream_signed(&shared, MESSAGE, size);
+                    let text = String::from_utf8(message.clone()).unwrap();
+                    let c = format!(
+                        "c={}/{}",
+                        format!("{ch:?}").to_lowercase(),
+                        format!("{cb:?}").to_lowercase()
+                    );
+                    assert!(text.contains(&c), "{text}");
+                    assert_eq!(verify(&message, &signer), vec![DkimResult::Pass], "{text}");
+                    let body = text.replace("Hello Bob.", "Hello Eve.");
+                    assert!(matches!(
+                        verify(body.as_bytes(), &signer)[..],
+                        [DkimResult::Neutral(mail_auth::Error::Dkim(
+                            mail_auth::dkim::DkimError::FailedBodyHashMatch
+                        ))]
+                    ));
+                    let subject = text.replace("Subject: hello", "Subject: hullo");
+                    assert!(matches!(
+                        verify(subject.as_bytes(), &signer)[..],
+                        [DkimResult::Fail(_)]
+                    ));
+                    // Whitespace: relaxed ignores what simple signs.
+                    let spaced = text.replace("Subject: hello", "Subject:  hello");
+                    let want_pass = ch == Canonicalization::Relaxed;
+                    let got = verify(spaced.as_bytes(), &signer);
+                    assert_eq!(got == vec![DkimResult::Pass], want_pass, "{ch:?} {got:?}");
+                    let trailing = text.replace("Hello Bob.\r\n", "Hello Bob. \r\n");
+                    let got = verify(trailing.as_bytes(), &signer);
+                    assert_eq!(
+                        got == vec![DkimResult::Pass],
+                        cb == Canonicalization::Relaxed,
+                        "{cb:?} {got:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_and_whole_message_paths_sign_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = DkimSigner::load(&[
+            entry(dir.path(), Algorithm::Rsa, "r"),
+            entry(dir.path(), Algorithm::Ed25519, "e"),
+        ])
+        .unwrap();
+        let shared = SharedSigner::new(signer);
+        let signer = shared.current();
+        let empty_body = b"From: alice@example.test\r\nSubject: x\r\n\r\n";
+        let no_body = b"From: alice@example.test\r\nSubject: x\r\n";
+        for message in [MESSAGE, BIG_BODY_MESSAGE, &empty_body[..], &no_body[..]] {
+            // RSA PKCS#1 v1.5 and Ed25519 are deterministic: with the same t= the fields are
+            // the same bytes. Retried in case the clock ticks between the two.
+            let same = (0..3).any(|_| {
+                let old = mail_auth_sign(&signer, message);
+                let whole = signer.sign(message, "example.test").unwrap();
+                let streamed = stream_signed(&shared, message, 3);
+                old == whole && streamed.starts_with(&old)
+            });
+            let old = String::from_utf8(mail_auth_sign(&signer, message)).unwrap();
+            let new = String::from_utf8(signer.sign(message, "example.test").unwrap()).unwrap();
+            assert!(same, "{old}\n{new}");
+            for (o, n) in old
+                .split("DKIM-Signature:")
+                .zip(new.split("DKIM-Signature:"))
+                .skip(1)
+            {
+                assert_eq!(tag(o, "bh"), tag(n, "bh"));
+                assert_eq!(tag(o, "h"), tag(n, "h"));
+            }
+        }
+        // The header section may come without its empty line.
+        let hashes = {
+            let mut h = shared.body_hasher(Some("example.test")).unwrap();
+            h.update(b"Hello Bob.\r\n\r\n\r\n");
+            h.finish()
+        };
+        let header = header_section(MESSAGE);
+        for header in [header, &header[..header.len() - 2]] {
+            let mut message = hashes.sign(header).unwrap();
+            message.extend_from_slice(MESSAGE);
+            assert_eq!(
+                verify(&message, &signer),
+                vec![DkimResult::Pass, DkimResult::Pass]
+            );
+        }
+        // No key for the domain: no hasher, nothing to sign.
+        assert!(shared.body_hasher(Some("example.net")).is_none());
+        assert!(shared.body_hasher(None).is_none());
     }
 
     /// The RSAPrivateKey (PKCS#1) inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the
