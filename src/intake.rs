@@ -170,7 +170,12 @@ impl Intake {
             },
         );
         let (writer, prefix) = self
-            .sign(writer, trace, accepted.from_domain.clone())
+            .sign(
+                writer,
+                trace,
+                &accepted.headers,
+                accepted.from_domain.as_deref(),
+            )
             .await
             .inspect_err(|e| {
                 tracing::error!(error = %e, "DKIM signing failed; message refused with 451");
@@ -221,40 +226,54 @@ impl Intake {
         Ok(id)
     }
 
-    /// The prefix: DKIM signatures for `domain` (when a key is for it) over `trace` and the
-    /// stored content, then `trace`. Hands the writer back for the commit.
+    /// The prefix: DKIM signatures for `domain` (when a key is for it) over `trace`, the
+    /// header section and the stored body, then `trace`. Hands the writer back for the commit.
     async fn sign(
         &self,
         writer: SpoolWriter,
         trace: String,
-        domain: Option<String>,
+        headers: &[u8],
+        domain: Option<&str>,
     ) -> Result<(SpoolWriter, String), AcceptError> {
-        if !self.dkim.signs_for(domain.as_deref()) {
+        let Some(mut hasher) = self.dkim.body_hasher(domain) else {
             return Ok((writer, trace));
-        }
-        // The signer needs the message in one piece: read the content back (bounded by
-        // `max_message_size`), sign, keep only the signature headers.
-        let (writer, message) = tokio::task::spawn_blocking(move || {
-            let mut message = trace.into_bytes();
-            let start = message.len();
-            message.resize(start + writer.written() as usize, 0);
-            let read = writer.read_content_at(0, &mut message[start..]);
-            (writer, read.map(|_| (message, start)))
+        };
+        // The body is hashed from the file in bounded pieces (page cache, no second copy of
+        // the message in memory), off the reactor.
+        let body_start = headers.len() as u64;
+        let (writer, hashed) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; DKIM_READ_PIECE];
+            let mut pos = body_start;
+            let result = loop {
+                match writer.read_content_at(pos, &mut buf) {
+                    Ok(0) => break Ok(hasher.finish()),
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        pos += n as u64;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            (writer, result)
         })
         .await
         .map_err(|e| SpoolError::Task(e.to_string()))?;
-        let (message, trace_len) = message.map_err(|e| SpoolError::Io {
+        let hashes = hashed.map_err(|e| SpoolError::Io {
             path: self.spool.dir().to_path_buf(),
             step: "read back",
             source: e,
         })?;
-        let content_len = message.len() - trace_len;
-        let signed = self.dkim.sign(message, domain).await?;
-        let prefix_len = signed.len() - content_len;
-        let prefix = String::from_utf8_lossy(&signed[..prefix_len]).into_owned();
+        let mut section = trace.clone().into_bytes();
+        section.extend_from_slice(headers);
+        let signatures = self.dkim.sign_header_section(section, hashes).await?;
+        let mut prefix = String::from_utf8_lossy(&signatures).into_owned();
+        prefix.push_str(&trace);
         Ok((writer, prefix))
     }
 }
+
+/// Octets of body read back per step when hashing it for DKIM.
+const DKIM_READ_PIECE: usize = 256 << 10;
 
 /// A message being received: its queue file, written as the data arrives and committed by
 /// [`Intake::accept`]. Dropped without a commit, the file is removed.

@@ -451,12 +451,6 @@ impl SharedSigner {
         *guard = Arc::new(signer);
     }
 
-    /// Whether a key is configured for `domain`: [`SharedSigner::sign`] would add a signature.
-    pub fn signs_for(&self, domain: Option<&str>) -> bool {
-        let signer = self.current();
-        domain.is_some_and(|d| signer.entries.iter().any(|e| e.domain == d))
-    }
-
     /// Prepend the message's DKIM signatures for `domain` (the From domain the header check
     /// passed), off the reactor; the message unchanged when no key is for that domain. `Err`
     /// when a key matched but signing failed: the message must not be queued unsigned.
