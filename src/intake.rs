@@ -52,9 +52,6 @@ pub struct Accepted {
     /// whole message when it has no body), at most `limits.max_header_size` octets. The whole
     /// content, this included, went to the [`Draft`].
     pub headers: Vec<u8>,
-    /// Interim, until the session streams: the whole content, which the driver writes to the
-    /// draft itself.
-    pub content: Vec<u8>,
     /// The domain of the From address the header check passed: the only domain DKIM may sign
     /// for.
     pub from_domain: Option<String>,

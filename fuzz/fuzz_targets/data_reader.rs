@@ -1,11 +1,17 @@
 //! The DATA reader, fed in pieces, ends exactly at the first real `<CRLF>.<CRLF>` (after the
-//! implicit CRLF of the DATA line) with the verdict of a naive reference, and never otherwise.
+//! implicit CRLF of the DATA line) with the verdict of a naive reference, and never otherwise;
+//! the content it hands out in pieces (small ones here, so that the reader stops often for a
+//! drain) adds up to the reference's message, and what it kept for the checks (header section,
+//! NUL flag, size) describes that message.
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use submitd::session::data::{BodyError, DataReader, DataResult};
+use submitd::session::data::{BodyError, BodyLimits, DataReader};
+use submitd::submission;
+
+type DataResult = Result<Vec<u8>, BodyError>;
 
 fn reference(input: &[u8], max_size: u64) -> Option<(usize, DataResult)> {
     let prefixed = [&b"\r\n"[..], input].concat();
@@ -34,25 +40,49 @@ fuzz_target!(|data: &[u8]| {
     } else {
         u64::from(max) * 4
     };
-    let mut reader = DataReader::new(max_size);
+    let limits = BodyLimits {
+        max_size,
+        max_header_size: u64::from(seed),
+        piece_size: 1 + usize::from(seed % 61),
+    };
+    let mut reader = DataReader::new(limits);
+    let (mut piece, mut content) = (Vec::new(), Vec::new());
     let mut consumed = 0;
     let mut result = None;
-    for piece in common::pieces(input, seed) {
-        let (n, r) = reader.feed(piece);
-        assert!(n <= piece.len());
-        consumed += n;
-        if r.is_some() {
-            result = r;
-            break;
+    'pieces: for read in common::pieces(input, seed) {
+        let mut read = read;
+        loop {
+            let (n, r) = reader.feed(read, &mut piece);
+            assert!(n <= read.len());
+            assert!(piece.len() <= limits.piece_size + 2);
+            consumed += n;
+            read = &read[n..];
+            if let Some(r) = r {
+                content.append(&mut piece);
+                result = Some(r.map(|body| {
+                    assert_eq!(body.size, content.len() as u64);
+                    assert_eq!(body.nul, content.contains(&0));
+                    let section = submission::header_section(&content);
+                    let fits = section.len() as u64 <= limits.max_header_size;
+                    assert_eq!(body.headers.as_deref(), fits.then_some(section));
+                    std::mem::take(&mut content)
+                }));
+                break 'pieces;
+            }
+            if read.is_empty() {
+                break;
+            }
+            // Stopped short: only ever with a full piece to drain.
+            assert!(piece.len() >= limits.piece_size);
+            content.append(&mut piece);
         }
-        assert_eq!(n, piece.len());
     }
     match reference(input, max_size) {
         Some((end, want)) => {
             assert_eq!(consumed, end);
             assert_eq!(result, Some(want));
             assert!(reader.is_done());
-            assert_eq!(reader.feed(b".\r\n"), (0, None));
+            assert_eq!(reader.feed(b".\r\n", &mut piece), (0, None));
         }
         None => {
             assert_eq!(consumed, input.len());

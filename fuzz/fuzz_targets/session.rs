@@ -1,7 +1,8 @@
 //! A whole SMTP session from arbitrary client bytes, through the same step function the driver
 //! runs (`session::pump::advance`), with the IO stubbed: AUTH succeeds when the password is
-//! "pw", the spool always answers "ID", STARTTLS restarts the session as TLS. The first input
-//! byte chooses the limits, the second how the rest is split into reads.
+//! "pw", the spool collects the pieces of content the session hands out and always answers
+//! "ID", STARTTLS restarts the session as TLS. The first input byte chooses the limits, the
+//! second how the rest is split into reads and the piece size.
 //!
 //! Invariants: every reply is 2xx-5xx and one clean line per text line; a message is only
 //! queued over TLS, after AUTH, from a sender the user owns (envelope and header From), with
@@ -55,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
         quota: None,
     });
     let user = alice();
-    let mut session = Session::new(config.clone(), false);
+    let piece_size = 1 + usize::from(seed % 61);
+    let mut session = Session::new(config.clone(), false).with_piece_size(piece_size);
+    // What the driver would have written to the draft of the message being received.
+    let mut spooled: Vec<u8> = Vec::new();
     let mut buffer = InputBuffer::new();
     let mut steps = 0usize;
     let bound = 3 * input.len() + 16;
@@ -74,6 +78,13 @@ fuzz_target!(|data: &[u8]| {
             let mut step = match pump::advance(&mut session, &mut buffer) {
                 Progress::Step(step) => step,
                 Progress::NeedInput => break,
+                Progress::Drain => {
+                    let piece = session.take_piece().expect("Drain without a piece");
+                    assert!(piece.len() >= piece_size && piece.len() <= piece_size + 2);
+                    spooled.extend_from_slice(&piece);
+                    session.recycle(piece);
+                    continue;
+                }
                 Progress::AwaitingOutcome => panic!("outcome owed but not asked for"),
             };
             // Carry out steps that produce further steps, like the driver's `carry_out`.
@@ -90,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Step::StartTls => {
                         assert!(!session.is_tls());
-                        session = Session::new(config.clone(), true);
+                        session = Session::new(config.clone(), true).with_piece_size(piece_size);
                         buffer.clear();
                         break;
                     }
@@ -106,7 +117,11 @@ fuzz_target!(|data: &[u8]| {
                         assert!(owns(senders, &accepted.sender), "{}", accepted.sender);
                         let n = accepted.recipients.len();
                         assert!(n >= 1 && n <= config.max_recipients);
-                        let m = &accepted.message;
+                        while let Some(piece) = session.take_piece() {
+                            spooled.extend_from_slice(&piece);
+                        }
+                        let m = &std::mem::take(&mut spooled);
+                        assert_eq!(accepted.headers, submission::header_section(m));
                         assert!(m.len() as u64 <= config.max_message_size);
                         assert!(!common::has_bare_line_ending(m));
                         assert!(!m.contains(&0));
@@ -118,6 +133,9 @@ fuzz_target!(|data: &[u8]| {
                         session.queued(Ok("ID"))
                     }
                 };
+            }
+            if !session.receiving() {
+                spooled.clear();
             }
         }
     }

@@ -1,6 +1,18 @@
 //! The DATA reader and the BDAT accumulator. Sans-IO, bounded, smuggling-proof:
 //! DATA ends only on `<CRLF>.<CRLF>` (RFC 5321 4.1.1.4), and any bare CR or bare LF in the
 //! content marks the message for rejection (`550 5.6.0`), in DATA and BDAT alike.
+//!
+//! Neither holds the message: the content (after dot-unstuffing for DATA) is appended to an
+//! output buffer the caller drains, and a reader stops consuming input once that buffer holds
+//! [`BodyLimits::piece_size`] octets, so a session's memory does not grow with the message.
+//! What the checks at the end need is kept on the side: the header section (bounded by
+//! `max_header_size`), whether a NUL was seen, the size.
+
+use memchr::{memchr, memchr2, memmem};
+
+/// Octets of content handed out at a time: large enough that a spool write per piece costs
+/// little, small enough that sixteen sessions in flight hold a few megabytes.
+pub const PIECE_SIZE: usize = 256 * 1024;
 
 /// Why a message body was refused once it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,52 +23,181 @@ pub enum BodyError {
     TooBig,
 }
 
-/// Where the message goes: counts octets, keeps them up to `max_size`, remembers why the message
-/// will be refused. Once it is refused nothing more is stored (the bytes are still counted).
-#[derive(Debug)]
-struct Sink {
-    max_size: u64,
-    /// Octets of message seen so far (after unstuffing for DATA), stored or not.
-    size: u64,
-    data: Vec<u8>,
-    bare: bool,
-    too_big: bool,
+/// The bounds a body reader works within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// The largest message, in octets of content.
+    pub max_size: u64,
+    /// The largest header section kept for the checks at the end.
+    pub max_header_size: u64,
+    /// The reader stops consuming input while its output holds this many octets (at least 1).
+    pub piece_size: usize,
 }
 
-impl Sink {
-    fn new(max_size: u64) -> Sink {
-        Sink {
+impl BodyLimits {
+    /// Limits with the default piece size.
+    pub fn new(max_size: u64, max_header_size: u64) -> BodyLimits {
+        BodyLimits {
             max_size,
-            size: 0,
-            data: Vec::new(),
-            bare: false,
-            too_big: false,
+            max_header_size,
+            piece_size: PIECE_SIZE,
+        }
+    }
+}
+
+/// What remains of a message that ended within the limits and without a bare line ending: its
+/// content went out in pieces; this is what the checks at the end look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    /// The header section through the empty line that ends it (the whole message when it has
+    /// none, as `headers::header_section` defines it); `None` when it is longer than
+    /// `max_header_size`.
+    pub headers: Option<Vec<u8>>,
+    /// The content has a NUL octet.
+    pub nul: bool,
+    /// Octets of content.
+    pub size: u64,
+}
+
+/// The end of a body: what the checks need, or why it is refused.
+pub type DataResult = Result<Body, BodyError>;
+
+/// How far the header section has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderState {
+    /// No end yet: `kept` is the whole content so far.
+    Open,
+    /// `kept` is the header section.
+    Complete,
+    /// Longer than the limit: nothing is kept.
+    TooBig,
+}
+
+/// The header section, collected as the content streams past, never more than the limit + 1.
+#[derive(Debug)]
+struct HeaderSection {
+    kept: Vec<u8>,
+    limit: u64,
+    state: HeaderState,
+}
+
+impl HeaderSection {
+    fn track(&mut self, bytes: &[u8]) {
+        if self.state != HeaderState::Open {
+            return;
+        }
+        // One octet past the limit is enough to know it is exceeded.
+        let cap = usize::try_from(self.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let take = bytes.len().min(cap.saturating_sub(self.kept.len()));
+        // The end (CRLFCRLF) may straddle the previous piece.
+        let from = self.kept.len().saturating_sub(3);
+        self.kept.extend_from_slice(&bytes[..take]);
+        // Same rule as `headers::split`: a leading CRLF is an empty header section.
+        let end = if self.kept.starts_with(b"\r\n") {
+            Some(2)
+        } else {
+            memmem::find(&self.kept[from..], b"\r\n\r\n").map(|i| from + i + 4)
+        };
+        match end {
+            Some(end) if end as u64 <= self.limit => {
+                self.kept.truncate(end);
+                self.kept.shrink_to_fit();
+                self.state = HeaderState::Complete;
+            }
+            Some(_) => self.too_big(),
+            None if self.kept.len() as u64 > self.limit => self.too_big(),
+            None => {}
         }
     }
 
-    fn emit(&mut self, bytes: &[u8]) {
+    fn too_big(&mut self) {
+        self.state = HeaderState::TooBig;
+        self.kept = Vec::new();
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        (self.state != HeaderState::TooBig).then_some(self.kept)
+    }
+}
+
+/// Where the message goes: counts octets, appends them to the caller's output until the
+/// message is refused (the bytes are still counted after that), remembers why it will be
+/// refused, and keeps the header section and the NUL flag for the checks at the end.
+#[derive(Debug)]
+struct Sink {
+    max_size: u64,
+    piece_size: usize,
+    /// Octets of message seen so far (after unstuffing for DATA), stored or not.
+    size: u64,
+    bare: bool,
+    too_big: bool,
+    nul: bool,
+    headers: HeaderSection,
+}
+
+impl Sink {
+    fn new(limits: BodyLimits) -> Sink {
+        Sink {
+            max_size: limits.max_size,
+            piece_size: limits.piece_size.max(1),
+            size: 0,
+            bare: false,
+            too_big: false,
+            nul: false,
+            headers: HeaderSection {
+                kept: Vec::new(),
+                limit: limits.max_header_size,
+                state: HeaderState::Open,
+            },
+        }
+    }
+
+    /// Whether the output holds a full piece: the reader must stop until it is drained. A
+    /// refused message stores nothing, so it never waits.
+    fn full(&self, out: &[u8]) -> bool {
+        out.len() >= self.piece_size
+    }
+
+    /// Octets `out` takes before it is full.
+    fn room(&self, out: &[u8]) -> usize {
+        self.piece_size.saturating_sub(out.len())
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.size = self.size.saturating_add(bytes.len() as u64);
         if self.bare || self.too_big {
             return;
         }
         if self.size > self.max_size {
             self.too_big = true;
-            self.data = Vec::new();
+            out.clear();
+            self.headers.too_big();
             return;
         }
-        // Grow by doubling, but never past max_size: the limit bounds the allocation too.
-        let needed = self.data.len() + bytes.len();
-        if needed > self.data.capacity() {
-            let max = usize::try_from(self.max_size).unwrap_or(usize::MAX);
-            let target = self.data.capacity().saturating_mul(2).max(needed).min(max);
-            self.data.reserve_exact(target - self.data.len());
+        if !self.nul && memchr(0, bytes).is_some() {
+            self.nul = true;
         }
-        self.data.extend_from_slice(bytes);
+        self.headers.track(bytes);
+        // A piece, plus the two octets of a line ending that may follow a full run: the
+        // output never grows past that, however it was used before.
+        let needed = out.len() + bytes.len();
+        if needed > out.capacity() {
+            let target = out
+                .capacity()
+                .saturating_mul(2)
+                .min(self.piece_size.saturating_add(2))
+                .max(needed);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(bytes);
     }
 
-    fn bare_line_ending(&mut self) {
+    fn bare_line_ending(&mut self, out: &mut Vec<u8>) {
         self.bare = true;
-        self.data = Vec::new();
+        out.clear();
+        self.headers.too_big();
     }
 
     /// Bare CR/LF wins over size: it is a protocol violation (possibly a smuggling attempt)
@@ -67,7 +208,11 @@ impl Sink {
         } else if self.too_big {
             Err(BodyError::TooBig)
         } else {
-            Ok(self.data)
+            Ok(Body {
+                headers: self.headers.finish(),
+                nul: self.nul,
+                size: self.size,
+            })
         }
     }
 }
@@ -90,14 +235,16 @@ enum DataState {
     Done,
 }
 
-/// Reads a DATA body after the 354 reply. Feed it bytes; it reports how many it consumed and
-/// whether the terminating `<CRLF>.<CRLF>` was seen. Bytes after the terminator are not
-/// consumed (they are the next pipelined command).
+/// Reads a DATA body after the 354 reply. Feed it bytes and an output buffer; it appends the
+/// unstuffed content to the buffer and reports how many input bytes it consumed and whether the
+/// terminating `<CRLF>.<CRLF>` was seen. Bytes after the terminator are not consumed (they are
+/// the next pipelined command).
 ///
-/// A byte-at-a-time state machine: input may be split anywhere, nothing is rescanned, memory is
-/// bounded by `max_size`. A bare CR or LF never ends the message (SMTP smuggling: `\n.\n`,
-/// `\r.\r`, `\r\n.\n`, ... are content); it marks the message `BareLineEnding` and scanning goes
-/// on to the real `<CRLF>.<CRLF>`. When a message is both too big and has a bare line ending,
+/// A state machine over `<CRLF>.<CRLF>`: input may be split anywhere, nothing is rescanned.
+/// Inside a line it jumps to the next CR or LF with `memchr2` and copies the run in one go. A
+/// bare CR or LF never ends the message (SMTP smuggling: `\n.\n`, `\r.\r`, `\r\n.\n`, ... are
+/// content); it marks the message `BareLineEnding` and scanning goes on to the real
+/// `<CRLF>.<CRLF>`. When a message is both too big and has a bare line ending,
 /// `BareLineEnding` is reported.
 #[derive(Debug)]
 pub struct DataReader {
@@ -105,52 +252,51 @@ pub struct DataReader {
     sink: Sink,
 }
 
-/// The end of a DATA body: the unstuffed message (CRLF line endings, without the final
-/// `.CRLF`), or why it is refused.
-pub type DataResult = Result<Vec<u8>, BodyError>;
-
 impl DataReader {
-    /// A reader keeping at most `max_size` octets of message (beyond that it only scans for
-    /// the terminator and reports `TooBig`).
-    pub fn new(max_size: u64) -> DataReader {
+    /// A reader within these limits (beyond `max_size` it only scans for the terminator and
+    /// reports `TooBig`).
+    pub fn new(limits: BodyLimits) -> DataReader {
         DataReader {
             state: DataState::LineStart,
-            sink: Sink::new(max_size),
+            sink: Sink::new(limits),
         }
     }
 
-    /// Consume bytes; returns `(consumed, Some(result))` once the terminator is seen,
-    /// `(consumed, None)` when more input is needed (then `consumed == input.len()`).
+    /// Consume bytes, appending content to `out`; returns `(consumed, Some(result))` once the
+    /// terminator is seen, `(consumed, None)` otherwise: then either all input was consumed or
+    /// `out` holds a full piece and must be drained before the rest is fed again.
     ///
     /// After the result was returned the reader is done: further calls consume nothing and
     /// return `(0, None)` (see [`is_done`](DataReader::is_done)).
-    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<DataResult>) {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataResult>) {
         use DataState::*;
         if self.state == Done {
             return (0, None);
         }
         let mut i = 0;
         while let Some(&b) = input.get(i) {
+            if self.sink.full(out) {
+                return (i, None);
+            }
             i += 1;
             self.state = match self.state {
                 LineStart | Mid | Dot => match b {
                     b'\r' if self.state == Dot => DotCr,
                     b'\r' => Cr,
                     b'\n' => {
-                        self.sink.bare_line_ending();
-                        self.sink.emit(b"\n");
+                        self.sink.bare_line_ending(out);
+                        self.sink.emit(b"\n", out);
                         Mid
                     }
                     // RFC 5321 4.5.2: the first dot of a line is removed.
                     b'.' if self.state == LineStart => Dot,
                     _ => {
-                        // Copy the run up to the next CR or LF in one go.
-                        let rest = &input[i..];
-                        let run = rest
-                            .iter()
-                            .position(|&c| c == b'\r' || c == b'\n')
-                            .unwrap_or(rest.len());
-                        self.sink.emit(&input[i - 1..i + run]);
+                        // The rest of the line up to the next CR or LF, at most what fills
+                        // the piece, in one go.
+                        let room = self.sink.room(out).saturating_sub(1);
+                        let rest = &input[i..input.len().min(i + room)];
+                        let run = memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                        self.sink.emit(&input[i - 1..i + run], out);
                         i += run;
                         Mid
                     }
@@ -158,22 +304,22 @@ impl DataReader {
                 Cr | DotCr => match b {
                     b'\n' if self.state == DotCr => {
                         self.state = Done;
-                        let sink = std::mem::replace(&mut self.sink, Sink::new(0));
+                        let sink = std::mem::replace(&mut self.sink, Sink::new(DONE));
                         return (i, Some(sink.finish()));
                     }
                     b'\n' => {
-                        self.sink.emit(b"\r\n");
+                        self.sink.emit(b"\r\n", out);
                         LineStart
                     }
                     b'\r' => {
                         // The earlier CR was bare; this one may still start a CRLF.
-                        self.sink.bare_line_ending();
-                        self.sink.emit(b"\r");
+                        self.sink.bare_line_ending(out);
+                        self.sink.emit(b"\r", out);
                         Cr
                     }
                     _ => {
-                        self.sink.bare_line_ending();
-                        self.sink.emit(&[b'\r', b]);
+                        self.sink.bare_line_ending(out);
+                        self.sink.emit(&[b'\r', b], out);
                         Mid
                     }
                 },
@@ -189,8 +335,41 @@ impl DataReader {
     }
 }
 
-/// Accumulates BDAT chunks (RFC 3030) into one message, checking the same bare CR/LF rule
-/// across chunk boundaries and the size limit.
+/// What a finished reader keeps: nothing.
+const DONE: BodyLimits = BodyLimits {
+    max_size: 0,
+    max_header_size: 0,
+    piece_size: 1,
+};
+
+/// Whether `bytes` has a CR not followed by LF or an LF not preceded by CR; `after_cr`: the
+/// octet before `bytes` was a CR. A CR at the very end is left to the caller (the next octet
+/// decides).
+fn has_bare_line_ending(bytes: &[u8], after_cr: bool) -> bool {
+    let mut i = 0;
+    if after_cr {
+        match bytes.first() {
+            Some(b'\n') => i = 1,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    while let Some(j) = memchr2(b'\r', b'\n', &bytes[i..]) {
+        let at = i + j;
+        if bytes[at] == b'\n' {
+            return true;
+        }
+        match bytes.get(at + 1) {
+            Some(b'\n') => i = at + 2,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Takes BDAT chunks (RFC 3030) as one message, checking the same bare CR/LF rule across
+/// chunk boundaries and the size limit, and passing the content on like [`DataReader`].
 #[derive(Debug)]
 pub struct BdatAccumulator {
     sink: Sink,
@@ -199,32 +378,37 @@ pub struct BdatAccumulator {
 }
 
 impl BdatAccumulator {
-    /// An accumulator keeping at most `max_size` octets of message.
-    pub fn new(max_size: u64) -> BdatAccumulator {
+    /// An accumulator within these limits.
+    pub fn new(limits: BodyLimits) -> BdatAccumulator {
         BdatAccumulator {
-            sink: Sink::new(max_size),
+            sink: Sink::new(limits),
             pending_cr: false,
         }
     }
 
-    /// Append chunk bytes (a chunk may arrive in several pieces).
-    pub fn push(&mut self, bytes: &[u8]) {
-        let Some(&last) = bytes.last() else {
-            return;
+    /// Append chunk bytes (a chunk may arrive in several pieces) to `out`; returns how many
+    /// were taken: all of them, or as many as fill the piece in `out` (drain it, push the
+    /// rest).
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> usize {
+        let refused = self.sink.bare || self.sink.too_big;
+        let take = if refused {
+            bytes.len()
+        } else {
+            bytes.len().min(self.sink.room(out))
         };
-        if !self.sink.bare {
-            let mut after_cr = self.pending_cr;
-            for &b in bytes {
-                if after_cr != (b == b'\n') {
-                    // A CR followed by something else than LF, or an LF without a CR before it.
-                    self.sink.bare_line_ending();
-                    break;
-                }
-                after_cr = b == b'\r';
+        let part = &bytes[..take];
+        if let Some(&last) = part.last() {
+            if !self.sink.bare && has_bare_line_ending(part, self.pending_cr) {
+                self.sink.bare_line_ending(out);
             }
+            self.pending_cr = last == b'\r';
+            self.sink.emit(part, out);
         }
-        self.pending_cr = last == b'\r';
-        self.sink.emit(bytes);
+        if !refused && (self.sink.bare || self.sink.too_big) && take < bytes.len() {
+            // Refused by this part: nothing is stored any more, so nothing waits for a drain.
+            return take + self.push(&bytes[take..], out);
+        }
+        take
     }
 
     /// Octets accepted so far (counting those beyond the limit).
@@ -237,17 +421,23 @@ impl BdatAccumulator {
         self.len() == 0
     }
 
-    /// After `BDAT n LAST`: the whole message, or why it is refused (`BareLineEnding` before
-    /// `TooBig`, as for DATA).
+    /// After `BDAT n LAST`: what the checks need, or why the message is refused
+    /// (`BareLineEnding` before `TooBig`, as for DATA). `out` is the output the pushes went to.
     ///
     /// A CR that ends the message is bare (no LF can follow it any more).
-    pub fn finish(mut self) -> DataResult {
+    pub fn finish(mut self, out: &mut Vec<u8>) -> DataResult {
         if self.pending_cr {
-            self.sink.bare_line_ending();
+            self.sink.bare_line_ending(out);
         }
         self.sink.finish()
     }
 }
+
+/// The readers as they were before they streamed, the model the streaming ones are checked
+/// against.
+#[cfg(test)]
+#[path = "data_model.rs"]
+mod model;
 
 #[cfg(test)]
 mod tests {
@@ -256,22 +446,92 @@ mod tests {
 
     const BIG: u64 = 1 << 20;
 
-    /// Feed `wire` in one piece; returns what was consumed and the result.
-    fn read(wire: &[u8], max_size: u64) -> (usize, Option<DataResult>) {
-        DataReader::new(max_size).feed(wire)
+    /// The model's verdict: the whole content, or why it is refused.
+    type Old = model::DataResult;
+
+    fn limits(max_size: u64) -> BodyLimits {
+        BodyLimits::new(max_size, BIG)
+    }
+
+    /// Turn a streaming verdict into the model's terms: the content the pieces add up to, once
+    /// what [`Body`] says about it is checked against that content.
+    fn verdict(limits: BodyLimits, result: DataResult, content: Vec<u8>) -> Old {
+        let body = result?;
+        assert_eq!(body.size, content.len() as u64);
+        assert_eq!(body.nul, content.contains(&0));
+        let section = crate::headers::header_section(&content);
+        let fits = section.len() as u64 <= limits.max_header_size;
+        assert_eq!(body.headers.as_deref(), fits.then_some(section));
+        Ok(content)
+    }
+
+    /// Drive a DATA reader over `pieces` as the session does: feed, and when it stops short,
+    /// drain the full piece and feed the rest. (total consumed, verdict).
+    fn run_data(limits: BodyLimits, pieces: &[&[u8]]) -> (usize, Option<Old>) {
+        let mut reader = DataReader::new(limits);
+        let (mut out, mut content, mut consumed) = (Vec::new(), Vec::new(), 0);
+        for piece in pieces {
+            let mut piece = *piece;
+            loop {
+                let (n, result) = reader.feed(piece, &mut out);
+                assert!(out.len() <= limits.piece_size + 2, "{}", out.len());
+                consumed += n;
+                piece = &piece[n..];
+                if let Some(result) = result {
+                    content.append(&mut out);
+                    assert!(reader.is_done());
+                    assert_eq!(reader.feed(b".\r\n", &mut out), (0, None));
+                    return (consumed, Some(verdict(limits, result, content)));
+                }
+                if piece.is_empty() {
+                    break;
+                }
+                assert!(out.len() >= limits.piece_size, "stopped with room left");
+                content.append(&mut out);
+            }
+        }
+        (consumed, None)
+    }
+
+    /// Feed `wire` in one piece, with piece sizes from 1 octet up (all must agree).
+    fn read(wire: &[u8], max_size: u64) -> (usize, Option<Old>) {
+        let want = run_data(limits(max_size), &[wire]);
+        for piece_size in [1, 2, 7] {
+            let small = BodyLimits {
+                piece_size,
+                ..limits(max_size)
+            };
+            assert_eq!(run_data(small, &[wire]), want, "piece size {piece_size}");
+        }
+        want
     }
 
     /// Feed `wire` one byte at a time.
-    fn read_bytewise(wire: &[u8], max_size: u64) -> (usize, Option<DataResult>) {
-        let mut reader = DataReader::new(max_size);
-        for (i, b) in wire.iter().enumerate() {
-            let (n, result) = reader.feed(std::slice::from_ref(b));
-            assert_eq!(n, 1);
-            if result.is_some() {
-                return (i + 1, result);
+    fn read_bytewise(wire: &[u8], max_size: u64) -> (usize, Option<Old>) {
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        run_data(limits(max_size), &bytes)
+    }
+
+    /// Push `chunks` through a BDAT accumulator as the session does. (len, verdict).
+    fn run_bdat(limits: BodyLimits, chunks: &[&[u8]]) -> (u64, Old) {
+        let mut acc = BdatAccumulator::new(limits);
+        let (mut out, mut content) = (Vec::new(), Vec::new());
+        for chunk in chunks {
+            let mut chunk = *chunk;
+            while !chunk.is_empty() {
+                let n = acc.push(chunk, &mut out);
+                assert!(out.len() <= limits.piece_size);
+                chunk = &chunk[n..];
+                if !chunk.is_empty() {
+                    assert_eq!(out.len(), limits.piece_size);
+                    content.append(&mut out);
+                }
             }
         }
-        (wire.len(), None)
+        let len = acc.len();
+        let result = acc.finish(&mut out);
+        content.append(&mut out);
+        (len, verdict(limits, result, content))
     }
 
     #[test]
@@ -314,7 +574,7 @@ mod tests {
     #[test]
     fn smuggling_sequences_do_not_end_the_message() {
         let bare = Err(BodyError::BareLineEnding);
-        let table: &[(&[u8], DataResult)] = &[
+        let table: &[(&[u8], Old)] = &[
             (b"\n.\n", bare.clone()),
             (b"\n.\r\n", bare.clone()),
             (b"\r.\r", bare.clone()),
@@ -400,30 +660,88 @@ mod tests {
     }
 
     #[test]
-    fn storage_is_bounded_by_max_size() {
-        let mut reader = DataReader::new(1000);
+    fn storage_is_bounded_by_the_piece_and_max_size() {
+        let limits = BodyLimits {
+            max_size: 1000,
+            max_header_size: 150,
+            piece_size: 300,
+        };
+        let mut reader = DataReader::new(limits);
+        let mut out = Vec::new();
         let line = [b'x'; 98]
             .iter()
             .chain(b"\r\n")
             .copied()
             .collect::<Vec<u8>>();
-        for _ in 0..10 {
-            reader.feed(&line);
+        // Three lines fill the piece: the fourth is not taken until it is drained.
+        for _ in 0..3 {
+            assert_eq!(reader.feed(&line, &mut out), (100, None));
         }
-        assert!(reader.sink.data.capacity() <= 1000);
+        assert_eq!(reader.feed(&line, &mut out), (0, None));
+        assert!(out.capacity() <= 302, "{}", out.capacity());
+        out.clear();
         for _ in 0..1000 {
-            assert_eq!(reader.feed(&line), (100, None));
+            let (n, result) = reader.feed(&line, &mut out);
+            assert!(result.is_none());
+            if n < 100 {
+                out.clear();
+                assert_eq!(reader.feed(&line[n..], &mut out).0, 100 - n);
+            }
         }
-        assert_eq!(reader.sink.data.capacity(), 0);
-        assert_eq!(reader.sink.size, 101_000);
-        assert_eq!(reader.feed(b".\r\nQUIT"), (3, Some(Err(BodyError::TooBig))));
+        // Past max_size nothing is stored and nothing waits for a drain.
+        assert!(out.is_empty());
+        assert_eq!(reader.sink.size, 100_300);
+        assert_eq!(reader.sink.headers.state, HeaderState::TooBig);
+        assert_eq!(reader.sink.headers.kept.capacity(), 0);
+        assert_eq!(
+            reader.feed(b".\r\nQUIT", &mut out),
+            (3, Some(Err(BodyError::TooBig)))
+        );
         assert!(reader.is_done());
-        assert_eq!(reader.feed(b"QUIT\r\n"), (0, None));
+        assert_eq!(reader.feed(b"QUIT\r\n", &mut out), (0, None));
+    }
+
+    #[test]
+    fn header_section_is_kept_within_its_limit() {
+        let at = |max_header_size: u64, wire: &[u8]| {
+            let limits = BodyLimits {
+                max_size: BIG,
+                max_header_size,
+                piece_size: 4,
+            };
+            let mut out = Vec::new();
+            let mut reader = DataReader::new(limits);
+            let mut wire = wire;
+            loop {
+                let (n, result) = reader.feed(wire, &mut out);
+                wire = &wire[n..];
+                out.clear();
+                if let Some(result) = result {
+                    return result.unwrap().headers;
+                }
+                assert!(reader.sink.headers.kept.len() as u64 <= max_header_size + 1);
+            }
+        };
+        let wire = b"A: b\r\nC: d\r\n\r\nbody\r\n\r\nmore\r\n.\r\n";
+        assert_eq!(at(14, wire).as_deref(), Some(&b"A: b\r\nC: d\r\n\r\n"[..]));
+        assert_eq!(at(13, wire), None);
+        assert_eq!(at(0, b"\r\nX: y\r\n\r\n.\r\n"), None);
+        assert_eq!(
+            at(2, b"\r\nX: y\r\n\r\n.\r\n").as_deref(),
+            Some(&b"\r\n"[..])
+        );
+        assert_eq!(at(6, b"A: b\r\n.\r\n").as_deref(), Some(&b"A: b\r\n"[..]));
+        assert_eq!(at(5, b"A: b\r\n.\r\n"), None);
+        // A dot-stuffed line in the header section is kept unstuffed.
+        assert_eq!(
+            at(99, b"..X\r\n\r\n.\r\n").as_deref(),
+            Some(&b".X\r\n\r\n"[..])
+        );
     }
 
     #[test]
     fn bdat_chunks() {
-        let table: &[(&[&[u8]], DataResult)] = &[
+        let table: &[(&[&[u8]], Old)] = &[
             (&[], Ok(Vec::new())),
             (&[b"", b""], Ok(Vec::new())),
             (
@@ -449,36 +767,46 @@ mod tests {
             (&[b"\n"], Err(BodyError::BareLineEnding)),
             (&[b"a\r\n", b"\r"], Err(BodyError::BareLineEnding)),
             (&[b"a\r"], Err(BodyError::BareLineEnding)),
+            (&[b"a\r\r\n"], Err(BodyError::BareLineEnding)),
+            (&[b"\r\n\r\n\n"], Err(BodyError::BareLineEnding)),
         ];
         for (chunks, want) in table {
-            let mut acc = BdatAccumulator::new(BIG);
-            for chunk in *chunks {
-                acc.push(chunk);
+            let total = chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+            for piece_size in [1, 3, PIECE_SIZE] {
+                let limits = BodyLimits {
+                    piece_size,
+                    ..limits(BIG)
+                };
+                let (len, result) = run_bdat(limits, chunks);
+                assert_eq!(len, total);
+                assert_eq!(&result, want, "{chunks:?}");
             }
-            assert_eq!(
-                acc.len(),
-                chunks.iter().map(|c| c.len() as u64).sum::<u64>()
-            );
-            assert_eq!(acc.is_empty(), chunks.iter().all(|c| c.is_empty()));
-            assert_eq!(&acc.finish(), want, "{chunks:?}");
+            let mut acc = BdatAccumulator::new(limits(BIG));
+            let mut out = Vec::new();
+            for chunk in *chunks {
+                acc.push(chunk, &mut out);
+            }
+            assert_eq!(acc.is_empty(), total == 0);
         }
     }
 
     #[test]
     fn bdat_size_limit() {
-        let mut acc = BdatAccumulator::new(5);
-        acc.push(b"abc\r\n");
-        assert_eq!(acc.len(), 5);
-        assert_eq!(acc.finish(), Ok(b"abc\r\n".to_vec()));
-        let mut acc = BdatAccumulator::new(5);
-        acc.push(b"abc\r\n");
-        acc.push(&[b'x'; 100_000]);
+        assert_eq!(
+            run_bdat(limits(5), &[b"abc\r\n"]),
+            (5, Ok(b"abc\r\n".to_vec()))
+        );
+        let mut acc = BdatAccumulator::new(limits(5));
+        let mut out = Vec::new();
+        assert_eq!(acc.push(b"abc\r\n", &mut out), 5);
+        assert_eq!(acc.push(&[b'x'; 100_000], &mut out), 100_000);
         assert_eq!(acc.len(), 100_005);
-        assert_eq!(acc.sink.data.capacity(), 0);
-        assert_eq!(acc.finish(), Err(BodyError::TooBig));
-        let mut acc = BdatAccumulator::new(5);
-        acc.push(b"abcdefgh\n");
-        assert_eq!(acc.finish(), Err(BodyError::BareLineEnding));
+        assert!(out.is_empty());
+        assert_eq!(acc.finish(&mut out), Err(BodyError::TooBig));
+        assert_eq!(
+            run_bdat(limits(5), &[b"abcdefgh\n"]).1,
+            Err(BodyError::BareLineEnding)
+        );
     }
 
     /// Cut `input` at the given points (any order, duplicates allowed).
@@ -496,26 +824,9 @@ mod tests {
             .collect()
     }
 
-    /// Feed the pieces until the reader ends; (total consumed, result).
-    fn feed_pieces(
-        reader: &mut DataReader,
-        pieces: &[&[u8]],
-    ) -> Result<(usize, Option<DataResult>), TestCaseError> {
-        let mut consumed = 0;
-        for piece in pieces {
-            let (n, result) = reader.feed(piece);
-            consumed += n;
-            if result.is_some() {
-                return Ok((consumed, result));
-            }
-            prop_assert_eq!(n, piece.len());
-        }
-        Ok((consumed, None))
-    }
-
     /// The reference DATA reader: search the whole input (after the implicit CRLF) for the
     /// first `<CRLF>.<CRLF>`, then check and unstuff the content before it.
-    fn reference(input: &[u8], max_size: u64) -> Option<(usize, DataResult)> {
+    fn reference(input: &[u8], max_size: u64) -> Option<(usize, Old)> {
         let prefixed = [&b"\r\n"[..], input].concat();
         let p = prefixed.windows(5).position(|w| w == b"\r\n.\r\n")?;
         let content = &input[..p];
@@ -548,6 +859,20 @@ mod tests {
         ]
     }
 
+    /// The model DATA reader over the same pieces: (total consumed, verdict).
+    fn run_model(max_size: u64, pieces: &[&[u8]]) -> (usize, Option<Old>) {
+        let mut reader = model::DataReader::new(max_size);
+        let mut consumed = 0;
+        for piece in pieces {
+            let (n, result) = reader.feed(piece);
+            consumed += n;
+            if result.is_some() {
+                return (consumed, result);
+            }
+        }
+        (consumed, None)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -560,6 +885,7 @@ mod tests {
                     .prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n')], 0..12),
                 0..12),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            piece_size in 1usize..40,
         ) {
             let mut message = Vec::new();
             let mut wire = Vec::new();
@@ -575,8 +901,8 @@ mod tests {
             wire.extend_from_slice(b".\r\n");
             let end = wire.len();
             wire.extend_from_slice(b"RSET\r\n.\r\n");
-            let mut reader = DataReader::new(BIG);
-            let (consumed, result) = feed_pieces(&mut reader, &pieces(&wire, &cuts))?;
+            let limits = BodyLimits { piece_size, ..limits(BIG) };
+            let (consumed, result) = run_data(limits, &pieces(&wire, &cuts));
             prop_assert_eq!(consumed, end);
             prop_assert_eq!(result, Some(Ok(message)));
         }
@@ -589,8 +915,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
             max_size in 0u64..100,
         ) {
-            let mut reader = DataReader::new(max_size);
-            let (consumed, result) = feed_pieces(&mut reader, &pieces(&input, &cuts))?;
+            let (consumed, result) = run_data(limits(max_size), &pieces(&input, &cuts));
             match reference(&input, max_size) {
                 Some((end, want)) => {
                     prop_assert_eq!(consumed, end);
@@ -610,8 +935,7 @@ mod tests {
             input in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'x')], 0..60),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
         ) {
-            let mut reader = DataReader::new(BIG);
-            let (consumed, result) = feed_pieces(&mut reader, &pieces(&input, &cuts))?;
+            let (consumed, result) = run_data(limits(BIG), &pieces(&input, &cuts));
             match reference(&input, BIG) {
                 Some((end, want)) => {
                     prop_assert_eq!(consumed, end);
@@ -621,20 +945,45 @@ mod tests {
             }
         }
 
-        /// (c) BDAT: any chunking gives the result of one push, which is the reference verdict.
+        /// (d) The streaming reader against the model it replaced (the whole-message reader):
+        /// same end, same verdict, and its pieces add up to exactly what the model kept, for
+        /// any split of the input, any piece size and any header limit (the header section,
+        /// NUL flag and size it reports are checked against that content in `verdict`).
+        #[test]
+        fn streaming_matches_the_whole_message_model(
+            input in proptest::collection::vec(prop_oneof![
+                4 => proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b':'), Just(0u8)], 1..80),
+                4 => prop_oneof![Just(b"\r\n".to_vec()), Just(b"\r\n.".to_vec()), Just(b"\r\n\r\n".to_vec())],
+                1 => proptest::collection::vec(wire_byte(), 1..4),
+            ], 0..40).prop_map(|parts| parts.concat()),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            piece_size in 1usize..64,
+            max_size in prop_oneof![Just(BIG), 0u64..400],
+            max_header_size in prop_oneof![Just(BIG), 0u64..80],
+            terminate in any::<bool>(),
+        ) {
+            let mut input = input;
+            if terminate {
+                input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+            }
+            let pieces = pieces(&input, &cuts);
+            let limits = BodyLimits { max_size, max_header_size, piece_size };
+            prop_assert_eq!(run_data(limits, &pieces), run_model(max_size, &pieces));
+        }
+
+        /// (c) BDAT: any chunking and any piece size give the model's verdict on one push,
+        /// which is the reference verdict.
         #[test]
         fn bdat_chunking_does_not_matter(
             input in proptest::collection::vec(wire_byte(), 0..200),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
             max_size in 0u64..150,
+            piece_size in 1usize..64,
+            max_header_size in prop_oneof![Just(BIG), 0u64..80],
         ) {
-            let mut whole = BdatAccumulator::new(max_size);
-            whole.push(&input);
-            let mut split = BdatAccumulator::new(max_size);
-            for piece in pieces(&input, &cuts) {
-                split.push(piece);
-            }
-            prop_assert_eq!(split.len(), input.len() as u64);
+            let limits = BodyLimits { max_size, max_header_size, piece_size };
+            let (len, split) = run_bdat(limits, &pieces(&input, &cuts));
+            prop_assert_eq!(len, input.len() as u64);
             let bare = input.iter().enumerate().any(|(i, &b)| {
                 (b == b'\r' && input.get(i + 1) != Some(&b'\n')) || (b == b'\n' && (i == 0 || input[i - 1] != b'\r'))
             });
@@ -645,9 +994,12 @@ mod tests {
             } else {
                 Ok(input.clone())
             };
-            let whole = whole.finish();
-            prop_assert_eq!(&whole, &want);
-            prop_assert_eq!(split.finish(), whole);
+            let mut model = model::BdatAccumulator::new(max_size);
+            for piece in pieces(&input, &cuts) {
+                model.push(piece);
+            }
+            prop_assert_eq!(&model.finish(), &want);
+            prop_assert_eq!(split, want);
         }
     }
 }

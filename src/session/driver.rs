@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::verify::{Client, Verdict, Verifier};
-use crate::intake::Intake;
+use crate::intake::{AcceptError, Draft, Intake};
 use crate::metrics::{Handshake, Metrics, Port};
 
 use super::input::InputBuffer;
@@ -29,9 +29,10 @@ use super::pump::{self, Progress};
 use super::reply::{self, Reply};
 use super::state::{Session, SessionConfig, Step, Want};
 
-/// Bytes read from the socket at a time. The buffer lives on the thread's stack only while the
-/// read is polled, never in the session's future: an idle connection does not pay for it.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from the socket at a time: four TLS records, so that a message body arrives in
+/// few reads. The buffer lives on the thread's stack only while the read is polled, never in
+/// the session's future: an idle connection does not pay for it.
+const READ_CHUNK: usize = 64 * 1024;
 /// Replies are flushed once this many bytes are pending even if more input is buffered, so a
 /// client that writes without reading blocks on its own socket instead of growing our buffer.
 const MAX_PENDING_OUTPUT: usize = 16 * 1024;
@@ -78,6 +79,28 @@ impl Peer {
 
     fn ip(&self) -> std::net::IpAddr {
         self.addr.ip()
+    }
+}
+
+/// The queue file of the message being received, opened when its first piece is written; or
+/// why it could not be opened, told to the client once it has sent the whole message (the body
+/// is read to its end either way). Boxed: most of a session's life has none.
+type DraftSlot = Option<Box<Result<Draft, AcceptError>>>;
+
+/// Write the pieces of content the session hands out to the message's draft, in order,
+/// opening it at the first. Awaiting each write is the backpressure: the session takes no
+/// input while its piece waits.
+async fn drain(session: &mut Session, slot: &mut DraftSlot, intake: &Intake) {
+    while let Some(piece) = session.take_piece() {
+        let draft = match slot {
+            Some(draft) => draft,
+            None => slot.insert(Box::new(intake.begin().await)),
+        };
+        match draft.as_mut() {
+            Ok(draft) => session.recycle(draft.write(piece).await),
+            // Read and dropped: the refusal comes at the end of the message.
+            Err(_) => session.recycle(piece),
+        }
     }
 }
 
@@ -385,10 +408,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     peer: Peer,
 ) -> End {
     let limit = ctx.command_timeout;
+    // Dropped (and its file removed) when the message is refused or the connection ends.
+    let mut draft: DraftSlot = None;
     loop {
         let step = match pump::advance(&mut session, &mut conn.input) {
             Progress::Step(step) => Some(step),
             Progress::NeedInput => None,
+            Progress::Drain => {
+                Box::pin(drain(&mut session, &mut draft, &ctx.intake)).await;
+                continue;
+            }
             Progress::AwaitingOutcome => {
                 warn!("session waiting for an outcome nobody will deliver");
                 return End::Closed;
@@ -424,7 +453,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        match carry_out(step, conn, &mut session, ctx, peer).await {
+        let end = carry_out(step, conn, &mut session, &mut draft, ctx, peer).await;
+        if !session.receiving() {
+            draft = None;
+        }
+        match end {
             Some(end) => return end,
             None => {
                 if conn.output.len() >= MAX_PENDING_OUTPUT && conn.flush(limit).await.is_err() {
@@ -440,6 +473,7 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
     mut step: Step,
     conn: &mut Conn<S>,
     session: &mut Session,
+    draft: &mut DraftSlot,
     ctx: &Context,
     peer: Peer,
 ) -> Option<End> {
@@ -495,12 +529,15 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                     Verdict::Unavailable => session.auth_refused(reply::AUTH_UNAVAILABLE),
                 }
             }
-            Step::Queue(mut accepted) => {
+            Step::Queue(accepted) => {
                 // Boxed: a rare step should not make every session's future larger.
                 let id = Box::pin(async {
-                    let mut draft = ctx.intake.begin().await?;
-                    draft.write(std::mem::take(&mut accepted.content)).await;
-                    ctx.intake.accept(*accepted, draft, peer.ip()).await
+                    drain(session, draft, &ctx.intake).await;
+                    let opened = match draft.take() {
+                        Some(opened) => *opened,
+                        None => ctx.intake.begin().await,
+                    };
+                    ctx.intake.accept(*accepted, opened?, peer.ip()).await
                 })
                 .await;
                 session.queued(id.as_ref().map(|id| id.as_str()).map_err(|e| e.refusal()))

@@ -11,6 +11,10 @@ pub enum Progress {
     Step(Step),
     /// Nothing to do until more input arrives.
     NeedInput,
+    /// A full piece of message content waits in [`Session::take_piece`]: take it (write it to
+    /// the spool), then advance again. No input is taken until then, which bounds the memory
+    /// a message costs.
+    Drain,
     /// The session waits for the outcome of a [`Step::Verify`] or [`Step::Queue`]; feeding it
     /// input now would be a bug in the caller.
     AwaitingOutcome,
@@ -36,10 +40,12 @@ pub fn advance(session: &mut Session, input: &mut InputBuffer) -> Progress {
             step
         }
         Want::Data | Want::Chunk(_) => None,
+        Want::Drain => return Progress::Drain,
         Want::Outcome => return Progress::AwaitingOutcome,
     };
     match step {
         Some(step) => Progress::Step(step),
+        None if session.wants() == Want::Drain => Progress::Drain,
         None => Progress::NeedInput,
     }
 }

@@ -14,7 +14,7 @@ use crate::outcome;
 use crate::submission::{self, FromProblem};
 
 use super::command::{self, Body, Command, MailParams, ParseError, ReversePath};
-use super::data::{BdatAccumulator, BodyError, DataReader, DataResult};
+use super::data::{BdatAccumulator, BodyError, BodyLimits, DataReader, DataResult, PIECE_SIZE};
 use super::input::{LineEvent, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use super::reply::{self, Reply};
 
@@ -42,6 +42,9 @@ pub enum Want {
     Line(usize),
     /// DATA body bytes.
     Data,
+    /// Nothing until the driver took the full piece of content waiting in
+    /// [`Session::take_piece`]: the body reader does not take more input meanwhile.
+    Drain,
     /// This many more octets of the current BDAT chunk.
     Chunk(u64),
     /// Nothing until the driver reports the result of a [`Step::Verify`] or [`Step::Queue`].
@@ -60,7 +63,8 @@ pub enum Step {
     StartTls,
     /// Verify these credentials off the reactor, then call [`Session::auth_result`].
     Verify(Credentials),
-    /// Spool this message, then call [`Session::queued`].
+    /// Spool this message, whose content the driver took piece by piece with
+    /// [`Session::take_piece`] (the last piece is waiting now), then call [`Session::queued`].
     Queue(Box<Accepted>),
     /// Nothing to send (part of a BDAT chunk consumed).
     Nothing,
@@ -117,6 +121,10 @@ pub struct Session {
     bad_commands: u32,
     transaction: Transaction,
     mode: Mode,
+    /// Message content on its way to the spool: the body readers append to it, the driver
+    /// takes it once it holds `piece_size` octets, or the rest once the message ended.
+    piece: Vec<u8>,
+    piece_size: usize,
 }
 
 impl Session {
@@ -133,6 +141,50 @@ impl Session {
             bad_commands: 0,
             transaction: Transaction::None,
             mode: Mode::Command,
+            piece: Vec::new(),
+            piece_size: PIECE_SIZE,
+        }
+    }
+
+    /// The same session handing out content in pieces of `piece_size` octets (at least 1)
+    /// instead of [`PIECE_SIZE`] (tests and fuzzing: many pieces from small messages).
+    pub fn with_piece_size(mut self, piece_size: usize) -> Session {
+        self.piece_size = piece_size.max(1);
+        self
+    }
+
+    /// Whether a message's content is being received: from the 354 (or the first BDAT chunk)
+    /// until the message is refused or queued. While it is not, the driver holds no draft.
+    pub fn receiving(&self) -> bool {
+        matches!(self.mode, Mode::Data(_) | Mode::Queueing)
+            || matches!(self.transaction, Transaction::Rcpt { bdat: Some(_), .. })
+    }
+
+    /// The next piece of content for the spool: a full piece while the body is read, or what
+    /// is left once the message ended (with [`Step::Queue`]). The driver writes it, in order,
+    /// and may hand the emptied buffer back with [`Session::recycle`].
+    pub fn take_piece(&mut self) -> Option<Vec<u8>> {
+        let ready = match self.mode {
+            Mode::Queueing => !self.piece.is_empty(),
+            _ => self.receiving() && self.piece.len() >= self.piece_size,
+        };
+        ready.then(|| std::mem::take(&mut self.piece))
+    }
+
+    /// Give back a buffer [`Session::take_piece`] handed out, so the next piece reuses its
+    /// allocation; dropped when no body is being read.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.piece.is_empty() && matches!(self.mode, Mode::Data(_) | Mode::Chunk { .. }) {
+            buffer.clear();
+            self.piece = buffer;
+        }
+    }
+
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_size: self.config.max_message_size,
+            max_header_size: self.config.max_header_size,
+            piece_size: self.piece_size,
         }
     }
 
@@ -160,6 +212,9 @@ impl Session {
             | Mode::AuthPlain
             | Mode::AuthLoginUser
             | Mode::AuthLoginPassword { .. } => Want::Line(MAX_AUTH_LINE),
+            Mode::Data(_) | Mode::Chunk { .. } if self.piece.len() >= self.piece_size => {
+                Want::Drain
+            }
             Mode::Data(_) => Want::Data,
             Mode::Chunk { remaining, .. } => Want::Chunk(*remaining),
             Mode::Verifying | Mode::Queueing => Want::Outcome,
@@ -272,7 +327,7 @@ impl Session {
         let Mode::Data(reader) = &mut self.mode else {
             return (0, None);
         };
-        let (consumed, done) = reader.feed(input);
+        let (consumed, done) = reader.feed(input, &mut self.piece);
         match done {
             None => (consumed, None),
             Some(result) => {
@@ -283,7 +338,8 @@ impl Session {
     }
 
     /// Feed BDAT chunk bytes; returns how many were consumed and the step once the chunk is
-    /// complete. Call with an empty slice when `wants()` is `Chunk(0)`.
+    /// complete. Call with an empty slice when `wants()` is `Chunk(0)`. Consumes less than
+    /// it could when a piece of content is full (`wants()` is then `Drain`).
     pub fn on_chunk(&mut self, input: &[u8]) -> (usize, Option<Step>) {
         let Mode::Chunk {
             remaining,
@@ -293,15 +349,15 @@ impl Session {
         else {
             return (0, None);
         };
-        let take = (*remaining).min(input.len() as u64) as usize;
-        *remaining -= take as u64;
+        let mut take = (*remaining).min(input.len() as u64) as usize;
         if refusal.is_none()
             && let Transaction::Rcpt {
                 bdat: Some(acc), ..
             } = &mut self.transaction
         {
-            acc.push(&input[..take]);
+            take = acc.push(&input[..take], &mut self.piece);
         }
+        *remaining -= take as u64;
         if *remaining > 0 {
             return (take, None);
         }
@@ -319,8 +375,8 @@ impl Session {
         };
         let received = acc.len();
         if last {
-            let acc = std::mem::replace(acc, BdatAccumulator::new(0));
-            let result = acc.finish();
+            let acc = std::mem::replace(acc, BdatAccumulator::new(BodyLimits::new(0, 0)));
+            let result = acc.finish(&mut self.piece);
             (take, Some(self.finish_message(result)))
         } else {
             (take, Some(Step::Reply(reply::chunk_received(received))))
@@ -353,6 +409,8 @@ impl Session {
     /// The result of a [`Step::Queue`]: the queue ID, or why the message was not accepted.
     pub fn queued(&mut self, id: Result<&str, outcome::Refusal>) -> Step {
         self.mode = Mode::Command;
+        // Between messages a session holds no piece buffer.
+        self.piece = Vec::new();
         let login = self.user.as_ref().map_or("", |u| u.login.as_str());
         match id {
             Ok(id) => Step::Reply(reply::queued(id)),
@@ -600,7 +658,8 @@ impl Session {
             Transaction::Mail { .. } => Step::Reply(reply::NEED_RCPT),
             Transaction::Rcpt { bdat: Some(_), .. } => Step::Reply(reply::DATA_AFTER_BDAT),
             Transaction::Rcpt { .. } => {
-                self.mode = Mode::Data(DataReader::new(self.config.max_message_size));
+                self.piece.clear();
+                self.mode = Mode::Data(DataReader::new(self.body_limits()));
                 Step::Reply(reply::START_DATA)
             }
         }
@@ -612,11 +671,16 @@ impl Session {
             return self.refuse(&cmd, reply::AUTH_REQUIRED);
         }
         let max = self.config.max_message_size;
+        let limits = self.body_limits();
         match &mut self.transaction {
             Transaction::None => self.refuse(&cmd, reply::NEED_MAIL),
             Transaction::Mail { .. } => self.refuse(&cmd, reply::NEED_RCPT),
             Transaction::Rcpt { bdat, .. } => {
-                let acc = bdat.get_or_insert_with(|| BdatAccumulator::new(max));
+                let acc = bdat.get_or_insert_with(|| {
+                    // A new message: nothing of an earlier one may be left in the piece.
+                    self.piece.clear();
+                    BdatAccumulator::new(limits)
+                });
                 if acc.len().saturating_add(size) > max {
                     // Larger than we take: refuse without reading gigabytes (RFC 3030 lets
                     // the server close; the client learns the permanent reason first).
@@ -637,8 +701,17 @@ impl Session {
         }
     }
 
-    /// A DATA or BDAT body ended: check it and hand it to the spool, or refuse it.
+    /// A DATA or BDAT body ended: check it and hand it to the spool, or refuse it (then the
+    /// content still waiting for the spool is dropped, and the driver drops its draft).
     fn finish_message(&mut self, result: DataResult) -> Step {
+        let step = self.check_message(result);
+        if !matches!(step, Step::Queue(_)) {
+            self.piece = Vec::new();
+        }
+        step
+    }
+
+    fn check_message(&mut self, result: DataResult) -> Step {
         let transaction = std::mem::take(&mut self.transaction);
         let Transaction::Rcpt {
             from,
@@ -649,27 +722,26 @@ impl Session {
         else {
             return Step::Reply(reply::NEED_RCPT);
         };
-        let message = match result {
-            Ok(message) => message,
+        let body = match result {
+            Ok(body) => body,
             Err(BodyError::BareLineEnding) => return Step::Reply(reply::BARE_LINE_ENDING),
             Err(BodyError::TooBig) => return Step::Reply(reply::MESSAGE_TOO_BIG),
         };
-        if message.contains(&0) {
+        if body.nul {
             return Step::Reply(reply::NUL_IN_MESSAGE);
         }
-        // Checked before the header parser runs, so it never sees more than this.
-        let headers = submission::header_section(&message);
-        if headers.len() as u64 > self.config.max_header_size {
+        // The reader kept no more than the limit, so the header parser never sees more.
+        let Some(headers) = body.headers else {
             return Step::Reply(reply::HEADER_TOO_BIG);
-        }
+        };
         // A loop: every relay on the way added one (RFC 5321 section 6.3).
-        if submission::hop_count(headers) > self.config.max_hops {
+        if submission::hop_count(&headers) > self.config.max_hops {
             return Step::Reply(reply::TOO_MANY_HOPS);
         }
         let Some(user) = self.user.clone() else {
             return Step::Reply(reply::AUTH_REQUIRED);
         };
-        match submission::check_from(&message, &user.senders) {
+        match submission::check_from(&headers, &user.senders) {
             Err(FromProblem::Missing) => Step::Reply(reply::NO_FROM),
             Err(FromProblem::NotOwned) => Step::Reply(reply::sender_not_owned(&user.login)),
             Err(FromProblem::Group) => Step::Reply(reply::FROM_GROUP),
@@ -682,8 +754,7 @@ impl Session {
                     recipients: rcpts,
                     smtputf8: params.smtputf8,
                     eight_bit: params.body == Some(Body::EightBitMime),
-                    headers: submission::header_section(&message).to_vec(),
-                    content: message,
+                    headers,
                     from_domain: checked.domain,
                 }))
             }
