@@ -457,6 +457,12 @@ impl Spool {
         ids.sort();
         Ok(ids)
     }
+
+    /// Move a damaged entry into [`QUARANTINE_DIR`], logged with `reason` (the scheduler's
+    /// start-up load finds them).
+    pub fn quarantine_entry(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
+        self.quarantine(id, reason)
+    }
 }
 
 /// An exclusive lock on one queued message: `flock(LOCK_EX)` on its `.msg` file, which is
