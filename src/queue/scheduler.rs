@@ -1176,6 +1176,33 @@ mod tests {
         assert!(t.waiting.is_empty() && t.arrivals.is_empty());
     }
 
+    #[test]
+    fn load_takes_good_entries_and_quarantines_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let store = || {
+            let id = QueueId::generate();
+            let mut env = Envelope::new(&id, "u", "s@x.test", &["r@y.test".into()], "h", 77);
+            env.size = 3;
+            spool.store_blocking(&env, b"m\r\n").unwrap();
+            id
+        };
+        let (good, bad) = (store(), store());
+        std::fs::write(spool.envelope_path(&bad), b"{not an envelope").unwrap();
+        let gone = QueueId::generate();
+        let batch = load_batch(&spool, &[good.to_bits(), bad.to_bits(), gone.to_bits()]);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].id, good.to_bits());
+        assert_eq!(batch[0].seen.due, Some(0));
+        assert_eq!(batch[0].seen.received_at, Some(77));
+        assert!(batch[0].mtime.is_some());
+        assert_eq!(spool.list().unwrap(), vec![good]);
+        assert!(
+            std::fs::read_dir(spool.quarantine_dir()).unwrap().count() > 0,
+            "the damaged entry is kept in quarantine"
+        );
+    }
+
     /// The tracker's specification, written the obvious way: a scan of every message.
     #[derive(Debug, Default)]
     struct Model {
