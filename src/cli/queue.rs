@@ -12,7 +12,7 @@ use super::Failure;
 pub(crate) enum QueueCommand {
     /// One line per queued message, starting with its ID.
     List {
-        /// Print a JSON array instead, for scripts.
+        /// Print JSON Lines instead (one JSON object per message and line), for scripts.
         #[arg(long)]
         json: bool,
     },
@@ -50,19 +50,7 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
     let failed = |e: ControlError| Failure::Runtime(e.into());
     let id = |text: &str| control::parse_id(text).map_err(failed);
     match cmd {
-        QueueCommand::List { json } => {
-            let entries = control::list(&spool).map_err(|e| Failure::Runtime(e.into()))?;
-            if json {
-                let value = control::to_json(&entries, now);
-                println!("{}", serde_json::to_string_pretty(&value).context("JSON")?);
-            } else if entries.is_empty() {
-                eprintln!("queue is empty");
-            } else {
-                for entry in &entries {
-                    println!("{}", control::format_line(entry, now));
-                }
-            }
-        }
+        QueueCommand::List { json } => list(&spool, json, now)?,
         QueueCommand::Show { id: text, json } => {
             let shown = control::show(&spool, &id(&text)?).map_err(failed)?;
             if json {
@@ -128,6 +116,37 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
             control::delete(&spool, &id).map_err(failed)?;
             println!("{id}: deleted");
         }
+    }
+    Ok(())
+}
+
+/// `queue list`: one line per message, written as each envelope is read (a million-message
+/// queue is never held in memory). A reader that goes away (`| head`) ends the listing quietly.
+fn list(spool: &submitd::queue::Spool, json: bool, now: u64) -> Result<(), Failure> {
+    use std::io::Write as _;
+    use submitd::queue::control;
+
+    let entries = control::entries(spool).map_err(|e| Failure::Runtime(e.into()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut any = false;
+    let written = (|| {
+        for entry in entries {
+            any = true;
+            if json {
+                serde_json::to_writer(&mut out, &control::entry_json(&entry, now))?;
+                out.write_all(b"\n")?;
+            } else {
+                writeln!(out, "{}", control::format_line(&entry, now))?;
+            }
+        }
+        out.flush()
+    })();
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other.context("writing the listing")?,
+    }
+    if !any && !json {
+        eprintln!("queue is empty");
     }
     Ok(())
 }

@@ -69,26 +69,33 @@ pub fn parse_id(text: &str) -> Result<QueueId, ControlError> {
         .ok_or_else(|| ControlError::BadId(text.to_string()))
 }
 
-/// Every committed message, oldest first. A missing queue directory is an empty queue.
+/// Every committed message, oldest first. A missing queue directory is an empty queue. Holds
+/// every envelope at once: [`entries`] reads them one at a time.
 pub fn list(spool: &Spool) -> Result<Vec<Entry>, SpoolError> {
+    Ok(entries(spool)?.collect())
+}
+
+/// Every committed message, oldest first, each envelope read when the iterator reaches it: a
+/// million-message queue is listed in the memory of its IDs. A message that vanishes before
+/// its turn (delivered or deleted meanwhile) is skipped. A missing queue directory is an empty
+/// queue.
+pub fn entries(spool: &Spool) -> Result<impl Iterator<Item = Entry> + '_, SpoolError> {
     let ids = match spool.list() {
         Ok(ids) => ids,
         Err(SpoolError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(Vec::new());
+            Vec::new()
         }
         Err(e) => return Err(e),
     };
-    let mut entries = Vec::with_capacity(ids.len());
-    for id in ids {
+    Ok(ids.into_iter().filter_map(move |id| {
         let envelope = match spool.load_envelope(&id) {
             Ok(envelope) => Ok(envelope),
-            Err(e) if is_not_found(&e) => continue,
+            Err(e) if is_not_found(&e) => return None,
             Err(SpoolError::Invalid { message, .. }) => Err(message),
             Err(e) => Err(e.to_string()),
         };
-        entries.push(Entry { id, envelope });
-    }
-    Ok(entries)
+        Some(Entry { id, envelope })
+    }))
 }
 
 /// A message's envelope and header section.
@@ -114,8 +121,7 @@ pub fn retry(spool: &Spool, id: Option<&QueueId>, now: u64) -> Result<Retried, C
         }
         return Ok(total);
     }
-    let ids: Vec<QueueId> = list(spool)?
-        .into_iter()
+    let ids: Vec<QueueId> = entries(spool)?
         .filter(|e| e.envelope.as_ref().is_ok_and(has_deferred))
         .map(|e| e.id)
         .collect();
@@ -350,18 +356,14 @@ impl<'a> MessageJson<'a> {
     }
 }
 
-/// The JSON of `queue list --json`: an array, one object per message (an unreadable envelope
-/// is `{"id", "error"}`).
-pub fn to_json(entries: &[Entry], now: u64) -> serde_json::Value {
-    let items = entries
-        .iter()
-        .map(|entry| match &entry.envelope {
-            Ok(e) => serde_json::to_value(MessageJson::new(entry.id.as_str(), e, now))
-                .unwrap_or(serde_json::Value::Null),
-            Err(reason) => serde_json::json!({ "id": entry.id.as_str(), "error": reason }),
-        })
-        .collect();
-    serde_json::Value::Array(items)
+/// One line of `queue list --json` (JSON Lines: one object per message, one message per
+/// line); an unreadable envelope is `{"id", "error"}`.
+pub fn entry_json(entry: &Entry, now: u64) -> serde_json::Value {
+    match &entry.envelope {
+        Ok(e) => serde_json::to_value(MessageJson::new(entry.id.as_str(), e, now))
+            .unwrap_or(serde_json::Value::Null),
+        Err(reason) => serde_json::json!({ "id": entry.id.as_str(), "error": reason }),
+    }
 }
 
 /// The JSON of `queue show --json`: the `queue list --json` object plus `helo`, `smtputf8`,
@@ -598,9 +600,9 @@ mod tests {
         assert_eq!(env.next_due(), Some(0));
         let entries = list(&spool).unwrap();
         assert!(format_line(&entries[0], 2_000).contains("  next=held"));
-        let json = to_json(&entries, 2_000);
-        assert_eq!(json[0]["status"], "held");
-        assert_eq!(json[0]["held"], true);
+        let json = entry_json(&entries[0], 2_000);
+        assert_eq!(json["status"], "held");
+        assert_eq!(json["held"], true);
         assert!(set_held(&spool, &id, false).unwrap());
         let env = spool.load_envelope(&id).unwrap();
         assert!(!env.held);

@@ -34,6 +34,18 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The ID as a number (its 20 hex digits are 80 bits), ordered like the text: a compact,
+    /// copyable key for tables holding every queued message.
+    pub fn to_bits(&self) -> u128 {
+        // `parse` and `generate` admit only 20 hex digits, which always fit.
+        u128::from_str_radix(&self.0, 16).unwrap_or(0)
+    }
+
+    /// The ID whose [`QueueId::to_bits`] is `bits` (bits above the 80th are dropped).
+    pub fn from_bits(bits: u128) -> QueueId {
+        QueueId(format!("{:020X}", bits & ((1u128 << 80) - 1)))
+    }
 }
 
 impl std::fmt::Display for QueueId {
@@ -53,6 +65,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(QueueId::parse(a.as_str()), Some(a.clone()));
         assert!(a <= b || a.as_str()[..14] == b.as_str()[..14]);
+    }
+
+    #[test]
+    fn bits_round_trip_and_keep_the_order() {
+        let a = QueueId::parse("0000000000000100000F").unwrap();
+        let b = QueueId::parse("FFFFFFFFFFFFFFFFFFFF").unwrap();
+        let c = QueueId::generate();
+        for id in [&a, &b, &c] {
+            assert_eq!(QueueId::from_bits(id.to_bits()), *id);
+        }
+        assert!(a.to_bits() < b.to_bits());
+        assert_eq!(a.to_bits(), 0x100000F);
     }
 
     #[test]

@@ -515,6 +515,12 @@ impl Spool {
         ids.sort();
         Ok(ids)
     }
+
+    /// Move a damaged entry into [`QUARANTINE_DIR`], logged with `reason` (the scheduler's
+    /// start-up load finds them).
+    pub fn quarantine_entry(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
+        self.quarantine(id, reason)
+    }
 }
 
 /// The current envelope of the queue file `file` (at `path`, for message `id`), checked
