@@ -34,6 +34,9 @@ impl SpoolIo for NoSync {
     fn create(&self, path: &Path) -> io::Result<File> {
         RealIo.create(path)
     }
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        RealIo.open_append(path)
+    }
     fn write_all(&self, path: &Path, file: &mut File, bytes: &[u8]) -> io::Result<()> {
         RealIo.write_all(path, file, bytes)
     }

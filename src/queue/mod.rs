@@ -28,6 +28,7 @@ pub mod migrate;
 pub mod qfile;
 pub mod scheduler;
 pub mod spool;
+pub mod startup;
 
 pub use courier::{Courier, Job, Outcome};
 pub use id::QueueId;

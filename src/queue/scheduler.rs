@@ -580,7 +580,7 @@ fn load_batch(spool: &Spool, ids: &[Key]) -> Vec<Loaded> {
     for &key in ids {
         let id = QueueId::from_bits(key);
         // Taken before the read: a change in between shows in the first rescan.
-        let mtime = std::fs::metadata(spool.envelope_path(&id))
+        let mtime = std::fs::metadata(spool.path(&id))
             .and_then(|m| m.modified())
             .ok();
         match spool.load_envelope(&id) {
@@ -1186,7 +1186,7 @@ mod tests {
             id
         };
         let (good, bad) = (store(), store());
-        std::fs::write(spool.envelope_path(&bad), b"{not an envelope").unwrap();
+        std::fs::write(spool.path(&bad), b"SUBMITDQ{not an envelope").unwrap();
         let gone = QueueId::generate();
         let batch = load_batch(&spool, &[good.to_bits(), bad.to_bits(), gone.to_bits()]);
         assert_eq!(batch.len(), 1);

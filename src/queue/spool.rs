@@ -276,7 +276,7 @@ pub(super) fn io_err<'a>(
 
 /// Create the queue directory when missing: missing parents with the default mode (umask),
 /// the queue directory itself 0700 (DESIGN.md).
-fn create_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -295,33 +295,13 @@ pub fn id_of_file_name(name: &str) -> Option<QueueId> {
 }
 
 impl Spool {
-    /// Open (creating with mode 0700 when missing, parents too) the queue directory, remove what
-    /// an interrupted write left (`*.tmp`) and migrate a version 1 queue. Directory work only:
-    /// entries are checked by whoever reads them first (see the module doc).
-    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
-        Spool::open_with_io(dir, Arc::new(RealIo))
-    }
-
-    /// [`Spool::open`] writing through `io` (the storage-fault tests pass a
-    /// [`super::fsio::FaultyIo`]).
-    pub fn open_with_io(dir: &Path, io: Arc<dyn SpoolIo>) -> Result<Spool, SpoolError> {
-        create_dir(dir).map_err(io_err(dir, "create directory"))?;
-        let spool = Spool {
+    /// The spool with its directory and writer, nothing done on disk: [`Spool::open`]
+    /// (`super::startup`) prepares the directory first.
+    pub(super) fn with_io(dir: &Path, io: Arc<dyn SpoolIo>) -> Spool {
+        Spool {
             dir: dir.to_path_buf(),
             io,
-        };
-        for entry in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
-            let entry = entry.map_err(io_err(dir, "read directory"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && name.ends_with(".tmp") {
-                tracing::warn!(file = %entry.path().display(), "removing interrupted queue write");
-                let _ = spool.io.remove(&entry.path());
-            }
         }
-        super::migrate::migrate(&spool)?;
-        Ok(spool)
     }
 
     /// The queue directory as it is, without start-up cleanup: for the `queue` commands, which
@@ -514,12 +494,6 @@ impl Spool {
         }
         ids.sort();
         Ok(ids)
-    }
-
-    /// Move a damaged entry into [`QUARANTINE_DIR`], logged with `reason` (the scheduler's
-    /// start-up load finds them).
-    pub fn quarantine_entry(&self, id: &QueueId, reason: &str) -> Result<(), SpoolError> {
-        self.quarantine(id, reason)
     }
 }
 
