@@ -615,8 +615,8 @@ async fn message_data(
 
 /// Send the message after a `354` and read the reply after its final dot. The message goes
 /// out in pieces read from the queue file, never whole; lettre dot-stuffs each piece (keeping
-/// its line state across them) and appends `CRLF.CRLF`, so a trailing CRLF of the message is
-/// left out: lettre's puts it back. A read that fails blows the connection's fuse, and the
+/// its line state across them) and appends `CRLF.CRLF` ([`Pieces`] leaves out the message's
+/// own final CRLF). A read that fails blows the connection's fuse, and the
 /// [`Guarded`] stream then refuses lettre's write of the final dot: the next hop sees a
 /// connection dropped in the middle of the data, never a message cut short.
 async fn send_message(
@@ -632,9 +632,7 @@ async fn send_message(
         let body = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
         return step(bound, c.conn.message(body)).await;
     };
-    let end = stored::blocking(|| stored::body_end(message))
-        .map_err(|e| StepError::Io(format!("reading the queued message: {e}")))?;
-    let reply = step(bound, c.conn.message_iter(Pieces::new(message, end, fuse.clone()))).await;
+    let reply = step(bound, c.conn.message_iter(Pieces::new(message, fuse.clone()))).await;
     match (reply, fuse.blown()) {
         // The write error lettre reports says less than the read error behind it.
         (Err(_), Some(why)) => Err(StepError::Io(why.to_string())),

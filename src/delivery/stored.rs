@@ -50,18 +50,6 @@ pub fn read_exact_at(message: &StoredMessage, mut pos: u64, mut buf: &mut [u8]) 
     Ok(())
 }
 
-/// Where the data sent after `DATA` ends: the message's length without its final CRLF, which
-/// lettre's `CRLF.CRLF` puts back. Blocks.
-pub fn body_end(message: &StoredMessage) -> io::Result<u64> {
-    let len = message.len();
-    if len < 2 {
-        return Ok(len);
-    }
-    let mut last = [0u8; 2];
-    read_exact_at(message, len - 2, &mut last)?;
-    Ok(if &last == b"\r\n" { len - 2 } else { len })
-}
-
 /// Call `f` on each piece of `message` in order, until it returns false. Blocks.
 fn for_each_piece(
     message: &StoredMessage,
@@ -146,13 +134,13 @@ impl Fuse {
     }
 }
 
-/// The message from 0 to `end`, one [`PIECE`] at a time, for lettre's `message_iter`. A failed
-/// read blows the fuse and ends the iteration early; the stream under lettre then fails the
-/// write of the final dot.
+/// The message one [`PIECE`] at a time, in order, for lettre's `message_iter`, without its
+/// final CRLF (lettre's `CRLF.CRLF` puts it back). A failed read blows the fuse and ends the
+/// iteration early; the stream under lettre then fails the write of the final dot.
 pub struct Pieces<'a> {
     message: &'a StoredMessage,
     pos: u64,
-    end: u64,
+    len: u64,
     /// Reused for every piece: lettre drops a piece (encoding it into its own buffer and
     /// writing that) before it asks for the next, so the count is back to one by then.
     buf: Arc<Vec<u8>>,
@@ -160,12 +148,12 @@ pub struct Pieces<'a> {
 }
 
 impl<'a> Pieces<'a> {
-    /// Pieces of `message` up to `end` (see [`body_end`]).
-    pub fn new(message: &'a StoredMessage, end: u64, fuse: Arc<Fuse>) -> Pieces<'a> {
+    /// The pieces of `message`; `fuse` is blown when one cannot be read.
+    pub fn new(message: &'a StoredMessage, fuse: Arc<Fuse>) -> Pieces<'a> {
         Pieces {
             message,
             pos: 0,
-            end,
+            len: message.len(),
             buf: Arc::new(Vec::new()),
             fuse,
         }
@@ -185,10 +173,17 @@ impl Iterator for Pieces<'_> {
     type Item = Piece;
 
     fn next(&mut self) -> Option<Piece> {
-        if self.pos >= self.end || self.fuse.blown().is_some() {
+        if self.pos >= self.len || self.fuse.blown().is_some() {
             return None;
         }
-        let want = (self.end - self.pos).min(PIECE as u64) as usize;
+        let rest = self.len - self.pos;
+        let mut want = rest.min(PIECE as u64);
+        if rest - want == 1 {
+            // Never leave a last piece of one octet: the CRLF it may end is stripped from the
+            // last piece, so both octets must be in it.
+            want -= 1;
+        }
+        let want = want as usize;
         if Arc::get_mut(&mut self.buf).is_none() {
             // The previous piece is still held: never overwrite bytes someone may read.
             self.buf = Arc::new(Vec::new());
@@ -199,6 +194,9 @@ impl Iterator for Pieces<'_> {
         match blocking(|| read_exact_at(message, pos, buf)) {
             Ok(()) => {
                 self.pos += want as u64;
+                if self.pos == self.len && buf.ends_with(b"\r\n") {
+                    buf.truncate(want - 2);
+                }
                 Some(Piece(self.buf.clone()))
             }
             Err(e) => {
