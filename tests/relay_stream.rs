@@ -117,10 +117,7 @@ async fn relayed_exactly(size: usize, ending: &[u8], tls: &str) {
     let content = awkward_content(size, ending);
     let stored = stored_with_prefix(PREFIX, &content);
     let outcome = relay(&delivery, &stored).await;
-    assert!(
-        matches!(outcome, Outcome::Delivered { .. }),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Outcome::Delivered { .. }), "{outcome:?}");
     let got = sink.wait_for(1, IO_TIMEOUT).await;
     let mut expected = PREFIX.as_bytes().to_vec();
     expected.extend_from_slice(&content);

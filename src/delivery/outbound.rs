@@ -632,7 +632,11 @@ async fn send_message(
         let body = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
         return step(bound, c.conn.message(body)).await;
     };
-    let reply = step(bound, c.conn.message_iter(Pieces::new(message, fuse.clone()))).await;
+    let reply = step(
+        bound,
+        c.conn.message_iter(Pieces::new(message, fuse.clone())),
+    )
+    .await;
     match (reply, fuse.blown()) {
         // The write error lettre reports says less than the read error behind it.
         (Err(_), Some(why)) => Err(StepError::Io(why.to_string())),
@@ -1062,19 +1066,26 @@ impl<S> Guarded<S> {
         self.unanswered = 0;
         self.idle = None;
         if let StartTlsWatch::Writing(line) = &mut self.starttls {
-            for &b in bytes {
-                line.push(b);
-                if b == b'\n' {
-                    if line.eq_ignore_ascii_case(b"STARTTLS\r\n") {
-                        self.starttls = StartTlsWatch::Reply(Vec::new());
-                        return;
-                    }
-                    line.clear();
-                } else if line.len() > 16 {
-                    // Not STARTTLS; keep the tail bounded (a line end will reset it).
-                    line.drain(..1);
+            // Line ends found with memchr: the message data goes through here too, so no
+            // per-octet work beyond that scan.
+            let mut rest = bytes;
+            while let Some(i) = memchr::memchr(b'\n', rest) {
+                let (end, after) = rest.split_at(i + 1);
+                let starttls = line.len() + end.len() == 10 && {
+                    line.extend_from_slice(end);
+                    line.eq_ignore_ascii_case(b"STARTTLS\r\n")
+                };
+                line.clear();
+                if starttls {
+                    self.starttls = StartTlsWatch::Reply(Vec::new());
+                    return;
                 }
+                rest = after;
             }
+            // Not a line end yet: keep the tail bounded (a longer line is not STARTTLS anyway).
+            line.extend_from_slice(&rest[rest.len().saturating_sub(16)..]);
+            let excess = line.len().saturating_sub(16);
+            line.drain(..excess);
         }
     }
 }
@@ -1168,7 +1179,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let id = QueueId::generate();
-        let env = Queued::new(&id, "u", "a@example.test", &["b@example.test".into()], "h", 0);
+        let env = Queued::new(
+            &id,
+            "u",
+            "a@example.test",
+            &["b@example.test".into()],
+            "h",
+            0,
+        );
         spool.store_blocking(&env, bytes).unwrap();
         // The open file outlives the directory's removal.
         Arc::new(spool.open_message(&id).unwrap().1)

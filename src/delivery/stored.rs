@@ -200,8 +200,9 @@ impl Iterator for Pieces<'_> {
                 Some(Piece(self.buf.clone()))
             }
             Err(e) => {
-                self.fuse
-                    .blow(format!("reading the queued message failed at octet {pos}: {e}"));
+                self.fuse.blow(format!(
+                    "reading the queued message failed at octet {pos}: {e}"
+                ));
                 None
             }
         }
