@@ -35,7 +35,7 @@ async fn send(delivery: &Delivery, rcpt: &str) -> Outcome {
         sender: ALICE,
         recipients: &rcpts,
         domain: "example.net",
-        message: MESSAGE,
+        message: common::stored::stored(MESSAGE),
         smtputf8: false,
         eight_bit: false,
         envelope: None,

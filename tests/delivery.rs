@@ -38,7 +38,7 @@ fn job<'a>(recipients: &'a [String], domain: &'a str) -> Job<'a> {
         sender: "alice@example.net",
         recipients,
         domain,
-        message: MESSAGE,
+        message: common::stored::stored(MESSAGE),
         smtputf8: false,
         eight_bit: false,
         envelope: None,
@@ -324,7 +324,7 @@ async fn smtputf8_and_8bitmime_passed_on() {
     let to = rcpts(&["j\u{f6}rg@example.test"]);
     let message = "From: alice@example.net\r\nSubject: caf\u{e9}\r\n\r\nna\u{ef}ve\r\n".as_bytes();
     let j = Job {
-        message,
+        message: common::stored::stored(message),
         smtputf8: true,
         eight_bit: true,
         ..job(&to, "example.test")
@@ -381,7 +381,7 @@ async fn no_smtputf8_downgrades_idn_or_fails_5_6_7() {
     let to = rcpts(&["bob@b\u{fc}cher.test"]);
     let j = Job {
         eight_bit: true,
-        message: b"Subject: x\r\n\r\n\xc3\xa9\r\n",
+        message: common::stored::stored(b"Subject: x\r\n\r\n\xc3\xa9\r\n"),
         ..job(&to, "b\u{fc}cher.test")
     };
     let out = attempt(&delivery, &j).await;

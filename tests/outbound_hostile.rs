@@ -205,7 +205,7 @@ async fn attempt_at(server: &Hostile, tls: &str) -> (Outcome, Duration) {
         sender: "alice@example.test",
         recipients: &rcpts,
         domain: "[127.0.0.1]",
-        message: MESSAGE,
+        message: common::stored::stored(MESSAGE),
         smtputf8: false,
         eight_bit: false,
         envelope: None,

@@ -12,7 +12,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::stored::{self, PIECE};
 use super::{DeliveryError, Job, Outcome};
+use crate::queue::spool::StoredMessage;
 
 /// The `relay` value in delivery log lines and outcomes.
 pub const HOST: &str = "capture";
@@ -42,7 +44,7 @@ pub async fn deliver(dir: &Path, job: &Job<'_>) -> Vec<Outcome> {
         return vec![Outcome::Deferred { host: None, reply }; n];
     }
     let json = record(job);
-    let (dir, id, message) = (dir.to_path_buf(), id.to_string(), job.message.to_vec());
+    let (dir, id, message) = (dir.to_path_buf(), id.to_string(), job.message.clone());
     let written = tokio::task::spawn_blocking(move || write(&dir, &id, &message, &json)).await;
     match written {
         Ok(Ok(eml)) => {
@@ -103,15 +105,30 @@ fn record(job: &Job<'_>) -> Vec<u8> {
 
 /// Blocking: `ID.eml` then `ID.json` (its presence says the capture is complete), then the
 /// directory fsync. Returns the `.eml` path.
-fn write(dir: &Path, id: &str, message: &[u8], json: &[u8]) -> io::Result<PathBuf> {
+fn write(dir: &Path, id: &str, message: &StoredMessage, json: &[u8]) -> io::Result<PathBuf> {
     let eml = dir.join(format!("{id}.eml"));
-    write_atomic(&eml, message)?;
-    write_atomic(&dir.join(format!("{id}.json")), json)?;
+    write_atomic(&eml, |f| copy_message(message, f))?;
+    write_atomic(&dir.join(format!("{id}.json")), |f| f.write_all(json))?;
     File::open(dir)?.sync_all()?;
     Ok(eml)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Copy the message into `out` one piece at a time: never the whole message in memory.
+fn copy_message(message: &StoredMessage, out: &mut File) -> io::Result<()> {
+    let len = message.len();
+    let mut buf = vec![0u8; len.min(PIECE as u64) as usize];
+    let mut pos = 0;
+    while pos < len {
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        stored::read_exact_at(message, pos, &mut buf[..want])?;
+        out.write_all(&buf[..want])?;
+        pos += want as u64;
+    }
+    Ok(())
+}
+
+/// Write a file through `fill` under a temp name, fsync it and rename it into place.
+fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let result = (|| {
@@ -121,7 +138,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        fill(&mut f)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)

@@ -25,6 +25,7 @@ pub mod capture;
 pub mod mx;
 pub mod outbound;
 pub mod pool;
+pub mod stored;
 
 use crate::logsafe::Escaped;
 use std::net::{IpAddr, SocketAddr};

@@ -69,8 +69,10 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use super::mx::{Target, to_ascii_domain};
+use super::stored::{self, Fuse, Pieces};
 use super::{Job, Outcome};
-use crate::headers::header_fields;
+use crate::queue::spool::StoredMessage;
+use std::sync::Arc;
 
 /// At most this many addresses are tried in one attempt (Postfix: `smtp_mx_address_limit`).
 pub const MAX_ADDRESSES: usize = 10;
@@ -148,6 +150,10 @@ pub struct Connection {
     /// Transactions started on it.
     transactions: u32,
     health: Health,
+    /// The [`Guarded`] stream's fuse: blown when the message cannot be read to its end, so
+    /// that the final dot is never written. `None` for an implicit-TLS smarthost (lettre opens
+    /// that socket itself, with no guard under it).
+    fuse: Option<Arc<Fuse>>,
 }
 
 impl Connection {
@@ -229,8 +235,8 @@ pub fn session_bound(step: Duration, job: &Job<'_>) -> Duration {
 }
 
 /// Extra time for sending `len` bytes at [`MIN_DATA_RATE`].
-fn data_allowance(len: usize) -> Duration {
-    Duration::from_secs(len as u64 / MIN_DATA_RATE)
+fn data_allowance(len: u64) -> Duration {
+    Duration::from_secs(len / MIN_DATA_RATE)
 }
 
 async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
@@ -284,6 +290,7 @@ async fn open(
                 None,
             )
             .await
+            .map(|conn| (conn, None))
             .map_err(StepError::from),
             None => {
                 let tcp =
@@ -296,8 +303,10 @@ async fn open(
                 // waiting for more to fill a segment only adds latency.
                 let _ = tcp.set_nodelay(true);
                 let guarded = Box::new(Guarded::new(tcp, s.timeout));
+                let fuse = guarded.fuse();
                 AsyncSmtpConnection::connect_with_transport(guarded, s.hello)
                     .await
+                    .map(|conn| (conn, Some(fuse)))
                     .map_err(StepError::from)
             }
         }
@@ -315,6 +324,7 @@ async fn open(
         }
         Ok(Ok(c)) => c,
     };
+    let (conn, fuse) = conn;
     let mut c = Connection {
         conn,
         caps: Capabilities::default(),
@@ -322,6 +332,7 @@ async fn open(
         timeout: s.timeout,
         transactions: 0,
         health: Health::Clean,
+        fuse,
     };
     match set_up(&mut c, target, n, s).await {
         Ok(()) => Ok(c),
@@ -427,7 +438,14 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     let host = c.host.clone();
 
     // Checks that need no round trip.
-    let envelope = match plan(job, &c.caps, &host) {
+    let content = match stored::blocking(|| Content::read(job, &c.caps)) {
+        Ok(content) => content,
+        Err(e) => {
+            let reply = format!("reading the queued message: {e}");
+            return Transaction::Done(all_deferred(&host, &reply, n));
+        }
+    };
+    let envelope = match plan(job, content, &c.caps, &host) {
         Ok(e) => e,
         Err((status, reply)) => return Transaction::Done(all_failed(&host, &reply, status, n)),
     };
@@ -571,11 +589,8 @@ async fn message_data(
     let t = c.timeout;
     match data {
         Some(Ok(_)) => {
-            // lettre dot-stuffs and appends CRLF.CRLF, so a trailing CRLF of the message is the
-            // one that ends its last line.
-            let body = job.message.strip_suffix(b"\r\n").unwrap_or(job.message);
-            let bound = t + data_allowance(body.len());
-            let reply = step(bound, c.conn.message(body)).await;
+            let bound = t + data_allowance(job.message.len());
+            let reply = send_message(c, &job.message, bound).await;
             c.health = match &reply {
                 // No reply (timeout, reset, garbage): the conversation is out of step.
                 Err(StepError::Io(_)) => Health::Broken,
@@ -595,6 +610,37 @@ async fn message_data(
             Err(e)
         }
         None => Err(StepError::Io("DATA not sent".into())),
+    }
+}
+
+/// Send the message after a `354` and read the reply after its final dot. The message goes
+/// out in pieces read from the queue file, never whole; lettre dot-stuffs each piece (keeping
+/// its line state across them) and appends `CRLF.CRLF` ([`Pieces`] leaves out the message's
+/// own final CRLF). A read that fails blows the connection's fuse, and the
+/// [`Guarded`] stream then refuses lettre's write of the final dot: the next hop sees a
+/// connection dropped in the middle of the data, never a message cut short.
+async fn send_message(
+    c: &mut Connection,
+    message: &StoredMessage,
+    bound: Duration,
+) -> Result<Response, StepError> {
+    let Some(fuse) = c.fuse.clone() else {
+        // No guard under an implicit-TLS connection to refuse the dot after a failed read:
+        // read the message whole first, so that a read error stops before any data is sent.
+        let whole = stored::blocking(|| message.read_all());
+        let whole = whole.map_err(|e| StepError::Io(format!("reading the queued message: {e}")))?;
+        let body = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
+        return step(bound, c.conn.message(body)).await;
+    };
+    let reply = step(
+        bound,
+        c.conn.message_iter(Pieces::new(message, fuse.clone())),
+    )
+    .await;
+    match (reply, fuse.blown()) {
+        // The write error lettre reports says less than the read error behind it.
+        (Err(_), Some(why)) => Err(StepError::Io(why.to_string())),
+        (reply, _) => reply,
     }
 }
 
@@ -788,8 +834,8 @@ pub enum Utf8Need {
 
 /// Decide [`Utf8Need`] for a job. Non-ASCII addresses always need it; non-ASCII headers
 /// only when the message was submitted with SMTPUTF8 (otherwise they are legacy 8-bit bytes
-/// passed on as they are).
-pub fn smtputf8_need(job: &Job<'_>) -> Utf8Need {
+/// passed on as they are). `headers_ascii`: the message's header fields are all ASCII.
+pub fn smtputf8_need(job: &Job<'_>, headers_ascii: bool) -> Utf8Need {
     let mut need = Utf8Need::None;
     let addrs = std::iter::once(job.sender).chain(job.recipients.iter().map(String::as_str));
     for addr in addrs {
@@ -804,10 +850,32 @@ pub fn smtputf8_need(job: &Job<'_>) -> Utf8Need {
             need = Utf8Need::DomainsOnly;
         }
     }
-    if job.smtputf8 && !header_fields(job.message).is_ascii() {
+    if job.smtputf8 && !headers_ascii {
         return Utf8Need::Required;
     }
     need
+}
+
+/// What the checks before `MAIL FROM` need from the message's bytes. Each is read only when
+/// it can change the outcome, since it is a pass over (part of) the queue file.
+#[derive(Debug, Clone, Copy)]
+struct Content {
+    /// The header fields are ASCII (read for an SMTPUTF8 submission only).
+    headers_ascii: bool,
+    /// The whole message is ASCII (read only for BODY=8BITMIME to a next hop without it).
+    body_ascii: bool,
+}
+
+impl Content {
+    /// Read what `job` needs against `caps`. Blocks.
+    fn read(job: &Job<'_>, caps: &Capabilities) -> io::Result<Content> {
+        let headers_ascii = !job.smtputf8 || stored::header_fields_ascii(&job.message)?;
+        let body_ascii = !job.eight_bit || caps.eight_bit || stored::is_ascii(&job.message)?;
+        Ok(Content {
+            headers_ascii,
+            body_ascii,
+        })
+    }
 }
 
 /// `local@domain` split at the last `@`; no `@`: all local part.
@@ -835,10 +903,11 @@ struct Envelope {
 /// the message at all.
 fn plan(
     job: &Job<'_>,
+    content: Content,
     caps: &Capabilities,
     host: &str,
 ) -> Result<Envelope, (&'static str, String)> {
-    let len = job.message.len() as u64;
+    let len = job.message.len();
     if let Some(limit) = caps.size_limit
         && len > limit
     {
@@ -847,14 +916,13 @@ fn plan(
             format!("message size {len} exceeds the limit of {limit} of {host}"),
         ));
     }
-    let eight_bit_body = !job.message.is_ascii();
-    if job.eight_bit && eight_bit_body && !caps.eight_bit {
+    if job.eight_bit && !content.body_ascii && !caps.eight_bit {
         return Err((
             STATUS_NO_8BITMIME,
             format!("{host} does not support 8BITMIME and the message has 8-bit content"),
         ));
     }
-    let need = smtputf8_need(job);
+    let need = smtputf8_need(job, content.headers_ascii);
     let (smtputf8, downgrade) = match need {
         Utf8Need::None => (false, false),
         _ if caps.smtputf8 => (true, false),
@@ -922,6 +990,9 @@ pub struct Guarded<S> {
     /// conversation is over; every later read and write fails at once (lettre's `abort`
     /// would otherwise send QUIT and wait a whole timeout for its reply).
     broken: Option<String>,
+    /// Blown when the message being sent cannot be read to its end: every later write fails,
+    /// so the final dot never follows a message cut short.
+    fuse: Arc<Fuse>,
 }
 
 /// Where the guard is with respect to `STARTTLS`.
@@ -945,7 +1016,13 @@ impl<S> Guarded<S> {
             unanswered: 0,
             starttls: StartTlsWatch::Writing(Vec::new()),
             broken: None,
+            fuse: Fuse::new(),
         }
+    }
+
+    /// The fuse that, once blown, fails every write.
+    pub fn fuse(&self) -> Arc<Fuse> {
+        self.fuse.clone()
     }
 
     /// Check bytes just read; an error when they break a rule.
@@ -989,19 +1066,26 @@ impl<S> Guarded<S> {
         self.unanswered = 0;
         self.idle = None;
         if let StartTlsWatch::Writing(line) = &mut self.starttls {
-            for &b in bytes {
-                line.push(b);
-                if b == b'\n' {
-                    if line.eq_ignore_ascii_case(b"STARTTLS\r\n") {
-                        self.starttls = StartTlsWatch::Reply(Vec::new());
-                        return;
-                    }
-                    line.clear();
-                } else if line.len() > 16 {
-                    // Not STARTTLS; keep the tail bounded (a line end will reset it).
-                    line.drain(..1);
+            // Line ends found with memchr: the message data goes through here too, so no
+            // per-octet work beyond that scan.
+            let mut rest = bytes;
+            while let Some(i) = memchr::memchr(b'\n', rest) {
+                let (end, after) = rest.split_at(i + 1);
+                let starttls = line.len() + end.len() == 10 && {
+                    line.extend_from_slice(end);
+                    line.eq_ignore_ascii_case(b"STARTTLS\r\n")
+                };
+                line.clear();
+                if starttls {
+                    self.starttls = StartTlsWatch::Reply(Vec::new());
+                    return;
                 }
+                rest = after;
             }
+            // Not a line end yet: keep the tail bounded (a longer line is not STARTTLS anyway).
+            line.extend_from_slice(&rest[rest.len().saturating_sub(16)..]);
+            let excess = line.len().saturating_sub(16);
+            line.drain(..excess);
         }
     }
 }
@@ -1052,6 +1136,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.broken.is_none()
+            && let Some(why) = this.fuse.blown()
+        {
+            this.broken = Some(why.to_string());
+        }
         if let Some(why) = &this.broken {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
         }
@@ -1083,17 +1172,46 @@ impl lettre::transport::smtp::client::AsyncTokioStream for Guarded<TcpStream> {
 mod tests {
     use super::*;
 
-    fn job<'a>(sender: &'a str, rcpts: &'a [String], message: &'a [u8], utf8: bool) -> Job<'a> {
+    use crate::queue::{QueueId, Spool, spool::Envelope as Queued};
+
+    /// `bytes` stored in a spool under a temp dir (kept alive by the job's holder).
+    pub(crate) fn stored(bytes: &[u8]) -> Arc<StoredMessage> {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = QueueId::generate();
+        let env = Queued::new(
+            &id,
+            "u",
+            "a@example.test",
+            &["b@example.test".into()],
+            "h",
+            0,
+        );
+        spool.store_blocking(&env, bytes).unwrap();
+        // The open file outlives the directory's removal.
+        Arc::new(spool.open_message(&id).unwrap().1)
+    }
+
+    fn job<'a>(sender: &'a str, rcpts: &'a [String], message: &[u8], utf8: bool) -> Job<'a> {
         Job {
             queue_id: "Q",
             sender,
             recipients: rcpts,
             domain: "example.test",
-            message,
+            message: stored(message),
             smtputf8: utf8,
             eight_bit: false,
             envelope: None,
         }
+    }
+
+    fn need(j: &Job<'_>) -> Utf8Need {
+        let content = Content::read(j, &Capabilities::default()).unwrap();
+        smtputf8_need(j, content.headers_ascii)
+    }
+
+    fn plan_of(j: &Job<'_>, caps: &Capabilities) -> Result<Envelope, (&'static str, String)> {
+        plan(j, Content::read(j, caps).unwrap(), caps, "h")
     }
 
     #[test]
@@ -1135,39 +1253,39 @@ mod tests {
         let ascii = vec!["bob@example.test".to_string()];
         let msg = b"Subject: hi\r\n\r\nBody \xc3\xa9\r\n";
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &ascii, msg, true)),
+            need(&job("a@example.test", &ascii, msg, true)),
             Utf8Need::None
         );
 
         let idn = vec!["bob@b\u{fc}cher.example".to_string()];
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &idn, msg, true)),
+            need(&job("a@example.test", &idn, msg, true)),
             Utf8Need::DomainsOnly
         );
 
         let local = vec!["j\u{f6}rg@example.test".to_string()];
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &local, msg, true)),
+            need(&job("a@example.test", &local, msg, true)),
             Utf8Need::Required
         );
         assert_eq!(
-            smtputf8_need(&job("j\u{f6}rg@example.test", &ascii, msg, true)),
+            need(&job("j\u{f6}rg@example.test", &ascii, msg, true)),
             Utf8Need::Required
         );
 
         let utf8_header = "Subject: caf\u{e9}\r\n\r\nx\r\n".as_bytes();
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &ascii, utf8_header, true)),
+            need(&job("a@example.test", &ascii, utf8_header, true)),
             Utf8Need::Required
         );
         // Not an SMTPUTF8 submission: legacy 8-bit header bytes pass as they are.
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &ascii, utf8_header, false)),
+            need(&job("a@example.test", &ascii, utf8_header, false)),
             Utf8Need::None
         );
         // An IDN domain plus UTF-8 headers: required.
         assert_eq!(
-            smtputf8_need(&job("a@example.test", &idn, utf8_header, true)),
+            need(&job("a@example.test", &idn, utf8_header, true)),
             Utf8Need::Required
         );
     }
@@ -1176,7 +1294,7 @@ mod tests {
     fn plan_downgrades_domains_only() {
         let idn = vec!["bob@B\u{fc}cher.example".to_string()];
         let j = job("a@example.test", &idn, b"Subject: x\r\n\r\nx\r\n", true);
-        let env = plan(&j, &Capabilities::default(), "h").unwrap();
+        let env = plan_of(&j, &Capabilities::default()).unwrap();
         assert_eq!(env.mail_from, "MAIL FROM:<a@example.test>\r\n");
         assert_eq!(env.rcpt_to, ["RCPT TO:<bob@xn--bcher-kva.example>\r\n"]);
 
@@ -1187,7 +1305,7 @@ mod tests {
             size_limit: Some(100),
             pipelining: false,
         };
-        let env = plan(&j, &caps, "h").unwrap();
+        let env = plan_of(&j, &caps).unwrap();
         assert_eq!(
             env.mail_from,
             "MAIL FROM:<a@example.test> SMTPUTF8 SIZE=17\r\n"
@@ -1200,7 +1318,7 @@ mod tests {
         let r = vec!["j\u{f6}rg@example.test".to_string()];
         let j = job("a@example.test", &r, b"x\r\n", true);
         assert_eq!(
-            plan(&j, &Capabilities::default(), "h").unwrap_err().0,
+            plan_of(&j, &Capabilities::default()).unwrap_err().0,
             "5.6.7"
         );
 
@@ -1208,7 +1326,7 @@ mod tests {
         let mut j = job("", &r, b"Subject: x\r\n\r\n\xff\r\n", false);
         j.eight_bit = true;
         assert_eq!(
-            plan(&j, &Capabilities::default(), "h").unwrap_err().0,
+            plan_of(&j, &Capabilities::default()).unwrap_err().0,
             "5.6.3"
         );
         let caps = Capabilities {
@@ -1217,19 +1335,34 @@ mod tests {
             size_limit: Some(5),
             ..Capabilities::default()
         };
-        assert_eq!(plan(&j, &caps, "h").unwrap_err().0, "5.3.4");
+        assert_eq!(plan_of(&j, &caps).unwrap_err().0, "5.3.4");
         let caps = Capabilities {
             eight_bit: true,
             ..Capabilities::default()
         };
-        let env = plan(&j, &caps, "h").unwrap();
+        let env = plan_of(&j, &caps).unwrap();
         assert_eq!(env.mail_from, "MAIL FROM:<> BODY=8BITMIME\r\n");
     }
 
     #[test]
-    fn header_section() {
-        assert_eq!(header_fields(b"A: b\r\n\r\nbody"), b"A: b\r\n");
-        assert_eq!(header_fields(b"\r\nbody"), b"");
-        assert_eq!(header_fields(b"A: b\r\n"), b"A: b\r\n");
+    fn header_fields_ascii_reads_the_fields_only() {
+        use super::stored::{PIECE, header_fields_ascii};
+        let ascii = |m: &[u8]| header_fields_ascii(&stored(m)).unwrap();
+        assert!(ascii(b"A: b\r\n\r\nbody \xc3\xa9"));
+        assert!(!ascii(b"A: \xc3\xa9\r\n\r\nbody"));
+        assert!(ascii(b"\r\nA: \xc3\xa9\r\n"));
+        assert!(!ascii(b"A: b\r\nC: \xff"));
+        // The empty line at every place across the first piece boundary; the 8-bit octet
+        // right after it is body (not a field) in every case.
+        for shift in 0..6 {
+            let mut m = b"X: ".to_vec();
+            m.resize(PIECE + shift - 4, b'a');
+            m.extend_from_slice(b"\r\n\r\n\xff tail\r\n");
+            assert!(ascii(&m), "shift {shift}");
+            // The same with an 8-bit octet on the last field line, just before the CRLF.
+            let at = PIECE + shift - 5;
+            m[at] = 0xff;
+            assert!(!ascii(&m), "shift {shift}");
+        }
     }
 }

@@ -11,9 +11,10 @@
 //! [`queue`] stores it as a message of its own, from `<>`, which the scheduler then delivers.
 
 use std::fmt::Write as _;
+use std::io;
 
 use super::id::QueueId;
-use super::spool::{Envelope, Spool, SpoolError};
+use super::spool::{Envelope, Spool, SpoolError, StoredMessage};
 use crate::clock::rfc5322_date;
 use crate::headers::header_fields;
 
@@ -45,7 +46,14 @@ pub fn queue(
     failed: &[FailedRecipient],
     now: u64,
 ) -> Result<QueueId, SpoolError> {
-    let message = spool.load_message(id)?;
+    // The DSN quotes the original's header fields only: read no further than they go.
+    let (_, original) = spool.open_message(id)?;
+    let message =
+        read_header_section(&original, MAX_ORIGINAL_HEADERS).map_err(|source| SpoolError::Io {
+            path: spool.path(id),
+            step: "read",
+            source,
+        })?;
     let dsn = build(
         hostname,
         env,
@@ -69,6 +77,51 @@ pub fn queue(
     bounce.size = dsn.len() as u64;
     spool.store_blocking(&bounce, &dsn)?;
     Ok(bounce_id)
+}
+
+/// The most of the original's header section read for a DSN: twice the default
+/// `limits.max_header_size`, room for the fields submitd adds in front. A longer section is
+/// quoted up to its last complete line within this.
+const MAX_ORIGINAL_HEADERS: usize = 512 << 10;
+/// The step in which the header section is read.
+const HEADER_READ: usize = 64 << 10;
+
+/// The start of `message` up to the end of its header section (the empty line included), at
+/// most `max` octets; cut at the last line end when the section is longer than that.
+fn read_header_section(message: &StoredMessage, max: usize) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(message.len())
+        .unwrap_or(usize::MAX)
+        .min(max);
+    let mut out = Vec::new();
+    while out.len() < len {
+        let from = out.len();
+        let want = (len - from).min(HEADER_READ);
+        out.resize(from + want, 0);
+        let n = message.read_at(from as u64, &mut out[from..])?;
+        out.truncate(from + n);
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "queued message shorter than its envelope says",
+            ));
+        }
+        // The empty line may straddle two reads.
+        let scan = from.saturating_sub(3);
+        if out.starts_with(b"\r\n") {
+            out.truncate(2);
+            return Ok(out);
+        }
+        if let Some(i) = memchr::memmem::find(&out[scan..], b"\r\n\r\n") {
+            out.truncate(scan + i + 4);
+            return Ok(out);
+        }
+    }
+    if out.len() as u64 != message.len() {
+        // Cut short by the bound: no partial last line.
+        let keep = memchr::memmem::rfind(&out, b"\r\n").map_or(0, |i| i + 2);
+        out.truncate(keep);
+    }
+    Ok(out)
 }
 
 /// Longest diagnostic text kept (characters); the rest is cut with `...`.
@@ -626,5 +679,42 @@ mod tests {
         assert_eq!(one_line("abcdef", 3), "abc...");
         assert_eq!(status_code("5.1.10"), "5.1.10");
         assert_eq!(status_code("2.0"), "5.0.0");
+    }
+
+    /// `content` behind `prefix` in a fresh spool, opened for relaying.
+    fn stored(prefix: &str, content: &[u8]) -> StoredMessage {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = QueueId::generate();
+        let mut env = Envelope::new(&id, "u", "a@example.test", &[], "h", 0);
+        env.prefix = prefix.to_string();
+        spool.store_blocking(&env, content).unwrap();
+        spool.open_message(&id).unwrap().1
+    }
+
+    #[test]
+    fn reads_the_header_section_only_and_bounded() {
+        let body = vec![b'x'; 300 << 10];
+        let mut m = b"Subject: s\r\n\r\n".to_vec();
+        m.extend_from_slice(&body);
+        let head = read_header_section(&stored("Received: r\r\n", &m), 1 << 20).unwrap();
+        assert_eq!(head, b"Received: r\r\nSubject: s\r\n\r\n");
+        // The empty line straddling two reads.
+        let mut m = vec![b'X'; HEADER_READ - 2];
+        m[..2].copy_from_slice(b"A:");
+        m.extend_from_slice(b"\r\n\r\nbody");
+        let head = read_header_section(&stored("", &m), 1 << 20).unwrap();
+        assert_eq!(head.len(), HEADER_READ + 2);
+        // A header section longer than the bound: cut at its last line end within it.
+        let mut m = Vec::new();
+        while m.len() < 3 * HEADER_READ {
+            m.extend_from_slice(b"X-Long: 0123456789\r\n");
+        }
+        let head = read_header_section(&stored("", &m), 2 * HEADER_READ).unwrap();
+        assert!(head.len() <= 2 * HEADER_READ && head.ends_with(b"\r\n"));
+        assert!(head.len() > 2 * HEADER_READ - 30);
+        // Starting with the empty line: nothing but it.
+        let head = read_header_section(&stored("", b"\r\nbody\r\n"), 1 << 20).unwrap();
+        assert_eq!(head, b"\r\n");
     }
 }

@@ -7,8 +7,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use super::spool::Envelope;
+use super::spool::{Envelope, StoredMessage};
 
 /// One attempt's work: one message to recipients that share a destination (one domain in MX
 /// mode; all of them for the smarthost).
@@ -20,8 +21,9 @@ pub struct Job<'a> {
     pub recipients: &'a [String],
     /// The recipients' domain (MX mode), as written after the last `@`.
     pub domain: &'a str,
-    /// The message as queued (CRLF line endings).
-    pub message: &'a [u8],
+    /// The message as queued (CRLF line endings), read from its queue file in pieces; shared
+    /// by the attempts to several destinations.
+    pub message: Arc<StoredMessage>,
     /// Submitted with SMTPUTF8: needs SMTPUTF8 at the next hop when any address or header is
     /// non-ASCII.
     pub smtputf8: bool,

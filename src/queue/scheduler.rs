@@ -752,10 +752,8 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
     let spool = shared.spool.clone();
     let loaded = {
         let id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            Ok::<_, SpoolError>((spool.load_envelope(&id)?, spool.load_message(&id)?))
-        })
-        .await
+        // The envelope and an open handle on the message: delivery reads it in pieces.
+        tokio::task::spawn_blocking(move || spool.open_message(&id)).await
     };
     let (env, message) = match loaded {
         Ok(Ok(x)) => x,
@@ -817,7 +815,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
                 sender: &env.sender,
                 recipients: &rcpts,
                 domain: &domain,
-                message: &message,
+                message: message.clone(),
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
                 envelope: Some(&env),

@@ -416,6 +416,7 @@ pub mod redis;
 pub mod run;
 pub mod sink;
 pub mod slapd;
+pub mod stored;
 
 /// Start like [`TestServer::start_with`], after `prepare` may change the files in the server's
 /// directory (e.g. append to `users.toml`); also returns the server's verifier, whose
