@@ -268,6 +268,13 @@ impl Slapd {
     /// Freeze slapd (SIGSTOP): the kernel still accepts connections, nothing answers.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        // SIGSTOP takes effect as each thread is next scheduled: on a busy machine one may
+        // still answer a request sent right after kill() returns. Wait until all are stopped.
+        let pid = self.child.as_ref().expect("slapd running").id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && !all_stopped(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Undo [`pause`](Self::pause).
@@ -343,4 +350,17 @@ impl Drop for Slapd {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
