@@ -66,7 +66,7 @@ async fn submit_and_check(implicit: bool, mechanism: Mechanism) {
     assert_eq!(queued.len(), 1);
     let (env, msg) = &queued[0];
     assert_eq!(env["id"], id.as_str());
-    assert_eq!(env["version"], 1);
+    assert_eq!(env["version"], 2);
     assert_eq!(env["sender"], ALICE);
     assert_eq!(env["user"], ALICE);
     assert_eq!(env["helo"].as_str().map(|h| !h.is_empty()), Some(true));
