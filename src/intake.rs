@@ -133,6 +133,7 @@ impl Intake {
             .inspect_err(|e| warn!(error = %e, "queue write failed"))?;
         Ok(Draft {
             writer: Some(writer),
+            memory: None,
             error: None,
         })
     }
@@ -145,15 +146,18 @@ impl Intake {
         mut draft: Draft,
         client: IpAddr,
     ) -> Result<QueueId, AcceptError> {
-        let writer = match (draft.writer.take(), draft.error.take()) {
-            (Some(w), None) => w,
-            (_, Some(e)) => {
+        let content = match (draft.writer.take(), draft.memory.take(), draft.error.take()) {
+            (_, _, Some(e)) => {
                 warn!(error = %e, user = %Escaped(&accepted.user.login), "queue write failed");
                 return Err(e.into());
             }
-            (None, None) => return Err(SpoolError::Task("message already committed".into()).into()),
+            (Some(w), _, None) => Content::File(w),
+            (None, Some((id, bytes)), None) => Content::Memory(id, bytes),
+            (None, None, None) => {
+                return Err(SpoolError::Task("message already committed".into()).into());
+            }
         };
-        let id = writer.id().clone();
+        let id = content.id().clone();
         let now = time::OffsetDateTime::now_utc();
         let trace = submission::trace_headers(
             &accepted.headers,
@@ -166,9 +170,9 @@ impl Intake {
                 now,
             },
         );
-        let (writer, prefix) = self
+        let (content, prefix) = self
             .sign(
-                writer,
+                content,
                 trace,
                 &accepted.headers,
                 accepted.from_domain.as_deref(),
@@ -189,7 +193,8 @@ impl Intake {
         envelope.eight_bit = accepted.eight_bit;
         envelope.prefix = prefix;
         let admission = self.admit(&accepted).await?;
-        let committed = tokio::task::spawn_blocking(move || writer.commit(envelope))
+        let spool = self.spool.clone();
+        let committed = tokio::task::spawn_blocking(move || content.commit(&spool, envelope))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))
             .and_then(|r| r);
@@ -224,48 +229,106 @@ impl Intake {
     }
 
     /// The prefix: DKIM signatures for `domain` (when a key is for it) over `trace`, the
-    /// header section and the stored body, then `trace`. Hands the writer back for the commit.
+    /// header section and the body, then `trace`. Hands the content back for the commit.
     async fn sign(
         &self,
-        writer: SpoolWriter,
+        content: Content,
         trace: String,
         headers: &[u8],
         domain: Option<&str>,
-    ) -> Result<(SpoolWriter, String), AcceptError> {
+    ) -> Result<(Content, String), AcceptError> {
         let Some(mut hasher) = self.dkim.body_hasher(domain) else {
-            return Ok((writer, trace));
+            return Ok((content, trace));
         };
-        // The body is hashed from the file in bounded pieces (page cache, no second copy of
-        // the message in memory), off the reactor.
-        let body_start = headers.len() as u64;
-        let (writer, hashed) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; DKIM_READ_PIECE];
-            let mut pos = body_start;
-            let result = loop {
-                match writer.read_content_at(pos, &mut buf) {
-                    Ok(0) => break Ok(hasher.finish()),
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        pos += n as u64;
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
-            (writer, result)
-        })
-        .await
-        .map_err(|e| SpoolError::Task(e.to_string()))?;
-        let hashes = hashed.map_err(|e| SpoolError::Io {
-            path: self.spool.dir().to_path_buf(),
-            step: "read back",
-            source: e,
-        })?;
+        let body_start = headers.len();
+        let (content, hashes) = match content {
+            Content::Memory(id, bytes) => {
+                hasher.update(bytes.get(body_start..).unwrap_or_default());
+                (Content::Memory(id, bytes), hasher.finish())
+            }
+            Content::File(writer) => {
+                let (writer, hashed) = hash_file(writer, hasher, body_start as u64).await?;
+                let hashes = hashed.map_err(|e| SpoolError::Io {
+                    path: self.spool.dir().to_path_buf(),
+                    step: "read back",
+                    source: e,
+                })?;
+                (Content::File(writer), hashes)
+            }
+        };
         let mut section = trace.clone().into_bytes();
         section.extend_from_slice(headers);
         let signatures = self.dkim.sign_header_section(section, hashes).await?;
         let mut prefix = String::from_utf8_lossy(&signatures).into_owned();
         prefix.push_str(&trace);
-        Ok((writer, prefix))
+        Ok((content, prefix))
+    }
+
+    /// A draft for a message whose whole content arrived before it needed a file (at most
+    /// one piece): no IO now; [`Intake::accept`] writes and commits it in one blocking task.
+    pub fn in_memory(&self, content: Vec<u8>) -> Draft {
+        Draft {
+            writer: None,
+            memory: Some((QueueId::generate(), content)),
+            error: None,
+        }
+    }
+}
+
+/// Hash the stored body for DKIM from the file in bounded pieces (page cache, no second copy
+/// of the message in memory), off the reactor.
+async fn hash_file(
+    writer: SpoolWriter,
+    mut hasher: crate::dkim::BodyHasher,
+    body_start: u64,
+) -> Result<(SpoolWriter, std::io::Result<crate::dkim::BodyHashes>), AcceptError> {
+    let done = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; DKIM_READ_PIECE];
+        let mut pos = body_start;
+        let result = loop {
+            match writer.read_content_at(pos, &mut buf) {
+                Ok(0) => break Ok(hasher.finish()),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        (writer, result)
+    })
+    .await
+    .map_err(|e| SpoolError::Task(e.to_string()))?;
+    Ok(done)
+}
+
+/// Where an accepted message's content is until the commit.
+enum Content {
+    /// Written to its queue file as it arrived.
+    File(SpoolWriter),
+    /// Small enough to have stayed in memory: written with the commit.
+    Memory(QueueId, Vec<u8>),
+}
+
+impl Content {
+    fn id(&self) -> &QueueId {
+        match self {
+            Content::File(w) => w.id(),
+            Content::Memory(id, _) => id,
+        }
+    }
+
+    /// The commit ([`SpoolWriter::commit`]), after writing the content when it is in memory.
+    /// Blocks.
+    fn commit(self, spool: &Spool, envelope: Envelope) -> Result<Envelope, SpoolError> {
+        match self {
+            Content::File(writer) => writer.commit(envelope),
+            Content::Memory(id, bytes) => {
+                let mut writer = spool.create(&id)?;
+                writer.write(&bytes)?;
+                writer.commit(envelope)
+            }
+        }
     }
 }
 
@@ -277,6 +340,8 @@ const DKIM_READ_PIECE: usize = 256 << 10;
 #[derive(Debug)]
 pub struct Draft {
     writer: Option<SpoolWriter>,
+    /// A small message's ID and whole content, not yet on disk ([`Intake::in_memory`]).
+    memory: Option<(QueueId, Vec<u8>)>,
     /// The first failed write: later pieces are dropped, and accepting reports it (`451`, or
     /// `452` when the disk is full) once the client has sent the whole message.
     error: Option<SpoolError>,

@@ -438,7 +438,7 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     let host = c.host.clone();
 
     // Checks that need no round trip.
-    let content = match stored::blocking(|| Content::read(job, &c.caps)) {
+    let content = match stored::blocking(&job.message, || Content::read(job, &c.caps)) {
         Ok(content) => content,
         Err(e) => {
             let reply = format!("reading the queued message: {e}");
@@ -627,7 +627,7 @@ async fn send_message(
     let Some(fuse) = c.fuse.clone() else {
         // No guard under an implicit-TLS connection to refuse the dot after a failed read:
         // read the message whole first, so that a read error stops before any data is sent.
-        let whole = stored::blocking(|| message.read_all());
+        let whole = stored::blocking(message, || message.read_all());
         let whole = whole.map_err(|e| StepError::Io(format!("reading the queued message: {e}")))?;
         let body = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
         return step(bound, c.conn.message(body)).await;

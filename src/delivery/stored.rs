@@ -26,8 +26,13 @@ pub const PIECE: usize = 256 << 10;
 /// anyway; the read is a bounded pread of a file that was written (and so cached) moments ago,
 /// so it runs in place. `spawn_blocking` is not an option: [`Pieces`] reads inside lettre's
 /// synchronous iterator and cannot await.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+///
+/// A message [`StoredMessage::in_memory`] needs none of this: its reads make no system call.
+pub fn blocking<T>(message: &StoredMessage, f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    if message.in_memory() {
+        return f();
+    }
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -191,7 +196,7 @@ impl Iterator for Pieces<'_> {
         let buf = Arc::get_mut(&mut self.buf)?;
         buf.resize(want, 0);
         let (message, pos) = (self.message, self.pos);
-        match blocking(|| read_exact_at(message, pos, buf)) {
+        match blocking(message, || read_exact_at(message, pos, buf)) {
             Ok(()) => {
                 self.pos += want as u64;
                 if self.pos == self.len && buf.ends_with(b"\r\n") {

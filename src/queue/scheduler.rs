@@ -746,14 +746,29 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Messages up to this size are read whole before an attempt (one piece of delivery's reads).
+const PRELOAD_LIMIT: u64 = 256 << 10;
+
 /// One delivery attempt of one message; returns the IDs of bounces it queued and where the
 /// message stands.
 async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<QueueId>, After) {
     let spool = shared.spool.clone();
     let loaded = {
         let id = id.clone();
-        // The envelope and an open handle on the message: delivery reads it in pieces.
-        tokio::task::spawn_blocking(move || spool.open_message(&id)).await
+        // The envelope and an open handle on the message: delivery reads a large one in
+        // pieces; a small one is read here, in this blocking task, whole.
+        tokio::task::spawn_blocking(move || {
+            let (env, mut message) = spool.open_message(&id)?;
+            message
+                .preload(PRELOAD_LIMIT)
+                .map_err(|e| crate::queue::SpoolError::Io {
+                    path: spool.path(&id),
+                    step: "read",
+                    source: e,
+                })?;
+            Ok::<_, crate::queue::SpoolError>((env, message))
+        })
+        .await
     };
     let (env, message) = match loaded {
         Ok(Ok(x)) => x,

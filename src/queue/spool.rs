@@ -471,6 +471,7 @@ impl Spool {
             file,
             prefix: envelope.prefix.clone().into_bytes(),
             content_len: envelope.content_len,
+            content: None,
         };
         Ok((envelope, message))
     }
@@ -643,6 +644,9 @@ pub struct StoredMessage {
     file: File,
     prefix: Vec<u8>,
     content_len: u64,
+    /// The content, when [`StoredMessage::preload`] read it (small messages): reads then
+    /// make no system call and need no blocking section.
+    content: Option<Vec<u8>>,
 }
 
 impl StoredMessage {
@@ -661,6 +665,25 @@ impl StoredMessage {
         &self.prefix
     }
 
+    /// Read the content into memory now when it is at most `limit` octets, so that relaying
+    /// it blocks nowhere else (most messages are small: one read here, in the caller's
+    /// blocking task, instead of blocking sections inside the SMTP conversation). Blocks.
+    pub fn preload(&mut self, limit: u64) -> io::Result<()> {
+        if self.content.is_some() || self.content_len > limit {
+            return Ok(());
+        }
+        let mut content = vec![0u8; self.content_len as usize];
+        self.file
+            .read_exact_at(&mut content, qfile::CONTENT_OFFSET)?;
+        self.content = Some(content);
+        Ok(())
+    }
+
+    /// Whether reads are served from memory ([`StoredMessage::preload`]): they never block.
+    pub fn in_memory(&self) -> bool {
+        self.content.is_some() || self.content_len == 0
+    }
+
     /// Fill `buf` from the message as relayed at `pos`; how many octets (0 at the end). Blocks.
     pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         let plen = self.prefix.len() as u64;
@@ -672,6 +695,11 @@ impl StoredMessage {
         }
         let at = pos - plen;
         let n = self.content_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        if let Some(content) = &self.content {
+            let at = at as usize;
+            buf[..n].copy_from_slice(&content[at..at + n]);
+            return Ok(n);
+        }
         self.file
             .read_exact_at(&mut buf[..n], qfile::CONTENT_OFFSET + at)?;
         Ok(n)

@@ -532,10 +532,19 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
             Step::Queue(accepted) => {
                 // Boxed: a rare step should not make every session's future larger.
                 let id = Box::pin(async {
-                    drain(session, draft, &ctx.intake).await;
-                    let opened = match draft.take() {
-                        Some(opened) => *opened,
-                        None => ctx.intake.begin().await,
+                    let opened = if draft.is_some() {
+                        drain(session, draft, &ctx.intake).await;
+                        draft.take().map(|opened| *opened)
+                    } else {
+                        None
+                    };
+                    let opened = match opened {
+                        Some(opened) => opened,
+                        // The whole message is one piece: written with the commit, in one
+                        // blocking task rather than three.
+                        None => Ok(ctx
+                            .intake
+                            .in_memory(session.take_piece().unwrap_or_default())),
                     };
                     ctx.intake.accept(*accepted, opened?, peer.ip()).await
                 })
