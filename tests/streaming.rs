@@ -112,3 +112,102 @@ async fn a_25_mb_message_streams_through_and_is_relayed_byte_identical() {
     assert!(added.starts_with("Received: from "), "{added}");
     assert!(added.ends_with("\r\n"), "{added}");
 }
+
+/// Names in the queue directory (no subdirectories): committed `ID.q` and in-flight
+/// `ID.q.tmp` alike.
+fn queue_files(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.queue_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".q") || n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait (bounded) until the queue directory holds no message file; its names if it still
+/// does.
+async fn wait_no_queue_files(server: &TestServer) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = queue_files(server);
+        if files.is_empty() || std::time::Instant::now() > deadline {
+            return files;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A next hop that refuses connections: what is queued stays queued.
+const NOWHERE: &str =
+    "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"none\"\n";
+
+/// A few MiB of a message, enough for several pieces to reach the spool file.
+fn partial_body() -> Vec<u8> {
+    let mut m = format!("From: <{ALICE}>\r\nSubject: cut\r\n\r\n").into_bytes();
+    while m.len() < 3 << 20 {
+        m.extend_from_slice(&[b'x'; 78]);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+/// A client that goes away in the middle of a large message leaves nothing in the queue: the
+/// half-written file is removed, and nothing is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_message_leaves_nothing() {
+    let server = TestServer::start_full(LIMITS, "", NOWHERE, "").await;
+    let mut c = server.alice().await;
+    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+    c.cmd("RCPT TO:<bob@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(&partial_body()).await;
+    // The pieces reach the spool file while the message is still open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !queue_files(&server).iter().any(|n| n.ends_with(".tmp")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spool file while receiving"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    assert_eq!(wait_no_queue_files(&server).await, Vec::<String>::new());
+    assert!(server.queued().is_empty());
+}
+
+/// A large message refused at its end (a bare LF in its body, a From the user does not own)
+/// gets its refusal and leaves nothing in the queue; the connection then queues a good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_refused_message_leaves_nothing() {
+    let server = TestServer::start_full(LIMITS, "", NOWHERE, "").await;
+    let mut c = server.alice().await;
+    let bare_lf = {
+        let mut m = partial_body();
+        m.extend_from_slice(b"a bare\nline feed\r\n");
+        m
+    };
+    let not_owned = {
+        let mut m = b"From: <mallory@example.org>\r\n".to_vec();
+        m.extend_from_slice(&partial_body()[format!("From: <{ALICE}>\r\n").len()..]);
+        m
+    };
+    for (message, code) in [(bare_lf, "550 5.6.0"), (not_owned, "553 5.7.1")] {
+        c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+        c.cmd("RCPT TO:<bob@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(&dot_stuffed(&message)).await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with(code), "{reply}");
+        assert_eq!(wait_no_queue_files(&server).await, Vec::<String>::new());
+    }
+    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+    c.cmd("RCPT TO:<bob@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(&dot_stuffed(&partial_body())).await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    assert_eq!(server.queued().len(), 1);
+}
