@@ -9,47 +9,14 @@
 # temp dir; every wait bounded; everything it started is killed on exit.
 set -euo pipefail
 SUBMITD=$(readlink -f "$1"); BENCH=$(readlink -f "$2"); SIZE=$3; N=$4; PER=${5:-5}
-export PATH="$PATH:/usr/sbin:/sbin"
-WORK=$(mktemp -d /var/tmp/submitd-profile.XXXXXX)
-P465=22465 P587=22587 SINK=22525
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-cd "$WORK"
-"$SUBMITD" cert self-signed --hostname mail.example.test --out certs >/dev/null
-cat >submitd.toml <<CONF
-hostname = "mail.example.test"
-[listen]
-submission = ["127.0.0.1:$P587"]
-submissions = ["127.0.0.1:$P465"]
-[tls]
-cert = "certs/cert.pem"
-key = "certs/key.pem"
-[auth]
-users = "users.toml"
-[limits]
-max_connections = 30000
-max_connections_per_ip = 30000
-max_message_size = 104857600
-user_messages_per_hour = 0
-user_messages_per_day = 0
-user_recipients_per_hour = 0
-user_recipients_per_day = 0
-[queue]
-dir = "queue"
-concurrency = 16
-[relay]
-mode = "smarthost"
-smarthost = "127.0.0.1:$SINK"
-smarthost_tls = "none"
-CONF
-echo bench-password-1 | "$SUBMITD" user add bench@example.test --password-stdin --config submitd.toml >/dev/null 2>&1
-taskset -c 1 smtp-sink -c -u nobody 127.0.0.1:$SINK 1000 </dev/null >/dev/null 2>&1 &
-PIDS+=($!)
-taskset -c 0 "$SUBMITD" serve --config submitd.toml >server.log 2>&1 </dev/null &
+BASE=22000
+# shellcheck source=bench/standalone.sh
+. "$(dirname "$(readlink -f "$0")")/standalone.sh"
+start_sink taskset -c 1
+taskset -c 1 taskset -c 0 "$SUBMITD" serve --config submitd.toml >server.log 2>&1 </dev/null &
 SPID=$!
 PIDS+=($SPID)
-for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$P465) 2>/dev/null && break; sleep 0.1; done
+wait_listening
 perf record -q -e cpu-clock -F 2000 -g -p "$SPID" -o perf.data >/dev/null 2>&1 &
 PERF=$!
 sleep 0.5
@@ -57,10 +24,7 @@ start=$(date +%s.%N)
 timeout 900 taskset -c 1 "$BENCH" --connect 127.0.0.1:$P465 --tls implicit --user bench@example.test \
   --password bench-password-1 --from bench@example.test --to sink@example.net --sessions 16 \
   --per-session "$PER" --messages "$N" --size "$SIZE" --pipelining --timeout 120 >bench.json 2>bench.err </dev/null
-for _ in $(seq 1 1200); do
-  [ -z "$(ls queue | grep '\.q$\|\.env$' || true)" ] && break
-  sleep 0.1
-done
+wait_queue_empty
 end=$(date +%s.%N)
 kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
 echo "# $(basename "$SUBMITD"): $N messages of $SIZE bytes accepted and relayed in $(echo "$end - $start" | bc) s"
