@@ -70,11 +70,10 @@ def nice_linear_ticks(lo, hi, count=5):
     raw = span / count
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 1e-9 and len(ticks) < 50:
-        ticks.append(round(t, 10))
-        t += step
+    # From the tick at or below lo to the first at or above hi, so that every value is inside.
+    ticks = [round(math.floor(lo / step) * step, 10)]
+    while ticks[-1] < hi - step * 1e-9 and len(ticks) < 50:
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 
