@@ -123,10 +123,13 @@ async fn main() -> anyhow::Result<()> {
             while next.fetch_add(1, Ordering::Relaxed) < messages {
                 let id = QueueId::generate();
                 let t = Instant::now();
-                spool
-                    .store(envelope(&id, body.len()), body.to_vec())
-                    .await
-                    .expect("store");
+                let (spool, body) = (spool.clone(), body.clone());
+                tokio::task::spawn_blocking(move || {
+                    spool.store_blocking(&envelope(&id, body.len()), &body)
+                })
+                .await
+                .expect("task")
+                .expect("store");
                 latencies.lock().unwrap().push(t.elapsed());
             }
         });

@@ -375,11 +375,6 @@ impl Draft {
             }
         }
     }
-
-    /// Octets written so far.
-    pub fn written(&self) -> u64 {
-        self.writer.as_ref().map_or(0, SpoolWriter::written)
-    }
 }
 
 impl Drop for Draft {

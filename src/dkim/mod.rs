@@ -450,32 +450,6 @@ impl SharedSigner {
         };
         *guard = Arc::new(signer);
     }
-
-    /// Prepend the message's DKIM signatures for `domain` (the From domain the header check
-    /// passed), off the reactor; the message unchanged when no key is for that domain. `Err`
-    /// when a key matched but signing failed: the message must not be queued unsigned.
-    pub async fn sign(
-        &self,
-        message: Vec<u8>,
-        domain: Option<String>,
-    ) -> Result<Vec<u8>, DkimError> {
-        let signer = self.current();
-        let Some(domain) = domain.filter(|d| signer.entries.iter().any(|e| &e.domain == d)) else {
-            return Ok(message);
-        };
-        tokio::task::spawn_blocking(move || {
-            let headers = signer.sign(&message, &domain)?;
-            if headers.is_empty() {
-                return Ok(message);
-            }
-            let mut out = Vec::with_capacity(headers.len() + message.len());
-            out.extend_from_slice(&headers);
-            out.extend_from_slice(&message);
-            Ok(out)
-        })
-        .await
-        .map_err(|e| DkimError::Task(e.to_string()))?
-    }
 }
 
 impl SharedSigner {

@@ -579,12 +579,9 @@ fn load_batch(spool: &Spool, ids: &[Key]) -> Vec<Loaded> {
     let mut batch = Vec::with_capacity(ids.len());
     for &key in ids {
         let id = QueueId::from_bits(key);
-        // Taken before the read: a change in between shows in the first rescan.
-        let mtime = std::fs::metadata(spool.path(&id))
-            .and_then(|m| m.modified())
-            .ok();
-        match spool.load_envelope(&id) {
-            Ok(env) => batch.push(Loaded {
+        // The mtime is taken before the read: a change in between shows in the first rescan.
+        match spool.load_envelope_stamped(&id) {
+            Ok((env, mtime)) => batch.push(Loaded {
                 id: key,
                 mtime,
                 seen: Seen::of(&env),
@@ -1016,10 +1013,7 @@ fn save_or_remove(
         info!(queue_id = %id, "removed");
         return Ok(After::Removed);
     }
-    spool.save_envelope(env)?;
-    let mtime = std::fs::metadata(spool.path(id))
-        .and_then(|m| m.modified())
-        .ok();
+    let mtime = spool.save_envelope(env)?;
     let open = env
         .recipients
         .iter()

@@ -409,14 +409,6 @@ impl Spool {
         Ok(writer)
     }
 
-    /// Store a whole message durably, off the async reactor (see [`Spool::store_blocking`]).
-    pub async fn store(&self, envelope: Envelope, message: Vec<u8>) -> Result<(), SpoolError> {
-        let spool = self.clone();
-        tokio::task::spawn_blocking(move || spool.store_blocking(&envelope, &message))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))?
-    }
-
     /// Store a message whose content is in memory (bounces, the queue tools, tests): the
     /// envelope's `prefix` goes in front of `message` when it is relayed. Returns once the
     /// file and the directory entry are fsynced; on error nothing of the message is left.
@@ -440,8 +432,12 @@ impl Spool {
 
     /// Record a message's new state: append its envelope as the current record and fsync. The
     /// caller holds the message's [`MessageLock`]. A failed or torn append leaves the previous
-    /// record current.
-    pub fn save_envelope(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+    /// record current. Returns the file's mtime after the append (what the scheduler's
+    /// rescans compare), when the file system reports one.
+    pub fn save_envelope(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<Option<std::time::SystemTime>, SpoolError> {
         let id = QueueId::parse(&envelope.id).ok_or_else(|| SpoolError::Invalid {
             path: self.dir.clone(),
             message: format!("bad queue id {:?}", envelope.id),
@@ -452,7 +448,8 @@ impl Spool {
         let end = file.metadata().map_err(io_err(&path, "stat"))?.len();
         io.write_all(&path, &mut file, &qfile::record(end, &envelope.to_bytes()))
             .map_err(io_err(&path, "write"))?;
-        io.sync(&path, &file).map_err(io_err(&path, "fsync"))
+        io.sync(&path, &file).map_err(io_err(&path, "fsync"))?;
+        Ok(file.metadata().and_then(|m| m.modified()).ok())
     }
 
     /// Read a message's current envelope.
@@ -460,6 +457,20 @@ impl Spool {
         let path = self.path(id);
         let file = File::open(&path).map_err(io_err(&path, "open"))?;
         read_envelope(&path, id, &file)
+    }
+
+    /// [`Spool::load_envelope`] with the file's mtime, taken from the open file before the
+    /// record is read (a change after it shows as a newer mtime at the next rescan): one open
+    /// and one stat per message for the scheduler's start-up load.
+    pub fn load_envelope_stamped(
+        &self,
+        id: &QueueId,
+    ) -> Result<(Envelope, Option<std::time::SystemTime>), SpoolError> {
+        let path = self.path(id);
+        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let meta = file.metadata().map_err(io_err(&path, "stat"))?;
+        let envelope = read_envelope_at(&path, id, &file, meta.len())?;
+        Ok((envelope, meta.modified().ok()))
     }
 
     /// Open a message for relaying: its current envelope and its bytes.
@@ -501,11 +512,21 @@ impl Spool {
 /// The current envelope of the queue file `file` (at `path`, for message `id`), checked
 /// against the file: right ID, content inside the file.
 fn read_envelope(path: &Path, id: &QueueId, file: &File) -> Result<Envelope, SpoolError> {
+    let meta = file.metadata().map_err(io_err(path, "stat"))?;
+    read_envelope_at(path, id, file, meta.len())
+}
+
+/// [`read_envelope`] of a file known to be `len` octets long.
+fn read_envelope_at(
+    path: &Path,
+    id: &QueueId,
+    file: &File,
+    len: u64,
+) -> Result<Envelope, SpoolError> {
     let invalid = |message: String| SpoolError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
     let (at, json) = qfile::find_record(file, len).map_err(|e| match e {
         qfile::RecordError::Io(e) => io_err(path, "read")(e),
         other => invalid(other.to_string()),
