@@ -14,6 +14,7 @@
 //! ```text
 //! reload\n  ->  OK reloaded: users=3\n  |  ERR reload refused: FILE: KEY: WHY\n
 //! flush\n   ->  OK flush started\n
+//! rescan\n  ->  OK rescan started\n
 //! ```
 //!
 //! Bounds: a request line of at most [`MAX_LINE`] octets read within [`READ_TIMEOUT`]; at most
@@ -48,6 +49,9 @@ pub enum Request {
     Reload,
     /// Like SIGUSR1: attempt every deferred message now.
     Flush,
+    /// The queue on disk was changed (`submitd queue hold`, `release`, `retry ID`, `delete`):
+    /// scan it now rather than at the next periodic scan.
+    Rescan,
 }
 
 impl Request {
@@ -55,6 +59,7 @@ impl Request {
         match self {
             Request::Reload => "reload\n",
             Request::Flush => "flush\n",
+            Request::Rescan => "rescan\n",
         }
     }
 }
@@ -65,7 +70,8 @@ pub fn parse(line: &[u8]) -> Result<Request, &'static str> {
     match line {
         b"reload" => Ok(Request::Reload),
         b"flush" => Ok(Request::Flush),
-        _ => Err("unknown command (reload, flush)"),
+        b"rescan" => Ok(Request::Rescan),
+        _ => Err("unknown command (reload, flush, rescan)"),
     }
 }
 
@@ -150,6 +156,7 @@ mod tests {
     fn requests_parse() {
         assert_eq!(parse(b"reload"), Ok(Request::Reload));
         assert_eq!(parse(b"flush\r"), Ok(Request::Flush));
+        assert_eq!(parse(b"rescan"), Ok(Request::Rescan));
         assert!(parse(b"kill 1").is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"RELOAD").is_err());

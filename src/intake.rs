@@ -135,6 +135,9 @@ impl Intake {
             writer: Some(writer),
             memory: None,
             error: None,
+            written: 0,
+            pass: None,
+            pass_decided: false,
         })
     }
 
@@ -173,6 +176,7 @@ impl Intake {
         let (content, prefix) = self
             .sign(
                 content,
+                draft.pass.take(),
                 trace,
                 &accepted.headers,
                 accepted.from_domain.as_deref(),
@@ -233,32 +237,53 @@ impl Intake {
     async fn sign(
         &self,
         content: Content,
+        in_pass: Option<BodyPass>,
         trace: String,
         headers: &[u8],
         domain: Option<&str>,
     ) -> Result<(Content, String), AcceptError> {
-        let Some(mut hasher) = self.dkim.body_hasher(domain) else {
-            return Ok((content, trace));
-        };
         let body_start = headers.len();
-        let (content, hashes) = match content {
-            Content::Memory(id, bytes) => {
-                hasher.update(bytes.get(body_start..).unwrap_or_default());
-                (Content::Memory(id, bytes), hasher.finish())
-            }
-            Content::File(writer) => {
-                let (writer, hashed) = hash_file(writer, hasher, body_start as u64).await?;
-                let hashes = hashed.map_err(|e| SpoolError::Io {
-                    path: self.spool.dir().to_path_buf(),
-                    step: "read back",
-                    source: e,
-                })?;
-                (Content::File(writer), hashes)
-            }
-        };
+        // The hash made while the content was written, when it was made for this message's
+        // From domain and header section (always, unless the header section ended after the
+        // first piece was written or a reload came in between).
+        let in_pass = in_pass
+            .filter(|p| Some(p.hasher.domain()) == domain && p.body_start == body_start as u64);
         let mut section = trace.clone().into_bytes();
         section.extend_from_slice(headers);
-        let signatures = self.dkim.sign_header_section(section, hashes).await?;
+        let (content, signatures) = match (in_pass, self.dkim.body_hasher(domain)) {
+            (_, None) => return Ok((content, trace)),
+            (Some(pass), Some(_)) => {
+                let signed = self
+                    .dkim
+                    .sign_header_section(section, pass.hasher.finish())
+                    .await?;
+                (content, signed)
+            }
+            (None, Some(mut hasher)) => match content {
+                // Hashed and signed in one blocking task: the body hash is CPU time, kept
+                // off the reactor.
+                Content::Memory(id, bytes) => {
+                    let done = tokio::task::spawn_blocking(move || {
+                        hasher.update(bytes.get(body_start..).unwrap_or_default());
+                        let signed = hasher.finish().sign(&section);
+                        (bytes, signed)
+                    })
+                    .await
+                    .map_err(|e| DkimError::Task(e.to_string()))?;
+                    (Content::Memory(id, done.0), done.1?)
+                }
+                Content::File(writer) => {
+                    let (writer, hashed) = hash_file(writer, hasher, body_start as u64).await?;
+                    let hashes = hashed.map_err(|e| SpoolError::Io {
+                        path: self.spool.dir().to_path_buf(),
+                        step: "read back",
+                        source: e,
+                    })?;
+                    let signed = self.dkim.sign_header_section(section, hashes).await?;
+                    (Content::File(writer), signed)
+                }
+            },
+        };
         let mut prefix = String::from_utf8_lossy(&signatures).into_owned();
         prefix.push_str(&trace);
         Ok((content, prefix))
@@ -271,6 +296,9 @@ impl Intake {
             writer: None,
             memory: Some((QueueId::generate(), content)),
             error: None,
+            written: 0,
+            pass: None,
+            pass_decided: true,
         }
     }
 }
@@ -345,25 +373,89 @@ pub struct Draft {
     /// The first failed write: later pieces are dropped, and accepting reports it (`451`, or
     /// `452` when the disk is full) once the client has sent the whole message.
     error: Option<SpoolError>,
+    /// Octets of content written so far.
+    written: u64,
+    /// The DKIM body hash, made as the pieces are written (see [`Draft::hash_body`]).
+    pass: Option<BodyPass>,
+    /// Whether [`Draft::hash_body`] made its choice (it looks once).
+    pass_decided: bool,
+}
+
+/// A body hash made while the content is written: the body is hashed from the same buffer,
+/// in the same blocking task, as it goes to the queue file, rather than read back afterwards.
+#[derive(Debug)]
+struct BodyPass {
+    /// Where the body starts: the length of the header section.
+    body_start: u64,
+    hasher: crate::dkim::BodyHasher,
+}
+
+impl BodyPass {
+    /// Hash the body octets of a piece written at `offset`.
+    fn update(&mut self, offset: u64, piece: &[u8]) {
+        let skip = self.body_start.saturating_sub(offset);
+        if let Some(body) = piece.get(usize::try_from(skip).unwrap_or(usize::MAX)..) {
+            self.hasher.update(body);
+        }
+    }
 }
 
 impl Draft {
+    /// Start hashing the body for DKIM as it is written, once the header section is known
+    /// and before any of the body was written: when a key signs for the From domain that
+    /// `user` may use. Looks once per message; the header checks at the end of the message
+    /// stay what decides, and [`Intake::accept`] uses this hash only for the same domain and
+    /// header section (otherwise it reads the body back, as for a message whose header
+    /// section ended in a later piece).
+    pub fn hash_body(&mut self, intake: &Intake, header_section: &[u8], user: &User) {
+        if std::mem::replace(&mut self.pass_decided, true)
+            || self.writer.is_none()
+            || self.written > header_section.len() as u64
+            || intake.dkim.current().is_empty()
+        {
+            return;
+        }
+        let Ok(checked) = submission::check_from(header_section, &user.senders) else {
+            return;
+        };
+        self.pass = intake
+            .dkim
+            .body_hasher(checked.domain.as_deref())
+            .map(|hasher| BodyPass {
+                body_start: header_section.len() as u64,
+                hasher,
+            });
+    }
+
+    /// Whether [`Draft::hash_body`] still wants a look at the header section.
+    pub fn wants_header_section(&self) -> bool {
+        !self.pass_decided
+    }
+
     /// Append a piece of content, off the reactor. Returns the buffer, emptied, for reuse.
     pub async fn write(&mut self, mut piece: Vec<u8>) -> Vec<u8> {
         let Some(mut writer) = self.writer.take() else {
             piece.clear();
             return piece;
         };
+        let mut pass = self.pass.take();
+        let offset = self.written;
+        self.written += piece.len() as u64;
         let done = tokio::task::spawn_blocking(move || {
+            // Hashed while the piece is still in the cache, then written.
+            if let Some(pass) = &mut pass {
+                pass.update(offset, &piece);
+            }
             let result = writer.write(&piece);
             piece.clear();
             // A failed writer is dropped here, off the reactor (drop removes its file).
-            (result.is_ok().then_some(writer), piece, result)
+            (result.is_ok().then_some(writer), piece, result, pass)
         })
         .await;
         match done {
-            Ok((writer, piece, result)) => {
+            Ok((writer, piece, result, pass)) => {
                 self.writer = writer;
+                self.pass = pass;
                 if let Err(e) = result {
                     self.error.get_or_insert(e);
                 }

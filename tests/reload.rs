@@ -456,6 +456,29 @@ async fn queue_retry_flushes_a_running_server() {
     assert_eq!(got.len(), 1, "not flushed; log:\n{}", server.log());
     assert_eq!(got[0].data, message);
     server.wait_for(|l| l.contains("queue flush requested"));
+
+    // `queue hold` (and release, retry ID, delete) asks the running server to scan the queue
+    // at once, rather than at its next periodic scan (rare on a big queue).
+    let id = QueueId::generate();
+    let mut envelope = envelope.clone();
+    envelope.id = id.to_string();
+    Spool::open(&queue_dir)
+        .unwrap()
+        .store_blocking(&envelope, message)
+        .unwrap();
+    let cfg = config.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        finish(spawn_submitd(
+            None,
+            &["queue", "hold", id.as_str(), "--config", &cfg],
+            None,
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "the server took the request");
+    server.wait_for(|l| l.contains("queue rescan requested"));
 }
 
 /// The pid file is written by the service account: `submitd reload` and `queue retry` (run as

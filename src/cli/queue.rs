@@ -75,6 +75,7 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
                 Err(e) => eprintln!("submitd: {e}; rewriting the envelopes instead"),
             }
             let r = control::retry(&spool, None, now).map_err(failed)?;
+            tell_server(dir);
             println!(
                 "{} recipient(s) of {} message(s) due now",
                 r.recipients, r.messages
@@ -86,6 +87,9 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
         QueueCommand::Retry { id: Some(text) } => {
             let id = id(&text)?;
             let r = control::retry(&spool, Some(&id), now).map_err(failed)?;
+            if r.messages > 0 {
+                tell_server(dir);
+            }
             if r.recipients == 0 {
                 println!("{id}: no deferred recipients");
             } else {
@@ -98,6 +102,7 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
         QueueCommand::Hold { id: text } => {
             let id = id(&text)?;
             if control::set_held(&spool, &id, true).map_err(failed)? {
+                tell_server(dir);
                 println!("{id}: on hold");
             } else {
                 println!("{id}: already on hold");
@@ -106,6 +111,7 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
         QueueCommand::Release { id: text } => {
             let id = id(&text)?;
             if control::set_held(&spool, &id, false).map_err(failed)? {
+                tell_server(dir);
                 println!("{id}: released");
             } else {
                 println!("{id}: was not on hold");
@@ -114,10 +120,24 @@ fn run(dir: &Path, cmd: QueueCommand) -> Result<(), Failure> {
         QueueCommand::Delete { id: text } => {
             let id = id(&text)?;
             control::delete(&spool, &id).map_err(failed)?;
+            tell_server(dir);
             println!("{id}: deleted");
         }
     }
     Ok(())
+}
+
+/// After a change to the queue files: ask a running server to scan the queue now (its
+/// periodic scan would notice too, later on a big queue). No server running is fine: it reads
+/// the queue when it starts.
+fn tell_server(dir: &Path) {
+    use submitd::control_socket::{self, ClientError, Request};
+    match control_socket::request(dir, Request::Rescan, control_socket::CLIENT_TIMEOUT) {
+        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => eprintln!(
+            "submitd: {e}; a running server sees the change at its next periodic queue scan"
+        ),
+    }
 }
 
 /// `queue list`: one line per message, written as each envelope is read (a million-message

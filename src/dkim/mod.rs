@@ -490,6 +490,11 @@ pub struct BodyHasher {
 }
 
 impl BodyHasher {
+    /// The From domain it hashes for (the one its keys sign).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     /// The next body bytes (after the header section's empty line), split anywhere. CPU
     /// only, at hashing speed: fine wherever the chunk is handled.
     pub fn update(&mut self, chunk: &[u8]) {

@@ -165,6 +165,11 @@ async fn answer(request: Request, reloader: &impl Reload, queue: &QueueHandle) -
             queue.flush();
             "OK flush started".to_string()
         }
+        Request::Rescan => {
+            info!("queue rescan requested");
+            queue.rescan();
+            "OK rescan started".to_string()
+        }
         Request::Reload => match reloader.reload().await {
             Ok(r) if r.needs_restart.is_empty() => format!("OK reloaded: users={}", r.users),
             Ok(r) => format!(

@@ -11,8 +11,9 @@
 //! - Writers ([`retry`], [`delete`], [`set_held`]) follow the protocol of
 //!   [`super::spool::MessageLock`]: take the message's flock (waiting while the scheduler holds it for a delivery attempt),
 //!   re-read the envelope under the lock, change it, append it as the current record, release.
-//!   The scheduler rescans the directory every second and re-reads queue files whose mtime
-//!   changed, so a retry takes effect within about a second.
+//!   The scheduler rescans the directory (every second on a small queue, at once when the CLI
+//!   asks for it through the control socket's `rescan`) and re-reads queue files whose mtime
+//!   changed.
 //! - A message still being written is an `ID.q.tmp`: it is not committed, so it is neither
 //!   listed nor deletable.
 

@@ -9,11 +9,14 @@
 //!   [`QueueHandle::notify`], which the session calls after the spool write was committed
 //!   (file fsync, rename, directory fsync): a message whose commit failed, and whose client was
 //!   told 451, is never picked up, even in the moment its envelope exists under its final name.
-//!   Every [`SCAN_INTERVAL`] after the load, the directory is scanned again for the messages the
-//!   scheduler already knows: an envelope whose modification time changed (`queue hold`,
-//!   `release`, `retry` from the command line) is re-read, a removed one forgotten. (A queue
-//!   so big that a scan takes over 1/20 of that interval is scanned less often: the scan never
-//!   takes more than about 5% of the time.)
+//!   After the load, the directory is scanned again for the messages the scheduler already
+//!   knows: an envelope whose modification time changed (`queue hold`, `release`, `retry`,
+//!   `delete` from the command line) is re-read, a removed one forgotten. The command line asks
+//!   for a scan through the control socket once it changed something ([`QueueHandle::rescan`]),
+//!   so its changes take effect at once; besides, the directory is scanned every
+//!   [`SCAN_INTERVAL`], or less often for a queue so big that a scan takes over 1/100 of
+//!   that interval (a scan of a million entries takes seconds of CPU: periodic scans never take
+//!   more than about 1% of the time).
 //! - A due message (a recipient `pending`, or `deferred` with its next attempt in the past) is
 //!   delivered by a task; at most `queue.concurrency` run at once, earliest due first (the
 //!   waiting messages are kept ordered by due time, so picking one does not grow with the
@@ -63,7 +66,7 @@ use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, Spoo
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// The time between two scans is at least this many times what the last scan took.
-const SCAN_SHARE: u32 = 20;
+const SCAN_SHARE: u32 = 100;
 /// How long shutdown lets running deliveries finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -72,6 +75,7 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
+    rescan: Arc<tokio::sync::Notify>,
 }
 
 impl QueueHandle {
@@ -88,6 +92,14 @@ impl QueueHandle {
     /// held. Lost if the server stops first; the messages then keep their retry times.
     pub fn flush(&self) {
         self.flush.notify_one();
+    }
+
+    /// Scan the queue directory soon (`submitd queue hold`, `release`, `retry ID`, `delete`
+    /// changed files behind the scheduler's back): at once, unless the last scan ended less
+    /// than its own duration (and [`SCAN_INTERVAL`]) ago. Requests that come while a scan is
+    /// due are one scan.
+    pub fn rescan(&self) {
+        self.rescan.notify_one();
     }
 }
 
@@ -307,6 +319,7 @@ pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<QueueId>,
     tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
+    rescan: Arc<tokio::sync::Notify>,
     concurrency: usize,
 }
 
@@ -330,15 +343,18 @@ impl Scheduler {
             metrics,
         });
         let flush = Arc::new(tokio::sync::Notify::new());
+        let rescan = Arc::new(tokio::sync::Notify::new());
         let handle = QueueHandle {
             tx: tx.clone(),
             flush: flush.clone(),
+            rescan: rescan.clone(),
         };
         let scheduler = Scheduler {
             shared,
             rx,
             tx,
             flush,
+            rescan,
             concurrency: settings.queue.concurrency,
         };
         (handle, scheduler)
@@ -351,7 +367,10 @@ impl Scheduler {
             self.shared,
             self.rx,
             self.tx,
-            self.flush,
+            Signals {
+                flush: self.flush,
+                rescan: self.rescan,
+            },
             self.concurrency,
             shutdown,
         )
@@ -359,14 +378,21 @@ impl Scheduler {
     }
 }
 
+/// What [`QueueHandle`] asks of the running scheduler besides new messages.
+struct Signals {
+    flush: Arc<tokio::sync::Notify>,
+    rescan: Arc<tokio::sync::Notify>,
+}
+
 async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<QueueId>,
     tx: mpsc::UnboundedSender<QueueId>,
-    flush: Arc<tokio::sync::Notify>,
+    signals: Signals,
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
+    let Signals { flush, rescan } = signals;
     let mut tracker = Tracker::default();
     let mut running: JoinSet<(QueueId, After)> = JoinSet::new();
     // Which message each task delivers, to recover it should a task panic.
@@ -375,17 +401,33 @@ async fn run(
     // rescans start once it is all in.
     let mut startup = Some(Startup::spawn(shared.spool.clone(), shutdown.clone()));
     let mut next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
-    // Messages removed since the directory was last fsynced.
+    // When the last scan ended and how long it took: a requested scan waits that long.
+    let mut last_scan = (tokio::time::Instant::now(), Duration::ZERO);
+    // Messages removed since the directory was last fsynced, and when to fsync it next.
     let mut unsynced = false;
+    let mut next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
     loop {
-        if startup.is_none() && tokio::time::Instant::now() >= next_scan {
-            let started = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now();
+        if startup.is_none() && now >= next_scan {
             let sync = std::mem::take(&mut unsynced);
             scan(&shared, &mut tracker, sync).await;
             // A queue so big that scanning it takes long is scanned less often, so that
             // scanning takes at most about 1/SCAN_SHARE of the time.
-            let took = started.elapsed();
-            next_scan = tokio::time::Instant::now() + SCAN_INTERVAL.max(took * SCAN_SHARE);
+            let ended = tokio::time::Instant::now();
+            let took = ended - now;
+            last_scan = (ended, took);
+            next_scan = ended + SCAN_INTERVAL.max(took * SCAN_SHARE);
+            next_sync = ended + SCAN_INTERVAL;
+        } else if unsynced && now >= next_sync {
+            // Removals are made durable every SCAN_INTERVAL, however rarely a big queue is
+            // scanned: one directory fsync.
+            unsynced = false;
+            let spool = shared.spool.clone();
+            let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
+            if !matches!(synced, Ok(Ok(()))) {
+                warn!("queue: cannot fsync the queue directory");
+            }
+            next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
         }
         // Start what is due, earliest due first, up to the concurrency limit.
         let now = unix_now();
@@ -424,6 +466,10 @@ async fn run(
                 let n = tracker.flush(unix_now());
                 info!(messages = n, "queue: flush, deferred messages due now");
             }
+            _ = rescan.notified() => {
+                let (ended, took) = last_scan;
+                next_scan = next_scan.min(ended + SCAN_INTERVAL.max(took));
+            }
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, after) = match done {
                     Ok((task, (id, after))) => {
@@ -451,6 +497,7 @@ async fn run(
                 tracker.finished(key, after);
             }
             _ = tokio::time::sleep_until(next_scan), if !loading => {}
+            _ = tokio::time::sleep_until(next_sync), if unsynced => {}
             _ = shutdown.cancelled() => break,
         }
     }

@@ -120,6 +120,11 @@ impl HeaderSection {
     fn finish(self) -> Option<Vec<u8>> {
         (self.state != HeaderState::TooBig).then_some(self.kept)
     }
+
+    /// The header section once its end was seen within the limit.
+    fn complete(&self) -> Option<&[u8]> {
+        (self.state == HeaderState::Complete).then_some(self.kept.as_slice())
+    }
 }
 
 /// Where the message goes: counts octets, appends them to the caller's output until the
@@ -192,6 +197,13 @@ impl Sink {
             out.reserve_exact(target - out.len());
         }
         out.extend_from_slice(bytes);
+    }
+
+    fn header_section(&self) -> Option<&[u8]> {
+        if self.bare || self.too_big {
+            return None;
+        }
+        self.headers.complete()
     }
 
     fn bare_line_ending(&mut self, out: &mut Vec<u8>) {
@@ -333,6 +345,13 @@ impl DataReader {
     pub fn is_done(&self) -> bool {
         self.state == DataState::Done
     }
+
+    /// The header section, as [`Body::headers`] will hold it, as soon as its end went by
+    /// (and nothing refused the message yet): what the driver needs to start hashing the body
+    /// for DKIM while it is written.
+    pub fn header_section(&self) -> Option<&[u8]> {
+        self.sink.header_section()
+    }
 }
 
 /// What a finished reader keeps: nothing.
@@ -419,6 +438,11 @@ impl BdatAccumulator {
     /// Whether nothing was pushed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// As [`DataReader::header_section`].
+    pub fn header_section(&self) -> Option<&[u8]> {
+        self.sink.header_section()
     }
 
     /// After `BDAT n LAST`: what the checks need, or why the message is refused

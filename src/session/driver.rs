@@ -97,7 +97,14 @@ async fn drain(session: &mut Session, slot: &mut DraftSlot, intake: &Intake) {
             None => slot.insert(Box::new(intake.begin().await)),
         };
         match draft.as_mut() {
-            Ok(draft) => session.recycle(draft.write(piece).await),
+            Ok(draft) => {
+                if draft.wants_header_section()
+                    && let Some((section, user)) = session.header_section()
+                {
+                    draft.hash_body(intake, section, user);
+                }
+                session.recycle(draft.write(piece).await)
+            }
             // Read and dropped: the refusal comes at the end of the message.
             Err(_) => session.recycle(piece),
         }

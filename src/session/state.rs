@@ -171,6 +171,25 @@ impl Session {
         ready.then(|| std::mem::take(&mut self.piece))
     }
 
+    /// The header section of the message being received, as soon as its end went by, and the
+    /// user sending it: the driver decides from them, before the body is written, whether to
+    /// hash the body for DKIM as it goes to the spool. `None` before that, after a refusal,
+    /// and outside a message.
+    pub fn header_section(&self) -> Option<(&[u8], &User)> {
+        let user = self.user.as_deref()?;
+        let section = match (&self.mode, &self.transaction) {
+            (Mode::Data(reader), _) => reader.header_section(),
+            (
+                _,
+                Transaction::Rcpt {
+                    bdat: Some(acc), ..
+                },
+            ) => acc.header_section(),
+            _ => None,
+        }?;
+        Some((section, user))
+    }
+
     /// Give back a buffer [`Session::take_piece`] handed out, so the next piece reuses its
     /// allocation; dropped when no body is being read.
     pub fn recycle(&mut self, mut buffer: Vec<u8>) {
