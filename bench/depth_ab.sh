@@ -10,28 +10,29 @@ start_sink taskset -c 1
 mkdir -p q-empty
 echo "filling $N" >&2
 start=$(date +%s)
-"$BENCH" --fill-queue "$WORK/q-deep" "$N" >/dev/null 2>fill.err
+"$BENCH" --fill-queue "$WORK/q-deep" "$N" --size "${FILL_SIZE:-10240}" >/dev/null 2>fill.err
 echo "fill took $(( $(date +%s) - start )) s" >&2
 sync
 run() {  # run QUEUE_DIR LABEL
   sed -i "s|^dir = .*|dir = \"$1\"|" submitd.toml
   taskset -c 0 "$SUBMITD" serve --config submitd.toml >>server.log 2>&1 </dev/null &
   local pid=$!
+  local from; from=$(wc -l <server.log)
   wait_listening
-  # Let the background load finish: RSS steady for 3 s.
-  local last=0 same=0
-  for _ in $(seq 1 120); do
-    local rss; rss=$(awk '/^VmRSS/{print $2}' /proc/$pid/status)
-    if [ "$rss" = "$last" ]; then same=$((same+1)); else same=0; fi
-    last=$rss; [ $same -ge 3 ] && break; sleep 1
+  # Let the background load finish (its log line), then the memory settle.
+  for _ in $(seq 1 600); do
+    tail -n +"$((from + 1))" server.log | grep -q "existing messages loaded" && break
+    sleep 0.5
   done
-  local t0; t0=$(awk '{print $14+$15}' /proc/$pid/stat)
+  sleep 2
+  local last; last=$(awk '/^VmRSS/{print $2}' /proc/$pid/status)
+  local u0 s0; read -r u0 s0 < <(awk '{print $14, $15}' /proc/$pid/stat)
   taskset -c 1 "$BENCH" --connect 127.0.0.1:$P465 --tls implicit --user bench@example.test \
     --password bench-password-1 --from bench@example.test --to sink@example.net --sessions 16 \
     --per-session 50 --size 10240 --pipelining --duration 10 --timeout 60 >run.json 2>/dev/null </dev/null || true
-  local t1; t1=$(awk '{print $14+$15}' /proc/$pid/stat)
+  local u1 s1; read -r u1 s1 < <(awk '{print $14, $15}' /proc/$pid/stat)
   local msgs; msgs=$(grep -o '"messages":[0-9]*' run.json | cut -d: -f2)
-  echo "$2 $(grep -o '"msgs_per_sec":[0-9.]*' run.json) rss_kb=$last cpu_ms_per_msg=$(echo "scale=3; ($t1-$t0)*10/$msgs" | bc)"
+  echo "$2 $(grep -o '"msgs_per_sec":[0-9.]*' run.json) rss_kb=$last cpu_ms_per_msg=$(echo "scale=3; ($u1-$u0+$s1-$s0)*10/$msgs" | bc) user=$(echo "scale=3; ($u1-$u0)*10/$msgs" | bc) sys=$(echo "scale=3; ($s1-$s0)*10/$msgs" | bc)"
   kill $pid; wait $pid 2>/dev/null || true
 }
 for i in 1 2 3; do

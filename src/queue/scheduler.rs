@@ -403,6 +403,8 @@ async fn run(
     let mut next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
     // When the last scan ended and how long it took: a requested scan waits that long.
     let mut last_scan = (tokio::time::Instant::now(), Duration::ZERO);
+    // A scan was asked for (`QueueHandle::rescan`) and has not run yet.
+    let mut requested = false;
     // Messages removed since the directory was last fsynced, and when to fsync it next.
     let mut unsynced = false;
     let mut next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
@@ -410,6 +412,7 @@ async fn run(
         let now = tokio::time::Instant::now();
         if startup.is_none() && now >= next_scan {
             let sync = std::mem::take(&mut unsynced);
+            requested = false;
             scan(&shared, &mut tracker, sync).await;
             // A queue so big that scanning it takes long is scanned less often, so that
             // scanning takes at most about 1/SCAN_SHARE of the time.
@@ -456,10 +459,19 @@ async fn run(
             batch = async { startup.as_mut()?.rx.recv().await }, if loading => match batch {
                 Some(batch) => startup.as_mut().map(|s| s.admit(&mut tracker, batch)).unwrap_or(()),
                 None => {
+                    let now = tokio::time::Instant::now();
+                    let mut took = Duration::ZERO;
                     if let Some(s) = startup.take() {
+                        took = s.started.elapsed();
                         s.done(&tracker);
                     }
-                    next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
+                    // The load just read every envelope: the first scan waits as if it had
+                    // been one (a second for a small queue), unless one was asked for.
+                    next_scan = if requested {
+                        now
+                    } else {
+                        now + SCAN_INTERVAL.max(took * SCAN_SHARE)
+                    };
                 }
             },
             _ = flush.notified() => {
@@ -467,6 +479,7 @@ async fn run(
                 info!(messages = n, "queue: flush, deferred messages due now");
             }
             _ = rescan.notified() => {
+                requested = true;
                 let (ended, took) = last_scan;
                 next_scan = next_scan.min(ended + SCAN_INTERVAL.max(took));
             }
