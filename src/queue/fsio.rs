@@ -296,6 +296,64 @@ impl SpoolIo for CrashingIo {
     }
 }
 
+/// Directory fsyncs shared between the commits that wait for one at the same time (group
+/// commit): a commit takes a ticket after its rename; an fsync that *starts* after that
+/// serves every ticket taken before it started. One commit runs the fsync while the others
+/// wait; a commit that arrives while an fsync runs waits for it to end and then for the next
+/// one (the running fsync may have started before its rename). So under 16 concurrent commits
+/// a directory fsync is paid about once per batch instead of once per message, and every
+/// commit still returns only after an fsync that covered its rename.
+///
+/// A failed fsync satisfies nobody: the commit that ran it gets the error, and each waiting
+/// commit then runs its own (and gets its own result). Each commit waits for at most the
+/// fsync that was running when it came, and the one it then runs or joins.
+#[derive(Debug, Default)]
+pub struct GroupSync {
+    state: Mutex<SyncState>,
+    ended: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out.
+    taken: u64,
+    /// Every ticket up to this one is covered by a successful fsync.
+    covered: u64,
+    /// An fsync is running.
+    running: bool,
+}
+
+impl GroupSync {
+    /// Return once an fsync (`fsync`, run here or by a concurrent caller) that started after
+    /// this call came in has succeeded; or with the error of the one this call ran. Blocks.
+    pub fn sync(&self, fsync: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock();
+        st.taken += 1;
+        let ticket = st.taken;
+        loop {
+            if st.covered >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                st = self.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.running = true;
+            let covers = st.taken;
+            drop(st);
+            let result = fsync();
+            st = lock();
+            st.running = false;
+            if result.is_ok() {
+                st.covered = st.covered.max(covers);
+            }
+            self.ended.notify_all();
+            result?;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +375,67 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         assert!(io.create(&p("C.env.tmp")).is_ok(), "fires once");
         assert_eq!(io.injected(), 1);
+    }
+
+    #[test]
+    fn group_sync_covers_every_caller_with_an_fsync_that_started_after_it() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // Each fsync records the last ticket-holder count it saw when it started; a caller
+        // checks that some fsync started after it arrived.
+        let group = Arc::new(GroupSync::default());
+        let arrivals = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let calls = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (group, arrivals, started, calls) = (
+                    group.clone(),
+                    arrivals.clone(),
+                    started.clone(),
+                    calls.clone(),
+                );
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let me = arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+                        group
+                            .sync(|| {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                let seen = arrivals.load(Ordering::SeqCst);
+                                started.lock().unwrap().push(seen);
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                Ok(())
+                            })
+                            .unwrap();
+                        let ok = started.lock().unwrap().iter().any(|&s| s >= me);
+                        assert!(
+                            ok,
+                            "returned without an fsync that started after arrival {me}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let calls = calls.load(Ordering::SeqCst);
+        assert!(calls <= 800, "{calls}");
+        assert!(calls < 800, "16 threads never shared an fsync: {calls}");
+    }
+
+    #[test]
+    fn a_failed_group_fsync_satisfies_nobody() {
+        let group = GroupSync::default();
+        let err = group.sync(|| Err(io::Error::other("EIO"))).unwrap_err();
+        assert_eq!(err.to_string(), "EIO");
+        // The next caller runs its own fsync.
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        group
+            .sync(|| {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+        assert!(ran.into_inner());
     }
 }

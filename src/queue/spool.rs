@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::fsio::{RealIo, SpoolIo};
+use super::fsio::{GroupSync, RealIo, SpoolIo};
 use super::id::QueueId;
 use super::qfile::{self, ReadAt};
 
@@ -261,6 +261,8 @@ impl SpoolError {
 pub struct Spool {
     dir: PathBuf,
     io: Arc<dyn SpoolIo>,
+    /// The directory fsyncs of concurrent commits, shared ([`GroupSync`]).
+    dir_sync: Arc<GroupSync>,
 }
 
 pub(super) fn io_err<'a>(
@@ -301,6 +303,7 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io,
+            dir_sync: Arc::default(),
         }
     }
 
@@ -310,6 +313,7 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io: Arc::new(RealIo),
+            dir_sync: Arc::default(),
         }
     }
 
@@ -623,8 +627,7 @@ impl SpoolWriter {
             io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
             drop(file);
             io.rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
-            io.sync_dir(&spool.dir)
-                .map_err(io_err(&spool.dir, "fsync directory"))
+            spool.sync_dir()
         })();
         match result {
             Ok(()) => {
@@ -802,8 +805,8 @@ impl Spool {
 
     /// fsync the queue directory so that renames into it survive a crash.
     fn sync_dir(&self) -> Result<(), SpoolError> {
-        self.io
-            .sync_dir(&self.dir)
+        self.dir_sync
+            .sync(|| self.io.sync_dir(&self.dir))
             .map_err(io_err(&self.dir, "fsync directory"))
     }
 }
