@@ -1462,6 +1462,61 @@ mod tests {
         plan(j, Content::read(j, caps).unwrap(), caps, "h")
     }
 
+    /// A wire over a connected loopback pair, and the server's end.
+    async fn wire_pair() -> (Wire, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (
+            Wire::new(Guarded::new(client, Duration::from_secs(5)), addr),
+            server,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_busy_wire_fails_instead_of_waiting() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (wire, mut server) = wire_pair().await;
+        let mut lettres = wire.clone();
+        let mut buf = [0u8; 16];
+        {
+            let _ours = wire.layer.lock().await;
+            let e = lettres.write_all(b"NOOP\r\n").await.unwrap_err();
+            assert!(e.to_string().contains("busy"), "{e}");
+            let e = lettres.read(&mut buf).await.unwrap_err();
+            assert!(e.to_string().contains("busy"), "{e}");
+        }
+        lettres.write_all(b"NOOP\r\n").await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"NOOP\r\n");
+        server.write_all(b"250 ok\r\n").await.unwrap();
+        let n = lettres.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"250 ok\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_leaves_a_wire_that_refuses_everything() {
+        use tokio::io::AsyncWriteExt;
+        let (wire, server) = wire_pair().await;
+        // The peer goes away instead of answering the ClientHello.
+        drop(server);
+        let name = ServerName::try_from("mx.example.test").unwrap();
+        assert!(
+            wire.start_tls(tls::unverified(), name.clone(), Duration::from_secs(5))
+                .await
+                .is_err()
+        );
+        let mut lettres = wire.clone();
+        let e = lettres.write_all(b"QUIT\r\n").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotConnected, "{e}");
+        assert!(
+            wire.start_tls(tls::unverified(), name, Duration::from_secs(5))
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn enhanced_codes() {
         assert_eq!(enhanced_status("5.1.1 No such user", 550), "5.1.1");
