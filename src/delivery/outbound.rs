@@ -36,8 +36,8 @@
 //!
 //! # The stream is ours
 //!
-//! In every mode the stream is TCP, under it nothing but the kernel, then a [`Guarded`]
-//! layer, then TLS when it was negotiated, all inside one [`Wire`]. lettre holds one clone of
+//! In every mode the stream is a TCP socket we connect, wrapped in a [`Guarded`] layer,
+//! wrapped in TLS (ours, tokio-rustls) when it is negotiated, all inside one [`Wire`]. lettre holds one clone of
 //! the wire and reads and writes through it; the [`Connection`] keeps another for the TLS
 //! upgrade and the message data. The two never use it at the same time (a step is either
 //! lettre's or ours); a wire found busy fails the operation rather than waiting. lettre's
@@ -1092,9 +1092,10 @@ impl Wire {
         timeout: Duration,
     ) -> io::Result<()> {
         let mut layer = self.layer.lock().await;
-        let Layer::Plain(guarded) = std::mem::replace(&mut *layer, Layer::Gone) else {
+        let Layer::Plain(mut guarded) = std::mem::replace(&mut *layer, Layer::Gone) else {
             return Err(io::Error::other("TLS on a stream that is not plain TCP"));
         };
+        guarded.tls_starts();
         let handshake = TlsConnector::from(config).connect(name, guarded);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => {
@@ -1271,6 +1272,12 @@ impl<S> Guarded<S> {
     /// The fuse that, once blown, fails every write.
     pub fn fuse(&self) -> Arc<Fuse> {
         self.fuse.clone()
+    }
+
+    /// The bytes are TLS from now on: no `STARTTLS` line to look for in them (after an
+    /// implicit-TLS connect; after `STARTTLS` the watch is already over).
+    fn tls_starts(&mut self) {
+        self.starttls = StartTlsWatch::Done;
     }
 
     /// Check bytes just read; an error when they break a rule.
