@@ -37,11 +37,11 @@
 //! # The stream is ours
 //!
 //! In every mode the stream is a TCP socket we connect, wrapped in a [`Guarded`] layer,
-//! wrapped in TLS (ours, tokio-rustls) when it is negotiated, all inside one [`Wire`]. lettre holds one clone of
-//! the wire and reads and writes through it; the [`Connection`] keeps another for the TLS
-//! upgrade and the message data. The two never use it at the same time (a step is either
-//! lettre's or ours); a wire found busy fails the operation rather than waiting. lettre's
-//! `is_encrypted` does not see our TLS: [`Connection`] keeps its own flag.
+//! wrapped in TLS (ours, tokio-rustls) when it is negotiated, all inside one [`Wire`]. lettre
+//! holds one clone of the wire and reads and writes through it; the [`Connection`] keeps
+//! another for the TLS upgrade and the message data. The two never use it at the same time (a
+//! step is either lettre's or ours); a wire found busy fails the operation rather than
+//! waiting. lettre's `is_encrypted` does not see our TLS: [`Connection`] keeps its own flag.
 //!
 //! # A hostile next hop
 //!
@@ -411,7 +411,7 @@ async fn set_up(
     let host = c.host.clone();
 
     // STARTTLS.
-    let tls = match s.tls {
+    let upgrade = match s.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
         TlsPolicy::Opportunistic(_) if !c.can_starttls() => None,
         _ if !c.can_starttls() => {
@@ -424,7 +424,7 @@ async fn set_up(
             Some((config.clone(), tls::mx_server_name(target)))
         }
     };
-    if let Some((config, name)) = tls
+    if let Some((config, name)) = upgrade
         && let Err(e) = c.starttls(config, name).await
     {
         return Err(HostResult::NextHost(format!(
@@ -463,9 +463,6 @@ async fn set_up(
                 return Err(HostResult::NextHost(format!("AUTH with {host} timed out")));
             }
             Ok(Err(e)) => {
-                if matches!(e, StepError::Io(_)) {
-                    c.health = Health::Broken;
-                }
                 let reply = format!("authentication to {host} failed: {e}");
                 return Err(HostResult::Done(all_deferred(&host, &reply, n), None));
             }
@@ -1222,9 +1219,10 @@ impl lettre::transport::smtp::client::AsyncTokioStream for Wire {
     }
 }
 
-/// The TCP stream under lettre (and under TLS), with the guards lettre lacks (see the module doc): no reply
-/// data pipelined behind the `220` to `STARTTLS`, at most [`MAX_UNANSWERED`] bytes between
-/// two of our writes, no read waiting longer than the step timeout.
+/// The TCP stream under lettre (and under TLS), with the guards lettre lacks (see the module
+/// doc): no reply data pipelined behind the `220` to `STARTTLS`, at most [`MAX_UNANSWERED`]
+/// bytes between two of our writes, no read waiting longer than the step timeout, and the
+/// [`Fuse`].
 #[derive(Debug)]
 pub struct Guarded<S> {
     inner: S,
