@@ -372,8 +372,9 @@ pub fn client_config_trusting(pem_certs: &[u8]) -> Result<rustls::ClientConfig, 
 }
 
 /// A client config that accepts any server certificate but still checks the handshake
-/// signatures, so the handshake does the work a real client's does. Only for talking to our
-/// own server: `submitd health` and the `submitd-bench` load generator (loopback).
+/// signatures, so the handshake does the work a real client's does. For talking to our own
+/// server (`submitd health`, the `submitd-bench` load generator on loopback) and for
+/// opportunistic STARTTLS to MX hosts (`delivery::tls::unverified`, RFC 7435).
 pub fn any_certificate_client_config() -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -443,3 +443,70 @@ async fn dropped_after_dot_stays_queued_and_is_retried() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An implicit-TLS smarthost (TLS from the first byte, certificate trusted through
+/// `relay.ca_file`) that sends a line that never ends: the guard sits under TLS in this mode
+/// too (submitd opens the socket and runs the handshake itself), so the attempt is cut off at
+/// once, not after the timeout with the line collected in memory.
+#[tokio::test]
+async fn implicit_tls_endless_line_is_cut_off_too() {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = sent.clone();
+    let server = Hostile::start(script(move |tcp, log| {
+        let sent = sent2.clone();
+        async move {
+            let Ok(mut tls) = tls_acceptor().accept(tcp).await else {
+                log.push("TLS-FAILED");
+                return;
+            };
+            log.push("TLS");
+            let chunk = vec![b'A'; 64 * 1024];
+            let _ = tls.write_all(b"220 ").await;
+            while tls.write_all(&chunk).await.is_ok() {
+                sent.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+    }))
+    .await;
+    let dns = common::dns::DnsServer::start(vec![(
+        "mail.example.test.",
+        common::dns::Rr::A(std::net::Ipv4Addr::LOCALHOST),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = format!(
+        "mode = \"smarthost\"\nsmarthost = \"{HOSTNAME}:{}\"\nsmarthost_tls = \"implicit\"\n\
+         resolver = [\"{}\"]\ntimeout = \"2s\"\nca_file = \"cert.pem\"\n",
+        server.addr.port(),
+        dns.addr
+    );
+    let path = write_config_full(dir.path(), "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let delivery = Delivery::new(&Settings::from_toml(&text, &path).unwrap()).unwrap();
+    let rcpts = vec!["bob@example.org".to_string()];
+    let job = Job {
+        queue_id: "HOSTILETEST",
+        sender: "alice@example.test",
+        recipients: &rcpts,
+        domain: "example.org",
+        message: common::stored::stored(MESSAGE),
+        smtputf8: false,
+        eight_bit: false,
+        envelope: None,
+    };
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))
+        .await
+        .expect("delivery attempt hung");
+    let took = started.elapsed();
+    let reply = deferred_reply(&out[0].1);
+    assert!(reply.contains("without being asked"), "{reply}");
+    assert!(took < STEP, "{took:?}");
+    assert_eq!(server.log.events(), ["CONNECT", "TLS"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let total = sent.load(Ordering::Relaxed);
+    assert!(
+        total < 64 * 1024 * 1024,
+        "client kept reading: {total} bytes"
+    );
+}

@@ -1,8 +1,12 @@
 //! Delivery: where a message goes next and the SMTP conversation that takes it there.
 //!
 //! - [`mx`]: MX resolution (RFC 5321 section 5.1, RFC 7505 null MX) with hickory-resolver.
-//! - [`outbound`]: one delivery attempt over lettre's `AsyncSmtpConnection`, with an outcome
-//!   per recipient (MX mode with `relay.tls`, or the smarthost with `smarthost_tls` and AUTH).
+//! - [`outbound`]: one delivery attempt, lettre's `AsyncSmtpConnection` over a stream of ours
+//!   (TLS included), with an outcome per recipient (MX mode with `relay.tls`, or the smarthost
+//!   with `smarthost_tls` and AUTH).
+//! - [`tls`]: the TLS client configs toward the next hop, and what each verifies.
+//! - [`dotstuff`]: dot-stuffing of the message data without copying (sans-IO).
+//! - [`stored`]: reading a queued message in bounded pieces.
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
 //! - [`capture`]: `relay.mode = "capture"`, messages written to `relay.capture_dir` (development).
 //!
@@ -22,10 +26,12 @@
 //! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
 pub mod capture;
+pub mod dotstuff;
 pub mod mx;
 pub mod outbound;
 pub mod pool;
 pub mod stored;
+pub mod tls;
 
 use crate::logsafe::Escaped;
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +40,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
@@ -94,8 +99,8 @@ impl Delivery {
                 resolver: mx::Resolver::new(&relay.resolver)?,
                 port: relay.port,
                 tls: match relay.tls {
-                    RelayTls::Opportunistic => TlsPolicy::Opportunistic,
-                    RelayTls::Required => TlsPolicy::Required,
+                    RelayTls::Opportunistic => TlsPolicy::Opportunistic(tls::unverified()),
+                    RelayTls::Required => TlsPolicy::Required(tls::unverified()),
                     RelayTls::None => TlsPolicy::None,
                 },
             },
@@ -290,20 +295,9 @@ impl Courier for Delivery {
     }
 }
 
-/// Verified TLS toward the smarthost: the system roots (honouring `SSL_CERT_FILE` and
-/// `SSL_CERT_DIR`) plus `relay.ca_file`. Built once: loading the system roots is slow.
-fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, DeliveryError> {
-    let mut builder = TlsParameters::builder(host.to_string());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| DeliveryError(format!("relay.ca_file: {}: {e}", path.display())))?;
-        let cert = Certificate::from_pem(&pem)
-            .map_err(|e| DeliveryError(format!("relay.ca_file: {}: {e}", path.display())))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    builder
-        .build_rustls()
-        .map_err(|e| DeliveryError(format!("TLS for relay.smarthost {host}: {e}")))
+/// Verified TLS toward the smarthost ([`tls::smarthost`]).
+fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<tls::Verified, DeliveryError> {
+    tls::smarthost(host, ca_file).map_err(DeliveryError)
 }
 
 /// The smarthost's addresses. An IP address is used as it is; a name goes through the same

@@ -1,17 +1,22 @@
-//! One outbound SMTP attempt through lettre's `AsyncSmtpConnection`.
+//! One outbound SMTP attempt: lettre's `AsyncSmtpConnection` for commands and replies, over
+//! a stream that submitd owns ([`Wire`]), TLS included, and the message data written by us.
 //!
 //! lettre's `send`/`send_raw` abort the whole transaction at the first rejected RCPT, so the
 //! conversation is driven here command by command, giving one [`Outcome`] per recipient:
 //!
-//! 1. connect (lettre's connect timeout), greeting and EHLO, TLS from the first byte for an
-//!    implicit-TLS smarthost;
-//! 2. STARTTLS per [`TlsPolicy`];
-//! 3. a second EHLO whose reply is parsed here: lettre's `ServerInfo` does not keep `SIZE`;
-//! 4. AUTH (PLAIN, then LOGIN) when credentials are set, only over TLS;
+//! 1. TCP connect (`relay.timeout`); for an implicit-TLS smarthost our TLS handshake; then the
+//!    greeting and EHLO through lettre;
+//! 2. STARTTLS per [`TlsPolicy`]: the command and its `220` through lettre, the handshake ours
+//!    (tokio-rustls, configs from [`super::tls`]) on the same stream;
+//! 3. a second EHLO whose reply is parsed here: lettre's `ServerInfo` does not keep `SIZE`, and
+//!    it is lettre's from before STARTTLS (lettre does not see our upgrade);
+//! 4. AUTH (PLAIN, then LOGIN, as that EHLO offers) when credentials are set, only over TLS;
 //! 5. checks that need no round trip: SIZE, SMTPUTF8, 8BITMIME;
 //! 6. `MAIL FROM`, one `RCPT TO` per recipient (each reply kept), `DATA` when any was accepted;
 //!    with PIPELINING at the next hop (RFC 2920) `MAIL`, the `RCPT`s and `DATA` go out in one
-//!    write and the replies are read one by one, in order.
+//!    write and the replies are read one by one, in order. After the `354` the message goes
+//!    out in pieces read from the queue file, dot-stuffed without a copy ([`DotStuffer`])
+//!    and written straight to the stream; lettre then writes `CRLF.CRLF` and reads the reply.
 //!
 //! Steps 1 to 4 ([`Connection`] set-up) happen once per connection; step 6 ([`transaction`])
 //! may then run several times on it, one message after the other (see [`super::pool`]). A
@@ -29,20 +34,28 @@
 //! Every command has its own `relay.timeout`; each host's whole session has an overall bound
 //! ([`session_bound`]) so a peer trickling bytes cannot hold a delivery forever.
 //!
+//! # The stream is ours
+//!
+//! In every mode the stream is a TCP socket we connect, wrapped in a [`Guarded`] layer,
+//! wrapped in TLS (ours, tokio-rustls) when it is negotiated, all inside one [`Wire`]. lettre
+//! holds one clone of the wire and reads and writes through it; the [`Connection`] keeps
+//! another for the TLS upgrade and the message data. The two never use it at the same time (a
+//! step is either lettre's or ours); a wire found busy fails the operation rather than
+//! waiting. lettre's `is_encrypted` does not see our TLS: [`Connection`] keeps its own flag.
+//!
 //! # A hostile next hop
 //!
 //! lettre reads replies through a `BufReader` and two things in it are unsafe against a
-//! hostile (or man-in-the-middle) server, so the TCP stream under lettre is a [`Guarded`] one
-//! (plain and STARTTLS sessions; an implicit-TLS smarthost is configured and verified, and
-//! lettre opens that socket itself):
+//! hostile (or man-in-the-middle) server, so the TCP stream under lettre, and under TLS, is a
+//! [`Guarded`] one:
 //!
-//! - **STARTTLS response injection.** `AsyncSmtpConnection::starttls` upgrades the stream
-//!   *under* its `BufReader` and keeps the buffer: bytes that came in the same read as the
-//!   `220` (`220 go\r\n250-SIZE 10\r\n`) are then read as the first reply *after* the
-//!   handshake, i.e. as if they came from inside TLS (the client-side twin of CVE-2011-0411).
-//!   The guard sees the `STARTTLS` command go out and fails the read that delivers anything
-//!   after the end of its reply: the STARTTLS fails, the host is skipped, the recipients are
-//!   deferred. Bytes arriving in a later read go to the TLS handshake, which rejects them.
+//! - **STARTTLS response injection.** lettre reads the `220` to `STARTTLS` through its
+//!   buffer, and whatever came in the same read would stay there, to be read as the first
+//!   reply *after* the handshake, i.e. as if it came from inside TLS (`220 go\r\n250-SIZE
+//!   10\r\n`, the client-side twin of CVE-2011-0411). The guard sees the `STARTTLS` command
+//!   go out and fails the read that delivers anything after the end of its reply: the STARTTLS
+//!   fails, the host is skipped, the recipients are deferred. Bytes arriving in a later read
+//!   go to the TLS handshake, which rejects them.
 //! - **Unbounded lines.** lettre's `read_line` collects a whole line before checking its
 //!   length (1000) and a reply's size (100 000), so a peer sending megabytes without a line
 //!   feed grows memory for as long as the step's timeout lets it. The guard fails any read
@@ -50,6 +63,10 @@
 //!   handshake flight).
 //! - **Silence.** A read waiting more than `relay.timeout` for a byte fails, so every reply
 //!   (the greeting and each after a command) has its own `relay.timeout`, inside lettre too.
+//!
+//! The guard also holds the connection's [`Fuse`]: when the queue file cannot be read to the
+//! end of the message, no further byte is written, so the next hop sees a connection dropped in
+//! the middle of the data, never a message cut short and ended with the final dot.
 
 use crate::logsafe::Escaped;
 use std::future::Future;
@@ -58,18 +75,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, CertificateStore, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Ehlo, Rset};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Auth, Data, Ehlo, Rset, Starttls};
+use lettre::transport::smtp::extension::{ClientId, Extension, ServerInfo};
 use lettre::transport::smtp::response::Response;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 
+use super::dotstuff::DotStuffer;
 use super::mx::{Target, to_ascii_domain};
 use super::stored::{self, Fuse, Pieces};
+use super::tls::{self, Verified};
 use super::{Job, Outcome};
 use crate::queue::spool::StoredMessage;
 use std::sync::Arc;
@@ -94,14 +117,15 @@ pub const STATUS_NO_8BITMIME: &str = "5.6.3";
 pub enum TlsPolicy {
     /// Never STARTTLS (`relay.tls = "none"`, `smarthost_tls = "none"`).
     None,
-    /// STARTTLS when offered, certificate not verified; clear text only when not offered.
-    Opportunistic,
+    /// STARTTLS when offered, certificate not verified ([`tls::unverified`]); clear text
+    /// only when not offered.
+    Opportunistic(Arc<ClientConfig>),
     /// STARTTLS must be offered and succeed; certificate not verified (MX mode `required`).
-    Required,
-    /// STARTTLS must be offered and succeed, verified with these parameters (smarthost).
-    StartTlsVerified(TlsParameters),
-    /// TLS from the first byte, verified with these parameters (smarthost `implicit`).
-    Implicit(TlsParameters),
+    Required(Arc<ClientConfig>),
+    /// STARTTLS must be offered and succeed, verified ([`tls::smarthost`]).
+    StartTlsVerified(Verified),
+    /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
+    Implicit(Verified),
 }
 
 /// What one session needs besides the job.
@@ -150,10 +174,13 @@ pub struct Connection {
     /// Transactions started on it.
     transactions: u32,
     health: Health,
+    /// The stream under lettre (another clone of it): for the TLS upgrade and the data.
+    wire: Wire,
+    /// TLS is up (implicit, or after STARTTLS). lettre's `is_encrypted` does not know.
+    encrypted: bool,
     /// The [`Guarded`] stream's fuse: blown when the message cannot be read to its end, so
-    /// that the final dot is never written. `None` for an implicit-TLS smarthost (lettre opens
-    /// that socket itself, with no guard under it).
-    fuse: Option<Arc<Fuse>>,
+    /// that the final dot is never written.
+    fuse: Arc<Fuse>,
 }
 
 impl Connection {
@@ -170,6 +197,43 @@ impl Connection {
     /// Whether another transaction may start on it.
     pub fn is_clean(&self) -> bool {
         self.health == Health::Clean
+    }
+
+    /// Whether STARTTLS can be sent: offered in the last EHLO lettre read (its first, the
+    /// only one before TLS), and TLS not up yet.
+    fn can_starttls(&self) -> bool {
+        !self.encrypted
+            && self
+                .conn
+                .server_info()
+                .supports_feature(Extension::StartTls)
+    }
+
+    /// `STARTTLS`, its `220`, then our handshake on the same stream (one `relay.timeout`
+    /// each). `Err` says what failed; the connection is then only dropped (no byte may follow
+    /// a TLS upgrade gone wrong), or closed with a QUIT after a negative reply.
+    async fn starttls(
+        &mut self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<(), StepError> {
+        let t = self.timeout;
+        if let Err(e) = step(t, self.conn.command(Starttls)).await {
+            self.health = match e {
+                StepError::Reply { .. } => Health::Dirty,
+                StepError::Io(_) => Health::Broken,
+            };
+            return Err(e);
+        }
+        // From here on the stream is not usable until the handshake is done.
+        self.health = Health::Broken;
+        self.wire
+            .start_tls(config, name, t)
+            .await
+            .map_err(|e| StepError::Io(format!("TLS handshake: {e}")))?;
+        self.encrypted = true;
+        self.health = Health::Clean;
+        Ok(())
     }
 
     /// Close: QUIT when the peer may still be talked to (its answer does not matter), then
@@ -274,57 +338,48 @@ async fn open(
     n: usize,
     s: &Session<'_>,
 ) -> Result<Connection, HostResult> {
-    let implicit = match s.tls {
-        TlsPolicy::Implicit(p) => Some(p.clone()),
-        _ => None,
-    };
-    // Connect, greeting, (handshake) and EHLO get one step each.
+    // Connect, (handshake,) greeting and EHLO get one step each.
     let connect = async {
-        match implicit {
-            // lettre opens the socket itself for implicit TLS (and bounds the TCP connect).
-            Some(params) => AsyncSmtpConnection::connect_tokio1(
-                target.addr,
-                Some(s.timeout),
-                s.hello,
-                Some(params),
-                None,
-            )
-            .await
-            .map(|conn| (conn, None))
-            .map_err(StepError::from),
-            None => {
-                let tcp =
-                    match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
-                        Err(_) => return Err(StepError::Io("connection timed out".into())),
-                        Ok(Err(e)) => return Err(StepError::Io(e.to_string())),
-                        Ok(Ok(tcp)) => tcp,
-                    };
-                // Commands and replies are small and lock-step (or one pipelined group):
-                // waiting for more to fill a segment only adds latency.
-                let _ = tcp.set_nodelay(true);
-                let guarded = Box::new(Guarded::new(tcp, s.timeout));
-                let fuse = guarded.fuse();
-                AsyncSmtpConnection::connect_with_transport(guarded, s.hello)
+        let tcp = match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
+            Err(_) => return Err(StepError::Io("connection timed out".into())),
+            Ok(Err(e)) => return Err(StepError::Io(e.to_string())),
+            Ok(Ok(tcp)) => tcp,
+        };
+        // Commands and replies are small and lock-step (or one pipelined group): waiting for
+        // more to fill a segment only adds latency.
+        let _ = tcp.set_nodelay(true);
+        let guarded = Guarded::new(tcp, s.timeout);
+        let fuse = guarded.fuse();
+        let wire = Wire::new(guarded, target.addr);
+        let encrypted = match s.tls {
+            TlsPolicy::Implicit(v) => {
+                let handshake = wire.start_tls(v.config.clone(), v.name.clone(), s.timeout);
+                handshake
                     .await
-                    .map(|conn| (conn, Some(fuse)))
-                    .map_err(StepError::from)
+                    .map_err(|e| StepError::Io(format!("TLS handshake: {e}")))?;
+                true
             }
-        }
+            _ => false,
+        };
+        let conn = AsyncSmtpConnection::connect_with_transport(Box::new(wire.clone()), s.hello)
+            .await
+            .map_err(StepError::from)?;
+        Ok((conn, wire, fuse, encrypted))
     };
-    let conn = match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
-        Err(_) => {
-            return Err(HostResult::NextHost(format!(
-                "connect, greeting or EHLO with {host} timed out"
-            )));
-        }
-        Ok(Err(e)) => {
-            return Err(HostResult::NextHost(format!(
-                "connection to {host} failed: {e}"
-            )));
-        }
-        Ok(Ok(c)) => c,
-    };
-    let (conn, fuse) = conn;
+    let (conn, wire, fuse, encrypted) =
+        match tokio::time::timeout(s.timeout.saturating_mul(4), connect).await {
+            Err(_) => {
+                return Err(HostResult::NextHost(format!(
+                    "connect, greeting or EHLO with {host} timed out"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(HostResult::NextHost(format!(
+                    "connection to {host} failed: {e}"
+                )));
+            }
+            Ok(Ok(c)) => c,
+        };
     let mut c = Connection {
         conn,
         caps: Capabilities::default(),
@@ -332,6 +387,8 @@ async fn open(
         timeout: s.timeout,
         transactions: 0,
         health: Health::Clean,
+        wire,
+        encrypted,
         fuse,
     };
     match set_up(&mut c, target, n, s).await {
@@ -352,46 +409,32 @@ async fn set_up(
 ) -> Result<(), HostResult> {
     let t = s.timeout;
     let host = c.host.clone();
-    let conn = &mut c.conn;
 
     // STARTTLS.
-    let params = match s.tls {
+    let upgrade = match s.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
-        TlsPolicy::Opportunistic if !conn.can_starttls() => None,
-        _ if !conn.can_starttls() => {
+        TlsPolicy::Opportunistic(_) if !c.can_starttls() => None,
+        _ if !c.can_starttls() => {
             return Err(HostResult::NextHost(format!(
                 "TLS required but not offered by {host}"
             )));
         }
-        TlsPolicy::StartTlsVerified(p) => Some(p.clone()),
-        TlsPolicy::Opportunistic | TlsPolicy::Required => match unverified_tls(target) {
-            Ok(p) => Some(p),
-            Err(e) => return Err(HostResult::NextHost(format!("TLS setup for {host}: {e}"))),
-        },
-    };
-    if let Some(params) = params {
-        // lettre leaves no stream behind a failed (or interrupted) TLS upgrade: writing to it
-        // again (QUIT) trips a debug assertion. Until the upgrade succeeded, only drop it.
-        c.health = Health::Broken;
-        match tokio::time::timeout(t.saturating_mul(3), conn.starttls(params, s.hello)).await {
-            Err(_) => {
-                return Err(HostResult::NextHost(format!(
-                    "STARTTLS with {host} timed out"
-                )));
-            }
-            Ok(Err(e)) => {
-                return Err(HostResult::NextHost(format!(
-                    "STARTTLS with {host} failed: {}",
-                    StepError::from(e)
-                )));
-            }
-            Ok(Ok(())) => c.health = Health::Clean,
+        TlsPolicy::StartTlsVerified(v) => Some((v.config.clone(), v.name.clone())),
+        TlsPolicy::Opportunistic(config) | TlsPolicy::Required(config) => {
+            Some((config.clone(), tls::mx_server_name(target)))
         }
+    };
+    if let Some((config, name)) = upgrade
+        && let Err(e) = c.starttls(config, name).await
+    {
+        return Err(HostResult::NextHost(format!(
+            "STARTTLS with {host} failed: {e}"
+        )));
     }
 
-    // A second EHLO whose reply we parse ourselves (SIZE, PIPELINING).
-    c.caps = match step(t, conn.command(Ehlo::new(s.hello.clone()))).await {
-        Ok(r) => Capabilities::from_ehlo(&r),
+    // A second EHLO whose reply we parse ourselves (SIZE, PIPELINING, AUTH after STARTTLS).
+    let ehlo = match step(t, c.conn.command(Ehlo::new(s.hello.clone()))).await {
+        Ok(r) => r,
         Err(e) => {
             if matches!(e, StepError::Io(_)) {
                 c.health = Health::Broken;
@@ -399,10 +442,11 @@ async fn set_up(
             return Err(HostResult::NextHost(format!("EHLO to {host}: {e}")));
         }
     };
+    c.caps = Capabilities::from_ehlo(&ehlo);
 
     // AUTH: only over TLS; a refusal is the operator's problem, not the users' (defer).
     if let Some(creds) = s.credentials {
-        if !conn.is_encrypted() {
+        if !c.encrypted {
             return Err(HostResult::Done(
                 all_deferred(
                     &host,
@@ -412,20 +456,50 @@ async fn set_up(
                 None,
             ));
         }
-        let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], creds);
+        let auth = authenticate(&mut c.conn, &ehlo, creds);
         match tokio::time::timeout(t.saturating_mul(3), auth).await {
             Err(_) => {
                 c.health = Health::Broken;
                 return Err(HostResult::NextHost(format!("AUTH with {host} timed out")));
             }
             Ok(Err(e)) => {
-                let reply = format!("authentication to {host} failed: {}", StepError::from(e));
+                let reply = format!("authentication to {host} failed: {e}");
                 return Err(HostResult::Done(all_deferred(&host, &reply, n), None));
             }
             Ok(Ok(_)) => {}
         }
     }
     Ok(())
+}
+
+/// AUTH with the first of PLAIN and LOGIN that `ehlo` offers, answering the server's
+/// challenges (at most 10). lettre's own `auth` would pick from the EHLO it read itself, which
+/// after our STARTTLS is the one from before TLS (where servers offer no AUTH).
+async fn authenticate(
+    conn: &mut AsyncSmtpConnection,
+    ehlo: &Response,
+    creds: &Credentials,
+) -> Result<Response, StepError> {
+    let info = ServerInfo::from_response(ehlo)?;
+    let Some(mechanism) = info.get_auth_mechanism(&[Mechanism::Plain, Mechanism::Login]) else {
+        return Err(StepError::Io(
+            "no compatible authentication mechanism offered (PLAIN, LOGIN)".into(),
+        ));
+    };
+    let mut reply = conn
+        .command(Auth::new(mechanism, creds.clone(), None)?)
+        .await?;
+    for _ in 0..10 {
+        if !reply.has_code(334) {
+            break;
+        }
+        let answer = Auth::new_from_response(mechanism, creds.clone(), &reply)?;
+        reply = conn.command(answer).await?;
+    }
+    if reply.has_code(334) {
+        return Err(StepError::Io("too many authentication challenges".into()));
+    }
+    Ok(reply)
 }
 
 /// One mail transaction on an open, clean connection: `MAIL FROM`, one `RCPT TO` per
@@ -613,35 +687,60 @@ async fn message_data(
     }
 }
 
-/// Send the message after a `354` and read the reply after its final dot. The message goes
-/// out in pieces read from the queue file, never whole; lettre dot-stuffs each piece (keeping
-/// its line state across them) and appends `CRLF.CRLF` ([`Pieces`] leaves out the message's
-/// own final CRLF). A read that fails blows the connection's fuse, and the
-/// [`Guarded`] stream then refuses lettre's write of the final dot: the next hop sees a
-/// connection dropped in the middle of the data, never a message cut short.
+/// Send the message after a `354` and read the reply after its final dot, all within
+/// `bound`. The message goes out in pieces read from the queue file, never whole, each
+/// dot-stuffed without a copy ([`DotStuffer`]) and written straight to the wire (lettre's
+/// `message_iter` would copy it octet by octet); then lettre writes `CRLF.CRLF` ([`Pieces`]
+/// leaves out the message's own final CRLF) and reads the reply. A read that fails blows the
+/// connection's fuse and returns before the dot: the next hop sees a connection dropped in the
+/// middle of the data, never a message cut short.
 async fn send_message(
     c: &mut Connection,
     message: &StoredMessage,
     bound: Duration,
 ) -> Result<Response, StepError> {
-    let Some(fuse) = c.fuse.clone() else {
-        // No guard under an implicit-TLS connection to refuse the dot after a failed read:
-        // read the message whole first, so that a read error stops before any data is sent.
-        let whole = stored::blocking(message, || message.read_all());
-        let whole = whole.map_err(|e| StepError::Io(format!("reading the queued message: {e}")))?;
-        let body = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
-        return step(bound, c.conn.message(body)).await;
+    let (wire, fuse) = (c.wire.clone(), c.fuse.clone());
+    let conn = &mut c.conn;
+    let send = async {
+        write_data(&wire, message).await.map_err(|e| match e {
+            DataError::Read(e) => {
+                let why = e.to_string();
+                fuse.blow(why.clone());
+                StepError::Io(why)
+            }
+            DataError::Write(e) => StepError::Io(format!("sending the message: {e}")),
+        })?;
+        conn.message_iter(std::iter::empty::<&[u8]>())
+            .await
+            .map_err(StepError::from)
     };
-    let reply = step(
-        bound,
-        c.conn.message_iter(Pieces::new(message, fuse.clone())),
-    )
-    .await;
-    match (reply, fuse.blown()) {
-        // The write error lettre reports says less than the read error behind it.
-        (Err(_), Some(why)) => Err(StepError::Io(why.to_string())),
-        (reply, _) => reply,
+    match tokio::time::timeout(bound, send).await {
+        Ok(reply) => reply,
+        Err(_) => Err(StepError::Io(format!(
+            "timed out after {bound:?} sending the message or waiting for its reply"
+        ))),
     }
+}
+
+/// Why the data could not be written whole.
+enum DataError {
+    /// Reading the queue file failed.
+    Read(io::Error),
+    /// Writing to the next hop failed.
+    Write(io::Error),
+}
+
+/// Write the message's pieces, dot-stuffed, to `wire`, and flush; not the final dot.
+async fn write_data(wire: &Wire, message: &StoredMessage) -> Result<(), DataError> {
+    let mut layer = wire.layer.lock().await;
+    let mut pieces = Pieces::new(message);
+    let mut stuffer = DotStuffer::new();
+    while let Some(piece) = pieces.next_piece().map_err(DataError::Read)? {
+        for slice in stuffer.segments(piece) {
+            layer.write_all(slice).await.map_err(DataError::Write)?;
+        }
+    }
+    layer.flush().await.map_err(DataError::Write)
 }
 
 /// The outcome of every accepted recipient from the reply after the message.
@@ -696,22 +795,6 @@ fn all_failed(host: &str, reply: &str, status: &str, n: usize) -> Vec<Outcome> {
         status: status.to_string(),
     };
     vec![failed; n]
-}
-
-/// STARTTLS parameters for MX mode: the certificate is not verified (RFC 7435 opportunistic
-/// security; MTA-STS and DANE are what verify), the host name is only sent as SNI.
-fn unverified_tls(target: &Target) -> Result<TlsParameters, SmtpError> {
-    let name = if target.name.starts_with('[') {
-        target.addr.ip().to_string()
-    } else {
-        target.name.clone()
-    };
-    TlsParameters::builder(name)
-        // No roots to load: nothing is verified against them.
-        .certificate_store(CertificateStore::None)
-        .dangerous_accept_invalid_certs(true)
-        .dangerous_accept_invalid_hostnames(true)
-        .build_rustls()
 }
 
 /// A failed step: the server's negative reply, or anything else (network, timeout, TLS).
@@ -973,9 +1056,173 @@ fn plan(
     Ok(Envelope { mail_from, rcpt_to })
 }
 
-/// The TCP stream under lettre, with the guards lettre lacks (see the module doc): no reply
-/// data pipelined behind the `220` to `STARTTLS`, at most [`MAX_UNANSWERED`] bytes between
-/// two of our writes, no read waiting longer than the step timeout.
+/// The stream under lettre, shared with the [`Connection`] (see the module doc): lettre
+/// holds one clone, the connection another for the TLS upgrade and the message data.
+#[derive(Clone)]
+pub struct Wire {
+    layer: Arc<tokio::sync::Mutex<Layer>>,
+    peer: std::net::SocketAddr,
+}
+
+/// What a [`Wire`] carries.
+enum Layer {
+    Plain(Guarded<TcpStream>),
+    Tls(Box<TlsStream<Guarded<TcpStream>>>),
+    /// Taken for a TLS handshake that did not complete: nothing more goes through.
+    Gone,
+}
+
+impl Wire {
+    fn new(guarded: Guarded<TcpStream>, peer: std::net::SocketAddr) -> Wire {
+        Wire {
+            layer: Arc::new(tokio::sync::Mutex::new(Layer::Plain(guarded))),
+            peer,
+        }
+    }
+
+    /// Run the TLS client handshake on the plain stream, within `timeout`, and carry TLS from
+    /// now on. After a failure the wire is [`Layer::Gone`].
+    async fn start_tls(
+        &self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let mut layer = self.layer.lock().await;
+        let Layer::Plain(mut guarded) = std::mem::replace(&mut *layer, Layer::Gone) else {
+            return Err(io::Error::other("TLS on a stream that is not plain TCP"));
+        };
+        guarded.tls_starts();
+        let handshake = TlsConnector::from(config).connect(name, guarded);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => {
+                *layer = Layer::Tls(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {timeout:?}"),
+            )),
+        }
+    }
+
+    /// The layer, when no one else is using it (lettre and the connection take turns, never
+    /// overlap: a busy wire is a bug, reported as an error, never a wait or a panic).
+    fn try_layer(&self) -> io::Result<tokio::sync::MutexGuard<'_, Layer>> {
+        self.layer
+            .try_lock()
+            .map_err(|_| io::Error::other("outbound stream busy"))
+    }
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire").field("peer", &self.peer).finish()
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection unusable after a failed TLS handshake",
+    )
+}
+
+impl AsyncRead for Layer {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Layer::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Layer::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Layer::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Layer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Layer::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Layer::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Layer::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Layer::Plain(s) => Pin::new(s).poll_flush(cx),
+            Layer::Tls(s) => Pin::new(s).poll_flush(cx),
+            Layer::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Layer::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Layer::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Layer::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.try_layer() {
+            Ok(mut layer) => Pin::new(&mut *layer).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.try_layer() {
+            Ok(mut layer) => Pin::new(&mut *layer).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.try_layer() {
+            Ok(mut layer) => Pin::new(&mut *layer).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.try_layer() {
+            Ok(mut layer) => Pin::new(&mut *layer).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl lettre::transport::smtp::client::AsyncTokioStream for Wire {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
+/// The TCP stream under lettre (and under TLS), with the guards lettre lacks (see the module
+/// doc): no reply data pipelined behind the `220` to `STARTTLS`, at most [`MAX_UNANSWERED`]
+/// bytes between two of our writes, no read waiting longer than the step timeout, and the
+/// [`Fuse`].
 #[derive(Debug)]
 pub struct Guarded<S> {
     inner: S,
@@ -1023,6 +1270,12 @@ impl<S> Guarded<S> {
     /// The fuse that, once blown, fails every write.
     pub fn fuse(&self) -> Arc<Fuse> {
         self.fuse.clone()
+    }
+
+    /// The bytes are TLS from now on: no `STARTTLS` line to look for in them (after an
+    /// implicit-TLS connect; after `STARTTLS` the watch is already over).
+    fn tls_starts(&mut self) {
+        self.starttls = StartTlsWatch::Done;
     }
 
     /// Check bytes just read; an error when they break a rule.
@@ -1212,6 +1465,61 @@ mod tests {
 
     fn plan_of(j: &Job<'_>, caps: &Capabilities) -> Result<Envelope, (&'static str, String)> {
         plan(j, Content::read(j, caps).unwrap(), caps, "h")
+    }
+
+    /// A wire over a connected loopback pair, and the server's end.
+    async fn wire_pair() -> (Wire, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (
+            Wire::new(Guarded::new(client, Duration::from_secs(5)), addr),
+            server,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_busy_wire_fails_instead_of_waiting() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (wire, mut server) = wire_pair().await;
+        let mut lettres = wire.clone();
+        let mut buf = [0u8; 16];
+        {
+            let _ours = wire.layer.lock().await;
+            let e = lettres.write_all(b"NOOP\r\n").await.unwrap_err();
+            assert!(e.to_string().contains("busy"), "{e}");
+            let e = lettres.read(&mut buf).await.unwrap_err();
+            assert!(e.to_string().contains("busy"), "{e}");
+        }
+        lettres.write_all(b"NOOP\r\n").await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"NOOP\r\n");
+        server.write_all(b"250 ok\r\n").await.unwrap();
+        let n = lettres.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"250 ok\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_leaves_a_wire_that_refuses_everything() {
+        use tokio::io::AsyncWriteExt;
+        let (wire, server) = wire_pair().await;
+        // The peer goes away instead of answering the ClientHello.
+        drop(server);
+        let name = ServerName::try_from("mx.example.test").unwrap();
+        assert!(
+            wire.start_tls(tls::unverified(), name.clone(), Duration::from_secs(5))
+                .await
+                .is_err()
+        );
+        let mut lettres = wire.clone();
+        let e = lettres.write_all(b"QUIT\r\n").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotConnected, "{e}");
+        assert!(
+            wire.start_tls(tls::unverified(), name, Duration::from_secs(5))
+                .await
+                .is_err()
+        );
     }
 
     #[test]

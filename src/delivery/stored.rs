@@ -1,10 +1,10 @@
 //! Reading a queued message ([`StoredMessage`]) for relaying: in bounded pieces, never whole.
 //!
 //! The reads are positioned reads of the queue file, so they block. Callers in async code go
-//! through [`blocking`]; [`Pieces`] feeds lettre's `message_iter`, whose iterator is
-//! synchronous, and reports a failed read through a [`Fuse`] that the outbound stream checks
-//! before every write, so that a message cut short by a read error is never followed by the
-//! final dot.
+//! through [`blocking`]; [`Pieces`] feeds the outbound DATA writer (`outbound::send_message`),
+//! which dot-stuffs each piece ([`super::dotstuff`]) and writes it to the next hop's stream. A
+//! read that fails there blows the connection's [`Fuse`], which the outbound stream checks
+//! before every write, so that a message cut short is never followed by the final dot.
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -13,9 +13,9 @@ use memchr::memmem;
 
 use crate::queue::spool::StoredMessage;
 
-/// The size of one piece read from the queue file and handed to the SMTP client: large
-/// enough that a 25 MB message is about a hundred reads and writes, small enough to keep
-/// a session's memory bounded (lettre makes one dot-stuffed copy of each piece).
+/// The size of one piece read from the queue file and written to the next hop: large enough
+/// that a 25 MB message is about a hundred reads and writes, small enough to keep a session's
+/// memory bounded (one buffer of this size per message being sent; no stuffed copy).
 pub const PIECE: usize = 256 << 10;
 
 /// Run blocking file IO from async code without stalling the reactor.
@@ -24,8 +24,8 @@ pub const PIECE: usize = 256 << 10;
 /// thread while the read runs. A current-thread runtime (tests, `queue` tools) cannot do that
 /// (`block_in_place` panics there) and has no other task that could run on another thread
 /// anyway; the read is a bounded pread of a file that was written (and so cached) moments ago,
-/// so it runs in place. `spawn_blocking` is not an option: [`Pieces`] reads inside lettre's
-/// synchronous iterator and cannot await.
+/// so it runs in place. `spawn_blocking` would cost a thread hand-off and a buffer moved in and
+/// out for every piece.
 ///
 /// A message [`StoredMessage::in_memory`] needs none of this: its reads make no system call.
 pub fn blocking<T>(message: &StoredMessage, f: impl FnOnce() -> T) -> T {
@@ -117,8 +117,8 @@ pub fn header_fields_ascii(message: &StoredMessage) -> io::Result<bool> {
     Ok(ascii)
 }
 
-/// Shared between [`Pieces`] and the outbound stream: set when reading the queued message
-/// failed, after which the stream refuses every write, so the final dot never goes out.
+/// Shared between the DATA writer and the outbound stream: set when reading the queued
+/// message failed, after which the stream refuses every write, so the final dot never goes out.
 #[derive(Debug, Default)]
 pub struct Fuse(OnceLock<String>);
 
@@ -139,47 +139,31 @@ impl Fuse {
     }
 }
 
-/// The message one [`PIECE`] at a time, in order, for lettre's `message_iter`, without its
-/// final CRLF (lettre's `CRLF.CRLF` puts it back). A failed read blows the fuse and ends the
-/// iteration early; the stream under lettre then fails the write of the final dot.
+/// The message one [`PIECE`] at a time, in order, without its final CRLF (the terminator
+/// `CRLF.CRLF` puts it back), read into one buffer reused for every piece.
 pub struct Pieces<'a> {
     message: &'a StoredMessage,
     pos: u64,
     len: u64,
-    /// Reused for every piece: lettre drops a piece (encoding it into its own buffer and
-    /// writing that) before it asks for the next, so the count is back to one by then.
-    buf: Arc<Vec<u8>>,
-    fuse: Arc<Fuse>,
+    buf: Vec<u8>,
 }
 
 impl<'a> Pieces<'a> {
-    /// The pieces of `message`; `fuse` is blown when one cannot be read.
-    pub fn new(message: &'a StoredMessage, fuse: Arc<Fuse>) -> Pieces<'a> {
+    /// The pieces of `message`.
+    pub fn new(message: &'a StoredMessage) -> Pieces<'a> {
         Pieces {
             message,
             pos: 0,
             len: message.len(),
-            buf: Arc::new(Vec::new()),
-            fuse,
+            buf: Vec::new(),
         }
     }
-}
 
-/// One piece of the message, sharing [`Pieces`]' buffer.
-pub struct Piece(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Piece {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Iterator for Pieces<'_> {
-    type Item = Piece;
-
-    fn next(&mut self) -> Option<Piece> {
-        if self.pos >= self.len || self.fuse.blown().is_some() {
-            return None;
+    /// The next piece (`None` after the last); an error names the octet where reading failed.
+    /// Blocks, through [`blocking`].
+    pub fn next_piece(&mut self) -> io::Result<Option<&[u8]>> {
+        if self.pos >= self.len {
+            return Ok(None);
         }
         let rest = self.len - self.pos;
         let mut want = rest.min(PIECE as u64);
@@ -189,27 +173,68 @@ impl Iterator for Pieces<'_> {
             want -= 1;
         }
         let want = want as usize;
-        if Arc::get_mut(&mut self.buf).is_none() {
-            // The previous piece is still held: never overwrite bytes someone may read.
-            self.buf = Arc::new(Vec::new());
+        self.buf.resize(want, 0);
+        let (message, pos, buf) = (self.message, self.pos, &mut self.buf[..]);
+        blocking(message, || read_exact_at(message, pos, buf)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading the queued message failed at octet {pos}: {e}"),
+            )
+        })?;
+        self.pos += want as u64;
+        let mut piece = &self.buf[..];
+        if self.pos == self.len {
+            piece = piece.strip_suffix(b"\r\n").unwrap_or(piece);
         }
-        let buf = Arc::get_mut(&mut self.buf)?;
-        buf.resize(want, 0);
-        let (message, pos) = (self.message, self.pos);
-        match blocking(message, || read_exact_at(message, pos, buf)) {
-            Ok(()) => {
-                self.pos += want as u64;
-                if self.pos == self.len && buf.ends_with(b"\r\n") {
-                    buf.truncate(want - 2);
-                }
-                Some(Piece(self.buf.clone()))
+        Ok(Some(piece))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueId, Spool, spool::Envelope};
+
+    /// `content` stored in a spool under a temp dir, opened for relaying.
+    fn stored(content: &[u8]) -> StoredMessage {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = QueueId::generate();
+        let env = Envelope::new(
+            &id,
+            "u",
+            "a@example.test",
+            &["b@example.test".into()],
+            "h",
+            0,
+        );
+        spool.store_blocking(&env, content).unwrap();
+        // The open file outlives the directory's removal.
+        spool.open_message(&id).unwrap().1
+    }
+
+    #[test]
+    fn pieces_cover_the_message_without_its_final_crlf() {
+        for (len, ending) in [
+            (0, &b""[..]),
+            (PIECE - 2, b"\r\n"),
+            (PIECE - 1, b"\r\n"),
+            (PIECE, b"\r\n"),
+            (2 * PIECE - 1, b"x"),
+            (PIECE + 1, b""),
+        ] {
+            let mut m = vec![b'a'; len];
+            m.extend_from_slice(ending);
+            let message = stored(&m);
+            let whole = message.read_all().unwrap();
+            let mut pieces = Pieces::new(&message);
+            let mut got = Vec::new();
+            while let Some(p) = pieces.next_piece().unwrap() {
+                assert!(p.len() <= PIECE, "{len}");
+                got.extend_from_slice(p);
             }
-            Err(e) => {
-                self.fuse.blow(format!(
-                    "reading the queued message failed at octet {pos}: {e}"
-                ));
-                None
-            }
+            let want = whole.strip_suffix(b"\r\n").unwrap_or(&whole);
+            assert_eq!(got, want, "{len}");
         }
     }
 }
