@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::fsio::{GroupSync, RealIo, SpoolIo};
+use super::fsio::{RealIo, SpoolIo};
 use super::id::QueueId;
 use super::qfile::{self, ReadAt};
 
@@ -261,8 +261,6 @@ impl SpoolError {
 pub struct Spool {
     dir: PathBuf,
     io: Arc<dyn SpoolIo>,
-    /// The directory fsyncs of concurrent commits, shared ([`GroupSync`]).
-    dir_sync: Arc<GroupSync>,
 }
 
 pub(super) fn io_err<'a>(
@@ -303,7 +301,6 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io,
-            dir_sync: Arc::default(),
         }
     }
 
@@ -313,7 +310,6 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io: Arc::new(RealIo),
-            dir_sync: Arc::default(),
         }
     }
 
@@ -627,7 +623,8 @@ impl SpoolWriter {
             io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
             drop(file);
             io.rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
-            spool.sync_dir()
+            io.sync_dir(&spool.dir)
+                .map_err(io_err(&spool.dir, "fsync directory"))
         })();
         match result {
             Ok(()) => {
@@ -805,8 +802,8 @@ impl Spool {
 
     /// fsync the queue directory so that renames into it survive a crash.
     fn sync_dir(&self) -> Result<(), SpoolError> {
-        self.dir_sync
-            .sync(|| self.io.sync_dir(&self.dir))
+        self.io
+            .sync_dir(&self.dir)
             .map_err(io_err(&self.dir, "fsync directory"))
     }
 }
