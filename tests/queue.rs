@@ -73,6 +73,19 @@ async fn deferred_state_is_saved_with_the_reply_and_next_attempt() {
                 .unwrap()
                 .as_secs();
             assert!(next >= now + 3500 && next <= now + 3700, "{next} vs {now}");
+            // It waits in `deferred/XY/` (the last two digits of its ID), out of the top
+            // directory where new mail comes and goes (bounded wait: the move follows the
+            // save).
+            let file = server
+                .queue_dir()
+                .join("deferred")
+                .join(&id[id.len() - 2..])
+                .join(format!("{id}.q"));
+            while !file.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(file.exists(), "not moved to {}", file.display());
+            assert!(!server.queue_dir().join(format!("{id}.q")).exists());
             break;
         }
         assert!(Instant::now() < deadline, "never deferred");

@@ -389,8 +389,13 @@ fn fill_queue(args: &Args, fill: &[String]) -> anyhow::Result<()> {
                         r.next_attempt = Some(later);
                         r.last_reply = Some("451 4.4.1 submitd-bench: filled deferred".into());
                     }
-                    match spool.store_blocking(&env, &body) {
-                        Ok(()) => {
+                    // Where the server keeps messages that wait: `deferred/`.
+                    let done = spool.create(&id).and_then(|mut w| {
+                        w.write(&body)?;
+                        w.commit_deferred(env)
+                    });
+                    match done {
+                        Ok(_) => {
                             stored.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {

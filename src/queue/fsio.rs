@@ -29,6 +29,10 @@ pub trait SpoolIo: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Remove a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Give the file at `from` the second name `to` (a hard link).
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
 }
 
 /// The file system, as it is.

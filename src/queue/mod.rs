@@ -17,7 +17,9 @@
 //! rename to `ID.q`, directory fsync, and only then `250`. A `.tmp` is an interrupted write and
 //! is removed at start-up. A committed file that cannot be delivered as it is is moved to
 //! `quarantine/` by the scheduler's start-up load (see [`spool`]). A version 1 queue (`ID.env`
-//! and `ID.msg`) is migrated at start-up ([`migrate`]).
+//! and `ID.msg`) is migrated at start-up ([`migrate`]). A message waiting for a later
+//! attempt lives in `deferred/XY/ID.q` (`XY`: the ID's last two hex digits), out of the top
+//! directory where new mail comes and goes ([`spool::DEFERRED_DIR`]).
 
 pub mod bounce;
 pub mod control;

@@ -751,14 +751,34 @@ fn scan_blocking(
     known.sort_unstable_by_key(|(id, _)| *id);
     let mut present = vec![false; known.len()];
     let mut changed = Vec::new();
-    let dir = spool.dir();
-    let entries = std::fs::read_dir(dir).map_err(|source| SpoolError::Io {
-        path: dir.to_path_buf(),
-        step: "read directory",
-        source,
+    spool.visit_dirs(|dir| {
+        let entries = std::fs::read_dir(dir).map_err(|source| SpoolError::Io {
+            path: dir.to_path_buf(),
+            step: "read directory",
+            source,
+        })?;
+        scan_dir(spool, entries, &known, &mut present, &mut changed);
+        Ok(())
     })?;
+    let gone = known
+        .iter()
+        .zip(&present)
+        .filter(|(_, here)| !**here)
+        .map(|((id, _), _)| *id)
+        .collect();
+    Ok((gone, changed))
+}
+
+/// [`scan_blocking`] over one directory's entries.
+fn scan_dir(
+    spool: &Spool,
+    entries: std::fs::ReadDir,
+    known: &[(Key, Option<SystemTime>)],
+    present: &mut [bool],
+    changed: &mut Vec<(Key, SystemTime, Seen)>,
+) {
     for entry in entries.flatten() {
-        // Top-level `ID.q` files only, as `Spool::list` takes them.
+        // `ID.q` files only, as `Spool::list` takes them.
         let name = entry.file_name();
         let Some(id) = name.to_str().and_then(crate::queue::spool::id_of_file_name) else {
             continue;
@@ -786,13 +806,6 @@ fn scan_blocking(
             changed.push((known[i].0, mtime, seen));
         }
     }
-    let gone = known
-        .iter()
-        .zip(&present)
-        .filter(|(_, here)| !**here)
-        .map(|((id, _), _)| *id)
-        .collect();
-    Ok((gone, changed))
 }
 
 /// The domain of an address (after the last `@`), lowercased for grouping.
@@ -1074,6 +1087,13 @@ fn save_or_remove(
         return Ok(After::Removed);
     }
     let mtime = spool.save_envelope(env)?;
+    if due.is_some_and(|due| due > crate::clock::unix_now()) {
+        // Waits for a later attempt: out of the top directory, where new mail comes and
+        // goes. A failed move leaves it where it is, which is as good a place to wait.
+        if let Err(e) = spool.move_to_deferred(id, lock) {
+            warn!(queue_id = %id, error = %e, "queue: cannot move to the deferred directory");
+        }
+    }
     let open = env
         .recipients
         .iter()

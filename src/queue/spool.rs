@@ -13,7 +13,14 @@
 //! error level: a file without a valid header or record, a record that does not parse, has
 //! another version or names another ID, content shorter than the record says. They are kept,
 //! not deleted: an operator may repair one and move it back. Nothing else looks inside
-//! `quarantine/` (listing takes only top-level `ID.q` files).
+//! `quarantine/` (listing takes only `ID.q` files at the top level and in `deferred/`).
+//!
+//! # Where a message is
+//!
+//! A message is committed as `ID.q` in the queue directory. One that waits for a later attempt
+//! moves to `deferred/XY/ID.q` ([`DEFERRED_DIR`], [`Spool::move_to_deferred`]), and never back:
+//! every lookup tries the top directory first and then that one, so it finds a message that
+//! moves meanwhile.
 
 use std::fs::{self, File};
 use std::io;
@@ -35,6 +42,14 @@ pub const SUFFIX: &str = ".q";
 
 /// Where start-up moves queue entries that cannot be delivered, inside the queue directory.
 pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Where messages that wait for a later attempt are kept, inside the queue directory, in 256
+/// subdirectories named after the last two hex digits of the ID (`deferred/D1/ID.q`): new
+/// mail is created, renamed and removed in the top directory, which stays small however many
+/// messages wait (a directory of a million entries makes each of those operations, and each
+/// directory fsync, costlier). Postfix keeps its deferred queue apart, hashed, for the same
+/// reason.
+pub const DEFERRED_DIR: &str = "deferred";
 
 /// The envelope of one queued message: the current record of its `ID.q`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +276,8 @@ impl SpoolError {
 pub struct Spool {
     dir: PathBuf,
     io: Arc<dyn SpoolIo>,
+    /// [`DEFERRED_DIR`] subdirectories with removals not yet fsynced ([`Spool::sync`]).
+    unsynced: Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
 
 pub(super) fn io_err<'a>(
@@ -301,6 +318,7 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io,
+            unsynced: Arc::default(),
         }
     }
 
@@ -310,6 +328,7 @@ impl Spool {
         Spool {
             dir: dir.to_path_buf(),
             io: Arc::new(RealIo),
+            unsynced: Arc::default(),
         }
     }
 
@@ -328,9 +347,134 @@ impl Spool {
         self.dir.join(QUARANTINE_DIR)
     }
 
-    /// Path of a message's queue file, `ID.q`.
+    /// Path of a message's queue file: `ID.q` in the top directory, or in its
+    /// [`DEFERRED_DIR`] subdirectory when it is there (the top path when it is in neither).
     pub fn path(&self, id: &QueueId) -> PathBuf {
+        let top = self.top_path(id);
+        if fs::symlink_metadata(&top).is_err() {
+            let deferred = self.deferred_path(id);
+            if fs::symlink_metadata(&deferred).is_ok() {
+                return deferred;
+            }
+        }
+        top
+    }
+
+    /// `ID.q` in the top directory: where a message is committed.
+    fn top_path(&self, id: &QueueId) -> PathBuf {
         self.dir.join(format!("{id}{SUFFIX}"))
+    }
+
+    /// The [`DEFERRED_DIR`] subdirectory for `id`.
+    fn deferred_dir(&self, id: &QueueId) -> PathBuf {
+        let text = id.as_str();
+        let hash = &text[text.len().saturating_sub(2)..];
+        self.dir.join(DEFERRED_DIR).join(hash)
+    }
+
+    /// `deferred/XY/ID.q`: where a message waits for a later attempt.
+    fn deferred_path(&self, id: &QueueId) -> PathBuf {
+        self.deferred_dir(id).join(format!("{id}{SUFFIX}"))
+    }
+
+    /// Open a message's queue file wherever it is. A message only ever moves from the top
+    /// directory into [`DEFERRED_DIR`] (a link there first, then the top name removed), so
+    /// looking at the top first and then there never misses it while it moves.
+    fn open_located(&self, id: &QueueId) -> Result<(PathBuf, File), SpoolError> {
+        let top = self.top_path(id);
+        match File::open(&top) {
+            Ok(file) => Ok((top, file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let deferred = self.deferred_path(id);
+                match File::open(&deferred) {
+                    Ok(file) => Ok((deferred, file)),
+                    // Named after the top path, as before messages moved.
+                    Err(e) => Err(io_err(&top, "open")(e)),
+                }
+            }
+            Err(e) => Err(io_err(&top, "open")(e)),
+        }
+    }
+
+    /// Call `f` on each directory queue files are in: the top one first, then each
+    /// [`DEFERRED_DIR`] subdirectory, listed only once `f` is done with the top one. Messages
+    /// move only from the top into a subdirectory, created before the move: so one that was
+    /// not in the top directory when `f` read it is in a subdirectory that is then listed, and
+    /// a listing never misses a message that moves while it runs.
+    pub fn visit_dirs(
+        &self,
+        mut f: impl FnMut(&Path) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
+        f(&self.dir)?;
+        let deferred = self.dir.join(DEFERRED_DIR);
+        let entries = match fs::read_dir(&deferred) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&deferred, "read directory")(e)),
+        };
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&deferred, "read directory"))?;
+            let name = entry.file_name();
+            let hashed = name
+                .to_str()
+                .is_some_and(|n| n.len() == 2 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if hashed {
+                subdirs.push(entry.path());
+            }
+        }
+        subdirs.sort();
+        subdirs.iter().try_for_each(|dir| f(dir))
+    }
+
+    /// Move a message that waits for a later attempt into its [`DEFERRED_DIR`] subdirectory
+    /// (nothing to do when it is there already). Needs the message's lock. The new name is
+    /// linked and its directory fsynced before the top name goes, so a crash at any point
+    /// leaves the message under one name or both (the same file twice: listed once, and
+    /// [`Spool::remove`] removes both), never under none.
+    pub fn move_to_deferred(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
+        let top = self.top_path(id);
+        let dir = self.deferred_dir(id);
+        let dst = dir.join(format!("{id}{SUFFIX}"));
+        let io = &*self.io;
+        match io.link(&top, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if fs::symlink_metadata(&top).is_err() {
+                    // Not in the top directory: moved (or removed) already.
+                    return Ok(());
+                }
+                self.create_deferred_dir(&dir)?;
+                match io.link(&top, &dst) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err(&dst, "link")(e)),
+                }
+            }
+            Err(e) => return Err(io_err(&dst, "link")(e)),
+        }
+        io.sync_dir(&dir).map_err(io_err(&dir, "fsync directory"))?;
+        // Not fsynced: should the removal be lost, the file has two names until it is removed.
+        match io.remove(&top) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&top, "remove")(e)),
+        }
+    }
+
+    /// Create `deferred/` and `deferred/XY/` (mode 0700) and make the new entries durable.
+    fn create_deferred_dir(&self, dir: &Path) -> Result<(), SpoolError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir, "create directory"))?;
+        let parent = self.dir.join(DEFERRED_DIR);
+        self.io
+            .sync_dir(&parent)
+            .map_err(io_err(&parent, "fsync directory"))?;
+        self.sync_dir()
     }
 
     /// Path of a message's queue file while it is written, `ID.q.tmp`.
@@ -381,6 +525,11 @@ impl Spool {
         }
         let _ = self.io.sync_dir(&qdir);
         let _ = self.io.sync_dir(&self.dir);
+        for path in paths {
+            if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
+                let _ = self.io.sync_dir(parent);
+            }
+        }
         tracing::error!(
             queue_id = %id,
             reason,
@@ -444,7 +593,15 @@ impl Spool {
         })?;
         let path = self.path(&id);
         let io = &*self.io;
-        let mut file = io.open_append(&path).map_err(io_err(&path, "open"))?;
+        let mut file = match io.open_append(&path) {
+            Ok(file) => file,
+            // Moved into `deferred/` between the lookup and the open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path == self.top_path(&id) => {
+                let path = self.deferred_path(&id);
+                io.open_append(&path).map_err(io_err(&path, "open"))?
+            }
+            Err(e) => return Err(io_err(&path, "open")(e)),
+        };
         let end = file.metadata().map_err(io_err(&path, "stat"))?.len();
         io.write_all(&path, &mut file, &qfile::record(end, &envelope.to_bytes()))
             .map_err(io_err(&path, "write"))?;
@@ -454,8 +611,7 @@ impl Spool {
 
     /// Read a message's current envelope.
     pub fn load_envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
-        let path = self.path(id);
-        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let (path, file) = self.open_located(id)?;
         read_envelope(&path, id, &file)
     }
 
@@ -466,8 +622,7 @@ impl Spool {
         &self,
         id: &QueueId,
     ) -> Result<(Envelope, Option<std::time::SystemTime>), SpoolError> {
-        let path = self.path(id);
-        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let (path, file) = self.open_located(id)?;
         let meta = file.metadata().map_err(io_err(&path, "stat"))?;
         let envelope = read_envelope_at(&path, id, &file, meta.len())?;
         Ok((envelope, meta.modified().ok()))
@@ -475,8 +630,7 @@ impl Spool {
 
     /// Open a message for relaying: its current envelope and its bytes.
     pub fn open_message(&self, id: &QueueId) -> Result<(Envelope, StoredMessage), SpoolError> {
-        let path = self.path(id);
-        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let (path, file) = self.open_located(id)?;
         let envelope = read_envelope(&path, id, &file)?;
         let message = StoredMessage {
             file,
@@ -495,16 +649,21 @@ impl Spool {
         message.read_all().map_err(io_err(&path, "read"))
     }
 
-    /// IDs of every committed message (`ID.q` at the top level), oldest first.
+    /// IDs of every committed message (`ID.q` at the top level and in [`DEFERRED_DIR`]),
+    /// oldest first, each once.
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
         let mut ids = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir, "read directory"))? {
-            let entry = entry.map_err(io_err(&self.dir, "read directory"))?;
-            if let Some(id) = entry.file_name().to_str().and_then(id_of_file_name) {
-                ids.push(id);
+        self.visit_dirs(|dir| {
+            for entry in fs::read_dir(dir).map_err(io_err(dir, "read directory"))? {
+                let entry = entry.map_err(io_err(dir, "read directory"))?;
+                if let Some(id) = entry.file_name().to_str().and_then(id_of_file_name) {
+                    ids.push(id);
+                }
             }
-        }
+            Ok(())
+        })?;
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 }
@@ -602,7 +761,21 @@ impl SpoolWriter {
     /// `ID.q`, fsync the directory. Returns the envelope as stored. Any failed step removes the
     /// file: a rename whose durability is not proven must not be acknowledged, and an entry
     /// left in place after a `451` would be delivered although the client was told it was not.
-    pub fn commit(mut self, mut envelope: Envelope) -> Result<Envelope, SpoolError> {
+    pub fn commit(self, envelope: Envelope) -> Result<Envelope, SpoolError> {
+        self.commit_into(envelope, false)
+    }
+
+    /// [`SpoolWriter::commit`] straight into the message's [`DEFERRED_DIR`] subdirectory:
+    /// for offline tools that fill a queue with waiting messages (the benchmarks).
+    pub fn commit_deferred(self, envelope: Envelope) -> Result<Envelope, SpoolError> {
+        self.commit_into(envelope, true)
+    }
+
+    fn commit_into(
+        mut self,
+        mut envelope: Envelope,
+        deferred: bool,
+    ) -> Result<Envelope, SpoolError> {
         let Some(mut file) = self.file.take() else {
             return Err(spent(&self.tmp));
         };
@@ -613,7 +786,15 @@ impl SpoolWriter {
         let spool = self.spool.clone();
         let io = &*spool.io;
         let tmp = self.tmp.clone();
-        let path = spool.path(&self.id);
+        let (path, dir) = if deferred {
+            let dir = spool.deferred_dir(&self.id);
+            if !dir.is_dir() {
+                spool.create_deferred_dir(&dir)?;
+            }
+            (spool.deferred_path(&self.id), dir)
+        } else {
+            (spool.top_path(&self.id), spool.dir.clone())
+        };
         let result = (|| {
             let at = qfile::CONTENT_OFFSET + self.written;
             io.write_all(&tmp, &mut file, &qfile::record(at, &envelope.to_bytes()))
@@ -623,8 +804,7 @@ impl SpoolWriter {
             io.sync(&tmp, &file).map_err(io_err(&tmp, "fsync"))?;
             drop(file);
             io.rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
-            io.sync_dir(&spool.dir)
-                .map_err(io_err(&spool.dir, "fsync directory"))
+            io.sync_dir(&dir).map_err(io_err(&dir, "fsync directory"))
         })();
         match result {
             Ok(()) => {
@@ -634,7 +814,7 @@ impl SpoolWriter {
             }
             Err(e) => {
                 let _ = io.remove(&path);
-                let _ = io.sync_dir(&spool.dir);
+                let _ = io.sync_dir(&dir);
                 Err(e)
             }
         }
@@ -756,8 +936,7 @@ impl Spool {
     /// Lock a message, waiting for any other holder. `Io` with `NotFound` when it is gone.
     pub fn lock(&self, id: &QueueId) -> Result<MessageLock, SpoolError> {
         use std::os::fd::AsRawFd;
-        let path = self.path(id);
-        let file = File::open(&path).map_err(io_err(&path, "open"))?;
+        let (path, file) = self.open_located(id)?;
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is shared.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -779,7 +958,14 @@ impl Spool {
     /// Remove a message and fsync the directory. Needs the message's lock.
     pub fn remove(&self, id: &QueueId, lock: &MessageLock) -> Result<(), SpoolError> {
         self.remove_unsynced(id, lock)?;
-        self.sync_dir()
+        self.sync_dir()?;
+        let dir = self.deferred_dir(id);
+        if dir.is_dir() {
+            self.io
+                .sync_dir(&dir)
+                .map_err(io_err(&dir, "fsync directory"))?;
+        }
+        Ok(())
     }
 
     /// [`Spool::remove`] without the directory fsync, for a message whose delivery is done:
@@ -787,17 +973,32 @@ impl Spool {
     /// duplicate, never a loss; Postfix makes the same trade). The scheduler makes removals
     /// durable in batches with [`Spool::sync`].
     pub fn remove_unsynced(&self, id: &QueueId, _lock: &MessageLock) -> Result<(), SpoolError> {
-        let path = self.path(id);
-        match self.io.remove(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path, "remove")(e)),
+        // Both names: a crash while it moved may have left it under both.
+        for (deferred, path) in [(false, self.top_path(id)), (true, self.deferred_path(id))] {
+            match self.io.remove(&path) {
+                Ok(()) if deferred => {
+                    let mut dirs = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+                    dirs.insert(self.deferred_dir(id));
+                }
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, "remove")(e)),
+            }
         }
+        Ok(())
     }
 
-    /// fsync the queue directory: removals before it survive a crash.
+    /// fsync the queue directory, and the [`DEFERRED_DIR`] subdirectories messages were
+    /// removed from since the last call: removals before it survive a crash.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.sync_dir()
+        self.sync_dir()?;
+        let dirs = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|e| e.into_inner()));
+        for dir in dirs {
+            self.io
+                .sync_dir(&dir)
+                .map_err(io_err(&dir, "fsync directory"))?;
+        }
+        Ok(())
     }
 
     /// fsync the queue directory so that renames into it survive a crash.

@@ -296,3 +296,102 @@ fn a_version_1_queue_is_migrated_at_open() {
     // Nothing more to do the second time.
     assert_eq!(super::super::migrate::migrate(&spool).unwrap(), 0);
 }
+
+#[test]
+fn a_waiting_message_moves_to_deferred_and_stays_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("q")).unwrap();
+    let id = QueueId::generate();
+    spool.store_blocking(&envelope(&id), b"hello").unwrap();
+    let top = spool.dir().join(format!("{id}.q"));
+    let hash = &id.as_str()[18..];
+    let moved = spool
+        .dir()
+        .join(DEFERRED_DIR)
+        .join(hash)
+        .join(format!("{id}.q"));
+    {
+        let lock = spool.lock(&id).unwrap();
+        spool.move_to_deferred(&id, &lock).unwrap();
+        // Again: already there, nothing to do.
+        spool.move_to_deferred(&id, &lock).unwrap();
+    }
+    assert!(!top.exists());
+    assert!(moved.exists());
+    assert_eq!(names(spool.dir()), vec![DEFERRED_DIR.to_string()]);
+    let mode = fs::metadata(moved.parent().unwrap()).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    // Everything finds it where it is.
+    assert_eq!(spool.path(&id), moved);
+    assert_eq!(spool.load_envelope(&id).unwrap(), envelope(&id));
+    assert_eq!(spool.load_message(&id).unwrap(), b"hello");
+    assert_eq!(spool.list().unwrap(), vec![id.clone()]);
+    let mut later = envelope(&id);
+    later.recipients[0].attempts = 3;
+    spool.save_envelope(&later).unwrap();
+    assert_eq!(spool.load_envelope(&id).unwrap(), later);
+    assert!(spool.check(&id).is_none());
+    // Removed from there, and the removal made durable with the next sync.
+    let lock = spool.lock(&id).unwrap();
+    spool.remove_unsynced(&id, &lock).unwrap();
+    assert!(!moved.exists());
+    assert_eq!(spool.unsynced.lock().unwrap().len(), 1);
+    spool.sync().unwrap();
+    assert!(spool.unsynced.lock().unwrap().is_empty());
+    assert!(spool.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_message_left_under_both_names_is_listed_once_and_removed_whole() {
+    // A crash between the link into deferred/ and the removal of the top name.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = QueueId::generate();
+    spool.store_blocking(&envelope(&id), b"hello").unwrap();
+    let other = QueueId::generate();
+    spool.store_blocking(&envelope(&other), b"other").unwrap();
+    let deferred = spool.deferred_dir(&id);
+    fs::create_dir_all(&deferred).unwrap();
+    fs::hard_link(spool.top_path(&id), spool.deferred_path(&id)).unwrap();
+    let mut want = vec![id.clone(), other.clone()];
+    want.sort();
+    assert_eq!(spool.list().unwrap(), want);
+    // The move completes.
+    let lock = spool.lock(&id).unwrap();
+    spool.move_to_deferred(&id, &lock).unwrap();
+    assert!(!spool.top_path(&id).exists());
+    assert_eq!(spool.load_message(&id).unwrap(), b"hello");
+    // And under both names again, a removal takes both.
+    fs::hard_link(spool.deferred_path(&id), spool.top_path(&id)).unwrap();
+    spool.remove(&id, &lock).unwrap();
+    assert!(!spool.top_path(&id).exists() && !spool.deferred_path(&id).exists());
+    assert_eq!(spool.list().unwrap(), vec![other]);
+}
+
+#[test]
+fn commit_deferred_writes_straight_into_the_deferred_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = QueueId::generate();
+    let mut writer = spool.create(&id).unwrap();
+    writer.write(b"hello").unwrap();
+    writer.commit_deferred(envelope(&id)).unwrap();
+    assert_eq!(names(spool.dir()), vec![DEFERRED_DIR.to_string()]);
+    assert!(spool.deferred_path(&id).exists());
+    assert_eq!(spool.load_message(&id).unwrap(), b"hello");
+    // Foreign names under deferred/ are not queue directories.
+    fs::create_dir_all(spool.dir().join(DEFERRED_DIR).join("not-hashed")).unwrap();
+    fs::write(
+        spool
+            .dir()
+            .join(DEFERRED_DIR)
+            .join("not-hashed")
+            .join(format!("{}.q", QueueId::generate())),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(spool.list().unwrap(), vec![id]);
+}
