@@ -384,6 +384,79 @@ struct Signals {
     rescan: Arc<tokio::sync::Notify>,
 }
 
+/// The scheduler's periodic work besides deliveries: directory scans and the fsync that makes
+/// removals durable.
+struct Upkeep {
+    next_scan: tokio::time::Instant,
+    /// When the last scan ended and how long it took: a requested scan waits that long.
+    last_scan: (tokio::time::Instant, Duration),
+    /// A scan was asked for (`QueueHandle::rescan`) and has not run yet.
+    requested: bool,
+    /// Messages removed since the directory was last fsynced, and when to fsync it next.
+    unsynced: bool,
+    next_sync: tokio::time::Instant,
+}
+
+impl Upkeep {
+    fn new() -> Upkeep {
+        let now = tokio::time::Instant::now();
+        Upkeep {
+            next_scan: now + SCAN_INTERVAL,
+            last_scan: (now, Duration::ZERO),
+            requested: false,
+            unsynced: false,
+            next_sync: now + SCAN_INTERVAL,
+        }
+    }
+
+    /// Scan when one is due (not while the start-up load runs), or else fsync the removals
+    /// when that is due.
+    async fn run_due(&mut self, shared: &Arc<Shared>, tracker: &mut Tracker, loading: bool) {
+        let now = tokio::time::Instant::now();
+        if !loading && now >= self.next_scan {
+            let sync = std::mem::take(&mut self.unsynced);
+            self.requested = false;
+            scan(shared, tracker, sync).await;
+            // A queue so big that scanning it takes long is scanned less often, so that
+            // scanning takes at most about 1/SCAN_SHARE of the time.
+            let ended = tokio::time::Instant::now();
+            let took = ended - now;
+            self.last_scan = (ended, took);
+            self.next_scan = ended + SCAN_INTERVAL.max(took * SCAN_SHARE);
+            self.next_sync = ended + SCAN_INTERVAL;
+        } else if self.unsynced && now >= self.next_sync {
+            // Removals are made durable every SCAN_INTERVAL, however rarely a big queue is
+            // scanned: directory fsyncs only.
+            self.unsynced = false;
+            let spool = shared.spool.clone();
+            let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
+            if !matches!(synced, Ok(Ok(()))) {
+                warn!("queue: cannot fsync the queue directory");
+            }
+            self.next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
+        }
+    }
+
+    /// A scan was asked for: at once, unless the last one ended less than its own duration
+    /// (and SCAN_INTERVAL) ago.
+    fn requested(&mut self) {
+        self.requested = true;
+        let (ended, took) = self.last_scan;
+        self.next_scan = self.next_scan.min(ended + SCAN_INTERVAL.max(took));
+    }
+
+    /// The start-up load, which took `took`, is over. It just read every envelope: the first
+    /// scan waits as if it had been one (a second for a small queue), unless one was asked for.
+    fn loaded(&mut self, took: Duration) {
+        let now = tokio::time::Instant::now();
+        self.next_scan = if self.requested {
+            now
+        } else {
+            now + SCAN_INTERVAL.max(took * SCAN_SHARE)
+        };
+    }
+}
+
 async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<QueueId>,
@@ -400,38 +473,11 @@ async fn run(
     // The queue on disk comes in batches while new mail is announced and delivered; the
     // rescans start once it is all in.
     let mut startup = Some(Startup::spawn(shared.spool.clone(), shutdown.clone()));
-    let mut next_scan = tokio::time::Instant::now() + SCAN_INTERVAL;
-    // When the last scan ended and how long it took: a requested scan waits that long.
-    let mut last_scan = (tokio::time::Instant::now(), Duration::ZERO);
-    // A scan was asked for (`QueueHandle::rescan`) and has not run yet.
-    let mut requested = false;
-    // Messages removed since the directory was last fsynced, and when to fsync it next.
-    let mut unsynced = false;
-    let mut next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
+    let mut upkeep = Upkeep::new();
     loop {
-        let now = tokio::time::Instant::now();
-        if startup.is_none() && now >= next_scan {
-            let sync = std::mem::take(&mut unsynced);
-            requested = false;
-            scan(&shared, &mut tracker, sync).await;
-            // A queue so big that scanning it takes long is scanned less often, so that
-            // scanning takes at most about 1/SCAN_SHARE of the time.
-            let ended = tokio::time::Instant::now();
-            let took = ended - now;
-            last_scan = (ended, took);
-            next_scan = ended + SCAN_INTERVAL.max(took * SCAN_SHARE);
-            next_sync = ended + SCAN_INTERVAL;
-        } else if unsynced && now >= next_sync {
-            // Removals are made durable every SCAN_INTERVAL, however rarely a big queue is
-            // scanned: one directory fsync.
-            unsynced = false;
-            let spool = shared.spool.clone();
-            let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
-            if !matches!(synced, Ok(Ok(()))) {
-                warn!("queue: cannot fsync the queue directory");
-            }
-            next_sync = tokio::time::Instant::now() + SCAN_INTERVAL;
-        }
+        upkeep
+            .run_due(&shared, &mut tracker, startup.is_some())
+            .await;
         // Start what is due, earliest due first, up to the concurrency limit.
         let now = unix_now();
         while running.len() < concurrency {
@@ -459,30 +505,17 @@ async fn run(
             batch = async { startup.as_mut()?.rx.recv().await }, if loading => match batch {
                 Some(batch) => startup.as_mut().map(|s| s.admit(&mut tracker, batch)).unwrap_or(()),
                 None => {
-                    let now = tokio::time::Instant::now();
-                    let mut took = Duration::ZERO;
                     if let Some(s) = startup.take() {
-                        took = s.started.elapsed();
+                        upkeep.loaded(s.started.elapsed());
                         s.done(&tracker);
                     }
-                    // The load just read every envelope: the first scan waits as if it had
-                    // been one (a second for a small queue), unless one was asked for.
-                    next_scan = if requested {
-                        now
-                    } else {
-                        now + SCAN_INTERVAL.max(took * SCAN_SHARE)
-                    };
                 }
             },
             _ = flush.notified() => {
                 let n = tracker.flush(unix_now());
                 info!(messages = n, "queue: flush, deferred messages due now");
             }
-            _ = rescan.notified() => {
-                requested = true;
-                let (ended, took) = last_scan;
-                next_scan = next_scan.min(ended + SCAN_INTERVAL.max(took));
-            }
+            _ = rescan.notified() => upkeep.requested(),
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, after) = match done {
                     Ok((task, (id, after))) => {
@@ -498,8 +531,8 @@ async fn run(
                     }
                 };
                 match after {
-                    After::Removed => unsynced = true,
-                    After::Unknown => next_scan = tokio::time::Instant::now(),
+                    After::Removed => upkeep.unsynced = true,
+                    After::Unknown => upkeep.next_scan = tokio::time::Instant::now(),
                     After::Saved { .. } => {}
                 }
                 let key = id.to_bits();
@@ -509,8 +542,8 @@ async fn run(
                 }
                 tracker.finished(key, after);
             }
-            _ = tokio::time::sleep_until(next_scan), if !loading => {}
-            _ = tokio::time::sleep_until(next_sync), if unsynced => {}
+            _ = tokio::time::sleep_until(upkeep.next_scan), if !loading => {}
+            _ = tokio::time::sleep_until(upkeep.next_sync), if upkeep.unsynced => {}
             _ = shutdown.cancelled() => break,
         }
     }
