@@ -636,7 +636,10 @@ settled_kb() {
 }
 
 submitd_rss() { kb_of "$SUBMITD_PID" VmRSS; }
-queue_files() { find "$WORK/queue" -maxdepth 1 -type f 2>/dev/null | wc -l; }
+queue_files() { find "$WORK/queue" -name '*.q' -type f 2>/dev/null | wc -l; }
+
+# loaded_since LINE: submitd logged, after line LINE of its log, that its queue is loaded.
+loaded_since() { tail -n +"$(($1 + 1))" "$RESULTS/submitd.log" | grep -q "existing messages loaded"; }
 
 # depth_point SERVER N FILL_SECONDS: restart the server over a queue of N deferred messages,
 # time start to first 220, memory once settled, then new-submission msg/s on 465.
@@ -653,10 +656,15 @@ depth_point() {
     port=$P465
   else
     stop_submitd
+    local logged
+    logged=$(wc -l <"$RESULTS/submitd.log" 2>/dev/null || echo 0)
     t0=$(date +%s.%N)
     start_submitd_bg
     t1=$(banner_time "$S587" 600) || die "submitd: no 220 on $S587 within 600 s over $n deferred"
     wait_until 60 port_open "$S465" || die "submitd is not listening on $S465"
+    # The queue is loaded in the background: measure once its log line says it is in (the
+    # memory would not settle before; new mail would share the core with the load).
+    wait_until 600 loaded_since "$logged" || log "WARNING: submitd's queue load not done after 600 s"
     rss=$(settled_kb submitd_rss)
     port=$S465
   fi

@@ -52,7 +52,7 @@ pub fn smarthost(host: &str, ca_file: Option<&Path>) -> Result<Verified, String>
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .expect("the default provider supports the default versions")
+        .map_err(|e| format!("TLS for relay.smarthost {host}: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Verified {
