@@ -889,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn fill_queue_writes_every_message_into_the_directory() {
+    fn fill_queue_writes_every_message_into_the_deferred_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let queue = dir.path().join("queue");
         let args = Args::try_parse_from([
@@ -905,13 +905,27 @@ mod tests {
         .expect("arguments parse without --connect");
         let fill = args.fill_queue.clone().expect("fill mode");
         fill_queue(&args, &fill).expect("fill");
-        let files: Vec<_> = std::fs::read_dir(&queue)
+        // 50 messages, as the server's spool lists them, each waiting where the server keeps
+        // deferred mail (`deferred/XY/ID.q`), none in the top directory.
+        let spool = submitd::queue::Spool::attach(&queue);
+        let ids = spool.list().expect("list");
+        assert_eq!(ids.len(), 50);
+        for id in &ids {
+            let path = spool.path(id);
+            assert!(
+                path.parent().and_then(|p| p.parent()) == Some(&*queue.join("deferred")),
+                "{}",
+                path.display()
+            );
+            let env = spool.load_envelope(id).expect("envelope");
+            assert!(env.next_due().is_some_and(|due| due > env.received_at));
+        }
+        let top = std::fs::read_dir(&queue)
             .expect("queue dir")
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .collect();
-        // Whatever the on-disk format, 50 messages are at least 50 files.
-        assert!(files.len() >= 50, "{} files", files.len());
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".q"))
+            .count();
+        assert_eq!(top, 0);
         let bad =
             Args::try_parse_from(["submitd-bench", "--fill-queue", "x", "lots"]).expect("parse");
         assert!(fill_queue(&bad, bad.fill_queue.as_deref().expect("fill")).is_err());
