@@ -54,7 +54,7 @@ wait_listening() {
 # wait_queue_empty: until no message is queued (at most 120 s).
 wait_queue_empty() {
   for _ in $(seq 1 1200); do
-    [ -z "$(ls queue | grep '\.q$\|\.env$' || true)" ] && return 0
+    [ -z "$(find queue -name '*.q' -o -name '*.env' 2>/dev/null)" ] && return 0
     sleep 0.1
   done
 }
