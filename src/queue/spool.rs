@@ -591,16 +591,19 @@ impl Spool {
             path: self.dir.clone(),
             message: format!("bad queue id {:?}", envelope.id),
         })?;
-        let path = self.path(&id);
         let io = &*self.io;
-        let mut file = match io.open_append(&path) {
-            Ok(file) => file,
-            // Moved into `deferred/` between the lookup and the open.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && path == self.top_path(&id) => {
-                let path = self.deferred_path(&id);
-                io.open_append(&path).map_err(io_err(&path, "open"))?
+        // The top name first, then `deferred/` (as `open_located`): no stat before the open.
+        let top = self.top_path(&id);
+        let (path, mut file) = match io.open_append(&top) {
+            Ok(file) => (top, file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let deferred = self.deferred_path(&id);
+                match io.open_append(&deferred) {
+                    Ok(file) => (deferred, file),
+                    Err(e) => return Err(io_err(&top, "open")(e)),
+                }
             }
-            Err(e) => return Err(io_err(&path, "open")(e)),
+            Err(e) => return Err(io_err(&top, "open")(e)),
         };
         let end = file.metadata().map_err(io_err(&path, "stat"))?.len();
         io.write_all(&path, &mut file, &qfile::record(end, &envelope.to_bytes()))
