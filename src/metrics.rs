@@ -4,7 +4,10 @@
 //!
 //! Every label takes its value from a fixed set defined here — never a user, an address or a
 //! domain — so the number of series stays constant whatever the traffic. Every series is
-//! created at start, so a scrape shows zeros rather than missing lines.
+//! created at start, so a scrape shows zeros rather than missing lines. The one exception is
+//! the `destination` label of the polite-delivery gauges: a destination (recipient domain or
+//! smarthost) appears only while attempts to it run or while it is throttled, at most
+//! [`MAX_DESTINATION_SERIES`] of them.
 //!
 //! The other modules call one method per event ([`Metrics::outcome`] for what a session's
 //! reply meant, [`Metrics::delivery`] per recipient outcome, ...); the queue gauges are set by the
@@ -23,6 +26,23 @@ use prometheus_client::registry::Registry;
 
 use crate::clock::unix_now;
 use crate::outcome::{AuthResult, Outcome, Refusal};
+
+/// One destination's polite-delivery state, for `submitd_destination_*`.
+#[derive(Debug, Clone, Copy)]
+pub struct DestinationGauge<'a> {
+    pub name: &'a str,
+    /// Held after a throttle reply.
+    pub held: bool,
+    /// Held or below its configured concurrency.
+    pub throttled: bool,
+    pub limit: usize,
+    pub in_flight: usize,
+}
+
+/// At most this many destinations in `submitd_destination_*` (throttled ones first).
+pub const MAX_DESTINATION_SERIES: usize = 100;
+/// The `destination` label.
+type DestLabel = [(&'static str, String); 1];
 
 /// One label, name and value, both from the fixed sets below.
 type Label = [(&'static str, &'static str); 1];
@@ -105,6 +125,10 @@ pub struct Metrics {
     auth_backend_failures: Family<Labels2, Counter>,
     auth_backend_duration: Family<Label, Histogram, fn() -> Histogram>,
     state_up: Gauge,
+    destination_throttled: Family<DestLabel, Gauge>,
+    destination_limit: Family<DestLabel, Gauge>,
+    destination_in_flight: Family<DestLabel, Gauge>,
+    throttle_events: Counter,
     /// `[state]`: 0 local, 1 shared store answering, 2 shared store down (for `/health`).
     state_mode: std::sync::atomic::AtomicU8,
 }
@@ -171,6 +195,10 @@ impl Metrics {
             auth_backend_failures: Family::default(),
             auth_backend_duration: Family::new_with_constructor(backend_histogram),
             state_up: Gauge::default(),
+            destination_throttled: Family::default(),
+            destination_limit: Family::default(),
+            destination_in_flight: Family::default(),
+            throttle_events: Counter::default(),
             state_mode: std::sync::atomic::AtomicU8::new(0),
         };
         m.state_up.set(1);
@@ -288,6 +316,26 @@ impl Metrics {
             "auth_backend_duration_seconds",
             "Time the authentication backend took per question, failures included",
             self.auth_backend_duration.clone(),
+        );
+        r.register(
+            "destination_throttled",
+            "1 while a destination is held after a throttle reply (421, 4.7.28, 4.7.650, ...); only destinations throttled or with attempts running",
+            self.destination_throttled.clone(),
+        );
+        r.register(
+            "destination_concurrency_limit",
+            "Simultaneous attempts allowed to a destination now (relay.destination_concurrency, less after throttling)",
+            self.destination_limit.clone(),
+        );
+        r.register(
+            "destination_in_flight",
+            "Attempts running to a destination now",
+            self.destination_in_flight.clone(),
+        );
+        r.register(
+            "destination_throttle_events",
+            "Times a destination asked us to slow down and was held",
+            self.throttle_events.clone(),
         );
         self
     }
@@ -433,6 +481,35 @@ impl Metrics {
         if *status == "sent" {
             self.delivery_delay.observe(delay as f64);
         }
+    }
+
+    /// The polite-delivery gauges as of `states` (destinations with attempts running or
+    /// throttled): the series of any other destination are dropped, so the label set stays
+    /// small.
+    pub fn destinations(&self, mut shown: Vec<DestinationGauge<'_>>) {
+        // Throttled first, then the busiest.
+        shown.sort_by_key(|d| (!d.throttled, std::cmp::Reverse(d.in_flight)));
+        shown.truncate(MAX_DESTINATION_SERIES);
+        self.destination_throttled.clear();
+        self.destination_limit.clear();
+        self.destination_in_flight.clear();
+        for d in shown {
+            let label = [("destination", d.name.to_string())];
+            self.destination_throttled
+                .get_or_create(&label)
+                .set(i64::from(d.held));
+            self.destination_limit
+                .get_or_create(&label)
+                .set(d.limit as i64);
+            self.destination_in_flight
+                .get_or_create(&label)
+                .set(d.in_flight as i64);
+        }
+    }
+
+    /// A destination throttled us and is held.
+    pub fn throttle_event(&self) {
+        self.throttle_events.inc();
     }
 
     /// One outbound attempt (connection to one destination) took `took`.

@@ -28,6 +28,8 @@ pub struct RelaySettings {
     /// Where `relay.mode = "capture"` writes each message (`ID.eml`) and its envelope and
     /// results (`ID.json`), resolved against the config file's directory; `None` otherwise.
     pub capture_dir: Option<PathBuf>,
+    /// Polite delivery: per-destination concurrency, rate and throttling backoff.
+    pub polite: super::polite::PoliteSettings,
 }
 
 /// `relay.mode`: where messages go.
@@ -120,6 +122,15 @@ pub(super) struct RawRelay {
     ca_file: String,
     #[serde(default)]
     capture_dir: String,
+    // Polite delivery (`config::polite`).
+    #[serde(default = "super::polite::default_destination_concurrency")]
+    destination_concurrency: i64,
+    #[serde(default)]
+    destination_rate: i64,
+    #[serde(default = "super::polite::default_throttle_backoff")]
+    throttle_backoff: String,
+    #[serde(default = "super::polite::default_throttle_backoff_max")]
+    throttle_backoff_max: String,
 }
 
 fn default_relay_mode() -> String {
@@ -152,6 +163,10 @@ impl Default for RawRelay {
             smarthost_password: String::new(),
             ca_file: String::new(),
             capture_dir: String::new(),
+            destination_concurrency: super::polite::default_destination_concurrency(),
+            destination_rate: 0,
+            throttle_backoff: super::polite::default_throttle_backoff(),
+            throttle_backoff_max: super::polite::default_throttle_backoff_max(),
         }
     }
 }
@@ -205,6 +220,15 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         // Like `smarthost` in MX mode: kept in the file, unused.
         _ => None,
     };
+    let polite = super::polite::parse(
+        &super::polite::RawPolite {
+            concurrency: r.destination_concurrency,
+            rate: r.destination_rate,
+            backoff: &r.throttle_backoff,
+            backoff_max: &r.throttle_backoff_max,
+        },
+        p,
+    );
     Some(RelaySettings {
         mode: mode?,
         port: port? as u16,
@@ -217,6 +241,7 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         smarthost_password: r.smarthost_password.clone(),
         ca_file,
         capture_dir,
+        polite: polite?,
     })
 }
 

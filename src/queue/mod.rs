@@ -27,6 +27,7 @@ pub mod courier;
 pub mod fsio;
 pub mod id;
 pub mod migrate;
+pub mod polite;
 pub mod qfile;
 pub mod scheduler;
 pub mod spool;

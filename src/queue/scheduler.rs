@@ -61,6 +61,7 @@ use crate::metrics::Metrics;
 use super::bounce::{self, FailedRecipient};
 use super::courier::{Courier, Job, Outcome};
 use super::id::QueueId;
+use super::polite::{self, Destinations, DestState, Permit, Verdict, Wait};
 use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, SpoolError};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
@@ -76,6 +77,8 @@ pub struct QueueHandle {
     tx: mpsc::UnboundedSender<QueueId>,
     flush: Arc<tokio::sync::Notify>,
     rescan: Arc<tokio::sync::Notify>,
+    /// Polite delivery's per-destination table (`queue::polite`), for the control socket.
+    destinations: Arc<Destinations>,
 }
 
 impl QueueHandle {
@@ -101,6 +104,15 @@ impl QueueHandle {
     pub fn rescan(&self) {
         self.rescan.notify_one();
     }
+
+    /// The destinations throttled now (held, or below `relay.destination_concurrency`),
+    /// sorted by name.
+    pub fn throttled(&self) -> Vec<DestState> {
+        let configured = self.destinations.settings().concurrency;
+        let mut list = self.destinations.snapshot();
+        list.retain(|d| d.throttled(configured));
+        list
+    }
 }
 
 /// A queued message in the scheduler's tables: its ID as a number ([`QueueId::to_bits`]), so
@@ -120,6 +132,9 @@ struct Tracked {
     /// Recipients still to deliver (metrics).
     open: u32,
     running: bool,
+    /// Parked behind a destination at its concurrency limit (`Tracker::parking`): made due
+    /// when an attempt to that destination ends.
+    parked: bool,
     /// A flush made it due: its next attempt takes deferred recipients whatever their time.
     forced: bool,
 }
@@ -136,6 +151,9 @@ struct Tracker {
     arrivals: BTreeMap<u64, u32>,
     /// The sum of every tracked message's `open`.
     open: usize,
+    /// Messages parked behind each full destination, oldest first (may hold stale keys:
+    /// each is checked against its `parked` flag when woken).
+    parking: HashMap<String, std::collections::VecDeque<Key>>,
 }
 
 impl Tracker {
@@ -165,11 +183,13 @@ impl Tracker {
             received_at: None,
             open: 0,
             running: false,
+            parked: false,
             forced: false,
         });
         if t.running {
             return;
         }
+        t.parked = false;
         if let Some(old) = t.due {
             self.waiting.remove(&(old, id));
         }
@@ -230,6 +250,7 @@ impl Tracker {
         let mut forced = false;
         if let Some(t) = self.messages.get_mut(&id) {
             t.running = true;
+            t.parked = false;
             forced = std::mem::take(&mut t.forced);
         }
         Some((id, forced))
@@ -265,6 +286,12 @@ impl Tracker {
             }
             // Re-read at the next scan.
             After::Unknown => self.update(id, None, None),
+            // Nothing changed on disk: waiting again (`Tracker::polite` says until when).
+            After::Postponed => {
+                if let Some(due) = self.messages.get(&id).and_then(|t| t.due) {
+                    self.waiting.insert((due, id));
+                }
+            }
         }
     }
 
@@ -299,6 +326,8 @@ enum After {
     },
     /// Not known (not loaded, state not saved): the next scan reads the envelope again.
     Unknown,
+    /// Nothing attempted, nothing written: every destination was full, held or rate-limited.
+    Postponed,
 }
 
 /// The scheduler's shared parts.
@@ -311,6 +340,10 @@ struct Shared {
     max_age: Duration,
     connections: Semaphore,
     metrics: Arc<Metrics>,
+    /// Per-destination limits and throttling (`queue::polite`).
+    destinations: Arc<Destinations>,
+    /// The smarthost's destination name (`host:port`), in smarthost mode.
+    smarthost: String,
 }
 
 /// A scheduler ready to run; made before the listeners so sessions can hold its handle.
@@ -341,6 +374,13 @@ impl Scheduler {
             max_age: settings.queue.max_age,
             connections: Semaphore::new(settings.queue.concurrency),
             metrics,
+            destinations: Destinations::new(settings.relay.polite.clone()),
+            smarthost: settings
+                .relay
+                .smarthost
+                .as_ref()
+                .map(|s| format!("{}:{}", s.host, s.port))
+                .unwrap_or_else(|| "smarthost".into()),
         });
         let flush = Arc::new(tokio::sync::Notify::new());
         let rescan = Arc::new(tokio::sync::Notify::new());
@@ -348,6 +388,7 @@ impl Scheduler {
             tx: tx.clone(),
             flush: flush.clone(),
             rescan: rescan.clone(),
+            destinations: shared.destinations.clone(),
         };
         let scheduler = Scheduler {
             shared,
@@ -467,7 +508,7 @@ async fn run(
 ) {
     let Signals { flush, rescan } = signals;
     let mut tracker = Tracker::default();
-    let mut running: JoinSet<(QueueId, After)> = JoinSet::new();
+    let mut running: JoinSet<(QueueId, After, Polite)> = JoinSet::new();
     // Which message each task delivers, to recover it should a task panic.
     let mut tasks: HashMap<tokio::task::Id, QueueId> = HashMap::new();
     // The queue on disk comes in batches while new mail is announced and delivered; the
@@ -489,16 +530,17 @@ async fn run(
             let tx = tx.clone();
             let task_id = id.clone();
             let handle = running.spawn(async move {
-                let (bounces, after) = attempt(&shared, &task_id, forced).await;
+                let (bounces, after, polite) = attempt(&shared, &task_id, forced).await;
                 for bounce in bounces {
                     let _ = tx.send(bounce);
                 }
-                (task_id, after)
+                (task_id, after, polite)
             });
             tasks.insert(handle.id(), id);
         }
         let (messages, open, oldest) = tracker.gauges();
         shared.metrics.queue(messages, open, oldest);
+        destination_gauges(&shared);
         let loading = startup.is_some();
         tokio::select! {
             Some(id) = rx.recv() => tracker.announce(id.to_bits()),
@@ -517,15 +559,15 @@ async fn run(
             }
             _ = rescan.notified() => upkeep.requested(),
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                let (id, after) = match done {
-                    Ok((task, (id, after))) => {
+                let (id, after, polite) = match done {
+                    Ok((task, (id, after, polite))) => {
                         tasks.remove(&task);
-                        (id, after)
+                        (id, after, polite)
                     }
                     Err(e) => {
                         warn!(error = %e, "queue: delivery task failed");
                         match tasks.remove(&e.id()) {
-                            Some(id) => (id, After::Unknown),
+                            Some(id) => (id, After::Unknown, Polite::default()),
                             None => continue,
                         }
                     }
@@ -533,7 +575,7 @@ async fn run(
                 match after {
                     After::Removed => upkeep.unsynced = true,
                     After::Unknown => upkeep.next_scan = tokio::time::Instant::now(),
-                    After::Saved { .. } => {}
+                    After::Saved { .. } | After::Postponed => {}
                 }
                 let key = id.to_bits();
                 if matches!(after, After::Removed) && let Some(s) = startup.as_mut() {
@@ -541,6 +583,7 @@ async fn run(
                     s.gone.insert(key);
                 }
                 tracker.finished(key, after);
+                tracker.polite(key, polite, &shared.destinations);
             }
             _ = tokio::time::sleep_until(upkeep.next_scan), if !loading => {}
             _ = tokio::time::sleep_until(upkeep.next_sync), if upkeep.unsynced => {}
@@ -552,7 +595,7 @@ async fn run(
 
 /// Let running deliveries finish within [`DRAIN_DEADLINE`], close idle connections, and make
 /// the removals durable.
-async fn drain(shared: &Shared, mut running: JoinSet<(QueueId, After)>) {
+async fn drain(shared: &Shared, mut running: JoinSet<(QueueId, After, Polite)>) {
     info!(
         running = running.len(),
         "queue: stopping, letting running deliveries finish"
@@ -852,9 +895,13 @@ fn domain_of(address: &str) -> String {
 /// Messages up to this size are read whole before an attempt (one piece of delivery's reads).
 const PRELOAD_LIMIT: u64 = 256 << 10;
 
-/// One delivery attempt of one message; returns the IDs of bounces it queued and where the
-/// message stands.
-async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<QueueId>, After) {
+/// One delivery attempt of one message; returns the IDs of bounces it queued, where the
+/// message stands, and what polite delivery must know (destinations postponed and released).
+async fn attempt(
+    shared: &Arc<Shared>,
+    id: &QueueId,
+    forced: bool,
+) -> (Vec<QueueId>, After, Polite) {
     let spool = shared.spool.clone();
     let loaded = {
         let id = id.clone();
@@ -878,18 +925,18 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
         Ok(Err(e)) => {
             // Deleted meanwhile (`queue delete`), or unreadable: nothing to do now.
             info!(queue_id = %id, error = %e, "queue: message not loaded");
-            return (Vec::new(), After::Unknown);
+            return (Vec::new(), After::Unknown, Polite::default());
         }
         Err(e) => {
             warn!(queue_id = %id, error = %e, "queue: load task failed");
-            return (Vec::new(), After::Unknown);
+            return (Vec::new(), After::Unknown, Polite::default());
         }
     };
     // Re-read just now: a `queue hold` since the last scan wins over the scan's due time.
     if env.held {
         info!(queue_id = %id, "queue: message on hold, not attempted");
         // The next scan reads it again and finds no due time.
-        return (Vec::new(), After::Unknown);
+        return (Vec::new(), After::Unknown, Polite::default());
     }
     let now = unix_now();
     let due: Vec<String> = env
@@ -903,11 +950,32 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
         .map(|r| r.address.clone())
         .collect();
     if due.is_empty() {
-        return finish(shared, id, Vec::new()).await;
+        let (bounces, after) = finish(shared, id, Vec::new()).await;
+        return (bounces, after, Polite::default());
     }
+    let (admitted, postpone) = admit(shared, group(shared.mode, due));
+    if admitted.is_empty() {
+        let polite = Polite {
+            postpone,
+            released: Vec::new(),
+        };
+        return (Vec::new(), After::Postponed, polite);
+    }
+    let released = admitted
+        .iter()
+        .filter_map(|(p, _)| p.as_ref().map(|p| p.destination().to_string()))
+        .collect();
+    let outcomes = deliver_groups(shared, id, Arc::new(env), Arc::new(message), admitted).await;
+    let (bounces, after) = finish(shared, id, outcomes).await;
+    (bounces, after, Polite { postpone, released })
+}
+
+/// Due recipients grouped by destination: by domain in MX mode (one transaction, several
+/// RCPTs), all together for the smarthost and capture.
+fn group(mode: RelayMode, due: Vec<String>) -> Vec<(String, Vec<String>)> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for rcpt in due {
-        let key = match shared.mode {
+        let key = match mode {
             // One destination for every recipient.
             RelayMode::Smarthost | RelayMode::Capture => String::new(),
             RelayMode::Mx => domain_of(&rcpt),
@@ -917,15 +985,62 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
             None => groups.push((key, vec![rcpt])),
         }
     }
-    let message = Arc::new(message);
-    let env = Arc::new(env);
-    let deliver_group = |rcpts: Vec<String>| {
+    groups
+}
+
+/// A group with its destination's permit (`None` in capture mode, which has no
+/// destination to spare).
+type Admitted = Vec<(Option<Permit>, Vec<String>)>;
+
+/// The groups whose destination takes an attempt now, and when to try the others.
+fn admit(shared: &Arc<Shared>, groups: Vec<(String, Vec<String>)>) -> (Admitted, Option<Postpone>) {
+    let mut admitted = Vec::new();
+    let mut postpone: Option<Postpone> = None;
+    for (domain, rcpts) in groups {
+        let destination = match shared.mode {
+            RelayMode::Capture => {
+                admitted.push((None, rcpts));
+                continue;
+            }
+            RelayMode::Smarthost => shared.smarthost.as_str(),
+            RelayMode::Mx => domain.as_str(),
+        };
+        match shared.destinations.try_start(destination) {
+            Ok(permit) => admitted.push((Some(permit), rcpts)),
+            Err(wait) => {
+                let (until, park) = match wait {
+                    Wait::Busy => (
+                        unix_now() + polite::PARK_FALLBACK,
+                        Some(destination.to_string()),
+                    ),
+                    Wait::Until(t) => (t, None),
+                };
+                let p = postpone.get_or_insert(Postpone { until, park: None });
+                p.until = p.until.min(until);
+                if p.park.is_none() {
+                    p.park = park;
+                }
+            }
+        }
+    }
+    (admitted, postpone)
+}
+
+/// Deliver each admitted group (in parallel when there are several); every outcome.
+async fn deliver_groups(
+    shared: &Arc<Shared>,
+    id: &QueueId,
+    env: Arc<Envelope>,
+    message: Arc<super::spool::StoredMessage>,
+    mut groups: Admitted,
+) -> Vec<(String, Outcome)> {
+    let deliver_group = |permit: Option<Permit>, rcpts: Vec<String>| {
         let shared = shared.clone();
         let message = message.clone();
         let env = env.clone();
         let id = id.clone();
         async move {
-            let _permit = shared.connections.acquire().await;
+            let _slot = shared.connections.acquire().await;
             let domain = rcpts.first().map(|r| domain_of(r)).unwrap_or_default();
             let started = std::time::Instant::now();
             let job = Job {
@@ -940,18 +1055,21 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
             };
             let outcomes = shared.courier.deliver(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());
+            if let Some(permit) = &permit {
+                judge(&shared, permit, &outcomes);
+            }
             outcomes
         }
     };
     let mut outcomes = Vec::new();
     if groups.len() == 1 {
         // The common case needs no extra task.
-        let (_, rcpts) = groups.remove(0);
-        outcomes = deliver_group(rcpts).await;
+        let (permit, rcpts) = groups.remove(0);
+        outcomes = deliver_group(permit, rcpts).await;
     } else {
         let mut tasks = JoinSet::new();
-        for (_, rcpts) in groups {
-            tasks.spawn(deliver_group(rcpts));
+        for (permit, rcpts) in groups {
+            tasks.spawn(deliver_group(permit, rcpts));
         }
         while let Some(result) = tasks.join_next().await {
             match result {
@@ -960,7 +1078,143 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
             }
         }
     }
-    finish(shared, id, outcomes).await
+    outcomes
+}
+
+/// Tell polite delivery what an attempt's outcomes say about its destination: a throttle
+/// reply ([`polite::is_throttle`]) slows it down, a delivery helps it recover.
+fn judge(shared: &Shared, permit: &Permit, outcomes: &[(String, Outcome)]) {
+    let throttled = outcomes.iter().any(
+        |(_, o)| matches!(o, Outcome::Deferred { reply, .. } if polite::is_throttle(reply)),
+    );
+    let verdict = if throttled {
+        Verdict::Throttled
+    } else if outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Delivered { .. }))
+    {
+        Verdict::Success
+    } else {
+        Verdict::Other
+    };
+    if let Some((until, limit)) = shared.destinations.record(permit, verdict) {
+        shared.metrics.throttle_event();
+        warn!(
+            destination = %Escaped(permit.destination()),
+            until,
+            concurrency = limit,
+            "queue: destination throttled us; holding its messages"
+        );
+    }
+}
+
+/// `submitd_destination_*` as of now.
+fn destination_gauges(shared: &Shared) {
+    let configured = shared.destinations.settings().concurrency;
+    let states = shared.destinations.snapshot();
+    let gauges = states
+        .iter()
+        .map(|d| crate::metrics::DestinationGauge {
+            name: &d.destination,
+            held: d.held_until.is_some(),
+            throttled: d.throttled(configured),
+            limit: d.limit,
+            in_flight: d.in_flight,
+        })
+        .collect();
+    shared.metrics.destinations(gauges);
+}
+
+/// What an attempt tells polite delivery.
+#[derive(Debug, Default)]
+struct Polite {
+    /// Some destinations could not take the attempt: try again then.
+    postpone: Option<Postpone>,
+    /// Destinations this attempt held a permit for (now released): parked messages behind
+    /// them may go.
+    released: Vec<String>,
+}
+
+/// When to try a message again whose destination did not take it.
+#[derive(Debug)]
+struct Postpone {
+    /// Unix second: the end of a hold, a rate slot, or [`polite::PARK_FALLBACK`].
+    until: u64,
+    /// Parked behind this full destination: woken as soon as an attempt to it ends.
+    park: Option<String>,
+}
+
+impl Tracker {
+    /// After an attempt: postpone what its destinations did not take (parking it behind a
+    /// full one, unless that one has room again already), and wake the messages parked behind
+    /// the destinations it released, as many as they have room for.
+    fn polite(&mut self, id: Key, polite: Polite, destinations: &Destinations) {
+        let now = unix_now();
+        if let Some(p) = polite.postpone {
+            let mut until = p.until;
+            if let Some(dest) = p.park {
+                // Checked here, in the loop that processes the releases: no wake-up is lost.
+                if destinations.room(&dest) > 0 {
+                    until = now;
+                } else if let Some(t) = self.messages.get_mut(&id)
+                    && !t.parked
+                {
+                    t.parked = true;
+                    self.parking.entry(dest).or_default().push_back(id);
+                }
+            }
+            self.postpone_to(id, until);
+        }
+        for dest in polite.released {
+            let room = destinations.room(&dest);
+            self.wake(&dest, room, now);
+        }
+    }
+
+    /// A waiting message's due time moved to `until` (never earlier than it was).
+    fn postpone_to(&mut self, id: Key, until: u64) {
+        let Some(t) = self.messages.get_mut(&id) else {
+            return;
+        };
+        let Some(old) = t.due.filter(|_| !t.running) else {
+            return;
+        };
+        let new = old.max(until);
+        if new != old && self.waiting.remove(&(old, id)) {
+            self.waiting.insert((new, id));
+            t.due = Some(new);
+        }
+    }
+
+    /// Make up to `room` messages parked behind `dest` due now.
+    fn wake(&mut self, dest: &str, room: usize, now: u64) {
+        let Some(queue) = self.parking.get_mut(dest) else {
+            return;
+        };
+        let mut woken = 0;
+        while woken < room {
+            let Some(id) = queue.pop_front() else {
+                break;
+            };
+            let Some(t) = self.messages.get_mut(&id) else {
+                continue;
+            };
+            if !t.parked || t.running {
+                continue;
+            }
+            t.parked = false;
+            if let Some(old) = t.due
+                && self.waiting.remove(&(old, id))
+            {
+                self.waiting.insert((now, id));
+                t.due = Some(now);
+                woken += 1;
+            }
+        }
+        if queue.is_empty() {
+            self.parking.remove(dest);
+        }
+    }
 }
 
 /// Apply outcomes to the envelope under the message's lock; queue the DSN; remove the message
