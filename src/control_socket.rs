@@ -52,6 +52,8 @@ pub enum Request {
     /// The queue on disk was changed (`submitd queue hold`, `release`, `retry ID`, `delete`):
     /// scan it now rather than at the next periodic scan.
     Rescan,
+    /// The destinations polite delivery holds or slows now (`queue list`).
+    Throttled,
 }
 
 impl Request {
@@ -60,6 +62,7 @@ impl Request {
             Request::Reload => "reload\n",
             Request::Flush => "flush\n",
             Request::Rescan => "rescan\n",
+            Request::Throttled => "throttled\n",
         }
     }
 }
@@ -71,11 +74,85 @@ pub fn parse(line: &[u8]) -> Result<Request, &'static str> {
         b"reload" => Ok(Request::Reload),
         b"flush" => Ok(Request::Flush),
         b"rescan" => Ok(Request::Rescan),
-        _ => Err("unknown command (reload, flush, rescan)"),
+        b"throttled" => Ok(Request::Throttled),
+        _ => Err("unknown command (reload, flush, rescan, throttled)"),
     }
 }
 
 /// `text` on one line: control characters (newlines in an error) become spaces.
+/// One throttled destination in the `throttled` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttled {
+    pub destination: String,
+    /// Held until this Unix second; `None`: not held, recovering its concurrency.
+    pub until: Option<u64>,
+    /// Simultaneous attempts allowed now.
+    pub concurrency: usize,
+}
+
+/// The `throttled` reply's text (after `OK `): `none`, or entries `DEST UNTIL N` (UNTIL `-`
+/// when not held) separated by `; `, cut to fit the reply bound with a last entry `+N` for
+/// the ones left out. Characters that would break the format are replaced by `?`.
+pub fn encode_throttled(list: &[Throttled]) -> String {
+    if list.is_empty() {
+        return "none".into();
+    }
+    let mut out = String::new();
+    for (i, t) in list.iter().enumerate() {
+        let name: String = t
+            .destination
+            .chars()
+            .take(255)
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() || c == ';' {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let until = t.until.map_or("-".to_string(), |u| u.to_string());
+        let entry = format!("{name} {until} {}", t.concurrency);
+        if out.len() + entry.len() + 16 > MAX_REPLY - 64 {
+            out.push_str(&format!("; +{}", list.len() - i));
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&entry);
+    }
+    out
+}
+
+/// [`encode_throttled`]'s text back: the entries, and how many were left out.
+pub fn decode_throttled(text: &str) -> (Vec<Throttled>, usize) {
+    let mut list = Vec::new();
+    let mut more = 0;
+    if text.trim() == "none" {
+        return (list, more);
+    }
+    for entry in text.split("; ") {
+        if let Some(n) = entry.strip_prefix('+') {
+            more = n.trim().parse().unwrap_or(0);
+            continue;
+        }
+        let mut parts = entry.split(' ');
+        let (Some(name), Some(until), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(concurrency) = n.parse() else {
+            continue;
+        };
+        list.push(Throttled {
+            destination: name.to_string(),
+            until: until.parse().ok(),
+            concurrency,
+        });
+    }
+    (list, more)
+}
+
 pub(crate) fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -157,6 +234,7 @@ mod tests {
         assert_eq!(parse(b"reload"), Ok(Request::Reload));
         assert_eq!(parse(b"flush\r"), Ok(Request::Flush));
         assert_eq!(parse(b"rescan"), Ok(Request::Rescan));
+        assert_eq!(parse(b"throttled"), Ok(Request::Throttled));
         assert!(parse(b"kill 1").is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"RELOAD").is_err());
@@ -172,6 +250,42 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET_FILE)).unwrap());
         let err = request(dir.path(), Request::Flush, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+    }
+
+    #[test]
+    fn throttled_round_trip() {
+        assert_eq!(encode_throttled(&[]), "none");
+        assert_eq!(decode_throttled("none"), (Vec::new(), 0));
+        let list = vec![
+            Throttled {
+                destination: "gmail.test".into(),
+                until: Some(1_800_000_000),
+                concurrency: 3,
+            },
+            Throttled {
+                destination: "bad; name\n".into(),
+                until: None,
+                concurrency: 1,
+            },
+        ];
+        let text = encode_throttled(&list);
+        assert_eq!(text, "gmail.test 1800000000 3; bad??name? - 1");
+        let (back, more) = decode_throttled(&text);
+        assert_eq!(more, 0);
+        assert_eq!(back[0], list[0]);
+        assert_eq!(back[1].destination, "bad??name?");
+        assert_eq!(back[1].until, None);
+        let many: Vec<Throttled> = (0..1000)
+            .map(|i| Throttled {
+                destination: format!("d{i}.example.test"),
+                until: Some(1),
+                concurrency: 1,
+            })
+            .collect();
+        let text = encode_throttled(&many);
+        assert!(text.len() < MAX_REPLY - 16);
+        let (back, more) = decode_throttled(&text);
+        assert_eq!(back.len() + more, 1000);
     }
 
     #[test]

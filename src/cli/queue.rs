@@ -168,7 +168,47 @@ fn list(spool: &submitd::queue::Spool, json: bool, now: u64) -> Result<(), Failu
     if !any && !json {
         eprintln!("queue is empty");
     }
+    if !json {
+        print_throttled(spool.dir(), now);
+    }
     Ok(())
+}
+
+/// The trailing section of `queue list`: the destinations the running server holds or slows
+/// (asked over the control socket). Nothing when no server runs or none is throttled.
+fn print_throttled(dir: &Path, now: u64) {
+    use submitd::control_socket::{self, Request, decode_throttled};
+    use submitd::queue::control::{human_age, printable};
+
+    let Ok(reply) = control_socket::request(dir, Request::Throttled, control_socket::CLIENT_TIMEOUT)
+    else {
+        return;
+    };
+    let (list, more) = decode_throttled(&reply);
+    if list.is_empty() && more == 0 {
+        return;
+    }
+    println!("throttled destinations:");
+    for t in list {
+        let name = printable(&t.destination, 255);
+        match t.until {
+            Some(until) => {
+                let date = time::OffsetDateTime::from_unix_timestamp(until as i64)
+                    .ok()
+                    .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_else(|| until.to_string());
+                let left = human_age(until.saturating_sub(now));
+                println!(
+                    "  {name} until {date} (in {left}) (concurrency {})",
+                    t.concurrency
+                );
+            }
+            None => println!("  {name} recovering (concurrency {})", t.concurrency),
+        }
+    }
+    if more > 0 {
+        println!("  ... and {more} more");
+    }
 }
 
 /// `queue show`: the envelope fields, one per line, then the header section.

@@ -170,6 +170,18 @@ async fn answer(request: Request, reloader: &impl Reload, queue: &QueueHandle) -
             queue.rescan();
             "OK rescan started".to_string()
         }
+        Request::Throttled => {
+            let list: Vec<crate::control_socket::Throttled> = queue
+                .throttled()
+                .into_iter()
+                .map(|d| crate::control_socket::Throttled {
+                    destination: d.destination,
+                    until: d.held_until,
+                    concurrency: d.limit,
+                })
+                .collect();
+            format!("OK {}", crate::control_socket::encode_throttled(&list))
+        }
         Request::Reload => match reloader.reload().await {
             Ok(r) if r.needs_restart.is_empty() => format!("OK reloaded: users={}", r.users),
             Ok(r) => format!(
