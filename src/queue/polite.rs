@@ -254,6 +254,16 @@ impl Destinations {
         }
     }
 
+    /// The end of `key`'s hold (Unix seconds), while it is held.
+    pub fn held_until(&self, key: &str) -> Option<u64> {
+        let now = Instant::now();
+        self.lock()
+            .get(key)
+            .and_then(|d| d.held_until)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, unix)| unix)
+    }
+
     /// What an attempt's outcomes said about its destination. Returns the new hold when this
     /// attempt throttled the destination.
     pub fn record(&self, permit: &Permit, verdict: Verdict) -> Option<(u64, usize)> {

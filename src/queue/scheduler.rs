@@ -1166,8 +1166,14 @@ impl Tracker {
             self.postpone_to(id, until);
         }
         for dest in polite.released {
-            let room = destinations.room(&dest);
-            self.wake(&dest, room, now);
+            match destinations.held_until(&dest) {
+                // Held meanwhile: what is parked behind it waits for the end of the hold.
+                Some(until) => self.wake_at(&dest, until),
+                None => {
+                    let room = destinations.room(&dest);
+                    self.wake(&dest, room, now);
+                }
+            }
         }
     }
 
@@ -1183,6 +1189,28 @@ impl Tracker {
         if new != old && self.waiting.remove(&(old, id)) {
             self.waiting.insert((new, id));
             t.due = Some(new);
+        }
+    }
+
+    /// Every message parked behind `dest` due at `until` (the end of its hold), unparked.
+    fn wake_at(&mut self, dest: &str, until: u64) {
+        let Some(queue) = self.parking.remove(dest) else {
+            return;
+        };
+        for id in queue {
+            let Some(t) = self.messages.get_mut(&id) else {
+                continue;
+            };
+            if !t.parked || t.running {
+                continue;
+            }
+            t.parked = false;
+            if let Some(old) = t.due
+                && self.waiting.remove(&(old, id))
+            {
+                self.waiting.insert((until, id));
+                t.due = Some(until);
+            }
         }
     }
 

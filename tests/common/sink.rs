@@ -27,6 +27,11 @@ const MAX_DATA: usize = 64 * 1024 * 1024;
 /// (code, text after the code).
 pub type RcptRule = Arc<dyn Fn(&str, u32) -> (u16, String) + Send + Sync>;
 
+/// How the rule answers `MAIL FROM`, given the number of MAIL commands the sink has seen (all
+/// sessions, from 1): `Some((code, text))` refuses with that reply (a `421` also closes the
+/// connection), `None` accepts as usual.
+pub type MailRule = Arc<dyn Fn(u32) -> Option<(u16, String)> + Send + Sync>;
+
 /// What the sink offers and how it answers.
 #[derive(Clone)]
 pub struct SinkOptions {
@@ -52,6 +57,12 @@ pub struct SinkOptions {
     /// Close the connection (no reply, no 421) right after answering this many messages on
     /// it, like a server whose idle timeout is short. Default: never.
     pub close_after: Option<usize>,
+    /// Wait this long after the final dot before answering (transactions overlap, so that
+    /// concurrency can be observed). Default: none.
+    pub data_delay: Option<Duration>,
+    /// Answers MAIL FROM (e.g. `421 4.7.28` for the first N, a throttling server). Default:
+    /// none (accept).
+    pub mail_rule: Option<MailRule>,
 }
 
 impl Default for SinkOptions {
@@ -68,6 +79,8 @@ impl Default for SinkOptions {
             bind: None,
             pipelining: true,
             close_after: None,
+            data_delay: None,
+            mail_rule: None,
         }
     }
 }
@@ -114,6 +127,33 @@ struct State {
     received: Mutex<Vec<Received>>,
     connections: AtomicUsize,
     rcpt_attempts: Mutex<HashMap<String, u32>>,
+    /// Sessions open now, and the most seen open at once (since the last `reset_peaks`).
+    sessions_now: AtomicUsize,
+    sessions_peak: AtomicUsize,
+    /// Transactions open now (MAIL accepted, not ended yet), and the most at once.
+    transactions_now: AtomicUsize,
+    transactions_peak: AtomicUsize,
+    /// MAIL commands seen.
+    mails: AtomicUsize,
+}
+
+/// Counts one open session or transaction in `now`/`peak` until dropped.
+struct Open<'a> {
+    now: &'a AtomicUsize,
+}
+
+impl<'a> Open<'a> {
+    fn new(now: &'a AtomicUsize, peak: &AtomicUsize) -> Open<'a> {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        Open { now }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running sink; stops (listener and sessions) when dropped.
@@ -146,6 +186,7 @@ impl Sink {
                             let (state, opts, acceptor) =
                                 (state.clone(), opts.clone(), acceptor.clone());
                             sessions.spawn(async move {
+                                let _open = Open::new(&state.sessions_now, &state.sessions_peak);
                                 let session = run_session(tcp, &state, &opts, &acceptor);
                                 let _ = tokio::time::timeout(SESSION_LIMIT, session).await;
                             });
@@ -184,6 +225,36 @@ impl Sink {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most sessions (TCP connections) open at once since the start or `reset_peaks`.
+    pub fn peak_sessions(&self) -> usize {
+        self.state.sessions_peak.load(Ordering::SeqCst)
+    }
+
+    /// The most transactions (MAIL accepted until the reply after the data, RSET or the end
+    /// of the session) open at once since the start or `reset_peaks`.
+    pub fn peak_transactions(&self) -> usize {
+        self.state.transactions_peak.load(Ordering::SeqCst)
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.state.sessions_now.load(Ordering::SeqCst)
+    }
+
+    /// MAIL commands seen so far (refused ones included).
+    pub fn mails(&self) -> usize {
+        self.state.mails.load(Ordering::SeqCst)
+    }
+
+    /// Start measuring peaks again from what is open now.
+    pub fn reset_peaks(&self) {
+        let s = &self.state;
+        s.sessions_peak
+            .store(s.sessions_now.load(Ordering::SeqCst), Ordering::SeqCst);
+        s.transactions_peak
+            .store(s.transactions_now.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }
 
@@ -287,6 +358,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         say!("220 {HOSTNAME} ESMTP sink\r\n");
     }
     let mut c = Conversation::default();
+    let mut transaction: Option<Open<'_>> = None;
     let mut messages = 0;
     let offer_starttls = opts.starttls && !tls;
     // AUTH is offered over TLS, or in clear when the sink has no TLS at all.
@@ -414,6 +486,14 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     say!("501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
                     continue;
                 };
+                let nth = state.mails.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+                if let Some((code, text)) = opts.mail_rule.as_ref().and_then(|rule| rule(nth)) {
+                    say!("{code} {text}\r\n");
+                    if code == 421 {
+                        return Flow::Close;
+                    }
+                    continue;
+                }
                 let declared = params.iter().find_map(|p| {
                     p.to_ascii_uppercase()
                         .strip_prefix("SIZE=")
@@ -427,6 +507,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 c.from = Some((addr, params));
                 c.rcpts.clear();
+                drop(transaction.replace(Open::new(
+                    &state.transactions_now,
+                    &state.transactions_peak,
+                )));
                 say!("250 2.1.0 Ok\r\n");
             }
             "RCPT" => {
@@ -470,6 +554,9 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     data.extend_from_slice(l);
                 }
+                if let Some(delay) = opts.data_delay {
+                    tokio::time::sleep(delay).await;
+                }
                 let (code, text) = &opts.data_reply;
                 if (200..300).contains(code) {
                     let (from, mail_params) = c.from.take().unwrap_or_default();
@@ -486,6 +573,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 c.from = None;
                 c.rcpts.clear();
                 say!("{code} {text}\r\n");
+                drop(transaction.take());
                 messages += 1;
                 if opts.close_after.is_some_and(|n| messages >= n) {
                     return Flow::Close;
@@ -494,6 +582,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             "RSET" => {
                 c.from = None;
                 c.rcpts.clear();
+                drop(transaction.take());
                 say!("250 2.0.0 Ok\r\n");
             }
             "NOOP" => say!("250 2.0.0 Ok\r\n"),
