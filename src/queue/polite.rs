@@ -216,7 +216,8 @@ impl Destinations {
             .or_insert_with(|| self.fresh(now));
         if let Some((until, unix)) = d.held_until {
             if until > now {
-                return Err(Wait::Until(unix));
+                // Never "now": the scheduler counts whole seconds.
+                return Err(Wait::Until(unix.max(unix_now() + 1)));
             }
             d.held_until = None;
         }
@@ -232,7 +233,7 @@ impl Destinations {
                 let slot = ready.max(d.next_slot);
                 d.next_slot = slot + Duration::from_secs_f64(1.0 / rate);
                 let wait = slot.saturating_duration_since(now);
-                return Err(Wait::Until(unix_now() + wait.as_secs_f64().ceil() as u64));
+                return Err(Wait::Until(unix_after(wait).max(unix_now() + 1)));
             }
             d.tokens -= 1.0;
         }
@@ -276,6 +277,8 @@ impl Destinations {
         let d = table.get_mut(&permit.key)?;
         match verdict {
             Verdict::Other => None,
+            // An attempt from before the last throttle says nothing about the rate now.
+            Verdict::Success if d.last_throttle.is_some_and(|t| permit.started < t) => None,
             Verdict::Success => {
                 d.strikes = 0;
                 d.successes += 1;
@@ -303,7 +306,7 @@ impl Destinations {
                     .saturating_mul(factor)
                     .min(self.settings.backoff_max);
                 d.strikes = d.strikes.saturating_add(1);
-                let unix = unix_now() + hold.as_secs_f64().ceil() as u64;
+                let unix = unix_after(hold);
                 d.held_until = Some((now + hold, unix));
                 d.last_throttle = Some(now);
                 self.events.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +335,14 @@ impl Destinations {
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         out
     }
+}
+
+/// The Unix second at or after `d` from now (rounded up: a hold never ends early).
+fn unix_after(d: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + d).as_secs_f64().ceil() as u64
 }
 
 /// Whether a deferral's reply asks us to slow down: `421`, or a 4xx whose enhanced code is in

@@ -63,6 +63,10 @@ pub struct SinkOptions {
     /// Answers MAIL FROM (e.g. `421 4.7.28` for the first N, a throttling server). Default:
     /// none (accept).
     pub mail_rule: Option<MailRule>,
+    /// Answers the final dot, given the number of messages the sink has seen to the end (all
+    /// sessions, from 1): `Some((code, text))` replaces `data_reply` for that message (a `421`
+    /// also closes the connection), `None` leaves it. Default: none.
+    pub data_rule: Option<MailRule>,
 }
 
 impl Default for SinkOptions {
@@ -81,6 +85,7 @@ impl Default for SinkOptions {
             close_after: None,
             data_delay: None,
             mail_rule: None,
+            data_rule: None,
         }
     }
 }
@@ -135,6 +140,11 @@ struct State {
     transactions_peak: AtomicUsize,
     /// MAIL commands seen.
     mails: AtomicUsize,
+    /// Messages seen to their final dot.
+    dots: AtomicUsize,
+    /// For each accepted message, in order: the transactions peak (since the start or
+    /// `reset_peaks`) when it was accepted, before the reply went out.
+    peaks_at_receipt: Mutex<Vec<usize>>,
 }
 
 /// Counts one open session or transaction in `now`/`peak` until dropped.
@@ -246,6 +256,17 @@ impl Sink {
     /// MAIL commands seen so far (refused ones included).
     pub fn mails(&self) -> usize {
         self.state.mails.load(Ordering::SeqCst)
+    }
+
+    /// For each accepted message, in order of acceptance: the most transactions open at once
+    /// (since the start or `reset_peaks`) when it was accepted, before the reply went out.
+    pub fn peaks_at_receipts(&self) -> Vec<usize> {
+        self.state.peaks_at_receipt.lock().unwrap().clone()
+    }
+
+    /// Messages seen to their final dot so far (refused ones included).
+    pub fn dots(&self) -> usize {
+        self.state.dots.load(Ordering::SeqCst)
     }
 
     /// Start measuring peaks again from what is open now.
@@ -557,10 +578,18 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Some(delay) = opts.data_delay {
                     tokio::time::sleep(delay).await;
                 }
-                let (code, text) = &opts.data_reply;
+                let nth = state.dots.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+                let ruled = opts.data_rule.as_ref().and_then(|rule| rule(nth));
+                let (code, text) = ruled.as_ref().unwrap_or(&opts.data_reply);
                 if (200..300).contains(code) {
                     let (from, mail_params) = c.from.take().unwrap_or_default();
-                    state.received.lock().unwrap().push(Received {
+                    let mut received = state.received.lock().unwrap();
+                    state
+                        .peaks_at_receipt
+                        .lock()
+                        .unwrap()
+                        .push(state.transactions_peak.load(Ordering::SeqCst));
+                    received.push(Received {
                         helo: c.helo.clone().unwrap_or_default(),
                         from,
                         mail_params,
@@ -574,6 +603,9 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 c.rcpts.clear();
                 say!("{code} {text}\r\n");
                 drop(transaction.take());
+                if *code == 421 {
+                    return Flow::Close;
+                }
                 messages += 1;
                 if opts.close_after.is_some_and(|n| messages >= n) {
                     return Flow::Close;
