@@ -106,13 +106,13 @@ fn rcpts(domain: &str, n: usize) -> Vec<String> {
 
 /// Every recipient the sink got, each exactly once.
 fn delivered_once(sink: &Sink) -> BTreeSet<String> {
-    let got: Vec<String> = sink
-        .received()
-        .into_iter()
-        .flat_map(|r| r.rcpts)
-        .collect();
+    let got: Vec<String> = sink.received().into_iter().flat_map(|r| r.rcpts).collect();
     let set: BTreeSet<String> = got.iter().cloned().collect();
-    assert_eq!(set.len(), got.len(), "a message was delivered twice: {got:?}");
+    assert_eq!(
+        set.len(),
+        got.len(),
+        "a message was delivered twice: {got:?}"
+    );
     set
 }
 
@@ -215,7 +215,8 @@ async fn throttling_destination_is_slowed_held_listed_and_gets_everything_once()
     let out = queue_list(&server.config()).await;
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
-        out.stdout.contains("throttled destinations:\n  gmail.test "),
+        out.stdout
+            .contains("throttled destinations:\n  gmail.test "),
         "{out:?}"
     );
     assert!(out.stdout.contains("(concurrency "), "{out:?}");
@@ -290,7 +291,10 @@ async fn destination_rate_spaces_the_attempts() {
 #[test]
 fn check_config_rejects_bad_polite_values() {
     for (relay, key) in [
-        ("destination_concurrency = 0", "relay.destination_concurrency"),
+        (
+            "destination_concurrency = 0",
+            "relay.destination_concurrency",
+        ),
         ("destination_rate = -1", "relay.destination_rate"),
         ("throttle_backoff = \"0s\"", "relay.throttle_backoff"),
         (
@@ -319,7 +323,14 @@ fn check_config_rejects_bad_polite_values() {
         assert!(out.stderr.contains(key), "{out:?}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config_full(dir.path(), "", "", "mode = \"mx\"", "127.0.0.1:0", "127.0.0.1:0");
+    let path = write_config_full(
+        dir.path(),
+        "",
+        "",
+        "mode = \"mx\"",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let polite = Settings::from_toml(&text, &path).unwrap().relay.polite;
     assert_eq!(polite.concurrency, 20);

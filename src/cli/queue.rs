@@ -180,7 +180,8 @@ fn print_throttled(dir: &Path, now: u64) {
     use submitd::control_socket::{self, Request, decode_throttled};
     use submitd::queue::control::{human_age, printable};
 
-    let Ok(reply) = control_socket::request(dir, Request::Throttled, control_socket::CLIENT_TIMEOUT)
+    let Ok(reply) =
+        control_socket::request(dir, Request::Throttled, control_socket::CLIENT_TIMEOUT)
     else {
         return;
     };
@@ -195,7 +196,10 @@ fn print_throttled(dir: &Path, now: u64) {
             Some(until) => {
                 let date = time::OffsetDateTime::from_unix_timestamp(until as i64)
                     .ok()
-                    .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+                    .and_then(|d| {
+                        d.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
                     .unwrap_or_else(|| until.to_string());
                 let left = human_age(until.saturating_sub(now));
                 println!(

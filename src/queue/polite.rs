@@ -191,8 +191,7 @@ impl Destinations {
     fn is_normal(&self, d: &Dest, now: Instant) -> bool {
         let held = d.held_until.is_some_and(|(until, _)| until > now);
         let cooled = d.strikes == 0
-            || d
-                .last_throttle
+            || d.last_throttle
                 .is_none_or(|t| now.duration_since(t) > self.settings.backoff_max);
         d.in_flight == 0
             && !held
@@ -352,8 +351,7 @@ pub fn is_throttle(reply: &str) -> bool {
     let mut tokens = reply
         .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ':' | ',' | '['))
         .filter(|t| !t.is_empty());
-    let Some(code) = tokens.find(|t| t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()))
-    else {
+    let Some(code) = tokens.find(|t| t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit())) else {
         return false;
     };
     if code == "421" {
@@ -420,7 +418,10 @@ mod tests {
         let a = d.try_start("x.test").unwrap();
         let _b = d.try_start("x.test").unwrap();
         assert_eq!(d.try_start("x.test").unwrap_err(), Wait::Busy);
-        assert!(d.try_start("y.test").is_ok(), "another destination is not held up");
+        assert!(
+            d.try_start("y.test").is_ok(),
+            "another destination is not held up"
+        );
         assert_eq!(d.room("x.test"), 0);
         drop(a);
         assert_eq!(d.room("x.test"), 1);
@@ -482,6 +483,9 @@ mod tests {
             }
         }
         assert!(slots[0] >= now && slots[0] <= now + 2, "{slots:?}");
-        assert!(slots[2] >= slots[0] + 2, "slots are spaced by the rate: {slots:?}");
+        assert!(
+            slots[2] >= slots[0] + 2,
+            "slots are spaced by the rate: {slots:?}"
+        );
     }
 }

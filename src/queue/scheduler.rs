@@ -61,7 +61,7 @@ use crate::metrics::Metrics;
 use super::bounce::{self, FailedRecipient};
 use super::courier::{Courier, Job, Outcome};
 use super::id::QueueId;
-use super::polite::{self, Destinations, DestState, Permit, Verdict, Wait};
+use super::polite::{self, DestState, Destinations, Permit, Verdict, Wait};
 use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, SpoolError};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
@@ -1084,9 +1084,9 @@ async fn deliver_groups(
 /// Tell polite delivery what an attempt's outcomes say about its destination: a throttle
 /// reply ([`polite::is_throttle`]) slows it down, a delivery helps it recover.
 fn judge(shared: &Shared, permit: &Permit, outcomes: &[(String, Outcome)]) {
-    let throttled = outcomes.iter().any(
-        |(_, o)| matches!(o, Outcome::Deferred { reply, .. } if polite::is_throttle(reply)),
-    );
+    let throttled = outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Deferred { reply, .. } if polite::is_throttle(reply)));
     let verdict = if throttled {
         Verdict::Throttled
     } else if outcomes

@@ -528,10 +528,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 c.from = Some((addr, params));
                 c.rcpts.clear();
-                drop(transaction.replace(Open::new(
-                    &state.transactions_now,
-                    &state.transactions_peak,
-                )));
+                drop(
+                    transaction
+                        .replace(Open::new(&state.transactions_now, &state.transactions_peak)),
+                );
                 say!("250 2.1.0 Ok\r\n");
             }
             "RCPT" => {
