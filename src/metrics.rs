@@ -547,6 +547,33 @@ impl Drop for OpenConnection {
 mod tests {
     use super::*;
 
+    #[test]
+    fn destination_series_are_bounded_and_dropped() {
+        let m = Metrics::new();
+        let names: Vec<String> = (0..150).map(|i| format!("d{i}.test")).collect();
+        let gauges = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| DestinationGauge {
+                name,
+                held: i == 149,
+                throttled: i == 149,
+                limit: 1,
+                in_flight: 1,
+            })
+            .collect();
+        m.destinations(gauges);
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("submitd_destination_in_flight{"))
+            .count();
+        assert_eq!(series, MAX_DESTINATION_SERIES);
+        assert!(text.contains("submitd_destination_throttled{destination=\"d149.test\"} 1"));
+        m.destinations(Vec::new());
+        assert!(!m.encode().contains("destination=\""), "series dropped");
+    }
+
     /// Every refusal kind and every AUTH result moves its own series, and only that one.
     #[test]
     fn every_outcome_is_counted_under_its_label() {
