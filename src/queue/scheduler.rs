@@ -58,10 +58,11 @@ use crate::clock::unix_now;
 use crate::config::{RelayMode, Settings};
 use crate::metrics::Metrics;
 
-use super::bounce::{self, FailedRecipient};
-use super::courier::{Courier, Job, Outcome};
+use super::bounce::{self, Action, FailedRecipient};
+use super::courier::{Courier, Job, JobDsn, Outcome};
 use super::id::QueueId;
 use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, SpoolError};
+use crate::dsn::{self, RcptParams};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -309,6 +310,8 @@ struct Shared {
     mode: RelayMode,
     retry: Vec<Duration>,
     max_age: Duration,
+    /// `queue.delay_warning`; `None`: off.
+    delay_warning: Option<Duration>,
     connections: Semaphore,
     metrics: Arc<Metrics>,
 }
@@ -339,6 +342,7 @@ impl Scheduler {
             mode: settings.relay.mode,
             retry: settings.queue.retry.clone(),
             max_age: settings.queue.max_age,
+            delay_warning: settings.queue.delay_warning,
             connections: Semaphore::new(settings.queue.concurrency),
             metrics,
         });
@@ -892,7 +896,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
         return (Vec::new(), After::Unknown);
     }
     let now = unix_now();
-    let due: Vec<String> = env
+    let due: Vec<&Recipient> = env
         .recipients
         .iter()
         .filter(|r| match r.state {
@@ -900,26 +904,33 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
             RecipientState::Deferred => forced || r.next_attempt.unwrap_or(0) <= now,
             _ => false,
         })
-        .map(|r| r.address.clone())
         .collect();
     if due.is_empty() {
         return finish(shared, id, Vec::new()).await;
     }
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for rcpt in due {
+    // Each group: its destination key, its recipients and their DSN parameters.
+    let mut groups: Vec<(String, Vec<String>, Vec<RcptParams>)> = Vec::new();
+    for r in due {
         let key = match shared.mode {
             // One destination for every recipient.
             RelayMode::Smarthost | RelayMode::Capture => String::new(),
-            RelayMode::Mx => domain_of(&rcpt),
+            RelayMode::Mx => domain_of(&r.address),
         };
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, list)) => list.push(rcpt),
-            None => groups.push((key, vec![rcpt])),
+        let params = RcptParams {
+            notify: r.notify,
+            orcpt: r.orcpt.clone(),
+        };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, list, dsn)) => {
+                list.push(r.address.clone());
+                dsn.push(params);
+            }
+            None => groups.push((key, vec![r.address.clone()], vec![params])),
         }
     }
     let message = Arc::new(message);
     let env = Arc::new(env);
-    let deliver_group = |rcpts: Vec<String>| {
+    let deliver_group = |(rcpts, rcpt_dsn): (Vec<String>, Vec<RcptParams>)| {
         let shared = shared.clone();
         let message = message.clone();
         let env = env.clone();
@@ -937,6 +948,13 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
                 envelope: Some(&env),
+                dsn: JobDsn {
+                    ret: env.ret,
+                    envid: env.envid.as_deref(),
+                    rcpts: &rcpt_dsn,
+                },
+                requiretls: env.requiretls,
+                tls_optional: env.tls_optional,
             };
             let outcomes = shared.courier.deliver(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());
@@ -946,12 +964,12 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
     let mut outcomes = Vec::new();
     if groups.len() == 1 {
         // The common case needs no extra task.
-        let (_, rcpts) = groups.remove(0);
-        outcomes = deliver_group(rcpts).await;
+        let (_, rcpts, dsn) = groups.remove(0);
+        outcomes = deliver_group((rcpts, dsn)).await;
     } else {
         let mut tasks = JoinSet::new();
-        for (_, rcpts) in groups {
-            tasks.spawn(deliver_group(rcpts));
+        for (_, rcpts, dsn) in groups {
+            tasks.spawn(deliver_group((rcpts, dsn)));
         }
         while let Some(result) = tasks.join_next().await {
             match result {
@@ -998,18 +1016,23 @@ fn apply_blocking(
         return Ok((Vec::new(), After::Removed));
     };
     let now = unix_now();
-    let failed = record_outcomes(shared, id, &mut env, outcomes, now);
+    let reports = record_outcomes(shared, id, &mut env, outcomes, now);
     let mut bounces = Vec::new();
-    if !failed.is_empty() {
+    for report in reports.into_iter().filter(|r| !r.is_empty()) {
         if env.sender.is_empty() {
-            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md).
-            warn!(queue_id = %id, rcpts = failed.len(), "queue: bounce undeliverable, dropped");
-        } else {
-            let bounce_id = bounce::queue(spool, &shared.hostname, id, &env, &failed, now)?;
-            info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
-            bounces.push(bounce_id);
+            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md), nor report on one.
+            if report[0].action == Action::Failed {
+                warn!(queue_id = %id, rcpts = report.len(), "queue: bounce undeliverable, dropped");
+            }
+            continue;
         }
+        let bounce_id = bounce::queue(spool, &shared.hostname, id, &env, &report, now)?;
+        let action = format!("{:?}", report[0].action).to_lowercase();
+        info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), action, "queue: DSN queued");
+        bounces.push(bounce_id);
     }
+    // The reports are stored before the state that causes them (a crash in between sends a
+    // report twice, never not at all; `warned` then keeps a delay warning from repeating).
     let after = save_or_remove(spool, id, &env, &lock)?;
     Ok((bounces, after))
 }
@@ -1033,17 +1056,19 @@ fn lock_and_load(
 }
 
 /// Each outcome into its recipient's state (still open ones only), logged and counted; the
-/// recipients that failed, for the DSN. A deferral past `queue.max_age` fails as expired.
+/// recipients to report on, one list per DSN kind (failed, delayed, relayed; RFC 3461 NOTIFY
+/// decides who is reported). A deferral past `queue.max_age` fails as expired.
 fn record_outcomes(
     shared: &Shared,
     id: &QueueId,
     env: &mut Envelope,
     outcomes: Vec<(String, Outcome)>,
     now: u64,
-) -> Vec<FailedRecipient> {
+) -> [Vec<FailedRecipient>; 3] {
     let age = now.saturating_sub(env.received_at);
     let expired = age >= shared.max_age.as_secs();
-    let mut failed = Vec::new();
+    let warn_after = shared.delay_warning.map(|d| d.as_secs());
+    let (mut failed, mut delayed, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     for (address, outcome) in outcomes {
         let Some(r) = env.recipients.iter_mut().find(|r| {
             r.address == address
@@ -1052,8 +1077,25 @@ fn record_outcomes(
             continue;
         };
         r.attempts += 1;
+        let report = |status: String, reply: &str, host: &Option<String>, action| FailedRecipient {
+            address: address.clone(),
+            status,
+            diagnostic: reply.to_string(),
+            remote_mta: host.clone(),
+            action,
+            orcpt: r.orcpt.clone(),
+        };
         let (status, relay, reply) = match outcome {
-            Outcome::Delivered { host, reply } => {
+            Outcome::Delivered {
+                host,
+                reply,
+                dsn_passed,
+            } => {
+                // RFC 3461 5.2: a next hop with DSN got the NOTIFY and reports from now on.
+                if !dsn_passed && dsn::wants_success(r.notify) {
+                    let host = Some(host.clone());
+                    relayed.push(report("2.0.0".into(), &reply, &host, Action::Relayed));
+                }
                 set(r, RecipientState::Delivered, None, &reply);
                 ("sent", Some(host), reply)
             }
@@ -1062,26 +1104,27 @@ fn record_outcomes(
                 reply,
                 status,
             } => {
+                if dsn::wants_failure(r.notify) {
+                    failed.push(report(status, &reply, &host, Action::Failed));
+                }
                 set(r, RecipientState::Failed, None, &reply);
-                failed.push(FailedRecipient {
-                    address: address.clone(),
-                    status,
-                    diagnostic: reply.clone(),
-                    remote_mta: host.clone(),
-                });
                 ("bounced", host, reply)
             }
             Outcome::Deferred { host, reply } if expired => {
+                if dsn::wants_failure(r.notify) {
+                    let status = bounce::EXPIRED.into();
+                    failed.push(report(status, &reply, &host, Action::Failed));
+                }
                 set(r, RecipientState::Failed, None, &reply);
-                failed.push(FailedRecipient {
-                    address: address.clone(),
-                    status: bounce::EXPIRED.into(),
-                    diagnostic: reply.clone(),
-                    remote_mta: host.clone(),
-                });
                 ("expired", host, reply)
             }
             Outcome::Deferred { host, reply } => {
+                // One warning per recipient, once the message is older than the delay.
+                if warn_after.is_some_and(|w| age >= w) && !r.warned && dsn::wants_delay(r.notify) {
+                    let status = bounce::deferred_status(&reply);
+                    delayed.push(report(status, &reply, &host, Action::Delayed));
+                    r.warned = true;
+                }
                 let step = (r.attempts as usize)
                     .saturating_sub(1)
                     .min(shared.retry.len() - 1);
@@ -1102,7 +1145,7 @@ fn record_outcomes(
         );
         shared.metrics.delivery(status, age);
     }
-    failed
+    [failed, delayed, relayed]
 }
 
 /// Remove the message when no recipient is left to attempt, else save its envelope.
@@ -1152,6 +1195,9 @@ mod tests {
             attempts: 0,
             next_attempt: next,
             last_reply: None,
+            notify: None,
+            orcpt: None,
+            warned: false,
         }
     }
 
@@ -1175,6 +1221,10 @@ mod tests {
             held: false,
             prefix: String::new(),
             content_len: 0,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         };
         assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));
