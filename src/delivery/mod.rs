@@ -215,9 +215,10 @@ impl Delivery {
             // RFC 8689 section 4.2.1: no verified TLS toward this destination, so no attempt.
             let failed = Outcome::Failed {
                 host: None,
-                reply: "REQUIRETLS: no TLS that is both required and verified toward the next \
-                        hop"
-                .into(),
+                reply: format!(
+                    "{} REQUIRETLS: no TLS that is both required and verified toward the next hop",
+                    outbound::STATUS_REQUIRETLS
+                ),
                 status: outbound::STATUS_REQUIRETLS.into(),
             };
             return vec![failed; n];

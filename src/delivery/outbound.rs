@@ -555,9 +555,11 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     };
     if job.requiretls && !(c.verified && c.caps.requiretls) {
         let reply = if c.verified {
-            format!("REQUIRETLS: {host} does not offer REQUIRETLS")
+            format!("{STATUS_REQUIRETLS} REQUIRETLS: {host} does not offer REQUIRETLS")
         } else {
-            format!("REQUIRETLS: TLS with {host} is not both required and verified")
+            format!(
+                "{STATUS_REQUIRETLS} REQUIRETLS: TLS with {host} is not both required and verified"
+            )
         };
         return Transaction::Done(all_failed(&host, &reply, STATUS_REQUIRETLS, n));
     }

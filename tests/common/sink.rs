@@ -52,6 +52,10 @@ pub struct SinkOptions {
     /// Close the connection (no reply, no 421) right after answering this many messages on
     /// it, like a server whose idle timeout is short. Default: never.
     pub close_after: Option<usize>,
+    /// Advertise DSN (RFC 3461; default false). The parameters are recorded, not acted on.
+    pub dsn: bool,
+    /// Advertise REQUIRETLS (RFC 8689; default false), over TLS only.
+    pub requiretls: bool,
 }
 
 impl Default for SinkOptions {
@@ -68,6 +72,8 @@ impl Default for SinkOptions {
             bind: None,
             pipelining: true,
             close_after: None,
+            dsn: false,
+            requiretls: false,
         }
     }
 }
@@ -103,6 +109,8 @@ pub struct Received {
     pub mail_params: Vec<String>,
     /// The accepted recipients, without brackets.
     pub rcpts: Vec<String>,
+    /// The RCPT TO parameters of each of `rcpts` as written (`NOTIFY=SUCCESS`, ...).
+    pub rcpt_params: Vec<Vec<String>>,
     /// Dot-unstuffed, without the final `.CRLF`.
     pub data: Vec<u8>,
     pub tls: bool,
@@ -224,6 +232,7 @@ struct Conversation {
     auth_user: Option<String>,
     from: Option<(String, Vec<String>)>,
     rcpts: Vec<String>,
+    rcpt_params: Vec<Vec<String>>,
 }
 
 async fn run_session(tcp: TcpStream, state: &State, opts: &SinkOptions, acceptor: &TlsAcceptor) {
@@ -324,6 +333,12 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if offer_auth {
                     lines.push("AUTH PLAIN LOGIN".into());
+                }
+                if opts.dsn {
+                    lines.push("DSN".into());
+                }
+                if opts.requiretls && tls {
+                    lines.push("REQUIRETLS".into());
                 }
                 let mut out = String::new();
                 for (i, l) in lines.iter().enumerate() {
@@ -427,6 +442,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 c.from = Some((addr, params));
                 c.rcpts.clear();
+                c.rcpt_params.clear();
                 say!("250 2.1.0 Ok\r\n");
             }
             "RCPT" => {
@@ -434,7 +450,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     say!("503 5.5.1 MAIL first\r\n");
                     continue;
                 }
-                let Some((addr, _)) = path_arg(arg, "TO:") else {
+                let Some((addr, rcpt_params)) = path_arg(arg, "TO:") else {
                     say!("501 5.5.4 Syntax: RCPT TO:<address>\r\n");
                     continue;
                 };
@@ -447,6 +463,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 let (code, text) = (opts.rcpt_rule)(&addr, attempt);
                 if (200..300).contains(&code) {
                     c.rcpts.push(addr);
+                    c.rcpt_params.push(rcpt_params);
                 }
                 say!("{code} {text}\r\n");
             }
@@ -478,6 +495,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         from,
                         mail_params,
                         rcpts: std::mem::take(&mut c.rcpts),
+                        rcpt_params: std::mem::take(&mut c.rcpt_params),
                         data,
                         tls,
                         auth_user: c.auth_user.clone(),
@@ -485,6 +503,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 c.from = None;
                 c.rcpts.clear();
+                c.rcpt_params.clear();
                 say!("{code} {text}\r\n");
                 messages += 1;
                 if opts.close_after.is_some_and(|n| messages >= n) {
@@ -494,6 +513,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             "RSET" => {
                 c.from = None;
                 c.rcpts.clear();
+                c.rcpt_params.clear();
                 say!("250 2.0.0 Ok\r\n");
             }
             "NOOP" => say!("250 2.0.0 Ok\r\n"),
