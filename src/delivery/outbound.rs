@@ -1718,6 +1718,63 @@ mod tests {
     }
 
     #[test]
+    fn plan_passes_dsn_parameters_only_to_a_next_hop_with_dsn() {
+        use crate::dsn::{Notify, RcptParams, Ret};
+        use crate::queue::courier::JobDsn;
+        let to = vec![
+            "bob@example.test".to_string(),
+            "carol@example.test".to_string(),
+        ];
+        let params = [
+            RcptParams {
+                notify: Some(Notify {
+                    success: true,
+                    failure: true,
+                    delay: false,
+                }),
+                orcpt: Some("rfc822;bob+2Bx@example.test".into()),
+            },
+            RcptParams::default(),
+        ];
+        let mut j = job("a@example.test", &to, b"Subject: x\r\n\r\nhi\r\n", false);
+        j.dsn = JobDsn {
+            ret: Some(Ret::Hdrs),
+            envid: Some("QQ+2B1"),
+            rcpts: &params,
+        };
+        let mut caps = Capabilities {
+            dsn: true,
+            ..Capabilities::default()
+        };
+        let env = plan_of(&j, &caps).unwrap();
+        assert_eq!(
+            env.mail_from,
+            "MAIL FROM:<a@example.test> RET=HDRS ENVID=QQ+2B1\r\n"
+        );
+        assert_eq!(
+            env.rcpt_to,
+            [
+                "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@example.test\r\n",
+                "RCPT TO:<carol@example.test>\r\n",
+            ]
+        );
+        caps.dsn = false;
+        j.requiretls = true;
+        let env = plan_of(&j, &caps).unwrap();
+        assert_eq!(env.mail_from, "MAIL FROM:<a@example.test> REQUIRETLS\r\n");
+        assert_eq!(env.rcpt_to[0], "RCPT TO:<bob@example.test>\r\n");
+        let caps = Capabilities::from_lines(["DSN", "requiretls", "SIZE 10"].into_iter());
+        assert!(caps.dsn && caps.requiretls && caps.size);
+    }
+
+    #[test]
+    fn only_verifying_policies_carry_requiretls() {
+        assert!(!TlsPolicy::None.verifies());
+        assert!(!TlsPolicy::Opportunistic(tls::unverified()).verifies());
+        assert!(!TlsPolicy::Required(tls::unverified()).verifies());
+    }
+
+    #[test]
     fn plan_refusals() {
         let r = vec!["j\u{f6}rg@example.test".to_string()];
         let j = job("a@example.test", &r, b"x\r\n", true);

@@ -819,6 +819,10 @@ mod tests {
         );
         assert_wire_clean(&dsn);
         let text = String::from_utf8(dsn.clone()).expect("cut at a character boundary");
+        assert!(
+            !text.contains("Original-Recipient"),
+            "an invalid ORCPT is left out"
+        );
         for evil in [
             "\r\nBcc:",
             "\r\nX-Evil",
@@ -903,5 +907,157 @@ mod tests {
         // Starting with the empty line: nothing but it.
         let head = read_header_section(&stored("", b"\r\nbody\r\n"), 1 << 20).unwrap();
         assert_eq!(head, b"\r\n");
+    }
+
+    fn with_ret(ret: Option<Ret>, requiretls: bool) -> Envelope {
+        let mut env = envelope("alice@example.test");
+        env.ret = ret;
+        env.requiretls = requiretls;
+        env
+    }
+
+    const FULL: &[u8] = b"Subject: s\r\nFrom: a@example.test\r\n\r\nThe body 42.\r\n";
+
+    #[test]
+    fn what_a_report_returns_of_the_message() {
+        let message = stored("Received: r\r\n", FULL);
+        let full = |env: &Envelope, action| returned(&message, env, action).unwrap();
+        let whole = [b"Received: r\r\n".as_slice(), FULL].concat();
+        assert_eq!(
+            full(&with_ret(Some(Ret::Full), false), Action::Failed),
+            Returned::Full(whole.clone())
+        );
+        assert_eq!(
+            full(&with_ret(Some(Ret::Full), false), Action::Relayed),
+            Returned::Full(whole)
+        );
+        let headers = b"Received: r\r\nSubject: s\r\nFrom: a@example.test\r\n\r\n".to_vec();
+        for (env, action) in [
+            (with_ret(None, false), Action::Failed),
+            (with_ret(Some(Ret::Hdrs), false), Action::Failed),
+            (with_ret(Some(Ret::Full), false), Action::Delayed),
+        ] {
+            assert_eq!(
+                full(&env, action),
+                Returned::Headers {
+                    headers: headers.clone(),
+                    note: None
+                }
+            );
+        }
+        // REQUIRETLS: never the body (RFC 8689 section 5), and the report says so.
+        match full(&with_ret(Some(Ret::Full), true), Action::Failed) {
+            Returned::Headers { headers: h, note } => {
+                assert_eq!(h, headers);
+                assert!(note.unwrap().contains("REQUIRETLS"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Too large, or lines too long: headers only, with the reason.
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        while big.len() as u64 <= MAX_RETURNED {
+            big.extend_from_slice(&[b'x'; 500]);
+            big.extend_from_slice(b"\r\n");
+        }
+        let big = stored("", &big);
+        match returned(&big, &with_ret(Some(Ret::Full), false), Action::Failed).unwrap() {
+            Returned::Headers { headers, note } => {
+                assert_eq!(headers, b"Subject: big\r\n\r\n");
+                assert!(note.unwrap().contains("larger than"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut long = b"Subject: long\r\n\r\n".to_vec();
+        long.extend_from_slice(&[b'y'; 1200]);
+        long.extend_from_slice(b"\r\n");
+        let long = stored("", &long);
+        match returned(&long, &with_ret(Some(Ret::Full), false), Action::Failed).unwrap() {
+            Returned::Headers { note, .. } => assert!(note.unwrap().contains("too long")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_report_carries_the_message_as_message_rfc822() {
+        let report = build_report(
+            "h.test",
+            &with_ret(Some(Ret::Full), false),
+            &Returned::Full(FULL.to_vec()),
+            &failed(),
+            now(),
+        );
+        assert_wire_clean(&report);
+        let (ct, text) = part_text(&report, 3);
+        assert_eq!(ct, "message/rfc822");
+        let (_, human) = part_text(&report, 1);
+        let human = unfold(&human).replace("\r\n", " ");
+        assert!(
+            human.contains("attached below.") && !human.contains("headers only"),
+            "{human}"
+        );
+        assert!(
+            String::from_utf8_lossy(&report).contains("The body 42."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relayed_and_delayed_reports_with_envid_and_orcpt() {
+        let mut env = envelope("alice@example.test");
+        env.envid = Some("QQ+2B31".into());
+        let relayed = FailedRecipient {
+            address: "bob@example.net".into(),
+            status: "2.0.0".into(),
+            diagnostic: "250 2.0.0 Ok: queued as X".into(),
+            remote_mta: Some("mx.example.net".into()),
+            action: Action::Relayed,
+            orcpt: Some("rfc822;Bob+2Bx@example.net".into()),
+        };
+        let returned = Returned::Headers {
+            headers: ORIGINAL.to_vec(),
+            note: None,
+        };
+        let report = build_report("h.test", &env, &returned, &[relayed], now());
+        assert_wire_clean(&report);
+        let text = String::from_utf8_lossy(&report);
+        assert!(text.contains("Subject: Successful Mail Delivery Report\r\n"));
+        let (_, status) = part_text(&report, 2);
+        assert!(
+            status.contains("Original-Envelope-Id: QQ+31\r\n"),
+            "{status}"
+        );
+        assert!(
+            status.contains(
+                "Original-Recipient: rfc822;Bob+x@example.net\r\n\
+                 Final-Recipient: rfc822; bob@example.net\r\nAction: relayed\r\nStatus: 2.0.0\r\n"
+            ),
+            "{status}"
+        );
+        let delayed = FailedRecipient {
+            address: "bob@example.net".into(),
+            status: deferred_status("451 4.2.1 busy"),
+            diagnostic: "451 4.2.1 busy".into(),
+            action: Action::Delayed,
+            ..FailedRecipient::default()
+        };
+        let report = build_report("h.test", &env, &returned, &[delayed], now());
+        let (_, status) = part_text(&report, 2);
+        assert!(
+            status.contains("Action: delayed\r\nStatus: 4.2.1\r\n"),
+            "{status}"
+        );
+        assert!(String::from_utf8_lossy(&report).contains("Subject: Delayed Mail"));
+    }
+
+    #[test]
+    fn deferred_statuses() {
+        assert_eq!(deferred_status("451 4.2.1 busy"), "4.2.1");
+        assert_eq!(
+            deferred_status("MAIL FROM at mx: 421 4.7.28 slow down"),
+            "4.7.28"
+        );
+        assert_eq!(deferred_status("connection refused"), "4.0.0");
+        assert_eq!(deferred_status("550 5.1.1 no"), "4.0.0");
+        assert_eq!(deferred_status("451 4.x.1"), "4.0.0");
     }
 }

@@ -853,6 +853,33 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// One group per destination (the domain in MX mode, one for everything otherwise): its key,
+/// its recipients and their DSN parameters in the same order.
+type Group = (String, Vec<String>, Vec<RcptParams>);
+
+fn group_by_destination(mode: RelayMode, due: Vec<&Recipient>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for r in due {
+        let key = match mode {
+            // One destination for every recipient.
+            RelayMode::Smarthost | RelayMode::Capture => String::new(),
+            RelayMode::Mx => domain_of(&r.address),
+        };
+        let params = RcptParams {
+            notify: r.notify,
+            orcpt: r.orcpt.clone(),
+        };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, list, dsn)) => {
+                list.push(r.address.clone());
+                dsn.push(params);
+            }
+            None => groups.push((key, vec![r.address.clone()], vec![params])),
+        }
+    }
+    groups
+}
+
 /// Messages up to this size are read whole before an attempt (one piece of delivery's reads).
 const PRELOAD_LIMIT: u64 = 256 << 10;
 
@@ -908,26 +935,7 @@ async fn attempt(shared: &Arc<Shared>, id: &QueueId, forced: bool) -> (Vec<Queue
     if due.is_empty() {
         return finish(shared, id, Vec::new()).await;
     }
-    // Each group: its destination key, its recipients and their DSN parameters.
-    let mut groups: Vec<(String, Vec<String>, Vec<RcptParams>)> = Vec::new();
-    for r in due {
-        let key = match shared.mode {
-            // One destination for every recipient.
-            RelayMode::Smarthost | RelayMode::Capture => String::new(),
-            RelayMode::Mx => domain_of(&r.address),
-        };
-        let params = RcptParams {
-            notify: r.notify,
-            orcpt: r.orcpt.clone(),
-        };
-        match groups.iter_mut().find(|(k, _, _)| *k == key) {
-            Some((_, list, dsn)) => {
-                list.push(r.address.clone());
-                dsn.push(params);
-            }
-            None => groups.push((key, vec![r.address.clone()], vec![params])),
-        }
-    }
+    let mut groups = group_by_destination(shared.mode, due);
     let message = Arc::new(message);
     let env = Arc::new(env);
     let deliver_group = |(rcpts, rcpt_dsn): (Vec<String>, Vec<RcptParams>)| {

@@ -1026,6 +1026,33 @@ mod tests {
             (b"MAIL FROM:<a@b.test> AUTH", SYNTAX()),
             (b"MAIL FROM:<a@b.test> AUTH=<> AUTH=<>", SYNTAX()),
             (
+                b"MAIL FROM:<a@b.test> X-FOO",
+                Err(ParseError::UnsupportedParameter),
+            ),
+            (b"MAIL FROM:<a@b.test> -X", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> =x", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> X=a\x01", SYNTAX()),
+            (
+                b"MAIL FROM:<a@b.test>  SIZE=5\tBODY=8BITMIME SMTPUTF8 AUTH=<>  ",
+                p(|p| {
+                    p.size = Some(5);
+                    p.body = Some(Body::EightBitMime);
+                    p.smtputf8 = true;
+                    p.auth = Some(String::new());
+                }),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn mail_dsn_and_requiretls_params() {
+        let p = |f: fn(&mut MailParams)| {
+            let mut params = MailParams::default();
+            f(&mut params);
+            mail("a@b.test", params)
+        };
+        check(&[
+            (
                 b"MAIL FROM:<a@b.test> RET=HDRS",
                 p(|p| p.ret = Some(Ret::Hdrs)),
             ),
@@ -1059,22 +1086,6 @@ mod tests {
             ),
             (b"MAIL FROM:<a@b.test> REQUIRETLS=yes", SYNTAX()),
             (b"MAIL FROM:<a@b.test> REQUIRETLS requiretls", SYNTAX()),
-            (
-                b"MAIL FROM:<a@b.test> X-FOO",
-                Err(ParseError::UnsupportedParameter),
-            ),
-            (b"MAIL FROM:<a@b.test> -X", SYNTAX()),
-            (b"MAIL FROM:<a@b.test> =x", SYNTAX()),
-            (b"MAIL FROM:<a@b.test> X=a\x01", SYNTAX()),
-            (
-                b"MAIL FROM:<a@b.test>  SIZE=5\tBODY=8BITMIME SMTPUTF8 AUTH=<>  ",
-                p(|p| {
-                    p.size = Some(5);
-                    p.body = Some(Body::EightBitMime);
-                    p.smtputf8 = true;
-                    p.auth = Some(String::new());
-                }),
-            ),
         ]);
     }
 
