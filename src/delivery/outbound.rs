@@ -1141,7 +1141,8 @@ fn rcpt_dsn_params(job: &Job<'_>, caps: &Capabilities, i: usize) -> String {
     if let Some(notify) = p.notify {
         params.push_str(&format!(" NOTIFY={}", notify.to_value()));
     }
-    if let Some(orcpt) = &p.orcpt {
+    // A raw UTF-8 ORCPT (RFC 6533 utf-8-xtext) only to a next hop that takes UTF-8.
+    if let Some(orcpt) = p.orcpt.as_ref().filter(|o| o.is_ascii() || caps.smtputf8) {
         params.push_str(&format!(" ORCPT={orcpt}"));
     }
     params
