@@ -622,3 +622,23 @@ async fn tls_required_no_lets_a_message_through_without_starttls_under_required(
     assert_eq!(sink.received().len(), 1);
     assert_eq!(server.queued().len(), 1);
 }
+
+#[tokio::test]
+async fn ehlo_offers_dsn_and_requiretls_only_after_tls() {
+    let server = TestServer::start().await;
+    let mut c = server.plain().await;
+    let before = c.cmd("EHLO client.test", "250").await;
+    assert!(
+        !before.contains("DSN") && !before.contains("REQUIRETLS"),
+        "{before}"
+    );
+    c.starttls().await;
+    let after = c.cmd("EHLO client.test", "250").await;
+    assert!(
+        after.contains("250-DSN\r\n") && after.contains("250-REQUIRETLS\r\n"),
+        "{after}"
+    );
+    let mut t = server.tls().await;
+    let implicit = t.cmd("EHLO client.test", "250").await;
+    assert!(implicit.contains("250-DSN\r\n") && implicit.contains("250-REQUIRETLS\r\n"));
+}
