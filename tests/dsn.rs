@@ -642,3 +642,39 @@ async fn ehlo_offers_dsn_and_requiretls_only_after_tls() {
     let implicit = t.cmd("EHLO client.test", "250").await;
     assert!(implicit.contains("250-DSN\r\n") && implicit.contains("250-REQUIRETLS\r\n"));
 }
+
+#[tokio::test]
+async fn the_requiretls_parameter_wins_over_tls_required_no() {
+    // A verified smarthost that is not there: both messages wait in the queue.
+    let relay = "mode = \"smarthost\"\nsmarthost = \"127.0.0.1:1\"\nsmarthost_tls = \"starttls\"\n\
+                 ca_file = \"cert.pem\"\ntimeout = \"2s\"\n";
+    let server = TestServer::start_relay("retry = [\"1h\"]", relay).await;
+    let mut c = server.alice().await;
+    let mut ids = Vec::new();
+    for params in ["", " REQUIRETLS"] {
+        c.cmd(&format!("MAIL FROM:<{ALICE}>{params}"), "250").await;
+        c.cmd("RCPT TO:<bob@example.net>", "250").await;
+        c.cmd("DATA", "354").await;
+        let msg = format!("From: {ALICE}\r\nTLS-Required: No\r\nSubject: t\r\n\r\nhi\r\n.\r\n");
+        c.send(msg.as_bytes()).await;
+        let r = c.expect("250 2.0.0 Ok: queued as ").await;
+        ids.push(r.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    let queued = server.queued();
+    let env = |id: &str| {
+        queued
+            .iter()
+            .find(|(e, _)| e["id"] == id)
+            .map(|(e, _)| e.clone())
+            .unwrap()
+    };
+    let header_only = env(&ids[0]);
+    assert_eq!(header_only["tls_optional"], true, "{header_only}");
+    assert!(header_only.get("requiretls").is_none());
+    let both = env(&ids[1]);
+    assert_eq!(both["requiretls"], true, "{both}");
+    assert!(
+        both.get("tls_optional").is_none(),
+        "the parameter wins: {both}"
+    );
+}
