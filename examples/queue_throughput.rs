@@ -138,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
             prefix: String::new(),
             content_len: body.len() as u64,
             held: false,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         };
         // Not fsynced: filling is not what is measured, and fsync makes it slow.
         std::fs::write(

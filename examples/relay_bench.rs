@@ -178,6 +178,9 @@ async fn main() {
                 smtputf8: false,
                 eight_bit: false,
                 envelope: None,
+                dsn: Default::default(),
+                requiretls: false,
+                tls_optional: false,
             };
             let started = Instant::now();
             let out = delivery.attempt(&job).await;

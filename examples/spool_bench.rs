@@ -89,6 +89,10 @@ fn envelope(id: &QueueId, size: usize) -> Envelope {
         held: false,
         prefix: String::new(),
         content_len: size as u64,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     }
 }
 

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::auth::quota::{Admission, Quota, Refusal as QuotaRefusal};
 use crate::auth::users::User;
 use crate::dkim::{DkimError, SharedSigner};
+use crate::dsn::{self, RcptParams, Ret};
 use crate::logsafe::Escaped;
 use crate::metrics::Metrics;
 use crate::outcome::Refusal;
@@ -44,10 +45,18 @@ pub struct Accepted {
     /// MAIL FROM, without angle brackets.
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The DSN parameters (RFC 3461) of each of `recipients`, in the same order.
+    pub rcpt_params: Vec<RcptParams>,
     /// MAIL FROM carried SMTPUTF8 (RFC 6531): pass it on.
     pub smtputf8: bool,
     /// MAIL FROM carried BODY=8BITMIME (RFC 6152): pass it on.
     pub eight_bit: bool,
+    /// MAIL FROM's `RET=` (RFC 3461 section 4.3).
+    pub ret: Option<Ret>,
+    /// MAIL FROM's `ENVID=`, as written (xtext).
+    pub envid: Option<String>,
+    /// MAIL FROM carried REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// The message's header section as received (through the empty line that ends it; the
     /// whole message when it has no body), at most `limits.max_header_size` octets. The whole
     /// content, this included, went to the [`Draft`].
@@ -196,6 +205,7 @@ impl Intake {
         envelope.smtputf8 = accepted.smtputf8;
         envelope.eight_bit = accepted.eight_bit;
         envelope.prefix = prefix;
+        set_dsn(&mut envelope, &accepted);
         let admission = self.admit(&accepted).await?;
         let spool = self.spool.clone();
         let committed = tokio::task::spawn_blocking(move || content.commit(&spool, envelope))
@@ -477,5 +487,18 @@ impl Drop for Draft {
         {
             handle.spawn_blocking(move || drop(writer));
         }
+    }
+}
+
+/// The DSN and REQUIRETLS parameters of the submission into its envelope. `TLS-Required: No`
+/// counts only without the REQUIRETLS parameter, which wins (RFC 8689 section 5).
+fn set_dsn(envelope: &mut Envelope, accepted: &Accepted) {
+    envelope.ret = accepted.ret;
+    envelope.envid = accepted.envid.clone();
+    envelope.requiretls = accepted.requiretls;
+    envelope.tls_optional = !accepted.requiretls && dsn::tls_required_no(&accepted.headers);
+    for (r, p) in envelope.recipients.iter_mut().zip(&accepted.rcpt_params) {
+        r.notify = p.notify;
+        r.orcpt = p.orcpt.clone();
     }
 }

@@ -44,6 +44,8 @@
 //! - [`clock`]: Unix time and RFC 5322 dates.
 //! - [`dkim`]: DKIM signing (RFC 6376, RSA and Ed25519) of the fixed message before it is
 //!   spooled, and `dkim keygen`.
+//! - [`dsn`]: the DSN (RFC 3461) and REQUIRETLS (RFC 8689) parameters, parsed and checked, as
+//!   the session, the queue and delivery share them.
 //! - [`queue`]: queue IDs, the durable spool (every write through one `fsio::SpoolIo`, so tests
 //!   can fail any step), the scheduler (retries, per-recipient state, bounce policy), RFC 3464
 //!   DSNs (`bounce`), the `Courier` trait it delivers through, and the `queue` commands
@@ -73,6 +75,7 @@ pub mod control_socket;
 pub mod delivery;
 pub mod dev;
 pub mod dkim;
+pub mod dsn;
 pub mod fsown;
 pub mod headers;
 pub mod health;

@@ -39,6 +39,9 @@ async fn send(delivery: &Delivery, rcpt: &str) -> Outcome {
         smtputf8: false,
         eight_bit: false,
         envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
     };
     let mut out = tokio::time::timeout(Duration::from_secs(60), delivery.attempt(&job))
         .await

@@ -42,6 +42,9 @@ fn job<'a>(recipients: &'a [String], domain: &'a str) -> Job<'a> {
         smtputf8: false,
         eight_bit: false,
         envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
     }
 }
 
@@ -58,7 +61,7 @@ async fn attempt(delivery: &Delivery, job: &Job<'_>) -> Vec<(String, Outcome)> {
 
 fn assert_delivered(outcome: &Outcome, host_prefix: &str) {
     match outcome {
-        Outcome::Delivered { host, reply } => {
+        Outcome::Delivered { host, reply, .. } => {
             assert!(
                 host.starts_with(host_prefix),
                 "host {host:?}, wanted {host_prefix:?}"

@@ -209,6 +209,9 @@ async fn attempt_at(server: &Hostile, tls: &str) -> (Outcome, Duration) {
         smtputf8: false,
         eight_bit: false,
         envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
     };
     let started = Instant::now();
     let mut out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))
@@ -493,6 +496,9 @@ async fn implicit_tls_endless_line_is_cut_off_too() {
         smtputf8: false,
         eight_bit: false,
         envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
     };
     let started = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))

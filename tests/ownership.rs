@@ -65,6 +65,10 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
         held: false,
         prefix: String::new(),
         content_len: message.len() as u64,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     };
     spool.store_blocking(&envelope, message).unwrap();
     chown(&queue, SERVICE_UID, SERVICE_GID, 0o700);

@@ -216,6 +216,10 @@ async fn a_bounce_is_never_bounced() {
         prefix: String::new(),
         content_len: 10,
         held: false,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     };
     let before = sink.received().len();
     // A running server takes new messages only from its sessions (a directory scan could see

@@ -53,6 +53,9 @@ fn rcpt(address: &str, state: RecipientState, next: Option<u64>, reply: Option<&
         },
         next_attempt: next,
         last_reply: reply.map(str::to_string),
+        notify: None,
+        orcpt: None,
+        warned: false,
     }
 }
 
@@ -87,6 +90,10 @@ impl Queue {
             prefix: String::new(),
             content_len: MESSAGE.len() as u64,
             held: false,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         };
         self.spool.store_blocking(&envelope, MESSAGE).unwrap();
         id
@@ -416,6 +423,10 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
         prefix: String::new(),
         content_len: MESSAGE.len() as u64,
         held: false,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     };
     spool.store_blocking(&envelope, MESSAGE).unwrap();
     let server = common::TestServer::start_in_with_io(

@@ -57,6 +57,9 @@ async fn relay(delivery: &Delivery, stored: &Stored) -> Outcome {
         smtputf8: false,
         eight_bit: false,
         envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
     };
     let mut out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))
         .await

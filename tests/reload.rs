@@ -427,6 +427,10 @@ async fn queue_retry_flushes_a_running_server() {
         prefix: String::new(),
         content_len: message.len() as u64,
         held: false,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     };
     let queue_dir = dir.path().join("queue");
     std::fs::create_dir_all(&queue_dir).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 
 const EHLO_TLS: &str = "250-mail.example.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n\
-                        250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
+                        250-AUTH PLAIN LOGIN\r\n250-DSN\r\n250-REQUIRETLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
                         250-SMTPUTF8\r\n250 CHUNKING\r\n";
 
 #[tokio::test]
@@ -18,6 +18,10 @@ async fn ehlo_before_and_after_tls() {
     let before = c.cmd("EHLO client.test", "250").await;
     assert!(before.contains("250-STARTTLS\r\n") || before.ends_with("250 STARTTLS\r\n"));
     assert!(!before.contains("AUTH"), "{before}");
+    assert!(
+        !before.contains("DSN") && !before.contains("REQUIRETLS"),
+        "{before}"
+    );
     c.starttls().await;
     let after = c.cmd("EHLO client.test", "250").await;
     assert_eq!(after, EHLO_TLS);

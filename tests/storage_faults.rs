@@ -135,6 +135,10 @@ fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
         prefix: String::new(),
         content_len: message.len() as u64,
         held: false,
+        ret: None,
+        envid: None,
+        requiretls: false,
+        tls_optional: false,
     }
 }
 

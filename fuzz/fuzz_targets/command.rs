@@ -28,8 +28,19 @@ fuzz_target!(|data: &[u8]| {
             if let Some(auth) = params.auth {
                 assert!(!auth.chars().any(char::is_control), "{auth:?}");
             }
+            if let Some(envid) = params.envid {
+                // Passed on verbatim to the next hop: printable ASCII xtext, bounded.
+                assert!(envid.len() <= 100 && envid.bytes().all(|b| b.is_ascii_graphic()));
+                assert!(submitd::dsn::decode_xtext(&envid, false).is_some(), "{envid:?}");
+            }
         }
-        Ok(Command::Rcpt { to }) => assert!(clean(&to) && to.len() <= 254, "{to:?}"),
+        Ok(Command::Rcpt { to, params }) => {
+            assert!(clean(&to) && to.len() <= 254, "{to:?}");
+            if let Some(orcpt) = params.orcpt {
+                assert!(orcpt.len() <= 500 && clean(&orcpt) && !orcpt.contains(' '));
+                assert!(submitd::dsn::check_orcpt(&orcpt).is_ok(), "{orcpt:?}");
+            }
+        }
         Ok(Command::Auth { mechanism, initial }) => {
             assert!(mechanism.bytes().all(|b| b.is_ascii_graphic()));
             assert!(initial.is_none_or(|i| i.bytes().all(|b| b.is_ascii_graphic())));

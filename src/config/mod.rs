@@ -347,6 +347,7 @@ mod tests {
         let mins: Vec<u64> = s.queue.retry.iter().map(|d| d.as_secs() / 60).collect();
         assert_eq!(mins, vec![1, 5, 15, 30, 60, 120, 240]);
         assert_eq!(s.queue.max_age, Duration::from_secs(5 * 86400));
+        assert_eq!(s.queue.delay_warning, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(s.relay.mode, RelayMode::Mx);
         assert_eq!(s.relay.port, 25);
         assert_eq!(s.relay.tls, RelayTls::Opportunistic);
@@ -393,6 +394,7 @@ max_header_size = 500
 dir = "/var/spool/submitd"
 retry = ["30s", "1h 30m"]
 max_age = "2d"
+delay_warning = "0s"
 [relay]
 mode = "smarthost"
 port = 2525
@@ -432,6 +434,10 @@ format = "json"
         assert_eq!(
             s.queue.retry,
             vec![Duration::from_secs(30), Duration::from_secs(5400)]
+        );
+        assert_eq!(
+            s.queue.delay_warning, None,
+            "\"0s\" turns delay warnings off"
         );
         assert_eq!(s.relay.mode, RelayMode::Smarthost);
         assert_eq!(s.relay.port, 2525);
@@ -629,6 +635,11 @@ format = "json"
             &with("[queue]\nmax_age = \"0s\""),
             "queue.max_age",
             "longer than 0",
+        );
+        assert_error(
+            &with("[queue]\ndelay_warning = \"soon\""),
+            "queue.delay_warning",
+            "not a duration",
         );
         assert_error(
             &with("[relay]\ntimeout = \"5x\""),

@@ -1,4 +1,4 @@
-//! `[queue]`: the spool directory, the retry schedule and delivery concurrency.
+//! `[queue]`: the spool directory, the retry schedule, delivery concurrency and delay warnings.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +16,9 @@ pub struct QueueSettings {
     pub max_age: Duration,
     /// How many deliveries run at once (`queue.concurrency`, default 16).
     pub concurrency: usize,
+    /// After how long in the queue a deferred recipient gets one `Action: delayed` DSN
+    /// (`queue.delay_warning`, default 4h); `None` when `"0s"` turned warnings off.
+    pub delay_warning: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +32,12 @@ pub(super) struct RawQueue {
     max_age: String,
     #[serde(default = "default_concurrency")]
     concurrency: u64,
+    #[serde(default = "default_delay_warning")]
+    delay_warning: String,
+}
+
+fn default_delay_warning() -> String {
+    "4h".into()
 }
 
 fn default_concurrency() -> u64 {
@@ -54,6 +63,7 @@ impl Default for RawQueue {
             retry: default_retry(),
             max_age: default_max_age(),
             concurrency: default_concurrency(),
+            delay_warning: default_delay_warning(),
         }
     }
 }
@@ -81,9 +91,11 @@ pub(super) fn parse(q: &RawQueue, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
     if q.concurrency == 0 || q.concurrency > 10_000 {
         p.push("queue.concurrency", "must be between 1 and 10000");
     }
+    let delay_warning = duration(p, "queue.delay_warning", &q.delay_warning);
     Some(QueueSettings {
         dir: cx.resolve(q.dir.trim()),
         retry,
+        delay_warning: delay_warning.filter(|d| !d.is_zero()),
         max_age: max_age?,
         concurrency: q.concurrency.clamp(1, 10_000) as usize,
     })

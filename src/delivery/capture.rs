@@ -52,7 +52,10 @@ pub async fn deliver(dir: &Path, job: &Job<'_>) -> Vec<Outcome> {
             vec![
                 Outcome::Delivered {
                     host: HOST.into(),
-                    reply
+                    reply,
+                    // The capture directory is no DSN-capable next hop: a NOTIFY=SUCCESS
+                    // recipient gets a `relayed` report.
+                    dsn_passed: false,
                 };
                 n
             ]

@@ -90,6 +90,17 @@ enum Route {
     Capture { dir: std::path::PathBuf },
 }
 
+impl Route {
+    /// Whether every connection on this route has TLS that is required and verified
+    /// ([`TlsPolicy::verifies`]); the capture directory counts (nothing leaves the machine).
+    fn verifies(&self) -> bool {
+        match self {
+            Route::Mx { tls, .. } | Route::Smarthost { tls, .. } => tls.verifies(),
+            Route::Capture { .. } => true,
+        }
+    }
+}
+
 impl Delivery {
     /// Build from the settings (`relay.*` and `hostname`).
     pub fn new(settings: &Settings) -> Result<Delivery, DeliveryError> {
@@ -200,6 +211,18 @@ impl Delivery {
     async fn attempt_inner(&self, job: &Job<'_>) -> Vec<Outcome> {
         let inner = &*self.inner;
         let n = job.recipients.len();
+        if job.requiretls && !inner.route.verifies() {
+            // RFC 8689 section 4.2.1: no verified TLS toward this destination, so no attempt.
+            let failed = Outcome::Failed {
+                host: None,
+                reply: format!(
+                    "{} REQUIRETLS: no TLS that is both required and verified toward the next hop",
+                    outbound::STATUS_REQUIRETLS
+                ),
+                status: outbound::STATUS_REQUIRETLS.into(),
+            };
+            return vec![failed; n];
+        }
         let key = match &inner.route {
             Route::Mx { .. } => job.domain.to_lowercase(),
             Route::Smarthost { .. } => String::new(),

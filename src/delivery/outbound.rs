@@ -111,6 +111,9 @@ pub const STATUS_TOO_BIG: &str = "5.3.4";
 pub const STATUS_NO_SMTPUTF8: &str = "5.6.7";
 /// Permanent status: 8-bit body but no 8BITMIME at the next hop (RFC 6152).
 pub const STATUS_NO_8BITMIME: &str = "5.6.3";
+/// Permanent status: REQUIRETLS cannot be honoured (RFC 8689 section 4.2.1; RFC 5248 "encryption
+/// needed").
+pub const STATUS_REQUIRETLS: &str = "5.7.10";
 
 /// How TLS is negotiated with the next hop.
 #[derive(Clone)]
@@ -126,6 +129,18 @@ pub enum TlsPolicy {
     StartTlsVerified(Verified),
     /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
     Implicit(Verified),
+}
+
+impl TlsPolicy {
+    /// Whether this policy makes TLS mandatory *and* verifies the next hop's certificate: the
+    /// only policies a REQUIRETLS message may travel under (RFC 8689 section 4.2.1). DANE and
+    /// MTA-STS `enforce` policies belong here too.
+    pub fn verifies(&self) -> bool {
+        match self {
+            TlsPolicy::StartTlsVerified(_) | TlsPolicy::Implicit(_) => true,
+            TlsPolicy::None | TlsPolicy::Opportunistic(_) | TlsPolicy::Required(_) => false,
+        }
+    }
 }
 
 /// What one session needs besides the job.
@@ -181,6 +196,12 @@ pub struct Connection {
     /// The [`Guarded`] stream's fuse: blown when the message cannot be read to its end, so
     /// that the final dot is never written.
     fuse: Arc<Fuse>,
+    /// TLS is up and the policy it was negotiated under verifies the certificate
+    /// ([`TlsPolicy::verifies`]): a REQUIRETLS message may use this connection.
+    verified: bool,
+    /// Opened in clear although the policy requires TLS, for a `TLS-Required: No` message
+    /// ([`Job::tls_optional`]): never reused for another message.
+    downgraded: bool,
 }
 
 impl Connection {
@@ -196,7 +217,7 @@ impl Connection {
 
     /// Whether another transaction may start on it.
     pub fn is_clean(&self) -> bool {
-        self.health == Health::Clean
+        self.health == Health::Clean && !self.downgraded
     }
 
     /// Whether STARTTLS can be sent: offered in the last EHLO lettre read (its first, the
@@ -304,7 +325,7 @@ fn data_allowance(len: u64) -> Duration {
 }
 
 async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
-    let mut conn = match open(target, host, job.recipients.len(), s).await {
+    let mut conn = match open(target, host, job, s).await {
         Ok(c) => c,
         Err(result) => return result,
     };
@@ -331,13 +352,14 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
 
 /// Connect to `target` and set the session up: greeting, EHLO, STARTTLS per the policy, a
 /// second EHLO whose reply is parsed here, AUTH. `Err` is what the attempt makes of a failure
-/// (`n` recipients).
+/// (for each of the job's recipients).
 async fn open(
     target: &Target,
     host: &str,
-    n: usize,
+    job: &Job<'_>,
     s: &Session<'_>,
 ) -> Result<Connection, HostResult> {
+    let n = job.recipients.len();
     // Connect, (handshake,) greeting and EHLO get one step each.
     let connect = async {
         let tcp = match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
@@ -390,9 +412,14 @@ async fn open(
         wire,
         encrypted,
         fuse,
+        verified: false,
+        downgraded: false,
     };
-    match set_up(&mut c, target, n, s).await {
-        Ok(()) => Ok(c),
+    match set_up(&mut c, target, n, job.tls_optional, s).await {
+        Ok(()) => {
+            c.verified = c.encrypted && s.tls.verifies();
+            Ok(c)
+        }
         Err(result) => {
             c.close().await;
             Err(result)
@@ -400,11 +427,14 @@ async fn open(
     }
 }
 
-/// STARTTLS, the second EHLO and AUTH on a fresh connection.
+/// STARTTLS, the second EHLO and AUTH on a fresh connection. `tls_optional`: the message says
+/// `TLS-Required: No` (RFC 8689 section 5), so MX `required` TLS not offered is no reason to
+/// skip the host; such a connection is never reused.
 async fn set_up(
     c: &mut Connection,
     target: &Target,
     n: usize,
+    tls_optional: bool,
     s: &Session<'_>,
 ) -> Result<(), HostResult> {
     let t = s.timeout;
@@ -414,6 +444,10 @@ async fn set_up(
     let upgrade = match s.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
         TlsPolicy::Opportunistic(_) if !c.can_starttls() => None,
+        TlsPolicy::Required(_) if tls_optional && !c.can_starttls() => {
+            c.downgraded = true;
+            None
+        }
         _ if !c.can_starttls() => {
             return Err(HostResult::NextHost(format!(
                 "TLS required but not offered by {host}"
@@ -519,6 +553,16 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
             return Transaction::Done(all_deferred(&host, &reply, n));
         }
     };
+    if job.requiretls && !(c.verified && c.caps.requiretls) {
+        let reply = if c.verified {
+            format!("{STATUS_REQUIRETLS} REQUIRETLS: {host} does not offer REQUIRETLS")
+        } else {
+            format!(
+                "{STATUS_REQUIRETLS} REQUIRETLS: TLS with {host} is not both required and verified"
+            )
+        };
+        return Transaction::Done(all_failed(&host, &reply, STATUS_REQUIRETLS, n));
+    }
     let envelope = match plan(job, content, &c.caps, &host) {
         Ok(e) => e,
         Err((status, reply)) => return Transaction::Done(all_failed(&host, &reply, status, n)),
@@ -558,7 +602,7 @@ pub async fn transaction(c: &mut Connection, job: &Job<'_>) -> Transaction {
     }
 
     let final_reply = message_data(c, job, data).await;
-    let outcome = final_outcome(final_reply, &host);
+    let outcome = final_outcome(final_reply, &host, c.caps.dsn);
     let mut outcomes = outcomes;
     for &i in &accepted {
         outcomes[i] = Some(outcome.clone());
@@ -743,12 +787,14 @@ async fn write_data(wire: &Wire, message: &StoredMessage) -> Result<(), DataErro
     layer.flush().await.map_err(DataError::Write)
 }
 
-/// The outcome of every accepted recipient from the reply after the message.
-fn final_outcome(reply: Result<Response, StepError>, host: &str) -> Outcome {
+/// The outcome of every accepted recipient from the reply after the message; `dsn_passed`:
+/// the next hop offers DSN, so it got the NOTIFY parameters.
+fn final_outcome(reply: Result<Response, StepError>, host: &str, dsn_passed: bool) -> Outcome {
     match reply {
         Ok(r) => Outcome::Delivered {
             host: host.to_string(),
             reply: reply_text(&r),
+            dsn_passed,
         },
         Err(StepError::Reply { code, text }) if code >= 500 => Outcome::Failed {
             host: Some(host.to_string()),
@@ -874,6 +920,10 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// RFC 2920 command pipelining.
     pub pipelining: bool,
+    /// RFC 3461 delivery status notifications: NOTIFY, ORCPT, RET and ENVID are passed on.
+    pub dsn: bool,
+    /// RFC 8689 REQUIRETLS.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -897,6 +947,8 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "PIPELINING" => caps.pipelining = true,
+                "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }
@@ -1042,6 +1094,7 @@ fn plan(
     if caps.size {
         params.push_str(&format!(" SIZE={len}"));
     }
+    params.push_str(&mail_dsn_params(job, caps));
     let sender = if job.sender.is_empty() {
         String::new()
     } else {
@@ -1051,9 +1104,48 @@ fn plan(
     let rcpt_to = job
         .recipients
         .iter()
-        .map(|r| address(r).map(|a| format!("RCPT TO:<{a}>\r\n")))
+        .enumerate()
+        .map(|(i, r)| {
+            let params = rcpt_dsn_params(job, caps, i);
+            address(r).map(|a| format!("RCPT TO:<{a}>{params}\r\n"))
+        })
         .collect::<Result<_, _>>()?;
     Ok(Envelope { mail_from, rcpt_to })
+}
+
+/// MAIL FROM's `RET=` and `ENVID=` for a next hop offering DSN, as submitted (RFC 3461
+/// section 5.2), and `REQUIRETLS` (the caller checked that the next hop offers it).
+fn mail_dsn_params(job: &Job<'_>, caps: &Capabilities) -> String {
+    let mut params = String::new();
+    if caps.dsn {
+        if let Some(ret) = job.dsn.ret {
+            params.push_str(&format!(" RET={}", ret.as_str()));
+        }
+        if let Some(envid) = job.dsn.envid {
+            params.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    if job.requiretls {
+        params.push_str(" REQUIRETLS");
+    }
+    params
+}
+
+/// RCPT TO's `NOTIFY=` and `ORCPT=` of recipient `i` for a next hop offering DSN, as
+/// submitted; no ORCPT is made up when the submission gave none.
+fn rcpt_dsn_params(job: &Job<'_>, caps: &Capabilities, i: usize) -> String {
+    let mut params = String::new();
+    let Some(p) = job.dsn.rcpts.get(i).filter(|_| caps.dsn) else {
+        return params;
+    };
+    if let Some(notify) = p.notify {
+        params.push_str(&format!(" NOTIFY={}", notify.to_value()));
+    }
+    // A raw UTF-8 ORCPT (RFC 6533 utf-8-xtext) only to a next hop that takes UTF-8.
+    if let Some(orcpt) = p.orcpt.as_ref().filter(|o| o.is_ascii() || caps.smtputf8) {
+        params.push_str(&format!(" ORCPT={orcpt}"));
+    }
+    params
 }
 
 /// The stream under lettre, shared with the [`Connection`] (see the module doc): lettre
@@ -1455,6 +1547,9 @@ mod tests {
             smtputf8: utf8,
             eight_bit: false,
             envelope: None,
+            dsn: Default::default(),
+            requiretls: false,
+            tls_optional: false,
         }
     }
 
@@ -1612,6 +1707,8 @@ mod tests {
             size: true,
             size_limit: Some(100),
             pipelining: false,
+            dsn: false,
+            requiretls: false,
         };
         let env = plan_of(&j, &caps).unwrap();
         assert_eq!(
@@ -1619,6 +1716,63 @@ mod tests {
             "MAIL FROM:<a@example.test> SMTPUTF8 SIZE=17\r\n"
         );
         assert_eq!(env.rcpt_to, ["RCPT TO:<bob@B\u{fc}cher.example>\r\n"]);
+    }
+
+    #[test]
+    fn plan_passes_dsn_parameters_only_to_a_next_hop_with_dsn() {
+        use crate::dsn::{Notify, RcptParams, Ret};
+        use crate::queue::courier::JobDsn;
+        let to = vec![
+            "bob@example.test".to_string(),
+            "carol@example.test".to_string(),
+        ];
+        let params = [
+            RcptParams {
+                notify: Some(Notify {
+                    success: true,
+                    failure: true,
+                    delay: false,
+                }),
+                orcpt: Some("rfc822;bob+2Bx@example.test".into()),
+            },
+            RcptParams::default(),
+        ];
+        let mut j = job("a@example.test", &to, b"Subject: x\r\n\r\nhi\r\n", false);
+        j.dsn = JobDsn {
+            ret: Some(Ret::Hdrs),
+            envid: Some("QQ+2B1"),
+            rcpts: &params,
+        };
+        let mut caps = Capabilities {
+            dsn: true,
+            ..Capabilities::default()
+        };
+        let env = plan_of(&j, &caps).unwrap();
+        assert_eq!(
+            env.mail_from,
+            "MAIL FROM:<a@example.test> RET=HDRS ENVID=QQ+2B1\r\n"
+        );
+        assert_eq!(
+            env.rcpt_to,
+            [
+                "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Bx@example.test\r\n",
+                "RCPT TO:<carol@example.test>\r\n",
+            ]
+        );
+        caps.dsn = false;
+        j.requiretls = true;
+        let env = plan_of(&j, &caps).unwrap();
+        assert_eq!(env.mail_from, "MAIL FROM:<a@example.test> REQUIRETLS\r\n");
+        assert_eq!(env.rcpt_to[0], "RCPT TO:<bob@example.test>\r\n");
+        let caps = Capabilities::from_lines(["DSN", "requiretls", "SIZE 10"].into_iter());
+        assert!(caps.dsn && caps.requiretls && caps.size);
+    }
+
+    #[test]
+    fn only_verifying_policies_carry_requiretls() {
+        assert!(!TlsPolicy::None.verifies());
+        assert!(!TlsPolicy::Opportunistic(tls::unverified()).verifies());
+        assert!(!TlsPolicy::Required(tls::unverified()).verifies());
     }
 
     #[test]

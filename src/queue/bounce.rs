@@ -1,4 +1,6 @@
-//! Delivery status notifications (RFC 3464, multipart/report RFC 6522).
+//! Delivery status notifications (RFC 3464, multipart/report RFC 6522): failures, and with
+//! the DSN extension (RFC 3461) delays, relays and deliveries too, one report per message and
+//! kind ([`Action`]).
 //!
 //! The DSN is built from text we do not control (remote replies, the original headers, the
 //! addresses), so every piece goes through one of the sanitizers here: control characters
@@ -16,10 +18,33 @@ use std::io;
 use super::id::QueueId;
 use super::spool::{Envelope, Spool, SpoolError, StoredMessage};
 use crate::clock::rfc5322_date;
+use crate::dsn::{self, Ret};
 use crate::headers::header_fields;
 
-/// One recipient the DSN reports on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a DSN reports of its recipients (RFC 3464 section 2.3.3, `Action:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Could not be delivered, permanently or after `queue.max_age`.
+    #[default]
+    Failed,
+    /// Still trying (`queue.delay_warning`).
+    Delayed,
+    /// Handed to a next hop that does not offer DSN, for a NOTIFY=SUCCESS recipient.
+    Relayed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient the DSN reports on (the name is from when DSNs reported failures only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FailedRecipient {
     pub address: String,
     /// RFC 3463 status, e.g. `5.1.1`, `4.4.7` (expired), `5.1.10` (null MX).
@@ -28,6 +53,10 @@ pub struct FailedRecipient {
     pub diagnostic: String,
     /// The host that gave the reply, for `Remote-MTA: dns; ...`, when there was one.
     pub remote_mta: Option<String>,
+    /// What the report says happened; every recipient of one DSN has the same.
+    pub action: Action,
+    /// The recipient's `ORCPT=` as submitted (`addr-type;xtext`), for `Original-Recipient`.
+    pub orcpt: Option<String>,
 }
 
 /// The status of a message that stayed in the queue longer than `queue.max_age`.
@@ -46,18 +75,17 @@ pub fn queue(
     failed: &[FailedRecipient],
     now: u64,
 ) -> Result<QueueId, SpoolError> {
-    // The DSN quotes the original's header fields only: read no further than they go.
     let (_, original) = spool.open_message(id)?;
-    let message =
-        read_header_section(&original, MAX_ORIGINAL_HEADERS).map_err(|source| SpoolError::Io {
-            path: spool.path(id),
-            step: "read",
-            source,
-        })?;
-    let dsn = build(
+    let action = failed.first().map(|r| r.action).unwrap_or_default();
+    let returned = returned(&original, env, action).map_err(|source| SpoolError::Io {
+        path: spool.path(id),
+        step: "read",
+        source,
+    })?;
+    let dsn = build_report(
         hostname,
         env,
-        &message,
+        &returned,
         failed,
         time::OffsetDateTime::now_utc(),
     );
@@ -74,6 +102,8 @@ pub fn queue(
     // the next hop.
     bounce.smtputf8 = !env.sender.is_ascii() || !dsn.is_ascii();
     bounce.eight_bit = !dsn.is_ascii();
+    // A report on a REQUIRETLS message travels under REQUIRETLS too (RFC 8689 section 5).
+    bounce.requiretls = env.requiretls;
     bounce.size = dsn.len() as u64;
     spool.store_blocking(&bounce, &dsn)?;
     Ok(bounce_id)
@@ -85,6 +115,61 @@ pub fn queue(
 const MAX_ORIGINAL_HEADERS: usize = 512 << 10;
 /// The step in which the header section is read.
 const HEADER_READ: usize = 64 << 10;
+/// The largest message a `RET=FULL` report returns whole (Postfix's `bounce_size_limit` is
+/// smaller; a megabyte keeps a typical text message and stays cheap to store twice).
+pub const MAX_RETURNED: u64 = 1 << 20;
+
+/// What a report carries of the original message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Returned {
+    /// Its header section (text/rfc822-headers). `note`: why not more, when RET=FULL was asked.
+    Headers {
+        headers: Vec<u8>,
+        note: Option<String>,
+    },
+    /// The whole message (message/rfc822), RET=FULL.
+    Full(Vec<u8>),
+}
+
+/// What the report on `env`'s message returns: the whole message for RET=FULL on a failure or
+/// relay report, when it is at most [`MAX_RETURNED`] octets and its lines fit RFC 5322; the
+/// header section otherwise. Never the body of a REQUIRETLS message (RFC 8689 section 5), nor
+/// in a delay warning. Blocks.
+fn returned(message: &StoredMessage, env: &Envelope, action: Action) -> io::Result<Returned> {
+    let headers = |note: Option<String>| -> io::Result<Returned> {
+        // Read no further than the header section goes.
+        let headers = read_header_section(message, MAX_ORIGINAL_HEADERS)?;
+        Ok(Returned::Headers { headers, note })
+    };
+    if env.ret != Some(Ret::Full) || action == Action::Delayed {
+        return headers(None);
+    }
+    if env.requiretls {
+        return headers(Some(
+            "The message was sent with REQUIRETLS: only its header fields are returned.".into(),
+        ));
+    }
+    if message.len() > MAX_RETURNED {
+        return headers(Some(format!(
+            "The message ({} octets) is larger than the {MAX_RETURNED} octets returned whole: \
+             only its header fields are returned.",
+            message.len()
+        )));
+    }
+    let whole = message.read_all()?;
+    let fits = whole.is_empty()
+        || whole
+            .split(|&b| b == b'\n')
+            .all(|line| line.len() <= MAX_LINE + 1);
+    if !fits || !whole.ends_with(b"\r\n") {
+        return headers(Some(
+            "The message has lines too long to return whole: only its header fields are \
+             returned."
+                .into(),
+        ));
+    }
+    Ok(Returned::Full(whole))
+}
 
 /// The start of `message` up to the end of its header section (the empty line included), at
 /// most `max` octets; cut at the last line end when the section is longer than that.
@@ -147,15 +232,37 @@ pub fn build(
     failed: &[FailedRecipient],
     now: time::OffsetDateTime,
 ) -> Vec<u8> {
+    let returned = Returned::Headers {
+        headers: original_message.to_vec(),
+        note: None,
+    };
+    build_report(hostname, original, &returned, failed, now)
+}
+
+/// [`build`] for any [`Action`] (that of the first recipient; all should have the same) and
+/// with what [`Returned`] says of the original: its header section (sanitised), or the whole
+/// message as a message/rfc822 part (RET=FULL; the message as queued, CRLF, lines within
+/// RFC 5322's limit).
+pub fn build_report(
+    hostname: &str,
+    original: &Envelope,
+    returned: &Returned,
+    failed: &[FailedRecipient],
+    now: time::OffsetDateTime,
+) -> Vec<u8> {
     let hostname = one_line(hostname, 255).replace(' ', "");
-    let headers = sanitized_headers(original_message);
-    let human = human_readable(&hostname, original, failed);
+    let action = failed.first().map(|r| r.action).unwrap_or_default();
+    let (headers, note) = match returned {
+        Returned::Headers { headers, note } => (sanitized_headers(headers), note.as_deref()),
+        Returned::Full(whole) => (whole.clone(), None),
+    };
+    let human = human_readable(&hostname, original, failed, action, returned, note);
     let global_status = failed.iter().any(|r| !r.address.is_ascii());
     let status = delivery_status(&hostname, original, failed);
 
     let boundary = loop {
         let b = format!("=_submitd_{:032x}", rand::random::<u128>());
-        let occurs = |hay: &[u8]| hay.windows(b.len()).any(|w| w == b.as_bytes());
+        let occurs = |hay: &[u8]| memchr::memmem::find(hay, b.as_bytes()).is_some();
         if !occurs(&headers) && !occurs(human.as_bytes()) && !occurs(status.as_bytes()) {
             break b;
         }
@@ -179,7 +286,14 @@ pub fn build(
             ),
         );
     }
-    field("Subject", "Undelivered Mail Returned to Sender");
+    field(
+        "Subject",
+        match action {
+            Action::Failed => "Undelivered Mail Returned to Sender",
+            Action::Delayed => "Delayed Mail (still being retried)",
+            Action::Relayed => "Successful Mail Delivery Report",
+        },
+    );
     field("Date", &rfc5322_date(now));
     field(
         "Message-ID",
@@ -217,18 +331,26 @@ pub fn build(
         "message/delivery-status"
     };
     part(&mut out, status_type, status.as_bytes());
-    let headers_type = if headers.is_ascii() {
-        "text/rfc822-headers"
-    } else {
-        "message/global-headers"
+    let headers_type = match (returned, headers.is_ascii()) {
+        (Returned::Full(_), true) => "message/rfc822",
+        (Returned::Full(_), false) => "message/global",
+        (Returned::Headers { .. }, true) => "text/rfc822-headers",
+        (Returned::Headers { .. }, false) => "message/global-headers",
     };
     part(&mut out, headers_type, &headers);
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out
 }
 
-/// The human-readable first part (RFC 6522 3): who failed and why.
-fn human_readable(hostname: &str, original: &Envelope, failed: &[FailedRecipient]) -> String {
+/// The human-readable first part (RFC 6522 3): who failed (or waits, or was relayed) and why.
+fn human_readable(
+    hostname: &str,
+    original: &Envelope,
+    failed: &[FailedRecipient],
+    action: Action,
+    returned: &Returned,
+    note: Option<&str>,
+) -> String {
     let mut text = String::new();
     let mut para = |p: &str| {
         for line in wrap(p, FOLD_WIDTH) {
@@ -238,12 +360,29 @@ fn human_readable(hostname: &str, original: &Envelope, failed: &[FailedRecipient
         text.push_str("\r\n");
     };
     para(&format!("This is the mail delivery system at {hostname}."));
+    let attached = match returned {
+        Returned::Full(_) => "It is attached below.",
+        Returned::Headers { .. } => "It is attached below (headers only).",
+    };
+    let what = match action {
+        Action::Failed => "could not be delivered to one or more recipients",
+        Action::Delayed => {
+            "has not yet been delivered to one or more recipients; delivery will be \
+             retried, and you need not send it again"
+        }
+        Action::Relayed => {
+            "was delivered to the next mail server for one or more recipients; that server \
+             sends no delivery reports, so this is the last report you will get"
+        }
+    };
     para(&format!(
-        "Your message (queue ID {}, received {}) could not be delivered to one or more \
-         recipients. It is attached below (headers only).",
+        "Your message (queue ID {}, received {}) {what}. {attached}",
         one_line(&original.id, 64),
         arrival(original)
     ));
+    if let Some(note) = note {
+        para(note);
+    }
     for r in failed {
         let address = one_line(&r.address, MAX_ADDRESS);
         let reason = one_line(&r.diagnostic, MAX_DIAGNOSTIC);
@@ -252,7 +391,13 @@ fn human_readable(hostname: &str, original: &Envelope, failed: &[FailedRecipient
             .as_deref()
             .map(|h| format!("host {} said: ", one_line(h, 255)))
             .unwrap_or_default();
-        if r.status == EXPIRED {
+        if action == Action::Relayed {
+            para(&format!("<{address}>: relayed to {from}{reason}"));
+        } else if action == Action::Delayed {
+            para(&format!(
+                "<{address}>: still trying; last error: {from}{reason}"
+            ));
+        } else if r.status == EXPIRED {
             para(&format!(
                 "<{address}>: delivery expired: the message could not be delivered within the \
                  time it may stay in the queue. Last error: {from}{reason}"
@@ -268,6 +413,17 @@ fn human_readable(hostname: &str, original: &Envelope, failed: &[FailedRecipient
 fn delivery_status(hostname: &str, original: &Envelope, failed: &[FailedRecipient]) -> String {
     let mut s = String::new();
     s.push_str(&fold(&format!("Reporting-MTA: dns; {hostname}")));
+    if let Some(envid) = original
+        .envid
+        .as_deref()
+        .and_then(|e| dsn::decode_xtext(e, false))
+    {
+        // RFC 3464 2.2.1: the ENVID decoded from xtext.
+        s.push_str(&fold(&format!(
+            "Original-Envelope-Id: {}",
+            one_line(&envid, dsn::MAX_ENVID).replace(' ', "")
+        )));
+    }
     s.push_str(&fold(&format!(
         "X-Submitd-Queue-ID: {}",
         one_line(&original.id, 64)
@@ -281,8 +437,15 @@ fn delivery_status(hostname: &str, original: &Envelope, failed: &[FailedRecipien
         } else {
             format!("utf-8; {}", utf8_addr_unitext(&address))
         };
+        if let Some((kind, orcpt)) = r.orcpt.as_deref().and_then(dsn::orcpt_for_report) {
+            // RFC 3464 2.3.1: the ORCPT's address type and its address decoded from xtext.
+            let orcpt = one_line(&orcpt, MAX_ADDRESS).replace(' ', "");
+            if orcpt.is_ascii() || !address.is_ascii() {
+                s.push_str(&fold(&format!("Original-Recipient: {kind};{orcpt}")));
+            }
+        }
         s.push_str(&fold(&format!("Final-Recipient: {recipient}")));
-        s.push_str("Action: failed\r\n");
+        s.push_str(&format!("Action: {}\r\n", r.action.as_str()));
         s.push_str(&format!("Status: {}\r\n", status_code(&r.status)));
         if let Some(host) = &r.remote_mta {
             let host = one_line(host, 255).replace(' ', "");
@@ -313,6 +476,18 @@ fn arrival(original: &Envelope) -> String {
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     rfc5322_date(t)
+}
+
+/// The status a delay report gives for a deferral's last reply: the first `4.x.y` in it (a
+/// transient enhanced code from the next hop), else `4.0.0`.
+pub fn deferred_status(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .take(20)
+        .map(|w| w.trim_end_matches([',', ';', ':']))
+        .find(|w| w.starts_with("4.") && status_code(w) == *w)
+        .unwrap_or("4.0.0")
+        .to_string()
 }
 
 /// A valid RFC 3463 status (`class.subject.detail`, class 2, 4 or 5), else `5.0.0`.
@@ -470,6 +645,9 @@ mod tests {
                 attempts: 1,
                 next_attempt: None,
                 last_reply: None,
+                notify: None,
+                orcpt: None,
+                warned: false,
             }],
             received_at: 1_700_000_000,
             helo: "client.test".into(),
@@ -479,6 +657,10 @@ mod tests {
             held: false,
             prefix: String::new(),
             content_len: 0,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         }
     }
 
@@ -493,12 +675,14 @@ mod tests {
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 <bob@example.net>: Recipient address rejected".into(),
                 remote_mta: Some("mx.example.net".into()),
+                ..FailedRecipient::default()
             },
             FailedRecipient {
                 address: "carol@example.org".into(),
                 status: EXPIRED.into(),
                 diagnostic: "451 4.7.1 Try again later".into(),
                 remote_mta: None,
+                ..FailedRecipient::default()
             },
         ]
     }
@@ -623,6 +807,8 @@ mod tests {
                 "y".repeat(3000)
             ),
             remote_mta: Some("mx.example.net\r\nX-Evil: 2".into()),
+            orcpt: Some("rfc822;x+0D+0ABcc:evil@example.com".into()),
+            ..FailedRecipient::default()
         };
         let dsn = build(
             "mail.example.test",
@@ -633,6 +819,10 @@ mod tests {
         );
         assert_wire_clean(&dsn);
         let text = String::from_utf8(dsn.clone()).expect("cut at a character boundary");
+        assert!(
+            !text.contains("Original-Recipient"),
+            "an invalid ORCPT is left out"
+        );
         for evil in [
             "\r\nBcc:",
             "\r\nX-Evil",
@@ -658,6 +848,7 @@ mod tests {
             status: "5.1.1".into(),
             diagnostic: "550 5.1.1 unknown".into(),
             remote_mta: None,
+            ..FailedRecipient::default()
         };
         let dsn = build("h.test", &envelope("a@h.test"), ORIGINAL, &[r], now());
         assert_wire_clean(&dsn);
@@ -716,5 +907,157 @@ mod tests {
         // Starting with the empty line: nothing but it.
         let head = read_header_section(&stored("", b"\r\nbody\r\n"), 1 << 20).unwrap();
         assert_eq!(head, b"\r\n");
+    }
+
+    fn with_ret(ret: Option<Ret>, requiretls: bool) -> Envelope {
+        let mut env = envelope("alice@example.test");
+        env.ret = ret;
+        env.requiretls = requiretls;
+        env
+    }
+
+    const FULL: &[u8] = b"Subject: s\r\nFrom: a@example.test\r\n\r\nThe body 42.\r\n";
+
+    #[test]
+    fn what_a_report_returns_of_the_message() {
+        let message = stored("Received: r\r\n", FULL);
+        let full = |env: &Envelope, action| returned(&message, env, action).unwrap();
+        let whole = [b"Received: r\r\n".as_slice(), FULL].concat();
+        assert_eq!(
+            full(&with_ret(Some(Ret::Full), false), Action::Failed),
+            Returned::Full(whole.clone())
+        );
+        assert_eq!(
+            full(&with_ret(Some(Ret::Full), false), Action::Relayed),
+            Returned::Full(whole)
+        );
+        let headers = b"Received: r\r\nSubject: s\r\nFrom: a@example.test\r\n\r\n".to_vec();
+        for (env, action) in [
+            (with_ret(None, false), Action::Failed),
+            (with_ret(Some(Ret::Hdrs), false), Action::Failed),
+            (with_ret(Some(Ret::Full), false), Action::Delayed),
+        ] {
+            assert_eq!(
+                full(&env, action),
+                Returned::Headers {
+                    headers: headers.clone(),
+                    note: None
+                }
+            );
+        }
+        // REQUIRETLS: never the body (RFC 8689 section 5), and the report says so.
+        match full(&with_ret(Some(Ret::Full), true), Action::Failed) {
+            Returned::Headers { headers: h, note } => {
+                assert_eq!(h, headers);
+                assert!(note.unwrap().contains("REQUIRETLS"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Too large, or lines too long: headers only, with the reason.
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        while big.len() as u64 <= MAX_RETURNED {
+            big.extend_from_slice(&[b'x'; 500]);
+            big.extend_from_slice(b"\r\n");
+        }
+        let big = stored("", &big);
+        match returned(&big, &with_ret(Some(Ret::Full), false), Action::Failed).unwrap() {
+            Returned::Headers { headers, note } => {
+                assert_eq!(headers, b"Subject: big\r\n\r\n");
+                assert!(note.unwrap().contains("larger than"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut long = b"Subject: long\r\n\r\n".to_vec();
+        long.extend_from_slice(&[b'y'; 1200]);
+        long.extend_from_slice(b"\r\n");
+        let long = stored("", &long);
+        match returned(&long, &with_ret(Some(Ret::Full), false), Action::Failed).unwrap() {
+            Returned::Headers { note, .. } => assert!(note.unwrap().contains("too long")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_report_carries_the_message_as_message_rfc822() {
+        let report = build_report(
+            "h.test",
+            &with_ret(Some(Ret::Full), false),
+            &Returned::Full(FULL.to_vec()),
+            &failed(),
+            now(),
+        );
+        assert_wire_clean(&report);
+        let (ct, text) = part_text(&report, 3);
+        assert_eq!(ct, "message/rfc822");
+        let (_, human) = part_text(&report, 1);
+        let human = unfold(&human).replace("\r\n", " ");
+        assert!(
+            human.contains("attached below.") && !human.contains("headers only"),
+            "{human}"
+        );
+        assert!(
+            String::from_utf8_lossy(&report).contains("The body 42."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relayed_and_delayed_reports_with_envid_and_orcpt() {
+        let mut env = envelope("alice@example.test");
+        env.envid = Some("QQ+2B31".into());
+        let relayed = FailedRecipient {
+            address: "bob@example.net".into(),
+            status: "2.0.0".into(),
+            diagnostic: "250 2.0.0 Ok: queued as X".into(),
+            remote_mta: Some("mx.example.net".into()),
+            action: Action::Relayed,
+            orcpt: Some("rfc822;Bob+2Bx@example.net".into()),
+        };
+        let returned = Returned::Headers {
+            headers: ORIGINAL.to_vec(),
+            note: None,
+        };
+        let report = build_report("h.test", &env, &returned, &[relayed], now());
+        assert_wire_clean(&report);
+        let text = String::from_utf8_lossy(&report);
+        assert!(text.contains("Subject: Successful Mail Delivery Report\r\n"));
+        let (_, status) = part_text(&report, 2);
+        assert!(
+            status.contains("Original-Envelope-Id: QQ+31\r\n"),
+            "{status}"
+        );
+        assert!(
+            status.contains(
+                "Original-Recipient: rfc822;Bob+x@example.net\r\n\
+                 Final-Recipient: rfc822; bob@example.net\r\nAction: relayed\r\nStatus: 2.0.0\r\n"
+            ),
+            "{status}"
+        );
+        let delayed = FailedRecipient {
+            address: "bob@example.net".into(),
+            status: deferred_status("451 4.2.1 busy"),
+            diagnostic: "451 4.2.1 busy".into(),
+            action: Action::Delayed,
+            ..FailedRecipient::default()
+        };
+        let report = build_report("h.test", &env, &returned, &[delayed], now());
+        let (_, status) = part_text(&report, 2);
+        assert!(
+            status.contains("Action: delayed\r\nStatus: 4.2.1\r\n"),
+            "{status}"
+        );
+        assert!(String::from_utf8_lossy(&report).contains("Subject: Delayed Mail"));
+    }
+
+    #[test]
+    fn deferred_statuses() {
+        assert_eq!(deferred_status("451 4.2.1 busy"), "4.2.1");
+        assert_eq!(
+            deferred_status("MAIL FROM at mx: 421 4.7.28 slow down"),
+            "4.7.28"
+        );
+        assert_eq!(deferred_status("connection refused"), "4.0.0");
+        assert_eq!(deferred_status("550 5.1.1 no"), "4.0.0");
+        assert_eq!(deferred_status("451 4.x.1"), "4.0.0");
     }
 }

@@ -428,6 +428,9 @@ mod tests {
             attempts: u32::from(state != RecipientState::Pending),
             next_attempt: next,
             last_reply: (state != RecipientState::Pending).then(|| format!("reply for {address}")),
+            notify: None,
+            orcpt: None,
+            warned: false,
         }
     }
 
@@ -447,6 +450,10 @@ mod tests {
             held: false,
             prefix: String::new(),
             content_len: 30,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         };
         spool
             .store_blocking(&envelope, b"Subject: hi\r\nFrom: a@b\r\n\r\nbody\r\n")

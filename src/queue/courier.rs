@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::spool::{Envelope, StoredMessage};
+use crate::dsn::{RcptParams, Ret};
 
 /// One attempt's work: one message to recipients that share a destination (one domain in MX
 /// mode; all of them for the smarthost).
@@ -31,13 +32,39 @@ pub struct Job<'a> {
     pub eight_bit: bool,
     /// The queued envelope, for destinations that record it (capture writes it to `ID.json`).
     pub envelope: Option<&'a Envelope>,
+    /// The DSN parameters (RFC 3461) passed on to a next hop that offers DSN.
+    pub dsn: JobDsn<'a>,
+    /// Submitted with REQUIRETLS (RFC 8689): only over TLS that is required and verified, and
+    /// only to a next hop that offers REQUIRETLS; otherwise each recipient fails with `5.7.10`.
+    pub requiretls: bool,
+    /// `TLS-Required: No` without REQUIRETLS (RFC 8689 section 5): a destination policy that
+    /// requires TLS (DANE, MTA-STS, `relay.tls = "required"`) falls back to opportunistic TLS.
+    pub tls_optional: bool,
+}
+
+/// The DSN parameters of one job (RFC 3461 section 4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobDsn<'a> {
+    /// MAIL FROM `RET=`.
+    pub ret: Option<Ret>,
+    /// MAIL FROM `ENVID=`, as written (xtext).
+    pub envid: Option<&'a str>,
+    /// `NOTIFY=` and `ORCPT=` of each recipient of the job, in the same order; empty when the
+    /// submission gave none.
+    pub rcpts: &'a [RcptParams],
 }
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The next hop answered 250 to DATA for this recipient.
-    Delivered { host: String, reply: String },
+    /// The next hop answered 250 to DATA for this recipient. `dsn_passed`: the next hop
+    /// offers DSN and got the recipient's NOTIFY, so success reports are its job now
+    /// (RFC 3461 section 5.2); otherwise a NOTIFY=SUCCESS recipient gets a `relayed` DSN.
+    Delivered {
+        host: String,
+        reply: String,
+        dsn_passed: bool,
+    },
     /// Try again later: 4xx, connection failure, timeout, TLS failure under `required`, DNS
     /// SERVFAIL or timeout.
     Deferred { host: Option<String>, reply: String },

@@ -58,11 +58,12 @@ use crate::clock::unix_now;
 use crate::config::{RelayMode, Settings};
 use crate::metrics::Metrics;
 
-use super::bounce::{self, FailedRecipient};
-use super::courier::{Courier, Job, Outcome};
+use super::bounce::{self, Action, FailedRecipient};
+use super::courier::{Courier, Job, JobDsn, Outcome};
 use super::id::QueueId;
 use super::polite::{self, DestState, Destinations, Permit, Verdict, Wait};
 use super::spool::{Envelope, MessageLock, Recipient, RecipientState, Spool, SpoolError};
+use crate::dsn::{self, RcptParams};
 
 /// How often the queue directory is rescanned for new and changed envelopes (at most).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -338,6 +339,8 @@ struct Shared {
     mode: RelayMode,
     retry: Vec<Duration>,
     max_age: Duration,
+    /// `queue.delay_warning`; `None`: off.
+    delay_warning: Option<Duration>,
     connections: Semaphore,
     metrics: Arc<Metrics>,
     /// Per-destination limits and throttling (`queue::polite`).
@@ -372,6 +375,7 @@ impl Scheduler {
             mode: settings.relay.mode,
             retry: settings.queue.retry.clone(),
             max_age: settings.queue.max_age,
+            delay_warning: settings.queue.delay_warning,
             connections: Semaphore::new(settings.queue.concurrency),
             metrics,
             destinations: Destinations::new(settings.relay.polite.clone()),
@@ -892,6 +896,33 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// One group per destination (the domain in MX mode, one for everything otherwise): its key,
+/// its recipients and their DSN parameters in the same order.
+type Group = (String, Vec<String>, Vec<RcptParams>);
+
+fn group_by_destination(mode: RelayMode, due: Vec<&Recipient>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for r in due {
+        let key = match mode {
+            // One destination for every recipient.
+            RelayMode::Smarthost | RelayMode::Capture => String::new(),
+            RelayMode::Mx => domain_of(&r.address),
+        };
+        let params = RcptParams {
+            notify: r.notify,
+            orcpt: r.orcpt.clone(),
+        };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, list, dsn)) => {
+                list.push(r.address.clone());
+                dsn.push(params);
+            }
+            None => groups.push((key, vec![r.address.clone()], vec![params])),
+        }
+    }
+    groups
+}
+
 /// Messages up to this size are read whole before an attempt (one piece of delivery's reads).
 const PRELOAD_LIMIT: u64 = 256 << 10;
 
@@ -939,7 +970,7 @@ async fn attempt(
         return (Vec::new(), After::Unknown, Polite::default());
     }
     let now = unix_now();
-    let due: Vec<String> = env
+    let due: Vec<&Recipient> = env
         .recipients
         .iter()
         .filter(|r| match r.state {
@@ -947,13 +978,12 @@ async fn attempt(
             RecipientState::Deferred => forced || r.next_attempt.unwrap_or(0) <= now,
             _ => false,
         })
-        .map(|r| r.address.clone())
         .collect();
     if due.is_empty() {
         let (bounces, after) = finish(shared, id, Vec::new()).await;
         return (bounces, after, Polite::default());
     }
-    let (admitted, postpone) = admit(shared, group(shared.mode, due));
+    let (admitted, postpone) = admit(shared, group_by_destination(shared.mode, due));
     if admitted.is_empty() {
         let polite = Polite {
             postpone,
@@ -963,50 +993,32 @@ async fn attempt(
     }
     let released = admitted
         .iter()
-        .filter_map(|(p, _)| p.as_ref().map(|p| p.destination().to_string()))
+        .filter_map(|(p, _, _)| p.as_ref().map(|p| p.destination().to_string()))
         .collect();
     let outcomes = deliver_groups(shared, id, Arc::new(env), Arc::new(message), admitted).await;
     let (bounces, after) = finish(shared, id, outcomes).await;
     (bounces, after, Polite { postpone, released })
 }
 
-/// Due recipients grouped by destination: by domain in MX mode (one transaction, several
-/// RCPTs), all together for the smarthost and capture.
-fn group(mode: RelayMode, due: Vec<String>) -> Vec<(String, Vec<String>)> {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for rcpt in due {
-        let key = match mode {
-            // One destination for every recipient.
-            RelayMode::Smarthost | RelayMode::Capture => String::new(),
-            RelayMode::Mx => domain_of(&rcpt),
-        };
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, list)) => list.push(rcpt),
-            None => groups.push((key, vec![rcpt])),
-        }
-    }
-    groups
-}
-
 /// A group with its destination's permit (`None` in capture mode, which has no
 /// destination to spare).
-type Admitted = Vec<(Option<Permit>, Vec<String>)>;
+type Admitted = Vec<(Option<Permit>, Vec<String>, Vec<RcptParams>)>;
 
 /// The groups whose destination takes an attempt now, and when to try the others.
-fn admit(shared: &Arc<Shared>, groups: Vec<(String, Vec<String>)>) -> (Admitted, Option<Postpone>) {
+fn admit(shared: &Arc<Shared>, groups: Vec<Group>) -> (Admitted, Option<Postpone>) {
     let mut admitted = Vec::new();
     let mut postpone: Option<Postpone> = None;
-    for (domain, rcpts) in groups {
+    for (domain, rcpts, dsn) in groups {
         let destination = match shared.mode {
             RelayMode::Capture => {
-                admitted.push((None, rcpts));
+                admitted.push((None, rcpts, dsn));
                 continue;
             }
             RelayMode::Smarthost => shared.smarthost.as_str(),
             RelayMode::Mx => domain.as_str(),
         };
         match shared.destinations.try_start(destination) {
-            Ok(permit) => admitted.push((Some(permit), rcpts)),
+            Ok(permit) => admitted.push((Some(permit), rcpts, dsn)),
             Err(wait) => {
                 let (until, park) = match wait {
                     Wait::Busy => (
@@ -1034,7 +1046,7 @@ async fn deliver_groups(
     message: Arc<super::spool::StoredMessage>,
     mut groups: Admitted,
 ) -> Vec<(String, Outcome)> {
-    let deliver_group = |permit: Option<Permit>, rcpts: Vec<String>| {
+    let deliver_group = |permit: Option<Permit>, rcpts: Vec<String>, rcpt_dsn: Vec<RcptParams>| {
         let shared = shared.clone();
         let message = message.clone();
         let env = env.clone();
@@ -1052,6 +1064,13 @@ async fn deliver_groups(
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
                 envelope: Some(&env),
+                dsn: JobDsn {
+                    ret: env.ret,
+                    envid: env.envid.as_deref(),
+                    rcpts: &rcpt_dsn,
+                },
+                requiretls: env.requiretls,
+                tls_optional: env.tls_optional,
             };
             let outcomes = shared.courier.deliver(&job).await;
             shared.metrics.delivery_attempt(started.elapsed());
@@ -1064,12 +1083,12 @@ async fn deliver_groups(
     let mut outcomes = Vec::new();
     if groups.len() == 1 {
         // The common case needs no extra task.
-        let (permit, rcpts) = groups.remove(0);
-        outcomes = deliver_group(permit, rcpts).await;
+        let (permit, rcpts, dsn) = groups.remove(0);
+        outcomes = deliver_group(permit, rcpts, dsn).await;
     } else {
         let mut tasks = JoinSet::new();
-        for (permit, rcpts) in groups {
-            tasks.spawn(deliver_group(permit, rcpts));
+        for (permit, rcpts, dsn) in groups {
+            tasks.spawn(deliver_group(permit, rcpts, dsn));
         }
         while let Some(result) = tasks.join_next().await {
             match result {
@@ -1280,18 +1299,23 @@ fn apply_blocking(
         return Ok((Vec::new(), After::Removed));
     };
     let now = unix_now();
-    let failed = record_outcomes(shared, id, &mut env, outcomes, now);
+    let reports = record_outcomes(shared, id, &mut env, outcomes, now);
     let mut bounces = Vec::new();
-    if !failed.is_empty() {
+    for report in reports.into_iter().filter(|r| !r.is_empty()) {
         if env.sender.is_empty() {
-            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md).
-            warn!(queue_id = %id, rcpts = failed.len(), "queue: bounce undeliverable, dropped");
-        } else {
-            let bounce_id = bounce::queue(spool, &shared.hostname, id, &env, &failed, now)?;
-            info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), "queue: DSN queued");
-            bounces.push(bounce_id);
+            // Never bounce a bounce (RFC 3464 section 2; DESIGN.md), nor report on one.
+            if report[0].action == Action::Failed {
+                warn!(queue_id = %id, rcpts = report.len(), "queue: bounce undeliverable, dropped");
+            }
+            continue;
         }
+        let bounce_id = bounce::queue(spool, &shared.hostname, id, &env, &report, now)?;
+        let action = format!("{:?}", report[0].action).to_lowercase();
+        info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), action, "queue: DSN queued");
+        bounces.push(bounce_id);
     }
+    // The reports are stored before the state that causes them (a crash in between sends a
+    // report twice, never not at all; `warned` then keeps a delay warning from repeating).
     let after = save_or_remove(spool, id, &env, &lock)?;
     Ok((bounces, after))
 }
@@ -1315,17 +1339,19 @@ fn lock_and_load(
 }
 
 /// Each outcome into its recipient's state (still open ones only), logged and counted; the
-/// recipients that failed, for the DSN. A deferral past `queue.max_age` fails as expired.
+/// recipients to report on, one list per DSN kind (failed, delayed, relayed; RFC 3461 NOTIFY
+/// decides who is reported). A deferral past `queue.max_age` fails as expired.
 fn record_outcomes(
     shared: &Shared,
     id: &QueueId,
     env: &mut Envelope,
     outcomes: Vec<(String, Outcome)>,
     now: u64,
-) -> Vec<FailedRecipient> {
+) -> [Vec<FailedRecipient>; 3] {
     let age = now.saturating_sub(env.received_at);
     let expired = age >= shared.max_age.as_secs();
-    let mut failed = Vec::new();
+    let warn_after = shared.delay_warning.map(|d| d.as_secs());
+    let (mut failed, mut delayed, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     for (address, outcome) in outcomes {
         let Some(r) = env.recipients.iter_mut().find(|r| {
             r.address == address
@@ -1334,8 +1360,25 @@ fn record_outcomes(
             continue;
         };
         r.attempts += 1;
+        let report = |status: String, reply: &str, host: &Option<String>, action| FailedRecipient {
+            address: address.clone(),
+            status,
+            diagnostic: reply.to_string(),
+            remote_mta: host.clone(),
+            action,
+            orcpt: r.orcpt.clone(),
+        };
         let (status, relay, reply) = match outcome {
-            Outcome::Delivered { host, reply } => {
+            Outcome::Delivered {
+                host,
+                reply,
+                dsn_passed,
+            } => {
+                // RFC 3461 5.2: a next hop with DSN got the NOTIFY and reports from now on.
+                if !dsn_passed && dsn::wants_success(r.notify) {
+                    let host = Some(host.clone());
+                    relayed.push(report("2.0.0".into(), &reply, &host, Action::Relayed));
+                }
                 set(r, RecipientState::Delivered, None, &reply);
                 ("sent", Some(host), reply)
             }
@@ -1344,26 +1387,27 @@ fn record_outcomes(
                 reply,
                 status,
             } => {
+                if dsn::wants_failure(r.notify) {
+                    failed.push(report(status, &reply, &host, Action::Failed));
+                }
                 set(r, RecipientState::Failed, None, &reply);
-                failed.push(FailedRecipient {
-                    address: address.clone(),
-                    status,
-                    diagnostic: reply.clone(),
-                    remote_mta: host.clone(),
-                });
                 ("bounced", host, reply)
             }
             Outcome::Deferred { host, reply } if expired => {
+                if dsn::wants_failure(r.notify) {
+                    let status = bounce::EXPIRED.into();
+                    failed.push(report(status, &reply, &host, Action::Failed));
+                }
                 set(r, RecipientState::Failed, None, &reply);
-                failed.push(FailedRecipient {
-                    address: address.clone(),
-                    status: bounce::EXPIRED.into(),
-                    diagnostic: reply.clone(),
-                    remote_mta: host.clone(),
-                });
                 ("expired", host, reply)
             }
             Outcome::Deferred { host, reply } => {
+                // One warning per recipient, once the message is older than the delay.
+                if warn_after.is_some_and(|w| age >= w) && !r.warned && dsn::wants_delay(r.notify) {
+                    let status = bounce::deferred_status(&reply);
+                    delayed.push(report(status, &reply, &host, Action::Delayed));
+                    r.warned = true;
+                }
                 let step = (r.attempts as usize)
                     .saturating_sub(1)
                     .min(shared.retry.len() - 1);
@@ -1384,7 +1428,7 @@ fn record_outcomes(
         );
         shared.metrics.delivery(status, age);
     }
-    failed
+    [failed, delayed, relayed]
 }
 
 /// Remove the message when no recipient is left to attempt, else save its envelope.
@@ -1434,6 +1478,9 @@ mod tests {
             attempts: 0,
             next_attempt: next,
             last_reply: None,
+            notify: None,
+            orcpt: None,
+            warned: false,
         }
     }
 
@@ -1457,6 +1504,10 @@ mod tests {
             held: false,
             prefix: String::new(),
             content_len: 0,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         };
         assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));

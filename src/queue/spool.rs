@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::fsio::{RealIo, SpoolIo};
 use super::id::QueueId;
 use super::qfile::{self, ReadAt};
+use crate::dsn::{Notify, Ret};
 
 /// The queue format version written by this build.
 pub const FORMAT_VERSION: u32 = qfile::VERSION;
@@ -88,6 +89,21 @@ pub struct Envelope {
     /// an older build still reads the file.
     #[serde(default, skip_serializing_if = "is_false")]
     pub held: bool,
+    /// `RET=` of MAIL FROM (RFC 3461 section 4.3). This and the following fields are absent
+    /// from files written before the DSN extension, and left out when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// `ENVID=` of MAIL FROM, as written (xtext, at most 100 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// Submitted with REQUIRETLS (RFC 8689): relayed only over verified TLS to a next hop that
+    /// offers REQUIRETLS.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub requiretls: bool,
+    /// The message says `TLS-Required: No` (RFC 8689 section 5) and has no REQUIRETLS: the
+    /// destination's TLS policy may fall back to opportunistic TLS.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls_optional: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -128,6 +144,10 @@ impl Envelope {
             prefix: String::new(),
             content_len: 0,
             held: false,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            tls_optional: false,
         }
     }
 
@@ -209,6 +229,15 @@ pub struct Recipient {
     /// The last reply or error seen for this recipient.
     #[serde(default)]
     pub last_reply: Option<String>,
+    /// `NOTIFY=` of RCPT TO (RFC 3461 section 4.1); absent from older files and when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// `ORCPT=` of RCPT TO, as written (`addr-type;xtext`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// A delay DSN was sent for this recipient (`queue.delay_warning`): never a second one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub warned: bool,
 }
 
 impl Recipient {
@@ -220,6 +249,9 @@ impl Recipient {
             attempts: 0,
             next_attempt: None,
             last_reply: None,
+            notify: None,
+            orcpt: None,
+            warned: false,
         }
     }
 }

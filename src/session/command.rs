@@ -1,7 +1,10 @@
 //! The SMTP command parser (RFC 5321 section 4.1, RFC 1870 SIZE, RFC 6152 8BITMIME,
-//! RFC 6531 SMTPUTF8, RFC 3030 BDAT, RFC 4954 AUTH). Sans-IO: one line in, one command out.
+//! RFC 6531 SMTPUTF8, RFC 3030 BDAT, RFC 4954 AUTH, RFC 3461 DSN, RFC 8689 REQUIRETLS).
+//! Sans-IO: one line in, one command out.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::dsn::{self, Notify, Ret};
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +25,9 @@ pub enum Command {
         from: ReversePath,
         params: MailParams,
     },
-    /// `RCPT TO:<forward-path>`; the address without angle brackets. `<Postmaster>` is kept
-    /// as written. RCPT parameters are refused (we advertise none).
-    Rcpt { to: String },
+    /// `RCPT TO:<forward-path> [params]`; the address without angle brackets. `<Postmaster>`
+    /// is kept as written. Only the DSN parameters are known (RFC 3461).
+    Rcpt { to: String, params: RcptParams },
     /// `DATA`, no argument.
     Data,
     /// `BDAT size [LAST]`.
@@ -63,7 +66,16 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// `AUTH=<xtext>` (RFC 4954 section 5), decoded; `<>` is `Some("")`.
     pub auth: Option<String>,
+    /// `RET=FULL|HDRS` (RFC 3461 section 4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=xtext` (RFC 3461 section 4.4), as written (valid xtext, at most 100 characters),
+    /// so that it is passed on verbatim.
+    pub envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689 section 4), no value.
+    pub requiretls: bool,
 }
+
+pub use crate::dsn::RcptParams;
 
 /// The BODY= parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,42 +501,10 @@ fn parse_decimal(s: &[u8]) -> Result<u64, ParseError> {
         .ok_or(ParseError::Syntax("number too large"))
 }
 
-/// Decode `xtext` (RFC 3461 section 4): `+XX` with upper-case hex digits stands for one octet.
-/// Raw UTF-8 is accepted as well (RFC 6533 utf-8-xtext). The decoded value must be UTF-8
-/// without control characters (it is logged and may be passed on).
+/// Decode `xtext` (RFC 3461 section 4), raw UTF-8 accepted (RFC 6533 utf-8-xtext); see
+/// [`dsn::decode_xtext`].
 fn decode_xtext(s: &str) -> Result<String, ParseError> {
-    const BAD: ParseError = ParseError::Syntax("invalid xtext");
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(BAD)?;
-                let digit = |h: u8| match h {
-                    b'0'..=b'9' => Some(h - b'0'),
-                    b'A'..=b'F' => Some(h - b'A' + 10),
-                    _ => None,
-                };
-                let (Some(hi), Some(lo)) = (digit(hex[0]), digit(hex[1])) else {
-                    return Err(BAD);
-                };
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'=' => return Err(BAD),
-            b'!'..=b'~' | 0x80.. => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return Err(BAD),
-        }
-    }
-    let text = String::from_utf8(out).map_err(|_| BAD)?;
-    if text.chars().any(char::is_control) {
-        return Err(BAD);
-    }
-    Ok(text)
+    dsn::decode_xtext(s, true).ok_or(ParseError::Syntax("invalid xtext"))
 }
 
 /// `MAIL FROM:<reverse-path> [params]` (RFC 5321 4.1.1.2).
@@ -595,6 +575,33 @@ fn parse_mail_params(s: &str) -> Result<MailParams, ParseError> {
             } else {
                 decode_xtext(value)?
             });
+        } else if key.eq_ignore_ascii_case("RET") {
+            if params.ret.is_some() {
+                return Err(DUPLICATE);
+            }
+            let value = value.ok_or(ParseError::Syntax("RET requires a value"))?;
+            params.ret = Some(if value.eq_ignore_ascii_case("FULL") {
+                Ret::Full
+            } else if value.eq_ignore_ascii_case("HDRS") {
+                Ret::Hdrs
+            } else {
+                return Err(ParseError::Syntax("RET must be FULL or HDRS"));
+            });
+        } else if key.eq_ignore_ascii_case("ENVID") {
+            if params.envid.is_some() {
+                return Err(DUPLICATE);
+            }
+            let value = value.ok_or(ParseError::Syntax("ENVID requires a value"))?;
+            dsn::check_envid(value).map_err(ParseError::Syntax)?;
+            params.envid = Some(value.to_owned());
+        } else if key.eq_ignore_ascii_case("REQUIRETLS") {
+            if params.requiretls {
+                return Err(DUPLICATE);
+            }
+            if value.is_some() {
+                return Err(ParseError::Syntax("REQUIRETLS takes no value"));
+            }
+            params.requiretls = true;
         } else {
             return Err(ParseError::UnsupportedParameter);
         }
@@ -615,8 +622,17 @@ fn parse_rcpt(args: &str) -> Result<Command, ParseError> {
         }
         mailbox
     };
-    // We advertise no RCPT parameters (no DSN), so any well-formed one is unsupported.
-    if let Some(word) = words(params).next() {
+    Ok(Command::Rcpt {
+        to: to.to_owned(),
+        params: parse_rcpt_params(params)?,
+    })
+}
+
+/// `NOTIFY=` and `ORCPT=` (RFC 3461 sections 4.1 and 4.2); each at most once.
+fn parse_rcpt_params(s: &str) -> Result<RcptParams, ParseError> {
+    const DUPLICATE: ParseError = ParseError::Syntax("duplicate parameter");
+    let mut params = RcptParams::default();
+    for word in words(s) {
         let (key, value) = match word.split_once('=') {
             Some((key, value)) => (key, Some(value)),
             None => (word, None),
@@ -624,9 +640,24 @@ fn parse_rcpt(args: &str) -> Result<Command, ParseError> {
         if !is_esmtp_keyword(key) || value.is_some_and(|v| !is_esmtp_value(v)) {
             return Err(ParseError::Syntax("invalid parameter"));
         }
-        return Err(ParseError::UnsupportedParameter);
+        if key.eq_ignore_ascii_case("NOTIFY") {
+            if params.notify.is_some() {
+                return Err(DUPLICATE);
+            }
+            let value = value.ok_or(ParseError::Syntax("NOTIFY requires a value"))?;
+            params.notify = Some(Notify::parse(value).map_err(ParseError::Syntax)?);
+        } else if key.eq_ignore_ascii_case("ORCPT") {
+            if params.orcpt.is_some() {
+                return Err(DUPLICATE);
+            }
+            let value = value.ok_or(ParseError::Syntax("ORCPT requires a value"))?;
+            dsn::check_orcpt(value).map_err(ParseError::Syntax)?;
+            params.orcpt = Some(value.to_owned());
+        } else {
+            return Err(ParseError::UnsupportedParameter);
+        }
     }
-    Ok(Command::Rcpt { to: to.to_owned() })
+    Ok(params)
 }
 
 /// `BDAT size [LAST]` (RFC 3030 section 2).
@@ -688,7 +719,14 @@ mod tests {
     }
 
     fn rcpt(to: &str) -> Result<Command, ParseError> {
-        Ok(Command::Rcpt { to: to.into() })
+        rcpt_with(to, RcptParams::default())
+    }
+
+    fn rcpt_with(to: &str, params: RcptParams) -> Result<Command, ParseError> {
+        Ok(Command::Rcpt {
+            to: to.into(),
+            params,
+        })
     }
 
     #[test]
@@ -988,14 +1026,6 @@ mod tests {
             (b"MAIL FROM:<a@b.test> AUTH", SYNTAX()),
             (b"MAIL FROM:<a@b.test> AUTH=<> AUTH=<>", SYNTAX()),
             (
-                b"MAIL FROM:<a@b.test> RET=HDRS",
-                Err(ParseError::UnsupportedParameter),
-            ),
-            (
-                b"MAIL FROM:<a@b.test> ENVID=x",
-                Err(ParseError::UnsupportedParameter),
-            ),
-            (
                 b"MAIL FROM:<a@b.test> X-FOO",
                 Err(ParseError::UnsupportedParameter),
             ),
@@ -1011,6 +1041,51 @@ mod tests {
                     p.auth = Some(String::new());
                 }),
             ),
+        ]);
+    }
+
+    #[test]
+    fn mail_dsn_and_requiretls_params() {
+        let p = |f: fn(&mut MailParams)| {
+            let mut params = MailParams::default();
+            f(&mut params);
+            mail("a@b.test", params)
+        };
+        check(&[
+            (
+                b"MAIL FROM:<a@b.test> RET=HDRS",
+                p(|p| p.ret = Some(Ret::Hdrs)),
+            ),
+            (
+                b"MAIL FROM:<a@b.test> ret=full",
+                p(|p| p.ret = Some(Ret::Full)),
+            ),
+            (b"MAIL FROM:<a@b.test> RET=ALL", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> RET", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> RET=FULL RET=HDRS", SYNTAX()),
+            (
+                b"MAIL FROM:<a@b.test> ENVID=QQ+2B314159",
+                p(|p| p.envid = Some("QQ+2B314159".into())),
+            ),
+            (
+                format!("MAIL FROM:<a@b.test> ENVID={}", "e".repeat(100)).as_bytes(),
+                p(|p| p.envid = Some("e".repeat(100))),
+            ),
+            (
+                format!("MAIL FROM:<a@b.test> ENVID={}", "e".repeat(101)).as_bytes(),
+                SYNTAX(),
+            ),
+            (b"MAIL FROM:<a@b.test> ENVID=a+0Ab", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> ENVID=a+zz", SYNTAX()),
+            ("MAIL FROM:<a@b.test> ENVID=\u{fc}".as_bytes(), SYNTAX()),
+            (b"MAIL FROM:<a@b.test> ENVID", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> ENVID=a ENVID=a", SYNTAX()),
+            (
+                b"MAIL FROM:<a@b.test> REQUIRETLS",
+                p(|p| p.requiretls = true),
+            ),
+            (b"MAIL FROM:<a@b.test> REQUIRETLS=yes", SYNTAX()),
+            (b"MAIL FROM:<a@b.test> REQUIRETLS requiretls", SYNTAX()),
         ]);
     }
 
@@ -1031,10 +1106,42 @@ mod tests {
             (b"RCPT FROM:<a@b.test>", SYNTAX()),
             (
                 b"RCPT TO:<a@b.test> NOTIFY=NEVER",
-                Err(ParseError::UnsupportedParameter),
+                rcpt_with(
+                    "a@b.test",
+                    RcptParams {
+                        notify: Some(Notify::default()),
+                        orcpt: None,
+                    },
+                ),
             ),
             (
-                b"RCPT TO:<a@b.test> ORCPT=rfc822;a@b.test",
+                b"RCPT TO:<a@b.test> ORCPT=rfc822;a+2Bx@b.test notify=success,delay",
+                rcpt_with(
+                    "a@b.test",
+                    RcptParams {
+                        notify: Some(Notify {
+                            success: true,
+                            failure: false,
+                            delay: true,
+                        }),
+                        orcpt: Some("rfc822;a+2Bx@b.test".into()),
+                    },
+                ),
+            ),
+            (b"RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS", SYNTAX()),
+            (b"RCPT TO:<a@b.test> NOTIFY=SUCCESS,SUCCESS", SYNTAX()),
+            (b"RCPT TO:<a@b.test> NOTIFY=", SYNTAX()),
+            (b"RCPT TO:<a@b.test> NOTIFY", SYNTAX()),
+            (b"RCPT TO:<a@b.test> NOTIFY=NEVER NOTIFY=NEVER", SYNTAX()),
+            (b"RCPT TO:<a@b.test> ORCPT=a@b.test", SYNTAX()),
+            (b"RCPT TO:<a@b.test> ORCPT=rfc822;", SYNTAX()),
+            (b"RCPT TO:<a@b.test> ORCPT=rfc822;a+0Db", SYNTAX()),
+            (
+                b"RCPT TO:<a@b.test> ORCPT=rfc822;a@b ORCPT=rfc822;a@b",
+                SYNTAX(),
+            ),
+            (
+                b"RCPT TO:<a@b.test> X-FOO=1",
                 Err(ParseError::UnsupportedParameter),
             ),
             (b"RCPT TO:<a@b.test> !!", SYNTAX()),
@@ -1078,16 +1185,22 @@ mod tests {
                 Ok(Command::Mail { from: ReversePath::Address(a), params }) => {
                     proptest::prop_assert!(clean(&a) && a.len() <= MAX_ADDRESS);
                     proptest::prop_assert!(params.auth.is_none_or(|s| !s.chars().any(char::is_control)));
+                    proptest::prop_assert!(params.envid.is_none_or(|e| e.len() <= dsn::MAX_ENVID && dsn::decode_xtext(&e, false).is_some()));
                 }
-                Ok(Command::Rcpt { to }) => proptest::prop_assert!(clean(&to) && to.len() <= MAX_ADDRESS),
+                Ok(Command::Rcpt { to, params }) => {
+                    proptest::prop_assert!(clean(&to) && to.len() <= MAX_ADDRESS);
+                    proptest::prop_assert!(params.orcpt.is_none_or(|o| o.len() <= dsn::MAX_ORCPT && o.is_ascii() && dsn::check_orcpt(&o).is_ok()));
+                }
                 _ => {}
             }
         }
 
         /// Mutations of valid lines (the interesting neighbourhood) never panic either.
         #[test]
-        fn mutated_valid_lines(idx in 0usize..6, pos in 0usize..64, byte in proptest::prelude::any::<u8>()) {
-            let lines: [&[u8]; 6] = [
+        fn mutated_valid_lines(idx in 0usize..8, pos in 0usize..64, byte in proptest::prelude::any::<u8>()) {
+            let lines: [&[u8]; 8] = [
+                b"MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B1 REQUIRETLS",
+                b"RCPT TO:<a@b.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bb@b.test",
                 b"MAIL FROM:<\"a b\"@[IPv6:2001:db8::1]> SIZE=10 AUTH=a+2Bb",
                 b"RCPT TO:<@r.test:a@b.test>",
                 b"EHLO [192.0.2.1]",

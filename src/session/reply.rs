@@ -171,7 +171,9 @@ pub fn greeting(hostname: &str) -> Reply {
 pub fn ehlo(hostname: &str, tls: bool, max_size: u64) -> Reply {
     let mut text = format!("{hostname}\nPIPELINING\nSIZE {max_size}\n");
     if tls {
-        text.push_str("AUTH PLAIN LOGIN\n");
+        // DSN (RFC 3461) and REQUIRETLS (RFC 8689 section 3: only over TLS) are offered
+        // only where MAIL is possible at all.
+        text.push_str("AUTH PLAIN LOGIN\nDSN\nREQUIRETLS\n");
     } else {
         text.push_str("STARTTLS\n");
     }
@@ -500,10 +502,15 @@ mod tests {
         assert_eq!(
             wire,
             "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-AUTH PLAIN LOGIN\r\n\
+             250-DSN\r\n250-REQUIRETLS\r\n\
              250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
         );
         let plain = ehlo("mx.test", false, 1000).to_wire();
         assert!(plain.contains("250-STARTTLS\r\n"));
         assert!(!plain.contains("AUTH"));
+        assert!(
+            !plain.contains("DSN") && !plain.contains("REQUIRETLS"),
+            "{plain}"
+        );
     }
 }

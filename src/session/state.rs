@@ -13,7 +13,7 @@ use crate::intake::Accepted;
 use crate::outcome;
 use crate::submission::{self, FromProblem};
 
-use super::command::{self, Body, Command, MailParams, ParseError, ReversePath};
+use super::command::{self, Body, Command, MailParams, ParseError, RcptParams, ReversePath};
 use super::data::{BdatAccumulator, BodyError, BodyLimits, DataReader, DataResult, PIECE_SIZE};
 use super::input::{LineEvent, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use super::reply::{self, Reply};
@@ -83,6 +83,8 @@ enum Transaction {
         from: String,
         params: MailParams,
         rcpts: Vec<String>,
+        /// The DSN parameters of each of `rcpts`, in the same order.
+        rcpt_params: Vec<RcptParams>,
         /// Chunks received so far when the message comes by BDAT.
         bdat: Option<BdatAccumulator>,
     },
@@ -520,7 +522,7 @@ impl Session {
             Command::StartTls => Step::StartTls,
             Command::Auth { mechanism, initial } => self.on_auth(&mechanism, initial),
             Command::Mail { from, params } => self.on_mail(from, params),
-            Command::Rcpt { to } => self.on_rcpt(to),
+            Command::Rcpt { to, params } => self.on_rcpt(to, params),
             Command::Data => self.on_data_command(),
             Command::Bdat { size, last } => self.on_bdat(size, last),
             Command::Rset => {
@@ -623,20 +625,22 @@ impl Session {
         Step::Reply(reply::MAIL_OK)
     }
 
-    fn on_rcpt(&mut self, to: String) -> Step {
+    fn on_rcpt(&mut self, to: String, dsn: RcptParams) -> Step {
         if self.user.is_none() {
             return Step::Reply(reply::AUTH_REQUIRED);
         }
-        let (from, params, mut rcpts, bdat) = match std::mem::take(&mut self.transaction) {
-            Transaction::None => return Step::Reply(reply::NEED_MAIL),
-            Transaction::Mail { from, params } => (from, params, Vec::new(), None),
-            Transaction::Rcpt {
-                from,
-                params,
-                rcpts,
-                bdat,
-            } => (from, params, rcpts, bdat),
-        };
+        let (from, params, mut rcpts, mut rcpt_params, bdat) =
+            match std::mem::take(&mut self.transaction) {
+                Transaction::None => return Step::Reply(reply::NEED_MAIL),
+                Transaction::Mail { from, params } => (from, params, Vec::new(), Vec::new(), None),
+                Transaction::Rcpt {
+                    from,
+                    params,
+                    rcpts,
+                    rcpt_params,
+                    bdat,
+                } => (from, params, rcpts, rcpt_params, bdat),
+            };
         let step = if bdat.is_some() {
             Step::Reply(reply::RCPT_AFTER_BDAT)
         } else if !to.contains('@') {
@@ -653,6 +657,7 @@ impl Session {
             Step::Reply(reply::recipient_rate_limited(&user.login))
         } else {
             rcpts.push(to);
+            rcpt_params.push(dsn);
             Step::Reply(reply::RCPT_OK)
         };
         self.transaction = if rcpts.is_empty() {
@@ -662,6 +667,7 @@ impl Session {
                 from,
                 params,
                 rcpts,
+                rcpt_params,
                 bdat,
             }
         };
@@ -736,6 +742,7 @@ impl Session {
             from,
             params,
             rcpts,
+            rcpt_params,
             ..
         } = transaction
         else {
@@ -771,8 +778,12 @@ impl Session {
                     helo: self.helo.clone().unwrap_or_default(),
                     sender: from,
                     recipients: rcpts,
+                    rcpt_params,
                     smtputf8: params.smtputf8,
                     eight_bit: params.body == Some(Body::EightBitMime),
+                    ret: params.ret,
+                    envid: params.envid,
+                    requiretls: params.requiretls,
                     headers,
                     from_domain: checked.domain,
                 }))

@@ -67,6 +67,10 @@ pub struct SinkOptions {
     /// sessions, from 1): `Some((code, text))` replaces `data_reply` for that message (a `421`
     /// also closes the connection), `None` leaves it. Default: none.
     pub data_rule: Option<MailRule>,
+    /// Advertise DSN (RFC 3461; default false). The parameters are recorded, not acted on.
+    pub dsn: bool,
+    /// Advertise REQUIRETLS (RFC 8689; default false), over TLS only.
+    pub requiretls: bool,
 }
 
 impl Default for SinkOptions {
@@ -86,6 +90,8 @@ impl Default for SinkOptions {
             data_delay: None,
             mail_rule: None,
             data_rule: None,
+            dsn: false,
+            requiretls: false,
         }
     }
 }
@@ -121,6 +127,8 @@ pub struct Received {
     pub mail_params: Vec<String>,
     /// The accepted recipients, without brackets.
     pub rcpts: Vec<String>,
+    /// The RCPT TO parameters of each of `rcpts` as written (`NOTIFY=SUCCESS`, ...).
+    pub rcpt_params: Vec<Vec<String>>,
     /// Dot-unstuffed, without the final `.CRLF`.
     pub data: Vec<u8>,
     pub tls: bool,
@@ -316,6 +324,7 @@ struct Conversation {
     auth_user: Option<String>,
     from: Option<(String, Vec<String>)>,
     rcpts: Vec<String>,
+    rcpt_params: Vec<Vec<String>>,
 }
 
 async fn run_session(tcp: TcpStream, state: &State, opts: &SinkOptions, acceptor: &TlsAcceptor) {
@@ -417,6 +426,12 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if offer_auth {
                     lines.push("AUTH PLAIN LOGIN".into());
+                }
+                if opts.dsn {
+                    lines.push("DSN".into());
+                }
+                if opts.requiretls && tls {
+                    lines.push("REQUIRETLS".into());
                 }
                 let mut out = String::new();
                 for (i, l) in lines.iter().enumerate() {
@@ -532,6 +547,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     transaction
                         .replace(Open::new(&state.transactions_now, &state.transactions_peak)),
                 );
+                c.rcpt_params.clear();
                 say!("250 2.1.0 Ok\r\n");
             }
             "RCPT" => {
@@ -539,7 +555,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     say!("503 5.5.1 MAIL first\r\n");
                     continue;
                 }
-                let Some((addr, _)) = path_arg(arg, "TO:") else {
+                let Some((addr, rcpt_params)) = path_arg(arg, "TO:") else {
                     say!("501 5.5.4 Syntax: RCPT TO:<address>\r\n");
                     continue;
                 };
@@ -552,6 +568,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 let (code, text) = (opts.rcpt_rule)(&addr, attempt);
                 if (200..300).contains(&code) {
                     c.rcpts.push(addr);
+                    c.rcpt_params.push(rcpt_params);
                 }
                 say!("{code} {text}\r\n");
             }
@@ -594,6 +611,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         from,
                         mail_params,
                         rcpts: std::mem::take(&mut c.rcpts),
+                        rcpt_params: std::mem::take(&mut c.rcpt_params),
                         data,
                         tls,
                         auth_user: c.auth_user.clone(),
@@ -601,6 +619,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 c.from = None;
                 c.rcpts.clear();
+                c.rcpt_params.clear();
                 say!("{code} {text}\r\n");
                 drop(transaction.take());
                 if *code == 421 {
@@ -615,6 +634,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 c.from = None;
                 c.rcpts.clear();
                 drop(transaction.take());
+                c.rcpt_params.clear();
                 say!("250 2.0.0 Ok\r\n");
             }
             "NOOP" => say!("250 2.0.0 Ok\r\n"),

@@ -395,3 +395,41 @@ fn commit_deferred_writes_straight_into_the_deferred_directory() {
     .unwrap();
     assert_eq!(spool.list().unwrap(), vec![id]);
 }
+
+#[test]
+fn dsn_fields_round_trip_and_older_records_still_load() {
+    let id = QueueId::generate();
+    let plain = envelope(&id);
+    let json = String::from_utf8(plain.to_bytes()).unwrap();
+    // Unset, they are left out: an older build reads the record.
+    for key in [
+        "ret",
+        "envid",
+        "requiretls",
+        "tls_optional",
+        "notify",
+        "orcpt",
+        "warned",
+    ] {
+        assert!(!json.contains(&format!("\"{key}\"")), "{key} in {json}");
+    }
+    assert_eq!(Envelope::from_bytes(json.as_bytes()).unwrap(), plain);
+    let mut env = plain.clone();
+    env.ret = Some(crate::dsn::Ret::Full);
+    env.envid = Some("QQ+2B1".into());
+    env.requiretls = true;
+    env.tls_optional = true;
+    env.recipients[0].notify = Some(crate::dsn::Notify {
+        success: true,
+        failure: false,
+        delay: true,
+    });
+    env.recipients[0].orcpt = Some("rfc822;bob@example.net".into());
+    env.recipients[0].warned = true;
+    assert_eq!(Envelope::from_bytes(&env.to_bytes()).unwrap(), env);
+    let json = String::from_utf8(env.to_bytes()).unwrap();
+    assert!(
+        json.contains("\"ret\":\"full\"") && json.contains("\"warned\":true"),
+        "{json}"
+    );
+}
