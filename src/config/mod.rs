@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(s.queue.max_age, Duration::from_secs(5 * 86400));
         assert_eq!(s.relay.mode, RelayMode::Mx);
         assert_eq!(s.relay.port, 25);
-        assert_eq!(s.relay.tls, RelayTls::Opportunistic);
+        assert_eq!(s.relay.tls, RelayTls::Dane);
         assert_eq!(s.relay.timeout, Duration::from_secs(300));
         assert!(s.relay.resolver.is_empty());
         assert_eq!(s.relay.smarthost, None);

@@ -25,6 +25,9 @@ pub struct RelaySettings {
     pub smarthost_user: String,
     pub smarthost_password: String,
     pub ca_file: Option<PathBuf>,
+    /// `relay.dnssec_trust_anchor`: DNSKEY records (zone-file form) that DNSSEC validation
+    /// starts from; `None` = the IANA root keys built into hickory. Checked to parse here.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Where `relay.mode = "capture"` writes each message (`ID.eml`) and its envelope and
     /// results (`ID.json`), resolved against the config file's directory; `None` otherwise.
     pub capture_dir: Option<PathBuf>,
@@ -43,6 +46,12 @@ pub enum RelayMode {
 /// `relay.tls`: TLS toward MX hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayTls {
+    /// DANE (RFC 7672) where a DNSSEC-authenticated TLSA RRset exists, otherwise
+    /// opportunistic (the default).
+    Dane,
+    /// STARTTLS required, the certificate verified against the WebPKI roots plus
+    /// `relay.ca_file` for the MX host name.
+    Verify,
     Opportunistic,
     Required,
     None,
@@ -120,6 +129,8 @@ pub(super) struct RawRelay {
     ca_file: String,
     #[serde(default)]
     capture_dir: String,
+    #[serde(default)]
+    dnssec_trust_anchor: String,
 }
 
 fn default_relay_mode() -> String {
@@ -129,7 +140,7 @@ fn default_relay_port() -> i64 {
     25
 }
 fn default_relay_tls() -> String {
-    "opportunistic".into()
+    "dane".into()
 }
 fn default_relay_timeout() -> String {
     "5m".into()
@@ -152,6 +163,7 @@ impl Default for RawRelay {
             smarthost_password: String::new(),
             ca_file: String::new(),
             capture_dir: String::new(),
+            dnssec_trust_anchor: String::new(),
         }
     }
 }
@@ -174,6 +186,8 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         "relay.tls",
         &r.tls,
         &[
+            ("dane", RelayTls::Dane),
+            ("verify", RelayTls::Verify),
             ("opportunistic", RelayTls::Opportunistic),
             ("required", RelayTls::Required),
             ("none", RelayTls::None),
@@ -193,6 +207,7 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
     );
     let smarthost = smarthost(r, mode, smarthost_tls, p);
     let ca_file = (!r.ca_file.trim().is_empty()).then(|| cx.resolve(r.ca_file.trim()));
+    let dnssec_trust_anchor = trust_anchor(r, p, cx);
     let capture_dir = match (mode, r.capture_dir.trim()) {
         (Some(RelayMode::Capture), "") => {
             p.push(
@@ -216,8 +231,41 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         smarthost_user: r.smarthost_user.clone(),
         smarthost_password: r.smarthost_password.clone(),
         ca_file,
+        dnssec_trust_anchor,
         capture_dir,
     })
+}
+
+/// `relay.dnssec_trust_anchor`: a readable file of DNSKEY records that hickory accepts, with
+/// at least one key. (hickory's trust anchor parser takes DNSKEY records only, not DS.)
+fn trust_anchor(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<PathBuf> {
+    const KEY: &str = "relay.dnssec_trust_anchor";
+    let value = r.dnssec_trust_anchor.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let path = cx.resolve(value);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(KEY, format!("{}: {e}", path.display()));
+            return None;
+        }
+    };
+    if !text.lines().any(|l| l.split_whitespace().any(|w| w.eq_ignore_ascii_case("DNSKEY"))) {
+        p.push(
+            KEY,
+            format!("{}: no DNSKEY record in it (DS records are not accepted)", path.display()),
+        );
+        return None;
+    }
+    match hickory_resolver::proto::dnssec::TrustAnchors::from_str(&text) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            p.push(KEY, format!("{}: not DNSKEY records in zone-file form: {e}", path.display()));
+            None
+        }
+    }
 }
 
 /// `relay.smarthost` and its credentials; the address only in smarthost mode (elsewhere it is

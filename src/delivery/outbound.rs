@@ -126,13 +126,24 @@ pub enum TlsPolicy {
     StartTlsVerified(Verified),
     /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
     Implicit(Verified),
+    /// DANE (RFC 7672): STARTTLS must be offered and succeed, the certificate matched against
+    /// the host's authenticated TLSA records ([`super::dane::client_config`]); the MX name as
+    /// SNI. Verified. Never clear text.
+    Dane(Arc<ClientConfig>),
+}
+
+/// One place to try and how TLS goes there: the policy is decided per host (DANE is per MX
+/// host, see `super::policy`).
+#[derive(Clone)]
+pub struct Hop {
+    pub target: Target,
+    pub tls: TlsPolicy,
 }
 
 /// What one session needs besides the job.
 pub struct Session<'a> {
     /// EHLO name (`hostname`).
     pub hello: &'a ClientId,
-    pub tls: &'a TlsPolicy,
     /// Smarthost AUTH (PLAIN, then LOGIN); never sent in clear.
     pub credentials: Option<&'a Credentials>,
     /// Each step: connect, greeting, each reply (`relay.timeout`).
@@ -258,19 +269,19 @@ pub enum Transaction {
     },
 }
 
-/// Deliver `job` to the first of `targets` that takes responsibility; one outcome per
+/// Deliver `job` to the first of `hops` that takes responsibility; one outcome per
 /// recipient, in order, and the connection when it can carry another message.
 pub async fn deliver(
-    targets: &[Target],
+    hops: &[Hop],
     job: &Job<'_>,
     session: &Session<'_>,
 ) -> (Vec<Outcome>, Option<Connection>) {
     let mut last: Option<(String, String)> = None;
     let bound = session_bound(session.timeout, job);
-    for target in targets.iter().take(MAX_ADDRESSES) {
-        let host = target.label();
+    for hop in hops.iter().take(MAX_ADDRESSES) {
+        let host = hop.target.label();
         tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), "trying");
-        match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
+        match tokio::time::timeout(bound, try_host(hop, &host, job, session)).await {
             Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn.map(|c| *c)),
             Ok(HostResult::NextHost(reply)) => {
                 tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), reply = %Escaped(&reply), "next host");
@@ -303,8 +314,8 @@ fn data_allowance(len: u64) -> Duration {
     Duration::from_secs(len / MIN_DATA_RATE)
 }
 
-async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
-    let mut conn = match open(target, host, job.recipients.len(), s).await {
+async fn try_host(hop: &Hop, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
+    let mut conn = match open(hop, host, job.recipients.len(), s).await {
         Ok(c) => c,
         Err(result) => return result,
     };
@@ -333,11 +344,12 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
 /// second EHLO whose reply is parsed here, AUTH. `Err` is what the attempt makes of a failure
 /// (`n` recipients).
 async fn open(
-    target: &Target,
+    hop: &Hop,
     host: &str,
     n: usize,
     s: &Session<'_>,
 ) -> Result<Connection, HostResult> {
+    let target = &hop.target;
     // Connect, (handshake,) greeting and EHLO get one step each.
     let connect = async {
         let tcp = match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
@@ -351,7 +363,7 @@ async fn open(
         let guarded = Guarded::new(tcp, s.timeout);
         let fuse = guarded.fuse();
         let wire = Wire::new(guarded, target.addr);
-        let encrypted = match s.tls {
+        let encrypted = match &hop.tls {
             TlsPolicy::Implicit(v) => {
                 let handshake = wire.start_tls(v.config.clone(), v.name.clone(), s.timeout);
                 handshake
@@ -391,7 +403,7 @@ async fn open(
         encrypted,
         fuse,
     };
-    match set_up(&mut c, target, n, s).await {
+    match set_up(&mut c, hop, n, s).await {
         Ok(()) => Ok(c),
         Err(result) => {
             c.close().await;
@@ -403,7 +415,7 @@ async fn open(
 /// STARTTLS, the second EHLO and AUTH on a fresh connection.
 async fn set_up(
     c: &mut Connection,
-    target: &Target,
+    hop: &Hop,
     n: usize,
     s: &Session<'_>,
 ) -> Result<(), HostResult> {
@@ -411,7 +423,7 @@ async fn set_up(
     let host = c.host.clone();
 
     // STARTTLS.
-    let upgrade = match s.tls {
+    let upgrade = match &hop.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
         TlsPolicy::Opportunistic(_) if !c.can_starttls() => None,
         _ if !c.can_starttls() => {
@@ -420,9 +432,9 @@ async fn set_up(
             )));
         }
         TlsPolicy::StartTlsVerified(v) => Some((v.config.clone(), v.name.clone())),
-        TlsPolicy::Opportunistic(config) | TlsPolicy::Required(config) => {
-            Some((config.clone(), tls::mx_server_name(target)))
-        }
+        TlsPolicy::Opportunistic(config)
+        | TlsPolicy::Required(config)
+        | TlsPolicy::Dane(config) => Some((config.clone(), tls::mx_server_name(&hop.target))),
     };
     if let Some((config, name)) = upgrade
         && let Err(e) = c.starttls(config, name).await
