@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
@@ -73,7 +74,7 @@ impl DnsServer {
     /// Serve `records` (owner names fully qualified, like `"example.test."`).
     pub async fn start(records: Vec<(&'static str, Rr)>) -> DnsServer {
         let origin = Name::from_str(ORIGIN).unwrap();
-        let authority = zone(&origin, records);
+        let authority = zone(&origin, records, None);
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(authority)]);
         serve(catalog, None).await
@@ -94,7 +95,7 @@ impl DnsServer {
         for (apex, _) in &signing.insecure {
             records.push((apex, Rr::Ns("ns.test.")));
         }
-        let mut parent = zone(&origin, records);
+        let mut parent = zone(&origin, records, Some(NxProofKind::Nsec));
         let alg = Algorithm::ECDSAP256SHA256;
         let pkcs8 = EcdsaSigningKey::generate_pkcs8(alg).unwrap();
         let key = EcdsaSigningKey::from_pkcs8(&pkcs8, alg).unwrap();
@@ -121,7 +122,7 @@ impl DnsServer {
             let apex = Name::from_str(apex).unwrap();
             let mut child_records = child_records;
             child_records.push((leak(&apex.to_string()), Rr::Ns("ns.test.")));
-            let child = zone(&apex, child_records);
+            let child = zone(&apex, child_records, None);
             catalog.upsert(LowerName::new(&apex), vec![Arc::new(child)]);
         }
         serve(catalog, Some(ds)).await
@@ -206,9 +207,14 @@ fn leak(s: &str) -> &'static str {
 }
 
 /// The zone `origin` with its SOA and `records`.
-fn zone(origin: &Name, records: Vec<(&'static str, Rr)>) -> InMemoryZoneHandler {
+/// `nx`: how a signed zone proves that names or types do not exist (`None` when unsigned).
+fn zone(
+    origin: &Name,
+    records: Vec<(&'static str, Rr)>,
+    nx: Option<NxProofKind>,
+) -> InMemoryZoneHandler {
     let mut authority: InMemoryZoneHandler =
-        InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, None);
+        InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, nx);
     let soa = SOA::new(
         Name::from_str("ns.test.").unwrap(),
         Name::from_str("hostmaster.test.").unwrap(),
