@@ -333,3 +333,41 @@ async fn verify_without_starttls_is_deferred() {
     );
     assert!(sink.received().is_empty());
 }
+
+#[tokio::test]
+async fn only_unusable_tlsa_records_require_tls_without_authentication() {
+    // PKIX-EE (usage 1) is unusable for SMTP: TLS is mandatory, the certificate unchecked.
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("pkix.test", port, vec![Rr::Tlsa(1, 1, 1, vec![9; 32])]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_deferred(
+        &attempt(&delivery, "pkix.test").await,
+        "TLS required but not offered",
+    );
+    assert!(sink.received().is_empty(), "sent in clear text");
+
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("pkix.test", port, vec![Rr::Tlsa(1, 1, 1, vec![9; 32])]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "pkix.test").await);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
+async fn bogus_mx_rrset_is_deferred() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("bogusmx.test", port, Vec::new());
+    let signing = Signing {
+        corrupt: vec!["bogusmx.test."],
+        ..Signing::default()
+    };
+    let (_dns, delivery) = setup(dir.path(), port, records, signing, "dane").await;
+    assert_deferred(&attempt(&delivery, "bogusmx.test").await, "MX RRset");
+    assert_eq!(sink.connections(), 0);
+}

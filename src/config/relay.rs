@@ -412,6 +412,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn dane_is_the_default_and_trust_anchors_are_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().relay.tls, RelayTls::Dane);
+        assert_eq!(parse(MINIMAL).unwrap().relay.dnssec_trust_anchor, None);
+        let s = parse(&with("[relay]\ntls = \"verify\"")).unwrap();
+        assert_eq!(s.relay.tls, RelayTls::Verify);
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            with(&format!(
+                "[relay]\ndnssec_trust_anchor = \"{}\"",
+                path.display()
+            ))
+        };
+        let good = {
+            use hickory_resolver::proto::dnssec::rdata::DNSKEY;
+            use hickory_resolver::proto::dnssec::{Algorithm, SigningKey, crypto::EcdsaSigningKey};
+            let alg = Algorithm::ECDSAP256SHA256;
+            let pkcs8 = EcdsaSigningKey::generate_pkcs8(alg).unwrap();
+            let signing = EcdsaSigningKey::from_pkcs8(&pkcs8, alg).unwrap();
+            let dnskey = DNSKEY::from_key(&signing.to_public_key().unwrap());
+            key("good.key", &format!("test. 3600 IN DNSKEY {dnskey}\n"))
+        };
+        let s = parse(&good).unwrap();
+        assert!(s.relay.dnssec_trust_anchor.unwrap().ends_with("good.key"));
+        assert_error(
+            &key("ds.key", ". 3600 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n"),
+            "relay.dnssec_trust_anchor",
+            "no DNSKEY record",
+        );
+        assert_error(
+            &key("junk.key", "test. IN DNSKEY 257 3 13 not-base64!\n"),
+            "relay.dnssec_trust_anchor",
+            "junk.key",
+        );
+        assert_error(
+            &with("[relay]\ndnssec_trust_anchor = \"/nonexistent/anchor.key\""),
+            "relay.dnssec_trust_anchor",
+            "/nonexistent/anchor.key",
+        );
+    }
+
     /// The host and port delivery connects to, taken apart once with the file.
     #[test]
     fn smarthost_is_parsed_once() {

@@ -113,6 +113,16 @@ impl HostDane {
             HostDane::Usable(usable)
         }
     }
+
+    /// The RFC 8460 failure this decision already is, before any connection: an unusable
+    /// TLSA RRset (`tlsa-invalid`) or bogus/failed DNSSEC (`dnssec-invalid`).
+    pub fn failure(&self) -> Option<RptResult> {
+        match self {
+            HostDane::Unusable => Some(RptResult::TlsaInvalid),
+            HostDane::Defer(_) => Some(RptResult::DnssecInvalid),
+            HostDane::NotApplicable(_) | HostDane::Usable(_) => None,
+        }
+    }
 }
 
 /// The RFC 8460 (TLS-RPT) result type of a DANE outcome, section 4.3.
@@ -371,6 +381,12 @@ mod tests {
     #[test]
     fn rpt_result_names() {
         assert_eq!(RptResult::Success.as_str(), "success");
+        assert_eq!(HostDane::Unusable.failure(), Some(RptResult::TlsaInvalid));
+        assert_eq!(
+            HostDane::Defer("bogus".into()).failure().map(RptResult::as_str),
+            Some("dnssec-invalid")
+        );
+        assert_eq!(HostDane::NotApplicable("insecure").failure(), None);
         assert_eq!(
             RptResult::from_tls_error(&Error::InvalidCertificate(CertificateError::Expired)).as_str(),
             "certificate-expired"
