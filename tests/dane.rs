@@ -8,14 +8,15 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use common::IO_TIMEOUT;
 use common::dns::{DnsServer, Rr, Signing};
 use common::sink::{Sink, SinkOptions};
-use common::IO_TIMEOUT;
 use submitd::config::Settings;
 use submitd::delivery::{Delivery, Job, Outcome};
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
-const MESSAGE: &[u8] = b"From: alice@example.net\r\nTo: bob@dane.test\r\nSubject: hi\r\n\r\nHello.\r\n";
+const MESSAGE: &[u8] =
+    b"From: alice@example.net\r\nTo: bob@dane.test\r\nSubject: hi\r\n\r\nHello.\r\n";
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -191,7 +192,11 @@ async fn bogus_tlsa_signature_is_deferred() {
     let (_dns, delivery) = setup(dir.path(), port, records, signing, "dane").await;
     assert_deferred(&attempt(&delivery, "bogus.test").await, "TLSA lookup");
     assert!(sink.received().is_empty());
-    assert_eq!(sink.connections(), 0, "a host with bogus TLSA was contacted");
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a host with bogus TLSA was contacted"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +274,11 @@ async fn dane_ta_with_a_leaf_for_another_name_is_deferred() {
     .await;
     let port = sink.addr.port();
     let dir = tempfile::tempdir().unwrap();
-    let records = dane_zone("taname.test", port, vec![Rr::Tlsa(2, 0, 1, sha256(&der(&ca)))]);
+    let records = dane_zone(
+        "taname.test",
+        port,
+        vec![Rr::Tlsa(2, 0, 1, sha256(&der(&ca)))],
+    );
     let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
     assert_deferred(&attempt(&delivery, "taname.test").await, "STARTTLS");
     assert!(sink.received().is_empty());

@@ -252,17 +252,29 @@ fn trust_anchor(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<
             return None;
         }
     };
-    if !text.lines().any(|l| l.split_whitespace().any(|w| w.eq_ignore_ascii_case("DNSKEY"))) {
+    if !text.lines().any(|l| {
+        l.split_whitespace()
+            .any(|w| w.eq_ignore_ascii_case("DNSKEY"))
+    }) {
         p.push(
             KEY,
-            format!("{}: no DNSKEY record in it (DS records are not accepted)", path.display()),
+            format!(
+                "{}: no DNSKEY record in it (DS records are not accepted)",
+                path.display()
+            ),
         );
         return None;
     }
     match hickory_resolver::proto::dnssec::TrustAnchors::from_str(&text) {
         Ok(_) => Some(path),
         Err(e) => {
-            p.push(KEY, format!("{}: not DNSKEY records in zone-file form: {e}", path.display()));
+            p.push(
+                KEY,
+                format!(
+                    "{}: not DNSKEY records in zone-file form: {e}",
+                    path.display()
+                ),
+            );
             None
         }
     }
@@ -439,7 +451,10 @@ mod tests {
         let s = parse(&good).unwrap();
         assert!(s.relay.dnssec_trust_anchor.unwrap().ends_with("good.key"));
         assert_error(
-            &key("ds.key", ". 3600 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n"),
+            &key(
+                "ds.key",
+                ". 3600 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+            ),
             "relay.dnssec_trust_anchor",
             "no DNSKEY record",
         );

@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -383,12 +383,15 @@ mod tests {
         assert_eq!(RptResult::Success.as_str(), "success");
         assert_eq!(HostDane::Unusable.failure(), Some(RptResult::TlsaInvalid));
         assert_eq!(
-            HostDane::Defer("bogus".into()).failure().map(RptResult::as_str),
+            HostDane::Defer("bogus".into())
+                .failure()
+                .map(RptResult::as_str),
             Some("dnssec-invalid")
         );
         assert_eq!(HostDane::NotApplicable("insecure").failure(), None);
         assert_eq!(
-            RptResult::from_tls_error(&Error::InvalidCertificate(CertificateError::Expired)).as_str(),
+            RptResult::from_tls_error(&Error::InvalidCertificate(CertificateError::Expired))
+                .as_str(),
             "certificate-expired"
         );
         assert_eq!(

@@ -127,9 +127,12 @@ fn proof_of(answers: &[Record], rtype: RecordType) -> Security {
     }
     if proofs.iter().all(|p| *p == Proof::Secure) {
         Security::Secure
-    } else if proofs.iter().any(|p| *p == Proof::Bogus) {
+    } else if proofs.contains(&Proof::Bogus) {
         Security::Failed("DNSSEC bogus".into())
-    } else if proofs.iter().all(|p| *p == Proof::Insecure || *p == Proof::Secure) {
+    } else if proofs
+        .iter()
+        .all(|p| *p == Proof::Insecure || *p == Proof::Secure)
+    {
         Security::Insecure
     } else {
         Security::Failed("DNSSEC indeterminate".into())

@@ -254,8 +254,7 @@ impl Delivery {
                                 return vec![Outcome::Deferred { host: None, reply }; n];
                             }
                             Err(_) => {
-                                let reply =
-                                    format!("DNSSEC lookups for {} timed out", job.domain);
+                                let reply = format!("DNSSEC lookups for {} timed out", job.domain);
                                 return vec![Outcome::Deferred { host: None, reply }; n];
                             }
                         }

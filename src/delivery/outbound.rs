@@ -343,12 +343,7 @@ async fn try_host(hop: &Hop, host: &str, job: &Job<'_>, s: &Session<'_>) -> Host
 /// Connect to `target` and set the session up: greeting, EHLO, STARTTLS per the policy, a
 /// second EHLO whose reply is parsed here, AUTH. `Err` is what the attempt makes of a failure
 /// (`n` recipients).
-async fn open(
-    hop: &Hop,
-    host: &str,
-    n: usize,
-    s: &Session<'_>,
-) -> Result<Connection, HostResult> {
+async fn open(hop: &Hop, host: &str, n: usize, s: &Session<'_>) -> Result<Connection, HostResult> {
     let target = &hop.target;
     // Connect, (handshake,) greeting and EHLO get one step each.
     let connect = async {

@@ -22,12 +22,12 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
+use super::DeliveryError;
 use super::dane::{self, HostDane};
 use super::dnssec::{Security, Validator};
 use super::mx::{Target, parse_domain_literal, to_ascii_domain};
 use super::outbound::{Hop, TlsPolicy};
 use super::tls::{self, Verified};
-use super::DeliveryError;
 use crate::config::{RelaySettings, RelayTls};
 use crate::logsafe::Escaped;
 
@@ -43,7 +43,7 @@ enum Mode {
     /// `verify`: WebPKI for the MX host name.
     Verify(Arc<ClientConfig>),
     /// `dane`: DANE where authenticated TLSA records exist, else the fallback.
-    Dane(Validator),
+    Dane(Box<Validator>),
 }
 
 impl MxPolicy {
@@ -57,10 +57,10 @@ impl MxPolicy {
             RelayTls::Verify => {
                 Mode::Verify(tls::verify_mx(relay.ca_file.as_deref()).map_err(DeliveryError)?)
             }
-            RelayTls::Dane => Mode::Dane(Validator::new(
+            RelayTls::Dane => Mode::Dane(Box::new(Validator::new(
                 &relay.resolver,
                 relay.dnssec_trust_anchor.as_deref(),
-            )?),
+            )?)),
         };
         Ok(MxPolicy {
             mode,
@@ -113,7 +113,9 @@ impl MxPolicy {
             }
             Security::Failed(e) => {
                 tracing::warn!(queue_id, domain = %Escaped(&ascii), policy = "dane", reason = %Escaped(&e), "MX RRset not validated; deferring");
-                return Err(format!("DNSSEC validation of the MX RRset of {ascii} failed: {e}"));
+                return Err(format!(
+                    "DNSSEC validation of the MX RRset of {ascii} failed: {e}"
+                ));
             }
         }
         let decisions = self.tlsa_per_host(validator, &targets).await;
@@ -164,7 +166,10 @@ impl MxPolicy {
         for (name, decision) in names.into_iter().zip(results) {
             let (policy, reason) = match &decision {
                 HostDane::Usable(r) => ("dane", format!("{} usable TLSA record(s)", r.len())),
-                HostDane::Unusable => ("dane-unusable", "no usable TLSA record: TLS required, unauthenticated".into()),
+                HostDane::Unusable => (
+                    "dane-unusable",
+                    "no usable TLSA record: TLS required, unauthenticated".into(),
+                ),
                 HostDane::NotApplicable(why) => ("fallback", (*why).to_string()),
                 HostDane::Defer(why) => ("dane-defer", why.clone()),
             };
