@@ -380,3 +380,57 @@ async fn bogus_mx_rrset_is_deferred() {
     assert_deferred(&attempt(&delivery, "bogusmx.test").await, "MX RRset");
     assert_eq!(sink.connections(), 0);
 }
+
+/// The whole server: a message to a DANE domain whose MX presents a certificate that matches
+/// no TLSA record stays queued (deferred, the reason recorded); the MX never receives it.
+#[tokio::test]
+async fn server_keeps_a_dane_mismatch_queued() {
+    use common::{ALICE, TestServer, message_from};
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("anchor.key");
+    let records = dane_zone("queued.test", port, vec![Rr::Tlsa(3, 1, 1, vec![1; 32])]);
+    let dns = DnsServer::start_signed(records, Signing::default(), &anchor).await;
+    let lines = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\n\
+         dnssec_trust_anchor = \"{}\"\n",
+        dns.addr,
+        anchor.display()
+    );
+    let server = TestServer::start_relay("retry = [\"1h\"]", &lines).await;
+    let id = server
+        .submit(&["bob@queued.test"], &message_from(ALICE))
+        .await;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let q = server.queued();
+        assert_eq!(q.len(), 1, "the message left the queue");
+        let r = &q[0].0["recipients"][0];
+        if r["state"] == "deferred" {
+            assert_eq!(q[0].0["id"], id.as_str());
+            let reply = r["last_reply"].as_str().unwrap();
+            assert!(reply.contains("STARTTLS"), "{reply}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never deferred");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sink.received().is_empty(), "the MX got the message");
+}
+
+#[tokio::test]
+async fn servfail_on_the_tlsa_lookup_is_deferred_never_clear() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("servfail.test", port, vec![Rr::Tlsa(3, 1, 1, vec![1; 32])]);
+    let (dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    dns.servfail(&format!("_{port}._tcp.mx.servfail.test."));
+    assert_deferred(&attempt(&delivery, "servfail.test").await, "TLSA lookup");
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a host without a TLSA answer was contacted"
+    );
+}
