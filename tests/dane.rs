@@ -264,6 +264,33 @@ async fn dane_ta_match_is_delivered() {
 }
 
 #[tokio::test]
+async fn dane_ta_spki_sha512_match_is_delivered() {
+    let (chain, key, ca) = ca_and_leaf("mx.taspki.test");
+    let sink = Sink::start(SinkOptions {
+        starttls: true,
+        cert: Some((chain, key)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let port = sink.addr.port();
+    let ca_der = der(&ca);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    let spki512 = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA512,
+        parsed.tbs_certificate.subject_pki.raw,
+    )
+    .as_ref()
+    .to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    // A wrong DANE-EE record beside the right DANE-TA one: one match is enough.
+    let tlsa = vec![Rr::Tlsa(3, 1, 1, vec![5; 32]), Rr::Tlsa(2, 1, 2, spki512)];
+    let records = dane_zone("taspki.test", port, tlsa);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "taspki.test").await);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
 async fn dane_ta_with_a_leaf_for_another_name_is_deferred() {
     let (chain, key, ca) = ca_and_leaf("elsewhere.test");
     let sink = Sink::start(SinkOptions {
