@@ -118,25 +118,26 @@ impl MxPolicy {
                 ));
             }
         }
-        let decisions = self.tlsa_per_host(validator, &targets).await;
+        let decisions = self.tlsa_per_host(queue_id, validator, &targets).await;
         let mut configs: HashMap<&str, Arc<ClientConfig>> = HashMap::new();
         let mut hops = Vec::with_capacity(targets.len());
         let mut deferred = None;
         for target in &targets {
-            let decision = &decisions[target.name.as_str()];
-            let tls = match decision {
-                HostDane::Usable(records) => TlsPolicy::Dane(
+            let tls = match decisions.get(target.name.as_str()) {
+                Some(HostDane::Usable(records)) => TlsPolicy::Dane(
                     configs
                         .entry(target.name.as_str())
                         .or_insert_with(|| dane::client_config(records.clone()))
                         .clone(),
                 ),
-                HostDane::Unusable => TlsPolicy::Required(tls::unverified()),
-                HostDane::NotApplicable(_) => self.fallback(domain),
-                HostDane::Defer(reason) => {
+                Some(HostDane::Unusable) => TlsPolicy::Required(tls::unverified()),
+                Some(HostDane::NotApplicable(_)) => self.fallback(domain),
+                Some(HostDane::Defer(reason)) => {
                     deferred = Some(reason.clone());
                     continue;
                 }
+                // Every host was looked up; never guess for one that was not.
+                None => continue,
             };
             hops.push(Hop {
                 target: target.clone(),
@@ -153,6 +154,7 @@ impl MxPolicy {
     /// logged.
     async fn tlsa_per_host<'t>(
         &self,
+        queue_id: &str,
         validator: &Validator,
         targets: &'t [Target],
     ) -> HashMap<&'t str, HostDane> {
@@ -173,7 +175,7 @@ impl MxPolicy {
                 HostDane::NotApplicable(why) => ("fallback", (*why).to_string()),
                 HostDane::Defer(why) => ("dane-defer", why.clone()),
             };
-            tracing::info!(host = %Escaped(name), policy, reason = %Escaped(&reason), "TLS policy");
+            tracing::info!(queue_id, host = %Escaped(name), policy, reason = %Escaped(&reason), "TLS policy");
             out.insert(name, decision);
         }
         out
