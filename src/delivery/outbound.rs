@@ -112,7 +112,10 @@ pub const STATUS_NO_SMTPUTF8: &str = "5.6.7";
 /// Permanent status: 8-bit body but no 8BITMIME at the next hop (RFC 6152).
 pub const STATUS_NO_8BITMIME: &str = "5.6.3";
 
-/// How TLS is negotiated with the next hop.
+/// How TLS is negotiated with the next hop. Verified (what REQUIRETLS may use): only
+/// `StartTlsVerified` (smarthost, and MX hosts with `relay.tls = "verify"`), `Implicit` and
+/// `Dane`; `Required` is mandatory but unauthenticated (also DANE with only unusable TLSA
+/// records).
 #[derive(Clone)]
 pub enum TlsPolicy {
     /// Never STARTTLS (`relay.tls = "none"`, `smarthost_tls = "none"`).
