@@ -252,7 +252,7 @@ async fn mx_mode_delivers_and_bounces_null_mx() {
     ])
     .await;
     let relay = format!(
-        "mode = \"mx\"\nport = {}\nresolver = [\"{}\"]\ntimeout = \"10s\"\n",
+        "mode = \"mx\"\nport = {}\nresolver = [\"{}\"]\ntimeout = \"10s\"\ntls = \"opportunistic\"\n",
         sink.addr.port(),
         dns.addr
     );

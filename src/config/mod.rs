@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(s.queue.delay_warning, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(s.relay.mode, RelayMode::Mx);
         assert_eq!(s.relay.port, 25);
-        assert_eq!(s.relay.tls, RelayTls::Opportunistic);
+        assert_eq!(s.relay.tls, RelayTls::Dane);
         assert_eq!(s.relay.timeout, Duration::from_secs(300));
         assert!(s.relay.resolver.is_empty());
         assert_eq!(s.relay.smarthost, None);

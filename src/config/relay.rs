@@ -25,6 +25,9 @@ pub struct RelaySettings {
     pub smarthost_user: String,
     pub smarthost_password: String,
     pub ca_file: Option<PathBuf>,
+    /// `relay.dnssec_trust_anchor`: DNSKEY records (zone-file form) that DNSSEC validation
+    /// starts from; `None` = the IANA root keys built into hickory. Checked to parse here.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Where `relay.mode = "capture"` writes each message (`ID.eml`) and its envelope and
     /// results (`ID.json`), resolved against the config file's directory; `None` otherwise.
     pub capture_dir: Option<PathBuf>,
@@ -45,6 +48,12 @@ pub enum RelayMode {
 /// `relay.tls`: TLS toward MX hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayTls {
+    /// DANE (RFC 7672) where a DNSSEC-authenticated TLSA RRset exists, otherwise
+    /// opportunistic (the default).
+    Dane,
+    /// STARTTLS required, the certificate verified against the WebPKI roots plus
+    /// `relay.ca_file` for the MX host name.
+    Verify,
     Opportunistic,
     Required,
     None,
@@ -131,6 +140,8 @@ pub(super) struct RawRelay {
     throttle_backoff: String,
     #[serde(default = "super::polite::default_throttle_backoff_max")]
     throttle_backoff_max: String,
+    #[serde(default)]
+    dnssec_trust_anchor: String,
 }
 
 fn default_relay_mode() -> String {
@@ -140,7 +151,7 @@ fn default_relay_port() -> i64 {
     25
 }
 fn default_relay_tls() -> String {
-    "opportunistic".into()
+    "dane".into()
 }
 fn default_relay_timeout() -> String {
     "5m".into()
@@ -167,6 +178,7 @@ impl Default for RawRelay {
             destination_rate: 0,
             throttle_backoff: super::polite::default_throttle_backoff(),
             throttle_backoff_max: super::polite::default_throttle_backoff_max(),
+            dnssec_trust_anchor: String::new(),
         }
     }
 }
@@ -189,6 +201,8 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         "relay.tls",
         &r.tls,
         &[
+            ("dane", RelayTls::Dane),
+            ("verify", RelayTls::Verify),
             ("opportunistic", RelayTls::Opportunistic),
             ("required", RelayTls::Required),
             ("none", RelayTls::None),
@@ -208,6 +222,7 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
     );
     let smarthost = smarthost(r, mode, smarthost_tls, p);
     let ca_file = (!r.ca_file.trim().is_empty()).then(|| cx.resolve(r.ca_file.trim()));
+    let dnssec_trust_anchor = trust_anchor(r, p, cx);
     let capture_dir = match (mode, r.capture_dir.trim()) {
         (Some(RelayMode::Capture), "") => {
             p.push(
@@ -240,9 +255,54 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         smarthost_user: r.smarthost_user.clone(),
         smarthost_password: r.smarthost_password.clone(),
         ca_file,
+        dnssec_trust_anchor,
         capture_dir,
         polite: polite?,
     })
+}
+
+/// `relay.dnssec_trust_anchor`: a readable file of DNSKEY records that hickory accepts, with
+/// at least one key. (hickory's trust anchor parser takes DNSKEY records only, not DS.)
+fn trust_anchor(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<PathBuf> {
+    const KEY: &str = "relay.dnssec_trust_anchor";
+    let value = r.dnssec_trust_anchor.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let path = cx.resolve(value);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(KEY, format!("{}: {e}", path.display()));
+            return None;
+        }
+    };
+    if !text.lines().any(|l| {
+        l.split_whitespace()
+            .any(|w| w.eq_ignore_ascii_case("DNSKEY"))
+    }) {
+        p.push(
+            KEY,
+            format!(
+                "{}: no DNSKEY record in it (DS records are not accepted)",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    match hickory_resolver::proto::dnssec::TrustAnchors::from_str(&text) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            p.push(
+                KEY,
+                format!(
+                    "{}: not DNSKEY records in zone-file form: {e}",
+                    path.display()
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// `relay.smarthost` and its credentials; the address only in smarthost mode (elsewhere it is
@@ -386,6 +446,52 @@ mod tests {
             ),
             "relay.smarthost_tls",
             "never sent in clear",
+        );
+    }
+
+    #[test]
+    fn dane_is_the_default_and_trust_anchors_are_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().relay.tls, RelayTls::Dane);
+        assert_eq!(parse(MINIMAL).unwrap().relay.dnssec_trust_anchor, None);
+        let s = parse(&with("[relay]\ntls = \"verify\"")).unwrap();
+        assert_eq!(s.relay.tls, RelayTls::Verify);
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            with(&format!(
+                "[relay]\ndnssec_trust_anchor = \"{}\"",
+                path.display()
+            ))
+        };
+        let good = {
+            use hickory_resolver::proto::dnssec::rdata::DNSKEY;
+            use hickory_resolver::proto::dnssec::{Algorithm, SigningKey, crypto::EcdsaSigningKey};
+            let alg = Algorithm::ECDSAP256SHA256;
+            let pkcs8 = EcdsaSigningKey::generate_pkcs8(alg).unwrap();
+            let signing = EcdsaSigningKey::from_pkcs8(&pkcs8, alg).unwrap();
+            let dnskey = DNSKEY::from_key(&signing.to_public_key().unwrap());
+            key("good.key", &format!("test. 3600 IN DNSKEY {dnskey}\n"))
+        };
+        let s = parse(&good).unwrap();
+        assert!(s.relay.dnssec_trust_anchor.unwrap().ends_with("good.key"));
+        assert_error(
+            &key(
+                "ds.key",
+                ". 3600 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+            ),
+            "relay.dnssec_trust_anchor",
+            "no DNSKEY record",
+        );
+        assert_error(
+            &key("junk.key", "test. IN DNSKEY 257 3 13 not-base64!\n"),
+            "relay.dnssec_trust_anchor",
+            "junk.key",
+        );
+        assert_error(
+            &with("[relay]\ndnssec_trust_anchor = \"/nonexistent/anchor.key\""),
+            "relay.dnssec_trust_anchor",
+            "/nonexistent/anchor.key",
         );
     }
 

@@ -5,6 +5,8 @@
 //!   (TLS included), with an outcome per recipient (MX mode with `relay.tls`, or the smarthost
 //!   with `smarthost_tls` and AUTH).
 //! - [`tls`]: the TLS client configs toward the next hop, and what each verifies.
+//! - [`policy`]: the TLS policy per MX host (DANE with [`dane`] and [`dnssec`], then
+//!   MTA-STS, then `relay.tls`).
 //! - [`dotstuff`]: dot-stuffing of the message data without copying (sans-IO).
 //! - [`stored`]: reading a queued message in bounded pieces.
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
@@ -26,9 +28,12 @@
 //! - A domain that exists but whose hosts have no address at all fails with `5.4.4`.
 
 pub mod capture;
+pub mod dane;
+pub mod dnssec;
 pub mod dotstuff;
 pub mod mx;
 pub mod outbound;
+pub mod policy;
 pub mod pool;
 pub mod stored;
 pub mod tls;
@@ -42,10 +47,10 @@ use std::time::Duration;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::extension::ClientId;
 
-use crate::config::{RelayMode, RelayTls, Settings, SmarthostTls};
+use crate::config::{RelayMode, Settings, SmarthostTls};
 use crate::queue::courier::{Courier, CourierFuture};
 pub use crate::queue::courier::{Job, Outcome};
-use outbound::{TlsPolicy, Transaction};
+use outbound::{Hop, TlsPolicy, Transaction};
 use pool::{Lease, Pool};
 
 /// Why delivery could not be set up (bad CA file, resolver config).
@@ -76,7 +81,8 @@ enum Route {
     Mx {
         resolver: mx::Resolver,
         port: u16,
-        tls: TlsPolicy,
+        /// The TLS policy per host (`relay.tls`, DANE).
+        tls: policy::MxPolicy,
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
@@ -95,8 +101,9 @@ impl Route {
     /// ([`TlsPolicy::verifies`]); the capture directory counts (nothing leaves the machine).
     fn verifies(&self) -> bool {
         match self {
-            Route::Mx { tls, .. } | Route::Smarthost { tls, .. } => tls.verifies(),
-            Route::Capture { .. } => true,
+            Route::Smarthost { tls, .. } => tls.verifies(),
+            // Decided per MX host once its policy is known ([`hops_for`]).
+            Route::Mx { .. } | Route::Capture { .. } => true,
         }
     }
 }
@@ -109,11 +116,7 @@ impl Delivery {
             RelayMode::Mx => Route::Mx {
                 resolver: mx::Resolver::new(&relay.resolver)?,
                 port: relay.port,
-                tls: match relay.tls {
-                    RelayTls::Opportunistic => TlsPolicy::Opportunistic(tls::unverified()),
-                    RelayTls::Required => TlsPolicy::Required(tls::unverified()),
-                    RelayTls::None => TlsPolicy::None,
-                },
+                tls: policy::MxPolicy::new(relay)?,
             },
             RelayMode::Smarthost => {
                 let smarthost = relay.smarthost.as_ref().ok_or_else(|| {
@@ -257,7 +260,7 @@ impl Delivery {
             }
         }
         let permit = inner.pool.permit().await;
-        let (targets, tls) = match &inner.route {
+        let hops = match &inner.route {
             Route::Mx {
                 resolver,
                 port,
@@ -265,7 +268,21 @@ impl Delivery {
             } => {
                 let lookup = resolver.targets(job.domain, *port);
                 match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
-                    Ok(Ok(targets)) => (targets, tls),
+                    Ok(Ok(targets)) => {
+                        // DANE's validated lookups (MX, then TLSA per host) after the MX
+                        // lookup, bounded like it.
+                        let decide = tls.hops(job.queue_id, job.domain, targets);
+                        match tokio::time::timeout(mx::Resolver::bound(), decide).await {
+                            Ok(Ok(hops)) => hops,
+                            Ok(Err(reply)) => {
+                                return vec![Outcome::Deferred { host: None, reply }; n];
+                            }
+                            Err(_) => {
+                                let reply = format!("DNSSEC lookups for {} timed out", job.domain);
+                                return vec![Outcome::Deferred { host: None, reply }; n];
+                            }
+                        }
+                    }
                     Ok(Err(mx::MxError::Permanent { status, reply })) => {
                         let failed = Outcome::Failed {
                             host: None,
@@ -289,18 +306,28 @@ impl Delivery {
                 port,
                 tls,
             } => match smarthost_targets(resolver.as_ref(), host, *port).await {
-                Ok(targets) => (targets, tls),
+                Ok(targets) => targets
+                    .into_iter()
+                    .map(|target| Hop {
+                        target,
+                        tls: tls.clone(),
+                    })
+                    .collect(),
                 Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
             },
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
+        let mx = matches!(inner.route, Route::Mx { .. });
+        let hops = match hops_for(job, hops, mx) {
+            Ok(hops) => hops,
+            Err(failed) => return vec![failed; n],
+        };
         let session = outbound::Session {
             hello: &inner.hello,
-            tls,
             credentials: inner.credentials.as_ref(),
             timeout: inner.timeout,
         };
-        let (outcomes, conn) = outbound::deliver(&targets, job, &session).await;
+        let (outcomes, conn) = outbound::deliver(&hops, job, &session).await;
         if let Some(conn) = conn {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
@@ -316,6 +343,42 @@ impl Courier for Delivery {
     fn close_idle(&self) -> CourierFuture<'_, ()> {
         Box::pin(Delivery::close_idle(self))
     }
+}
+
+/// The hops a job may use. A REQUIRETLS message (RFC 8689 section 4.2.1) only those whose TLS
+/// is required and verified (DANE, MTA-STS enforce, `relay.tls = "verify"`, the verified
+/// smarthost): none left fails with `5.7.10`. A message with `TLS-Required: No` and no
+/// REQUIRETLS (RFC 8689 section 5) ignores DANE, MTA-STS and `verify` for its MX hosts:
+/// opportunistic TLS, certificate not checked.
+fn hops_for(job: &Job<'_>, hops: Vec<Hop>, mx: bool) -> Result<Vec<Hop>, Outcome> {
+    if job.requiretls {
+        let verified: Vec<_> = hops.into_iter().filter(|h| h.tls.verifies()).collect();
+        if verified.is_empty() {
+            return Err(Outcome::Failed {
+                host: None,
+                reply: format!(
+                    "{} REQUIRETLS: no MX host of {} has TLS that is both required and verified",
+                    outbound::STATUS_REQUIRETLS,
+                    job.domain
+                ),
+                status: outbound::STATUS_REQUIRETLS.into(),
+            });
+        }
+        return Ok(verified);
+    }
+    if !job.tls_optional || !mx {
+        // The smarthost's TLS is the operator's choice, not the recipient's: it stays.
+        return Ok(hops);
+    }
+    Ok(hops
+        .into_iter()
+        .map(|mut h| {
+            if matches!(h.tls, TlsPolicy::Dane(_) | TlsPolicy::StartTlsVerified(_)) {
+                h.tls = TlsPolicy::Opportunistic(tls::unverified());
+            }
+            h
+        })
+        .collect())
 }
 
 /// Verified TLS toward the smarthost ([`tls::smarthost`]).

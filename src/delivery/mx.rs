@@ -75,37 +75,7 @@ impl Resolver {
     /// `servers` empty: the system configuration (resolv.conf); else exactly those servers
     /// over UDP and TCP (`relay.resolver`).
     pub fn new(servers: &[SocketAddr]) -> Result<Resolver, DeliveryError> {
-        let mut builder = if servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| DeliveryError(format!("system resolver configuration: {e}")))?
-        } else {
-            // One name server per address, over UDP and TCP on that address's port (hickory
-            // 0.26 keeps the port in each connection, not in the server).
-            let group: Vec<NameServerConfig> = servers
-                .iter()
-                .map(|addr| {
-                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                        .into_iter()
-                        .map(|mut c| {
-                            c.port = addr.port();
-                            c
-                        })
-                        .collect();
-                    NameServerConfig::new(addr.ip(), true, connections)
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], group),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = DNS_TIMEOUT;
-        opts.attempts = DNS_ATTEMPTS;
-        // Negative answers are cached no longer than 5 minutes: a domain fixed by its owner
-        // should not keep bouncing for the record's full SOA minimum.
-        opts.negative_max_ttl = Some(Duration::from_secs(300));
-        let inner = builder
+        let inner = builder(servers)?
             .build()
             .map_err(|e| DeliveryError(format!("DNS resolver: {e}")))?;
         Ok(Resolver { inner })
@@ -259,6 +229,45 @@ impl Resolver {
     }
 }
 
+/// A resolver builder for `servers` (empty: the system configuration, resolv.conf; else exactly
+/// those servers over UDP and TCP, `relay.resolver`) with our timeouts. Shared with the
+/// validating resolver of [`super::dnssec`].
+pub(super) fn builder(
+    servers: &[SocketAddr],
+) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, DeliveryError> {
+    let mut builder = if servers.is_empty() {
+        TokioResolver::builder_tokio()
+            .map_err(|e| DeliveryError(format!("system resolver configuration: {e}")))?
+    } else {
+        // One name server per address, over UDP and TCP on that address's port (hickory
+        // 0.26 keeps the port in each connection, not in the server).
+        let group: Vec<NameServerConfig> = servers
+            .iter()
+            .map(|addr| {
+                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                    .into_iter()
+                    .map(|mut c| {
+                        c.port = addr.port();
+                        c
+                    })
+                    .collect();
+                NameServerConfig::new(addr.ip(), true, connections)
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], group),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = DNS_TIMEOUT;
+    opts.attempts = DNS_ATTEMPTS;
+    // Negative answers are cached no longer than 5 minutes: a domain fixed by its owner
+    // should not keep bouncing for the record's full SOA minimum.
+    opts.negative_max_ttl = Some(Duration::from_secs(300));
+    Ok(builder)
+}
+
 /// What a failed lookup means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Negative {
@@ -286,7 +295,7 @@ fn classify(e: &NetError) -> Negative {
 }
 
 /// `name.` — always fully qualified, so no resolv.conf search list applies.
-fn fqdn(name: &str) -> String {
+pub(super) fn fqdn(name: &str) -> String {
     if name.ends_with('.') {
         name.to_string()
     } else {

@@ -115,7 +115,10 @@ pub const STATUS_NO_8BITMIME: &str = "5.6.3";
 /// needed").
 pub const STATUS_REQUIRETLS: &str = "5.7.10";
 
-/// How TLS is negotiated with the next hop.
+/// How TLS is negotiated with the next hop. Verified (what REQUIRETLS may use): only
+/// `StartTlsVerified` (smarthost, and MX hosts with `relay.tls = "verify"`), `Implicit` and
+/// `Dane`; `Required` is mandatory but unauthenticated (also DANE with only unusable TLSA
+/// records).
 #[derive(Clone)]
 pub enum TlsPolicy {
     /// Never STARTTLS (`relay.tls = "none"`, `smarthost_tls = "none"`).
@@ -129,6 +132,18 @@ pub enum TlsPolicy {
     StartTlsVerified(Verified),
     /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
     Implicit(Verified),
+    /// DANE (RFC 7672): STARTTLS must be offered and succeed, the certificate matched against
+    /// the host's authenticated TLSA records ([`super::dane::client_config`]); the MX name as
+    /// SNI. Verified. Never clear text.
+    Dane(Arc<ClientConfig>),
+}
+
+/// One place to try and how TLS goes there: the policy is decided per host (DANE is per MX
+/// host, see `super::policy`).
+#[derive(Clone)]
+pub struct Hop {
+    pub target: Target,
+    pub tls: TlsPolicy,
 }
 
 impl TlsPolicy {
@@ -137,7 +152,7 @@ impl TlsPolicy {
     /// MTA-STS `enforce` policies belong here too.
     pub fn verifies(&self) -> bool {
         match self {
-            TlsPolicy::StartTlsVerified(_) | TlsPolicy::Implicit(_) => true,
+            TlsPolicy::StartTlsVerified(_) | TlsPolicy::Implicit(_) | TlsPolicy::Dane(_) => true,
             TlsPolicy::None | TlsPolicy::Opportunistic(_) | TlsPolicy::Required(_) => false,
         }
     }
@@ -147,7 +162,6 @@ impl TlsPolicy {
 pub struct Session<'a> {
     /// EHLO name (`hostname`).
     pub hello: &'a ClientId,
-    pub tls: &'a TlsPolicy,
     /// Smarthost AUTH (PLAIN, then LOGIN); never sent in clear.
     pub credentials: Option<&'a Credentials>,
     /// Each step: connect, greeting, each reply (`relay.timeout`).
@@ -279,19 +293,19 @@ pub enum Transaction {
     },
 }
 
-/// Deliver `job` to the first of `targets` that takes responsibility; one outcome per
+/// Deliver `job` to the first of `hops` that takes responsibility; one outcome per
 /// recipient, in order, and the connection when it can carry another message.
 pub async fn deliver(
-    targets: &[Target],
+    hops: &[Hop],
     job: &Job<'_>,
     session: &Session<'_>,
 ) -> (Vec<Outcome>, Option<Connection>) {
     let mut last: Option<(String, String)> = None;
     let bound = session_bound(session.timeout, job);
-    for target in targets.iter().take(MAX_ADDRESSES) {
-        let host = target.label();
+    for hop in hops.iter().take(MAX_ADDRESSES) {
+        let host = hop.target.label();
         tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), "trying");
-        match tokio::time::timeout(bound, try_host(target, &host, job, session)).await {
+        match tokio::time::timeout(bound, try_host(hop, &host, job, session)).await {
             Ok(HostResult::Done(outcomes, conn)) => return (outcomes, conn.map(|c| *c)),
             Ok(HostResult::NextHost(reply)) => {
                 tracing::debug!(queue_id = job.queue_id, host = %Escaped(&host), reply = %Escaped(&reply), "next host");
@@ -324,8 +338,8 @@ fn data_allowance(len: u64) -> Duration {
     Duration::from_secs(len / MIN_DATA_RATE)
 }
 
-async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
-    let mut conn = match open(target, host, job, s).await {
+async fn try_host(hop: &Hop, host: &str, job: &Job<'_>, s: &Session<'_>) -> HostResult {
+    let mut conn = match open(hop, host, job, s).await {
         Ok(c) => c,
         Err(result) => return result,
     };
@@ -354,12 +368,13 @@ async fn try_host(target: &Target, host: &str, job: &Job<'_>, s: &Session<'_>) -
 /// second EHLO whose reply is parsed here, AUTH. `Err` is what the attempt makes of a failure
 /// (for each of the job's recipients).
 async fn open(
-    target: &Target,
+    hop: &Hop,
     host: &str,
     job: &Job<'_>,
     s: &Session<'_>,
 ) -> Result<Connection, HostResult> {
     let n = job.recipients.len();
+    let target = &hop.target;
     // Connect, (handshake,) greeting and EHLO get one step each.
     let connect = async {
         let tcp = match tokio::time::timeout(s.timeout, TcpStream::connect(target.addr)).await {
@@ -373,7 +388,7 @@ async fn open(
         let guarded = Guarded::new(tcp, s.timeout);
         let fuse = guarded.fuse();
         let wire = Wire::new(guarded, target.addr);
-        let encrypted = match s.tls {
+        let encrypted = match &hop.tls {
             TlsPolicy::Implicit(v) => {
                 let handshake = wire.start_tls(v.config.clone(), v.name.clone(), s.timeout);
                 handshake
@@ -415,9 +430,9 @@ async fn open(
         verified: false,
         downgraded: false,
     };
-    match set_up(&mut c, target, n, job.tls_optional, s).await {
+    match set_up(&mut c, hop, n, job.tls_optional, s).await {
         Ok(()) => {
-            c.verified = c.encrypted && s.tls.verifies();
+            c.verified = c.encrypted && hop.tls.verifies();
             Ok(c)
         }
         Err(result) => {
@@ -432,7 +447,7 @@ async fn open(
 /// skip the host; such a connection is never reused.
 async fn set_up(
     c: &mut Connection,
-    target: &Target,
+    hop: &Hop,
     n: usize,
     tls_optional: bool,
     s: &Session<'_>,
@@ -441,7 +456,7 @@ async fn set_up(
     let host = c.host.clone();
 
     // STARTTLS.
-    let upgrade = match s.tls {
+    let upgrade = match &hop.tls {
         TlsPolicy::None | TlsPolicy::Implicit(_) => None,
         TlsPolicy::Opportunistic(_) if !c.can_starttls() => None,
         TlsPolicy::Required(_) if tls_optional && !c.can_starttls() => {
@@ -454,9 +469,9 @@ async fn set_up(
             )));
         }
         TlsPolicy::StartTlsVerified(v) => Some((v.config.clone(), v.name.clone())),
-        TlsPolicy::Opportunistic(config) | TlsPolicy::Required(config) => {
-            Some((config.clone(), tls::mx_server_name(target)))
-        }
+        TlsPolicy::Opportunistic(config)
+        | TlsPolicy::Required(config)
+        | TlsPolicy::Dane(config) => Some((config.clone(), tls::mx_server_name(&hop.target))),
     };
     if let Some((config, name)) = upgrade
         && let Err(e) = c.starttls(config, name).await

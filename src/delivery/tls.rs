@@ -6,7 +6,11 @@
 //!   `SSL_CERT_FILE` and `SSL_CERT_DIR`) plus `relay.ca_file`, for the smarthost's name;
 //! - MX hosts ([`unverified`]): any certificate (RFC 7435 opportunistic security: nothing
 //!   tells us which certificate an MX should have), the handshake signatures still checked;
-//!   the MX name goes out as SNI only ([`mx_server_name`]).
+//!   the MX name goes out as SNI only ([`mx_server_name`]);
+//! - MX hosts with `relay.tls = "verify"` ([`verify_mx`]): the smarthost's roots, for the MX
+//!   host name;
+//! - DANE hosts: [`super::dane::client_config`], the certificate matched against the host's
+//!   authenticated TLSA records.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -29,9 +33,23 @@ pub struct Verified {
 /// Verified TLS toward the smarthost `host`: the system roots plus `ca_file`'s
 /// certificates. Built once: loading the system roots is slow. `Err` names what is wrong.
 pub fn smarthost(host: &str, ca_file: Option<&Path>) -> Result<Verified, String> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("relay.smarthost {host}: not a name TLS can verify: {e}"))?;
+    let config = webpki(ca_file).map_err(|e| format!("TLS for relay.smarthost {host}: {e}"))?;
+    Ok(Verified { config, name })
+}
+
+/// `relay.tls = "verify"`: one config for every MX host, verifying against the system roots
+/// plus `ca_file`; the name checked is the MX host's ([`mx_server_name`]), set per target.
+pub fn verify_mx(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    webpki(ca_file).map_err(|e| format!("TLS for relay.tls = \"verify\": {e}"))
+}
+
+/// A WebPKI-verifying config: the system roots (rustls-native-certs honours SSL_CERT_FILE and
+/// SSL_CERT_DIR) plus `ca_file`'s certificates.
+fn webpki(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    // rustls-native-certs honours SSL_CERT_FILE and SSL_CERT_DIR. Unreadable system roots are
-    // not fatal: ca_file may be all that is needed.
+    // Unreadable system roots are not fatal: ca_file may be all that is needed.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
@@ -47,18 +65,13 @@ pub fn smarthost(host: &str, ca_file: Option<&Path>) -> Result<Verified, String>
             roots.add(cert).map_err(|e| bad(&e))?;
         }
     }
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| format!("relay.smarthost {host}: not a name TLS can verify: {e}"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS for relay.smarthost {host}: {e}"))?
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Verified {
-        config: Arc::new(config),
-        name,
-    })
+    Ok(Arc::new(config))
 }
 
 /// TLS toward MX hosts: any certificate is accepted, the handshake signatures are checked

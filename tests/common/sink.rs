@@ -71,6 +71,9 @@ pub struct SinkOptions {
     pub dsn: bool,
     /// Advertise REQUIRETLS (RFC 8689; default false), over TLS only.
     pub requiretls: bool,
+    /// The certificate chain and key (PEM) TLS presents instead of `common::cert_and_key()`
+    /// (DANE-TA and `relay.tls = "verify"` tests). Default: `None`.
+    pub cert: Option<(String, String)>,
 }
 
 impl Default for SinkOptions {
@@ -92,6 +95,7 @@ impl Default for SinkOptions {
             data_rule: None,
             dsn: false,
             requiretls: false,
+            cert: None,
         }
     }
 }
@@ -189,7 +193,7 @@ impl Sink {
         let listener = TcpListener::bind(bind).await.expect("sink bind");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let acceptor = tls_acceptor();
+        let acceptor = tls_acceptor(opts.cert.as_ref());
         let opts = Arc::new(opts);
         let task = tokio::spawn({
             let state = state.clone();
@@ -293,10 +297,10 @@ impl Drop for Sink {
     }
 }
 
-fn tls_acceptor() -> TlsAcceptor {
+fn tls_acceptor(cert: Option<&(String, String)>) -> TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert, key) = cert_and_key();
+    let (cert, key) = cert.unwrap_or_else(|| cert_and_key());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();

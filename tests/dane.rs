@@ -1,0 +1,466 @@
+//! DANE (RFC 7672) and `relay.tls = "verify"` end to end: `submitd::delivery::Delivery` in MX
+//! mode against the tests' own DNSSEC-signed zone (`common::dns::DnsServer::start_signed`, its
+//! trust anchor in `relay.dnssec_trust_anchor`) and receiving SMTP servers on loopback.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::IO_TIMEOUT;
+use common::dns::{DnsServer, Rr, Signing};
+use common::sink::{Sink, SinkOptions};
+use submitd::config::Settings;
+use submitd::delivery::{Delivery, Job, Outcome};
+
+const LOCALHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const MESSAGE: &[u8] =
+    b"From: alice@example.net\r\nTo: bob@dane.test\r\nSubject: hi\r\n\r\nHello.\r\n";
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn settings(dir: &Path, relay: &str) -> Settings {
+    let path = common::write_config_full(dir, "", "", relay, "127.0.0.1:0", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path).unwrap();
+    Settings::from_toml(&text, &path).unwrap()
+}
+
+/// MX-mode lines: deliver on `port`, ask `dns`, trust the anchor in `anchor.key`.
+fn relay(port: u16, dns: &DnsServer, tls: &str) -> String {
+    format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\ntls = \"{tls}\"\n\
+         dnssec_trust_anchor = \"anchor.key\"\n",
+        dns.addr
+    )
+}
+
+fn job<'a>(recipients: &'a [String], domain: &'a str) -> Job<'a> {
+    Job {
+        queue_id: "DANETEST",
+        sender: "alice@example.net",
+        recipients,
+        domain,
+        message: common::stored::stored(MESSAGE),
+        smtputf8: false,
+        eight_bit: false,
+        envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
+    }
+}
+
+/// One attempt for `bob@DOMAIN`, bounded.
+async fn attempt(delivery: &Delivery, domain: &str) -> Outcome {
+    let to = vec![format!("bob@{domain}")];
+    let out = tokio::time::timeout(Duration::from_secs(60), delivery.attempt(&job(&to, domain)))
+        .await
+        .expect("delivery attempt hung");
+    out[0].1.clone()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of the first certificate in `pem`.
+fn spki_sha256(pem: &str) -> Vec<u8> {
+    let der = der(pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    sha256(cert.tbs_certificate.subject_pki.raw)
+}
+
+/// The records of a DANE domain `domain` whose one MX host `mx.DOMAIN` has `tlsa` at
+/// `_PORT._tcp`.
+fn dane_zone(domain: &str, port: u16, tlsa: Vec<Rr>) -> Vec<(&'static str, Rr)> {
+    let mx = leak(format!("mx.{domain}."));
+    let mut records = vec![
+        (leak(format!("{domain}.")), Rr::Mx(10, mx)),
+        (mx, Rr::A(LOCALHOST)),
+    ];
+    let at = leak(format!("_{port}._tcp.mx.{domain}."));
+    records.extend(tlsa.into_iter().map(|r| (at, r)));
+    records
+}
+
+/// A signed DNS server with `records` and `signing`, and a Delivery using it with `tls`.
+async fn setup(
+    dir: &Path,
+    port: u16,
+    records: Vec<(&'static str, Rr)>,
+    signing: Signing,
+    tls: &str,
+) -> (DnsServer, Delivery) {
+    let dns = DnsServer::start_signed(records, signing, &dir.join("anchor.key")).await;
+    let delivery = Delivery::new(&settings(dir, &relay(port, &dns, tls))).unwrap();
+    (dns, delivery)
+}
+
+fn starttls_sink() -> SinkOptions {
+    SinkOptions {
+        starttls: true,
+        ..SinkOptions::default()
+    }
+}
+
+#[track_caller]
+fn assert_delivered(outcome: &Outcome) {
+    assert!(
+        matches!(outcome, Outcome::Delivered { .. }),
+        "not delivered: {outcome:?}"
+    );
+}
+
+#[track_caller]
+fn assert_deferred(outcome: &Outcome, reply_has: &str) {
+    match outcome {
+        Outcome::Deferred { reply, .. } => assert!(reply.contains(reply_has), "{reply}"),
+        other => panic!("not deferred: {other:?}"),
+    }
+}
+
+/// A CA and a leaf for `name` issued by it: (leaf chain PEM = leaf + CA, leaf key PEM, CA PEM).
+fn ca_and_leaf(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "submitd test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let ca_pem = ca.pem();
+    (
+        format!("{}{}", leaf.pem(), ca_pem),
+        leaf_key.serialize_pem(),
+        ca_pem,
+    )
+}
+
+#[tokio::test]
+async fn dane_ee_match_is_delivered_over_tls() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let hash = spki_sha256(&common::cert_and_key().0);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("ee.test", port, vec![Rr::Tlsa(3, 1, 1, hash)]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "ee.test").await);
+    let got = sink.wait_for(1, IO_TIMEOUT).await;
+    assert!(got[0].tls, "delivered without TLS");
+    assert_eq!(got[0].rcpts, ["bob@ee.test"]);
+}
+
+#[tokio::test]
+async fn dane_ee_mismatch_is_deferred_and_nothing_sent() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let mut hash = spki_sha256(&common::cert_and_key().0);
+    hash[0] ^= 0xff;
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("mismatch.test", port, vec![Rr::Tlsa(3, 1, 1, hash)]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_deferred(&attempt(&delivery, "mismatch.test").await, "STARTTLS");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sink.received().is_empty(), "{:?}", sink.received().len());
+}
+
+#[tokio::test]
+async fn bogus_tlsa_signature_is_deferred() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let hash = spki_sha256(&common::cert_and_key().0);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("bogus.test", port, vec![Rr::Tlsa(3, 1, 1, hash)]);
+    let signing = Signing {
+        corrupt: vec![leak(format!("_{port}._tcp.mx.bogus.test."))],
+        ..Signing::default()
+    };
+    let (_dns, delivery) = setup(dir.path(), port, records, signing, "dane").await;
+    assert_deferred(&attempt(&delivery, "bogus.test").await, "TLSA lookup");
+    assert!(sink.received().is_empty());
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a host with bogus TLSA was contacted"
+    );
+}
+
+#[tokio::test]
+async fn starttls_stripped_on_a_dane_host_is_deferred_never_clear() {
+    // An attacker in the middle removed STARTTLS from the EHLO reply: this sink offers none.
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let hash = spki_sha256(&common::cert_and_key().0);
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("stripped.test", port, vec![Rr::Tlsa(3, 1, 1, hash)]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_deferred(
+        &attempt(&delivery, "stripped.test").await,
+        "TLS required but not offered",
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sink.received().is_empty(), "sent in clear text");
+}
+
+#[tokio::test]
+async fn insecure_domain_is_delivered_opportunistically() {
+    // `plain.test.` is an unsigned child of the signed `test.` (NS, no DS): provably
+    // insecure. Its TLSA record (wrong, unsigned) must be ignored.
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let signing = Signing {
+        insecure: vec![(
+            "plain.test.",
+            dane_zone("plain.test", port, vec![Rr::Tlsa(3, 1, 1, vec![7; 32])]),
+        )],
+        ..Signing::default()
+    };
+    let (_dns, delivery) = setup(dir.path(), port, Vec::new(), signing, "dane").await;
+    assert_delivered(&attempt(&delivery, "plain.test").await);
+    let got = sink.wait_for(1, IO_TIMEOUT).await;
+    assert!(!got[0].tls);
+}
+
+#[tokio::test]
+async fn secure_domain_without_tlsa_falls_back_to_opportunistic() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("notlsa.test", port, Vec::new());
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "notlsa.test").await);
+}
+
+#[tokio::test]
+async fn dane_ta_match_is_delivered() {
+    let (chain, key, ca) = ca_and_leaf("mx.ta.test");
+    let sink = Sink::start(SinkOptions {
+        starttls: true,
+        cert: Some((chain, key)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("ta.test", port, vec![Rr::Tlsa(2, 0, 1, sha256(&der(&ca)))]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "ta.test").await);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
+async fn dane_ta_spki_sha512_match_is_delivered() {
+    let (chain, key, ca) = ca_and_leaf("mx.taspki.test");
+    let sink = Sink::start(SinkOptions {
+        starttls: true,
+        cert: Some((chain, key)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let port = sink.addr.port();
+    let ca_der = der(&ca);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    let spki512 = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA512,
+        parsed.tbs_certificate.subject_pki.raw,
+    )
+    .as_ref()
+    .to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    // A wrong DANE-EE record beside the right DANE-TA one: one match is enough.
+    let tlsa = vec![Rr::Tlsa(3, 1, 1, vec![5; 32]), Rr::Tlsa(2, 1, 2, spki512)];
+    let records = dane_zone("taspki.test", port, tlsa);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "taspki.test").await);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
+async fn dane_ta_with_a_leaf_for_another_name_is_deferred() {
+    let (chain, key, ca) = ca_and_leaf("elsewhere.test");
+    let sink = Sink::start(SinkOptions {
+        starttls: true,
+        cert: Some((chain, key)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone(
+        "taname.test",
+        port,
+        vec![Rr::Tlsa(2, 0, 1, sha256(&der(&ca)))],
+    );
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_deferred(&attempt(&delivery, "taname.test").await, "STARTTLS");
+    assert!(sink.received().is_empty());
+}
+
+/// `relay.tls = "verify"`: a sink whose certificate for `cert_name` comes from a CA given in
+/// `relay.ca_file`, reached as `mx.verify.test`.
+async fn verify_attempt(cert_name: &str) -> (Outcome, Sink) {
+    let (chain, key, ca) = ca_and_leaf(cert_name);
+    let sink = Sink::start(SinkOptions {
+        starttls: true,
+        cert: Some((chain, key)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let port = sink.addr.port();
+    let dns = DnsServer::start(vec![
+        ("verify.test.", Rr::Mx(10, "mx.verify.test.")),
+        ("mx.verify.test.", Rr::A(LOCALHOST)),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    let lines = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\ntls = \"verify\"\n\
+         ca_file = \"ca.pem\"\n",
+        dns.addr
+    );
+    let delivery = Delivery::new(&settings(dir.path(), &lines)).unwrap();
+    (attempt(&delivery, "verify.test").await, sink)
+}
+
+#[tokio::test]
+async fn verify_with_the_right_name_is_delivered() {
+    let (outcome, sink) = verify_attempt("mx.verify.test").await;
+    assert_delivered(&outcome);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
+async fn verify_with_a_wrong_name_is_deferred() {
+    let (outcome, sink) = verify_attempt("other.test").await;
+    assert_deferred(&outcome, "STARTTLS");
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn verify_without_starttls_is_deferred() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dns = DnsServer::start(vec![("clear.test.", Rr::A(LOCALHOST))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\ntls = \"verify\"\n",
+        dns.addr
+    );
+    let delivery = Delivery::new(&settings(dir.path(), &lines)).unwrap();
+    assert_deferred(
+        &attempt(&delivery, "clear.test").await,
+        "TLS required but not offered",
+    );
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn only_unusable_tlsa_records_require_tls_without_authentication() {
+    // PKIX-EE (usage 1) is unusable for SMTP: TLS is mandatory, the certificate unchecked.
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("pkix.test", port, vec![Rr::Tlsa(1, 1, 1, vec![9; 32])]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_deferred(
+        &attempt(&delivery, "pkix.test").await,
+        "TLS required but not offered",
+    );
+    assert!(sink.received().is_empty(), "sent in clear text");
+
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("pkix.test", port, vec![Rr::Tlsa(1, 1, 1, vec![9; 32])]);
+    let (_dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    assert_delivered(&attempt(&delivery, "pkix.test").await);
+    assert!(sink.wait_for(1, IO_TIMEOUT).await[0].tls);
+}
+
+#[tokio::test]
+async fn bogus_mx_rrset_is_deferred() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("bogusmx.test", port, Vec::new());
+    let signing = Signing {
+        corrupt: vec!["bogusmx.test."],
+        ..Signing::default()
+    };
+    let (_dns, delivery) = setup(dir.path(), port, records, signing, "dane").await;
+    assert_deferred(&attempt(&delivery, "bogusmx.test").await, "MX RRset");
+    assert_eq!(sink.connections(), 0);
+}
+
+/// The whole server: a message to a DANE domain whose MX presents a certificate that matches
+/// no TLSA record stays queued (deferred, the reason recorded); the MX never receives it.
+#[tokio::test]
+async fn server_keeps_a_dane_mismatch_queued() {
+    use common::{ALICE, TestServer, message_from};
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("anchor.key");
+    let records = dane_zone("queued.test", port, vec![Rr::Tlsa(3, 1, 1, vec![1; 32])]);
+    let dns = DnsServer::start_signed(records, Signing::default(), &anchor).await;
+    let lines = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\n\
+         dnssec_trust_anchor = \"{}\"\n",
+        dns.addr,
+        anchor.display()
+    );
+    let server = TestServer::start_relay("retry = [\"1h\"]", &lines).await;
+    let id = server
+        .submit(&["bob@queued.test"], &message_from(ALICE))
+        .await;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let q = server.queued();
+        assert_eq!(q.len(), 1, "the message left the queue");
+        let r = &q[0].0["recipients"][0];
+        if r["state"] == "deferred" {
+            assert_eq!(q[0].0["id"], id.as_str());
+            let reply = r["last_reply"].as_str().unwrap();
+            assert!(reply.contains("STARTTLS"), "{reply}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never deferred");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sink.received().is_empty(), "the MX got the message");
+}
+
+#[tokio::test]
+async fn servfail_on_the_tlsa_lookup_is_deferred_never_clear() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = sink.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let records = dane_zone("servfail.test", port, vec![Rr::Tlsa(3, 1, 1, vec![1; 32])]);
+    let (dns, delivery) = setup(dir.path(), port, records, Signing::default(), "dane").await;
+    dns.servfail(&format!("_{port}._tcp.mx.servfail.test."));
+    assert_deferred(&attempt(&delivery, "servfail.test").await, "TLSA lookup");
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a host without a TLSA answer was contacted"
+    );
+}
