@@ -294,4 +294,30 @@ mod tests {
         assert!(!tls_required_no(b"From: a@b\r\n\r\nTLS-Required: No\r\n"));
         assert!(!tls_required_no(b"X-TLS-Required: No\r\n\r\n"));
     }
+
+    proptest::proptest! {
+        /// NOTIFY's wire form parses back to the same value.
+        #[test]
+        fn notify_round_trips(success: bool, failure: bool, delay: bool) {
+            let n = Notify { success, failure, delay };
+            proptest::prop_assert_eq!(Notify::parse(&n.to_value()), Ok(n));
+        }
+
+        /// Whatever the bytes, xtext decoding answers, and what it returns has no control
+        /// character; what the checks accept is printable ASCII within the bounds.
+        #[test]
+        fn xtext_checks_never_panic(s in ".{0,600}") {
+            for utf8 in [false, true] {
+                if let Some(d) = decode_xtext(&s, utf8) {
+                    proptest::prop_assert!(!d.chars().any(char::is_control));
+                }
+            }
+            if check_envid(&s).is_ok() {
+                proptest::prop_assert!(s.len() <= MAX_ENVID && s.bytes().all(|b| b.is_ascii_graphic()));
+            }
+            if check_orcpt(&s).is_ok() {
+                proptest::prop_assert!(s.len() <= MAX_ORCPT && orcpt_for_report(&s).is_some());
+            }
+        }
+    }
 }
