@@ -129,6 +129,8 @@ pub struct Metrics {
     destination_limit: Family<DestLabel, Gauge>,
     destination_in_flight: Family<DestLabel, Gauge>,
     throttle_events: Counter,
+    /// The destinations in `submitd_destination_*` now, to drop their series when they go.
+    destinations_shown: std::sync::Mutex<Vec<String>>,
     /// `[state]`: 0 local, 1 shared store answering, 2 shared store down (for `/health`).
     state_mode: std::sync::atomic::AtomicU8,
 }
@@ -199,6 +201,7 @@ impl Metrics {
             destination_limit: Family::default(),
             destination_in_flight: Family::default(),
             throttle_events: Counter::default(),
+            destinations_shown: std::sync::Mutex::new(Vec::new()),
             state_mode: std::sync::atomic::AtomicU8::new(0),
         };
         m.state_up.set(1);
@@ -490,9 +493,21 @@ impl Metrics {
         // Throttled first, then the busiest.
         shown.sort_by_key(|d| (!d.throttled, std::cmp::Reverse(d.in_flight)));
         shown.truncate(MAX_DESTINATION_SERIES);
-        self.destination_throttled.clear();
-        self.destination_limit.clear();
-        self.destination_in_flight.clear();
+        // Only the series that go are removed (no scrape sees the others missing).
+        let mut before = self
+            .destinations_shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for name in before.iter() {
+            if !shown.iter().any(|d| d.name == name) {
+                let label = [("destination", name.clone())];
+                self.destination_throttled.remove(&label);
+                self.destination_limit.remove(&label);
+                self.destination_in_flight.remove(&label);
+            }
+        }
+        *before = shown.iter().map(|d| d.name.to_string()).collect();
+        drop(before);
         for d in shown {
             let label = [("destination", d.name.to_string())];
             self.destination_throttled

@@ -1560,6 +1560,55 @@ mod tests {
     }
 
     #[test]
+    fn postponed_messages_park_behind_a_full_destination_and_wake_when_it_frees() {
+        use crate::config::PoliteSettings;
+        let dests = Destinations::new(PoliteSettings {
+            concurrency: 1,
+            ..PoliteSettings::default()
+        });
+        let ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
+        let mut t = Tracker::default();
+        for id in &ids {
+            t.announce(*id);
+        }
+        let now = unix_now();
+        let running = dests.try_start("big.test").unwrap();
+        // Two messages find big.test full: parked, due only at the fallback.
+        for id in &ids[..2] {
+            assert_eq!(t.start_next(now).map(|(k, _)| k), Some(*id));
+            t.finished(*id, After::Postponed);
+            let postpone = Some(Postpone {
+                until: now + polite::PARK_FALLBACK,
+                park: Some("big.test".into()),
+            });
+            t.polite(
+                *id,
+                Polite {
+                    postpone,
+                    released: Vec::new(),
+                },
+                &dests,
+            );
+            assert!(t.messages[id].parked);
+            assert_eq!(t.messages[id].due, Some(now + polite::PARK_FALLBACK));
+        }
+        // The third is not behind anything.
+        assert_eq!(t.start_next(now).map(|(k, _)| k), Some(ids[2]));
+        assert_eq!(t.start_next(now + 1), None, "parked messages wait");
+        // The attempt to big.test ends: one of them (room for one) is due now.
+        drop(running);
+        let released = Polite {
+            postpone: None,
+            released: vec!["big.test".into()],
+        };
+        t.polite(ids[2], released, &dests);
+        assert_eq!(t.start_next(now + 1).map(|(k, _)| k), Some(ids[0]));
+        assert_eq!(t.start_next(now + 1), None);
+        assert!(t.messages[&ids[1]].parked);
+        assert_eq!(t.parking["big.test"].len(), 1);
+    }
+
+    #[test]
     fn flush_makes_later_messages_due_and_forced_once() {
         let ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
         let mut t = Tracker::default();
