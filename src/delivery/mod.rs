@@ -9,6 +9,8 @@
 //! - [`stored`]: reading a queued message in bounded pieces.
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
 //! - [`capture`]: `relay.mode = "capture"`, messages written to `relay.capture_dir` (development).
+//! - [`mta_sts`]: MTA-STS policies (RFC 8461), fetched through [`https`], cached in
+//!   `queue.dir`, applied to the MX targets ([`mta_sts::apply`]).
 //!
 //! [`Delivery`] is the queue's [`Courier`]: the queue scheduler (`queue::scheduler`) decides
 //! when to call it and what the outcomes do (retries, and DSNs in `queue::bounce`); this module
@@ -27,6 +29,8 @@
 
 pub mod capture;
 pub mod dotstuff;
+pub mod https;
+pub mod mta_sts;
 pub mod mx;
 pub mod outbound;
 pub mod pool;
@@ -77,6 +81,8 @@ enum Route {
         resolver: mx::Resolver,
         port: u16,
         tls: TlsPolicy,
+        /// `relay.mta_sts = true`.
+        mta_sts: Option<mta_sts::Shared>,
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
@@ -95,15 +101,19 @@ impl Delivery {
     pub fn new(settings: &Settings) -> Result<Delivery, DeliveryError> {
         let relay = &settings.relay;
         let route = match relay.mode {
-            RelayMode::Mx => Route::Mx {
-                resolver: mx::Resolver::new(&relay.resolver)?,
-                port: relay.port,
-                tls: match relay.tls {
-                    RelayTls::Opportunistic => TlsPolicy::Opportunistic(tls::unverified()),
-                    RelayTls::Required => TlsPolicy::Required(tls::unverified()),
-                    RelayTls::None => TlsPolicy::None,
-                },
-            },
+            RelayMode::Mx => {
+                let resolver = mx::Resolver::new(&relay.resolver)?;
+                Route::Mx {
+                    mta_sts: mta_sts_service(settings, &resolver)?,
+                    resolver,
+                    port: relay.port,
+                    tls: match relay.tls {
+                        RelayTls::Opportunistic => TlsPolicy::Opportunistic(tls::unverified()),
+                        RelayTls::Required => TlsPolicy::Required(tls::unverified()),
+                        RelayTls::None => TlsPolicy::None,
+                    },
+                }
+            }
             RelayMode::Smarthost => {
                 let smarthost = relay.smarthost.as_ref().ok_or_else(|| {
                     DeliveryError(
@@ -200,7 +210,18 @@ impl Delivery {
     async fn attempt_inner(&self, job: &Job<'_>) -> Vec<Outcome> {
         let inner = &*self.inner;
         let n = job.recipients.len();
+        // MTA-STS first: a domain under a policy gets its own pooled connections (made under
+        // that policy), never one made without it.
+        let found = match &inner.route {
+            Route::Mx {
+                mta_sts: Some(sts), ..
+            } => Some(sts_lookup(sts, job.domain).await),
+            _ => None,
+        };
         let key = match &inner.route {
+            Route::Mx { .. } if found.as_ref().is_some_and(|f| f.policy().is_some()) => {
+                format!("mta-sts:{}", job.domain.to_lowercase())
+            }
             Route::Mx { .. } => job.domain.to_lowercase(),
             Route::Smarthost { .. } => String::new(),
             Route::Capture { dir } => return capture::deliver(dir, job).await,
@@ -234,31 +255,22 @@ impl Delivery {
             }
         }
         let permit = inner.pool.permit().await;
-        let (targets, tls) = match &inner.route {
+        let plan = match &inner.route {
             Route::Mx {
                 resolver,
                 port,
                 tls,
+                mta_sts,
             } => {
-                let lookup = resolver.targets(job.domain, *port);
-                match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
-                    Ok(Ok(targets)) => (targets, tls),
-                    Ok(Err(mx::MxError::Permanent { status, reply })) => {
-                        let failed = Outcome::Failed {
-                            host: None,
-                            reply,
-                            status: status.to_string(),
-                        };
-                        return vec![failed; n];
-                    }
-                    Ok(Err(mx::MxError::Temporary { reply })) => {
-                        return vec![Outcome::Deferred { host: None, reply }; n];
-                    }
-                    Err(_) => {
-                        let reply = format!("DNS lookup for {} timed out", job.domain);
-                        return vec![Outcome::Deferred { host: None, reply }; n];
-                    }
-                }
+                mx_plan(
+                    resolver,
+                    *port,
+                    tls,
+                    mta_sts.as_deref(),
+                    found.as_ref(),
+                    job,
+                )
+                .await
             }
             Route::Smarthost {
                 resolver,
@@ -266,23 +278,116 @@ impl Delivery {
                 port,
                 tls,
             } => match smarthost_targets(resolver.as_ref(), host, *port).await {
-                Ok(targets) => (targets, tls),
-                Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
+                Ok(targets) => Ok(Plan {
+                    targets,
+                    tls: tls.clone(),
+                    sts: None,
+                }),
+                Err(reply) => Err(vec![Outcome::Deferred { host: None, reply }; n]),
             },
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(outcomes) => return outcomes,
+        };
         let session = outbound::Session {
             hello: &inner.hello,
-            tls,
+            tls: &plan.tls,
             credentials: inner.credentials.as_ref(),
             timeout: inner.timeout,
         };
-        let (outcomes, conn) = outbound::deliver(&targets, job, &session).await;
+        let (outcomes, conn) = outbound::deliver(&plan.targets, job, &session).await;
         if let Some(conn) = conn {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
         outcomes
     }
+}
+
+/// The hosts to try and the TLS to use with them.
+struct Plan {
+    targets: Vec<mx::Target>,
+    tls: TlsPolicy,
+    /// The MTA-STS policy applied, if any (for TLS-RPT).
+    sts: Option<mta_sts::Applied>,
+}
+
+/// MX lookup, then the MTA-STS policy `found` (if any) applied to the targets. `Err` is
+/// the outcome of every recipient.
+async fn mx_plan(
+    resolver: &mx::Resolver,
+    port: u16,
+    tls: &TlsPolicy,
+    sts: Option<&mta_sts::MtaSts>,
+    found: Option<&mta_sts::Found>,
+    job: &Job<'_>,
+) -> Result<Plan, Vec<Outcome>> {
+    let n = job.recipients.len();
+    let lookup = resolver.targets(job.domain, port);
+    let targets = match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
+        Ok(Ok(targets)) => targets,
+        Ok(Err(mx::MxError::Permanent { status, reply })) => {
+            let failed = Outcome::Failed {
+                host: None,
+                reply,
+                status: status.to_string(),
+            };
+            return Err(vec![failed; n]);
+        }
+        Ok(Err(mx::MxError::Temporary { reply })) => {
+            return Err(vec![Outcome::Deferred { host: None, reply }; n]);
+        }
+        Err(_) => {
+            let reply = format!("DNS lookup for {} timed out", job.domain);
+            return Err(vec![Outcome::Deferred { host: None, reply }; n]);
+        }
+    };
+    let (Some(sts), Some(policy)) = (sts, found.and_then(|f| f.policy())) else {
+        return Ok(Plan {
+            targets,
+            tls: tls.clone(),
+            sts: None,
+        });
+    };
+    match mta_sts::apply(policy, targets, sts.webpki(), tls) {
+        Ok(applied) => Ok(Plan {
+            targets: applied.targets.clone(),
+            tls: applied.tls.clone(),
+            sts: Some(applied),
+        }),
+        Err(reply) => Err(vec![Outcome::Deferred { host: None, reply }; n]),
+    }
+}
+
+/// The MTA-STS policy of `domain`, bounded in time (no policy when it cannot be had in time,
+/// or for a domain literal).
+async fn sts_lookup(sts: &mta_sts::MtaSts, domain: &str) -> mta_sts::Found {
+    let Some(ascii) = mx::to_ascii_domain(domain).filter(|d| !d.starts_with('[')) else {
+        return mta_sts::Found::default();
+    };
+    tokio::time::timeout(mta_sts::MtaSts::bound(), sts.lookup(&ascii))
+        .await
+        .unwrap_or_default()
+}
+
+/// The MTA-STS service when `relay.mta_sts` is on: WebPKI roots plus `relay.ca_file`, the
+/// cache in `queue.dir`.
+fn mta_sts_service(
+    settings: &Settings,
+    resolver: &mx::Resolver,
+) -> Result<Option<mta_sts::Shared>, DeliveryError> {
+    let relay = &settings.relay;
+    if !relay.mta_sts {
+        return Ok(None);
+    }
+    let webpki = tls::WebPki::new(relay.ca_file.as_deref()).map_err(DeliveryError)?;
+    Ok(Some(Arc::new(mta_sts::MtaSts::new(
+        resolver.clone(),
+        webpki,
+        relay.mta_sts_port,
+        &settings.queue.dir,
+    ))))
 }
 
 impl Courier for Delivery {

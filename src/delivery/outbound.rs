@@ -126,6 +126,9 @@ pub enum TlsPolicy {
     StartTlsVerified(Verified),
     /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
     Implicit(Verified),
+    /// STARTTLS must be offered and succeed, the certificate verified by this config
+    /// (WebPKI, [`tls::WebPki::judged`]) for each MX host's own name (MTA-STS `enforce`).
+    StartTlsWebPki(Arc<ClientConfig>),
 }
 
 /// What one session needs besides the job.
@@ -420,9 +423,9 @@ async fn set_up(
             )));
         }
         TlsPolicy::StartTlsVerified(v) => Some((v.config.clone(), v.name.clone())),
-        TlsPolicy::Opportunistic(config) | TlsPolicy::Required(config) => {
-            Some((config.clone(), tls::mx_server_name(target)))
-        }
+        TlsPolicy::Opportunistic(config)
+        | TlsPolicy::Required(config)
+        | TlsPolicy::StartTlsWebPki(config) => Some((config.clone(), tls::mx_server_name(target))),
     };
     if let Some((config, name)) = upgrade
         && let Err(e) = c.starttls(config, name).await
