@@ -52,6 +52,8 @@ pub struct SinkOptions {
     /// Close the connection (no reply, no 421) right after answering this many messages on
     /// it, like a server whose idle timeout is short. Default: never.
     pub close_after: Option<usize>,
+    /// The certificate chain and key (PEM) presented on TLS; `None`: [`cert_and_key`].
+    pub cert: Option<(String, String)>,
 }
 
 impl Default for SinkOptions {
@@ -68,6 +70,7 @@ impl Default for SinkOptions {
             bind: None,
             pipelining: true,
             close_after: None,
+            cert: None,
         }
     }
 }
@@ -131,7 +134,7 @@ impl Sink {
         let listener = TcpListener::bind(bind).await.expect("sink bind");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let acceptor = tls_acceptor();
+        let acceptor = tls_acceptor(opts.cert.as_ref());
         let opts = Arc::new(opts);
         let task = tokio::spawn({
             let state = state.clone();
@@ -193,10 +196,10 @@ impl Drop for Sink {
     }
 }
 
-fn tls_acceptor() -> TlsAcceptor {
+fn tls_acceptor(own: Option<&(String, String)>) -> TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert, key) = cert_and_key();
+    let (cert, key) = own.unwrap_or_else(|| cert_and_key());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
