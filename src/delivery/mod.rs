@@ -36,6 +36,7 @@ pub mod outbound;
 pub mod pool;
 pub mod stored;
 pub mod tls;
+pub mod tlsrpt;
 
 use crate::logsafe::Escaped;
 use std::net::{IpAddr, SocketAddr};
@@ -81,8 +82,8 @@ enum Route {
         resolver: mx::Resolver,
         port: u16,
         tls: TlsPolicy,
-        /// `relay.mta_sts = true`.
-        mta_sts: Option<mta_sts::Shared>,
+        /// `relay.mta_sts = true`: the policies, and the TLS-RPT counts.
+        mta_sts: Option<(mta_sts::Shared, Arc<tlsrpt::record::Recorder>)>,
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
@@ -214,7 +215,8 @@ impl Delivery {
         // that policy), never one made without it.
         let found = match &inner.route {
             Route::Mx {
-                mta_sts: Some(sts), ..
+                mta_sts: Some((sts, _)),
+                ..
             } => Some(sts_lookup(sts, job.domain).await),
             _ => None,
         };
@@ -262,15 +264,8 @@ impl Delivery {
                 tls,
                 mta_sts,
             } => {
-                mx_plan(
-                    resolver,
-                    *port,
-                    tls,
-                    mta_sts.as_deref(),
-                    found.as_ref(),
-                    job,
-                )
-                .await
+                let sts = mta_sts.as_ref().map(|(s, _)| &**s);
+                mx_plan(resolver, *port, tls, sts, found.as_ref(), job).await
             }
             Route::Smarthost {
                 resolver,
@@ -283,13 +278,17 @@ impl Delivery {
                     tls: tls.clone(),
                     sts: None,
                 }),
-                Err(reply) => Err(vec![Outcome::Deferred { host: None, reply }; n]),
+                Err(reply) => Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
             },
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
         let plan = match plan {
             Ok(plan) => plan,
-            Err(outcomes) => return outcomes,
+            Err((outcomes, sts)) => {
+                self.report(job.domain, found.as_ref(), sts.as_ref(), &outcomes)
+                    .await;
+                return outcomes;
+            }
         };
         let session = outbound::Session {
             hello: &inner.hello,
@@ -301,7 +300,54 @@ impl Delivery {
         if let Some(conn) = conn {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
+        if !matches!(plan.tls, TlsPolicy::None) {
+            self.report(job.domain, found.as_ref(), plan.sts.as_ref(), &outcomes)
+                .await;
+        }
         outcomes
+    }
+
+    /// Count an attempt's TLS sessions for TLS-RPT (domains with an MTA-STS policy, or
+    /// whose policy fetch failed).
+    async fn report(
+        &self,
+        domain: &str,
+        found: Option<&mta_sts::Found>,
+        applied: Option<&mta_sts::Applied>,
+        outcomes: &[Outcome],
+    ) {
+        let (
+            Route::Mx {
+                mta_sts: Some((_, recorder)),
+                ..
+            },
+            Some(found),
+        ) = (&self.inner.route, found)
+        else {
+            return;
+        };
+        let Some(ascii) = mx::to_ascii_domain(domain) else {
+            return;
+        };
+        let sessions = tlsrpt::sessions(found, applied, outcomes);
+        recorder
+            .record(&ascii, tlsrpt::policy_info(found), &sessions)
+            .await;
+    }
+
+    /// What the TLS-RPT reporter needs from delivery: the counts, the resolver and the
+    /// WebPKI roots (`None` unless MX mode with `relay.mta_sts`).
+    pub fn tls_reporting(
+        &self,
+    ) -> Option<(Arc<tlsrpt::record::Recorder>, mx::Resolver, tls::WebPki)> {
+        match &self.inner.route {
+            Route::Mx {
+                mta_sts: Some((sts, recorder)),
+                resolver,
+                ..
+            } => Some((recorder.clone(), resolver.clone(), sts.webpki().clone())),
+            _ => None,
+        }
     }
 }
 
@@ -313,8 +359,11 @@ struct Plan {
     sts: Option<mta_sts::Applied>,
 }
 
-/// MX lookup, then the MTA-STS policy `found` (if any) applied to the targets. `Err` is
-/// the outcome of every recipient.
+/// No delivery this time: every recipient's outcome, and the MTA-STS policy that refused
+/// (for TLS-RPT).
+type NoPlan = (Vec<Outcome>, Option<mta_sts::Applied>);
+
+/// MX lookup, then the MTA-STS policy `found` (if any) applied to the targets.
 async fn mx_plan(
     resolver: &mx::Resolver,
     port: u16,
@@ -322,7 +371,7 @@ async fn mx_plan(
     sts: Option<&mta_sts::MtaSts>,
     found: Option<&mta_sts::Found>,
     job: &Job<'_>,
-) -> Result<Plan, Vec<Outcome>> {
+) -> Result<Plan, NoPlan> {
     let n = job.recipients.len();
     let lookup = resolver.targets(job.domain, port);
     let targets = match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
@@ -333,14 +382,14 @@ async fn mx_plan(
                 reply,
                 status: status.to_string(),
             };
-            return Err(vec![failed; n]);
+            return Err((vec![failed; n], None));
         }
         Ok(Err(mx::MxError::Temporary { reply })) => {
-            return Err(vec![Outcome::Deferred { host: None, reply }; n]);
+            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
         }
         Err(_) => {
             let reply = format!("DNS lookup for {} timed out", job.domain);
-            return Err(vec![Outcome::Deferred { host: None, reply }; n]);
+            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
         }
     };
     let (Some(sts), Some(policy)) = (sts, found.and_then(|f| f.policy())) else {
@@ -351,12 +400,18 @@ async fn mx_plan(
         });
     };
     match mta_sts::apply(policy, targets, sts.webpki(), tls) {
-        Ok(applied) => Ok(Plan {
-            targets: applied.targets.clone(),
-            tls: applied.tls.clone(),
-            sts: Some(applied),
-        }),
-        Err(reply) => Err(vec![Outcome::Deferred { host: None, reply }; n]),
+        Ok(applied) => match applied.refusal.clone() {
+            Some(reply) => Err((
+                vec![Outcome::Deferred { host: None, reply }; n],
+                Some(applied),
+            )),
+            None => Ok(Plan {
+                targets: applied.targets.clone(),
+                tls: applied.tls.clone(),
+                sts: Some(applied),
+            }),
+        },
+        Err(reply) => Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
     }
 }
 
@@ -372,22 +427,28 @@ async fn sts_lookup(sts: &mta_sts::MtaSts, domain: &str) -> mta_sts::Found {
 }
 
 /// The MTA-STS service when `relay.mta_sts` is on: WebPKI roots plus `relay.ca_file`, the
-/// cache in `queue.dir`.
+/// cache in `queue.dir`; and the TLS-RPT counts, kept there too.
+#[allow(clippy::type_complexity)]
 fn mta_sts_service(
     settings: &Settings,
     resolver: &mx::Resolver,
-) -> Result<Option<mta_sts::Shared>, DeliveryError> {
+) -> Result<Option<(mta_sts::Shared, Arc<tlsrpt::record::Recorder>)>, DeliveryError> {
     let relay = &settings.relay;
     if !relay.mta_sts {
         return Ok(None);
     }
     let webpki = tls::WebPki::new(relay.ca_file.as_deref()).map_err(DeliveryError)?;
-    Ok(Some(Arc::new(mta_sts::MtaSts::new(
+    let sts = Arc::new(mta_sts::MtaSts::new(
         resolver.clone(),
         webpki,
         relay.mta_sts_port,
         &settings.queue.dir,
-    ))))
+    ));
+    let recorder = Arc::new(tlsrpt::record::Recorder::open(
+        &settings.queue.dir,
+        crate::clock::unix_now(),
+    ));
+    Ok(Some((sts, recorder)))
 }
 
 impl Courier for Delivery {

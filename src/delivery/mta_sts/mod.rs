@@ -203,11 +203,13 @@ pub struct Applied {
     pub judge: Judge,
     /// MX hosts the policy does not list (refused in `enforce`, only reported in `testing`).
     pub mismatched: Vec<String>,
+    /// `enforce` and no MX host matches: the reply of the deferral (RFC 8461 section 5);
+    /// `targets` is empty.
+    pub refusal: Option<String>,
 }
 
 /// Apply `policy` (enforce or testing) to the MX `targets`; `base` is `relay.tls`'s policy.
-/// `Err` is the reply of a deferral: no MX host matches an enforced policy (RFC 8461 section
-/// 5), or the TLS config cannot be built.
+/// `Err` when the TLS config cannot be built.
 pub fn apply(
     policy: &Policy,
     targets: Vec<Target>,
@@ -226,18 +228,19 @@ pub fn apply(
                 .into_iter()
                 .filter(|t| policy.matches(&t.name))
                 .collect();
-            if targets.is_empty() {
-                return Err(format!(
+            let refusal = targets.is_empty().then(|| {
+                format!(
                     "MTA-STS: no MX host matches the enforced policy (MX: {})",
                     mismatched.join(", ")
-                ));
-            }
+                )
+            });
             let (config, judge) = webpki.judged(true)?;
             Ok(Applied {
                 targets,
                 tls: TlsPolicy::StartTlsWebPki(config),
                 judge,
                 mismatched,
+                refusal,
             })
         }
         Mode::Testing | Mode::None => {
@@ -252,6 +255,7 @@ pub fn apply(
                 tls,
                 judge,
                 mismatched,
+                refusal: None,
             })
         }
     }
@@ -287,9 +291,9 @@ mod tests {
         assert_eq!(a.targets, vec![target("mx.good.test")]);
         assert_eq!(a.mismatched, vec!["evil.test".to_string()]);
         assert!(matches!(a.tls, TlsPolicy::StartTlsWebPki(_)));
-        let e = apply(&p, vec![target("evil.test")], &webpki, &base)
-            .err()
-            .unwrap();
+        let a = apply(&p, vec![target("evil.test")], &webpki, &base).unwrap();
+        assert!(a.targets.is_empty());
+        let e = a.refusal.unwrap();
         assert!(e.contains("no MX host matches"), "{e}");
         let t =
             parse_policy(b"version: STSv1\nmode: testing\nmx: *.good.test\nmax_age: 60\n").unwrap();
