@@ -15,6 +15,7 @@
 //! reload\n  ->  OK reloaded: users=3\n  |  ERR reload refused: FILE: KEY: WHY\n
 //! flush\n   ->  OK flush started\n
 //! rescan\n  ->  OK rescan started\n
+//! tls-report\n  ->  OK tls reports: domains=1 mailed=1 posted=0 failed=0\n  |  ERR ...\n
 //! ```
 //!
 //! Bounds: a request line of at most [`MAX_LINE`] octets read within [`READ_TIMEOUT`]; at most
@@ -52,6 +53,8 @@ pub enum Request {
     /// The queue on disk was changed (`submitd queue hold`, `release`, `retry ID`, `delete`):
     /// scan it now rather than at the next periodic scan.
     Rescan,
+    /// Send the TLS-RPT reports now (RFC 8460) rather than at the next UTC midnight.
+    TlsReport,
 }
 
 impl Request {
@@ -60,6 +63,7 @@ impl Request {
             Request::Reload => "reload\n",
             Request::Flush => "flush\n",
             Request::Rescan => "rescan\n",
+            Request::TlsReport => "tls-report\n",
         }
     }
 }
@@ -71,7 +75,8 @@ pub fn parse(line: &[u8]) -> Result<Request, &'static str> {
         b"reload" => Ok(Request::Reload),
         b"flush" => Ok(Request::Flush),
         b"rescan" => Ok(Request::Rescan),
-        _ => Err("unknown command (reload, flush, rescan)"),
+        b"tls-report" => Ok(Request::TlsReport),
+        _ => Err("unknown command (reload, flush, rescan, tls-report)"),
     }
 }
 
@@ -157,6 +162,7 @@ mod tests {
         assert_eq!(parse(b"reload"), Ok(Request::Reload));
         assert_eq!(parse(b"flush\r"), Ok(Request::Flush));
         assert_eq!(parse(b"rescan"), Ok(Request::Rescan));
+        assert_eq!(parse(b"tls-report"), Ok(Request::TlsReport));
         assert!(parse(b"kill 1").is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"RELOAD").is_err());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,5 +317,240 @@ async fn cached_policy_survives_a_restart_and_a_failing_policy_server() {
     assert!(
         sink.received().is_empty(),
         "clear text sent under a cached policy"
+    );
+}
+
+// ---- TLS-RPT (RFC 8460) through the real binary and its control socket ----
+
+/// The binary in MX mode in `dir`: DNS `dns`, MX on `mx_port`, policies from `https_port`.
+fn binary_config(
+    dir: &Path,
+    ca: &TestCa,
+    dns: &DnsServer,
+    mx_port: u16,
+    https_port: u16,
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let relay = format!(
+        "mode = \"mx\"\nport = {mx_port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\n\
+         tls = \"opportunistic\"\nca_file = \"ca.pem\"\nmta_sts_port = {https_port}\n",
+        dns.addr
+    );
+    let path = common::write_config_full(dir, "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[tls.reporting]\nfrom = \"tlsrpt@mail.example.test\"\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Submit one message to bob@sts.test through the binary.
+async fn submit(server: &common::binary::Binary) {
+    let mut c = common::login_as(server.tls, common::ALICE, common::ALICE_PASSWORD, "235").await;
+    let reply = common::send_message(&mut c, common::ALICE, &["bob@sts.test"]).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    c.cmd("QUIT", "221").await;
+}
+
+/// Wait (bounded) until the TLS-RPT counts on disk mention `needle`.
+async fn wait_counted(dir: &Path, needle: &str, server: &common::binary::Binary) {
+    let path = dir.join("queue/tlsrpt/state.json");
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    loop {
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(needle)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle} never counted; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `tls-report` at the control socket: the reply text after `OK `.
+async fn tls_report(dir: &Path) -> String {
+    let queue = dir.join("queue");
+    tokio::task::spawn_blocking(move || {
+        submitd::control_socket::request(
+            &queue,
+            submitd::control_socket::Request::TlsReport,
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap()
+    .expect("tls-report refused")
+}
+
+fn gunzip_json(gz: &[u8]) -> serde_json::Value {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The gzipped attachment of a report message, decoded.
+fn report_attachment(message: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(message);
+    let (_, part) = text
+        .split_once("Content-Type: application/tlsrpt+gzip\r\n")
+        .expect("no tlsrpt+gzip part");
+    let (_, body) = part.split_once("\r\n\r\n").unwrap();
+    let b64: String = body
+        .split("\r\n--")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    gunzip_json(&gz)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enforce_failure_is_reported_by_mail_after_tls_report() {
+    let ca = TestCa::new();
+    // The policy domain's MX (wrong certificate) on 127.0.0.1, the report domain's MX on
+    // 127.0.0.2, the same port (relay.port is one for all).
+    let mx = mx_sink(Some(ca.issue(&["other.test"]))).await;
+    let port = mx.addr.port();
+    let reports = Sink::start(SinkOptions {
+        bind: Some(SocketAddr::from(([127, 0, 0, 2], port))),
+        ..SinkOptions::default()
+    })
+    .await;
+    let dns = DnsServer::start(vec![
+        ("sts.test.", Rr::Mx(10, "mx.sts.test.")),
+        ("mx.sts.test.", Rr::A(LOCALHOST)),
+        ("mta-sts.sts.test.", Rr::A(LOCALHOST)),
+        ("_mta-sts.sts.test.", Rr::Txt("v=STSv1; id=r1;".into())),
+        (
+            "_smtp._tls.sts.test.",
+            Rr::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test".into()),
+        ),
+        ("rpt.test.", Rr::Mx(10, "mx.rpt.test.")),
+        ("mx.rpt.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2))),
+    ])
+    .await;
+    let https = policy_server(&ca, ok_text(&policy("enforce", &[MX], 86400))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), &ca, &dns, port, https.addr.port());
+    let server = common::binary::Binary::start(&config);
+    submit(&server).await;
+    wait_counted(dir.path(), "certificate-host-mismatch", &server).await;
+    assert!(mx.received().is_empty(), "delivered despite the policy");
+
+    let reply = tls_report(dir.path()).await;
+    assert!(reply.contains("domains=1 mailed=1"), "{reply}");
+    let got = reports.wait_for(1, common::IO_TIMEOUT).await;
+    assert_eq!(got[0].from, "tlsrpt@mail.example.test");
+    assert_eq!(got[0].rcpts, ["tlsrpt@rpt.test"]);
+    let text = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert!(
+        text.contains("\r\nTLS-Report-Domain: sts.test\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nTLS-Report-Submitter: mail.example.test\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\r\nSubject: Report Domain: sts.test Submitter: mail.example.test Report-ID: <"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("multipart/report; report-type=\"tlsrpt\""),
+        "{text}"
+    );
+    let report = report_attachment(&got[0].data);
+    assert_eq!(report["organization-name"], "mail.example.test");
+    assert_eq!(report["contact-info"], "tlsrpt@mail.example.test");
+    let p = &report["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts");
+    assert_eq!(p["policy"]["policy-domain"], "sts.test");
+    assert_eq!(p["policy"]["mx-host"][0], MX);
+    assert!(
+        p["policy"]["policy-string"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("mode: enforce")),
+        "{p}"
+    );
+    assert_eq!(p["summary"]["total-successful-session-count"], 0);
+    assert!(
+        p["summary"]["total-failure-session-count"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let d = &p["failure-details"][0];
+    assert_eq!(d["result-type"], "certificate-host-mismatch", "{p}");
+    assert_eq!(d["receiving-mx-hostname"], MX);
+
+    // Counted once: a second report has nothing to say.
+    let reply = tls_report(dir.path()).await;
+    assert!(reply.contains("domains=0"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn testing_failure_is_delivered_and_posted_to_an_https_rua() {
+    let ca = TestCa::new();
+    let mx = mx_sink(Some(submitd::tls::self_signed(MX).unwrap())).await;
+    let collector = HttpsServer::start(
+        &ca.issue(&["rpt.sts.test"]),
+        responder(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_vec()),
+    )
+    .await;
+    let rua = format!(
+        "v=TLSRPTv1; rua=https://rpt.sts.test:{}/v1/tlsrpt",
+        collector.addr.port()
+    );
+    let dns = DnsServer::start(vec![
+        ("sts.test.", Rr::Mx(10, "mx.sts.test.")),
+        ("mx.sts.test.", Rr::A(LOCALHOST)),
+        ("mta-sts.sts.test.", Rr::A(LOCALHOST)),
+        ("rpt.sts.test.", Rr::A(LOCALHOST)),
+        ("_mta-sts.sts.test.", Rr::Txt("v=STSv1; id=t1;".into())),
+        ("_smtp._tls.sts.test.", Rr::Txt(rua)),
+    ])
+    .await;
+    let https = policy_server(&ca, ok_text(&policy("testing", &[MX], 86400))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), &ca, &dns, mx.addr.port(), https.addr.port());
+    let server = common::binary::Binary::start(&config);
+    submit(&server).await;
+    let got = mx.wait_for(1, common::IO_TIMEOUT).await;
+    assert!(got[0].tls, "testing mode still uses STARTTLS");
+    wait_counted(dir.path(), "certificate-not-trusted", &server).await;
+
+    let reply = tls_report(dir.path()).await;
+    assert!(reply.contains("domains=1 mailed=0 posted=1"), "{reply}");
+    let posts = collector.wait_for(1, common::IO_TIMEOUT).await;
+    let head = posts[0].head.to_ascii_lowercase();
+    assert!(head.starts_with("post /v1/tlsrpt http/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: application/tlsrpt+gzip"),
+        "{head}"
+    );
+    let report = gunzip_json(&posts[0].body);
+    let p = &report["policies"][0];
+    assert!(
+        p["policy"]["policy-string"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("mode: testing")),
+        "{p}"
+    );
+    assert_eq!(p["summary"]["total-failure-session-count"], 1, "{p}");
+    assert_eq!(
+        p["failure-details"][0]["result-type"],
+        "certificate-not-trusted"
     );
 }
