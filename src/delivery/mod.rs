@@ -83,7 +83,7 @@ enum Route {
         port: u16,
         tls: TlsPolicy,
         /// `relay.mta_sts = true`: the policies, and the TLS-RPT counts.
-        mta_sts: Option<(mta_sts::Shared, Arc<tlsrpt::record::Recorder>)>,
+        mta_sts: Option<StsParts>,
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
@@ -337,9 +337,7 @@ impl Delivery {
 
     /// What the TLS-RPT reporter needs from delivery: the counts, the resolver and the
     /// WebPKI roots (`None` unless MX mode with `relay.mta_sts`).
-    pub fn tls_reporting(
-        &self,
-    ) -> Option<(Arc<tlsrpt::record::Recorder>, mx::Resolver, tls::WebPki)> {
+    pub fn tls_reporting(&self) -> Option<ReportingParts> {
         match &self.inner.route {
             Route::Mx {
                 mta_sts: Some((sts, recorder)),
@@ -358,6 +356,12 @@ struct Plan {
     /// The MTA-STS policy applied, if any (for TLS-RPT).
     sts: Option<mta_sts::Applied>,
 }
+
+/// What the TLS-RPT reporter takes from delivery ([`Delivery::tls_reporting`]).
+pub type ReportingParts = (Arc<tlsrpt::record::Recorder>, mx::Resolver, tls::WebPki);
+
+/// The MTA-STS service and the TLS-RPT counts.
+type StsParts = (mta_sts::Shared, Arc<tlsrpt::record::Recorder>);
 
 /// No delivery this time: every recipient's outcome, and the MTA-STS policy that refused
 /// (for TLS-RPT).
@@ -428,11 +432,10 @@ async fn sts_lookup(sts: &mta_sts::MtaSts, domain: &str) -> mta_sts::Found {
 
 /// The MTA-STS service when `relay.mta_sts` is on: WebPKI roots plus `relay.ca_file`, the
 /// cache in `queue.dir`; and the TLS-RPT counts, kept there too.
-#[allow(clippy::type_complexity)]
 fn mta_sts_service(
     settings: &Settings,
     resolver: &mx::Resolver,
-) -> Result<Option<(mta_sts::Shared, Arc<tlsrpt::record::Recorder>)>, DeliveryError> {
+) -> Result<Option<StsParts>, DeliveryError> {
     let relay = &settings.relay;
     if !relay.mta_sts {
         return Ok(None);

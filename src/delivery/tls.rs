@@ -161,13 +161,16 @@ impl CertProblem {
 /// Most verdicts one [`Judge`] keeps (one per handshake; an attempt tries a few hosts).
 const MAX_VERDICTS: usize = 16;
 
-/// The WebPKI verdicts of one delivery attempt: (server name, refusal if any).
+/// One handshake's verdict: the server name, and the refusal if any.
+pub type Verdict = (String, Option<CertProblem>);
+
+/// The WebPKI verdicts of one delivery attempt.
 #[derive(Clone, Default, Debug)]
-pub struct Judge(Arc<Mutex<Vec<(String, Option<CertProblem>)>>>);
+pub struct Judge(Arc<Mutex<Vec<Verdict>>>);
 
 impl Judge {
     /// Every verdict so far, in handshake order.
-    pub fn verdicts(&self) -> Vec<(String, Option<CertProblem>)> {
+    pub fn verdicts(&self) -> Vec<Verdict> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
