@@ -179,7 +179,14 @@ impl Delivery {
         }
         // A safety net over a cached connection's transaction, DNS, and every host's bounded
         // session.
+        let policy = match &self.inner.route {
+            Route::Mx {
+                mta_sts: Some(_), ..
+            } => mta_sts::MtaSts::bound(),
+            _ => Duration::ZERO,
+        };
         let bound = mx::Resolver::bound()
+            + policy
             + self.inner.timeout
             + outbound::session_bound(self.inner.timeout, job)
                 .saturating_mul(outbound::MAX_ADDRESSES as u32 + 1);
