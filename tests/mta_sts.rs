@@ -368,19 +368,20 @@ async fn wait_counted(dir: &Path, needle: &str, server: &common::binary::Binary)
     }
 }
 
-/// `tls-report` at the control socket: the reply text after `OK `.
+/// `submitd tls-report` (the control socket's `tls-report`): what it prints.
 async fn tls_report(dir: &Path) -> String {
-    let queue = dir.join("queue");
-    tokio::task::spawn_blocking(move || {
-        submitd::control_socket::request(
-            &queue,
-            submitd::control_socket::Request::TlsReport,
-            Duration::from_secs(60),
+    let config = dir.join("submitd.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        common::run::run_submitd(
+            None,
+            &["tls-report", "--config", config.to_str().unwrap()],
+            None,
         )
     })
     .await
-    .unwrap()
-    .expect("tls-report refused")
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.stdout
 }
 
 fn gunzip_json(gz: &[u8]) -> serde_json::Value {
