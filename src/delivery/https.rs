@@ -151,10 +151,10 @@ async fn send(
         .handshake(TokioIo::new(tls))
         .await
         .map_err(|e| FetchError::Failed(format!("HTTP with {}: {e}", req.host)))?;
-    // The connection task ends with the exchange (or with the caller's timeout, when the
-    // sender and the body are dropped).
+    // The connection task ends with the exchange, when the sender and the body are dropped,
+    // and at the latest after FETCH_TIMEOUT.
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, conn).await;
     });
     sender
         .send_request(request)

@@ -273,3 +273,97 @@ impl Reporter {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::mta_sts::cache::Cached;
+    use super::super::mta_sts::{self, policy::parse_policy};
+    use super::super::mx::Target;
+    use super::super::outbound::TlsPolicy;
+    use super::*;
+
+    fn found(mode: &str, failure: Option<FetchFailure>) -> Found {
+        let text = format!("version: STSv1\nmode: {mode}\nmx: mx.a.test\nmax_age: 600\n");
+        Found {
+            cached: Some(Cached {
+                id: "1".into(),
+                fetched: 0,
+                policy: parse_policy(text.as_bytes()).unwrap(),
+                text,
+            }),
+            failure: failure.map(|f| (f, "why".to_string())),
+        }
+    }
+
+    fn applied(found: &Found, mx: &str) -> Applied {
+        let target = Target {
+            name: mx.into(),
+            addr: "127.0.0.1:25".parse().unwrap(),
+        };
+        let webpki = WebPki::new(None).unwrap();
+        let base = TlsPolicy::Opportunistic(super::super::tls::unverified());
+        mta_sts::apply(found.policy().unwrap(), vec![target], &webpki, &base).unwrap()
+    }
+
+    fn types(sessions: &[Session]) -> Vec<(Option<ResultType>, String)> {
+        sessions.iter().map(|s| (s.failure, s.mx.clone())).collect()
+    }
+
+    #[test]
+    fn sessions_of_an_attempt() {
+        // testing: a host outside the policy took the message in clear.
+        let f = found("testing", None);
+        let a = applied(&f, "evil.test");
+        let delivered = Outcome::Delivered {
+            host: "evil.test[127.0.0.1]:25".into(),
+            reply: "250 ok".into(),
+        };
+        assert_eq!(
+            types(&sessions(&f, Some(&a), &[delivered])),
+            [
+                (Some(ResultType::ValidationFailure), "evil.test".to_string()),
+                (
+                    Some(ResultType::StarttlsNotSupported),
+                    "evil.test".to_string()
+                ),
+            ]
+        );
+        // enforce: STARTTLS missing, and the policy fetch failed (the cached policy applied).
+        let f = found("enforce", Some(FetchFailure::WebPkiInvalid));
+        let a = applied(&f, "mx.a.test");
+        let deferred = Outcome::Deferred {
+            host: Some("mx.a.test[127.0.0.1]:25".into()),
+            reply: "TLS required but not offered by mx.a.test[127.0.0.1]:25".into(),
+        };
+        assert_eq!(
+            types(&sessions(&f, Some(&a), &[deferred])),
+            [
+                (Some(ResultType::StsWebpkiInvalid), String::new()),
+                (
+                    Some(ResultType::StarttlsNotSupported),
+                    "mx.a.test".to_string()
+                ),
+            ]
+        );
+        let info = policy_info(&f);
+        assert_eq!(info.policy_type, "sts");
+        assert_eq!(info.policy_string[1], "mode: enforce");
+        // No policy at all: nothing to count but a failed fetch.
+        let none = Found::default();
+        assert!(sessions(&none, None, &[]).is_empty());
+        assert_eq!(policy_info(&none).policy_type, "no-policy-found");
+    }
+
+    #[test]
+    fn result_types_are_spelled_as_rfc_8460() {
+        for t in [
+            ResultType::StarttlsNotSupported,
+            ResultType::CertificateHostMismatch,
+            ResultType::StsPolicyFetchError,
+            ResultType::DaneRequired,
+        ] {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+    }
+}
