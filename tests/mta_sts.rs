@@ -250,6 +250,31 @@ async fn a_policy_not_served_as_text_plain_is_refused() {
 }
 
 #[tokio::test]
+async fn oversized_response_headers_are_refused() {
+    let body = policy("enforce", &[MX], 86400);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Junk: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        "j".repeat(64 * 1024),
+        body.len()
+    );
+    failed_fetch_applies_no_policy(response.into_bytes()).await;
+}
+
+#[tokio::test]
+async fn mta_sts_off_fetches_nothing() {
+    let ca = TestCa::new();
+    let dns = dns("1").await;
+    let https = policy_server(&ca, ok_text(&policy("enforce", &[MX], 86400))).await;
+    let sink = mx_sink(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), &ca, &dns, sink.addr.port(), https.addr.port());
+    s.relay.mta_sts = false;
+    let delivery = Delivery::new(&s).unwrap();
+    assert_delivered(&attempt(&delivery).await);
+    assert!(https.requests().is_empty());
+}
+
+#[tokio::test]
 async fn an_invalid_policy_is_refused() {
     failed_fetch_applies_no_policy(ok_text("version: STSv1\r\nmode: enforce\r\n")).await;
 }
