@@ -180,18 +180,18 @@ pub struct Policy {
 #[error("invalid MTA-STS policy: {0}")]
 pub struct PolicyError(pub &'static str);
 
-/// Parse a policy file: `key: value` lines ended by LF or CRLF. `version: STSv1` must come
-/// first; `mode` and `max_age` once each; at least one `mx` unless the mode is `none`; other
+/// Parse a policy file: `key: value` lines ended by LF or CRLF, in any order. `version:
+/// STSv1`, `mode` and `max_age` once each; at least one `mx` unless the mode is `none`; other
 /// keys (extensions) are ignored when well-formed.
 pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
     if body.len() > MAX_POLICY_BYTES {
         return Err(PolicyError("larger than 64 KiB"));
     }
     let text = std::str::from_utf8(body).map_err(|_| PolicyError("not UTF-8"))?;
-    let mut lines = text.split('\n').enumerate().peekable();
+    let mut lines = text.split('\n').peekable();
     let (mut mode, mut max_age, mut mx) = (None, None, Vec::new());
     let mut saw_version = false;
-    while let Some((i, line)) = lines.next() {
+    while let Some(line) = lines.next() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() && lines.peek().is_none() {
             break; // the final line terminator
@@ -203,15 +203,10 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
             return Err(PolicyError("bad field name"));
         }
         let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        if i == 0 {
-            if key != "version" || value != "STSv1" {
-                return Err(PolicyError("first line must be version: STSv1"));
-            }
-            saw_version = true;
-            continue;
-        }
         match key {
-            "version" => return Err(PolicyError("version given twice")),
+            "version" if saw_version => return Err(PolicyError("version given twice")),
+            "version" if value != "STSv1" => return Err(PolicyError("version must be STSv1")),
+            "version" => saw_version = true,
             "mode" if mode.is_some() => return Err(PolicyError("mode given twice")),
             "mode" => mode = Some(parse_mode(value)?),
             "max_age" if max_age.is_some() => return Err(PolicyError("max_age given twice")),
@@ -223,7 +218,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         }
     }
     if !saw_version {
-        return Err(PolicyError("empty"));
+        return Err(PolicyError("no version: STSv1"));
     }
     let mode = mode.ok_or(PolicyError("no mode"))?;
     let max_age = max_age.ok_or(PolicyError("no max_age"))?;
@@ -354,10 +349,13 @@ mod tests {
             (Mode::Testing, vec!["mx.example.com".into()])
         );
         let none = parse_policy(b"version: STSv1\nmode: none\nmax_age: 86400\n").unwrap();
+        let any_order = b"mx: a.b\nmax_age: 5\nversion: STSv1\nmode: enforce\n";
+        assert_eq!(parse_policy(any_order).unwrap().mx, ["a.b"]);
         assert_eq!(none.mode, Mode::None);
         for bad in [
             "",
-            "mode: enforce\nversion: STSv1\nmx: a.b\nmax_age: 1\n",
+            "mode: enforce\nmx: a.b\nmax_age: 1\n",
+            "version: STSv1\nversion: STSv1\nmode: enforce\nmx: a.b\nmax_age: 1\n",
             "version: STSv2\nmode: enforce\nmx: a.b\nmax_age: 1\n",
             "version: STSv1\nmode: enforce\nmax_age: 1\n",
             "version: STSv1\nmode: block\nmx: a.b\nmax_age: 1\n",
@@ -391,7 +389,9 @@ mod tests {
     proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let _ = parse_policy(&bytes);
+            if let Ok(p) = parse_policy(&bytes) {
+                prop_assert_eq!(parse_policy(p.lines().join("\n").as_bytes()), Ok(p));
+            }
             let _ = parse_txt(&[bytes.clone(), bytes]);
         }
 
