@@ -438,18 +438,31 @@ fn report_attachment(message: &[u8]) -> serde_json::Value {
     gunzip_json(&gz)
 }
 
+/// An MX sink on 127.0.0.1 presenting `cert`, and a plain report sink on 127.0.0.2 on the
+/// same port (tried a bounded number of times: the port may be taken on 127.0.0.2).
+async fn sinks_on_one_port(cert: Option<(String, String)>) -> (Sink, Sink) {
+    for _ in 0..20 {
+        let mx = mx_sink(cert.clone()).await;
+        let second = SocketAddr::from(([127, 0, 0, 2], mx.addr.port()));
+        if std::net::TcpListener::bind(second).is_ok() {
+            let reports = Sink::start(SinkOptions {
+                bind: Some(second),
+                ..SinkOptions::default()
+            })
+            .await;
+            return (mx, reports);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn enforce_failure_is_reported_by_mail_after_tls_report() {
     let ca = TestCa::new();
     // The policy domain's MX (wrong certificate) on 127.0.0.1, the report domain's MX on
     // 127.0.0.2, the same port (relay.port is one for all).
-    let mx = mx_sink(Some(ca.issue(&["other.test"]))).await;
+    let (mx, reports) = sinks_on_one_port(Some(ca.issue(&["other.test"]))).await;
     let port = mx.addr.port();
-    let reports = Sink::start(SinkOptions {
-        bind: Some(SocketAddr::from(([127, 0, 0, 2], port))),
-        ..SinkOptions::default()
-    })
-    .await;
     let dns = DnsServer::start(vec![
         ("sts.test.", Rr::Mx(10, "mx.sts.test.")),
         ("mx.sts.test.", Rr::A(LOCALHOST)),
