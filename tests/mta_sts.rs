@@ -208,8 +208,9 @@ async fn mode_none_is_no_policy() {
 }
 
 /// A fetch that fails in a way the policy server controls: no policy is applied (the MX
-/// without STARTTLS gets the message in clear, as with `relay.tls = "opportunistic"`).
-async fn failed_fetch_applies_no_policy(response: Vec<u8>) {
+/// without STARTTLS gets the message in clear, as with `relay.tls = "opportunistic"`), and
+/// the failure is counted for TLS-RPT as `result_type`.
+async fn failed_fetch_applies_no_policy(response: Vec<u8>, result_type: &str) {
     let ca = TestCa::new();
     let dns = dns("1").await;
     let https = policy_server(&ca, response).await;
@@ -223,12 +224,22 @@ async fn failed_fetch_applies_no_policy(response: Vec<u8>) {
         !dir.path().join("queue/mta-sts/sts.test").exists(),
         "nothing cached"
     );
+    assert_counted(dir.path(), result_type);
+}
+
+/// The TLS-RPT counts on disk hold one failure of `result_type` for sts.test.
+fn assert_counted(dir: &Path, result_type: &str) {
+    let text = std::fs::read_to_string(dir.join("queue/tlsrpt/state.json")).unwrap();
+    let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let domain = &counts["domains"]["sts.test"];
+    assert_eq!(domain["details"][0]["result_type"], result_type, "{text}");
+    assert_eq!(domain["failure"], 1, "{text}");
 }
 
 #[tokio::test]
 async fn a_redirect_is_not_followed() {
     let redirect = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://mta-sts.sts.test/other\r\nContent-Length: 0\r\n\r\n".to_vec();
-    failed_fetch_applies_no_policy(redirect).await;
+    failed_fetch_applies_no_policy(redirect, "sts-policy-fetch-error").await;
 }
 
 #[tokio::test]
@@ -236,7 +247,7 @@ async fn an_oversized_policy_is_refused() {
     let mut body = policy("enforce", &[MX], 86400);
     body.push_str(&"x: y\r\n".repeat(64 * 1024 / 6 + 1));
     assert!(body.len() > 64 * 1024);
-    failed_fetch_applies_no_policy(ok_text(&body)).await;
+    failed_fetch_applies_no_policy(ok_text(&body), "sts-policy-fetch-error").await;
 }
 
 #[tokio::test]
@@ -246,7 +257,7 @@ async fn a_policy_not_served_as_text_plain_is_refused() {
         "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    failed_fetch_applies_no_policy(response.into_bytes()).await;
+    failed_fetch_applies_no_policy(response.into_bytes(), "sts-policy-fetch-error").await;
 }
 
 #[tokio::test]
@@ -257,7 +268,7 @@ async fn oversized_response_headers_are_refused() {
         "j".repeat(64 * 1024),
         body.len()
     );
-    failed_fetch_applies_no_policy(response.into_bytes()).await;
+    failed_fetch_applies_no_policy(response.into_bytes(), "sts-policy-fetch-error").await;
 }
 
 #[tokio::test]
@@ -276,7 +287,11 @@ async fn mta_sts_off_fetches_nothing() {
 
 #[tokio::test]
 async fn an_invalid_policy_is_refused() {
-    failed_fetch_applies_no_policy(ok_text("version: STSv1\r\nmode: enforce\r\n")).await;
+    failed_fetch_applies_no_policy(
+        ok_text("version: STSv1\r\nmode: enforce\r\n"),
+        "sts-policy-invalid",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -295,6 +310,7 @@ async fn a_policy_server_with_an_untrusted_certificate_is_refused() {
     let delivery = Delivery::new(&s).unwrap();
     assert_delivered(&attempt(&delivery).await);
     assert_eq!(sink.received().len(), 1);
+    assert_counted(dir.path(), "sts-webpki-invalid");
 }
 
 /// The policy survives a restart (kept in `queue.dir`) and stays in force while the policy
