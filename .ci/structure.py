@@ -16,9 +16,10 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 MAX_FN_LINES = 120
 # Files allowed to use tokio::net / tokio::io (sockets and byte streams): the listener and
-# everything under it, the session driver, the outbound SMTP driver, and the Dovecot backend
+# everything under it, the session driver, the outbound SMTP driver, the HTTPS client of
+# MTA-STS and TLS-RPT (delivery/https), and the Dovecot backend
 # (its auth socket).
-NET_IO_ALLOWED = {"session/driver", "listener", "delivery/outbound", "auth/backend/dovecot"}
+NET_IO_ALLOWED = {"session/driver", "listener", "delivery/outbound", "delivery/https", "auth/backend/dovecot"}
 
 
 def net_io_allowed(mod):

@@ -15,6 +15,7 @@
 //! reload\n  ->  OK reloaded: users=3\n  |  ERR reload refused: FILE: KEY: WHY\n
 //! flush\n   ->  OK flush started\n
 //! rescan\n  ->  OK rescan started\n
+//! tls-report\n  ->  OK tls reports: domains=1 mailed=1 posted=0 failed=0\n  |  ERR ...\n
 //! ```
 //!
 //! Bounds: a request line of at most [`MAX_LINE`] octets read within [`READ_TIMEOUT`]; at most
@@ -54,6 +55,8 @@ pub enum Request {
     Rescan,
     /// The destinations polite delivery holds or slows now (`queue list`).
     Throttled,
+    /// Send the TLS-RPT reports now (RFC 8460) rather than at the next UTC midnight.
+    TlsReport,
 }
 
 impl Request {
@@ -63,6 +66,7 @@ impl Request {
             Request::Flush => "flush\n",
             Request::Rescan => "rescan\n",
             Request::Throttled => "throttled\n",
+            Request::TlsReport => "tls-report\n",
         }
     }
 }
@@ -75,7 +79,8 @@ pub fn parse(line: &[u8]) -> Result<Request, &'static str> {
         b"flush" => Ok(Request::Flush),
         b"rescan" => Ok(Request::Rescan),
         b"throttled" => Ok(Request::Throttled),
-        _ => Err("unknown command (reload, flush, rescan, throttled)"),
+        b"tls-report" => Ok(Request::TlsReport),
+        _ => Err("unknown command (reload, flush, rescan, throttled, tls-report)"),
     }
 }
 
@@ -235,6 +240,7 @@ mod tests {
         assert_eq!(parse(b"flush\r"), Ok(Request::Flush));
         assert_eq!(parse(b"rescan"), Ok(Request::Rescan));
         assert_eq!(parse(b"throttled"), Ok(Request::Throttled));
+        assert_eq!(parse(b"tls-report"), Ok(Request::TlsReport));
         assert!(parse(b"kill 1").is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"RELOAD").is_err());

@@ -51,7 +51,8 @@
 //!   DSNs (`bounce`), the `Courier` trait it delivers through, and the `queue` commands
 //!   (`control`), which coordinate with a running server through per-message locks.
 //! - [`delivery`]: the `Courier`: MX resolution, one outbound SMTP attempt through lettre with
-//!   an outcome per recipient, connection reuse, and the capture destination.
+//!   an outcome per recipient, connection reuse, and the capture destination; MTA-STS policies
+//!   (`mta_sts`, fetched through `https`) and TLS-RPT counts and reports (`tlsrpt`).
 //! - [`ipkey`]: the client address as the per-address limits count it (IPv6 per network).
 //! - [`logsafe`]: escaping of network-supplied text before it reaches a log line.
 //! - [`control_socket`]: `<queue.dir>/submitd.sock`, how `submitd reload` and `queue retry`

@@ -18,6 +18,7 @@ use crate::auth::users::UserStore;
 use crate::auth::verify::Verifier;
 use crate::config::{AuthBackend, ConfigError, ConfigErrors, Settings};
 use crate::delivery::Delivery;
+use crate::delivery::tlsrpt::Reporter;
 use crate::intake::Intake;
 use crate::listener::{Admission, Current, Live, ProxyStats, Sockets};
 use crate::metrics::Metrics;
@@ -96,6 +97,8 @@ pub struct Server {
         Arc<crate::state::Shared>,
         Arc<crate::auth::suspend::Suspensions>,
     )>,
+    /// TLS-RPT reports (MX mode with `relay.mta_sts`): daily, and on `tls-report`.
+    tls_reporter: Option<Arc<Reporter>>,
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -141,8 +144,24 @@ impl Server {
             tokio::spawn(probe_directory(verifier.clone()));
         }
         let delivery = Arc::new(Delivery::new(&settings)?);
+        let reporting = delivery.tls_reporting();
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
+        let tls_reporter = reporting.map(|(recorder, resolver, webpki)| {
+            Arc::new(Reporter {
+                recorder,
+                resolver,
+                webpki,
+                spool: spool.clone(),
+                queue: queue.clone(),
+                hostname: settings.hostname.clone(),
+                from: settings
+                    .tls
+                    .reporting_from
+                    .clone()
+                    .unwrap_or_else(|| format!("postmaster@{}", settings.hostname)),
+            })
+        });
         let limits = &settings.limits;
         let ctx = Arc::new(Context {
             config: session_config(&settings, Some(quota.clone())),
@@ -178,6 +197,7 @@ impl Server {
             verifier,
             scheduler,
             follow,
+            tls_reporter,
         })
     }
 
@@ -214,6 +234,11 @@ impl Server {
         self.shared.current().ctx.intake.queue.clone()
     }
 
+    /// The TLS-RPT reporter, when MX mode with `relay.mta_sts` (for the control socket).
+    pub fn tls_reporter(&self) -> Option<Arc<Reporter>> {
+        self.tls_reporter.clone()
+    }
+
     /// Connections closed by the PROXY protocol checks so far.
     pub fn proxy_stats(&self) -> Arc<ProxyStats> {
         self.shared.admission.proxy_stats.clone()
@@ -231,6 +256,9 @@ impl Server {
                 suspensions,
                 shutdown.clone(),
             ));
+        }
+        if let Some(reporter) = self.tls_reporter.clone() {
+            tokio::spawn(daily_tls_reports(reporter, shutdown.clone()));
         }
         let metrics = self.shared.current().ctx.metrics.clone();
         let admission = self.shared.admission.clone();
@@ -258,6 +286,21 @@ impl Server {
         let _ = queue.await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Send the TLS-RPT reports at every UTC midnight (RFC 8460 section 4.1: a report covers a
+/// UTC day), until `shutdown`.
+async fn daily_tls_reports(reporter: Arc<Reporter>, shutdown: CancellationToken) {
+    const DAY: u64 = 86_400;
+    loop {
+        let now = crate::clock::unix_now();
+        let wait = std::time::Duration::from_secs((now / DAY + 1) * DAY - now);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        reporter.send().await;
     }
 }
 

@@ -52,7 +52,7 @@ impl Polite {
         let pid = submitd::pidfile::PidFile::acquire(&queue_dir).unwrap();
         submitd::listener::control::ControlSocket::bind(&queue_dir, &pid)
             .unwrap()
-            .serve(server.reloader(), server.queue(), shutdown.clone())
+            .serve(server.reloader(), server.queue(), None, shutdown.clone())
             .unwrap();
         tokio::spawn(server.run(shutdown.clone()));
         Polite {

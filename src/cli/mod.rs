@@ -2,7 +2,8 @@
 //!
 //! - [`serve`]: load the config, start logging, run the server, drain on SIGTERM/SIGINT.
 //! - [`signals`]: every signal handler the server installs, and the loops behind them.
-//! - [`check_config`], [`health`], [`reload`]: one-shot checks and the control socket.
+//! - [`check_config`], [`health`], [`reload`], [`tls_report`]: one-shot checks and the control
+//!   socket.
 //! - [`user`], [`password`]: the users file (add, passwd, del, list, suspend) and password input.
 //! - [`queue`]: list, show, retry, hold, release, delete.
 //! - [`dkim`], [`cert`]: key and certificate generation.
@@ -16,6 +17,7 @@ mod queue;
 mod reload;
 mod serve;
 mod signals;
+mod tls_report;
 mod user;
 
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ pub(crate) enum Command {
     /// Make the running server re-read its config, certificate, users and limits (through the
     /// control socket <queue.dir>/submitd.sock); open sessions are not dropped.
     Reload,
+    /// Make the running server send its TLS-RPT reports (RFC 8460) now rather than at the next
+    /// UTC midnight (through the control socket).
+    TlsReport,
 }
 
 /// Why a command failed, which decides the exit code.
@@ -126,5 +131,6 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Health => health::health(config),
         Command::Dkim(cmd) => dkim::dkim(cmd),
         Command::Reload => reload::reload(config),
+        Command::TlsReport => tls_report::tls_report(config),
     }
 }

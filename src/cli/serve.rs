@@ -124,7 +124,12 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
         .context("creating the control socket")
         .and_then(|socket| {
             socket
-                .serve(server.reloader(), server.queue(), shutdown.clone())
+                .serve(
+                    server.reloader(),
+                    server.queue(),
+                    server.tls_reporter(),
+                    shutdown.clone(),
+                )
                 .context("serving the control socket")
         });
     let control = match control {

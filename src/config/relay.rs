@@ -33,6 +33,10 @@ pub struct RelaySettings {
     pub capture_dir: Option<PathBuf>,
     /// Polite delivery: per-destination concurrency, rate and throttling backoff.
     pub polite: super::polite::PoliteSettings,
+    /// `relay.mta_sts`: look up and apply MTA-STS policies (RFC 8461) in MX mode.
+    pub mta_sts: bool,
+    /// `relay.mta_sts_port`: the HTTPS port policies are fetched from (443; tests only).
+    pub mta_sts_port: u16,
 }
 
 /// `relay.mode`: where messages go.
@@ -142,6 +146,17 @@ pub(super) struct RawRelay {
     throttle_backoff_max: String,
     #[serde(default)]
     dnssec_trust_anchor: String,
+    #[serde(default = "default_mta_sts")]
+    mta_sts: bool,
+    #[serde(default = "default_mta_sts_port")]
+    mta_sts_port: i64,
+}
+
+fn default_mta_sts() -> bool {
+    true
+}
+fn default_mta_sts_port() -> i64 {
+    443
 }
 
 fn default_relay_mode() -> String {
@@ -179,6 +194,8 @@ impl Default for RawRelay {
             throttle_backoff: super::polite::default_throttle_backoff(),
             throttle_backoff_max: super::polite::default_throttle_backoff_max(),
             dnssec_trust_anchor: String::new(),
+            mta_sts: default_mta_sts(),
+            mta_sts_port: default_mta_sts_port(),
         }
     }
 }
@@ -196,6 +213,7 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         ],
     );
     let port = positive(p, "relay.port", r.port, u16::MAX as u64);
+    let mta_sts_port = positive(p, "relay.mta_sts_port", r.mta_sts_port, u16::MAX as u64);
     let tls = one_of(
         p,
         "relay.tls",
@@ -258,6 +276,8 @@ pub(super) fn parse(r: &RawRelay, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         dnssec_trust_anchor,
         capture_dir,
         polite: polite?,
+        mta_sts: r.mta_sts,
+        mta_sts_port: mta_sts_port? as u16,
     })
 }
 
@@ -425,6 +445,17 @@ mod tests {
         // The smarthost is only checked when it is used.
         assert!(parse(&with("[relay]\nsmarthost = \"junk\"")).is_ok());
         assert_error(&with("[relay]\nport = 0"), "relay.port", "positive");
+        assert_error(
+            &with("[relay]\nmta_sts_port = 0"),
+            "relay.mta_sts_port",
+            "positive",
+        );
+        let s = parse(&with("[relay]\nmta_sts = false\nmta_sts_port = 8443")).unwrap();
+        assert!(!s.relay.mta_sts);
+        assert_eq!(s.relay.mta_sts_port, 8443);
+        let s = parse(MINIMAL).unwrap();
+        assert!(s.relay.mta_sts, "on by default");
+        assert_eq!(s.relay.mta_sts_port, 443);
         assert_error(
             &with("[relay]\nport = 70000"),
             "relay.port",

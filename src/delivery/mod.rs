@@ -11,6 +11,8 @@
 //! - [`stored`]: reading a queued message in bounded pieces.
 //! - [`pool`]: connection reuse, several messages per connection to the same destination.
 //! - [`capture`]: `relay.mode = "capture"`, messages written to `relay.capture_dir` (development).
+//! - [`mta_sts`]: MTA-STS policies (RFC 8461), fetched through [`https`], cached in
+//!   `queue.dir`, applied to the MX targets ([`mta_sts::apply`]).
 //!
 //! [`Delivery`] is the queue's [`Courier`]: the queue scheduler (`queue::scheduler`) decides
 //! when to call it and what the outcomes do (retries, and DSNs in `queue::bounce`); this module
@@ -31,12 +33,15 @@ pub mod capture;
 pub mod dane;
 pub mod dnssec;
 pub mod dotstuff;
+pub mod https;
+pub mod mta_sts;
 pub mod mx;
 pub mod outbound;
 pub mod policy;
 pub mod pool;
 pub mod stored;
 pub mod tls;
+pub mod tlsrpt;
 
 use crate::logsafe::Escaped;
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +88,8 @@ enum Route {
         port: u16,
         /// The TLS policy per host (`relay.tls`, DANE).
         tls: policy::MxPolicy,
+        /// `relay.mta_sts = true`: the policies, and the TLS-RPT counts.
+        mta_sts: Option<StsParts>,
     },
     /// Everything to one host (`relay.mode = "smarthost"`).
     Smarthost {
@@ -113,11 +120,15 @@ impl Delivery {
     pub fn new(settings: &Settings) -> Result<Delivery, DeliveryError> {
         let relay = &settings.relay;
         let route = match relay.mode {
-            RelayMode::Mx => Route::Mx {
-                resolver: mx::Resolver::new(&relay.resolver)?,
-                port: relay.port,
-                tls: policy::MxPolicy::new(relay)?,
-            },
+            RelayMode::Mx => {
+                let resolver = mx::Resolver::new(&relay.resolver)?;
+                Route::Mx {
+                    mta_sts: mta_sts_service(settings, &resolver)?,
+                    resolver,
+                    port: relay.port,
+                    tls: policy::MxPolicy::new(relay)?,
+                }
+            }
             RelayMode::Smarthost => {
                 let smarthost = relay.smarthost.as_ref().ok_or_else(|| {
                     DeliveryError(
@@ -182,7 +193,14 @@ impl Delivery {
         }
         // A safety net over a cached connection's transaction, DNS, and every host's bounded
         // session.
+        let policy = match &self.inner.route {
+            Route::Mx {
+                mta_sts: Some(_), ..
+            } => mta_sts::MtaSts::bound(),
+            _ => Duration::ZERO,
+        };
         let bound = mx::Resolver::bound()
+            + policy
             + self.inner.timeout
             + outbound::session_bound(self.inner.timeout, job)
                 .saturating_mul(outbound::MAX_ADDRESSES as u32 + 1);
@@ -226,7 +244,19 @@ impl Delivery {
             };
             return vec![failed; n];
         }
+        // MTA-STS first: a domain under a policy gets its own pooled connections (made under
+        // that policy), never one made without it.
+        let found = match &inner.route {
+            Route::Mx {
+                mta_sts: Some((sts, _)),
+                ..
+            } => Some(sts_lookup(sts, job.domain).await),
+            _ => None,
+        };
         let key = match &inner.route {
+            Route::Mx { .. } if found.as_ref().is_some_and(|f| f.policy().is_some()) => {
+                format!("mta-sts:{}", job.domain.to_lowercase())
+            }
             Route::Mx { .. } => job.domain.to_lowercase(),
             Route::Smarthost { .. } => String::new(),
             Route::Capture { dir } => return capture::deliver(dir, job).await,
@@ -260,45 +290,15 @@ impl Delivery {
             }
         }
         let permit = inner.pool.permit().await;
-        let hops = match &inner.route {
+        let plan = match &inner.route {
             Route::Mx {
                 resolver,
                 port,
                 tls,
+                mta_sts,
             } => {
-                let lookup = resolver.targets(job.domain, *port);
-                match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
-                    Ok(Ok(targets)) => {
-                        // DANE's validated lookups (MX, then TLSA per host) after the MX
-                        // lookup, bounded like it.
-                        let decide = tls.hops(job.queue_id, job.domain, targets);
-                        match tokio::time::timeout(mx::Resolver::bound(), decide).await {
-                            Ok(Ok(hops)) => hops,
-                            Ok(Err(reply)) => {
-                                return vec![Outcome::Deferred { host: None, reply }; n];
-                            }
-                            Err(_) => {
-                                let reply = format!("DNSSEC lookups for {} timed out", job.domain);
-                                return vec![Outcome::Deferred { host: None, reply }; n];
-                            }
-                        }
-                    }
-                    Ok(Err(mx::MxError::Permanent { status, reply })) => {
-                        let failed = Outcome::Failed {
-                            host: None,
-                            reply,
-                            status: status.to_string(),
-                        };
-                        return vec![failed; n];
-                    }
-                    Ok(Err(mx::MxError::Temporary { reply })) => {
-                        return vec![Outcome::Deferred { host: None, reply }; n];
-                    }
-                    Err(_) => {
-                        let reply = format!("DNS lookup for {} timed out", job.domain);
-                        return vec![Outcome::Deferred { host: None, reply }; n];
-                    }
-                }
+                let sts = mta_sts.as_ref().map(|(s, _)| &**s);
+                mx_plan(resolver, *port, tls, sts, found.as_ref(), job).await
             }
             Route::Smarthost {
                 resolver,
@@ -306,22 +306,34 @@ impl Delivery {
                 port,
                 tls,
             } => match smarthost_targets(resolver.as_ref(), host, *port).await {
-                Ok(targets) => targets
-                    .into_iter()
-                    .map(|target| Hop {
-                        target,
-                        tls: tls.clone(),
-                    })
-                    .collect(),
-                Err(reply) => return vec![Outcome::Deferred { host: None, reply }; n],
+                Ok(targets) => Ok(Plan {
+                    hops: targets
+                        .into_iter()
+                        .map(|target| Hop {
+                            target,
+                            tls: tls.clone(),
+                        })
+                        .collect(),
+                    sts: None,
+                }),
+                Err(reply) => Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
             },
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err((outcomes, sts)) => {
+                self.report(job.domain, found.as_ref(), sts.as_ref(), &outcomes)
+                    .await;
+                return outcomes;
+            }
+        };
         let mx = matches!(inner.route, Route::Mx { .. });
-        let hops = match hops_for(job, hops, mx) {
+        let hops = match hops_for(job, plan.hops, mx) {
             Ok(hops) => hops,
             Err(failed) => return vec![failed; n],
         };
+        let any_tls = hops.iter().any(|h| !matches!(h.tls, TlsPolicy::None));
         let session = outbound::Session {
             hello: &inner.hello,
             credentials: inner.credentials.as_ref(),
@@ -331,8 +343,157 @@ impl Delivery {
         if let Some(conn) = conn {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
+        if any_tls {
+            self.report(job.domain, found.as_ref(), plan.sts.as_ref(), &outcomes)
+                .await;
+        }
         outcomes
     }
+
+    /// Count an attempt's TLS sessions for TLS-RPT (domains with an MTA-STS policy, or
+    /// whose policy fetch failed).
+    async fn report(
+        &self,
+        domain: &str,
+        found: Option<&mta_sts::Found>,
+        applied: Option<&mta_sts::Applied>,
+        outcomes: &[Outcome],
+    ) {
+        let (
+            Route::Mx {
+                mta_sts: Some((_, recorder)),
+                ..
+            },
+            Some(found),
+        ) = (&self.inner.route, found)
+        else {
+            return;
+        };
+        let Some(ascii) = mx::to_ascii_domain(domain) else {
+            return;
+        };
+        let sessions = tlsrpt::sessions(found, applied, outcomes);
+        recorder
+            .record(&ascii, tlsrpt::policy_info(found), &sessions)
+            .await;
+    }
+
+    /// What the TLS-RPT reporter needs from delivery: the counts, the resolver and the
+    /// WebPKI roots (`None` unless MX mode with `relay.mta_sts`).
+    pub fn tls_reporting(&self) -> Option<ReportingParts> {
+        match &self.inner.route {
+            Route::Mx {
+                mta_sts: Some((sts, recorder)),
+                resolver,
+                ..
+            } => Some((recorder.clone(), resolver.clone(), sts.webpki().clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The hosts to try and the TLS to use with them.
+struct Plan {
+    /// Each host to try with its TLS policy.
+    hops: Vec<Hop>,
+    /// The MTA-STS policy applied, if any (for TLS-RPT).
+    sts: Option<mta_sts::Applied>,
+}
+
+/// What the TLS-RPT reporter takes from delivery ([`Delivery::tls_reporting`]).
+pub type ReportingParts = (Arc<tlsrpt::record::Recorder>, mx::Resolver, tls::WebPki);
+
+/// The MTA-STS service and the TLS-RPT counts.
+type StsParts = (mta_sts::Shared, Arc<tlsrpt::record::Recorder>);
+
+/// No delivery this time: every recipient's outcome, and the MTA-STS policy that refused
+/// (for TLS-RPT).
+type NoPlan = (Vec<Outcome>, Option<mta_sts::Applied>);
+
+/// MX lookup, then the MTA-STS policy `found` (if any) applied to the targets.
+async fn mx_plan(
+    resolver: &mx::Resolver,
+    port: u16,
+    tls: &policy::MxPolicy,
+    sts: Option<&mta_sts::MtaSts>,
+    found: Option<&mta_sts::Found>,
+    job: &Job<'_>,
+) -> Result<Plan, NoPlan> {
+    let n = job.recipients.len();
+    let lookup = resolver.targets(job.domain, port);
+    let targets = match tokio::time::timeout(mx::Resolver::bound(), lookup).await {
+        Ok(Ok(targets)) => targets,
+        Ok(Err(mx::MxError::Permanent { status, reply })) => {
+            let failed = Outcome::Failed {
+                host: None,
+                reply,
+                status: status.to_string(),
+            };
+            return Err((vec![failed; n], None));
+        }
+        Ok(Err(mx::MxError::Temporary { reply })) => {
+            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
+        }
+        Err(_) => {
+            let reply = format!("DNS lookup for {} timed out", job.domain);
+            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
+        }
+    };
+    // MTA-STS for the hosts DANE does not cover (RFC 8461 section 2: DANE first, per host).
+    let applied = match (sts, found.and_then(|f| f.policy())) {
+        (Some(sts), Some(policy)) => {
+            match mta_sts::apply(policy, targets.clone(), sts.webpki(), &tls.base()) {
+                Ok(applied) => Some(applied),
+                Err(reply) => return Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
+            }
+        }
+        _ => None,
+    };
+    // DANE's validated lookups (MX, then TLSA per host) after the MX lookup, bounded like it.
+    let decide = tls.hops(job.queue_id, job.domain, targets, applied.as_ref());
+    match tokio::time::timeout(mx::Resolver::bound(), decide).await {
+        Ok(Ok(hops)) => Ok(Plan { hops, sts: applied }),
+        Ok(Err(reply)) => Err((vec![Outcome::Deferred { host: None, reply }; n], applied)),
+        Err(_) => {
+            let reply = format!("DNSSEC lookups for {} timed out", job.domain);
+            Err((vec![Outcome::Deferred { host: None, reply }; n], applied))
+        }
+    }
+}
+
+/// The MTA-STS policy of `domain`, bounded in time (no policy when it cannot be had in time,
+/// or for a domain literal).
+async fn sts_lookup(sts: &mta_sts::MtaSts, domain: &str) -> mta_sts::Found {
+    let Some(ascii) = mx::to_ascii_domain(domain).filter(|d| !d.starts_with('[')) else {
+        return mta_sts::Found::default();
+    };
+    tokio::time::timeout(mta_sts::MtaSts::bound(), sts.lookup(&ascii))
+        .await
+        .unwrap_or_default()
+}
+
+/// The MTA-STS service when `relay.mta_sts` is on: WebPKI roots plus `relay.ca_file`, the
+/// cache in `queue.dir`; and the TLS-RPT counts, kept there too.
+fn mta_sts_service(
+    settings: &Settings,
+    resolver: &mx::Resolver,
+) -> Result<Option<StsParts>, DeliveryError> {
+    let relay = &settings.relay;
+    if !relay.mta_sts {
+        return Ok(None);
+    }
+    let webpki = tls::WebPki::new(relay.ca_file.as_deref()).map_err(DeliveryError)?;
+    let sts = Arc::new(mta_sts::MtaSts::new(
+        resolver.clone(),
+        webpki,
+        relay.mta_sts_port,
+        &settings.queue.dir,
+    ));
+    let recorder = Arc::new(tlsrpt::record::Recorder::open(
+        &settings.queue.dir,
+        crate::clock::unix_now(),
+    ));
+    Ok(Some((sts, recorder)))
 }
 
 impl Courier for Delivery {
@@ -373,7 +534,10 @@ fn hops_for(job: &Job<'_>, hops: Vec<Hop>, mx: bool) -> Result<Vec<Hop>, Outcome
     Ok(hops
         .into_iter()
         .map(|mut h| {
-            if matches!(h.tls, TlsPolicy::Dane(_) | TlsPolicy::StartTlsVerified(_)) {
+            if matches!(
+                h.tls,
+                TlsPolicy::Dane(_) | TlsPolicy::StartTlsVerified(_) | TlsPolicy::StartTlsWebPki(_)
+            ) {
                 h.tls = TlsPolicy::Opportunistic(tls::unverified());
             }
             h

@@ -268,6 +268,28 @@ pub(super) fn builder(
     Ok(builder)
 }
 
+impl Resolver {
+    /// The TXT records of `name` (MTA-STS, TLS-RPT), each the concatenation of its strings;
+    /// `Ok(empty)` when the name has none or does not exist, `Err` on a temporary failure.
+    /// At most 16 records of at most 4 KiB each are kept.
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, String> {
+        match self.inner.txt_lookup(fqdn(name)).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(t.txt_data.concat()),
+                    _ => None,
+                })
+                .filter(|t| t.len() <= 4096)
+                .take(16)
+                .collect()),
+            Err(e) if classify(&e) == Negative::Other => Err(e.to_string()),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+}
+
 /// What a failed lookup means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Negative {

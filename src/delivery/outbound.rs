@@ -132,6 +132,9 @@ pub enum TlsPolicy {
     StartTlsVerified(Verified),
     /// TLS from the first byte, verified ([`tls::smarthost`]; smarthost `implicit`).
     Implicit(Verified),
+    /// STARTTLS must be offered and succeed, the certificate verified by this config
+    /// (WebPKI, [`tls::WebPki::judged`]) for each MX host's own name (MTA-STS `enforce`).
+    StartTlsWebPki(Arc<ClientConfig>),
     /// DANE (RFC 7672): STARTTLS must be offered and succeed, the certificate matched against
     /// the host's authenticated TLSA records ([`super::dane::client_config`]); the MX name as
     /// SNI. Verified. Never clear text.
@@ -152,7 +155,10 @@ impl TlsPolicy {
     /// MTA-STS `enforce` policies belong here too.
     pub fn verifies(&self) -> bool {
         match self {
-            TlsPolicy::StartTlsVerified(_) | TlsPolicy::Implicit(_) | TlsPolicy::Dane(_) => true,
+            TlsPolicy::StartTlsVerified(_)
+            | TlsPolicy::Implicit(_)
+            | TlsPolicy::Dane(_)
+            | TlsPolicy::StartTlsWebPki(_) => true,
             TlsPolicy::None | TlsPolicy::Opportunistic(_) | TlsPolicy::Required(_) => false,
         }
     }
@@ -471,7 +477,10 @@ async fn set_up(
         TlsPolicy::StartTlsVerified(v) => Some((v.config.clone(), v.name.clone())),
         TlsPolicy::Opportunistic(config)
         | TlsPolicy::Required(config)
-        | TlsPolicy::Dane(config) => Some((config.clone(), tls::mx_server_name(&hop.target))),
+        | TlsPolicy::Dane(config)
+        | TlsPolicy::StartTlsWebPki(config) => {
+            Some((config.clone(), tls::mx_server_name(&hop.target)))
+        }
     };
     if let Some((config, name)) = upgrade
         && let Err(e) = c.starttls(config, name).await

@@ -25,6 +25,7 @@ use rustls::ClientConfig;
 use super::DeliveryError;
 use super::dane::{self, HostDane};
 use super::dnssec::{Security, Validator};
+use super::mta_sts::Applied;
 use super::mx::{Target, parse_domain_literal, to_ascii_domain};
 use super::outbound::{Hop, TlsPolicy};
 use super::tls::{self, Verified};
@@ -68,10 +69,22 @@ impl MxPolicy {
         })
     }
 
-    /// The policy when DANE does not apply to a host of `domain`.
-    fn fallback(&self, _domain: &str) -> TlsPolicy {
-        // MTA-STS (RFC 8461) slots in here: an enforced policy for `_domain` comes before
-        // `relay.tls`. For `dane` mode, `relay.tls` means opportunistic.
+    /// The policy for a host DANE does not cover: MTA-STS's when the domain has a policy
+    /// (`None`: the policy does not allow this host), else `relay.tls`'s ([`Self::base`]).
+    fn fallback(&self, target: &Target, sts: Option<&Applied>) -> Option<TlsPolicy> {
+        match sts {
+            Some(applied) => applied
+                .targets
+                .iter()
+                .any(|t| t.name == target.name && t.addr == target.addr)
+                .then(|| applied.tls.clone()),
+            None => Some(self.base()),
+        }
+    }
+
+    /// `relay.tls`'s policy for a host neither DANE nor MTA-STS covers; for `dane` (and
+    /// `verify`, which only MTA-STS's base needs) opportunistic.
+    pub fn base(&self) -> TlsPolicy {
         match &self.mode {
             Mode::Fixed(p) => p.clone(),
             Mode::Verify(_) | Mode::Dane(_) => TlsPolicy::Opportunistic(tls::unverified()),
@@ -85,10 +98,17 @@ impl MxPolicy {
         queue_id: &str,
         domain: &str,
         targets: Vec<Target>,
+        sts: Option<&Applied>,
     ) -> Result<Vec<Hop>, String> {
         let validator = match &self.mode {
             Mode::Dane(v) => v,
             Mode::Verify(config) => {
+                // WebPKI for every host; an MTA-STS policy still says which hosts are allowed.
+                let allowed = |t: &Target| self.fallback(t, sts).is_some();
+                let targets: Vec<Target> = targets.into_iter().filter(allowed).collect();
+                if targets.is_empty() {
+                    return Err(refusal(sts));
+                }
                 let hops = targets.into_iter().map(|target| {
                     let name = tls::mx_server_name(&target);
                     let tls = TlsPolicy::StartTlsVerified(Verified {
@@ -99,17 +119,17 @@ impl MxPolicy {
                 });
                 return Ok(hops.collect());
             }
-            Mode::Fixed(_) => return Ok(self.all_fallback(domain, targets)),
+            Mode::Fixed(_) => return self.all_fallback(targets, sts),
         };
         let ascii = match to_ascii_domain(domain) {
             Some(d) if parse_domain_literal(domain).is_none() => d,
-            _ => return Ok(self.all_fallback(domain, targets)),
+            _ => return self.all_fallback(targets, sts),
         };
         match validator.mx_security(&ascii).await {
             Security::Secure => {}
             Security::Insecure => {
                 tracing::info!(queue_id, domain = %Escaped(&ascii), policy = "fallback", reason = "MX RRset not DNSSEC-signed", "TLS policy");
-                return Ok(self.all_fallback(domain, targets));
+                return self.all_fallback(targets, sts);
             }
             Security::Failed(e) => {
                 tracing::warn!(queue_id, domain = %Escaped(&ascii), policy = "dane", reason = %Escaped(&e), "MX RRset not validated; deferring");
@@ -131,7 +151,10 @@ impl MxPolicy {
                         .clone(),
                 ),
                 Some(HostDane::Unusable) => TlsPolicy::Required(tls::unverified()),
-                Some(HostDane::NotApplicable(_)) => self.fallback(domain),
+                Some(HostDane::NotApplicable(_)) => match self.fallback(target, sts) {
+                    Some(tls) => tls,
+                    None => continue,
+                },
                 Some(HostDane::Defer(reason)) => {
                     deferred = Some(reason.clone());
                     continue;
@@ -146,6 +169,7 @@ impl MxPolicy {
         }
         match deferred {
             Some(reason) if hops.is_empty() => Err(reason),
+            None if hops.is_empty() => Err(refusal(sts)),
             _ => Ok(hops),
         }
     }
@@ -181,14 +205,28 @@ impl MxPolicy {
         out
     }
 
-    fn all_fallback(&self, domain: &str, targets: Vec<Target>) -> Vec<Hop> {
-        let tls = self.fallback(domain);
-        targets
+    /// Every host without DANE: MTA-STS's policy or `relay.tls`'s.
+    fn all_fallback(
+        &self,
+        targets: Vec<Target>,
+        sts: Option<&Applied>,
+    ) -> Result<Vec<Hop>, String> {
+        let hops: Vec<Hop> = targets
             .into_iter()
-            .map(|target| Hop {
-                target,
-                tls: tls.clone(),
+            .filter_map(|target| {
+                let tls = self.fallback(&target, sts)?;
+                Some(Hop { target, tls })
             })
-            .collect()
+            .collect();
+        if hops.is_empty() {
+            return Err(refusal(sts));
+        }
+        Ok(hops)
     }
+}
+
+/// Why no host is left: MTA-STS `enforce` allowed none (RFC 8461 section 5).
+fn refusal(sts: Option<&Applied>) -> String {
+    sts.and_then(|a| a.refusal.clone())
+        .unwrap_or_else(|| "no MX host may be tried under the domain's TLS policy".into())
 }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::control_socket::{
     MAX_CLIENTS, MAX_LINE, READ_TIMEOUT, Request, SOCKET_FILE, one_line, parse,
 };
+use crate::delivery::tlsrpt::Reporter;
 use crate::pidfile::PidFile;
 use crate::queue::scheduler::QueueHandle;
 use crate::reload::Reload;
@@ -65,6 +66,7 @@ impl ControlSocket {
         self,
         reloader: impl Reload,
         queue: QueueHandle,
+        tls_report: Option<Arc<Reporter>>,
         shutdown: CancellationToken,
     ) -> io::Result<tokio::task::JoinHandle<()>> {
         let ControlSocket { path, listener } = self;
@@ -88,8 +90,9 @@ impl ControlSocket {
                     continue;
                 };
                 let (reloader, queue) = (reloader.clone(), queue.clone());
+                let tls_report = tls_report.clone();
                 tokio::spawn(async move {
-                    handle(stream, &reloader, &queue).await;
+                    handle(stream, &reloader, &queue, tls_report).await;
                     drop(permit);
                 });
             }
@@ -104,7 +107,12 @@ fn allowed(uid: u32) -> bool {
     uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
-async fn handle(mut stream: tokio::net::UnixStream, reloader: &impl Reload, queue: &QueueHandle) {
+async fn handle(
+    mut stream: tokio::net::UnixStream,
+    reloader: &impl Reload,
+    queue: &QueueHandle,
+    tls_report: Option<Arc<Reporter>>,
+) {
     // The line is read whoever the peer is: closing a Unix socket with unread data resets it,
     // and the client would not see the reply.
     let line = tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream)).await;
@@ -121,7 +129,10 @@ async fn handle(mut stream: tokio::net::UnixStream, reloader: &impl Reload, queu
         (Ok(cred), Ok(Ok(line))) => match parse(&line) {
             Ok(request) => {
                 info!(uid = cred.uid(), pid = cred.pid(), request = ?request, "control socket request");
-                answer(request, reloader, queue).await
+                match request {
+                    Request::TlsReport => report_now(tls_report).await,
+                    _ => answer(request, reloader, queue).await,
+                }
             }
             Err(why) => format!("ERR {why}"),
         },
@@ -158,8 +169,31 @@ async fn read_line(stream: &mut tokio::net::UnixStream) -> Result<Vec<u8>, &'sta
     }
 }
 
+/// Send the TLS-RPT reports now; the reply waits at most [`REPORT_WAIT`] (the sending goes
+/// on past it).
+async fn report_now(reporter: Option<Arc<Reporter>>) -> String {
+    let Some(reporter) = reporter else {
+        return "ERR TLS reporting is off (it needs relay.mode = \"mx\" and relay.mta_sts = true)"
+            .to_string();
+    };
+    info!("TLS reports requested");
+    let mut task = tokio::spawn(async move { reporter.send().await });
+    match tokio::time::timeout(REPORT_WAIT, &mut task).await {
+        Ok(Ok(s)) => format!(
+            "OK tls reports: domains={} mailed={} posted={} failed={}",
+            s.domains, s.mailed, s.posted, s.failed
+        ),
+        Ok(Err(e)) => format!("ERR TLS reports failed: {e}"),
+        Err(_) => "OK tls reports still being sent".to_string(),
+    }
+}
+
+/// How long `tls-report` waits for the reports before it answers.
+const REPORT_WAIT: Duration = Duration::from_secs(45);
+
 async fn answer(request: Request, reloader: &impl Reload, queue: &QueueHandle) -> String {
     match request {
+        Request::TlsReport => report_now(None).await,
         Request::Flush => {
             info!("queue flush requested");
             queue.flush();

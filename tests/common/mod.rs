@@ -417,6 +417,7 @@ pub mod run;
 pub mod sink;
 pub mod slapd;
 pub mod stored;
+pub mod sts;
 
 /// Start like [`TestServer::start_with`], after `prepare` may change the files in the server's
 /// directory (e.g. append to `users.toml`); also returns the server's verifier, whose

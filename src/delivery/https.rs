@@ -1,0 +1,179 @@
+//! A small, bounded HTTPS client for MTA-STS policy fetches (RFC 8461 section 3.3) and
+//! TLS-RPT uploads (RFC 8460 section 3): hyper's HTTP/1.1 over our own TCP and rustls.
+//!
+//! Bounds: the whole exchange within [`FETCH_TIMEOUT`], response headers within
+//! [`MAX_HEADER_BYTES`] and [`MAX_HEADERS`], the body within the caller's limit. Redirects
+//! are never followed (RFC 8461 section 3.3): any status but the expected one fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The whole fetch or upload: connect, handshake, request, response, body.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response header bytes hyper may buffer (its minimum is 8 KiB).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Response header fields.
+const MAX_HEADERS: usize = 64;
+/// At most this many addresses of the host are tried.
+const MAX_ADDRESSES: usize = 4;
+
+/// Why a fetch failed. `Certificate` is what TLS-RPT calls `sts-webpki-invalid`; the rest is
+/// `sts-policy-fetch-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("certificate of {host} refused: {reason}")]
+    Certificate { host: String, reason: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One request: the host (certificate name and `Host:`), its addresses, the path.
+pub struct Request1<'a> {
+    pub host: &'a str,
+    pub addrs: &'a [SocketAddr],
+    pub path: &'a str,
+    pub tls: Arc<ClientConfig>,
+}
+
+/// `GET` a `200` `text/plain` body of at most `limit` bytes.
+pub async fn get_text(req: &Request1<'_>, limit: usize) -> Result<Vec<u8>, FetchError> {
+    let exchange = async {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(req.path)
+            .header("host", req.host)
+            .header("user-agent", "submitd")
+            .header("connection", "close")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| FetchError::Failed(format!("request: {e}")))?;
+        let response = send(req, request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(FetchError::Failed(format!(
+                "https://{}{}: status {} (only 200 is accepted; redirects are not followed)",
+                req.host,
+                req.path,
+                response.status().as_u16()
+            )));
+        }
+        let text_plain = response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain"));
+        if !text_plain {
+            return Err(FetchError::Failed(format!(
+                "https://{}{}: not text/plain",
+                req.host, req.path
+            )));
+        }
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| FetchError::Failed(format!("body: {e} (limit {limit} bytes)")))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    within(exchange).await
+}
+
+/// `POST` `body` as `content_type`; any `2xx` is success (RFC 8460 section 5.4).
+pub async fn post(req: &Request1<'_>, content_type: &str, body: Vec<u8>) -> Result<(), FetchError> {
+    let exchange = async {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(req.path)
+            .header("host", req.host)
+            .header("user-agent", "submitd")
+            .header("connection", "close")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| FetchError::Failed(format!("request: {e}")))?;
+        let response = send(req, request).await?;
+        if !response.status().is_success() {
+            return Err(FetchError::Failed(format!(
+                "POST https://{}{}: status {}",
+                req.host,
+                req.path,
+                response.status().as_u16()
+            )));
+        }
+        Ok(())
+    };
+    within(exchange).await
+}
+
+async fn within<T>(exchange: impl Future<Output = Result<T, FetchError>>) -> Result<T, FetchError> {
+    match tokio::time::timeout(FETCH_TIMEOUT, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Failed(format!(
+            "HTTPS exchange timed out after {FETCH_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Connect (first address that answers), TLS with the certificate checked for `host`, then
+/// one HTTP/1.1 exchange; returns the response with its body still to read.
+async fn send(
+    req: &Request1<'_>,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+    let name = ServerName::try_from(req.host.to_string())
+        .map_err(|e| FetchError::Failed(format!("{}: {e}", req.host)))?;
+    let mut last = format!("{} has no address", req.host);
+    let mut tcp = None;
+    for addr in req.addrs.iter().take(MAX_ADDRESSES) {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = format!("connect to {}[{addr}]: {e}", req.host),
+        }
+    }
+    let tcp = tcp.ok_or(FetchError::Failed(last))?;
+    let tls = TlsConnector::from(req.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| handshake_error(req.host, e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| FetchError::Failed(format!("HTTP with {}: {e}", req.host)))?;
+    // The connection task ends with the exchange, when the sender and the body are dropped,
+    // and at the latest after FETCH_TIMEOUT.
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, conn).await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| FetchError::Failed(format!("HTTP with {}: {e}", req.host)))
+}
+
+/// A refused certificate is told apart from other handshake failures (TLS-RPT).
+fn handshake_error(host: &str, e: std::io::Error) -> FetchError {
+    let refused = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+    if refused {
+        FetchError::Certificate {
+            host: host.to_string(),
+            reason: e.to_string(),
+        }
+    } else {
+        FetchError::Failed(format!("TLS with {host}: {e}"))
+    }
+}

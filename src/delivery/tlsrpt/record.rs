@@ -1,0 +1,285 @@
+//! What TLS-RPT counts between two reports (RFC 8460 section 4): per policy domain, the
+//! policy in force, successful and failed sessions, and failure details. Kept in
+//! `queue.dir/tlsrpt/state.json` (written atomically after each change) so that a restart
+//! loses no count. Bounded: [`MAX_DOMAINS`] domains, [`MAX_DETAILS`] detail entries each
+//! (further failures are counted, not detailed), every text cut to [`MAX_TEXT`].
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::ResultType;
+
+/// The directory under `queue.dir`.
+pub const DIR: &str = "tlsrpt";
+const FILE: &str = "state.json";
+/// Domains counted at once; new domains beyond are not counted until the next report.
+pub const MAX_DOMAINS: usize = 1000;
+/// Failure-detail entries per domain.
+pub const MAX_DETAILS: usize = 32;
+/// Longest stored text (reason, host name, policy line).
+pub const MAX_TEXT: usize = 256;
+/// Most policy lines kept.
+const MAX_POLICY_LINES: usize = 80;
+/// The state file is not read when larger than this.
+const MAX_FILE: u64 = 16 << 20;
+
+/// The policy a domain's sessions were counted under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// `sts` or `no-policy-found` (RFC 8460 section 4.4).
+    pub policy_type: String,
+    /// The policy as served, one line per entry (empty without a policy).
+    pub policy_string: Vec<String>,
+    /// The policy's `mx` patterns.
+    pub mx_host: Vec<String>,
+}
+
+/// One failure-detail entry: what failed where, and how often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detail {
+    pub result_type: ResultType,
+    pub receiving_mx_hostname: String,
+    pub failure_reason_code: String,
+    pub count: u64,
+}
+
+/// A domain's counts since the last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainStats {
+    pub policy: PolicyInfo,
+    pub success: u64,
+    pub failure: u64,
+    pub details: Vec<Detail>,
+}
+
+/// Everything counted since `since` (unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub since: u64,
+    pub domains: BTreeMap<String, DomainStats>,
+}
+
+/// The outcome of one session (or of the policy fetch before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `None`: a successful session.
+    pub failure: Option<ResultType>,
+    pub mx: String,
+    pub reason: String,
+}
+
+/// The counts of this process, shared by every delivery.
+pub struct Recorder {
+    path: PathBuf,
+    counts: Mutex<Counts>,
+    /// Held while the file is written, so a later snapshot is never overwritten by an
+    /// earlier one.
+    writer: Mutex<()>,
+}
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+impl Recorder {
+    /// Load `queue_dir/tlsrpt/state.json` (blocking; at start). A missing or unreadable file
+    /// starts empty.
+    pub fn open(queue_dir: &Path, now: u64) -> Recorder {
+        let path = queue_dir.join(DIR).join(FILE);
+        let counts = fs::metadata(&path)
+            .ok()
+            .filter(|m| m.len() <= MAX_FILE)
+            .and_then(|_| fs::read(&path).ok())
+            .and_then(|b| serde_json::from_slice::<Counts>(&b).ok())
+            .unwrap_or(Counts {
+                since: now,
+                domains: BTreeMap::new(),
+            });
+        Recorder {
+            path,
+            counts: Mutex::new(counts),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// Count `sessions` for `domain` under `policy`, then persist.
+    pub async fn record(self: &Arc<Self>, domain: &str, policy: PolicyInfo, sessions: &[Session]) {
+        if sessions.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut counts) = self.counts.lock() else {
+                return;
+            };
+            if counts.domains.len() >= MAX_DOMAINS && !counts.domains.contains_key(domain) {
+                return;
+            }
+            let stats = counts.domains.entry(domain.to_string()).or_default();
+            stats.policy = PolicyInfo {
+                policy_type: policy.policy_type,
+                policy_string: policy
+                    .policy_string
+                    .iter()
+                    .take(MAX_POLICY_LINES)
+                    .map(|l| cut(l))
+                    .collect(),
+                mx_host: policy
+                    .mx_host
+                    .iter()
+                    .take(MAX_POLICY_LINES)
+                    .map(|l| cut(l))
+                    .collect(),
+            };
+            for s in sessions {
+                add(stats, s);
+            }
+        }
+        self.persist().await;
+    }
+
+    /// Everything counted so far, and start counting anew from `now`.
+    pub async fn take(self: &Arc<Self>, now: u64) -> Counts {
+        let taken = match self.counts.lock() {
+            Ok(mut counts) => std::mem::replace(
+                &mut *counts,
+                Counts {
+                    since: now,
+                    domains: BTreeMap::new(),
+                },
+            ),
+            Err(_) => Counts::default(),
+        };
+        self.persist().await;
+        taken
+    }
+
+    /// Write the current counts atomically (tmp, fsync, rename, directory fsync).
+    async fn persist(self: &Arc<Self>) {
+        let me = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _one = me
+                .writer
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            let bytes = {
+                let counts = me
+                    .counts
+                    .lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?;
+                serde_json::to_vec(&*counts).map_err(std::io::Error::other)?
+            };
+            write_atomically(&me.path, &bytes)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, file = %self.path.display(), "cannot store TLS-RPT counts");
+        }
+    }
+}
+
+fn add(stats: &mut DomainStats, s: &Session) {
+    let Some(result_type) = s.failure else {
+        stats.success = stats.success.saturating_add(1);
+        return;
+    };
+    stats.failure = stats.failure.saturating_add(1);
+    let (mx, reason) = (cut(&s.mx), cut(&s.reason));
+    if let Some(d) = stats.details.iter_mut().find(|d| {
+        d.result_type == result_type
+            && d.receiving_mx_hostname == mx
+            && d.failure_reason_code == reason
+    }) {
+        d.count = d.count.saturating_add(1);
+    } else if stats.details.len() < MAX_DETAILS {
+        stats.details.push(Detail {
+            result_type,
+            receiving_mx_hostname: mx,
+            failure_reason_code: reason,
+            count: 1,
+        });
+    }
+}
+
+/// `path` replaced atomically by `bytes`; its directory created when missing.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no directory"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(t: ResultType, mx: &str) -> Session {
+        Session {
+            failure: Some(t),
+            mx: mx.into(),
+            reason: "r".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_survive_a_restart_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(Recorder::open(dir.path(), 100));
+        let ok = Session {
+            failure: None,
+            mx: "mx".into(),
+            reason: String::new(),
+        };
+        let info = PolicyInfo {
+            policy_type: "sts".into(),
+            ..PolicyInfo::default()
+        };
+        r.record(
+            "a.test",
+            info.clone(),
+            &[ok.clone(), fail(ResultType::CertificateExpired, "mx")],
+        )
+        .await;
+        r.record(
+            "a.test",
+            info.clone(),
+            &[fail(ResultType::CertificateExpired, "mx")],
+        )
+        .await;
+        let again = Arc::new(Recorder::open(dir.path(), 200));
+        let counts = again.take(300).await;
+        assert_eq!(counts.since, 100);
+        let a = &counts.domains["a.test"];
+        assert_eq!((a.success, a.failure), (1, 2));
+        assert_eq!(a.details.len(), 1);
+        assert_eq!(a.details[0].count, 2);
+        let third = Arc::new(Recorder::open(dir.path(), 400));
+        assert!(third.take(500).await.domains.is_empty());
+
+        let many: Vec<Session> = (0..MAX_DETAILS + 5)
+            .map(|i| fail(ResultType::ValidationFailure, &format!("mx{i}")))
+            .collect();
+        r.record("b.test", info, &many).await;
+        let b = &r.take(600).await.domains["b.test"];
+        assert_eq!(b.failure as usize, MAX_DETAILS + 5);
+        assert_eq!(b.details.len(), MAX_DETAILS);
+    }
+}
