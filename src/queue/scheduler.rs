@@ -1217,19 +1217,7 @@ impl Tracker {
             return;
         };
         for id in queue {
-            let Some(t) = self.messages.get_mut(&id) else {
-                continue;
-            };
-            if !t.parked || t.running {
-                continue;
-            }
-            t.parked = false;
-            if let Some(old) = t.due
-                && self.waiting.remove(&(old, id))
-            {
-                self.waiting.insert((until, id));
-                t.due = Some(until);
-            }
+            unpark(&mut self.messages, &mut self.waiting, id, until);
         }
     }
 
@@ -1243,24 +1231,38 @@ impl Tracker {
             let Some(id) = queue.pop_front() else {
                 break;
             };
-            let Some(t) = self.messages.get_mut(&id) else {
-                continue;
-            };
-            if !t.parked || t.running {
-                continue;
-            }
-            t.parked = false;
-            if let Some(old) = t.due
-                && self.waiting.remove(&(old, id))
-            {
-                self.waiting.insert((now, id));
-                t.due = Some(now);
+            if unpark(&mut self.messages, &mut self.waiting, id, now) {
                 woken += 1;
             }
         }
         if queue.is_empty() {
             self.parking.remove(dest);
         }
+    }
+}
+
+/// Make one parked message due at `at`; whether it was parked and waiting (a running or
+/// vanished one is left alone).
+fn unpark(
+    messages: &mut HashMap<Key, Tracked>,
+    waiting: &mut BTreeSet<(u64, Key)>,
+    id: Key,
+    at: u64,
+) -> bool {
+    let Some(t) = messages.get_mut(&id) else {
+        return false;
+    };
+    if !t.parked || t.running {
+        return false;
+    }
+    t.parked = false;
+    match t.due {
+        Some(old) if waiting.remove(&(old, id)) => {
+            waiting.insert((at, id));
+            t.due = Some(at);
+            true
+        }
+        _ => false,
     }
 }
 
