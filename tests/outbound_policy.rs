@@ -450,3 +450,27 @@ async fn server_delivers_only_the_tls_required_no_message_on_a_dane_mismatch() {
         "the message without the header was sent"
     );
 }
+
+#[tokio::test]
+async fn a_connection_made_for_tls_required_no_is_not_reused_for_other_messages() {
+    // The TLS-Required: No message opens a connection with unchecked TLS to a host whose
+    // DANE records do not match; the next message to the same domain must not ride on it.
+    let sink = Sink::start(starttls_sink(false)).await;
+    let port = sink.addr.port();
+    let records = mx_zone("dest.test", port, vec![wrong_tlsa()]);
+    let f = dane_delivery(port, records, Signing::default()).await;
+    let optional = Flags {
+        requiretls: false,
+        tls_optional: true,
+    };
+    assert_delivered(&attempt(&f.delivery, "dest.test", optional).await);
+    sink.wait_for(1, IO_TIMEOUT).await;
+    let without = attempt(&f.delivery, "dest.test", Flags::default()).await;
+    assert_deferred(&without, "STARTTLS");
+    settle().await;
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "the second message went to the mismatched host"
+    );
+}
