@@ -253,11 +253,18 @@ impl Delivery {
             } => Some(sts_lookup(sts, job.domain).await),
             _ => None,
         };
+        // A `TLS-Required: No` message's connection skipped DANE, MTA-STS and `verify`
+        // ([`hops_for`]): it is kept apart, never reused for a message that needs them.
+        let optional = if job.tls_optional && !job.requiretls {
+            "tls-optional:"
+        } else {
+            ""
+        };
         let key = match &inner.route {
             Route::Mx { .. } if found.as_ref().is_some_and(|f| f.policy().is_some()) => {
-                format!("mta-sts:{}", job.domain.to_lowercase())
+                format!("{optional}mta-sts:{}", job.domain.to_lowercase())
             }
-            Route::Mx { .. } => job.domain.to_lowercase(),
+            Route::Mx { .. } => format!("{optional}{}", job.domain.to_lowercase()),
             Route::Smarthost { .. } => String::new(),
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
