@@ -474,3 +474,51 @@ async fn a_connection_made_for_tls_required_no_is_not_reused_for_other_messages(
         "the second message went to the mismatched host"
     );
 }
+
+/// Two sinks offering STARTTLS and REQUIRETLS on the same port, on 127.0.0.1 and 127.0.0.2
+/// (tried a bounded number of times: the port may be taken on 127.0.0.2).
+async fn two_sinks_on_one_port() -> (Sink, Sink) {
+    for _ in 0..20 {
+        let first = Sink::start(starttls_sink(true)).await;
+        let second = std::net::SocketAddr::from(([127, 0, 0, 2], first.addr.port()));
+        if std::net::TcpListener::bind(second).is_ok() {
+            let second = Sink::start(SinkOptions {
+                bind: Some(second),
+                ..starttls_sink(true)
+            })
+            .await;
+            return (first, second);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+#[tokio::test]
+async fn requiretls_does_not_fail_on_a_cached_unverified_connection() {
+    // `mx1` (preferred, no TLSA: opportunistic) and `mx2` (DANE-EE). A plain message goes
+    // to mx1 and its connection is kept; a REQUIRETLS message right after must go to mx2,
+    // not fail with 5.7.10 on the cached mx1 connection.
+    let (mx1, mx2) = two_sinks_on_one_port().await;
+    let port = mx1.addr.port();
+    let records = vec![
+        ("dest.test.", Rr::Mx(10, "mx1.dest.test.")),
+        ("dest.test.", Rr::Mx(20, "mx2.dest.test.")),
+        ("mx1.dest.test.", Rr::A(LOCALHOST)),
+        ("mx2.dest.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2))),
+        (
+            leak(format!("_{port}._tcp.mx2.dest.test.")),
+            matching_tlsa(),
+        ),
+    ];
+    let f = dane_delivery(port, records, Signing::default()).await;
+    assert_delivered(&attempt(&f.delivery, "dest.test", Flags::default()).await);
+    mx1.wait_for(1, IO_TIMEOUT).await;
+    assert_delivered(&attempt(&f.delivery, "dest.test", REQUIRETLS).await);
+    let got = mx2.wait_for(1, IO_TIMEOUT).await;
+    assert!(
+        got[0].mail_params.contains(&"REQUIRETLS".to_string()),
+        "{:?}",
+        got[0].mail_params
+    );
+    assert_eq!(mx1.received().len(), 1);
+}
