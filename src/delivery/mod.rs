@@ -253,9 +253,13 @@ impl Delivery {
             } => Some(sts_lookup(sts, job.domain).await),
             _ => None,
         };
-        // A `TLS-Required: No` message's connection skipped DANE, MTA-STS and `verify`
-        // ([`hops_for`]): it is kept apart, never reused for a message that needs them.
-        let optional = if job.tls_optional && !job.requiretls {
+        // Connections are kept per set of usable hops ([`hops_for`]): a `TLS-Required: No`
+        // message's skipped DANE, MTA-STS and `verify`, and is never reused for a message that
+        // needs them; a REQUIRETLS message's went to a verified host only, and it never rides
+        // on a connection made to a host it may not use (it would fail with 5.7.10).
+        let optional = if job.requiretls {
+            "requiretls:"
+        } else if job.tls_optional {
             "tls-optional:"
         } else {
             ""
