@@ -163,6 +163,15 @@ async fn settle() {
 /// `mx_patterns`; one attempt toward a STARTTLS sink with the default (self-signed, not
 /// WebPKI-valid) certificate. The outcome, what the sink got, and the policy fetches.
 async fn dane_and_sts(tlsa: Vec<Rr>, mx_patterns: &[&str]) -> (Outcome, Sink, usize) {
+    dane_and_sts_with(tlsa, mx_patterns, Flags::default()).await
+}
+
+/// [`dane_and_sts`] for a job with `flags`.
+async fn dane_and_sts_with(
+    tlsa: Vec<Rr>,
+    mx_patterns: &[&str],
+    flags: Flags,
+) -> (Outcome, Sink, usize) {
     let sink = Sink::start(starttls_sink(false)).await;
     let port = sink.addr.port();
     let ca = TestCa::new();
@@ -183,7 +192,7 @@ async fn dane_and_sts(tlsa: Vec<Rr>, mx_patterns: &[&str]) -> (Outcome, Sink, us
         https.addr.port()
     );
     let delivery = Delivery::new(&settings(dir.path(), port, &dns, &extra)).unwrap();
-    let outcome = attempt(&delivery, "dest.test", Flags::default()).await;
+    let outcome = attempt(&delivery, "dest.test", flags).await;
     settle().await;
     (outcome, sink, https.requests().len())
 }
@@ -521,4 +530,21 @@ async fn requiretls_does_not_fail_on_a_cached_unverified_connection() {
         got[0].mail_params
     );
     assert_eq!(mx1.received().len(), 1);
+}
+
+#[tokio::test]
+async fn tls_required_no_ignores_an_sts_policy_that_does_not_list_the_mx() {
+    // RFC 8689 section 5: with `TLS-Required: No` the recipient domain's MTA-STS policy is
+    // ignored, its MX list included.
+    let optional = Flags {
+        requiretls: false,
+        tls_optional: true,
+    };
+    let (outcome, sink, _) = dane_and_sts_with(Vec::new(), &["*.elsewhere.test"], optional).await;
+    assert_delivered(&outcome);
+    assert_eq!(sink.received()[0].rcpts, ["bob@dest.test"]);
+    // And one that lists it, with a certificate WebPKI refuses.
+    let (outcome, sink, _) = dane_and_sts_with(Vec::new(), &["mx.dest.test"], optional).await;
+    assert_delivered(&outcome);
+    assert!(sink.received()[0].tls);
 }
