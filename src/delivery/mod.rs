@@ -451,8 +451,11 @@ async fn mx_plan(
         }
     };
     // MTA-STS for the hosts DANE does not cover (RFC 8461 section 2: DANE first, per host).
+    // A `TLS-Required: No` message ignores the policy, its MX list included (RFC 8689
+    // section 5; [`hops_for`] drops the rest).
+    let ignore_sts = job.tls_optional && !job.requiretls;
     let applied = match (sts, found.and_then(|f| f.policy())) {
-        (Some(sts), Some(policy)) => {
+        (Some(sts), Some(policy)) if !ignore_sts => {
             match mta_sts::apply(policy, targets.clone(), sts.webpki(), &tls.base()) {
                 Ok(applied) => Some(applied),
                 Err(reply) => return Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
