@@ -253,22 +253,10 @@ impl Delivery {
             } => Some(sts_lookup(sts, job.domain).await),
             _ => None,
         };
-        // Connections are kept per set of usable hops ([`hops_for`]): a `TLS-Required: No`
-        // message's skipped DANE, MTA-STS and `verify`, and is never reused for a message that
-        // needs them; a REQUIRETLS message's went to a verified host only, and it never rides
-        // on a connection made to a host it may not use (it would fail with 5.7.10).
-        let optional = if job.requiretls {
-            "requiretls:"
-        } else if job.tls_optional {
-            "tls-optional:"
-        } else {
-            ""
-        };
         let key = match &inner.route {
-            Route::Mx { .. } if found.as_ref().is_some_and(|f| f.policy().is_some()) => {
-                format!("{optional}mta-sts:{}", job.domain.to_lowercase())
+            Route::Mx { .. } => {
+                mx_pool_key(job, found.as_ref().is_some_and(|f| f.policy().is_some()))
             }
-            Route::Mx { .. } => format!("{optional}{}", job.domain.to_lowercase()),
             Route::Smarthost { .. } => String::new(),
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
@@ -518,6 +506,23 @@ impl Courier for Delivery {
     fn close_idle(&self) -> CourierFuture<'_, ()> {
         Box::pin(Delivery::close_idle(self))
     }
+}
+
+/// The pool key of an MX-mode job: its domain, apart when under an MTA-STS policy
+/// (`sts`). Connections are kept per set of usable hops ([`hops_for`]): a `TLS-Required: No`
+/// message's skipped DANE, MTA-STS and `verify`, and is never reused for a message that needs
+/// them; a REQUIRETLS message never rides on a connection made to a host it may not use (it
+/// would fail with 5.7.10).
+fn mx_pool_key(job: &Job<'_>, sts: bool) -> String {
+    let tls = if job.requiretls {
+        "requiretls:"
+    } else if job.tls_optional {
+        "tls-optional:"
+    } else {
+        ""
+    };
+    let sts = if sts { "mta-sts:" } else { "" };
+    format!("{tls}{sts}{}", job.domain.to_lowercase())
 }
 
 /// The hops a job may use. A REQUIRETLS message (RFC 8689 section 4.2.1) only those whose TLS
