@@ -254,10 +254,9 @@ impl Delivery {
             _ => None,
         };
         let key = match &inner.route {
-            Route::Mx { .. } if found.as_ref().is_some_and(|f| f.policy().is_some()) => {
-                format!("mta-sts:{}", job.domain.to_lowercase())
+            Route::Mx { .. } => {
+                mx_pool_key(job, found.as_ref().is_some_and(|f| f.policy().is_some()))
             }
-            Route::Mx { .. } => job.domain.to_lowercase(),
             Route::Smarthost { .. } => String::new(),
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
@@ -440,8 +439,11 @@ async fn mx_plan(
         }
     };
     // MTA-STS for the hosts DANE does not cover (RFC 8461 section 2: DANE first, per host).
+    // A `TLS-Required: No` message ignores the policy, its MX list included (RFC 8689
+    // section 5; [`hops_for`] drops the rest).
+    let ignore_sts = job.tls_optional && !job.requiretls;
     let applied = match (sts, found.and_then(|f| f.policy())) {
-        (Some(sts), Some(policy)) => {
+        (Some(sts), Some(policy)) if !ignore_sts => {
             match mta_sts::apply(policy, targets.clone(), sts.webpki(), &tls.base()) {
                 Ok(applied) => Some(applied),
                 Err(reply) => return Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
@@ -504,6 +506,23 @@ impl Courier for Delivery {
     fn close_idle(&self) -> CourierFuture<'_, ()> {
         Box::pin(Delivery::close_idle(self))
     }
+}
+
+/// The pool key of an MX-mode job: its domain, apart when under an MTA-STS policy
+/// (`sts`). Connections are kept per set of usable hops ([`hops_for`]): a `TLS-Required: No`
+/// message's skipped DANE, MTA-STS and `verify`, and is never reused for a message that needs
+/// them; a REQUIRETLS message never rides on a connection made to a host it may not use (it
+/// would fail with 5.7.10).
+fn mx_pool_key(job: &Job<'_>, sts: bool) -> String {
+    let tls = if job.requiretls {
+        "requiretls:"
+    } else if job.tls_optional {
+        "tls-optional:"
+    } else {
+        ""
+    };
+    let sts = if sts { "mta-sts:" } else { "" };
+    format!("{tls}{sts}{}", job.domain.to_lowercase())
 }
 
 /// The hops a job may use. A REQUIRETLS message (RFC 8689 section 4.2.1) only those whose TLS

@@ -4,6 +4,8 @@
 //!
 //! - A destination is the smarthost, or in MX mode the recipient domain (lowercased): a cached
 //!   connection goes to the MX host that domain was delivered to, with the TLS already agreed.
+//!   REQUIRETLS and `TLS-Required: No` messages, whose hosts and TLS differ, have destinations
+//!   of their own (`super::Delivery::attempt`).
 //! - Bounds: at most [`MAX_TRANSACTIONS`] messages per connection (then QUIT), at most
 //!   [`MAX_IDLE`] unused in the cache (then QUIT, by a sweeper task that runs while the cache
 //!   holds anything), and at most `queue.concurrency` connections open in all, busy or idle:
