@@ -605,10 +605,15 @@ async fn dane_sessions_are_reported_under_a_tlsa_policy() {
     let bad = report("bad.test");
     let p = tlsa_policy(&bad);
     assert_eq!(p["policy"]["policy-domain"], "bad.test");
-    assert_eq!(p["policy"]["policy-string"], serde_json::json!([bad_string]));
+    assert_eq!(
+        p["policy"]["policy-string"],
+        serde_json::json!([bad_string])
+    );
     assert_eq!(p["policy"]["mx-host"], serde_json::json!(["mx.bad.test"]));
     assert_eq!(p["summary"]["total-successful-session-count"], 0, "{p}");
-    let failures = p["summary"]["total-failure-session-count"].as_u64().unwrap();
+    let failures = p["summary"]["total-failure-session-count"]
+        .as_u64()
+        .unwrap();
     assert!(failures >= 1, "{p}");
     let d = &p["failure-details"][0];
     assert_eq!(d["result-type"], "certificate-not-trusted", "{p}");
@@ -616,7 +621,10 @@ async fn dane_sessions_are_reported_under_a_tlsa_policy() {
 
     let good = report("good.test");
     let p = tlsa_policy(&good);
-    assert_eq!(p["policy"]["policy-string"], serde_json::json!([good_string]));
+    assert_eq!(
+        p["policy"]["policy-string"],
+        serde_json::json!([good_string])
+    );
     assert_eq!(p["policy"]["mx-host"], serde_json::json!(["mx.good.test"]));
     assert_eq!(p["summary"]["total-successful-session-count"], 1, "{p}");
     assert_eq!(p["summary"]["total-failure-session-count"], 0, "{p}");

@@ -305,24 +305,7 @@ impl Delivery {
                 host,
                 port,
                 tls,
-            } => match smarthost_targets(resolver.as_ref(), host, *port).await {
-                Ok(targets) => Ok(Plan {
-                    hops: targets
-                        .into_iter()
-                        .map(|target| Hop {
-                            target,
-                            tls: tls.clone(),
-                        })
-                        .collect(),
-                    sts: None,
-                    dane: Vec::new(),
-                }),
-                Err(reply) => Err((
-                    vec![Outcome::Deferred { host: None, reply }; n],
-                    None,
-                    Vec::new(),
-                )),
-            },
+            } => smarthost_plan(resolver.as_ref(), host, *port, tls, n).await,
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
         let plan = match plan {
@@ -613,6 +596,35 @@ fn hops_for(job: &Job<'_>, hops: Vec<Hop>, mx: bool) -> Result<Vec<Hop>, Outcome
 /// Verified TLS toward the smarthost ([`tls::smarthost`]).
 fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<tls::Verified, DeliveryError> {
     tls::smarthost(host, ca_file).map_err(DeliveryError)
+}
+
+/// Every address of the smarthost with its TLS policy; `n` deferrals when it cannot be
+/// resolved.
+async fn smarthost_plan(
+    resolver: Option<&mx::Resolver>,
+    host: &str,
+    port: u16,
+    tls: &TlsPolicy,
+    n: usize,
+) -> Result<Plan, NoPlan> {
+    match smarthost_targets(resolver, host, port).await {
+        Ok(targets) => Ok(Plan {
+            hops: targets
+                .into_iter()
+                .map(|target| Hop {
+                    target,
+                    tls: tls.clone(),
+                })
+                .collect(),
+            sts: None,
+            dane: Vec::new(),
+        }),
+        Err(reply) => Err((
+            vec![Outcome::Deferred { host: None, reply }; n],
+            None,
+            Vec::new(),
+        )),
+    }
 }
 
 /// The smarthost's addresses. An IP address is used as it is; a name goes through the same

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::dane::RptResult;
 use super::https;
 use super::mta_sts::{Applied, FetchFailure, Found};
-use super::policy::DaneHost;
 use super::mx::Resolver;
+use super::policy::DaneHost;
 use super::tls::{CertProblem, WebPki};
 use crate::queue::courier::Outcome;
 use crate::queue::scheduler::QueueHandle;
@@ -461,7 +461,7 @@ mod tests {
             reply: "TLS required but not offered by mx.d.test[127.0.0.1]:25".into(),
         };
         assert_eq!(
-            types(&dane_sessions(&host(None), &[stripped.clone()])),
+            types(&dane_sessions(&host(None), &[stripped])),
             [(
                 Some(ResultType::StarttlsNotSupported),
                 "mx.d.test".to_string()
