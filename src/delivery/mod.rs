@@ -381,7 +381,9 @@ impl Delivery {
             })
             .cloned()
             .collect();
-        let sessions = tlsrpt::sessions(found, applied, &sts_outcomes);
+        let mut sessions = tlsrpt::sessions(found, applied, &sts_outcomes);
+        // Nor is a DANE host outside the MTA-STS policy's `mx` patterns.
+        sessions.retain(|s| !dane.iter().any(|d| d.name.trim_end_matches('.') == s.mx));
         recorder
             .record(&ascii, tlsrpt::policy_info(found), &sessions)
             .await;
