@@ -464,3 +464,202 @@ async fn servfail_on_the_tlsa_lookup_is_deferred_never_clear() {
         "a host without a TLSA answer was contacted"
     );
 }
+
+// ---- TLS-RPT (RFC 8460) for DANE: policy type `tlsa`, through the real binary ----
+
+/// The gzipped JSON attachment of a TLS-RPT report message, decoded.
+fn report_json(message: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    use std::io::Read;
+    let text = String::from_utf8_lossy(message);
+    let (_, part) = text
+        .split_once("Content-Type: application/tlsrpt+gzip\r\n")
+        .expect("no tlsrpt+gzip part");
+    let (_, body) = part.split_once("\r\n\r\n").unwrap();
+    let b64: String = body
+        .split("\r\n--")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut json)
+        .unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+/// The `tlsa` entry of a report's `policies`.
+fn tlsa_policy(report: &serde_json::Value) -> &serde_json::Value {
+    report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"]["policy-type"] == "tlsa")
+        .unwrap_or_else(|| panic!("no tlsa policy: {report}"))
+}
+
+/// A DANE-EE mismatch (`bad.test`, deferred) and a match (`good.test`, delivered), both
+/// publishing `_smtp._tls` with a `mailto:` rua: after `submitd tls-report` each gets a report
+/// whose `tlsa` policy names its TLSA record and MX host, with the failure (a DANE result type)
+/// or the success counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn dane_sessions_are_reported_under_a_tlsa_policy() {
+    // The DANE MX hosts on 127.0.0.1 (STARTTLS, the tests' certificate); the report domain's
+    // MX on 127.0.0.2, the same port (relay.port is one for all).
+    let (mx, reports) = 'found: {
+        for _ in 0..20 {
+            let mx = Sink::start(starttls_sink()).await;
+            let second = std::net::SocketAddr::from(([127, 0, 0, 2], mx.addr.port()));
+            if std::net::TcpListener::bind(second).is_ok() {
+                let reports = Sink::start(SinkOptions {
+                    bind: Some(second),
+                    ..SinkOptions::default()
+                })
+                .await;
+                break 'found (mx, reports);
+            }
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    };
+    let port = mx.addr.port();
+    let good = spki_sha256(&common::cert_and_key().0);
+    let mut bad = good.clone();
+    bad[0] ^= 0xff;
+    let bad_string = format!("3 1 1 {}", hex(&bad));
+    let good_string = format!("3 1 1 {}", hex(&good));
+    let rua = || Rr::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test".into());
+    let mut records = dane_zone("bad.test", port, vec![Rr::Tlsa(3, 1, 1, bad)]);
+    records.extend(dane_zone("good.test", port, vec![Rr::Tlsa(3, 1, 1, good)]));
+    records.extend([
+        ("_smtp._tls.bad.test.", rua()),
+        ("_smtp._tls.good.test.", rua()),
+        ("rpt.test.", Rr::Mx(10, "mx.rpt.test.")),
+        ("mx.rpt.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2))),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("anchor.key");
+    let dns = DnsServer::start_signed(records, Signing::default(), &anchor).await;
+    let relay = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\ntls = \"dane\"\n\
+         dnssec_trust_anchor = \"{}\"\n",
+        dns.addr,
+        anchor.display()
+    );
+    let config =
+        common::write_config_full(dir.path(), "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[tls.reporting]\nfrom = \"tlsrpt@mail.example.test\"\n");
+    std::fs::write(&config, text).unwrap();
+    let server = common::binary::Binary::start(&config);
+    let mut c = common::login_as(server.tls, common::ALICE, common::ALICE_PASSWORD, "235").await;
+    for to in ["bob@bad.test", "bob@good.test"] {
+        let reply = common::send_message(&mut c, common::ALICE, &[to]).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    c.cmd("QUIT", "221").await;
+    let got = mx.wait_for(1, IO_TIMEOUT).await;
+    assert_eq!(got[0].rcpts, ["bob@good.test"]);
+    assert!(got[0].tls);
+    // Both counted (the state file names both TLSA records).
+    let state = dir.path().join("queue/tlsrpt/state.json");
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !std::fs::read_to_string(&state)
+        .is_ok_and(|t| t.contains(&bad_string) && t.contains(&good_string))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "DANE sessions never counted: {:?}; log:\n{}",
+            std::fs::read_to_string(&state),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mx.received().len(), 1, "the mismatch was delivered");
+
+    let out = tokio::task::spawn_blocking(move || {
+        common::run::run_submitd(
+            None,
+            &["tls-report", "--config", config.to_str().unwrap()],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("domains=2 mailed=2"), "{}", out.stdout);
+    let mail = reports.wait_for(2, IO_TIMEOUT).await;
+    let report = |domain: &str| {
+        let header = format!("\r\nTLS-Report-Domain: {domain}\r\n");
+        let m = mail
+            .iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(&header))
+            .unwrap_or_else(|| panic!("no report for {domain}"));
+        assert_eq!(m.rcpts, ["tlsrpt@rpt.test"]);
+        report_json(&m.data)
+    };
+
+    let bad = report("bad.test");
+    let p = tlsa_policy(&bad);
+    assert_eq!(p["policy"]["policy-domain"], "bad.test");
+    assert_eq!(
+        p["policy"]["policy-string"],
+        serde_json::json!([bad_string])
+    );
+    assert_eq!(p["policy"]["mx-host"], serde_json::json!(["mx.bad.test"]));
+    assert_eq!(p["summary"]["total-successful-session-count"], 0, "{p}");
+    let failures = p["summary"]["total-failure-session-count"]
+        .as_u64()
+        .unwrap();
+    assert!(failures >= 1, "{p}");
+    let d = &p["failure-details"][0];
+    assert_eq!(d["result-type"], "certificate-not-trusted", "{p}");
+    assert_eq!(d["receiving-mx-hostname"], "mx.bad.test");
+
+    let good = report("good.test");
+    let p = tlsa_policy(&good);
+    assert_eq!(
+        p["policy"]["policy-string"],
+        serde_json::json!([good_string])
+    );
+    assert_eq!(p["policy"]["mx-host"], serde_json::json!(["mx.good.test"]));
+    assert_eq!(p["summary"]["total-successful-session-count"], 1, "{p}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 0, "{p}");
+    // No MTA-STS policy: DANE sessions are not counted as MTA-STS ones.
+    assert_eq!(good["policies"].as_array().unwrap().len(), 1, "{good}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The library path: a DANE-EE match and a bogus TLSA RRset counted under `tlsa` policies.
+#[tokio::test]
+async fn dane_outcomes_are_counted_for_tls_rpt() {
+    let sink = Sink::start(starttls_sink()).await;
+    let port = sink.addr.port();
+    let hash = spki_sha256(&common::cert_and_key().0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = dane_zone("ok.test", port, vec![Rr::Tlsa(3, 1, 1, hash.clone())]);
+    records.extend(dane_zone("bog.test", port, vec![Rr::Tlsa(3, 1, 1, hash)]));
+    let signing = Signing {
+        corrupt: vec![leak(format!("_{port}._tcp.mx.bog.test."))],
+        ..Signing::default()
+    };
+    let (_dns, delivery) = setup(dir.path(), port, records, signing, "dane").await;
+    assert_delivered(&attempt(&delivery, "ok.test").await);
+    assert_deferred(&attempt(&delivery, "bog.test").await, "TLSA lookup");
+    let (recorder, _, _) = delivery.tls_reporting().expect("TLS-RPT on by default");
+    let counts = recorder.take(u64::MAX / 2).await;
+    let ok = &counts.domains["ok.test"];
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(ok[0].policy.policy_type, "tlsa");
+    assert_eq!(ok[0].policy.mx_host, ["mx.ok.test"]);
+    assert_eq!((ok[0].success, ok[0].failure), (1, 0));
+    let bog = &counts.domains["bog.test"][0];
+    assert_eq!((bog.success, bog.failure), (0, 1));
+    assert_eq!(bog.details[0].result_type.as_str(), "dnssec-invalid");
+}

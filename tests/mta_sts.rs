@@ -234,7 +234,8 @@ async fn failed_fetch_applies_no_policy(response: Vec<u8>, result_type: &str) {
 fn assert_counted(dir: &Path, result_type: &str) {
     let text = std::fs::read_to_string(dir.join("queue/tlsrpt/state.json")).unwrap();
     let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let domain = &counts["domains"]["sts.test"];
+    // One entry per policy the domain was counted under; here only its MTA-STS one.
+    let domain = &counts["domains"]["sts.test"][0];
     assert_eq!(domain["details"][0]["result_type"], result_type, "{text}");
     assert_eq!(domain["failure"], 1, "{text}");
 }
@@ -609,6 +610,108 @@ async fn testing_failure_is_delivered_and_posted_to_an_https_rua() {
     assert_eq!(p["summary"]["total-failure-session-count"], 1, "{p}");
     assert_eq!(
         p["failure-details"][0]["result-type"],
+        "certificate-not-trusted"
+    );
+}
+
+/// A domain with a DANE MX host (its TLSA record matching no certificate) and an MTA-STS
+/// `enforce` policy naming only its other MX: the DANE host fails, the other takes the
+/// message under the policy, and TLS-RPT counts each under its own policy (RFC 8460 section
+/// 4.4): `tlsa` for the DANE host, `sts` for the other (the DANE host outside the policy's
+/// `mx` patterns is no MTA-STS failure).
+#[tokio::test]
+async fn dane_and_mta_sts_are_counted_under_their_own_policies() {
+    use common::dns::Signing;
+    use submitd::delivery::tlsrpt::report;
+    let ca = TestCa::new();
+    // The DANE host on 127.0.0.1, the MTA-STS one on 127.0.0.2 (an address is tried once per
+    // attempt), the same port (relay.port is one for all).
+    let cert = ca.issue(&["mx2.sts.test"]);
+    let (_dane_mx, sink) = 'found: {
+        for _ in 0..20 {
+            let first = mx_sink(Some(cert.clone())).await;
+            let second = SocketAddr::from(([127, 0, 0, 2], first.addr.port()));
+            if std::net::TcpListener::bind(second).is_ok() {
+                let sink = Sink::start(SinkOptions {
+                    bind: Some(second),
+                    starttls: true,
+                    cert: Some(cert.clone()),
+                    ..SinkOptions::default()
+                })
+                .await;
+                break 'found (first, sink);
+            }
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    };
+    let port = sink.addr.port();
+    let tlsa_at: &'static str = Box::leak(format!("_{port}._tcp.mx.sts.test.").into_boxed_str());
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("anchor.key");
+    let dns = DnsServer::start_signed(
+        vec![
+            ("sts.test.", Rr::Mx(10, "mx.sts.test.")),
+            ("sts.test.", Rr::Mx(20, "mx2.sts.test.")),
+            ("mx.sts.test.", Rr::A(LOCALHOST)),
+            ("mx2.sts.test.", Rr::A(Ipv4Addr::new(127, 0, 0, 2))),
+            (tlsa_at, Rr::Tlsa(3, 1, 1, vec![1; 32])),
+            ("mta-sts.sts.test.", Rr::A(LOCALHOST)),
+            ("_mta-sts.sts.test.", Rr::Txt("v=STSv1; id=1;".into())),
+        ],
+        Signing::default(),
+        &anchor,
+    )
+    .await;
+    let https = policy_server(&ca, ok_text(&policy("enforce", &["mx2.sts.test"], 86400))).await;
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let relay = format!(
+        "mode = \"mx\"\nport = {port}\nresolver = [\"{}\"]\ntimeout = \"5s\"\ntls = \"dane\"\n\
+         dnssec_trust_anchor = \"{}\"\nca_file = \"ca.pem\"\nmta_sts_port = {}\n",
+        dns.addr,
+        anchor.display(),
+        https.addr.port()
+    );
+    let path = common::write_config_full(dir.path(), "", "", &relay, "127.0.0.1:0", "127.0.0.1:0");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let delivery = Delivery::new(&Settings::from_toml(&text, &path).unwrap()).unwrap();
+    match attempt(&delivery).await {
+        Outcome::Delivered { host, .. } => assert!(host.starts_with("mx2.sts.test["), "{host}"),
+        other => panic!("not delivered: {other:?}"),
+    }
+    assert_eq!(sink.wait_for(1, common::IO_TIMEOUT).await.len(), 1);
+    let (recorder, _, _) = delivery.tls_reporting().unwrap();
+    let counts = recorder.take(2_000_000_000).await;
+    let meta = report::Meta {
+        submitter: "mail.example.test",
+        contact: "tlsrpt@mail.example.test",
+        start: counts.since,
+        end: 2_000_000_000,
+        report_id: "r@mail.example.test",
+    };
+    let json = report::json(&meta, DOMAIN, &counts.domains[DOMAIN]);
+    let policies = json["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2, "{json}");
+    let of = |t: &str| {
+        policies
+            .iter()
+            .find(|p| p["policy"]["policy-type"] == t)
+            .unwrap_or_else(|| panic!("no {t} policy: {json}"))
+    };
+    let sts = of("sts");
+    assert_eq!(sts["summary"]["total-successful-session-count"], 1, "{sts}");
+    assert_eq!(sts["summary"]["total-failure-session-count"], 0, "{sts}");
+    let tlsa = of("tlsa");
+    assert_eq!(
+        tlsa["policy"]["mx-host"],
+        serde_json::json!(["mx.sts.test"])
+    );
+    assert_eq!(
+        tlsa["policy"]["policy-string"],
+        serde_json::json!([format!("3 1 1 {}", "01".repeat(32))])
+    );
+    assert_eq!(tlsa["summary"]["total-failure-session-count"], 1, "{tlsa}");
+    assert_eq!(
+        tlsa["failure-details"][0]["result-type"],
         "certificate-not-trusted"
     );
 }

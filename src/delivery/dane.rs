@@ -15,7 +15,8 @@
 //! - [`RptResult`]: the RFC 8460 result type of a DANE outcome, for TLS reporting.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -64,6 +65,16 @@ impl Tlsa {
             2 => digest(&aws_lc_rs::digest::SHA512, &selected) == self.data,
             _ => false,
         }
+    }
+
+    /// The record in presentation form (`3 1 1 <hex>`), as a TLS-RPT `tlsa` policy string
+    /// names it (RFC 8460 section 4.4).
+    pub fn presentation(&self) -> String {
+        let mut s = format!("{} {} {} ", self.usage, self.selector, self.matching);
+        for b in &self.data {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
     }
 }
 
@@ -175,18 +186,72 @@ impl RptResult {
     }
 }
 
+/// Most verdicts one [`Verdicts`] keeps (one per handshake; an attempt tries a few
+/// addresses of a host).
+const MAX_VERDICTS: usize = 16;
+
+/// The certificate verdicts of the handshakes with one DANE host during one delivery
+/// attempt, for TLS-RPT (the DANE counterpart of [`super::tls::Judge`]).
+#[derive(Clone, Default, Debug)]
+pub struct Verdicts(Arc<Mutex<Vec<RptResult>>>);
+
+impl Verdicts {
+    /// Every verdict so far, in handshake order.
+    pub fn all(&self) -> Vec<RptResult> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, verdict: RptResult) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < MAX_VERDICTS
+        {
+            v.push(verdict);
+        }
+    }
+}
+
 /// The rustls verifier for a DANE host (see the module doc).
 #[derive(Debug)]
 pub struct DaneVerifier {
     records: Vec<Tlsa>,
     provider: Arc<CryptoProvider>,
+    verdicts: Verdicts,
 }
 
 impl DaneVerifier {
-    /// A verifier for `records` (usable ones; others are ignored).
-    pub fn new(records: Vec<Tlsa>, provider: Arc<CryptoProvider>) -> DaneVerifier {
+    /// A verifier for `records` (usable ones; others are ignored) that writes each verdict
+    /// to `verdicts`.
+    pub fn new(
+        records: Vec<Tlsa>,
+        provider: Arc<CryptoProvider>,
+        verdicts: Verdicts,
+    ) -> DaneVerifier {
         let records = records.into_iter().filter(Tlsa::is_usable).collect();
-        DaneVerifier { records, provider }
+        DaneVerifier {
+            records,
+            provider,
+            verdicts,
+        }
+    }
+
+    /// The DANE check itself (EE first, then TA).
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let ee = self.records.iter().filter(|r| r.usage == DANE_EE);
+        if ee.into_iter().any(|r| r.matches(end_entity)) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self.verify_ta(end_entity, intermediates, server_name, now) {
+            Some(Ok(())) => Ok(ServerCertVerified::assertion()),
+            Some(Err(e)) => Err(e),
+            // Nothing in the chain matched any record.
+            None => Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+        }
     }
 
     /// DANE-TA: a presented certificate matching a usage-2 record, used as the only trust
@@ -237,16 +302,12 @@ impl ServerCertVerifier for DaneVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let ee = self.records.iter().filter(|r| r.usage == DANE_EE);
-        if ee.into_iter().any(|r| r.matches(end_entity)) {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match self.verify_ta(end_entity, intermediates, server_name, now) {
-            Some(Ok(())) => Ok(ServerCertVerified::assertion()),
-            Some(Err(e)) => Err(e),
-            // Nothing in the chain matched any record.
-            None => Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
-        }
+        let verdict = self.verify(end_entity, intermediates, server_name, now);
+        self.verdicts.record(match &verdict {
+            Ok(_) => RptResult::Success,
+            Err(e) => RptResult::from_tls_error(e),
+        });
+        verdict
     }
 
     fn verify_tls12_signature(
@@ -284,10 +345,11 @@ impl ServerCertVerifier for DaneVerifier {
     }
 }
 
-/// A client config that accepts exactly what `records` allow (see [`DaneVerifier`]).
-pub fn client_config(records: Vec<Tlsa>) -> Arc<rustls::ClientConfig> {
+/// A client config that accepts exactly what `records` allow (see [`DaneVerifier`]), each
+/// verdict written to `verdicts`. Built per attempt: no session resumption skips a verdict.
+pub fn client_config(records: Vec<Tlsa>, verdicts: Verdicts) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(DaneVerifier::new(records, provider.clone()));
+    let verifier = Arc::new(DaneVerifier::new(records, provider.clone(), verdicts));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions")
@@ -376,6 +438,35 @@ mod tests {
             HostDane::from_secure(vec![rec(1, 1, 1, d.clone()), rec(3, 1, 1, d.clone())]),
             HostDane::Usable(vec![rec(3, 1, 1, d)])
         );
+    }
+
+    #[test]
+    fn presentation_form_and_verdicts() {
+        assert_eq!(
+            rec(3, 1, 1, vec![0x0a, 0xff, 0x00]).presentation(),
+            "3 1 1 0aff00"
+        );
+        assert_eq!(rec(2, 0, 0, Vec::new()).presentation(), "2 0 0 ");
+        let (pem, _) = crate::tls::self_signed("mx.example.test").unwrap();
+        let cert = der(&pem);
+        let key = spki(&cert);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verdicts = Verdicts::default();
+        let good = rec(3, 1, 1, digest(&aws_lc_rs::digest::SHA256, &key));
+        let name = ServerName::try_from("mx.example.test").unwrap();
+        let now = UnixTime::now();
+        let v = DaneVerifier::new(vec![good], provider.clone(), verdicts.clone());
+        assert!(v.verify_server_cert(&cert, &[], &name, &[], now).is_ok());
+        let v = DaneVerifier::new(vec![rec(3, 1, 1, vec![0; 32])], provider, verdicts.clone());
+        assert!(v.verify_server_cert(&cert, &[], &name, &[], now).is_err());
+        assert_eq!(
+            verdicts.all(),
+            [RptResult::Success, RptResult::CertificateNotTrusted]
+        );
+        for _ in 0..MAX_VERDICTS + 3 {
+            let _ = v.verify_server_cert(&cert, &[], &name, &[], now);
+        }
+        assert_eq!(verdicts.all().len(), MAX_VERDICTS);
     }
 
     #[test]

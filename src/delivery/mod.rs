@@ -304,25 +304,13 @@ impl Delivery {
                 host,
                 port,
                 tls,
-            } => match smarthost_targets(resolver.as_ref(), host, *port).await {
-                Ok(targets) => Ok(Plan {
-                    hops: targets
-                        .into_iter()
-                        .map(|target| Hop {
-                            target,
-                            tls: tls.clone(),
-                        })
-                        .collect(),
-                    sts: None,
-                }),
-                Err(reply) => Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
-            },
+            } => smarthost_plan(resolver.as_ref(), host, *port, tls, n).await,
             Route::Capture { dir } => return capture::deliver(dir, job).await,
         };
         let plan = match plan {
             Ok(plan) => plan,
-            Err((outcomes, sts)) => {
-                self.report(job.domain, found.as_ref(), sts.as_ref(), &outcomes)
+            Err((outcomes, sts, dane)) => {
+                self.report(job.domain, found.as_ref(), sts.as_ref(), &dane, &outcomes)
                     .await;
                 return outcomes;
             }
@@ -343,19 +331,26 @@ impl Delivery {
             inner.pool.checkin(key, Lease::new(conn, permit)).await;
         }
         if any_tls {
-            self.report(job.domain, found.as_ref(), plan.sts.as_ref(), &outcomes)
-                .await;
+            self.report(
+                job.domain,
+                found.as_ref(),
+                plan.sts.as_ref(),
+                &plan.dane,
+                &outcomes,
+            )
+            .await;
         }
         outcomes
     }
 
-    /// Count an attempt's TLS sessions for TLS-RPT (domains with an MTA-STS policy, or
-    /// whose policy fetch failed).
+    /// Count an attempt's TLS sessions for TLS-RPT: under the MTA-STS policy (domains with
+    /// one, or whose policy fetch failed), and under each DANE host's `tlsa` policy.
     async fn report(
         &self,
         domain: &str,
         found: Option<&mta_sts::Found>,
         applied: Option<&mta_sts::Applied>,
+        dane: &[policy::DaneHost],
         outcomes: &[Outcome],
     ) {
         let (
@@ -371,10 +366,32 @@ impl Delivery {
         let Some(ascii) = mx::to_ascii_domain(domain) else {
             return;
         };
-        let sessions = tlsrpt::sessions(found, applied, outcomes);
+        // What happened with DANE hosts is never an MTA-STS session (RFC 8461 section 2).
+        let sts_outcomes: Vec<Outcome> = outcomes
+            .iter()
+            .filter(|o| {
+                let host = match o {
+                    Outcome::Delivered { host, .. } => Some(host.as_str()),
+                    Outcome::Deferred { host, .. } | Outcome::Failed { host, .. } => {
+                        host.as_deref()
+                    }
+                };
+                host.is_none_or(|h| !dane.iter().any(|d| d.name == tlsrpt::host_of(h)))
+            })
+            .cloned()
+            .collect();
+        let mut sessions = tlsrpt::sessions(found, applied, &sts_outcomes);
+        // Nor is a DANE host outside the MTA-STS policy's `mx` patterns.
+        sessions.retain(|s| !dane.iter().any(|d| d.name.trim_end_matches('.') == s.mx));
         recorder
             .record(&ascii, tlsrpt::policy_info(found), &sessions)
             .await;
+        for host in dane {
+            let sessions = tlsrpt::dane_sessions(host, outcomes);
+            recorder
+                .record(&ascii, tlsrpt::dane_policy_info(host), &sessions)
+                .await;
+        }
     }
 
     /// What the TLS-RPT reporter needs from delivery: the counts, the resolver and the
@@ -397,6 +414,8 @@ struct Plan {
     hops: Vec<Hop>,
     /// The MTA-STS policy applied, if any (for TLS-RPT).
     sts: Option<mta_sts::Applied>,
+    /// The hosts DANE decided for (for TLS-RPT).
+    dane: Vec<policy::DaneHost>,
 }
 
 /// What the TLS-RPT reporter takes from delivery ([`Delivery::tls_reporting`]).
@@ -406,8 +425,12 @@ pub type ReportingParts = (Arc<tlsrpt::record::Recorder>, mx::Resolver, tls::Web
 type StsParts = (mta_sts::Shared, Arc<tlsrpt::record::Recorder>);
 
 /// No delivery this time: every recipient's outcome, and the MTA-STS policy that refused
-/// (for TLS-RPT).
-type NoPlan = (Vec<Outcome>, Option<mta_sts::Applied>);
+/// and the hosts DANE decided for (for TLS-RPT).
+type NoPlan = (
+    Vec<Outcome>,
+    Option<mta_sts::Applied>,
+    Vec<policy::DaneHost>,
+);
 
 /// MX lookup, then the MTA-STS policy `found` (if any) applied to the targets.
 async fn mx_plan(
@@ -428,14 +451,22 @@ async fn mx_plan(
                 reply,
                 status: status.to_string(),
             };
-            return Err((vec![failed; n], None));
+            return Err((vec![failed; n], None, Vec::new()));
         }
         Ok(Err(mx::MxError::Temporary { reply })) => {
-            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
+            return Err((
+                vec![Outcome::Deferred { host: None, reply }; n],
+                None,
+                Vec::new(),
+            ));
         }
         Err(_) => {
             let reply = format!("DNS lookup for {} timed out", job.domain);
-            return Err((vec![Outcome::Deferred { host: None, reply }; n], None));
+            return Err((
+                vec![Outcome::Deferred { host: None, reply }; n],
+                None,
+                Vec::new(),
+            ));
         }
     };
     // MTA-STS for the hosts DANE does not cover (RFC 8461 section 2: DANE first, per host).
@@ -446,21 +477,40 @@ async fn mx_plan(
         (Some(sts), Some(policy)) if !ignore_sts => {
             match mta_sts::apply(policy, targets.clone(), sts.webpki(), &tls.base()) {
                 Ok(applied) => Some(applied),
-                Err(reply) => return Err((vec![Outcome::Deferred { host: None, reply }; n], None)),
+                Err(reply) => {
+                    let deferred = vec![Outcome::Deferred { host: None, reply }; n];
+                    return Err((deferred, None, Vec::new()));
+                }
             }
         }
         _ => None,
     };
     // DANE's validated lookups (MX, then TLSA per host) after the MX lookup, bounded like it.
-    let decide = tls.hops(job.queue_id, job.domain, targets, applied.as_ref());
-    match tokio::time::timeout(mx::Resolver::bound(), decide).await {
-        Ok(Ok(hops)) => Ok(Plan { hops, sts: applied }),
-        Ok(Err(reply)) => Err((vec![Outcome::Deferred { host: None, reply }; n], applied)),
-        Err(_) => {
-            let reply = format!("DNSSEC lookups for {} timed out", job.domain);
-            Err((vec![Outcome::Deferred { host: None, reply }; n], applied))
+    let mut dane = Vec::new();
+    let decide = tls.hops(
+        job.queue_id,
+        job.domain,
+        targets,
+        applied.as_ref(),
+        &mut dane,
+    );
+    let decided = tokio::time::timeout(mx::Resolver::bound(), decide).await;
+    let reply = match decided {
+        Ok(Ok(hops)) => {
+            return Ok(Plan {
+                hops,
+                sts: applied,
+                dane,
+            });
         }
-    }
+        Ok(Err(reply)) => reply,
+        Err(_) => format!("DNSSEC lookups for {} timed out", job.domain),
+    };
+    Err((
+        vec![Outcome::Deferred { host: None, reply }; n],
+        applied,
+        dane,
+    ))
 }
 
 /// The MTA-STS policy of `domain`, bounded in time (no policy when it cannot be had in time,
@@ -567,6 +617,35 @@ fn hops_for(job: &Job<'_>, hops: Vec<Hop>, mx: bool) -> Result<Vec<Hop>, Outcome
 /// Verified TLS toward the smarthost ([`tls::smarthost`]).
 fn smarthost_tls(host: &str, ca_file: Option<&Path>) -> Result<tls::Verified, DeliveryError> {
     tls::smarthost(host, ca_file).map_err(DeliveryError)
+}
+
+/// Every address of the smarthost with its TLS policy; `n` deferrals when it cannot be
+/// resolved.
+async fn smarthost_plan(
+    resolver: Option<&mx::Resolver>,
+    host: &str,
+    port: u16,
+    tls: &TlsPolicy,
+    n: usize,
+) -> Result<Plan, NoPlan> {
+    match smarthost_targets(resolver, host, port).await {
+        Ok(targets) => Ok(Plan {
+            hops: targets
+                .into_iter()
+                .map(|target| Hop {
+                    target,
+                    tls: tls.clone(),
+                })
+                .collect(),
+            sts: None,
+            dane: Vec::new(),
+        }),
+        Err(reply) => Err((
+            vec![Outcome::Deferred { host: None, reply }; n],
+            None,
+            Vec::new(),
+        )),
+    }
 }
 
 /// The smarthost's addresses. An IP address is used as it is; a name goes through the same

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 
 use super::DeliveryError;
-use super::dane::{self, HostDane};
+use super::dane::{self, HostDane, RptResult, Tlsa, Verdicts};
 use super::dnssec::{Security, Validator};
 use super::mta_sts::Applied;
 use super::mx::{Target, parse_domain_literal, to_ascii_domain};
@@ -31,6 +31,21 @@ use super::outbound::{Hop, TlsPolicy};
 use super::tls::{self, Verified};
 use crate::config::{RelaySettings, RelayTls};
 use crate::logsafe::Escaped;
+
+/// An MX host DANE decided for in one attempt, for TLS-RPT (policy type `tlsa`, RFC 8460
+/// section 4.4).
+#[derive(Debug, Clone)]
+pub struct DaneHost {
+    /// The MX host name.
+    pub name: String,
+    /// Its usable TLSA records (empty when `failure` is set).
+    pub records: Vec<Tlsa>,
+    /// The failure DANE already is before any connection (`tlsa-invalid`,
+    /// `dnssec-invalid`, [`HostDane::failure`]).
+    pub failure: Option<RptResult>,
+    /// Each handshake's certificate verdict with this host.
+    pub verdicts: Verdicts,
+}
 
 /// How TLS is chosen for MX hosts (built once from `relay.*`).
 pub struct MxPolicy {
@@ -92,13 +107,15 @@ impl MxPolicy {
     }
 
     /// Each target with its TLS policy, in the targets' order. `Err` (a reply) when no host
-    /// may be tried now: the recipients are deferred.
+    /// may be tried now: the recipients are deferred. The hosts DANE decided for (usable
+    /// records, or a DANE failure) are pushed to `dane`, for TLS-RPT.
     pub async fn hops(
         &self,
         queue_id: &str,
         domain: &str,
         targets: Vec<Target>,
         sts: Option<&Applied>,
+        dane: &mut Vec<DaneHost>,
     ) -> Result<Vec<Hop>, String> {
         let validator = match &self.mode {
             Mode::Dane(v) => v,
@@ -139,17 +156,37 @@ impl MxPolicy {
             }
         }
         let decisions = self.tlsa_per_host(queue_id, validator, &targets).await;
+        // One config per DANE host, with the recorder of its handshakes' verdicts.
         let mut configs: HashMap<&str, Arc<ClientConfig>> = HashMap::new();
+        let mut names: Vec<&&str> = decisions.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            let decision = &decisions[*name];
+            let verdicts = Verdicts::default();
+            let records = match decision {
+                HostDane::Usable(records) => {
+                    let config = dane::client_config(records.clone(), verdicts.clone());
+                    configs.insert(name, config);
+                    records.clone()
+                }
+                HostDane::Unusable | HostDane::Defer(_) => Vec::new(),
+                HostDane::NotApplicable(_) => continue,
+            };
+            dane.push(DaneHost {
+                name: name.to_string(),
+                records,
+                failure: decision.failure(),
+                verdicts,
+            });
+        }
         let mut hops = Vec::with_capacity(targets.len());
         let mut deferred = None;
         for target in &targets {
             let tls = match decisions.get(target.name.as_str()) {
-                Some(HostDane::Usable(records)) => TlsPolicy::Dane(
-                    configs
-                        .entry(target.name.as_str())
-                        .or_insert_with(|| dane::client_config(records.clone()))
-                        .clone(),
-                ),
+                Some(HostDane::Usable(_)) => match configs.get(target.name.as_str()) {
+                    Some(config) => TlsPolicy::Dane(config.clone()),
+                    None => continue,
+                },
                 Some(HostDane::Unusable) => TlsPolicy::Required(tls::unverified()),
                 Some(HostDane::NotApplicable(_)) => match self.fallback(target, sts) {
                     Some(tls) => tls,

@@ -1,6 +1,7 @@
 //! SMTP TLS Reporting (RFC 8460): what happened to the TLS sessions toward domains with an
-//! MTA-STS policy (and to the policy fetches), counted per policy domain, and sent once a day
-//! (and on `tls-report` at the control socket) to the domains that ask for it.
+//! MTA-STS policy (and to the policy fetches) or a DANE MX host (policy type `tlsa`),
+//! counted per policy domain and policy, and sent once a day (and on `tls-report` at the
+//! control socket) to the domains that ask for it.
 //!
 //! - [`record`]: the counts, persisted in `queue.dir/tlsrpt/`, bounded.
 //! - [`rua`]: the `_smtp._tls` TXT record: where reports go.
@@ -9,9 +10,8 @@
 //!   destination: `mailto:` through our own queue (a new message from `tls.reporting.from`),
 //!   `https:` POSTed with the bounds of the MTA-STS fetch ([`super::https`]).
 //!
-//! Only domains with an MTA-STS policy (or a failed policy fetch) are counted: counting every
-//! domain would grow without bound and report nothing useful. DANE result types are here for
-//! the DANE code to record.
+//! Only domains with an MTA-STS policy (or a failed policy fetch) or a DANE host are counted:
+//! counting every domain would grow without bound and report nothing useful.
 
 pub mod record;
 pub mod report;
@@ -22,9 +22,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::dane::RptResult;
 use super::https;
 use super::mta_sts::{Applied, FetchFailure, Found};
 use super::mx::Resolver;
+use super::policy::DaneHost;
 use super::tls::{CertProblem, WebPki};
 use crate::queue::courier::Outcome;
 use crate::queue::scheduler::QueueHandle;
@@ -87,6 +89,80 @@ impl From<FetchFailure> for ResultType {
             FetchFailure::WebPkiInvalid => ResultType::StsWebpkiInvalid,
         }
     }
+}
+
+impl ResultType {
+    /// A DANE outcome's result type (`None`: a success).
+    pub fn of_dane(r: RptResult) -> Option<ResultType> {
+        Some(match r {
+            RptResult::Success => return None,
+            RptResult::StarttlsNotSupported => ResultType::StarttlsNotSupported,
+            RptResult::CertificateExpired => ResultType::CertificateExpired,
+            RptResult::ValidationFailure => ResultType::ValidationFailure,
+            RptResult::TlsaInvalid => ResultType::TlsaInvalid,
+            RptResult::DnssecInvalid => ResultType::DnssecInvalid,
+            RptResult::CertificateHostMismatch => ResultType::CertificateHostMismatch,
+            RptResult::CertificateNotTrusted => ResultType::CertificateNotTrusted,
+        })
+    }
+}
+
+/// A DANE host's policy as the report names it (RFC 8460 section 4.4): type `tlsa`, the
+/// TLSA records in presentation form, the MX host.
+pub fn dane_policy_info(host: &DaneHost) -> PolicyInfo {
+    PolicyInfo {
+        policy_type: "tlsa".into(),
+        policy_string: host.records.iter().map(|r| r.presentation()).collect(),
+        mx_host: vec![host.name.trim_end_matches('.').to_string()],
+    }
+}
+
+/// The sessions of one attempt with a DANE host: the DANE failure decided before any
+/// connection (bogus or unusable TLSA), else each handshake's verdict; without a handshake, a
+/// deferral for a missing STARTTLS is a `starttls-not-supported` session.
+pub fn dane_sessions(host: &DaneHost, outcomes: &[Outcome]) -> Vec<Session> {
+    let mx = host.name.trim_end_matches('.').to_string();
+    if let Some(failure) = host.failure {
+        return vec![Session {
+            failure: ResultType::of_dane(failure),
+            mx,
+            reason: failure.as_str().into(),
+        }];
+    }
+    let verdicts = host.verdicts.all();
+    if verdicts.is_empty() {
+        let stripped = outcomes.iter().any(|o| match o {
+            Outcome::Deferred {
+                host: Some(h),
+                reply,
+            } => host_of(h) == host.name && reply.contains("TLS required but not offered"),
+            _ => false,
+        });
+        return match stripped {
+            true => vec![Session {
+                failure: Some(ResultType::StarttlsNotSupported),
+                mx,
+                reason: "STARTTLS not offered".into(),
+            }],
+            false => Vec::new(),
+        };
+    }
+    verdicts
+        .into_iter()
+        .map(|v| Session {
+            failure: ResultType::of_dane(v),
+            mx: mx.clone(),
+            reason: match v {
+                RptResult::Success => String::new(),
+                _ => format!("DANE: {}", v.as_str()),
+            },
+        })
+        .collect()
+}
+
+/// The host name of an outcome's `host` (`name[address]:port`).
+pub fn host_of(host: &str) -> &str {
+    host.split('[').next().unwrap_or(host)
 }
 
 /// The policy a domain's sessions ran under, as the report names it.
@@ -183,7 +259,7 @@ impl Reporter {
         let now = crate::clock::unix_now();
         let counts = self.recorder.take(now).await;
         let mut sent = Sent::default();
-        for (domain, stats) in &counts.domains {
+        for (domain, policies) in &counts.domains {
             let txt = self.resolver.txt(&format!("_smtp._tls.{domain}")).await;
             let Some(destinations) = txt.ok().and_then(|r| rua::parse_record(&r)) else {
                 continue;
@@ -197,7 +273,7 @@ impl Reporter {
                 end: now,
                 report_id: &report_id,
             };
-            let json = report::json(&meta, domain, stats);
+            let json = report::json(&meta, domain, policies);
             let Ok(gz) = report::gzip(&json) else {
                 sent.failed += 1;
                 continue;
@@ -353,6 +429,55 @@ mod tests {
         let none = Found::default();
         assert!(sessions(&none, None, &[]).is_empty());
         assert_eq!(policy_info(&none).policy_type, "no-policy-found");
+    }
+
+    #[test]
+    fn dane_sessions_of_an_attempt() {
+        use super::super::dane::{Tlsa, Verdicts};
+        let host = |failure| DaneHost {
+            name: "mx.d.test".into(),
+            records: vec![Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![0xab; 32],
+            }],
+            failure,
+            verdicts: Verdicts::default(),
+        };
+        let info = dane_policy_info(&host(None));
+        assert_eq!(info.policy_type, "tlsa");
+        assert_eq!(info.policy_string, [format!("3 1 1 {}", "ab".repeat(32))]);
+        assert_eq!(info.mx_host, ["mx.d.test"]);
+        // Bogus DNSSEC: one dnssec-invalid session, whatever the outcomes say.
+        let bogus = dane_sessions(&host(Some(RptResult::DnssecInvalid)), &[]);
+        assert_eq!(
+            types(&bogus),
+            [(Some(ResultType::DnssecInvalid), "mx.d.test".to_string())]
+        );
+        // STARTTLS stripped: no handshake, the deferral names the host.
+        let stripped = Outcome::Deferred {
+            host: Some("mx.d.test[127.0.0.1]:25".into()),
+            reply: "TLS required but not offered by mx.d.test[127.0.0.1]:25".into(),
+        };
+        assert_eq!(
+            types(&dane_sessions(&host(None), &[stripped])),
+            [(
+                Some(ResultType::StarttlsNotSupported),
+                "mx.d.test".to_string()
+            )]
+        );
+        // Another host's deferral says nothing about this one; no handshake, no session.
+        let other = Outcome::Deferred {
+            host: Some("mx.other.test[127.0.0.1]:25".into()),
+            reply: "TLS required but not offered".into(),
+        };
+        assert!(dane_sessions(&host(None), &[other]).is_empty());
+        assert_eq!(ResultType::of_dane(RptResult::Success), None);
+        assert_eq!(
+            ResultType::of_dane(RptResult::CertificateNotTrusted),
+            Some(ResultType::CertificateNotTrusted)
+        );
     }
 
     #[test]

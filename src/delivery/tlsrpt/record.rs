@@ -1,7 +1,8 @@
 //! What TLS-RPT counts between two reports (RFC 8460 section 4): per policy domain, the
-//! policy in force, successful and failed sessions, and failure details. Kept in
-//! `queue.dir/tlsrpt/state.json` (written atomically after each change) so that a restart
-//! loses no count. Bounded: [`MAX_DOMAINS`] domains, [`MAX_DETAILS`] detail entries each
+//! policies in force (the MTA-STS one, and a `tlsa` one per DANE host), successful and failed
+//! sessions under each, and failure details. Kept in `queue.dir/tlsrpt/state.json` (written
+//! atomically after each change) so that a restart loses no count. Bounded: [`MAX_DOMAINS`]
+//! domains, [`MAX_POLICIES`] policies each, [`MAX_DETAILS`] detail entries per policy
 //! (further failures are counted, not detailed), every text cut to [`MAX_TEXT`].
 
 use std::collections::BTreeMap;
@@ -19,7 +20,10 @@ pub const DIR: &str = "tlsrpt";
 const FILE: &str = "state.json";
 /// Domains counted at once; new domains beyond are not counted until the next report.
 pub const MAX_DOMAINS: usize = 1000;
-/// Failure-detail entries per domain.
+/// Policies per domain (its MTA-STS policy and one `tlsa` policy per DANE MX host);
+/// sessions under further policies are not counted until the next report.
+pub const MAX_POLICIES: usize = 8;
+/// Failure-detail entries per policy.
 pub const MAX_DETAILS: usize = 32;
 /// Longest stored text (reason, host name, policy line).
 pub const MAX_TEXT: usize = 256;
@@ -31,12 +35,26 @@ const MAX_FILE: u64 = 16 << 20;
 /// The policy a domain's sessions were counted under.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyInfo {
-    /// `sts` or `no-policy-found` (RFC 8460 section 4.4).
+    /// `sts`, `tlsa` or `no-policy-found` (RFC 8460 section 4.4).
     pub policy_type: String,
-    /// The policy as served, one line per entry (empty without a policy).
+    /// The policy as served, one line per entry (the TLSA records for `tlsa`; empty without
+    /// a policy).
     pub policy_string: Vec<String>,
-    /// The policy's `mx` patterns.
+    /// The policy's `mx` patterns (the MX host for `tlsa`).
     pub mx_host: Vec<String>,
+}
+
+impl PolicyInfo {
+    /// Whether sessions under `other` are counted with this policy's: one `tlsa` policy per
+    /// MX host; one MTA-STS slot (`sts` or `no-policy-found`) per domain, the newest policy
+    /// text replacing the older.
+    fn same_slot(&self, other: &PolicyInfo) -> bool {
+        match (self.policy_type == "tlsa", other.policy_type == "tlsa") {
+            (true, true) => self.mx_host == other.mx_host,
+            (false, false) => true,
+            _ => false,
+        }
+    }
 }
 
 /// One failure-detail entry: what failed where, and how often.
@@ -48,7 +66,7 @@ pub struct Detail {
     pub count: u64,
 }
 
-/// A domain's counts since the last report.
+/// The counts under one policy of a domain since the last report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainStats {
     pub policy: PolicyInfo,
@@ -57,11 +75,12 @@ pub struct DomainStats {
     pub details: Vec<Detail>,
 }
 
-/// Everything counted since `since` (unix seconds).
+/// Everything counted since `since` (unix seconds): per domain, the counts under each of
+/// its policies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub since: u64,
-    pub domains: BTreeMap<String, DomainStats>,
+    pub domains: BTreeMap<String, Vec<DomainStats>>,
 }
 
 /// The outcome of one session (or of the policy fetch before it).
@@ -126,7 +145,16 @@ impl Recorder {
             if counts.domains.len() >= MAX_DOMAINS && !counts.domains.contains_key(domain) {
                 return;
             }
-            let stats = counts.domains.entry(domain.to_string()).or_default();
+            let policies = counts.domains.entry(domain.to_string()).or_default();
+            let slot = match policies.iter().position(|p| p.policy.same_slot(&policy)) {
+                Some(i) => i,
+                None if policies.len() < MAX_POLICIES => {
+                    policies.push(DomainStats::default());
+                    policies.len() - 1
+                }
+                None => return,
+            };
+            let stats = &mut policies[slot];
             stats.policy = PolicyInfo {
                 policy_type: policy.policy_type,
                 policy_string: policy
@@ -267,7 +295,7 @@ mod tests {
         let again = Arc::new(Recorder::open(dir.path(), 200));
         let counts = again.take(300).await;
         assert_eq!(counts.since, 100);
-        let a = &counts.domains["a.test"];
+        let a = &counts.domains["a.test"][0];
         assert_eq!((a.success, a.failure), (1, 2));
         assert_eq!(a.details.len(), 1);
         assert_eq!(a.details[0].count, 2);
@@ -278,8 +306,37 @@ mod tests {
             .map(|i| fail(ResultType::ValidationFailure, &format!("mx{i}")))
             .collect();
         r.record("b.test", info, &many).await;
-        let b = &r.take(600).await.domains["b.test"];
+        let b = &r.take(600).await.domains["b.test"][0];
         assert_eq!(b.failure as usize, MAX_DETAILS + 5);
         assert_eq!(b.details.len(), MAX_DETAILS);
+    }
+
+    #[tokio::test]
+    async fn several_policies_per_domain_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(Recorder::open(dir.path(), 100));
+        let tlsa = |mx: &str| PolicyInfo {
+            policy_type: "tlsa".into(),
+            policy_string: vec!["3 1 1 00".into()],
+            mx_host: vec![mx.into()],
+        };
+        let sts = |line: &str| PolicyInfo {
+            policy_type: "sts".into(),
+            policy_string: vec![line.into()],
+            mx_host: vec!["mx".into()],
+        };
+        let one = [fail(ResultType::ValidationFailure, "mx")];
+        r.record("a.test", sts("mode: testing"), &one).await;
+        r.record("a.test", tlsa("mx1"), &one).await;
+        r.record("a.test", tlsa("mx1"), &one).await;
+        r.record("a.test", sts("mode: enforce"), &one).await;
+        for i in 0..MAX_POLICIES + 3 {
+            r.record("a.test", tlsa(&format!("m{i}")), &one).await;
+        }
+        let a = &r.take(200).await.domains["a.test"];
+        assert_eq!(a.len(), MAX_POLICIES);
+        assert_eq!(a[0].policy, sts("mode: enforce"));
+        assert_eq!(a[0].failure, 2);
+        assert_eq!((a[1].policy.mx_host[0].as_str(), a[1].failure), ("mx1", 2));
     }
 }

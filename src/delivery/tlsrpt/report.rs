@@ -29,8 +29,8 @@ fn rfc3339(t: u64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
-/// The JSON report for one policy domain.
-pub fn json(meta: &Meta<'_>, domain: &str, stats: &DomainStats) -> Value {
+/// One entry of the report's `policies` (RFC 8460 section 4.4).
+fn policy(domain: &str, stats: &DomainStats) -> Value {
     let details: Vec<Value> = stats
         .details
         .iter()
@@ -44,6 +44,25 @@ pub fn json(meta: &Meta<'_>, domain: &str, stats: &DomainStats) -> Value {
         })
         .collect();
     json!({
+        "policy": {
+            "policy-type": stats.policy.policy_type,
+            "policy-string": stats.policy.policy_string,
+            "policy-domain": domain,
+            "mx-host": stats.policy.mx_host,
+        },
+        "summary": {
+            "total-successful-session-count": stats.success,
+            "total-failure-session-count": stats.failure,
+        },
+        "failure-details": details,
+    })
+}
+
+/// The JSON report for one policy domain, one `policies` entry per policy it was counted
+/// under.
+pub fn json(meta: &Meta<'_>, domain: &str, policies: &[DomainStats]) -> Value {
+    let policies: Vec<Value> = policies.iter().map(|p| policy(domain, p)).collect();
+    json!({
         "organization-name": meta.submitter,
         "date-range": {
             "start-datetime": rfc3339(meta.start),
@@ -51,19 +70,7 @@ pub fn json(meta: &Meta<'_>, domain: &str, stats: &DomainStats) -> Value {
         },
         "contact-info": meta.contact,
         "report-id": meta.report_id,
-        "policies": [{
-            "policy": {
-                "policy-type": stats.policy.policy_type,
-                "policy-string": stats.policy.policy_string,
-                "policy-domain": domain,
-                "mx-host": stats.policy.mx_host,
-            },
-            "summary": {
-                "total-successful-session-count": stats.success,
-                "total-failure-session-count": stats.failure,
-            },
-            "failure-details": details,
-        }],
+        "policies": policies,
     })
 }
 
@@ -157,7 +164,22 @@ mod tests {
             end: 1_700_086_400,
             report_id: "r1@mail.example.test",
         };
-        let j = json(&meta, "a.test", &stats);
+        let tlsa = DomainStats {
+            policy: PolicyInfo {
+                policy_type: "tlsa".into(),
+                policy_string: vec!["3 1 1 00ff".into()],
+                mx_host: vec!["mx.a.test".into()],
+            },
+            success: 2,
+            ..DomainStats::default()
+        };
+        let j = json(&meta, "a.test", &[stats, tlsa]);
+        assert_eq!(j["policies"][1]["policy"]["policy-type"], "tlsa");
+        assert_eq!(j["policies"][1]["policy"]["policy-domain"], "a.test");
+        assert_eq!(
+            j["policies"][1]["summary"]["total-successful-session-count"],
+            2
+        );
         assert_eq!(j["date-range"]["start-datetime"], "2023-11-14T22:13:20Z");
         let p = &j["policies"][0];
         assert_eq!(p["policy"]["policy-domain"], "a.test");
