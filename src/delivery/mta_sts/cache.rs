@@ -3,7 +3,6 @@
 //! start, so that a restart keeps every policy until its `max_age` (RFC 8461 section 5.1).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -65,13 +64,9 @@ pub fn store(dir: &Path, domain: &str, entry: &Cached) -> std::io::Result<()> {
         policy: entry.text.clone(),
     })
     .map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&json)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(&name))?;
-    fs::File::open(dir)?.sync_all()
+    // Temp file, fsync, rename, directory fsync; a unique temp name, so two stores for one
+    // domain never share it.
+    crate::fsown::write_atomic(&dir.join(&name), &json)
 }
 
 /// Every cached policy in `dir` that is still fresh at `now`; unreadable, malformed and
@@ -86,6 +81,15 @@ pub fn load(dir: &Path, now: u64) -> Vec<(String, Cached)> {
             break;
         }
         let path: PathBuf = entry.path();
+        // A temp file `fsown::write_atomic` left behind by a crash.
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp."))
+        {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
         let Some(domain) = entry.file_name().to_str().and_then(file_name) else {
             continue;
         };

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -240,19 +239,14 @@ fn add(stats: &mut DomainStats, s: &Session) {
     }
 }
 
-/// `path` replaced atomically by `bytes`; its directory created when missing.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// `path` replaced atomically by `bytes` (`fsown::write_atomic`); its directory created when
+/// missing.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no directory"))?;
     fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    crate::fsown::write_atomic(path, bytes)
 }
 
 #[cfg(test)]
