@@ -350,7 +350,7 @@ fn users_json(
     serde_json::Value::Array(items)
 }
 
-fn pattern_text(p: &SenderPattern) -> String {
+pub(super) fn pattern_text(p: &SenderPattern) -> String {
     match p {
         SenderPattern::Address { local, domain } => format!("{local}@{domain}"),
         SenderPattern::Domain(domain) => format!("@{domain}"),
@@ -358,7 +358,7 @@ fn pattern_text(p: &SenderPattern) -> String {
 }
 
 /// Unix seconds as an RFC 5322 date (the seconds themselves if out of range).
-fn unix_date(secs: u64) -> String {
+pub(super) fn unix_date(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .map(submitd::submission::rfc5322_date)
         .unwrap_or_else(|_| secs.to_string())
