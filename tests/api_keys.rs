@@ -99,16 +99,32 @@ async fn a_key_sends_as_its_senders_only_and_its_secret_is_never_stored() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(!text.contains(&secret[3..]) && text.contains("hmac-sha256$"), "{text}");
+    assert!(
+        !text.contains(&secret[3..]) && text.contains("hmac-sha256$"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn a_key_cannot_send_beyond_its_owner() {
     let server = TestServer::start().await;
-    let out = key_cli(&server, &["create", "wide", "--owner", ALICE, "--sender", BOB]);
+    let out = key_cli(
+        &server,
+        &["create", "wide", "--owner", ALICE, "--sender", BOB],
+    );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("not within the senders"), "{out:?}");
-    let out = key_cli(&server, &["create", "domain", "--owner", BOB, "--sender", "@example.test"]);
+    let out = key_cli(
+        &server,
+        &[
+            "create",
+            "domain",
+            "--owner",
+            BOB,
+            "--sender",
+            "@example.test",
+        ],
+    );
     assert_eq!(out.code, Some(2), "{out:?}");
     let out = key_cli(&server, &["create", "nobody"]);
     assert_eq!(out.code, Some(2), "{out:?}");
@@ -138,9 +154,17 @@ async fn revoked_expired_and_wrong_scope_or_address_are_refused() {
     let api = create(&server, "apionly", &["--sender", ALICE, "--scope", "api"]);
     assert_auth(&server, "apionly", &api, "535 5.7.8").await;
 
-    let lan = create(&server, "lan", &["--sender", ALICE, "--from-ip", "10.0.0.0/8"]);
+    let lan = create(
+        &server,
+        "lan",
+        &["--sender", ALICE, "--from-ip", "10.0.0.0/8"],
+    );
     assert_auth(&server, "lan", &lan, "535 5.7.8").await;
-    let here = create(&server, "here", &["--sender", ALICE, "--from-ip", "127.0.0.0/8"]);
+    let here = create(
+        &server,
+        "here",
+        &["--sender", ALICE, "--from-ip", "127.0.0.0/8"],
+    );
     assert_auth(&server, "here", &here, "235").await;
 }
 
@@ -159,4 +183,28 @@ async fn rotate_keeps_the_old_secret_for_the_grace_only() {
     let newer = out.stdout.trim().to_owned();
     assert_auth(&server, "app", &new, "535 5.7.8").await;
     assert_auth(&server, "app", &newer, "235").await;
+}
+
+#[tokio::test]
+async fn messages_per_hour_limits_the_key_alone() {
+    let server = TestServer::start().await;
+    let secret = create(
+        &server,
+        "capped",
+        &["--sender", ALICE, "--messages-per-hour", "1"],
+    );
+    for expect in ["250", "450 4.7.1"] {
+        let (mut c, reply) = auth(&server, "capped", &secret).await;
+        assert!(reply.starts_with("235"), "{reply}");
+        c.cmd(&format!("MAIL FROM:<{ALICE}>"), expect).await;
+        if expect == "250" {
+            c.cmd("RCPT TO:<carol@example.net>", "250").await;
+            c.cmd("DATA", "354").await;
+            c.cmd("From: <alice@example.test>\r\n\r\nhi\r\n.", "250")
+                .await;
+        }
+    }
+    // Alice's own account is not the key's counter.
+    let mut c = server.alice().await;
+    c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
 }

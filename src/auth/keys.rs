@@ -140,7 +140,9 @@ impl Key {
         let current = secret_matches(&e.hash, secret);
         let previous = !current
             && e.previous_until.is_some_and(|until| now < until)
-            && e.previous_hash.as_deref().is_some_and(|h| secret_matches(h, secret));
+            && e.previous_hash
+                .as_deref()
+                .is_some_and(|h| secret_matches(h, secret));
         if !current && !previous {
             return Err(Refusal::WrongSecret);
         }
@@ -462,7 +464,12 @@ mod tests {
         assert!(secret_matches(&a, &s) && secret_matches(&b, &s));
         assert!(!secret_matches(&a, "sk_wrong"));
         assert!(!a.contains(&s[3..]));
-        for bad in ["", "hmac-sha256$x$y", "md5$AAAAAAAAAAAAAAAAAAAAAA$AA", &format!("{a}$x")] {
+        for bad in [
+            "",
+            "hmac-sha256$x$y",
+            "md5$AAAAAAAAAAAAAAAAAAAAAA$AA",
+            &format!("{a}$x"),
+        ] {
             assert!(!secret_matches(bad, &s), "{bad}");
         }
     }
@@ -476,15 +483,27 @@ mod tests {
         assert_eq!(k.check("sk_a", IP, 10, "api"), Err(Refusal::NoScope));
         e.expires = Some(10);
         assert_eq!(key(e.clone()).check("sk_a", IP, 9, "smtp"), Ok(()));
-        assert_eq!(key(e.clone()).check("sk_a", IP, 10, "smtp"), Err(Refusal::Expired));
+        assert_eq!(
+            key(e.clone()).check("sk_a", IP, 10, "smtp"),
+            Err(Refusal::Expired)
+        );
         e.expires = None;
         e.from_ip = vec!["10.0.0.0/8".into()];
-        assert_eq!(key(e.clone()).check("sk_a", IP, 1, "smtp"), Err(Refusal::FromIp));
+        assert_eq!(
+            key(e.clone()).check("sk_a", IP, 1, "smtp"),
+            Err(Refusal::FromIp)
+        );
         let inside: IpAddr = "10.1.2.3".parse().unwrap();
         assert_eq!(key(e.clone()).check("sk_a", inside, 1, "smtp"), Ok(()));
         e.revoked = Some(5);
-        assert_eq!(key(e.clone()).check("sk_a", inside, 1, "smtp"), Err(Refusal::Revoked));
-        assert_eq!(key(e).check("sk_x", inside, 1, "smtp"), Err(Refusal::WrongSecret));
+        assert_eq!(
+            key(e.clone()).check("sk_a", inside, 1, "smtp"),
+            Err(Refusal::Revoked)
+        );
+        assert_eq!(
+            key(e).check("sk_x", inside, 1, "smtp"),
+            Err(Refusal::WrongSecret)
+        );
     }
 
     #[test]
@@ -495,7 +514,10 @@ mod tests {
         let k = key(e);
         assert_eq!(k.check("sk_new", IP, 200, "smtp"), Ok(()));
         assert_eq!(k.check("sk_old", IP, 99, "smtp"), Ok(()));
-        assert_eq!(k.check("sk_old", IP, 100, "smtp"), Err(Refusal::WrongSecret));
+        assert_eq!(
+            k.check("sk_old", IP, 100, "smtp"),
+            Err(Refusal::WrongSecret)
+        );
     }
 
     #[test]
@@ -514,8 +536,16 @@ mod tests {
             ("name = \"app\"", "name = \"a b\"", "name must be"),
             ("hmac-sha256$", "sha1$", "hash is not"),
             ("\"app@example.test\"", "\"not an address\"", "senders"),
-            ("created = 1", "created = 1\nfrom_ip = [\"10.0.0.1/8\"]", "from_ip"),
-            ("created = 1", "created = 1\nsecret = \"x\"", "unknown field"),
+            (
+                "created = 1",
+                "created = 1\nfrom_ip = [\"10.0.0.1/8\"]",
+                "from_ip",
+            ),
+            (
+                "created = 1",
+                "created = 1\nsecret = \"x\"",
+                "unknown field",
+            ),
         ] {
             let text = good.replacen(from, to, 1);
             let e = parse(&text, p).unwrap_err().to_string();
@@ -543,7 +573,10 @@ mod tests {
         revoke(&path, "app", 60).unwrap();
         let k = store.get("app").unwrap();
         assert_eq!(k.check("sk_two", IP, 61, "smtp"), Err(Refusal::Revoked));
-        assert!(matches!(revoke(&path, "nope", 1), Err(KeysError::NoSuchKey(_))));
+        assert!(matches!(
+            revoke(&path, "nope", 1),
+            Err(KeysError::NoSuchKey(_))
+        ));
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("sk_"), "{text}");
         assert!(store.get("a b").is_none());

@@ -154,8 +154,7 @@ fn key_senders(
             "--owner needs the users file (auth.users) to know the owner's senders",
         ));
     };
-    let list = load_users(settings, users_file)
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let list = load_users(settings, users_file).map_err(|e| Failure::Usage(e.into()))?;
     let Some(user) = list.iter().find(|u| u.login == owner) else {
         return Err(usage(format!(
             "--owner {owner:?}: no such user in {}",

@@ -485,6 +485,20 @@ mod tests {
     use crate::config::testing::{MINIMAL, assert_error, parse, with};
 
     #[test]
+    fn keys_file_defaults_beside_the_users_file() {
+        use std::path::Path;
+        let keys = |text: &str| parse(text).unwrap().auth.keys;
+        assert_eq!(keys(MINIMAL), Path::new("/etc/submitd/keys.toml"));
+        let moved = MINIMAL.replace("\"users.toml\"", "\"/srv/u/users.toml\"");
+        assert_eq!(keys(&moved), Path::new("/srv/u/keys.toml"));
+        assert_eq!(
+            keys(&with("keys = \"k/api.toml\"")),
+            Path::new("/etc/submitd/k/api.toml")
+        );
+        assert_error(&with("keys = \" \""), "auth.keys", "must not be empty");
+    }
+
+    #[test]
     fn auth_cache_ttl() {
         assert_eq!(
             parse(MINIMAL).unwrap().auth.cache_ttl,
