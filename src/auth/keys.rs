@@ -374,6 +374,9 @@ pub fn rotate(path: &Path, name: &str, hash: String, grace_until: u64) -> Result
 /// What identifies one version of the file without reading it.
 type Stamp = Option<(Option<SystemTime>, u64, u64, u64)>;
 
+/// Keys by name.
+type Index = Arc<HashMap<String, Arc<Key>>>;
+
 fn stamp(path: &Path) -> Stamp {
     fs::metadata(path)
         .ok()
@@ -386,7 +389,7 @@ fn stamp(path: &Path) -> Stamp {
 #[derive(Debug)]
 pub struct KeyStore {
     path: PathBuf,
-    state: Mutex<(Stamp, Arc<HashMap<String, Arc<Key>>>)>,
+    state: Mutex<(Stamp, Index)>,
 }
 
 impl KeyStore {
