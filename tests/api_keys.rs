@@ -208,3 +208,24 @@ async fn messages_per_hour_limits_the_key_alone() {
     let mut c = server.alice().await;
     c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
 }
+
+#[tokio::test]
+async fn as_root_a_new_keys_file_is_owned_like_the_users_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to own files as another user (euid is not 0)");
+        return;
+    }
+    let server = TestServer::start().await;
+    let users = server.dir.path().join("users.toml");
+    std::os::unix::fs::chown(&users, Some(65534), Some(4242)).unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o640)).unwrap();
+    create(&server, "app", &["--sender", ALICE]);
+    let m = std::fs::metadata(server.dir.path().join("keys.toml")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (65534, 4242, 0o600));
+    // Edits keep it.
+    assert_eq!(key_cli(&server, &["revoke", "app"]).code, Some(0));
+    let m = std::fs::metadata(server.dir.path().join("keys.toml")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (65534, 4242, 0o600));
+}

@@ -311,22 +311,33 @@ fn edit(
     change(&mut raw)?;
     let out = toml::to_string(&raw).map_err(|e| invalid(path, e.to_string()))?;
     parse(&out, path)?;
-    let new = !path.exists();
-    crate::fsown::write_atomic(path, out.as_bytes()).map_err(|e| io_error(path, e))?;
-    if new {
-        // Secrets' hashes: 0600 whatever the directory's default, owned like the users file.
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| io_error(path, e))?;
-        if let Some(like) = owner_like
-            && crate::fsown::is_root()
-            && let Ok(m) = fs::metadata(like)
-        {
-            std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))
-                .map_err(|e| io_error(path, e))?;
-        }
+    if !path.exists() {
+        // Before any content: an empty file (no keys) created 0600 and, as root, owned like
+        // the users file; the atomic write below keeps both (a new file would otherwise take
+        // the directory's group and 0640).
+        new_private_file(path, owner_like).map_err(|e| io_error(path, e))?;
     }
+    crate::fsown::write_atomic(path, out.as_bytes()).map_err(|e| io_error(path, e))?;
     Ok(())
+}
+
+/// Create `path` empty with mode 0600, owned (as root) like `owner_like`.
+fn new_private_file(path: &Path, owner_like: Option<&Path>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Some(like) = owner_like
+        && crate::fsown::is_root()
+        && let Ok(m) = fs::metadata(like)
+    {
+        std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+    }
+    // Exactly 0600, whatever the umask.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.sync_all()
 }
 
 /// Add a key; an existing name is [`KeysError::Exists`].
