@@ -229,3 +229,24 @@ async fn as_root_a_new_keys_file_is_owned_like_the_users_file() {
     let m = std::fs::metadata(server.dir.path().join("keys.toml")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (65534, 4242, 0o600));
 }
+
+#[tokio::test]
+async fn a_user_cannot_take_a_key_name_and_check_config_reads_the_keys_file() {
+    let server = TestServer::start().await;
+    create(&server, "shop", &["--sender", ALICE]);
+    let config = config(&server);
+    let c = config.to_str().unwrap();
+    let out = run_submitd(
+        None,
+        &["user", "add", "shop", "--password-stdin", "--config", c],
+        Some("pw-for-shop\n"),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("API key"), "{out:?}");
+    let out = run_submitd(None, &["check-config", "--config", c], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    std::fs::write(server.dir.path().join("keys.toml"), "[[key]]\nname = \"x\"\n").unwrap();
+    let out = run_submitd(None, &["check-config", "--config", c], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("auth.keys"), "{out:?}");
+}

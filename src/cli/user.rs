@@ -64,6 +64,16 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     {
         return shared_suspensions(&settings, &shared, &suspended, cmd);
     }
+    if let UserCommand::Add { login, .. } = &cmd
+        && submitd::auth::keys::load(&settings.auth.keys)
+            .is_ok_and(|keys| keys.iter().any(|k| k.entry.name == *login))
+    {
+        return Err(usage(format!(
+            "{login:?} is an API key's name in {} (keys are checked first at AUTH); \
+             pick another login",
+            settings.auth.keys.display()
+        )));
+    }
     let backend = settings.auth.backend.name();
     match (&settings.auth.users, &cmd) {
         (_, UserCommand::List { json }) if backend != "file" => {
