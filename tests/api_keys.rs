@@ -245,7 +245,11 @@ async fn a_user_cannot_take_a_key_name_and_check_config_reads_the_keys_file() {
     assert!(out.stderr.contains("API key"), "{out:?}");
     let out = run_submitd(None, &["check-config", "--config", c], None);
     assert_eq!(out.code, Some(0), "{out:?}");
-    std::fs::write(server.dir.path().join("keys.toml"), "[[key]]\nname = \"x\"\n").unwrap();
+    std::fs::write(
+        server.dir.path().join("keys.toml"),
+        "[[key]]\nname = \"x\"\n",
+    )
+    .unwrap();
     let out = run_submitd(None, &["check-config", "--config", c], None);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("auth.keys"), "{out:?}");
