@@ -32,6 +32,9 @@ pub fn check_files(settings: &Settings) -> Result<(), ConfigErrors> {
     {
         p.push("auth.users", e.to_string());
     }
+    if let Err(e) = crate::auth::keys::load(&settings.auth.keys) {
+        p.push("auth.keys", e.to_string());
+    }
     if let Some(ca) = &settings.relay.ca_file
         && let Err(e) = crate::tls::load_certs(ca)
     {

@@ -138,7 +138,9 @@ impl Server {
         let state = crate::state::from_settings(&settings.state, Some(metrics.clone()))?;
         let (verifier, quota) = crate::auth::defences(users, &settings, state.clone());
         let follow = state.map(|s| (s, quota.suspensions().clone()));
-        let mut verifier = verifier.with_default_senders(&settings.auth.default_senders);
+        let mut verifier = verifier
+            .with_default_senders(&settings.auth.default_senders)
+            .with_keys(crate::auth::keys::KeyStore::open(&settings.auth.keys)?);
         if let Some(directory) = crate::auth::directory(&settings, Some(metrics.clone()))? {
             verifier = verifier.with_directory(directory);
             tokio::spawn(probe_directory(verifier.clone()));

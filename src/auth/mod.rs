@@ -1,6 +1,6 @@
 //! Authentication: SASL decoding ([`sasl`], pure), the users file ([`users`]), argon2id
 //! verification off the reactor on a bounded pool ([`verify`]) behind a cache of verified
-//! credentials ([`cache`]), sender ownership
+//! credentials ([`cache`]), scoped API keys checked before argon2 ([`keys`]), sender ownership
 //! ([`senders`]), and the cross-connection defences: login throttling ([`throttle`]), per-user
 //! sending limits ([`quota`]) and account suspension ([`suspend`]), counted with the bounded
 //! sliding windows of [`window`].
@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cache;
 pub mod directory;
+pub mod keys;
 pub mod quota;
 pub mod sasl;
 pub mod senders;

@@ -50,6 +50,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use super::backend::{AuthRequest, Identity, Mechanism};
 use super::cache::{Clock, CredentialCache, CredentialTagger, Lookup};
 use super::directory::DirectoryAuth;
+use super::keys::{Key, KeyStore};
 use super::senders::expand_defaults;
 use super::suspend::Suspensions;
 use super::throttle::{AuthThrottle, Reservation, Throttled};
@@ -161,6 +162,8 @@ pub struct Verifier {
     /// `auth.default_senders` for users-file entries without `senders`, when it is not the
     /// default (`["{login}"]`, which the users file already applies).
     default_senders: Option<Arc<[String]>>,
+    /// API keys ([`super::keys`]): a login that names one is checked here, never by argon2.
+    keys: Option<Arc<KeyStore>>,
 }
 
 /// Where an AUTH comes from, besides its credentials: what a directory backend is told.
@@ -247,6 +250,7 @@ impl Verifier {
             directory: None,
             directory_permits: Arc::new(Semaphore::new((permits * 4).max(16))),
             default_senders: None,
+            keys: None,
         }
     }
 
@@ -260,6 +264,12 @@ impl Verifier {
     /// `auth.default_senders` for users-file entries that name no `senders`.
     pub fn with_default_senders(mut self, templates: &[String]) -> Verifier {
         self.default_senders = (templates != ["{login}"]).then(|| templates.into());
+        self
+    }
+
+    /// Check logins that name an API key against `keys` (before, and instead of, argon2).
+    pub fn with_keys(mut self, keys: KeyStore) -> Verifier {
+        self.keys = Some(Arc::new(keys));
         self
     }
 
@@ -284,6 +294,9 @@ impl Verifier {
         password: &str,
     ) -> Verdict {
         let ip = client.ip;
+        if let Some(key) = self.keys.as_ref().and_then(|k| k.get(login)) {
+            return self.authenticate_key(ip, &key, password).await;
+        }
         let throttle = self.throttle.as_deref();
         // A shared throttle's check is a round trip: needed before a cache hit, which
         // reserves nothing; without a cached entry the reservation checks, atomically.
@@ -329,6 +342,25 @@ impl Verifier {
         };
         self.settle(ip, login, user.is_some(), reservation).await;
         Verdict::Checked(user)
+    }
+
+    /// AUTH with an API key (login = its name): the throttle as for users, then the fast keyed
+    /// hash and the key's own conditions inline (microseconds: no pool, no cache, no flight).
+    /// Any refusal is a failure in the throttle; the reason is logged with the key's name.
+    async fn authenticate_key(&self, ip: IpAddr, key: &Key, secret: &str) -> Verdict {
+        let name = key.entry.name.as_str();
+        if let Some(t) = self.throttle.as_deref()
+            && let Err(which) = t.check_shared(ip, name).await
+        {
+            tracing::warn!(key = name, limit = ?which, "authentication throttled");
+            return Verdict::Throttled(which);
+        }
+        let checked = key.check(secret, ip, crate::clock::unix_now(), "smtp");
+        if let Err(why) = checked {
+            tracing::warn!(key = name, reason = ?why, "API key refused");
+        }
+        self.settle(ip, name, checked.is_ok(), None).await;
+        Verdict::Checked(checked.ok().map(|()| Arc::new(key.as_user())))
     }
 
     /// The throttle's bookkeeping once an attempt is decided. With a shared store it is a

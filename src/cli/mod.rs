@@ -5,6 +5,7 @@
 //! - [`check_config`], [`health`], [`reload`], [`tls_report`]: one-shot checks and the control
 //!   socket.
 //! - [`user`], [`password`]: the users file (add, passwd, del, list, suspend) and password input.
+//! - [`key`]: scoped API keys (create, list, revoke, rotate).
 //! - [`queue`]: list, show, retry, hold, release, delete.
 //! - [`dkim`], [`cert`]: key and certificate generation.
 
@@ -12,6 +13,7 @@ mod cert;
 mod check_config;
 mod dkim;
 mod health;
+mod key;
 mod password;
 mod queue;
 mod reload;
@@ -52,6 +54,9 @@ pub(crate) enum Command {
     /// Manage the users file.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Scoped API keys, also SMTP AUTH passwords (login = the key's name).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Read a password on stdin, print its argon2id PHC string.
     HashPassword,
     /// Certificates for development.
@@ -125,6 +130,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve => serve::serve(config),
         Command::CheckConfig => check_config::check_config(config),
         Command::User(cmd) => user::user(config, cmd),
+        Command::Key(cmd) => key::key(config, cmd),
         Command::HashPassword => password::hash_password(),
         Command::Cert(cmd) => cert::cert(cmd),
         Command::Queue(cmd) => queue::queue(config, cmd),

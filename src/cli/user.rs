@@ -64,6 +64,16 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     {
         return shared_suspensions(&settings, &shared, &suspended, cmd);
     }
+    if let UserCommand::Add { login, .. } = &cmd
+        && submitd::auth::keys::load(&settings.auth.keys)
+            .is_ok_and(|keys| keys.iter().any(|k| k.entry.name == *login))
+    {
+        return Err(usage(format!(
+            "{login:?} is an API key's name in {} (keys are checked first at AUTH); \
+             pick another login",
+            settings.auth.keys.display()
+        )));
+    }
     let backend = settings.auth.backend.name();
     match (&settings.auth.users, &cmd) {
         (_, UserCommand::List { json }) if backend != "file" => {
@@ -350,7 +360,7 @@ fn users_json(
     serde_json::Value::Array(items)
 }
 
-fn pattern_text(p: &SenderPattern) -> String {
+pub(super) fn pattern_text(p: &SenderPattern) -> String {
     match p {
         SenderPattern::Address { local, domain } => format!("{local}@{domain}"),
         SenderPattern::Domain(domain) => format!("@{domain}"),
@@ -358,7 +368,7 @@ fn pattern_text(p: &SenderPattern) -> String {
 }
 
 /// Unix seconds as an RFC 5322 date (the seconds themselves if out of range).
-fn unix_date(secs: u64) -> String {
+pub(super) fn unix_date(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .map(submitd::submission::rfc5322_date)
         .unwrap_or_else(|_| secs.to_string())

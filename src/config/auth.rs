@@ -18,6 +18,9 @@ pub struct AuthSettings {
     /// The users file: required for the file backend; for a directory backend optional, and
     /// then its entries add senders and per-user limits on top of what the directory says.
     pub users: Option<PathBuf>,
+    /// The API keys file (`keys`, default `keys.toml` beside the users file, or beside the
+    /// config without one); a missing file has no keys.
+    pub keys: PathBuf,
     /// How long a verified login is remembered (`cache_ttl`, default 10m); zero = no cache.
     pub cache_ttl: Duration,
     /// The senders of a user whose directory entry names none (`default_senders`, default
@@ -122,6 +125,7 @@ pub enum SqlUrl {
 pub(super) struct RawAuth {
     backend: Option<String>,
     users: Option<String>,
+    keys: Option<String>,
     /// Default [`DEFAULT_CACHE_TTL`].
     cache_ttl: Option<String>,
     default_senders: Option<Vec<String>>,
@@ -204,6 +208,15 @@ pub(super) fn parse(raw: &RawAuth, p: &mut Problems<'_>, cx: &Context<'_>) -> Op
             v => Some(v.map(|v| cx.resolve(v))),
         }
     };
+    let keys = match (raw.keys.as_deref(), &users) {
+        (Some(v), _) if v.trim().is_empty() => {
+            p.push("auth.keys", "must not be empty");
+            None
+        }
+        (Some(v), _) => Some(cx.resolve(v)),
+        (None, Some(Some(users))) => Some(users.with_file_name("keys.toml")),
+        (None, _) => Some(cx.resolve("keys.toml")),
+    };
     let cache_ttl_text = raw.cache_ttl.as_deref().unwrap_or(DEFAULT_CACHE_TTL);
     let cache_ttl = duration(p, "auth.cache_ttl", cache_ttl_text).and_then(|d| {
         if d > MAX_CACHE_TTL {
@@ -234,6 +247,7 @@ pub(super) fn parse(raw: &RawAuth, p: &mut Problems<'_>, cx: &Context<'_>) -> Op
     Some(AuthSettings {
         backend: backend?,
         users: users?,
+        keys: keys?,
         cache_ttl: cache_ttl?,
         default_senders: default_senders?,
         backend_timeout: backend_timeout?,
@@ -469,6 +483,20 @@ fn query(p: &mut Problems<'_>, key: &str, q: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::testing::{MINIMAL, assert_error, parse, with};
+
+    #[test]
+    fn keys_file_defaults_beside_the_users_file() {
+        use std::path::Path;
+        let keys = |text: &str| parse(text).unwrap().auth.keys;
+        assert_eq!(keys(MINIMAL), Path::new("/etc/submitd/keys.toml"));
+        let moved = MINIMAL.replace("\"users.toml\"", "\"/srv/u/users.toml\"");
+        assert_eq!(keys(&moved), Path::new("/srv/u/keys.toml"));
+        assert_eq!(
+            keys(&with("keys = \"k/api.toml\"")),
+            Path::new("/etc/submitd/k/api.toml")
+        );
+        assert_error(&with("keys = \" \""), "auth.keys", "must not be empty");
+    }
 
     #[test]
     fn auth_cache_ttl() {
