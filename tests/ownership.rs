@@ -69,6 +69,7 @@ fn root_cli_keeps_owner_group_and_mode_of_users_file_and_queue_files() {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     };
     spool.store_blocking(&envelope, message).unwrap();
     chown(&queue, SERVICE_UID, SERVICE_GID, 0o700);

@@ -220,6 +220,7 @@ async fn a_bounce_is_never_bounced() {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     };
     let before = sink.received().len();
     // A running server takes new messages only from its sessions (a directory scan could see

@@ -94,6 +94,7 @@ impl Queue {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         };
         self.spool.store_blocking(&envelope, MESSAGE).unwrap();
         id
@@ -427,6 +428,7 @@ async fn hold_keeps_a_message_from_a_running_scheduler_until_release() {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     };
     spool.store_blocking(&envelope, MESSAGE).unwrap();
     let server = common::TestServer::start_in_with_io(

@@ -431,6 +431,7 @@ async fn queue_retry_flushes_a_running_server() {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     };
     let queue_dir = dir.path().join("queue");
     std::fs::create_dir_all(&queue_dir).unwrap();

@@ -139,6 +139,7 @@ fn good_envelope(id: &QueueId, message: &[u8]) -> Envelope {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     }
 }
 

@@ -325,6 +325,7 @@ mod tests {
             senders: vec![SenderPattern::parse(login).unwrap()],
             senders_given: true,
             limits: Default::default(),
+            owner: None,
         }
     }
 

@@ -137,6 +137,7 @@ impl DirectoryAuth {
             senders,
             senders_given: true,
             limits,
+            owner: None,
         }
     }
 }

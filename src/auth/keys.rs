@@ -172,6 +172,7 @@ impl Key {
                 messages_per_hour: self.entry.messages_per_hour,
                 ..SendOverrides::default()
             },
+            owner: self.entry.owner.clone(),
         }
     }
 }

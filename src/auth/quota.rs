@@ -418,6 +418,7 @@ mod tests {
             senders: vec![SenderPattern::parse(login).unwrap()],
             senders_given: true,
             limits,
+            owner: None,
         }
     }
 

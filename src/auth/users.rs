@@ -27,6 +27,18 @@ pub struct User {
     pub senders_given: bool,
     /// Sending limits of this user that differ from `[limits]` (see [`super::quota`]).
     pub limits: SendOverrides,
+    /// For an API key ([`super::keys`]): the user it belongs to. `None` for a user, and for a
+    /// key without an owner. See [`User::tenant`].
+    pub owner: Option<String>,
+}
+
+impl User {
+    /// Whose suppression list, webhooks and message reads apply: a key's owner, else the
+    /// login itself (a user, or a key without an owner). One tenant's bounces never block
+    /// another's.
+    pub fn tenant(&self) -> &str {
+        self.owner.as_deref().unwrap_or(&self.login)
+    }
 }
 
 /// Per-user sending limits from the users file (`messages_per_hour` etc. on `[[user]]`);
@@ -190,6 +202,7 @@ fn validate(raw: RawFile, path: &Path, overlay: bool) -> Result<Vec<User>, Users
             senders_given: raw_user.senders.is_some(),
             senders,
             limits,
+            owner: None,
         });
     }
     Ok(users)

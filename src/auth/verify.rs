@@ -273,6 +273,11 @@ impl Verifier {
         self
     }
 
+    /// The API keys, if any are configured (the HTTP API authenticates bearers with them).
+    pub fn keys(&self) -> Option<&Arc<KeyStore>> {
+        self.keys.as_ref()
+    }
+
     /// The directory backend, if one is configured.
     pub fn directory(&self) -> Option<&DirectoryAuth> {
         self.directory.as_deref()
@@ -799,6 +804,7 @@ mod tests {
             senders: vec![SenderPattern::parse(login).unwrap()],
             senders_given: true,
             limits: Default::default(),
+            owner: None,
         }
     }
 
@@ -974,6 +980,7 @@ mod tests {
             senders: vec![SenderPattern::parse(login).unwrap()],
             senders_given: true,
             limits: Default::default(),
+            owner: None,
         }
     }
 

@@ -661,6 +661,7 @@ mod tests {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         }
     }
 

@@ -454,6 +454,7 @@ mod tests {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         };
         spool
             .store_blocking(&envelope, b"Subject: hi\r\nFrom: a@b\r\n\r\nbody\r\n")

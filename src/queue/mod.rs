@@ -36,5 +36,5 @@ pub mod startup;
 pub use courier::{Courier, Job, Outcome};
 pub use id::QueueId;
 pub use spool::{
-    Envelope, EnvelopeError, Recipient, RecipientState, Spool, SpoolError, SpoolFailure,
+    Envelope, EnvelopeError, Origin, Recipient, RecipientState, Spool, SpoolError, SpoolFailure,
 };

@@ -56,6 +56,7 @@ use tracing::{info, warn};
 
 use crate::clock::unix_now;
 use crate::config::{RelayMode, Settings};
+use crate::events::{DeliveryEvent, EventKind, Events};
 use crate::metrics::Metrics;
 
 use super::bounce::{self, Action, FailedRecipient};
@@ -347,6 +348,8 @@ struct Shared {
     destinations: Arc<Destinations>,
     /// The smarthost's destination name (`host:port`), in smarthost mode.
     smarthost: String,
+    /// Who hears about each recipient's outcome (suppression list, webhooks).
+    events: Events,
 }
 
 /// A scheduler ready to run; made before the listeners so sessions can hold its handle.
@@ -361,6 +364,15 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// The scheduler and the handle sessions use to announce new messages.
+    /// Hand each recipient's outcome to `events` (suppression list, webhooks). Before
+    /// [`Scheduler::run`].
+    pub fn with_events(mut self, events: Events) -> Scheduler {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.events = events;
+        }
+        self
+    }
+
     pub fn new(
         settings: &Settings,
         spool: Spool,
@@ -385,6 +397,7 @@ impl Scheduler {
                 .as_ref()
                 .map(|s| format!("{}:{}", s.host, s.port))
                 .unwrap_or_else(|| "smarthost".into()),
+            events: Events::default(),
         });
         let flush = Arc::new(tokio::sync::Notify::new());
         let rescan = Arc::new(tokio::sync::Notify::new());
@@ -1301,7 +1314,8 @@ fn apply_blocking(
         return Ok((Vec::new(), After::Removed));
     };
     let now = unix_now();
-    let reports = record_outcomes(shared, id, &mut env, outcomes, now);
+    let mut events = Vec::new();
+    let reports = record_outcomes(shared, id, &mut env, outcomes, now, &mut events);
     let mut bounces = Vec::new();
     for report in reports.into_iter().filter(|r| !r.is_empty()) {
         if env.sender.is_empty() {
@@ -1316,6 +1330,8 @@ fn apply_blocking(
         info!(queue_id = %id, bounce = %bounce_id, to = %Escaped(&env.sender), action, "queue: DSN queued");
         bounces.push(bounce_id);
     }
+    // Events, like reports, before the state that causes them.
+    shared.events.record_blocking(&events);
     // The reports are stored before the state that causes them (a crash in between sends a
     // report twice, never not at all; `warned` then keeps a delay warning from repeating).
     let after = save_or_remove(spool, id, &env, &lock)?;
@@ -1349,11 +1365,24 @@ fn record_outcomes(
     env: &mut Envelope,
     outcomes: Vec<(String, Outcome)>,
     now: u64,
+    events: &mut Vec<DeliveryEvent>,
 ) -> [Vec<FailedRecipient>; 3] {
     let age = now.saturating_sub(env.received_at);
     let expired = age >= shared.max_age.as_secs();
     let warn_after = shared.delay_warning.map(|d| d.as_secs());
     let (mut failed, mut delayed, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
+    // What every event of this message carries (read before the recipients are borrowed).
+    let owner = (!shared.events.is_empty()).then(|| {
+        (
+            env.user.clone(),
+            env.tenant().to_owned(),
+            env.envid.clone(),
+            env.origin
+                .as_ref()
+                .map(|o| o.metadata.clone())
+                .unwrap_or_default(),
+        )
+    });
     for (address, outcome) in outcomes {
         let Some(r) = env.recipients.iter_mut().find(|r| {
             r.address == address
@@ -1370,6 +1399,8 @@ fn record_outcomes(
             action,
             orcpt: r.orcpt.clone(),
         };
+        let mut delayed_now = false;
+        let mut bounce_status = String::new();
         let (status, relay, reply) = match outcome {
             Outcome::Delivered {
                 host,
@@ -1389,6 +1420,7 @@ fn record_outcomes(
                 reply,
                 status,
             } => {
+                bounce_status.clone_from(&status);
                 if dsn::wants_failure(r.notify) {
                     failed.push(report(status, &reply, &host, Action::Failed));
                 }
@@ -1396,6 +1428,7 @@ fn record_outcomes(
                 ("bounced", host, reply)
             }
             Outcome::Deferred { host, reply } if expired => {
+                bounce_status = bounce::EXPIRED.into();
                 if dsn::wants_failure(r.notify) {
                     let status = bounce::EXPIRED.into();
                     failed.push(report(status, &reply, &host, Action::Failed));
@@ -1409,6 +1442,7 @@ fn record_outcomes(
                     let status = bounce::deferred_status(&reply);
                     delayed.push(report(status, &reply, &host, Action::Delayed));
                     r.warned = true;
+                    delayed_now = true;
                 }
                 let step = (r.attempts as usize)
                     .saturating_sub(1)
@@ -1429,6 +1463,31 @@ fn record_outcomes(
             "delivery"
         );
         shared.metrics.delivery(status, age);
+        if let Some(owner) = &owner {
+            let kind = match status {
+                "sent" => EventKind::Delivered,
+                "deferred" => EventKind::Deferred,
+                _ => EventKind::Bounced,
+            };
+            let event = |kind| DeliveryEvent {
+                kind,
+                queue_id: id.to_string(),
+                user: owner.0.clone(),
+                tenant: owner.1.clone(),
+                recipient: address.clone(),
+                reply: r.last_reply.clone().unwrap_or_default(),
+                status: (kind == EventKind::Bounced).then(|| bounce_status.clone()),
+                host: relay.clone(),
+                attempt: r.attempts,
+                at: now,
+                envid: owner.2.clone(),
+                metadata: owner.3.clone(),
+            };
+            events.push(event(kind));
+            if delayed_now {
+                events.push(event(EventKind::Delayed));
+            }
+        }
     }
     [failed, delayed, relayed]
 }
@@ -1510,6 +1569,7 @@ mod tests {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         };
         assert_eq!(env.next_due(), Some(20));
         env.recipients.push(rcpt(RecipientState::Pending, None));

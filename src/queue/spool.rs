@@ -22,6 +22,7 @@
 //! every lookup tries the top directory first and then that one, so it finds a message that
 //! moves meanwhile.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -104,6 +105,41 @@ pub struct Envelope {
     /// destination's TLS policy may fall back to opportunistic TLS.
     #[serde(default, skip_serializing_if = "is_false")]
     pub tls_optional: bool,
+    /// Who the message is for in the application layer (issue 16): tenant, HTTP API,
+    /// metadata. Absent for a plain SMTP submission by a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<Origin>>,
+}
+
+/// The application side of a message ([`Envelope::origin`]): whose suppression list and
+/// webhooks apply, how it came in, and what the caller asked to be carried into events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The tenant ([`crate::auth::users::User::tenant`]) when it is not [`Envelope::user`]
+    /// (a key with an owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Submitted over the HTTP API (`POST /v1/messages`), not SMTP.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http: bool,
+    /// The caller's `metadata` (a bounded string map), carried into webhook events.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Recipients the caller named that were on the tenant's suppression list at submission:
+    /// never attempted, reported as `suppressed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<String>,
+}
+
+impl Envelope {
+    /// The tenant: [`Origin::owner`] when set, else [`Envelope::user`].
+    pub fn tenant(&self) -> &str {
+        self.origin
+            .as_ref()
+            .and_then(|o| o.owner.as_deref())
+            .unwrap_or(&self.user)
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -148,6 +184,7 @@ impl Envelope {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         }
     }
 

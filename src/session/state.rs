@@ -860,6 +860,7 @@ mod tests {
             senders: vec![SenderPattern::parse("alice@example.test").unwrap()],
             senders_given: true,
             limits: Default::default(),
+            owner: None,
         })
     }
 
