@@ -21,9 +21,9 @@ fn verifier(cache_ttl: Duration) -> Verifier {
         login: "alice@example.test".into(),
         password: hash_password("correct horse battery staple").unwrap(),
         senders: vec![SenderPattern::parse("alice@example.test").unwrap()],
+        senders_given: true,
         limits: Default::default(),
         owner: None,
-        limits: Default::default(),
     };
     Verifier::with_limits(
         UserStore::from_users(vec![user]),

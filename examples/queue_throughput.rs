@@ -142,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             envid: None,
             requiretls: false,
             tls_optional: false,
+            origin: None,
         };
         // Not fsynced: filling is not what is measured, and fsync makes it slow.
         std::fs::write(

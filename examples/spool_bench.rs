@@ -93,6 +93,7 @@ fn envelope(id: &QueueId, size: usize) -> Envelope {
         envid: None,
         requiretls: false,
         tls_optional: false,
+        origin: None,
     }
 }
 

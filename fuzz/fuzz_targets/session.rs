@@ -33,6 +33,7 @@ fn alice() -> Arc<User> {
         ],
         senders_given: true,
         limits: Default::default(),
+        owner: None,
     })
 }
 
