@@ -67,5 +67,8 @@ impl MessageStatus {
 
 /// The state of message `id`, if it is known. Blocks (reads files).
 pub fn lookup(spool: &Spool, id: &QueueId) -> Option<MessageStatus> {
-    spool.load_envelope(id).ok().map(|env| MessageStatus::of(&env))
+    spool
+        .load_envelope(id)
+        .ok()
+        .map(|env| MessageStatus::of(&env))
 }

@@ -30,7 +30,10 @@ fn create(server: &TestServer, name: &str, args: &[&str]) -> String {
     let out = key_cli(server, &full);
     assert_eq!(out.code, Some(0), "{out:?}");
     let secret = out.stdout.trim().to_owned();
-    assert!(secret.starts_with("sk_") && secret.len() == 46, "{out:?}");
+    assert!(
+        secret.starts_with(&format!("sk_{name}_")) && secret.len() == 47 + name.len(),
+        "{out:?}"
+    );
     secret
 }
 

@@ -2,7 +2,9 @@
 //! users file (`auth.keys`, default `keys.toml` in the users file's directory), its atomic
 //! edits, and a store the verifier asks before argon2.
 //!
-//! A secret is `sk_` and 32 random bytes in base64url (256 bits). The file keeps only
+//! A secret is `sk_`, the key's name, `_` and 32 random bytes in base64url (256 bits): it
+//! names its key, so the HTTP API takes it alone as a bearer token ([`name_of_secret`]), and
+//! SMTP AUTH takes it as the password of the key's name. The file keeps only
 //! `hmac-sha256$SALT$MAC`: an HMAC-SHA256 of the secret under a random per-key salt. A fast
 //! keyed hash is enough (and is the point: no argon2 pool per API call) because the secret is
 //! random, not chosen by a person: there is nothing to guess from a stolen file.
@@ -177,11 +179,26 @@ impl Key {
     }
 }
 
-/// A new secret: `sk_` and 32 random bytes, base64url.
-pub fn new_secret() -> String {
+/// Characters of the random part of a secret: 32 bytes in base64url without padding.
+const RANDOM_CHARS: usize = 43;
+
+/// A new secret for the key `name`: `sk_NAME_` and 32 random bytes, base64url.
+pub fn new_secret(name: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes).expect("the system random source");
-    format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{SECRET_PREFIX}{name}_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The key name a secret carries (`sk_NAME_RANDOM`), when it has that shape: what the HTTP
+/// API looks up for a bearer token. The random part is fixed-length, so a name with `_` in
+/// it splits unambiguously.
+pub fn name_of_secret(secret: &str) -> Option<&str> {
+    let rest = secret.strip_prefix(SECRET_PREFIX)?;
+    let cut = rest.len().checked_sub(RANDOM_CHARS + 1)?;
+    let (name, random) = (rest.get(..cut)?, rest.get(cut..)?);
+    let random = random.strip_prefix('_')?;
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    (valid_name(name) && random.bytes().all(b64)).then_some(name)
 }
 
 fn mac(salt: &[u8], secret: &str) -> hmac::Tag {
@@ -470,15 +487,27 @@ mod tests {
 
     #[test]
     fn secrets_are_prefixed_256_bit_and_hash_with_a_salt() {
-        let s = new_secret();
-        assert!(s.starts_with(SECRET_PREFIX));
-        assert_eq!(URL_SAFE_NO_PAD.decode(&s[3..]).unwrap().len(), 32);
-        assert_ne!(s, new_secret());
+        let s = new_secret("my_app.v2");
+        assert!(s.starts_with("sk_my_app.v2_"));
+        assert_eq!(name_of_secret(&s), Some("my_app.v2"));
+        let random = &s[s.len() - RANDOM_CHARS..];
+        assert_eq!(URL_SAFE_NO_PAD.decode(random).unwrap().len(), 32);
+        assert_ne!(s, new_secret("my_app.v2"));
+        for bad in [
+            "",
+            "sk_",
+            "sk_a_short",
+            "pk_app_x",
+            &s[1..],
+            &format!("{s}x"),
+        ] {
+            assert_eq!(name_of_secret(bad), None, "{bad}");
+        }
         let (a, b) = (hash_secret(&s), hash_secret(&s));
         assert_ne!(a, b, "a fresh salt per hash");
         assert!(secret_matches(&a, &s) && secret_matches(&b, &s));
         assert!(!secret_matches(&a, "sk_wrong"));
-        assert!(!a.contains(&s[3..]));
+        assert!(!a.contains(random));
         for bad in [
             "",
             "hmac-sha256$x$y",

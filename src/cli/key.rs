@@ -99,7 +99,7 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
                 )));
             }
             refuse_user_login(&settings, &entry.name)?;
-            let secret = keys::new_secret();
+            let secret = keys::new_secret(&entry.name);
             let entry = KeyEntry {
                 hash: keys::hash_secret(&secret),
                 ..entry
@@ -109,7 +109,7 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
             println!("{secret}");
             eprintln!(
                 "created key {name} in {}; the secret above is shown only now \
-                 (SMTP AUTH: login {name}, password the secret)",
+                 (HTTP API: Authorization: Bearer SECRET; SMTP AUTH: login {name}, password the secret)",
                 path.display()
             );
         }
@@ -119,7 +119,7 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
             eprintln!("revoked key {name} in {}", path.display());
         }
         KeyCommand::Rotate { name, grace } => {
-            let secret = keys::new_secret();
+            let secret = keys::new_secret(&name);
             let until = now.saturating_add(grace.as_secs());
             keys::rotate(path, &name, keys::hash_secret(&secret), until).map_err(keys_failure)?;
             println!("{secret}");
