@@ -1372,17 +1372,7 @@ fn record_outcomes(
     let warn_after = shared.delay_warning.map(|d| d.as_secs());
     let (mut failed, mut delayed, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     // What every event of this message carries (read before the recipients are borrowed).
-    let owner = (!shared.events.is_empty()).then(|| {
-        (
-            env.user.clone(),
-            env.tenant().to_owned(),
-            env.envid.clone(),
-            env.origin
-                .as_ref()
-                .map(|o| o.metadata.clone())
-                .unwrap_or_default(),
-        )
-    });
+    let base = (!shared.events.is_empty()).then(|| EventBase::of(env));
     for (address, outcome) in outcomes {
         let Some(r) = env.recipients.iter_mut().find(|r| {
             r.address == address
@@ -1463,33 +1453,89 @@ fn record_outcomes(
             "delivery"
         );
         shared.metrics.delivery(status, age);
-        if let Some(owner) = &owner {
-            let kind = match status {
-                "sent" => EventKind::Delivered,
-                "deferred" => EventKind::Deferred,
-                _ => EventKind::Bounced,
-            };
-            let event = |kind| DeliveryEvent {
-                kind,
-                queue_id: id.to_string(),
-                user: owner.0.clone(),
-                tenant: owner.1.clone(),
-                recipient: address.clone(),
-                reply: r.last_reply.clone().unwrap_or_default(),
-                status: (kind == EventKind::Bounced).then(|| bounce_status.clone()),
-                host: relay.clone(),
-                attempt: r.attempts,
-                at: now,
-                envid: owner.2.clone(),
-                metadata: owner.3.clone(),
-            };
-            events.push(event(kind));
-            if delayed_now {
-                events.push(event(EventKind::Delayed));
-            }
+        if let Some(base) = &base {
+            let event = base.event(id, r, &address, relay, now);
+            base.push(events, event, status, bounce_status, delayed_now);
         }
     }
     [failed, delayed, relayed]
+}
+
+/// What the delivery events of one message share ([`record_outcomes`]).
+struct EventBase {
+    user: String,
+    tenant: String,
+    envid: Option<String>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl EventBase {
+    fn of(env: &Envelope) -> EventBase {
+        EventBase {
+            user: env.user.clone(),
+            tenant: env.tenant().to_owned(),
+            envid: env.envid.clone(),
+            metadata: env
+                .origin
+                .as_ref()
+                .map(|o| o.metadata.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The event of recipient `r` after its state was set (kind and status filled by
+    /// [`EventBase::push`]).
+    fn event(
+        &self,
+        id: &QueueId,
+        r: &Recipient,
+        address: &str,
+        host: Option<String>,
+        now: u64,
+    ) -> DeliveryEvent {
+        DeliveryEvent {
+            kind: EventKind::Deferred,
+            queue_id: id.to_string(),
+            user: self.user.clone(),
+            tenant: self.tenant.clone(),
+            recipient: address.to_owned(),
+            reply: r.last_reply.clone().unwrap_or_default(),
+            status: None,
+            host,
+            attempt: r.attempts,
+            at: now,
+            envid: self.envid.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// The event for the logged `status` (`sent`, `deferred`, `bounced`, `expired`), and a
+    /// `delayed` one too when the delay warning went out now.
+    fn push(
+        &self,
+        events: &mut Vec<DeliveryEvent>,
+        mut event: DeliveryEvent,
+        status: &str,
+        bounce_status: String,
+        delayed_now: bool,
+    ) {
+        event.kind = match status {
+            "sent" => EventKind::Delivered,
+            "deferred" => EventKind::Deferred,
+            _ => EventKind::Bounced,
+        };
+        if event.kind == EventKind::Bounced {
+            event.status = Some(bounce_status);
+        }
+        if delayed_now {
+            let mut delayed = event.clone();
+            delayed.kind = EventKind::Delayed;
+            events.push(event);
+            events.push(delayed);
+        } else {
+            events.push(event);
+        }
+    }
 }
 
 /// Remove the message when no recipient is left to attempt, else save its envelope.

@@ -12,6 +12,9 @@
 //!   line when all are up, then hold them (for `--hold`, or until stdin closes), for measuring
 //!   a server's memory per idle connection.
 //!
+//! - **http** (`--http`): the load mode over the HTTP API (`POST /v1/messages` with
+//!   `--api-key`), one keep-alive HTTP/1.1 connection per session ([`http`]).
+//!
 //! - **fill-queue** (hidden, `--fill-queue DIR N`): write N deferred messages into a submitd
 //!   queue directory offline, through the library's spool API, for the queue-depth benchmark.
 //!
@@ -35,6 +38,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
+
+mod http;
 
 /// Longest reply line accepted from the server (RFC 5321 says 512; be generous).
 const MAX_REPLY_LINE: usize = 4096;
@@ -140,6 +145,17 @@ struct Args {
     /// Runtime worker threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: u64,
+    /// Load the HTTP API (`POST /v1/messages`) instead of SMTP: --tls implicit for https,
+    /// none for http; --sessions keep-alive connections, --per-session requests each.
+    #[arg(long, requires = "api_key", conflicts_with_all = ["idle", "user"])]
+    http: bool,
+    /// The API key (bearer token) for --http.
+    #[arg(long, value_name = "SECRET")]
+    api_key: Option<String>,
+    /// What --http posts: the message itself (message/rfc822) or JSON built into MIME by the
+    /// server.
+    #[arg(long, value_enum, default_value_t = http::HttpBody::Rfc822)]
+    http_body: http::HttpBody,
     /// Write N deferred messages (--size bytes, --rcpts recipients at --to, next attempt in 30
     /// days) into the submitd queue directory DIR, offline, then exit.
     #[arg(long, num_args = 2, value_names = ["DIR", "N"], hide = true)]
@@ -216,6 +232,8 @@ struct Shared {
     remaining: AtomicU64,
     deadline: Option<Instant>,
     errors_shown: Mutex<Vec<String>>,
+    /// `--http`: the request every message is.
+    http: Option<http::HttpLoad>,
 }
 
 impl Shared {
@@ -276,6 +294,16 @@ async fn run(args: Args) -> Result<bool, Usage> {
             .iter()
             .map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes())
             .collect(),
+        http: args.http.then(|| {
+            http::HttpLoad::new(
+                args.http_body,
+                args.api_key.as_deref().unwrap_or_default(),
+                connect.to_string(),
+                &args.from,
+                &recipients(&args.to, args.rcpts),
+                &message(&args.from, &args.to, args.size as usize),
+            )
+        }),
         message: message(&args.from, &args.to, args.size as usize),
         pipelining: args.pipelining,
         per_session: if args.per_session == 0 {
@@ -490,7 +518,11 @@ async fn load(shared: Arc<Shared>, sessions: u64) -> bool {
                 latency: histogram(),
             };
             while shared.claim() {
-                if let Err(e) = session(&shared, &mut tally).await {
+                let done = match &shared.http {
+                    Some(http) => http::session(&shared, http, &mut tally).await,
+                    None => session(&shared, &mut tally).await,
+                };
+                if let Err(e) = done {
                     // The message in flight failed; the connection is dropped.
                     tally.errors += 1;
                     shared.note_error(&e);
@@ -538,6 +570,7 @@ async fn load(shared: Arc<Shared>, sessions: u64) -> bool {
         "size": shared.message.len() - 3,
         "tls": format!("{:?}", shared.tls).to_lowercase(),
         "pipelining": shared.pipelining,
+        "http": shared.http.as_ref().map(|h| h.content_type),
     });
     println!("{line}");
     total.errors == 0
