@@ -286,6 +286,9 @@ impl Server {
             );
         }
         let _ = queue.await;
+        if let Some(reporter) = &self.tls_reporter {
+            reporter.recorder.flush().await;
+        }
         info!("stopped");
         Ok(())
     }

@@ -230,9 +230,17 @@ async fn failed_fetch_applies_no_policy(response: Vec<u8>, result_type: &str) {
     assert_counted(dir.path(), result_type);
 }
 
-/// The TLS-RPT counts on disk hold one failure of `result_type` for sts.test.
+/// The TLS-RPT counts on disk hold one failure of `result_type` for sts.test (written in the
+/// background after the attempt: waited for, bounded).
 fn assert_counted(dir: &Path, result_type: &str) {
-    let text = std::fs::read_to_string(dir.join("queue/tlsrpt/state.json")).unwrap();
+    let path = dir.join("queue/tlsrpt/state.json");
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while !std::fs::read_to_string(&path).is_ok_and(|t| t.contains(result_type))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
     let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
     // One entry per policy the domain was counted under; here only its MTA-STS one.
     let domain = &counts["domains"]["sts.test"][0];

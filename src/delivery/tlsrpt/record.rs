@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,10 @@ pub struct Recorder {
     /// Held while the file is written, so a later snapshot is never overwritten by an
     /// earlier one.
     writer: Mutex<()>,
+    /// Counts changed since the last snapshot was taken for writing.
+    dirty: AtomicBool,
+    /// A background write is running (it writes again while `dirty`).
+    writing: AtomicBool,
 }
 
 fn cut(s: &str) -> String {
@@ -129,10 +134,13 @@ impl Recorder {
             path,
             counts: Mutex::new(counts),
             writer: Mutex::new(()),
+            dirty: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
         }
     }
 
-    /// Count `sessions` for `domain` under `policy`, then persist.
+    /// Count `sessions` for `domain` under `policy`; the file follows in the background
+    /// ([`Recorder::schedule`]): a delivery never waits for it.
     pub async fn record(self: &Arc<Self>, domain: &str, policy: PolicyInfo, sessions: &[Session]) {
         if sessions.is_empty() {
             return;
@@ -173,7 +181,45 @@ impl Recorder {
                 add(stats, s);
             }
         }
+        self.schedule();
+    }
+
+    /// Write the counts soon, off the reactor, coalescing: while a write runs, any number of
+    /// changes make one more write after it, not one each (the counts are statistics for a
+    /// daily report; what a crash loses is the last moment's, and [`Recorder::flush`] at
+    /// shutdown loses nothing).
+    fn schedule(self: &Arc<Self>) {
+        self.dirty.store(true, Ordering::Release);
+        if self.writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            loop {
+                if me.dirty.swap(false, Ordering::AcqRel) {
+                    me.write_now();
+                    continue;
+                }
+                me.writing.store(false, Ordering::Release);
+                // A change that came after the swap above but saw `writing` still set would
+                // otherwise wait for the next one.
+                if !me.dirty.load(Ordering::Acquire) || me.writing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Write the counts now and wait for it, and for a background write still running
+    /// (bounded: 10 s), so that nothing of this recorder writes after (shutdown).
+    pub async fn flush(self: &Arc<Self>) {
         self.persist().await;
+        for _ in 0..2000 {
+            if !self.writing.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Everything counted so far, and start counting anew from `now`.
@@ -192,25 +238,30 @@ impl Recorder {
         taken
     }
 
-    /// Write the current counts atomically (tmp, fsync, rename, directory fsync).
+    /// Write the current counts atomically and wait for it.
     async fn persist(self: &Arc<Self>) {
+        self.dirty.store(false, Ordering::Release);
         let me = self.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let _one = me
+        let _ = tokio::task::spawn_blocking(move || me.write_now()).await;
+    }
+
+    /// Write the current counts atomically (tmp, fsync, rename, directory fsync). Blocks.
+    fn write_now(&self) {
+        let written = (|| {
+            let _one = self
                 .writer
                 .lock()
                 .map_err(|_| std::io::Error::other("poisoned"))?;
             let bytes = {
-                let counts = me
+                let counts = self
                     .counts
                     .lock()
                     .map_err(|_| std::io::Error::other("poisoned"))?;
                 serde_json::to_vec(&*counts).map_err(std::io::Error::other)?
             };
-            write_atomically(&me.path, &bytes)
-        })
-        .await;
-        if let Ok(Err(e)) = written {
+            write_atomically(&self.path, &bytes)
+        })();
+        if let Err(e) = written {
             tracing::warn!(error = %e, file = %self.path.display(), "cannot store TLS-RPT counts");
         }
     }
@@ -286,6 +337,7 @@ mod tests {
             &[fail(ResultType::CertificateExpired, "mx")],
         )
         .await;
+        r.flush().await;
         let again = Arc::new(Recorder::open(dir.path(), 200));
         let counts = again.take(300).await;
         assert_eq!(counts.since, 100);
