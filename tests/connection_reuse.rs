@@ -31,17 +31,8 @@ fn delivery(dir: &tempfile::TempDir, sink: &Sink) -> Delivery {
 async fn send(delivery: &Delivery, rcpt: &str) -> Outcome {
     let rcpts = vec![rcpt.to_string()];
     let job = Job {
-        queue_id: "REUSETEST",
         sender: ALICE,
-        recipients: &rcpts,
-        domain: "example.net",
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
+        ..common::stored::job(&rcpts, "example.net", common::stored::stored(MESSAGE))
     };
     let mut out = tokio::time::timeout(Duration::from_secs(60), delivery.attempt(&job))
         .await

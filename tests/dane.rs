@@ -38,19 +38,7 @@ fn relay(port: u16, dns: &DnsServer, tls: &str) -> String {
 }
 
 fn job<'a>(recipients: &'a [String], domain: &'a str) -> Job<'a> {
-    Job {
-        queue_id: "DANETEST",
-        sender: "alice@example.net",
-        recipients,
-        domain,
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
-    }
+    common::stored::job(recipients, domain, common::stored::stored(MESSAGE))
 }
 
 /// One attempt for `bob@DOMAIN`, bounded.

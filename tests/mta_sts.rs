@@ -13,7 +13,7 @@ use common::dns::{DnsServer, Rr};
 use common::sink::{Sink, SinkOptions};
 use common::sts::{HttpsServer, Responder, TestCa, ok_text, policy};
 use submitd::config::Settings;
-use submitd::delivery::{Delivery, Job, Outcome};
+use submitd::delivery::{Delivery, Outcome};
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const DOMAIN: &str = "sts.test";
@@ -68,19 +68,7 @@ async fn mx_sink(cert: Option<(String, String)>) -> Sink {
 
 async fn attempt(delivery: &Delivery) -> Outcome {
     let rcpts = vec!["bob@sts.test".to_string()];
-    let job = Job {
-        queue_id: "TESTQUEUEID",
-        sender: "alice@example.net",
-        recipients: &rcpts,
-        domain: DOMAIN,
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
-    };
+    let job = common::stored::job(&rcpts, DOMAIN, common::stored::stored(MESSAGE));
     let mut out = tokio::time::timeout(Duration::from_secs(90), delivery.attempt(&job))
         .await
         .expect("delivery attempt hung");

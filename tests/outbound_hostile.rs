@@ -201,17 +201,8 @@ async fn attempt_at(server: &Hostile, tls: &str) -> (Outcome, Duration) {
     let delivery = delivery(&dir, server.addr.port(), tls);
     let rcpts = vec!["bob@[127.0.0.1]".to_string()];
     let job = Job {
-        queue_id: "HOSTILETEST",
         sender: "alice@example.test",
-        recipients: &rcpts,
-        domain: "[127.0.0.1]",
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
+        ..common::stored::job(&rcpts, "[127.0.0.1]", common::stored::stored(MESSAGE))
     };
     let started = Instant::now();
     let mut out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))
@@ -488,17 +479,8 @@ async fn implicit_tls_endless_line_is_cut_off_too() {
     let delivery = Delivery::new(&Settings::from_toml(&text, &path).unwrap()).unwrap();
     let rcpts = vec!["bob@example.org".to_string()];
     let job = Job {
-        queue_id: "HOSTILETEST",
         sender: "alice@example.test",
-        recipients: &rcpts,
-        domain: "example.org",
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
+        ..common::stored::job(&rcpts, "example.org", common::stored::stored(MESSAGE))
     };
     let started = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))

@@ -99,17 +99,9 @@ struct Flags {
 async fn attempt(delivery: &Delivery, domain: &str, flags: Flags) -> Outcome {
     let to = vec![format!("bob@{domain}")];
     let job = Job {
-        queue_id: "POLICYTEST",
-        sender: "alice@example.net",
-        recipients: &to,
-        domain,
-        message: common::stored::stored(MESSAGE),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
         requiretls: flags.requiretls,
         tls_optional: flags.tls_optional,
+        ..common::stored::job(&to, domain, common::stored::stored(MESSAGE))
     };
     let out = tokio::time::timeout(Duration::from_secs(90), delivery.attempt(&job))
         .await

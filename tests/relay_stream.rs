@@ -14,7 +14,7 @@ use common::stored::{Stored, stored_with_prefix};
 use common::{HOSTNAME, IO_TIMEOUT};
 use submitd::config::Settings;
 use submitd::delivery::stored::PIECE;
-use submitd::delivery::{Delivery, Job, Outcome};
+use submitd::delivery::{Delivery, Outcome};
 
 const PREFIX: &str = "Received: from client.test by mail.example.test\r\n";
 
@@ -48,19 +48,7 @@ fn sink_options(tls: &str) -> SinkOptions {
 /// One attempt of `stored` to one recipient; its outcome.
 async fn relay(delivery: &Delivery, stored: &Stored) -> Outcome {
     let rcpts = vec!["bob@example.org".to_string()];
-    let job = Job {
-        queue_id: "STREAMTEST",
-        sender: "alice@example.net",
-        recipients: &rcpts,
-        domain: "example.org",
-        message: stored.message.clone(),
-        smtputf8: false,
-        eight_bit: false,
-        envelope: None,
-        dsn: Default::default(),
-        requiretls: false,
-        tls_optional: false,
-    };
+    let job = common::stored::job(&rcpts, "example.org", stored.message.clone());
     let mut out = tokio::time::timeout(Duration::from_secs(120), delivery.attempt(&job))
         .await
         .expect("delivery attempt hung");

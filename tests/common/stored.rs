@@ -37,3 +37,26 @@ pub fn stored_with_prefix(prefix: &str, content: &[u8]) -> Stored {
 pub fn stored(content: &[u8]) -> Arc<StoredMessage> {
     stored_with_prefix("", content).message
 }
+
+/// A delivery job of `message` to `recipients` at `domain`, from alice@example.net, with
+/// nothing else asked (no SMTPUTF8, 8BITMIME, DSN or REQUIRETLS); tests change what they
+/// need with struct update syntax.
+pub fn job<'a>(
+    recipients: &'a [String],
+    domain: &'a str,
+    message: Arc<StoredMessage>,
+) -> submitd::queue::Job<'a> {
+    submitd::queue::Job {
+        queue_id: "TESTJOB",
+        sender: "alice@example.net",
+        recipients,
+        domain,
+        message,
+        smtputf8: false,
+        eight_bit: false,
+        envelope: None,
+        dsn: Default::default(),
+        requiretls: false,
+        tls_optional: false,
+    }
+}
