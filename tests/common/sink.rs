@@ -297,7 +297,8 @@ impl Drop for Sink {
     }
 }
 
-fn tls_acceptor(cert: Option<&(String, String)>) -> TlsAcceptor {
+/// A TLS acceptor for `cert` (chain PEM, key PEM), or the sink's own self-signed one.
+pub fn tls_acceptor(cert: Option<&(String, String)>) -> TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = cert.unwrap_or_else(|| cert_and_key());

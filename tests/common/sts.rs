@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 /// A private CA; its certificate goes into `relay.ca_file`.
 pub struct TestCa {
@@ -100,7 +99,7 @@ impl HttpsServer {
     ) -> HttpsServer {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = acceptor(cert);
+        let acceptor = super::sink::tls_acceptor(Some(cert));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let requests = requests.clone();
@@ -159,23 +158,6 @@ impl Drop for HttpsServer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn acceptor(cert: &(String, String)) -> TlsAcceptor {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.0.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    TlsAcceptor::from(Arc::new(config))
 }
 
 /// Head up to the blank line, then `Content-Length` bytes of body (bounded).
