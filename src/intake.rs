@@ -64,6 +64,9 @@ pub struct Accepted {
     /// The domain of the From address the header check passed: the only domain DKIM may sign
     /// for.
     pub from_domain: Option<String>,
+    /// Where the message came from beyond SMTP (a key's owner, the HTTP API, its metadata
+    /// and suppressed recipients): stored in [`Envelope::origin`]. `None` for plain SMTP.
+    pub origin: Option<Box<crate::queue::spool::Origin>>,
 }
 
 /// Why a message was not accepted.
@@ -180,6 +183,7 @@ impl Intake {
                 queue_id: id.as_str(),
                 smtputf8: accepted.smtputf8,
                 now,
+                http: accepted.origin.as_ref().is_some_and(|o| o.http),
             },
         );
         let (content, prefix) = self
@@ -205,6 +209,7 @@ impl Intake {
         envelope.smtputf8 = accepted.smtputf8;
         envelope.eight_bit = accepted.eight_bit;
         envelope.prefix = prefix;
+        envelope.origin = accepted.origin.clone();
         set_dsn(&mut envelope, &accepted);
         let admission = self.admit(&accepted).await?;
         let spool = self.spool.clone();
@@ -309,6 +314,17 @@ impl Intake {
             written: 0,
             pass: None,
             pass_decided: true,
+        }
+    }
+}
+
+impl Draft {
+    /// The queue ID the message will have once committed.
+    pub fn id(&self) -> Option<&QueueId> {
+        match (&self.writer, &self.memory) {
+            (Some(w), _) => Some(w.id()),
+            (None, Some((id, _))) => Some(id),
+            (None, None) => None,
         }
     }
 }

@@ -11,6 +11,8 @@
 //!                                      └── permanent failure / expiry ──> queue::bounce (DSN, queued too)
 //! ```
 //!
+//! - [`api`]: the HTTP API (`[api] listen`): bearer API keys, `POST /v1/messages` (JSON or
+//!   `message/rfc822`) through the same intake as SMTP, status, suppressions, idempotency.
 //! - [`config`]: the TOML config, its defaults and validation (`Settings`), one file per
 //!   section; the floor of the crate (imports no other module).
 //! - [`artefacts`]: the files the config points to (certificate, users, DKIM keys, queue
@@ -68,6 +70,7 @@
 //!   runs as root, the server as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
 
+pub mod api;
 pub mod artefacts;
 pub mod auth;
 pub mod clock;

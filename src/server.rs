@@ -99,6 +99,12 @@ pub struct Server {
     )>,
     /// TLS-RPT reports (MX mode with `relay.mta_sts`): daily, and on `tls-report`.
     tls_reporter: Option<Arc<Reporter>>,
+    /// The certificate the HTTP API serves with `api.tls` (the `[tls]` one, at start).
+    api_tls: Arc<rustls::ServerConfig>,
+    /// The suppression list the HTTP API checks and manages.
+    suppressions: Option<Arc<crate::suppression::Suppressions>>,
+    /// Where delivery events go (the API's `suppressed` ones too).
+    events: crate::events::Events,
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -128,6 +134,7 @@ impl Server {
         io: Arc<dyn SpoolIo>,
     ) -> anyhow::Result<Server> {
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
+        let api_tls = tls.clone();
         let users = match &settings.auth.users {
             Some(path) if settings.auth.backend == AuthBackend::File => UserStore::open(path)?,
             Some(path) => UserStore::open_overlay(path)?,
@@ -200,7 +207,17 @@ impl Server {
             scheduler,
             follow,
             tls_reporter,
+            api_tls,
+            suppressions: Some(Arc::new(crate::suppression::Suppressions::in_memory(
+                Duration::from_secs(30 * 86_400),
+            ))),
+            events: crate::events::Events::default(),
         })
+    }
+
+    /// The bound `[api] listen` address, when the HTTP API is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.sockets.api_addr()
     }
 
     /// The bound plaintext (STARTTLS) addresses.
@@ -264,9 +281,17 @@ impl Server {
         }
         let metrics = self.shared.current().ctx.metrics.clone();
         let admission = self.shared.admission.clone();
-        let tasks =
-            self.sockets
-                .serve(self.shared.clone(), admission, metrics, &tracker, &shutdown);
+        let mut sockets = self.sockets;
+        let api = serve_api(
+            &mut sockets,
+            &self.shared,
+            self.api_tls.clone(),
+            self.suppressions.clone(),
+            self.events.clone(),
+            &shutdown,
+        );
+        let mut tasks = sockets.serve(self.shared.clone(), admission, metrics, &tracker, &shutdown);
+        tasks.extend(api);
         shutdown.cancelled().await;
         // Every context a reload made shares this token.
         self.shared.current().ctx.shutdown.cancel();
@@ -292,6 +317,36 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Start the HTTP API on `[api] listen`, when it is on.
+fn serve_api(
+    sockets: &mut Sockets,
+    shared: &Arc<Shared>,
+    tls: Arc<rustls::ServerConfig>,
+    suppressions: Option<Arc<crate::suppression::Suppressions>>,
+    events: crate::events::Events,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = shared.current().settings.clone();
+    let api = &settings.api;
+    let state = crate::api::ApiState {
+        live: shared.clone(),
+        suppressions,
+        events,
+        idempotency: Arc::new(crate::api::idempotency::Idempotency::new(
+            &settings.queue.dir,
+        )),
+    };
+    let limits = crate::listener::http::HttpLimits {
+        max_connections: api.max_connections,
+        max_header_size: api.max_header_size,
+        max_headers: api.max_headers,
+        request_timeout: api.request_timeout,
+        keep_alive: true,
+    };
+    let tls = api.tls.then_some(tls);
+    sockets.serve_api(crate::api::router(state), tls, limits, shutdown)
 }
 
 /// Send the TLS-RPT reports at every UTC midnight (RFC 8460 section 4.1: a report covers a

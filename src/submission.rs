@@ -271,6 +271,8 @@ pub struct Trace<'a> {
     /// SMTPUTF8 was used (RFC 6531 3.7.3: `UTF8SMTPSA`).
     pub smtputf8: bool,
     pub now: OffsetDateTime,
+    /// Submitted over the HTTP API: `via HTTP with HTTPSA` (the client has no HELO name).
+    pub http: bool,
 }
 
 /// The message as it will be queued: the headers submitd adds, then the submitted bytes.
@@ -286,22 +288,28 @@ pub fn prepend_headers(message: &[u8], trace: &Trace<'_>) -> Vec<u8> {
 /// `headers`: `Received:`, then `Date:` and `Message-ID:` when the message has none.
 pub fn trace_headers(headers: &[u8], trace: &Trace<'_>) -> String {
     let date = rfc5322_date(trace.now);
-    let protocol = if trace.smtputf8 {
-        "UTF8SMTPSA"
-    } else {
-        "ESMTPSA"
+    let protocol = match (trace.http, trace.smtputf8) {
+        (true, _) => "HTTPSA",
+        (false, true) => "UTF8SMTPSA",
+        (false, false) => "ESMTPSA",
     };
-    let from = match trace.client_ip {
-        // RFC 5321 4.1.3 address literals: [192.0.2.1], [IPv6:2001:db8::1].
-        Some(std::net::IpAddr::V4(ip)) => format!("{} ([{ip}])", trace.helo),
-        Some(std::net::IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
-            Some(v4) => format!("{} ([{v4}])", trace.helo),
-            None => format!("{} ([IPv6:{ip}])", trace.helo),
+    let via = if trace.http { " via HTTP" } else { "" };
+    // RFC 5321 4.1.3 address literals: [192.0.2.1], [IPv6:2001:db8::1].
+    let literal = trace.client_ip.map(|ip| match ip {
+        std::net::IpAddr::V4(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{ip}]"),
         },
+    });
+    let from = match literal {
+        // An HTTP client has no HELO name: the address literal stands alone.
+        Some(literal) if trace.http => literal,
+        Some(literal) => format!("{} ({literal})", trace.helo),
         None => trace.helo.to_string(),
     };
     let mut added = format!(
-        "Received: from {from} by {host} (submitd) with {protocol} id {id};\r\n\t{date}\r\n",
+        "Received: from {from} by {host} (submitd){via} with {protocol} id {id};\r\n\t{date}\r\n",
         host = trace.hostname,
         id = trace.queue_id,
     );
@@ -342,6 +350,7 @@ mod tests {
             queue_id: "0123456789ABCDEF0123",
             smtputf8: false,
             now: datetime!(2026-11-24 13:31:00 UTC),
+            http: false,
         }
     }
 

@@ -33,8 +33,9 @@ use crate::config::Cidr;
 pub const SECRET_PREFIX: &str = "sk_";
 /// The stored-hash scheme.
 const SCHEME: &str = "hmac-sha256";
-/// The scopes a key may carry.
-pub const SCOPES: [&str; 2] = ["smtp", "api"];
+/// The scopes a key may carry; `admin` (with `api`) reads any message and manages any
+/// tenant's suppressions over the HTTP API.
+pub const SCOPES: [&str; 3] = ["smtp", "api", "admin"];
 
 /// Why a keys file could not be read, parsed or written.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ pub(crate) enum KeyCommand {
         /// An address or @domain the key may send as; repeatable; default: the owner's.
         #[arg(long = "sender", value_name = "PATTERN")]
         senders: Vec<String>,
-        /// Comma-separated: smtp, api.
+        /// Comma-separated: smtp, api, admin (reads any message, any tenant's suppressions).
         #[arg(long, default_value = "smtp,api", value_delimiter = ',')]
         scope: Vec<String>,
         /// A CIDR block the key may be used from; repeatable; default: anywhere.
@@ -194,14 +194,14 @@ fn scopes(scope: Vec<String>) -> Result<Vec<String>, Failure> {
     let mut out: Vec<String> = Vec::new();
     for s in scope.iter().map(|s| s.trim()) {
         if !SCOPES.contains(&s) {
-            return Err(usage(format!("--scope {s:?}: one of smtp, api")));
+            return Err(usage(format!("--scope {s:?}: one of smtp, api, admin")));
         }
         if !out.iter().any(|o| o == s) {
             out.push(s.to_owned());
         }
     }
     if out.is_empty() {
-        return Err(usage("--scope: at least one of smtp, api"));
+        return Err(usage("--scope: at least one of smtp, api, admin"));
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod api;
 mod auth;
 mod dev;
 mod dkim;
@@ -31,6 +32,7 @@ mod submission;
 mod tls;
 mod value;
 
+pub use api::ApiSettings;
 pub use auth::{
     AuthBackend, AuthSettings, DovecotSettings, DovecotSocket, LdapSettings, SqlSettings, SqlUrl,
     check_sender_template,
@@ -71,6 +73,8 @@ pub struct Settings {
     /// `[state]`: where throttles, sending windows and suspensions live.
     pub state: StateSettings,
     pub log: LogSettings,
+    /// `[api]`: the HTTP API.
+    pub api: ApiSettings,
 }
 
 /// One problem in a config file: which file, which key, what is wrong.
@@ -164,6 +168,8 @@ struct RawConfig {
     state: state::RawState,
     #[serde(default)]
     log: log::RawLog,
+    #[serde(default)]
+    api: api::RawApi,
 }
 
 /// What every section's `parse` gets besides its raw struct.
@@ -221,6 +227,7 @@ impl Settings {
         let metrics = metrics::parse(&raw.metrics, p);
         let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
+        let api = api::parse(&raw.api, p);
 
         problems.finish()?;
         // Every Option below is Some: a None always pushed an error above.
@@ -240,6 +247,7 @@ impl Settings {
             metrics: metrics.ok_or_else(missing)?,
             state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
+            api: api.ok_or_else(missing)?,
         })
     }
 

@@ -9,6 +9,7 @@
 //! server's side of the control socket.
 
 pub mod control;
+pub mod http;
 pub mod metrics_http;
 pub mod proxy_header;
 
@@ -89,6 +90,8 @@ pub(crate) struct Sockets {
     submissions: Vec<SocketAddr>,
     /// `[metrics] listen`, bound.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// `[api] listen`, bound.
+    api: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Sockets {
@@ -99,7 +102,15 @@ impl Sockets {
             submission: Vec::new(),
             submissions: Vec::new(),
             metrics: None,
+            api: None,
         };
+        if let Some(addr) = settings.api.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (api.listen)"))?;
+            let local = listener.local_addr()?;
+            sockets.api = Some((listener, local));
+        }
         if let Some(addr) = settings.metrics.listen {
             let listener = TcpListener::bind(addr)
                 .await
@@ -139,6 +150,35 @@ impl Sockets {
     /// The bound `[metrics] listen` address, when metrics are on.
     pub(crate) fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
+    /// The bound `[api] listen` address, when the API is on.
+    pub(crate) fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Serve the HTTP API with `router` on `[api] listen` (TLS when `tls` is given) until
+    /// `shutdown`; `None` when the API is off.
+    pub(crate) fn serve_api(
+        &mut self,
+        router: axum::Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        limits: http::HttpLimits,
+        shutdown: &CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        let (listener, _) = self.api.take()?;
+        let tls = tls.map(|config| {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        Some(tokio::spawn(http::serve(
+            listener,
+            tls,
+            router,
+            limits,
+            shutdown.clone(),
+        )))
     }
 
     /// Serve scrapes and accept connections until `shutdown`, sessions spawned on `tracker`;

@@ -773,6 +773,13 @@ impl Session {
             Err(FromProblem::Group) => Step::Reply(reply::FROM_GROUP),
             Ok(checked) => {
                 self.mode = Mode::Queueing;
+                // A key with an owner: its messages belong to the owner's tenant.
+                let origin = user.owner.clone().map(|owner| {
+                    Box::new(crate::queue::spool::Origin {
+                        owner: Some(owner),
+                        ..Default::default()
+                    })
+                });
                 Step::Queue(Box::new(Accepted {
                     user,
                     helo: self.helo.clone().unwrap_or_default(),
@@ -786,6 +793,7 @@ impl Session {
                     requiretls: params.requiretls,
                     headers,
                     from_domain: checked.domain,
+                    origin,
                 }))
             }
         }
