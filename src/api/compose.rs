@@ -510,7 +510,8 @@ mod tests {
             });
             let c = from_json(body.to_string().as_bytes()).unwrap();
             let parsed = mail_parser::MessageParser::default().parse(&c.message).unwrap();
-            prop_assert_eq!(parsed.body_text(0).unwrap_or_default().trim_end(), text.trim_end());
+            let got = parsed.body_text(0).unwrap_or_default();
+            prop_assert_eq!(got.trim_end(), text.trim_end());
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::queue::QueueId;
 use crate::status::MessageStatus;
 
 /// Authenticate against the server's keys and throttle.
-fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, Response> {
+fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, Problem> {
     let live = state.live.current();
     let verifier = &live.ctx.verifier;
     auth::authenticate(
@@ -27,7 +27,6 @@ fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Cal
         verifier.keys().map(|k| k.as_ref()),
         verifier.throttle(),
     )
-    .map_err(IntoResponse::into_response)
 }
 
 /// The overall state of a message from its recipients' states: the least advanced one.
@@ -55,7 +54,7 @@ pub async fn get_message(
 ) -> Response {
     let caller = match caller(&state, peer, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(id) = QueueId::parse(&id) else {
         return Problem::not_found().into_response();
@@ -82,14 +81,13 @@ pub async fn get_message(
 }
 
 /// The tenant a suppression request is about: the caller's, or `?tenant=` for an admin key.
-fn tenant(caller: &Caller, query: &HashMap<String, String>) -> Result<Option<String>, Response> {
+fn tenant(caller: &Caller, query: &HashMap<String, String>) -> Result<Option<String>, Problem> {
     match query.get("tenant") {
         Some(t) if caller.admin => Ok(Some(t.clone())),
         Some(t) if t == caller.tenant() => Ok(Some(t.clone())),
         Some(_) => Err(
             Problem::new(StatusCode::FORBIDDEN, "not-admin", "Admin scope needed")
-                .detail("only a key with the admin scope may name another tenant")
-                .into_response(),
+                .detail("only a key with the admin scope may name another tenant"),
         ),
         None => Ok(Some(caller.tenant().to_owned())),
     }
@@ -114,14 +112,14 @@ pub async fn list_suppressions(
 ) -> Response {
     let caller = match caller(&state, peer, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let tenant = if caller.admin && !query.contains_key("tenant") {
         None
     } else {
         match tenant(&caller, &query) {
             Ok(t) => t,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         }
     };
     let Some(list) = state.suppressions.clone() else {
@@ -141,11 +139,11 @@ pub async fn get_suppression(
 ) -> Response {
     let caller = match caller(&state, peer, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let tenant = match tenant(&caller, &query) {
         Ok(t) => t.unwrap_or_default(),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(list) = state.suppressions.clone() else {
         return no_list();
@@ -166,11 +164,11 @@ pub async fn delete_suppression(
 ) -> Response {
     let caller = match caller(&state, peer, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let tenant = match tenant(&caller, &query) {
         Ok(t) => t.unwrap_or_default(),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(list) = state.suppressions.clone() else {
         return no_list();

@@ -90,7 +90,7 @@ async fn submit(
                 p.into_response()
             }
         })?;
-    let slot = match idempotency_key(headers)? {
+    let slot = match idempotency_key(headers).map_err(IntoResponse::into_response)? {
         None => None,
         Some(idem) => match begin(state, &live, &caller, &idem, &body).await? {
             Ok(slot) => Some(slot),
@@ -128,16 +128,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 }
 
 /// The `Idempotency-Key` header, checked.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     match v.to_str() {
         Ok(v) if idempotency::valid_key(v) => Ok(Some(v.to_owned())),
-        _ => Err(
-            Problem::invalid("Idempotency-Key", "1 to 255 printable ASCII characters")
-                .into_response(),
-        ),
+        _ => Err(Problem::invalid(
+            "Idempotency-Key",
+            "1 to 255 printable ASCII characters",
+        )),
     }
 }
 
