@@ -121,6 +121,9 @@ async fn connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        // `Content-Type`, not `content-type`: what the hand-written responder sent, and what
+        // scrapers and scripts that match header text byte for byte still expect.
+        .title_case_headers(true)
         .max_buf_size(limits.max_header_size.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(limits.keep_alive);
