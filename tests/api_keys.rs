@@ -5,37 +5,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
 
-use common::run::{Output, run_submitd};
+use common::keys::{config, create, key_cli};
+use common::run::run_submitd;
 use common::sink::{Sink, SinkOptions};
 use common::{ALICE, BOB, Client, IO_TIMEOUT, TestServer, plain};
-
-fn config(server: &TestServer) -> PathBuf {
-    server.dir.path().join("submitd.toml")
-}
-
-fn key_cli(server: &TestServer, args: &[&str]) -> Output {
-    let config = config(server);
-    let mut full = vec!["key"];
-    full.extend(args);
-    full.extend(["--config", config.to_str().unwrap()]);
-    run_submitd(None, &full, None)
-}
-
-/// `key create NAME args...`: the secret it printed.
-fn create(server: &TestServer, name: &str, args: &[&str]) -> String {
-    let mut full = vec!["create", name];
-    full.extend(args);
-    let out = key_cli(server, &full);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let secret = out.stdout.trim().to_owned();
-    assert!(
-        secret.starts_with(&format!("sk_{name}_")) && secret.len() == 47 + name.len(),
-        "{out:?}"
-    );
-    secret
-}
 
 /// 587, EHLO, STARTTLS, EHLO, then AUTH PLAIN: the reply to AUTH.
 async fn auth(server: &TestServer, login: &str, secret: &str) -> (Client, String) {

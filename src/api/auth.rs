@@ -1,8 +1,8 @@
 //! Bearer authentication of API requests: `Authorization: Bearer sk_NAME_RANDOM`.
 //!
 //! The secret names its key ([`keys::name_of_secret`]); [`Key::check`] compares the secret
-//! before anything else, so a 403 naming the failed check (revoked, expired, scope, address)
-//! only ever reaches the secret's holder. A missing or malformed header, an unknown key and a
+//! before anything else, so an answer naming the failed check (401 revoked or expired, 403
+//! scope or source address) only ever reaches the secret's holder. A missing or malformed header, an unknown key and a
 //! wrong secret all get the same 401 body. Failures count in the server's login throttle (per
 //! client address and per key name); over it, 429.
 
@@ -95,17 +95,38 @@ pub fn authenticate(
             if let Some(t) = throttle {
                 t.failed(ip, name);
             }
-            let detail = match refusal {
-                Refusal::Revoked => "the key is revoked",
-                Refusal::Expired => "the key has expired",
-                Refusal::NoScope => "the key lacks the api scope",
-                Refusal::FromIp => "the key may not be used from this address",
-                Refusal::WrongSecret => unreachable!("handled above"),
+            // Only the secret's holder gets here: naming the check tells nobody else anything.
+            // A revoked or expired key is no credential any more (401); a valid key used
+            // outside its scope or addresses is a forbidden request (403).
+            let (status, kind, title, detail) = match refusal {
+                Refusal::Revoked => (
+                    StatusCode::UNAUTHORIZED,
+                    "key-revoked",
+                    "Key revoked",
+                    "the key is revoked",
+                ),
+                Refusal::Expired => (
+                    StatusCode::UNAUTHORIZED,
+                    "key-expired",
+                    "Key expired",
+                    "the key has expired",
+                ),
+                Refusal::NoScope => (
+                    StatusCode::FORBIDDEN,
+                    "key-scope",
+                    "Key not valid for the API",
+                    "the key lacks the api scope",
+                ),
+                Refusal::FromIp => (
+                    StatusCode::FORBIDDEN,
+                    "key-source-address",
+                    "Key not valid from this address",
+                    "the key may not be used from this address",
+                ),
+                Refusal::WrongSecret => return Err(Problem::unauthorized()),
             };
             info!(ip = %ip, key = %Escaped(name), why = detail, "api: key refused");
-            return Err(
-                Problem::new(StatusCode::FORBIDDEN, "key-refused", "Key refused").detail(detail),
-            );
+            return Err(Problem::new(status, kind, title).detail(detail));
         }
     }
     let admin = key.entry.scopes.iter().any(|s| s == ADMIN_SCOPE);

@@ -383,12 +383,12 @@ async fn queue(
     }
     let mut recipients: Vec<Value> = kept
         .iter()
-        .map(|a| json!({"address": a, "status": "queued"}))
+        .map(|a| json!({"address": a, "state": "queued"}))
         .collect();
     recipients.extend(
         suppressed
             .iter()
-            .map(|a| json!({"address": a, "status": "suppressed"})),
+            .map(|a| json!({"address": a, "state": "suppressed"})),
     );
     let intake = &live.ctx.intake;
     let eight_bit = !c.message.is_ascii();

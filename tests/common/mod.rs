@@ -120,6 +120,8 @@ pub struct TestServer {
     pub submissions: SocketAddr,
     /// The bound `[metrics] listen` address, when the config turns metrics on.
     pub metrics: Option<SocketAddr>,
+    /// The bound `[api] listen` address, when the config turns the HTTP API on.
+    pub api: Option<SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -174,6 +176,7 @@ impl TestServer {
         let submission = server.submission_addrs()[0];
         let submissions = server.submissions_addrs()[0];
         let metrics = server.metrics_addr();
+        let api = server.api_addr();
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
         TestServer {
@@ -181,8 +184,20 @@ impl TestServer {
             submission,
             submissions,
             metrics,
+            api,
             shutdown,
         }
+    }
+
+    /// Stop the server and start it again on the same config and queue (new ports).
+    pub async fn restart(self) -> TestServer {
+        self.shutdown.cancel();
+        // The old server lets go of its listeners and queue within a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = self.dir.path().join("submitd.toml");
+        let mut this = self;
+        let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
+        TestServer::start_at(dir, path).await
     }
 
     /// Stop the server (its sessions get 421; the queue drains its running deliveries).
@@ -411,6 +426,7 @@ pub fn message_from(from: &str) -> String {
 pub mod binary;
 pub mod dns;
 pub mod dovecot;
+pub mod keys;
 pub mod postgres;
 pub mod redis;
 pub mod run;
@@ -442,6 +458,7 @@ pub async fn start_prepared(
         submission,
         submissions,
         metrics: None,
+        api: None,
         shutdown,
     };
     (server, verifier)
@@ -497,6 +514,7 @@ impl TestServer {
         let submission = server.submission_addrs()[0];
         let submissions = server.submissions_addrs()[0];
         let metrics = server.metrics_addr();
+        let api = server.api_addr();
         let shutdown = CancellationToken::new();
         tokio::spawn(server.run(shutdown.clone()));
         TestServer {
@@ -504,6 +522,7 @@ impl TestServer {
             submission,
             submissions,
             metrics,
+            api,
             shutdown,
         }
     }
