@@ -16,6 +16,10 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v swaks >/dev/null || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# HTTP API (tests/api*.rs): curl, the README's Python (requests) and Node (fetch) examples.
+command -v curl >/dev/null || missing+=(curl)
+command -v node >/dev/null || missing+=(nodejs)
+python3 -c 'import requests' 2>/dev/null || missing+=(python3-requests)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
