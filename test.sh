@@ -46,4 +46,12 @@ if ! python3 -c 'import dkim, dns, nacl' 2>/dev/null; then
       dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2
 fi
 
+# The OpenAPI check (tests/api_openapi.rs, tests/clients/openapi_check.py).
+if ! python3 -c 'import openapi_spec_validator, jsonschema, yaml' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check \
+    openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3 ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3
+fi
+
 exec cargo test --locked "$@" -- --include-ignored
