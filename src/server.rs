@@ -215,6 +215,28 @@ impl Server {
         })
     }
 
+    /// The suppression list the HTTP API checks (`Suppressions::check` per tenant) and
+    /// manages (`/v1/suppressions`), instead of the in-memory one made at bind.
+    pub fn with_suppressions(
+        mut self,
+        list: Option<Arc<crate::suppression::Suppressions>>,
+    ) -> Server {
+        self.suppressions = list;
+        self
+    }
+
+    /// Where the HTTP API sends its `suppressed` events (the scheduler's sinks are given to
+    /// `Scheduler::with_events`).
+    pub fn with_api_events(mut self, events: crate::events::Events) -> Server {
+        self.events = events;
+        self
+    }
+
+    /// The suppression list the HTTP API uses.
+    pub fn suppressions(&self) -> Option<&Arc<crate::suppression::Suppressions>> {
+        self.suppressions.as_ref()
+    }
+
     /// The bound `[api] listen` address, when the HTTP API is on.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.sockets.api_addr()
@@ -330,14 +352,8 @@ fn serve_api(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let settings = shared.current().settings.clone();
     let api = &settings.api;
-    let state = crate::api::ApiState {
-        live: shared.clone(),
-        suppressions,
-        events,
-        idempotency: Arc::new(crate::api::idempotency::Idempotency::new(
-            &settings.queue.dir,
-        )),
-    };
+    let state =
+        crate::api::ApiState::new(shared.clone(), suppressions, events, &settings.queue.dir);
     let limits = crate::listener::http::HttpLimits {
         max_connections: api.max_connections,
         max_header_size: api.max_header_size,

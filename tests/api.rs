@@ -473,3 +473,66 @@ async fn the_api_serves_https_with_the_tls_certificate() {
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != StatusCode::ACCEPTED);
 }
+
+/// Every event the API sent, in order.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<submitd::events::DeliveryEvent>>);
+
+impl submitd::events::EventSink for Recorded {
+    fn record_blocking(&self, events: &[submitd::events::DeliveryEvent]) {
+        self.0.lock().unwrap().extend_from_slice(events);
+    }
+}
+
+#[tokio::test]
+async fn suppressed_recipients_are_not_queued_and_are_reported() {
+    use std::sync::Arc;
+    let sink = Sink::start(SinkOptions::default()).await;
+    let list = Arc::new(submitd::suppression::Suppressions::in_memory(
+        Duration::from_secs(3600),
+    ));
+    let now = submitd::clock::unix_now();
+    // Alice's tenant suppressed carol; another tenant's entry for dave does not apply.
+    list.add(ALICE, "Carol@Example.net", "550 5.1.1 no such user", now)
+        .unwrap();
+    list.add("someone-else", "dave@example.net", "550 5.1.1 gone", now)
+        .unwrap();
+    let recorded = Arc::new(Recorded::default());
+    let events = submitd::events::Events::default().with(recorded.clone());
+    let (l, e) = (list.clone(), events.clone());
+    let server = TestServer::start_full_with("", "", &smarthost(&sink), API, move |s| {
+        s.with_suppressions(Some(l)).with_api_events(e)
+    })
+    .await;
+    let secret = create(&server, "shop", &["--owner", ALICE, "--sender", ALICE]);
+    let mut body = simple(ALICE);
+    body["to"] = json!(["carol@example.net", "dave@example.net"]);
+    body["metadata"] = json!({"order": "7"});
+    let (status, _, got) = post_json(&server, &secret, &body, &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{got}");
+    assert_eq!(
+        got["recipients"],
+        json!([
+            {"address": "dave@example.net", "state": "queued"},
+            {"address": "carol@example.net", "state": "suppressed"},
+        ])
+    );
+    let received = sink.wait_for(1, IO_TIMEOUT).await;
+    assert_eq!(received[0].rcpts, ["dave@example.net"]);
+    let seen = recorded.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].kind, submitd::events::EventKind::Suppressed);
+    assert_eq!(seen[0].recipient, "carol@example.net");
+    assert_eq!(seen[0].queue_id, got["id"].as_str().unwrap());
+    assert_eq!(seen[0].tenant, ALICE);
+    assert_eq!(seen[0].metadata.get("order").map(String::as_str), Some("7"));
+
+    // Only suppressed recipients: nothing queued, 422 naming them.
+    let mut body = simple(ALICE);
+    body["to"] = json!("carol@example.net");
+    let got = post_json(&server, &secret, &body, &[]).await;
+    assert_problem(&got, 422, "all-suppressed");
+    assert_eq!(got.2["recipients"], json!(["carol@example.net"]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 1);
+}

@@ -37,6 +37,25 @@ pub struct ApiState {
     pub idempotency: Arc<idempotency::Idempotency>,
 }
 
+impl ApiState {
+    /// The state of a server: its live settings and context, the suppression list to check
+    /// (per tenant), the event sinks for `suppressed` events, and the idempotency records
+    /// under `queue_dir/idempotency/`.
+    pub(crate) fn new(
+        live: Arc<dyn Current>,
+        suppressions: Option<Arc<Suppressions>>,
+        events: Events,
+        queue_dir: &std::path::Path,
+    ) -> ApiState {
+        ApiState {
+            live,
+            suppressions,
+            events,
+            idempotency: Arc::new(idempotency::Idempotency::new(queue_dir)),
+        }
+    }
+}
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()

@@ -316,41 +316,47 @@ fn limited(refusal: QuotaRefusal) -> Problem {
     .retry_after(LIMITED_RETRY)
 }
 
-/// Split the recipients by the tenant's suppression list; the `suppressed` events go out.
-async fn suppress(state: &ApiState, caller: &Caller, c: &Composed) -> (Vec<String>, Vec<String>) {
+/// Split the recipients by the tenant's suppression list: those kept, and a `suppressed`
+/// event for each of the others (sent once the outcome is known, [`emit`]).
+fn suppress(state: &ApiState, caller: &Caller, c: &Composed) -> (Vec<String>, Vec<DeliveryEvent>) {
     let Some(list) = &state.suppressions else {
         return (c.recipients.clone(), Vec::new());
     };
     let at = now();
-    let (mut kept, mut suppressed) = (Vec::new(), Vec::new());
-    let mut events = Vec::new();
+    let (mut kept, mut events) = (Vec::new(), Vec::new());
     for r in &c.recipients {
         match list.check(caller.tenant(), r, at) {
-            Some(entry) => {
-                suppressed.push(r.clone());
-                events.push(DeliveryEvent {
-                    kind: EventKind::Suppressed,
-                    queue_id: String::new(),
-                    user: caller.user.login.clone(),
-                    tenant: caller.tenant().to_owned(),
-                    recipient: r.clone(),
-                    reply: entry.reply,
-                    status: None,
-                    host: None,
-                    attempt: 0,
-                    at,
-                    envid: c.envid.clone(),
-                    metadata: c.metadata.clone(),
-                });
-            }
+            Some(entry) => events.push(DeliveryEvent {
+                kind: EventKind::Suppressed,
+                queue_id: String::new(),
+                user: caller.user.login.clone(),
+                tenant: caller.tenant().to_owned(),
+                recipient: r.clone(),
+                reply: entry.reply,
+                status: None,
+                host: None,
+                attempt: 0,
+                at,
+                envid: c.envid.clone(),
+                metadata: c.metadata.clone(),
+            }),
             None => kept.push(r.clone()),
         }
     }
-    if !events.is_empty() && !state.events.is_empty() {
-        let sinks = state.events.clone();
-        let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&events)).await;
+    (kept, events)
+}
+
+/// Send the `suppressed` events of message `queue_id` (empty when nothing was queued) to the
+/// event sinks, off the reactor.
+async fn emit(state: &ApiState, mut events: Vec<DeliveryEvent>, queue_id: &str) {
+    if events.is_empty() || state.events.is_empty() {
+        return;
     }
-    (kept, suppressed)
+    for e in &mut events {
+        e.queue_id = queue_id.to_owned();
+    }
+    let sinks = state.events.clone();
+    let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&events)).await;
 }
 
 /// Limits, suppression, then the commit; the 202 (recorded for the idempotency key).
@@ -367,8 +373,10 @@ async fn queue(
     if let Some(Err(r)) = quota.map(|q| q.check_mail(&caller.user)) {
         return Err(limited(r).into_response());
     }
-    let (kept, suppressed) = suppress(state, &caller, &c).await;
+    let (kept, events) = suppress(state, &caller, &c);
+    let suppressed: Vec<String> = events.iter().map(|e| e.recipient.clone()).collect();
     if kept.is_empty() {
+        emit(state, events, "").await;
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "all-suppressed",
@@ -423,6 +431,7 @@ async fn queue(
     match intake.accept(accepted, draft, ip).await {
         Ok(queued) => {
             info!(queue_id = %queued, key = %Escaped(&caller.key.entry.name), "api: message queued");
+            emit(state, events, &id).await;
             if slot.is_some() {
                 // The message is durable: a failure here only loses the replay.
                 let _ = record(&slot, &id, &response, true).await;

@@ -162,6 +162,30 @@ impl TestServer {
         TestServer::start_at(dir, path).await
     }
 
+    /// [`TestServer::start_full`], with `tweak` applied to the bound server before it runs
+    /// (e.g. `Server::with_api_events`).
+    pub async fn start_full_with(
+        limits: &str,
+        queue: &str,
+        relay: &str,
+        extra: &str,
+        tweak: impl FnOnce(Server) -> Server,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config_full(
+            dir.path(),
+            limits,
+            queue,
+            relay,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        );
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!("\n{extra}\n"));
+        std::fs::write(&path, text).unwrap();
+        TestServer::start_tweaked(dir, path, tweak).await
+    }
+
     /// Start with `auth` as the whole `[auth]` table ([`write_config_auth`]) and `relay` lines.
     pub async fn start_auth(auth: &str, relay: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
@@ -170,9 +194,17 @@ impl TestServer {
     }
 
     async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> TestServer {
+        TestServer::start_tweaked(dir, path, |s| s).await
+    }
+
+    async fn start_tweaked(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        tweak: impl FnOnce(Server) -> Server,
+    ) -> TestServer {
         let text = std::fs::read_to_string(&path).unwrap();
         let settings = Settings::from_toml(&text, &path).unwrap();
-        let server = Server::bind(Arc::new(settings)).await.unwrap();
+        let server = tweak(Server::bind(Arc::new(settings)).await.unwrap());
         let submission = server.submission_addrs()[0];
         let submissions = server.submissions_addrs()[0];
         let metrics = server.metrics_addr();
