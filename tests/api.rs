@@ -536,3 +536,109 @@ async fn suppressed_recipients_are_not_queued_and_are_reported() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 1);
 }
+
+#[tokio::test]
+async fn http_mail_is_dkim_signed_like_smtp_mail() {
+    let keys = tempfile::tempdir().unwrap();
+    let out = common::run::run_submitd(
+        Some(keys.path()),
+        &["dkim", "keygen", "example.test", "api2026", "--out", "dkim"],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let entry = &out.stdout[out.stdout.find("[[dkim]]").expect("config entry")..];
+    let absolute = keys.path().join("dkim").display().to_string();
+    let entry = entry.replace("\"dkim/", &format!("\"{absolute}/"));
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server =
+        TestServer::start_full("", "", &smarthost(&sink), &format!("{API}\n{entry}")).await;
+    let secret = create(&server, "app", &["--sender", ALICE]);
+    let (status, _, got) = post_json(&server, &secret, &simple(ALICE), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{got}");
+    let received = sink.wait_for(1, IO_TIMEOUT).await;
+    let text = String::from_utf8_lossy(&received[0].data).to_string();
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let signature = head
+        .split("\r\n")
+        .find(|l| l.starts_with("DKIM-Signature:"))
+        .unwrap_or_else(|| panic!("not signed:\n{head}"));
+    assert!(signature.contains("d=example.test"), "{signature}");
+}
+
+#[tokio::test]
+async fn hostile_requests_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = TestServer::start_full(
+        "max_hops = 5",
+        "",
+        &smarthost(&sink),
+        "[api]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"1s\"\nmax_headers = 20\n",
+    )
+    .await;
+    let addr = server.api.unwrap();
+    let secret = create(&server, "app", &["--sender", ALICE]);
+
+    // A request head that never ends: closed within the request timeout, not held open.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(IO_TIMEOUT, tcp.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "still open after {IO_TIMEOUT:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Too many header fields: 431.
+    let mut request = http().post(messages(&server)).bearer_auth(&secret);
+    for i in 0..40 {
+        request = request.header(format!("x-filler-{i}"), "a");
+    }
+    let r = request.json(&simple(ALICE)).send().await;
+    assert!(
+        r.as_ref().map_or(true, |r| r.status()
+            == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        "{r:?}"
+    );
+
+    // A mail loop (more Received fields than max_hops): 400 naming the headers.
+    let mut message = String::new();
+    for i in 0..8 {
+        message.push_str(&format!(
+            "Received: from hop{i} by hop{i}; Fri, 4 Dec 2026 10:00:00 +0000\r\n"
+        ));
+    }
+    message.push_str(&format!(
+        "From: {ALICE}\r\nTo: carol@example.net\r\n\r\nloop\r\n"
+    ));
+    let r = http()
+        .post(messages(&server))
+        .bearer_auth(&secret)
+        .header("content-type", "message/rfc822")
+        .body(message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["field"], "headers", "{body}");
+    // Not JSON at all, and JSON too deep: 400, never a crash; the server still serves.
+    for junk in [
+        "{",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    ] {
+        let r = http()
+            .post(messages(&server))
+            .bearer_auth(&secret)
+            .header("content-type", "application/json")
+            .body(junk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+    let (status, _, got) = post_json(&server, &secret, &simple(ALICE), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{got}");
+    assert_eq!(sink.wait_for(1, IO_TIMEOUT).await.len(), 1);
+}
