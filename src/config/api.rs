@@ -102,3 +102,34 @@ pub(super) fn parse(raw: &RawApi, p: &mut Problems<'_>) -> Option<ApiSettings> {
         max_headers: max_headers?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{MINIMAL, assert_error, parse};
+
+    #[test]
+    fn off_by_default_and_bounded() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.api.listen, None);
+        assert!(!s.api.tls);
+        let s = parse(&format!(
+            "{MINIMAL}[api]\nlisten = \"127.0.0.1:8025\"\ntls = true\nrequest_timeout = \"5s\"\n\
+             max_header_size = 100\nmax_headers = 10\nmax_connections = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(s.api.listen, Some("127.0.0.1:8025".parse().unwrap()));
+        assert!(s.api.tls);
+        assert_eq!(s.api.request_timeout, std::time::Duration::from_secs(5));
+        // hyper reads heads in buffers of at least 8 KiB.
+        assert_eq!(s.api.max_header_size, 8192);
+        assert_eq!((s.api.max_headers, s.api.max_connections), (10, 3));
+        for (line, key, needle) in [
+            ("listen = \"8025\"", "api.listen", "not an address"),
+            ("max_connections = 0", "api.max_connections", ""),
+            ("request_timeout = \"10ms\"", "api.request_timeout", ""),
+            ("max_headers = -1", "api.max_headers", ""),
+        ] {
+            assert_error(&format!("{MINIMAL}[api]\n{line}\n"), key, needle);
+        }
+    }
+}
