@@ -642,3 +642,31 @@ async fn hostile_requests_are_bounded() {
     assert_eq!(status, StatusCode::ACCEPTED, "{got}");
     assert_eq!(sink.wait_for(1, IO_TIMEOUT).await.len(), 1);
 }
+
+#[tokio::test]
+async fn connections_are_bounded_and_a_silent_one_is_dropped() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = TestServer::start_full(
+        "",
+        "",
+        &smarthost(&sink),
+        "[api]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nrequest_timeout = \"1s\"\n",
+    )
+    .await;
+    let secret = create(&server, "app", &["--sender", ALICE]);
+    // One silent connection takes the only slot...
+    let silent = tokio::net::TcpStream::connect(server.api.unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    // ...so this request waits until the silent one is dropped by the request timeout.
+    let (status, _, got) = post_json(&server, &secret, &simple(ALICE), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{got}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    drop(silent);
+}
