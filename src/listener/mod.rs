@@ -1,12 +1,13 @@
 //! Accept and admission: binds the submission (587, STARTTLS), submissions (465, implicit TLS)
-//! and `[metrics] listen` sockets, enforces `max_connections` and `max_connections_per_ip`
+//! `[metrics] listen` and `[api] listen` sockets, enforces `max_connections` and `max_connections_per_ip`
 //! (and, with `listen.proxy_protocol`, the trusted proxies), and spawns one session per
 //! connection. What a connection is served with comes from [`crate::server`], which swaps it on
 //! reload.
 //!
 //! Everything here that touches a socket: [`proxy_header`] reads the PROXY header (the parser
-//! is the sans-IO [`crate::proxy`]), [`metrics_http`] answers `GET /metrics`, [`control`] is the
-//! server's side of the control socket.
+//! is the sans-IO [`crate::proxy`]), [`http`] serves an axum router over HTTP/1.1 (plain or
+//! TLS, bounded) for [`metrics_http`] (`GET /metrics`) and the HTTP API ([`crate::api`]),
+//! [`control`] is the server's side of the control socket.
 
 pub mod control;
 pub mod http;
