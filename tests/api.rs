@@ -350,14 +350,32 @@ async fn an_idempotent_retry_across_a_restart_queues_nothing_new() {
     let got = post_json(&server, &secret, &other, &idem).await;
     assert_problem(&got, 422, "idempotency-key-reused");
 
+    // The same raw message to another envelope is another request.
+    let raw = |to: &str| {
+        http()
+            .post(messages(&server))
+            .bearer_auth(&secret)
+            .header("content-type", "message/rfc822")
+            .header("idempotency-key", "raw-1")
+            .header("x-envelope-to", to)
+            .body(format!("From: {ALICE}\r\nSubject: r\r\n\r\nhi\r\n"))
+            .send()
+    };
+    assert_eq!(
+        raw("p@example.net").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let r = raw("q@example.net").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
     // Another key may use the same Idempotency-Key for its own message.
     let second = create(&server, "app2", &["--sender", ALICE]);
     let got = post_json(&server, &second, &simple(ALICE), &idem).await;
     assert_eq!(got.0, StatusCode::ACCEPTED, "{}", got.2);
     assert_ne!(got.2["id"], first.2["id"]);
-    sink.wait_for(2, IO_TIMEOUT).await;
+    sink.wait_for(3, IO_TIMEOUT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.received().len(), 2, "the retry sent nothing");
+    assert_eq!(sink.received().len(), 3, "the retries sent nothing");
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ async fn submit(
         })?;
     let slot = match idempotency_key(headers).map_err(IntoResponse::into_response)? {
         None => None,
-        Some(idem) => match begin(state, &live, &caller, &idem, &body).await? {
+        Some(idem) => match begin(state, &live, &caller, &idem, headers, &body).await? {
             Ok(slot) => Some(slot),
             Err(replay) => return Ok(replay),
         },
@@ -147,12 +147,13 @@ async fn begin(
     live: &Live,
     caller: &Caller,
     idem: &str,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Result<Slot, Response>, Response> {
     let store = state.idempotency.clone();
     let spool = live.ctx.intake.spool.clone();
     let key = caller.key.entry.name.clone();
-    let hash = idempotency::sha256_hex(body);
+    let hash = request_hash(headers, body);
     let idem = idem.to_owned();
     let begun = tokio::task::spawn_blocking(move || {
         store.begin(&key, &idem, &hash, now(), |id| {
@@ -195,6 +196,19 @@ async fn begin(
             Err(spool_unavailable().into_response())
         }
     }
+}
+
+/// What makes two requests the same for `Idempotency-Key`: the body and the headers that
+/// change its meaning (media type, envelope), each length-prefixed.
+fn request_hash(headers: &HeaderMap, body: &[u8]) -> String {
+    let mut all = Vec::with_capacity(body.len() + 256);
+    for name in ["content-type", "x-envelope-from", "x-envelope-to"] {
+        let value = headers.get(name).map_or(&b""[..], |v| v.as_bytes());
+        all.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        all.extend_from_slice(value);
+    }
+    all.extend_from_slice(body);
+    idempotency::sha256_hex(&all)
 }
 
 fn spool_unavailable() -> Problem {
