@@ -99,6 +99,10 @@ pub struct Server {
     )>,
     /// TLS-RPT reports (MX mode with `relay.mta_sts`): daily, and on `tls-report`.
     tls_reporter: Option<Arc<Reporter>>,
+    /// Who hears of delivery events (webhooks, ...); the scheduler has the same sinks.
+    events: crate::events::Events,
+    /// `[[webhook]]` endpoints, whose dispatchers `run` starts.
+    webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -147,8 +151,14 @@ impl Server {
         }
         let delivery = Arc::new(Delivery::new(&settings)?);
         let reporting = delivery.tls_reporting();
+        let webhooks = crate::webhook::Webhooks::open(&settings, metrics.clone())?.map(Arc::new);
+        let mut events = crate::events::Events::default();
+        if let Some(w) = &webhooks {
+            events = events.with(w.clone());
+        }
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
+        let scheduler = scheduler.with_events(events.clone());
         let tls_reporter = reporting.map(|(recorder, resolver, webpki)| {
             Arc::new(Reporter {
                 recorder,
@@ -200,6 +210,8 @@ impl Server {
             scheduler,
             follow,
             tls_reporter,
+            events,
+            webhooks,
         })
     }
 
@@ -241,6 +253,11 @@ impl Server {
         self.tls_reporter.clone()
     }
 
+    /// The delivery-event sinks (to record events from outside the scheduler, e.g. the API).
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
+    }
+
     /// Connections closed by the PROXY protocol checks so far.
     pub fn proxy_stats(&self) -> Arc<ProxyStats> {
         self.shared.admission.proxy_stats.clone()
@@ -261,6 +278,9 @@ impl Server {
         }
         if let Some(reporter) = self.tls_reporter.clone() {
             tokio::spawn(daily_tls_reports(reporter, shutdown.clone()));
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.spawn(&shutdown);
         }
         let metrics = self.shared.current().ctx.metrics.clone();
         let admission = self.shared.admission.clone();

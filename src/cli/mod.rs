@@ -7,6 +7,7 @@
 //! - [`user`], [`password`]: the users file (add, passwd, del, list, suspend) and password input.
 //! - [`key`]: scoped API keys (create, list, revoke, rotate).
 //! - [`queue`]: list, show, retry, hold, release, delete.
+//! - [`webhook`]: the webhook endpoints' backlogs; new signing secrets.
 //! - [`dkim`], [`cert`]: key and certificate generation.
 
 mod cert;
@@ -21,6 +22,7 @@ mod serve;
 mod signals;
 mod tls_report;
 mod user;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +78,9 @@ pub(crate) enum Command {
     /// Make the running server send its TLS-RPT reports (RFC 8460) now rather than at the next
     /// UTC midnight (through the control socket).
     TlsReport,
+    /// Webhook endpoints (`[[webhook]]`): backlogs, new secrets.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 /// Why a command failed, which decides the exit code.
@@ -138,5 +143,6 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dkim(cmd) => dkim::dkim(cmd),
         Command::Reload => reload::reload(config),
         Command::TlsReport => tls_report::tls_report(config),
+        Command::Webhook(cmd) => webhook::webhook(config, cmd),
     }
 }

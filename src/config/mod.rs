@@ -30,6 +30,7 @@ mod state;
 mod submission;
 mod tls;
 mod value;
+mod webhook;
 
 pub use auth::{
     AuthBackend, AuthSettings, DovecotSettings, DovecotSocket, LdapSettings, SqlSettings, SqlUrl,
@@ -48,6 +49,7 @@ pub use state::{StateBackend, StateSettings, StateUrl, redact as redact_url};
 pub use submission::SubmissionSettings;
 pub use tls::TlsFiles;
 pub use value::check_hostname;
+pub use webhook::{WEBHOOK_EVENTS, WebhookSettings, WebhookUrl, parse_webhook_url};
 
 /// Validated settings, ready to run with. Paths are absolute or relative to the working
 /// directory (already resolved against the config file's directory).
@@ -71,6 +73,8 @@ pub struct Settings {
     /// `[state]`: where throttles, sending windows and suspensions live.
     pub state: StateSettings,
     pub log: LogSettings,
+    /// `[[webhook]]`: delivery-event endpoints (empty: none).
+    pub webhook: Vec<WebhookSettings>,
 }
 
 /// One problem in a config file: which file, which key, what is wrong.
@@ -164,6 +168,8 @@ struct RawConfig {
     state: state::RawState,
     #[serde(default)]
     log: log::RawLog,
+    #[serde(default)]
+    webhook: Vec<webhook::RawWebhook>,
 }
 
 /// What every section's `parse` gets besides its raw struct.
@@ -221,6 +227,7 @@ impl Settings {
         let metrics = metrics::parse(&raw.metrics, p);
         let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
+        let webhook = webhook::parse(&raw.webhook, p, &cx);
 
         problems.finish()?;
         // Every Option below is Some: a None always pushed an error above.
@@ -240,6 +247,7 @@ impl Settings {
             metrics: metrics.ok_or_else(missing)?,
             state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
+            webhook,
         })
     }
 
