@@ -387,6 +387,12 @@ impl Metrics {
             "Times a destination asked us to slow down and was held",
             self.throttle_events.clone(),
         );
+        self.register_webhooks()
+    }
+
+    /// The `[[webhook]]` series.
+    fn register_webhooks(mut self) -> Metrics {
+        let r = &mut self.registry;
         r.register(
             "webhook_backlog",
             "Webhook events waiting to be sent, per endpoint",
@@ -416,7 +422,10 @@ impl Metrics {
         drop(self.webhook_backlog.get_or_create(&label));
         drop(self.webhook_oldest_age.get_or_create(&label));
         for result in ["success", "failure"] {
-            let labels = [("endpoint", name.to_string()), ("result", result.to_string())];
+            let labels = [
+                ("endpoint", name.to_string()),
+                ("result", result.to_string()),
+            ];
             drop(self.webhook_deliveries.get_or_create(&labels));
         }
         for why in WebhookDrop::ALL {
@@ -433,7 +442,10 @@ impl Metrics {
         self.webhook_backlog
             .get_or_create(&[("endpoint", name.to_string())])
             .set(waiting as i64);
-        let mut all = self.webhook_oldest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self
+            .webhook_oldest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match all.iter_mut().find(|(n, _)| n == name) {
             Some((_, t)) => *t = oldest.unwrap_or(0),
             None => all.push((name.to_string(), oldest.unwrap_or(0))),
@@ -444,7 +456,10 @@ impl Metrics {
     pub fn webhook_delivery(&self, name: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.webhook_deliveries
-            .get_or_create(&[("endpoint", name.to_string()), ("result", result.to_string())])
+            .get_or_create(&[
+                ("endpoint", name.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
     }
 

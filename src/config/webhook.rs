@@ -109,7 +109,11 @@ pub fn parse_webhook_url(text: &str) -> Result<WebhookUrl, String> {
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(format!("{text:?}: the URL must start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "{text:?}: the URL must start with http:// or https://"
+            ));
+        }
     };
     let authority = uri
         .authority()
@@ -119,13 +123,14 @@ pub fn parse_webhook_url(text: &str) -> Result<WebhookUrl, String> {
             "{text:?}: user info in the URL is not supported (the signature authenticates us)"
         ));
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{text:?}: no host"));
     }
-    let port = authority
-        .port_u16()
-        .unwrap_or(if https { 443 } else { 80 });
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     if port == 0 {
         return Err(format!("{text:?}: port 0"));
     }
@@ -251,7 +256,10 @@ fn parse_one(
         if !WEBHOOK_EVENTS.contains(&name.as_str()) {
             p.push(
                 key("events"),
-                format!("{name:?} is not an event; known: {}", WEBHOOK_EVENTS.join(", ")),
+                format!(
+                    "{name:?} is not an event; known: {}",
+                    WEBHOOK_EVENTS.join(", ")
+                ),
             );
             events_ok = false;
         } else if !events.contains(&name) {
@@ -305,9 +313,10 @@ fn parse_one(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
-    use super::super::testing::*;
-    use super::*;
+    use super::super::testing::{MINIMAL, assert_error, parse, with};
+    use super::{WEBHOOK_EVENTS, WebhookUrl};
 
     #[test]
     fn defaults_and_every_key() {
@@ -362,7 +371,11 @@ mod tests {
     fn bad_entries() {
         let one = |lines: &str| with(&format!("[[webhook]]\n{lines}"));
         assert_error(&one("secret_file = \"s\""), "webhook[0].url", "required");
-        assert_error(&one("url = \"http://a.test/\""), "webhook[0].secret_file", "required");
+        assert_error(
+            &one("url = \"http://a.test/\""),
+            "webhook[0].secret_file",
+            "required",
+        );
         assert_error(
             &one("url = \"ftp://a.test/\"\nsecret_file = \"s\""),
             "webhook[0].url",

@@ -153,8 +153,7 @@ async fn save_state(ep: &Arc<Endpoint>, state: &DispatchState) {
     let dir = ep.backlog.dir().to_path_buf();
     let state = state.clone();
     let name = ep.settings.name.clone();
-    if let Ok(Err(e)) =
-        tokio::task::spawn_blocking(move || store::write_state(&dir, &state)).await
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store::write_state(&dir, &state)).await
     {
         warn!(webhook = %name, error = %e, "cannot write the webhook state file");
     }

@@ -55,7 +55,9 @@ impl Endpoint {
         let s = &self.settings;
         s.events.iter().any(|e| e == event.kind.as_str())
             && (s.keys.is_empty()
-                || s.keys.iter().any(|k| *k == event.user || *k == event.tenant))
+                || s.keys
+                    .iter()
+                    .any(|k| *k == event.user || *k == event.tenant))
     }
 
     /// Publish the backlog gauges.
@@ -249,7 +251,6 @@ pub fn backlog_dir(queue_dir: &Path, name: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::events::EventKind;
 
     #[test]

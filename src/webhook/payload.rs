@@ -86,7 +86,8 @@ mod tests {
 
     #[test]
     fn body_carries_every_field() {
-        let v: serde_json::Value = serde_json::from_slice(&body(&sample(EventKind::Bounced))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&body(&sample(EventKind::Bounced))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({

@@ -4,8 +4,8 @@
 
 use aws_lc_rs::{hmac, rand};
 use base64::Engine;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 
 /// The secret's prefix.
 pub const PREFIX: &str = "whsec_";
@@ -119,6 +119,9 @@ mod tests {
         assert!(fresh.starts_with("whsec_"));
         assert!(Secret::parse(&fresh).is_ok());
         assert_ne!(fresh, generate());
-        assert_eq!(format!("{:?}", Secret::parse(&fresh).unwrap()), "Secret(..)");
+        assert_eq!(
+            format!("{:?}", Secret::parse(&fresh).unwrap()),
+            "Secret(..)"
+        );
     }
 }

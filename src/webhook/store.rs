@@ -206,7 +206,10 @@ mod tests {
     #[test]
     fn ids_order_by_time_and_round_trip() {
         assert_eq!(id_at(1), "msg_0000000000000001");
-        assert_eq!(id_micros(&id_at(1_700_000_000_123_456)), Some(1_700_000_000_123_456));
+        assert_eq!(
+            id_micros(&id_at(1_700_000_000_123_456)),
+            Some(1_700_000_000_123_456)
+        );
         assert!(id_at(9) < id_at(10));
         assert!(id_at(0xff) < id_at(0x100));
         assert_eq!(id_micros("msg_xyz"), None);
@@ -237,7 +240,10 @@ mod tests {
         again.remove(&id_at(1)).unwrap();
         again.remove(&id_at(1)).unwrap();
         assert_eq!(ids_on_disk(&dir).unwrap(), vec![id_at(2)]);
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]
