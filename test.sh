@@ -42,4 +42,11 @@ if ! python3 -c 'import dkim, dns, nacl' 2>/dev/null; then
       dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2
 fi
 
+# Webhooks (tests/webhooks.rs): the receiver verifies signatures with the reference library.
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check standardwebhooks==1.3.0 ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      standardwebhooks==1.3.0
+fi
+
 exec cargo test --locked "$@" -- --include-ignored
