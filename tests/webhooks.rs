@@ -99,7 +99,7 @@ fn secret_file(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// The event files waiting for endpoint `name` (their names are the event ids).
+/// The event ids waiting for endpoint `name`, oldest first (files `<hex time>_<id>.json`).
 fn backlog(queue: &Path, name: &str) -> Vec<String> {
     let dir = queue.join("webhooks").join(name);
     let mut ids: Vec<String> = std::fs::read_dir(&dir)
@@ -107,12 +107,14 @@ fn backlog(queue: &Path, name: &str) -> Vec<String> {
             entries
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
-                .filter(|n| n.starts_with("msg_"))
+                .filter(|n| n.contains("_msg_"))
                 .collect()
         })
         .unwrap_or_default();
     ids.sort();
-    ids
+    ids.into_iter()
+        .map(|n| n.split_once('_').unwrap().1.to_string())
+        .collect()
 }
 
 /// Wait until endpoint `name` has `n` events waiting.
@@ -248,6 +250,8 @@ async fn events_wait_for_a_dead_receiver_across_a_restart() {
             .insert(key_of(r));
     }
     assert!(by_id.values().all(|events| events.len() == 1), "{by_id:#?}");
+    let mut waiting = waiting;
+    waiting.sort();
     assert_eq!(by_id.keys().cloned().collect::<Vec<_>>(), waiting);
     let (notices, events): (BTreeSet<_>, BTreeSet<_>) = got
         .iter()

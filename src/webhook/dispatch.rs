@@ -47,7 +47,7 @@ pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
                 _ = ep.wake.notified() => continue,
             }
         };
-        let made = store::id_micros(&id).unwrap_or(0) / 1_000_000;
+        let made = store::entry_micros(&id).unwrap_or(0) / 1_000_000;
         if unix_now().saturating_sub(made) > ep.settings.max_age.as_secs() {
             warn!(webhook = %name, id = %id, max_age = ?ep.settings.max_age,
                 "webhook event older than max_age: dropped");
@@ -113,10 +113,12 @@ async fn try_once(ep: &Arc<Endpoint>, id: &str) -> Tried {
         }
         Err(e) => return Tried::Failed(format!("read task: {e}")),
     };
+    // The entry's event id (a listed entry always has one).
+    let event_id = store::entry_id(id).unwrap_or(id);
     let timestamp = unix_now();
-    let signature = ep.secret.sign(id, timestamp, &body);
+    let signature = ep.secret.sign(event_id, timestamp, &body);
     let headers = [
-        ("webhook-id", id.to_string()),
+        ("webhook-id", event_id.to_string()),
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
     ];

@@ -65,7 +65,7 @@ impl Endpoint {
         let oldest = self
             .backlog
             .first()
-            .and_then(|id| store::id_micros(&id))
+            .and_then(|e| store::entry_micros(&e))
             .map(|m| m / 1_000_000);
         self.metrics
             .webhook_backlog(&self.settings.name, self.backlog.len(), oldest);
@@ -76,9 +76,9 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct Webhooks {
     endpoints: Vec<Arc<Endpoint>>,
-    /// The last id handed out (microseconds), so ids grow strictly even when the clock steps
-    /// back or two events share a microsecond.
-    last_id: Mutex<u64>,
+    /// The last entry time handed out (microseconds), so that entries grow strictly even when
+    /// the clock steps back or two events share a microsecond.
+    last_micros: Mutex<u64>,
 }
 
 impl Webhooks {
@@ -105,7 +105,7 @@ impl Webhooks {
             let backlog = Backlog::open(dir.clone()).map_err(|e| {
                 anyhow::anyhow!("webhook[{i}]: backlog directory {}: {e}", dir.display())
             })?;
-            if let Some(m) = backlog.last().as_deref().and_then(store::id_micros) {
+            if let Some(m) = backlog.last().as_deref().and_then(store::entry_micros) {
                 last = last.max(m);
             }
             metrics.webhook_endpoint(&w.name);
@@ -122,7 +122,7 @@ impl Webhooks {
         }
         Ok(Some(Webhooks {
             endpoints,
-            last_id: Mutex::new(last),
+            last_micros: Mutex::new(last),
         }))
     }
 
@@ -134,15 +134,39 @@ impl Webhooks {
         }
     }
 
-    fn next_id(&self) -> String {
+    fn next_micros(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_micros.lock().unwrap_or_else(|p| p.into_inner());
         *last = now.max(*last + 1);
-        store::id_at(*last)
+        *last
     }
+}
+
+/// The `webhook-id` of `event`: `msg_` + 32 hex digits of SHA-256 over the message, the
+/// recipient, the kind and the attempt. The same event recorded twice (a crash between the
+/// record and the queue's state save) gets the same id, so receivers deduplicate it; two
+/// different events never share one (a recipient has one event of a kind per attempt).
+pub fn event_id(event: &DeliveryEvent) -> String {
+    use std::fmt::Write;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [
+        event.queue_id.as_bytes(),
+        event.recipient.as_bytes(),
+        event.kind.as_str().as_bytes(),
+        event.attempt.to_string().as_bytes(),
+    ] {
+        ctx.update(part);
+        ctx.update(b"\0");
+    }
+    let digest = ctx.finish();
+    let mut id = String::from(store::ID_PREFIX);
+    for b in &digest.as_ref()[..16] {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
 impl EventSink for Webhooks {
@@ -151,7 +175,7 @@ impl EventSink for Webhooks {
     fn record_blocking(&self, events: &[DeliveryEvent]) {
         let mut written: Vec<Vec<String>> = vec![Vec::new(); self.endpoints.len()];
         for event in events {
-            let id = self.next_id();
+            let id = store::entry(self.next_micros(), &event_id(event));
             let mut body = None;
             for (ep, batch) in self.endpoints.iter().zip(written.iter_mut()) {
                 if !ep.wants(event) {
@@ -220,7 +244,7 @@ pub fn status(settings: &Settings) -> std::io::Result<Vec<EndpointStatus>> {
             backlog: ids.len(),
             oldest_age: ids
                 .first()
-                .and_then(|id| store::id_micros(id))
+                .and_then(|e| store::entry_micros(e))
                 .map(|m| now.saturating_sub(m / 1_000_000)),
             last_error: state.last_error,
             last_error_at: state.last_error_at,
@@ -251,7 +275,30 @@ pub fn backlog_dir(queue_dir: &Path, name: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::event_id;
     use crate::events::EventKind;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let e = super::payload::tests::sample(EventKind::Bounced);
+        let id = event_id(&e);
+        assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+        // The same event made again (another time, another reply text): the same id.
+        let mut again = e.clone();
+        again.at += 60;
+        again.reply = "550 other text".into();
+        assert_eq!(event_id(&again), id);
+        for change in [
+            |e: &mut crate::events::DeliveryEvent| e.kind = EventKind::Delivered,
+            |e: &mut crate::events::DeliveryEvent| e.attempt += 1,
+            |e: &mut crate::events::DeliveryEvent| e.recipient.push('x'),
+            |e: &mut crate::events::DeliveryEvent| e.queue_id.push('x'),
+        ] {
+            let mut other = e.clone();
+            change(&mut other);
+            assert_ne!(event_id(&other), id);
+        }
+    }
 
     #[test]
     fn config_names_are_the_event_kinds() {

@@ -60,7 +60,7 @@ pub fn body(event: &DeliveryEvent) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::events::EventKind;
 

@@ -1,6 +1,8 @@
 //! One endpoint's backlog on disk, `queue.dir/webhooks/NAME/`: one file per event,
-//! `msg_<16 hex digits: microseconds since the epoch>.json`, holding the exact body to send.
-//! The name is the event's `webhook-id`, orders the backlog and tells the event's age.
+//! `<16 hex digits: microseconds since the epoch>_<event id>.json` (an *entry*), holding the
+//! exact body to send. The time orders the backlog and tells the event's age; the event id
+//! (`webhook-id`) is derived from the event itself, so an event recorded twice (a crash
+//! between the record and the message's state save) is sent under the same id both times.
 //! `state.json` beside them keeps the dispatcher's last error (for `submitd webhook list`).
 //!
 //! Writes: each file goes to `NAME.tmp`, is fsynced and renamed; one directory fsync per
@@ -25,19 +27,33 @@ pub const STATE_FILE: &str = "state.json";
 /// At most this many bytes of a body file are read (bodies are a few hundred bytes; replies
 /// and metadata are bounded upstream).
 pub const MAX_BODY: u64 = 1024 * 1024;
+/// The longest event id accepted in a file name.
+const MAX_ID: usize = 64;
 
-/// The id for an event made at `micros` (microseconds since the epoch).
-pub fn id_at(micros: u64) -> String {
-    format!("{ID_PREFIX}{micros:016x}")
+/// The entry (file stem) of event `id` made at `micros` (microseconds since the epoch).
+pub fn entry(micros: u64, id: &str) -> String {
+    format!("{micros:016x}_{id}")
 }
 
-/// When the event `id` was made, in microseconds since the epoch.
-pub fn id_micros(id: &str) -> Option<u64> {
-    let hex = id.strip_prefix(ID_PREFIX)?;
-    if hex.len() != 16 {
+/// When the event of `entry` was made, in microseconds since the epoch.
+pub fn entry_micros(entry: &str) -> Option<u64> {
+    split(entry).map(|(m, _)| m)
+}
+
+/// The event id (`webhook-id`) of `entry`.
+pub fn entry_id(entry: &str) -> Option<&str> {
+    split(entry).map(|(_, id)| id)
+}
+
+fn split(entry: &str) -> Option<(u64, &str)> {
+    let (hex, id) = entry.split_once('_')?;
+    let ok_id = id.starts_with(ID_PREFIX)
+        && id.len() <= MAX_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if hex.len() != 16 || !ok_id {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok()
+    Some((u64::from_str_radix(hex, 16).ok()?, id))
 }
 
 /// The backlog directory of endpoint `name` under `queue_dir`.
@@ -45,7 +61,7 @@ pub fn dir_of(queue_dir: &Path, name: &str) -> PathBuf {
     queue_dir.join("webhooks").join(name)
 }
 
-/// The event ids waiting in `dir`, oldest first (a missing directory holds none).
+/// The entries waiting in `dir`, oldest first (a missing directory holds none).
 pub fn ids_on_disk(dir: &Path) -> io::Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -57,7 +73,7 @@ pub fn ids_on_disk(dir: &Path) -> io::Result<Vec<String>> {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = name.strip_suffix(SUFFIX)
-            && id_micros(id).is_some()
+            && split(id).is_some()
         {
             ids.push(id.to_string());
         }
@@ -203,17 +219,24 @@ impl Backlog {
 mod tests {
     use super::*;
 
+    fn id_at(micros: u64) -> String {
+        entry(micros, "msg_abc")
+    }
+
     #[test]
-    fn ids_order_by_time_and_round_trip() {
-        assert_eq!(id_at(1), "msg_0000000000000001");
+    fn entries_order_by_time_and_round_trip() {
+        assert_eq!(id_at(1), "0000000000000001_msg_abc");
         assert_eq!(
-            id_micros(&id_at(1_700_000_000_123_456)),
+            entry_micros(&id_at(1_700_000_000_123_456)),
             Some(1_700_000_000_123_456)
         );
+        assert_eq!(entry_id(&id_at(5)), Some("msg_abc"));
         assert!(id_at(9) < id_at(10));
         assert!(id_at(0xff) < id_at(0x100));
-        assert_eq!(id_micros("msg_xyz"), None);
-        assert_eq!(id_micros("evt_0000000000000001"), None);
+        assert_eq!(entry_micros("msg_xyz"), None);
+        assert_eq!(entry_micros("0000000000000001_evt_1"), None);
+        assert_eq!(entry_micros("0000000000000001_msg_../x"), None);
+        assert_eq!(entry_micros("000000000000001_msg_1"), None);
     }
 
     #[test]
@@ -231,12 +254,12 @@ mod tests {
         assert_eq!(b.last(), Some(id_at(2)));
         assert_eq!(b.read(&id_at(1)).unwrap(), b"one");
         // A leftover temp file and strangers in the directory are not events.
-        fs::write(dir.join("msg_0000000000000003.json.tmp"), b"half").unwrap();
+        fs::write(dir.join("0000000000000003_msg_abc.json.tmp"), b"half").unwrap();
         fs::write(dir.join("notes.txt"), b"x").unwrap();
         write_state(&dir, &DispatchState::default()).unwrap();
         let again = Backlog::open(dir.clone()).unwrap();
         assert_eq!(again.len(), 2);
-        assert!(!dir.join("msg_0000000000000003.json.tmp").exists());
+        assert!(!dir.join("0000000000000003_msg_abc.json.tmp").exists());
         again.remove(&id_at(1)).unwrap();
         again.remove(&id_at(1)).unwrap();
         assert_eq!(ids_on_disk(&dir).unwrap(), vec![id_at(2)]);
