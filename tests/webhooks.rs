@@ -436,3 +436,56 @@ async fn a_full_backlog_drops_new_events_and_counts_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(backlog(&queue, "small").len(), 2);
 }
+
+/// `webhook secret` prints a fresh `whsec_` secret; `check-config` reads every secret file
+/// and names the key of a bad one.
+#[test]
+fn secret_command_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_submitd(None, &["webhook", "secret"], None);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let secret = out.stdout.trim().to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(submitd::webhook::Secret::parse(&secret).is_ok());
+    let again = run_submitd(None, &["webhook", "secret"], None);
+    assert_ne!(again.stdout.trim(), secret);
+
+    let config = write_config(dir.path(), "", "127.0.0.1:0", "127.0.0.1:0");
+    std::fs::write(dir.path().join("good.whsec"), format!("{secret}\n")).unwrap();
+    std::fs::write(dir.path().join("bad.whsec"), "not a secret\n").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[[webhook]]\nname = \"good\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"good.whsec\"\n\
+         [[webhook]]\nname = \"bad\"\nurl = \"https://hooks.example.test/\"\nsecret_file = \"bad.whsec\"\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = run_submitd(None, &["check-config", "--config", cfg], None);
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("webhook[1].secret_file"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("whsec_"), "{}", out.stderr);
+    assert!(!out.stderr.contains("webhook[0]"), "{}", out.stderr);
+
+    // Fixed: the config is fine, and `webhook list` shows both endpoints with nothing waiting.
+    std::fs::write(dir.path().join("bad.whsec"), &secret).unwrap();
+    let out = run_submitd(None, &["check-config", "--config", cfg], None);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = run_submitd(None, &["webhook", "list", "--config", cfg], None);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("good\thttp://127.0.0.1:9/\tbacklog=0\toldest=-\tok"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("bad\thttps://hooks.example.test:443/\tbacklog=0"),
+        "{}",
+        out.stdout
+    );
+}
