@@ -489,3 +489,36 @@ fn secret_command_and_check_config() {
         out.stdout
     );
 }
+
+/// An event the endpoint never took within `max_age` is dropped from the disk and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_older_than_max_age_are_dropped() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secret_file(secrets.path(), "s");
+    let sink = Sink::start(SinkOptions::default()).await;
+    let extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[[webhook]]\nname = \"brief\"\n\
+         url = \"http://127.0.0.1:{}/\"\nsecret_file = \"{}\"\nmax_age = \"1s\"\n\
+         retry_min = \"100ms\"\nretry_max = \"200ms\"\nkeys = [\"{ALICE}\"]\n",
+        free_port(),
+        secret.display()
+    );
+    let server = TestServer::start_full("", "", &smarthost(&sink), &extra).await;
+    server
+        .submit(&["a@example.net", "b@example.net"], &message_from(ALICE))
+        .await;
+    sink.wait_for(1, IO_TIMEOUT).await;
+    let queue = server.queue_dir();
+    wait_backlog(&queue, "brief", 2).await;
+    // Within about two seconds (ages are counted in whole seconds) both are gone.
+    wait_backlog(&queue, "brief", 0).await;
+    let text = http_get(server.metrics.unwrap(), "/metrics").await;
+    assert!(
+        text.contains("submitd_webhook_dropped_total{endpoint=\"brief\",reason=\"max_age\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("submitd_webhook_deliveries_total{endpoint=\"brief\",result=\"success\"} 0"),
+        "{text}"
+    );
+}
