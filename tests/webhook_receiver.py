@@ -6,12 +6,14 @@ OUT_FILE (fsynced before the answer):
     {"path": ..., "id": webhook-id, "valid": true, "event": <the parsed body>}     -> 204
     {"path": ..., "id": webhook-id, "valid": false, "error": ...}                  -> 401
 
-Usage: webhook_receiver.py PORT SECRET_FILE OUT_FILE
+Usage: webhook_receiver.py PORT SECRET_FILE OUT_FILE [CERT_PEM KEY_PEM]
+With CERT_PEM and KEY_PEM it serves HTTPS.
 Bounds: bodies over 1 MiB are refused (413); the test kills the process when done.
 """
 
 import json
 import os
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -59,4 +61,9 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write("receiver: " + (format % args) + "\n")
 
 
-HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = HTTPServer(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 5:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -26,12 +26,22 @@ impl Receiver {
     /// Start it on `port` with the secret in `secret`, writing to `out`; returns once the port
     /// answers.
     fn start(port: u16, secret: &Path, out: &Path) -> Receiver {
+        Receiver::start_tls(port, secret, out, None)
+    }
+
+    /// The same, serving HTTPS with `tls` = (certificate file, key file) when given.
+    fn start_tls(port: u16, secret: &Path, out: &Path, tls: Option<(&Path, &Path)>) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
-        let child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(script)
             .arg(port.to_string())
             .arg(secret)
-            .arg(out)
+            .arg(out);
+        if let Some((cert, key)) = tls {
+            command.arg(cert).arg(key);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -521,4 +531,78 @@ async fn events_older_than_max_age_are_dropped() {
         text.contains("submitd_webhook_deliveries_total{endpoint=\"brief\",result=\"success\"} 0"),
         "{text}"
     );
+}
+
+/// An `https` endpoint: the receiver's certificate checked against `ca_file` (delivered), and
+/// refused without it (the event waits, the error is shown by `webhook list`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with the standardwebhooks package (test.sh installs it)"]
+async fn https_endpoint_checks_the_certificate() {
+    let files = tempfile::tempdir().unwrap();
+    let secret = secret_file(files.path(), "s");
+    let (cert, key) = submitd::tls::self_signed("localhost").unwrap();
+    let (cert_file, key_file) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let port = free_port();
+    let receiver = Receiver::start_tls(
+        port,
+        &secret,
+        &files.path().join("received.jsonl"),
+        Some((&cert_file, &key_file)),
+    );
+    let sink = Sink::start(SinkOptions::default()).await;
+    let hook = |name: &str, ca: &str| {
+        format!(
+            "[[webhook]]\nname = \"{name}\"\nurl = \"https://127.0.0.1:{port}/{name}\"\n\
+             secret_file = \"{}\"\nkeys = [\"{ALICE}\"]\nevents = [\"delivered\"]\n\
+             retry_min = \"100ms\"\nretry_max = \"200ms\"\n{ca}\n",
+            secret.display()
+        )
+    };
+    let extra = [
+        hook("trusted", &format!("ca_file = \"{}\"", cert_file.display())),
+        hook("untrusted", ""),
+    ]
+    .concat();
+    let server = TestServer::start_full("", "", &smarthost(&sink), &extra).await;
+    let id = server
+        .submit(&["ok@example.net"], &message_from(ALICE))
+        .await;
+    let got = receiver.wait_ids("/trusted", 1).await;
+    assert_eq!(
+        key_of(&got[0]),
+        ("message.delivered".into(), id, "ok@example.net".into())
+    );
+    let queue = server.queue_dir();
+    wait_backlog(&queue, "trusted", 0).await;
+    assert_eq!(backlog(&queue, "untrusted").len(), 1);
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .all(|r| r["path"] != "/untrusted")
+    );
+    let config = server.dir.path().join("submitd.toml");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let out = run_submitd(
+            None,
+            &["webhook", "list", "--config", config.to_str().unwrap()],
+            None,
+        );
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("untrusted\t"))
+            .unwrap_or_default()
+            .to_string();
+        if line.contains("failing") {
+            assert!(line.contains("backlog=1"), "{line}");
+            assert!(line.to_ascii_lowercase().contains("certificate"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", out.stdout);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
