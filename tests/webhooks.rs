@@ -330,12 +330,21 @@ async fn events_and_keys_filter_and_metrics_count() {
     ]
     .concat();
     let server = TestServer::start_full("", "", &smarthost(&sink), &extra).await;
-    let id = server
-        .submit(
-            &["ok@example.net", "reject@example.net"],
-            &message_from(ALICE),
-        )
+    // With a DSN envelope id (RFC 3461 ENVID, xtext): it comes back decoded in every event.
+    let mut c = server.alice().await;
+    c.cmd(&format!("MAIL FROM:<{ALICE}> ENVID=order+2D42"), "250")
         .await;
+    for r in ["ok@example.net", "reject@example.net"] {
+        c.cmd(&format!("RCPT TO:<{r}>"), "250").await;
+    }
+    c.cmd("DATA", "354").await;
+    c.send(format!("{}.\r\n", message_from(ALICE)).as_bytes())
+        .await;
+    let r = c.expect("250 2.0.0 Ok: queued as ").await;
+    let id = r
+        .trim_start_matches("250 2.0.0 Ok: queued as ")
+        .trim_end()
+        .to_string();
     sink.wait_for(1, IO_TIMEOUT).await;
 
     let bounces = receiver.wait_ids("/bounces", 1).await;
@@ -352,6 +361,11 @@ async fn events_and_keys_filter_and_metrics_count() {
             "reject@example.net".into()
         )
     );
+    let data = &bounces[0]["event"]["data"];
+    assert_eq!(data["envid"], "order-42", "{data}");
+    assert_eq!(data["metadata"], serde_json::json!({}));
+    assert_eq!(data["user"], ALICE);
+    assert_eq!(data["tenant"], ALICE);
     assert_eq!(alice.len(), 1, "{alice:#?}");
     assert_eq!(
         key_of(&alice[0]),

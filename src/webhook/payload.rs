@@ -25,7 +25,8 @@ struct Data<'a> {
     status: Option<&'a str>,
     attempt: u32,
     host: Option<&'a str>,
-    envid: Option<&'a str>,
+    /// Decoded from the envelope's xtext (RFC 3461 section 4).
+    envid: Option<String>,
     metadata: &'a BTreeMap<String, String>,
     user: &'a str,
     tenant: &'a str,
@@ -49,7 +50,10 @@ pub fn body(event: &DeliveryEvent) -> Vec<u8> {
             status: event.status.as_deref(),
             attempt: event.attempt,
             host: event.host.as_deref(),
-            envid: event.envid.as_deref(),
+            envid: event
+                .envid
+                .as_deref()
+                .map(|e| crate::dsn::decode_xtext(e, true).unwrap_or_else(|| e.to_string())),
             metadata: &event.metadata,
             user: &event.user,
             tenant: &event.tenant,
@@ -76,7 +80,7 @@ pub(crate) mod tests {
             host: Some("mx.example.net".into()),
             attempt: 2,
             at: 1_700_000_000,
-            envid: Some("order-42".into()),
+            envid: Some("order+2D42".into()),
             metadata: BTreeMap::from([
                 ("order".to_string(), "42".to_string()),
                 ("ü".to_string(), "\u{1F600}\n".to_string()),
