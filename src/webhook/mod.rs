@@ -22,7 +22,6 @@ pub mod payload;
 pub mod sign;
 pub mod store;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -266,11 +265,6 @@ pub fn check_files(settings: &Settings, p: &mut Problems<'_>) {
             p.push(format!("webhook[{i}].ca_file"), e.to_string());
         }
     }
-}
-
-/// The backlog directory of endpoint `name` (`queue.dir/webhooks/NAME`).
-pub fn backlog_dir(queue_dir: &Path, name: &str) -> std::path::PathBuf {
-    store::dir_of(queue_dir, name)
 }
 
 #[cfg(test)]
