@@ -28,6 +28,8 @@ use crate::queue::scheduler::{QueueHandle, Scheduler};
 use crate::reload::{Prepared, Reload, Reloaded};
 use crate::session::driver::Context;
 use crate::session::state::SessionConfig;
+use crate::events::Events;
+use crate::suppression::{BounceSink, Suppressions};
 
 /// How long shutdown waits for running sessions before giving up on them.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -51,7 +53,11 @@ impl Shared {
         let old = self.current();
         let mut ctx = Context::clone(&old.ctx);
         let limits = &settings.limits;
-        ctx.config = session_config(&settings, old.ctx.config.quota.clone());
+        ctx.config = session_config(
+            &settings,
+            old.ctx.config.quota.clone(),
+            old.ctx.config.suppressions.clone(),
+        );
         ctx.command_timeout = limits.command_timeout;
         ctx.greet_pause = limits.greet_pause;
         ctx.max_session_time = limits.max_session_time;
@@ -71,7 +77,11 @@ impl Shared {
 
 /// What each session is told of the settings; `quota` is the server's one sending ledger,
 /// kept across reloads.
-fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<SessionConfig> {
+fn session_config(
+    settings: &Settings,
+    quota: Option<Arc<Quota>>,
+    suppressions: Option<Arc<Suppressions>>,
+) -> Arc<SessionConfig> {
     let limits = &settings.limits;
     Arc::new(SessionConfig {
         hostname: settings.hostname.clone(),
@@ -82,6 +92,7 @@ fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<Session
         max_bad_commands: limits.max_bad_commands,
         max_header_size: limits.max_header_size,
         max_hops: limits.max_hops,
+        suppressions,
     })
 }
 
@@ -99,6 +110,8 @@ pub struct Server {
     )>,
     /// TLS-RPT reports (MX mode with `relay.mta_sts`): daily, and on `tls-report`.
     tls_reporter: Option<Arc<Reporter>>,
+    /// The suppression list (`[suppression] enabled`), followed for the CLI's changes.
+    suppressions: Option<Arc<Suppressions>>,
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -149,6 +162,14 @@ impl Server {
         let reporting = delivery.tls_reporting();
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
+        let suppressions = open_suppressions(&settings)?;
+        let mut events = Events::default();
+        if let Some(store) = &suppressions {
+            events = events.with(Arc::new(BounceSink {
+                store: store.clone(),
+            }));
+        }
+        let scheduler = scheduler.with_events(events);
         let tls_reporter = reporting.map(|(recorder, resolver, webpki)| {
             Arc::new(Reporter {
                 recorder,
@@ -166,7 +187,7 @@ impl Server {
         });
         let limits = &settings.limits;
         let ctx = Arc::new(Context {
-            config: session_config(&settings, Some(quota.clone())),
+            config: session_config(&settings, Some(quota.clone()), suppressions.clone()),
             command_timeout: limits.command_timeout,
             greet_pause: limits.greet_pause,
             max_session_time: limits.max_session_time,
@@ -200,6 +221,7 @@ impl Server {
             scheduler,
             follow,
             tls_reporter,
+            suppressions,
         })
     }
 
@@ -259,6 +281,9 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        if let Some(store) = self.suppressions.clone() {
+            tokio::spawn(crate::suppression::follow(store, shutdown.clone()));
+        }
         if let Some(reporter) = self.tls_reporter.clone() {
             tokio::spawn(daily_tls_reports(reporter, shutdown.clone()));
         }
@@ -292,6 +317,16 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// The suppression list in `queue.dir/suppressions`, when `[suppression] enabled`.
+fn open_suppressions(settings: &Settings) -> anyhow::Result<Option<Arc<Suppressions>>> {
+    let s = &settings.suppression;
+    if !s.enabled {
+        return Ok(None);
+    }
+    let store = Suppressions::open_in_queue(&settings.queue.dir, s.ttl, s.max_entries)?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// Send the TLS-RPT reports at every UTC midnight (RFC 8460 section 4.1: a report covers a

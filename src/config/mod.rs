@@ -28,6 +28,7 @@ mod raw;
 mod relay;
 mod state;
 mod submission;
+mod suppression;
 mod tls;
 mod value;
 
@@ -46,6 +47,7 @@ pub use queue::QueueSettings;
 pub use relay::{RelayMode, RelaySettings, RelayTls, Smarthost, SmarthostTls};
 pub use state::{StateBackend, StateSettings, StateUrl, redact as redact_url};
 pub use submission::SubmissionSettings;
+pub use suppression::SuppressionSettings;
 pub use tls::TlsFiles;
 pub use value::check_hostname;
 
@@ -71,6 +73,8 @@ pub struct Settings {
     /// `[state]`: where throttles, sending windows and suspensions live.
     pub state: StateSettings,
     pub log: LogSettings,
+    /// `[suppression]`: the list of recipients that failed permanently.
+    pub suppression: SuppressionSettings,
 }
 
 /// One problem in a config file: which file, which key, what is wrong.
@@ -164,6 +168,8 @@ struct RawConfig {
     state: state::RawState,
     #[serde(default)]
     log: log::RawLog,
+    #[serde(default)]
+    suppression: suppression::RawSuppression,
 }
 
 /// What every section's `parse` gets besides its raw struct.
@@ -221,6 +227,7 @@ impl Settings {
         let metrics = metrics::parse(&raw.metrics, p);
         let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
+        let suppression = suppression::parse(&raw.suppression, p);
 
         problems.finish()?;
         // Every Option below is Some: a None always pushed an error above.
@@ -240,6 +247,7 @@ impl Settings {
             metrics: metrics.ok_or_else(missing)?,
             state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
+            suppression: suppression.ok_or_else(missing)?,
         })
     }
 

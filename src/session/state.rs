@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub max_header_size: u64,
     /// More `Received:` fields than this: `554 5.4.6 Too many hops`.
     pub max_hops: usize,
+    /// The suppression list checked at RCPT (an in-memory lookup); `None` = off.
+    pub suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 /// What the session waits for next.
@@ -655,6 +657,12 @@ impl Session {
             && q.check_rcpt(user, rcpts.len()).is_err()
         {
             Step::Reply(reply::recipient_rate_limited(&user.login))
+        } else if let (Some(list), Some(user)) = (&self.config.suppressions, &self.user)
+            && list
+                .check(user.tenant(), &to, crate::clock::unix_now())
+                .is_some()
+        {
+            Step::Reply(reply::RECIPIENT_SUPPRESSED)
         } else {
             rcpts.push(to);
             rcpt_params.push(dsn);
@@ -850,6 +858,7 @@ mod tests {
             max_bad_commands: 20,
             max_header_size: 60,
             max_hops: 3,
+            suppressions: None,
         })
     }
 
