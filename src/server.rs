@@ -19,6 +19,7 @@ use crate::auth::verify::Verifier;
 use crate::config::{AuthBackend, ConfigError, ConfigErrors, Settings};
 use crate::delivery::Delivery;
 use crate::delivery::tlsrpt::Reporter;
+use crate::events::Events;
 use crate::intake::Intake;
 use crate::listener::{Admission, Current, Live, ProxyStats, Sockets};
 use crate::metrics::Metrics;
@@ -28,7 +29,6 @@ use crate::queue::scheduler::{QueueHandle, Scheduler};
 use crate::reload::{Prepared, Reload, Reloaded};
 use crate::session::driver::Context;
 use crate::session::state::SessionConfig;
-use crate::events::Events;
 use crate::suppression::{BounceSink, Suppressions};
 
 /// How long shutdown waits for running sessions before giving up on them.
