@@ -546,10 +546,19 @@ pub async fn follow(store: Arc<Suppressions>, shutdown: CancellationToken) {
     }
 }
 
-/// Whether a bounce event should suppress its recipient: a permanent (5.x.x) failure about
-/// the mailbox, from a tenant (not a bounce of a bounce). Failures about the message rather
-/// than the recipient do not: 5.3.4 (too big), 5.6.x (content, SMTPUTF8, 8BITMIME), 5.7.10
-/// (REQUIRETLS); nor does expiry (4.4.7, class 4).
+/// Whether a bounce event should suppress its recipient: a permanent failure that says the
+/// *mailbox* is bad, for a tenant's message (not a bounce of a bounce). The rule, by the
+/// enhanced status code (RFC 3463):
+///
+/// - `5.1.x` (addressing: no such user 5.1.1, no such domain 5.1.2, null MX 5.1.10, moved
+///   5.1.6), except 5.1.7 and 5.1.8, which are about the *sender*;
+/// - `5.2.0` and `5.2.1` (mailbox unavailable or disabled); not 5.2.2 (mailbox full, which
+///   clears), 5.2.3 (message too long) or 5.2.4 (list expansion);
+/// - `5.0.0` (a next hop without enhanced codes) only when its basic code is 550 or 551
+///   (RFC 5321 section 4.2.3: mailbox unavailable, user not local);
+/// - nothing else: not 5.3.x (their system; 5.3.4 too big), 5.4.x (routing), 5.5.x
+///   (protocol), 5.6.x (content, SMTPUTF8, 8BITMIME), 5.7.x (policy and TLS: spam refusals,
+///   5.7.10 REQUIRETLS), and no 4.x.x (4.4.7: retries ran out at `queue.max_age`).
 pub fn suppresses(event: &DeliveryEvent) -> bool {
     if event.kind != EventKind::Bounced
         || event.tenant.is_empty()
@@ -567,7 +576,16 @@ pub fn suppresses(event: &DeliveryEvent) -> bool {
     else {
         return false;
     };
-    class == "5" && subject != "6" && !matches!((subject, detail), ("3", "4") | ("7", "10"))
+    if class != "5" {
+        return false;
+    }
+    match (subject, detail) {
+        ("1", "7" | "8") => false,
+        ("1", _) => true,
+        ("2", "0" | "1") => true,
+        ("0", "0") => event.reply.starts_with("550") || event.reply.starts_with("551"),
+        _ => false,
+    }
 }
 
 /// The [`EventSink`] that adds a recipient on a permanent failure ([`suppresses`]).
@@ -632,10 +650,15 @@ mod tests {
     fn only_mailbox_failures_suppress() {
         for (status, tenant, want) in [
             ("5.1.1", "alice", true),
-            ("5.0.0", "alice", true),
-            ("5.7.1", "alice", true),
+            ("5.1.2", "alice", true),
             ("5.1.10", "alice", true),
+            ("5.2.1", "alice", true),
+            ("5.0.0", "alice", true),
+            ("5.1.8", "alice", false),
+            ("5.2.2", "alice", false),
+            ("5.7.1", "alice", false),
             ("5.3.4", "alice", false),
+            ("5.4.4", "alice", false),
             ("5.6.0", "alice", false),
             ("5.6.7", "alice", false),
             ("5.7.10", "alice", false),
@@ -650,6 +673,9 @@ mod tests {
                 "{status} {tenant}"
             );
         }
+        let mut policy = bounce("5.0.0", "alice");
+        policy.reply = "554 go away".into();
+        assert!(!suppresses(&policy));
         let mut delivered = bounce("5.1.1", "alice");
         delivered.kind = EventKind::Delivered;
         assert!(!suppresses(&delivered));
