@@ -7,6 +7,7 @@
 //! - [`user`], [`password`]: the users file (add, passwd, del, list, suspend) and password input.
 //! - [`key`]: scoped API keys (create, list, revoke, rotate).
 //! - [`queue`]: list, show, retry, hold, release, delete.
+//! - [`suppression`]: the per-tenant suppression list (list, add, del).
 //! - [`dkim`], [`cert`]: key and certificate generation.
 
 mod cert;
@@ -19,6 +20,7 @@ mod queue;
 mod reload;
 mod serve;
 mod signals;
+mod suppression;
 mod tls_report;
 mod user;
 
@@ -65,6 +67,9 @@ pub(crate) enum Command {
     /// Inspect and steer the queue (safe while the server runs).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// The per-tenant list of recipients that failed permanently (safe while the server runs).
+    #[command(subcommand)]
+    Suppression(suppression::SuppressionCommand),
     /// Exit 0 when the server answers a 220 greeting on its first listen address, else 1.
     Health,
     /// DKIM signing keys.
@@ -134,6 +139,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::HashPassword => password::hash_password(),
         Command::Cert(cmd) => cert::cert(cmd),
         Command::Queue(cmd) => queue::queue(config, cmd),
+        Command::Suppression(cmd) => suppression::suppression(config, cmd),
         Command::Health => health::health(config),
         Command::Dkim(cmd) => dkim::dkim(cmd),
         Command::Reload => reload::reload(config),
