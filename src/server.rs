@@ -29,6 +29,7 @@ use crate::queue::scheduler::{QueueHandle, Scheduler};
 use crate::reload::{Prepared, Reload, Reloaded};
 use crate::session::driver::Context;
 use crate::session::state::SessionConfig;
+use crate::status::StatusSink;
 use crate::suppression::{BounceSink, Suppressions};
 
 /// How long shutdown waits for running sessions before giving up on them.
@@ -112,6 +113,8 @@ pub struct Server {
     tls_reporter: Option<Arc<Reporter>>,
     /// The suppression list (`[suppression] enabled`), followed for the CLI's changes.
     suppressions: Option<Arc<Suppressions>>,
+    /// `queue.dir` and `queue.status_retention`, for pruning the status records.
+    status_prune: (std::path::PathBuf, Duration),
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -163,13 +166,7 @@ impl Server {
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
         let suppressions = open_suppressions(&settings)?;
-        let mut events = Events::default();
-        if let Some(store) = &suppressions {
-            events = events.with(Arc::new(BounceSink {
-                store: store.clone(),
-            }));
-        }
-        let scheduler = scheduler.with_events(events);
+        let scheduler = scheduler.with_events(supp_events(&spool, suppressions.as_ref()));
         let tls_reporter = reporting.map(|(recorder, resolver, webpki)| {
             Arc::new(Reporter {
                 recorder,
@@ -222,6 +219,7 @@ impl Server {
             follow,
             tls_reporter,
             suppressions,
+            status_prune: (settings.queue.dir.clone(), settings.queue.status_retention),
         })
     }
 
@@ -258,6 +256,11 @@ impl Server {
         self.shared.current().ctx.intake.queue.clone()
     }
 
+    /// The suppression list, when `[suppression] enabled` (for the HTTP API).
+    pub fn suppressions(&self) -> Option<Arc<Suppressions>> {
+        self.suppressions.clone()
+    }
+
     /// The TLS-RPT reporter, when MX mode with `relay.mta_sts` (for the control socket).
     pub fn tls_reporter(&self) -> Option<Arc<Reporter>> {
         self.tls_reporter.clone()
@@ -284,6 +287,8 @@ impl Server {
         if let Some(store) = self.suppressions.clone() {
             tokio::spawn(crate::suppression::follow(store, shutdown.clone()));
         }
+        let (queue_dir, retention) = self.status_prune.clone();
+        tokio::spawn(crate::status::prune(queue_dir, retention, shutdown.clone()));
         if let Some(reporter) = self.tls_reporter.clone() {
             tokio::spawn(daily_tls_reports(reporter, shutdown.clone()));
         }
@@ -317,6 +322,18 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// The event sinks of this part of issue 16: the suppression list's [`BounceSink`] (when
+/// enabled) and the status records ([`StatusSink`]). The lead adds the webhooks' sink.
+fn supp_events(spool: &Spool, suppressions: Option<&Arc<Suppressions>>) -> Events {
+    let mut events = Events::default();
+    if let Some(store) = suppressions {
+        events = events.with(Arc::new(BounceSink {
+            store: store.clone(),
+        }));
+    }
+    events.with(Arc::new(StatusSink::new(spool.clone())))
 }
 
 /// The suppression list in `queue.dir/suppressions`, when `[suppression] enabled`.
