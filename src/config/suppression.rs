@@ -62,3 +62,46 @@ pub(super) fn parse(raw: &RawSuppression, p: &mut Problems<'_>) -> Option<Suppre
         max_entries: raw.max_entries.clamp(1, 100_000_000) as usize,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{assert_error, parse, with};
+
+    #[test]
+    fn defaults_and_keys() {
+        let s = parse(&with("")).unwrap();
+        assert!(s.suppression.enabled);
+        assert_eq!(s.suppression.ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.queue.status_retention, Duration::from_secs(7 * 86_400));
+        let s = parse(&with(
+            "[suppression]\nenabled = false\nttl = \"12h\"\n[queue]\nstatus_retention = \"1d\"",
+        ))
+        .unwrap();
+        assert!(!s.suppression.enabled);
+        assert_eq!(s.suppression.ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(s.queue.status_retention, Duration::from_secs(86_400));
+        assert_error(
+            &with("[suppression]\nttl = \"0s\""),
+            "suppression.ttl",
+            "longer than 0",
+        );
+        assert_error(
+            &with("[suppression]\nttl = \"x\""),
+            "suppression.ttl",
+            "not a duration",
+        );
+        assert_error(
+            &with("[suppression]\nmax_entries = 0"),
+            "suppression.max_entries",
+            "between",
+        );
+        assert_error(
+            &with("[queue]\nstatus_retention = \"0s\""),
+            "queue.status_retention",
+            "longer than 0",
+        );
+        assert!(super::super::testing::errors(&with("[suppression]\nttl2 = \"1d\"")).len() == 1);
+    }
+}
