@@ -907,6 +907,43 @@ mod tests {
     }
 
     #[test]
+    fn a_suppressed_recipient_is_refused_for_its_tenant_only() {
+        let list = Arc::new(crate::suppression::Suppressions::in_memory(
+            std::time::Duration::from_secs(3600),
+        ));
+        let now = crate::clock::unix_now();
+        list.add("alice@example.test", "gone@x.test", "550 5.1.1 no", now)
+            .unwrap();
+        list.add("carol@example.test", "other@x.test", "550 5.1.1 no", now)
+            .unwrap();
+        let mut config = SessionConfig::clone(&config());
+        config.suppressions = Some(list);
+        let config = Arc::new(config);
+        // Alice herself, then a key she owns: the same tenant.
+        let key = Arc::new(User {
+            login: "shop".into(),
+            owner: Some("alice@example.test".into()),
+            ..User::clone(&alice())
+        });
+        for user in [alice(), key] {
+            let mut s = Session::new(config.clone(), true);
+            cmd(&mut s, "EHLO c.test");
+            cmd(&mut s, "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABwdw==");
+            s.auth_result(Some(user));
+            assert_eq!(
+                cmd(&mut s, "MAIL FROM:<alice@example.test>"),
+                "250 2.1.0 Ok"
+            );
+            assert_eq!(
+                cmd(&mut s, "RCPT TO:<GONE@x.test>"),
+                "550 5.1.1 Recipient suppressed after a permanent failure"
+            );
+            assert_eq!(cmd(&mut s, "RCPT TO:<other@x.test>"), "250 2.1.5 Ok");
+            assert_eq!(cmd(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
+        }
+    }
+
+    #[test]
     fn plaintext_session_allows_only_the_starttls_set() {
         let mut s = Session::new(config(), false);
         for (input, expected) in [
