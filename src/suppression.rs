@@ -13,7 +13,9 @@
 //! a new file with [`crate::fsown::write_atomic`] (fsync, rename, directory fsync).
 //!
 //! Readers need no lock: a reader takes complete lines only (a torn or garbled line is
-//! skipped, never a panic), and notices a compaction by the inode changing.
+//! skipped, never a panic), and notices a compaction by the inode changing or, should the
+//! new file get a reused inode number, by the random `{"op":"epoch"}` line a compaction
+//! writes first.
 //!
 //! ## Lookups
 //!
@@ -85,7 +87,16 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> SuppressionError {
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Record {
     Add(Entry),
-    Del { tenant: String, address: String },
+    Del {
+        tenant: String,
+        address: String,
+    },
+    /// The first line of a compacted journal, random: a reader that sees another epoch at
+    /// the start of "its" file knows the file was replaced (even when the new one got the
+    /// old one's inode number) and reads it whole.
+    Epoch {
+        epoch: u64,
+    },
 }
 
 /// The records in the complete lines of `bytes` and how many bytes those lines take. A last
@@ -121,15 +132,12 @@ pub struct Parsed {
 
 impl Record {
     fn is_sane(&self) -> bool {
-        let (tenant, address) = self.key();
-        !address.is_empty() && tenant.len() <= MAX_NAME && address.len() <= MAX_NAME
-    }
-
-    fn key(&self) -> (&str, &str) {
-        match self {
+        let (tenant, address) = match self {
             Record::Add(e) => (&e.tenant, &e.address),
             Record::Del { tenant, address } => (tenant, address),
-        }
+            Record::Epoch { .. } => return true,
+        };
+        !address.is_empty() && tenant.len() <= MAX_NAME && address.len() <= MAX_NAME
     }
 }
 
@@ -150,6 +158,8 @@ struct Cursor {
     records: usize,
     /// Whether the journal ends in a torn line (compact at the next write).
     torn: bool,
+    /// The file's [`Record::Epoch`] (`None`: never compacted).
+    epoch: Option<u64>,
 }
 
 /// The list the server checks.
@@ -323,6 +333,7 @@ impl Suppressions {
         if cursor.file != Some((meta.dev(), meta.ino())) {
             cursor.file = Some((meta.dev(), meta.ino()));
             cursor.offset = meta.len();
+            cursor.epoch = None;
         }
         file.write_all(&line)
             .and_then(|()| file.sync_data())
@@ -358,7 +369,10 @@ impl Suppressions {
         let meta = file
             .metadata()
             .map_err(|e| io_error("cannot stat", &path, e))?;
-        let same = cursor.file == Some((meta.dev(), meta.ino())) && meta.len() >= cursor.offset;
+        let epoch = file_epoch(&file);
+        let same = cursor.file == Some((meta.dev(), meta.ino()))
+            && meta.len() >= cursor.offset
+            && epoch == cursor.epoch;
         if same && meta.len() == cursor.offset {
             return Ok(());
         }
@@ -374,6 +388,7 @@ impl Suppressions {
         if !same {
             *cursor = Cursor {
                 file: Some((meta.dev(), meta.ino())),
+                epoch,
                 ..Cursor::default()
             };
         }
@@ -401,6 +416,7 @@ impl Suppressions {
                 Record::Del { tenant, address } => {
                     entries.remove(&key(&tenant, &address));
                 }
+                Record::Epoch { .. } => {}
             }
         }
         if entries.len() > self.max_entries {
@@ -424,7 +440,11 @@ impl Suppressions {
             return Ok(());
         };
         let now = crate::clock::unix_now();
+        let epoch = rand::random::<u64>();
         let mut out = Vec::new();
+        serde_json::to_writer(&mut out, &Record::Epoch { epoch })
+            .map_err(|e| SuppressionError::Io(format!("cannot encode a record: {e}")))?;
+        out.push(b'\n');
         let mut live = 0;
         {
             let mut entries = self.write_entries();
@@ -445,8 +465,9 @@ impl Suppressions {
         *cursor = Cursor {
             file: Some((meta.dev(), meta.ino())),
             offset: out.len() as u64,
-            records: live,
+            records: live + 1,
             torn: false,
+            epoch: Some(epoch),
         };
         info!(entries = live, "suppression: journal compacted");
         Ok(())
@@ -478,6 +499,18 @@ impl Suppressions {
 
     fn write_entries(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Entry>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The [`Record::Epoch`] on the first line of `file`, if it starts with one.
+fn file_epoch(file: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let mut head = [0u8; 64];
+    let n = file.read_at(&mut head, 0).ok()?;
+    let line = &head[..memchr::memchr(b'\n', &head[..n])?];
+    match serde_json::from_slice(line).ok()? {
+        Record::Epoch { epoch } => Some(epoch),
+        _ => None,
     }
 }
 
@@ -737,10 +770,47 @@ mod tests {
         let third = open(tmp.path());
         assert_eq!(third.list(None, now).len(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"op\":\"epoch\""), "{text}");
         assert!(
-            text.lines().all(|l| l.starts_with("{\"op\":\"add\"")),
+            text.lines()
+                .skip(1)
+                .all(|l| l.starts_with("{\"op\":\"add\"")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_replaced_file_with_the_same_inode_is_read_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = crate::clock::unix_now();
+        let a = open(tmp.path());
+        let b = open(tmp.path());
+        for i in 0..100 {
+            b.add("t", &format!("u{i}@x"), "r", now).unwrap();
+            b.remove("t", &format!("u{i}@x")).unwrap();
+        }
+        b.add("t", "old@x", "r", now).unwrap();
+        a.refresh_blocking().unwrap();
+        assert!(a.check("t", "old@x", now).is_some());
+        // Another compacted file, longer, written over the same inode (as if the inode
+        // number had been reused).
+        let path = tmp.path().join("journal.jsonl");
+        let mut text = b"{\"op\":\"epoch\",\"epoch\":7}\n".to_vec();
+        for i in 0..5 {
+            let e = Entry {
+                tenant: "t".into(),
+                address: format!("new{i}@x"),
+                reply: "r".into(),
+                added: now,
+                expires: now + 100,
+            };
+            serde_json::to_writer(&mut text, &Record::Add(e)).unwrap();
+            text.push(b'\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        a.refresh_blocking().unwrap();
+        assert!(a.check("t", "old@x", now).is_none());
+        assert_eq!(a.list(Some("t"), now).len(), 5);
     }
 
     #[test]
