@@ -8,6 +8,7 @@
 //! - [`key`]: scoped API keys (create, list, revoke, rotate).
 //! - [`queue`]: list, show, retry, hold, release, delete.
 //! - [`webhook`]: the webhook endpoints' backlogs; new signing secrets.
+//! - [`suppression`]: the per-tenant suppression list (list, add, del).
 //! - [`dkim`], [`cert`]: key and certificate generation.
 
 mod cert;
@@ -20,6 +21,7 @@ mod queue;
 mod reload;
 mod serve;
 mod signals;
+mod suppression;
 mod tls_report;
 mod user;
 mod webhook;
@@ -67,6 +69,9 @@ pub(crate) enum Command {
     /// Inspect and steer the queue (safe while the server runs).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// The per-tenant list of recipients that failed permanently (safe while the server runs).
+    #[command(subcommand)]
+    Suppression(suppression::SuppressionCommand),
     /// Exit 0 when the server answers a 220 greeting on its first listen address, else 1.
     Health,
     /// DKIM signing keys.
@@ -139,6 +144,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::HashPassword => password::hash_password(),
         Command::Cert(cmd) => cert::cert(cmd),
         Command::Queue(cmd) => queue::queue(config, cmd),
+        Command::Suppression(cmd) => suppression::suppression(config, cmd),
         Command::Health => health::health(config),
         Command::Dkim(cmd) => dkim::dkim(cmd),
         Command::Reload => reload::reload(config),

@@ -28,6 +28,7 @@ mod raw;
 mod relay;
 mod state;
 mod submission;
+mod suppression;
 mod tls;
 mod value;
 mod webhook;
@@ -47,6 +48,7 @@ pub use queue::QueueSettings;
 pub use relay::{RelayMode, RelaySettings, RelayTls, Smarthost, SmarthostTls};
 pub use state::{StateBackend, StateSettings, StateUrl, redact as redact_url};
 pub use submission::SubmissionSettings;
+pub use suppression::SuppressionSettings;
 pub use tls::TlsFiles;
 pub use value::check_hostname;
 pub use webhook::{WEBHOOK_EVENTS, WebhookSettings, WebhookUrl, parse_webhook_url};
@@ -75,6 +77,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[[webhook]]`: delivery-event endpoints (empty: none).
     pub webhook: Vec<WebhookSettings>,
+    /// `[suppression]`: the list of recipients that failed permanently.
+    pub suppression: SuppressionSettings,
 }
 
 /// One problem in a config file: which file, which key, what is wrong.
@@ -170,6 +174,8 @@ struct RawConfig {
     log: log::RawLog,
     #[serde(default)]
     webhook: Vec<webhook::RawWebhook>,
+    #[serde(default)]
+    suppression: suppression::RawSuppression,
 }
 
 /// What every section's `parse` gets besides its raw struct.
@@ -228,6 +234,7 @@ impl Settings {
         let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
         let webhook = webhook::parse(&raw.webhook, p, &cx);
+        let suppression = suppression::parse(&raw.suppression, p);
 
         problems.finish()?;
         // Every Option below is Some: a None always pushed an error above.
@@ -248,6 +255,7 @@ impl Settings {
             state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
             webhook,
+            suppression: suppression.ok_or_else(missing)?,
         })
     }
 
