@@ -54,4 +54,11 @@ if ! python3 -c 'import openapi_spec_validator, jsonschema, yaml' 2>/dev/null; t
       openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3
 fi
 
+# Webhooks (tests/webhooks.rs): the receiver verifies signatures with the reference library.
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check standardwebhooks==1.3.0 ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      standardwebhooks==1.3.0
+fi
+
 exec cargo test --locked "$@" -- --include-ignored

@@ -46,6 +46,8 @@ pub fn check_files(settings: &Settings) -> Result<(), ConfigErrors> {
         }
     }
 
+    crate::webhook::check_files(settings, p);
+
     let dir = &settings.queue.dir;
     check_queue_dir(dir, p);
     // The suspension state (a missing file is fine: nobody is suspended). The server would run

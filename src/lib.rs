@@ -69,6 +69,8 @@
 //! - [`fsown`]: atomic file replacement; rewritten files keep their owner and group (the CLI
 //!   runs as root, the server as a service account).
 //! - [`dev`]: conveniences for `config/dev.toml` only (self-signed cert, dev user on first run).
+//! - [`webhook`]: `[[webhook]]`: delivery events queued durably per endpoint (an `events`
+//!   sink) and POSTed, signed the Standard Webhooks way, by one dispatcher per endpoint.
 
 pub mod api;
 pub mod artefacts;
@@ -102,3 +104,4 @@ pub mod status;
 pub mod submission;
 pub mod suppression;
 pub mod tls;
+pub mod webhook;

@@ -44,6 +44,42 @@ pub const MAX_DESTINATION_SERIES: usize = 100;
 /// The `destination` label.
 type DestLabel = [(&'static str, String); 1];
 
+/// The `endpoint` label: a `[[webhook]]` name (a fixed set, from the config).
+type EndpointLabel = [(&'static str, String); 1];
+/// `endpoint` and a second label from a fixed set.
+type EndpointLabel2 = [(&'static str, String); 2];
+
+/// Why a webhook event was dropped (`submitd_webhook_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookDrop {
+    /// `max_backlog` events were waiting: the new one was not stored.
+    BacklogFull,
+    /// Not delivered within `max_age`.
+    MaxAge,
+    /// Its file could not be written.
+    WriteFailed,
+    /// Its file could not be read.
+    Unreadable,
+}
+
+impl WebhookDrop {
+    const ALL: [WebhookDrop; 4] = [
+        WebhookDrop::BacklogFull,
+        WebhookDrop::MaxAge,
+        WebhookDrop::WriteFailed,
+        WebhookDrop::Unreadable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            WebhookDrop::BacklogFull => "backlog_full",
+            WebhookDrop::MaxAge => "max_age",
+            WebhookDrop::WriteFailed => "write_failed",
+            WebhookDrop::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// One label, name and value, both from the fixed sets below.
 type Label = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -133,6 +169,12 @@ pub struct Metrics {
     destinations_shown: std::sync::Mutex<Vec<String>>,
     /// `[state]`: 0 local, 1 shared store answering, 2 shared store down (for `/health`).
     state_mode: std::sync::atomic::AtomicU8,
+    webhook_backlog: Family<EndpointLabel, Gauge>,
+    webhook_oldest_age: Family<EndpointLabel, Gauge>,
+    /// Per endpoint, Unix seconds when its oldest waiting event was made (0: none).
+    webhook_oldest: std::sync::Mutex<Vec<(String, u64)>>,
+    webhook_deliveries: Family<EndpointLabel2, Counter>,
+    webhook_dropped: Family<EndpointLabel2, Counter>,
 }
 
 /// `submitd_auth_backend_failures_total{reason}`: `BackendError::label`'s values.
@@ -203,6 +245,11 @@ impl Metrics {
             throttle_events: Counter::default(),
             destinations_shown: std::sync::Mutex::new(Vec::new()),
             state_mode: std::sync::atomic::AtomicU8::new(0),
+            webhook_backlog: Family::default(),
+            webhook_oldest_age: Family::default(),
+            webhook_oldest: std::sync::Mutex::new(Vec::new()),
+            webhook_deliveries: Family::default(),
+            webhook_dropped: Family::default(),
         };
         m.state_up.set(1);
         // Create every series now (the guards `get_or_create` returns are dropped at once).
@@ -340,7 +387,90 @@ impl Metrics {
             "Times a destination asked us to slow down and was held",
             self.throttle_events.clone(),
         );
+        self.register_webhooks()
+    }
+
+    /// The `[[webhook]]` series.
+    fn register_webhooks(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "webhook_backlog",
+            "Webhook events waiting to be sent, per endpoint",
+            self.webhook_backlog.clone(),
+        );
+        r.register(
+            "webhook_oldest_event_age_seconds",
+            "Age of the oldest webhook event waiting, per endpoint; 0 when none waits",
+            self.webhook_oldest_age.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook requests by result: success (2xx) or failure (other status, network error, timeout)",
+            self.webhook_deliveries.clone(),
+        );
+        r.register(
+            "webhook_dropped",
+            "Webhook events dropped, by reason (backlog_full, max_age, write_failed, unreadable)",
+            self.webhook_dropped.clone(),
+        );
         self
+    }
+
+    /// Create the series of webhook endpoint `name` at zero.
+    pub fn webhook_endpoint(&self, name: &str) {
+        let label = [("endpoint", name.to_string())];
+        drop(self.webhook_backlog.get_or_create(&label));
+        drop(self.webhook_oldest_age.get_or_create(&label));
+        for result in ["success", "failure"] {
+            let labels = [
+                ("endpoint", name.to_string()),
+                ("result", result.to_string()),
+            ];
+            drop(self.webhook_deliveries.get_or_create(&labels));
+        }
+        for why in WebhookDrop::ALL {
+            let labels = [
+                ("endpoint", name.to_string()),
+                ("reason", why.label().to_string()),
+            ];
+            drop(self.webhook_dropped.get_or_create(&labels));
+        }
+    }
+
+    /// Endpoint `name` has `waiting` events, the oldest made at `oldest` (Unix seconds).
+    pub fn webhook_backlog(&self, name: &str, waiting: usize, oldest: Option<u64>) {
+        self.webhook_backlog
+            .get_or_create(&[("endpoint", name.to_string())])
+            .set(waiting as i64);
+        let mut all = self
+            .webhook_oldest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some((_, t)) => *t = oldest.unwrap_or(0),
+            None => all.push((name.to_string(), oldest.unwrap_or(0))),
+        }
+    }
+
+    /// One webhook request to endpoint `name` ended: `ok` is a 2xx.
+    pub fn webhook_delivery(&self, name: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.webhook_deliveries
+            .get_or_create(&[
+                ("endpoint", name.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A webhook event for endpoint `name` was dropped.
+    pub fn webhook_dropped(&self, name: &str, why: WebhookDrop) {
+        self.webhook_dropped
+            .get_or_create(&[
+                ("endpoint", name.to_string()),
+                ("reason", why.label().to_string()),
+            ])
+            .inc();
     }
 
     /// The shared state store answers (`Some(true)`), does not (`Some(false)`), or there is
@@ -541,6 +671,22 @@ impl Metrics {
             unix_now().saturating_sub(oldest)
         };
         self.queue_oldest_age.set(age as i64);
+        let now = unix_now();
+        for (name, oldest) in self
+            .webhook_oldest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let age = if *oldest == 0 {
+                0
+            } else {
+                now.saturating_sub(*oldest)
+            };
+            self.webhook_oldest_age
+                .get_or_create(&[("endpoint", name.clone())])
+                .set(age as i64);
+        }
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);

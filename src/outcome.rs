@@ -101,11 +101,13 @@ pub enum Refusal {
     InsufficientStorage,
     /// A DKIM key matched but signing failed: `451 4.3.0`.
     DkimSigningFailed,
+    /// The recipient is on the tenant's suppression list: `550 5.1.1`.
+    RecipientSuppressed,
 }
 
 impl Refusal {
     /// Every kind, for tests and for creating every series at zero.
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::MessageTooBig,
         Refusal::HeaderTooBig,
         Refusal::NullSender,
@@ -124,6 +126,7 @@ impl Refusal {
         Refusal::QueueWrite,
         Refusal::InsufficientStorage,
         Refusal::DkimSigningFailed,
+        Refusal::RecipientSuppressed,
     ];
 
     /// The `reason` label: kinds an operator acts on the same way share one.
@@ -139,6 +142,7 @@ impl Refusal {
             Refusal::NoFrom | Refusal::NulInMessage | Refusal::TooManyHops => "content",
             Refusal::QueueWrite | Refusal::InsufficientStorage => "storage",
             Refusal::DkimSigningFailed => "dkim",
+            Refusal::RecipientSuppressed => "suppressed_recipient",
         }
     }
 }

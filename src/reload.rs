@@ -161,5 +161,7 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.auth_parallel", limits.auth_parallel);
     keep!("limits.auth_queue", limits.auth_queue);
     keep!("limits.user_*", limits.user_limits);
+    // The dispatchers and their backlog directories are made at start.
+    keep!("webhook", webhook);
     changed
 }

@@ -19,6 +19,7 @@ use crate::auth::verify::Verifier;
 use crate::config::{AuthBackend, ConfigError, ConfigErrors, Settings};
 use crate::delivery::Delivery;
 use crate::delivery::tlsrpt::Reporter;
+use crate::events::Events;
 use crate::intake::Intake;
 use crate::listener::{Admission, Current, Live, ProxyStats, Sockets};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ use crate::queue::scheduler::{QueueHandle, Scheduler};
 use crate::reload::{Prepared, Reload, Reloaded};
 use crate::session::driver::Context;
 use crate::session::state::SessionConfig;
+use crate::status::StatusSink;
+use crate::suppression::{BounceSink, Suppressions};
 
 /// How long shutdown waits for running sessions before giving up on them.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -51,7 +54,11 @@ impl Shared {
         let old = self.current();
         let mut ctx = Context::clone(&old.ctx);
         let limits = &settings.limits;
-        ctx.config = session_config(&settings, old.ctx.config.quota.clone());
+        ctx.config = session_config(
+            &settings,
+            old.ctx.config.quota.clone(),
+            old.ctx.config.suppressions.clone(),
+        );
         ctx.command_timeout = limits.command_timeout;
         ctx.greet_pause = limits.greet_pause;
         ctx.max_session_time = limits.max_session_time;
@@ -71,7 +78,11 @@ impl Shared {
 
 /// What each session is told of the settings; `quota` is the server's one sending ledger,
 /// kept across reloads.
-fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<SessionConfig> {
+fn session_config(
+    settings: &Settings,
+    quota: Option<Arc<Quota>>,
+    suppressions: Option<Arc<Suppressions>>,
+) -> Arc<SessionConfig> {
     let limits = &settings.limits;
     Arc::new(SessionConfig {
         hostname: settings.hostname.clone(),
@@ -82,6 +93,7 @@ fn session_config(settings: &Settings, quota: Option<Arc<Quota>>) -> Arc<Session
         max_bad_commands: limits.max_bad_commands,
         max_header_size: limits.max_header_size,
         max_hops: limits.max_hops,
+        suppressions,
     })
 }
 
@@ -101,10 +113,14 @@ pub struct Server {
     tls_reporter: Option<Arc<Reporter>>,
     /// The certificate the HTTP API serves with `api.tls` (the `[tls]` one, at start).
     api_tls: Arc<rustls::ServerConfig>,
-    /// The suppression list the HTTP API checks and manages.
-    suppressions: Option<Arc<crate::suppression::Suppressions>>,
-    /// Where delivery events go (the API's `suppressed` ones too).
+    /// Who hears of delivery events (webhooks, ...); the scheduler has the same sinks.
     events: crate::events::Events,
+    /// `[[webhook]]` endpoints, whose dispatchers `run` starts.
+    webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// The suppression list (`[suppression] enabled`), followed for the CLI's changes.
+    suppressions: Option<Arc<Suppressions>>,
+    /// `queue.dir` and `queue.status_retention`, for pruning the status records.
+    status_prune: (std::path::PathBuf, Duration),
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -154,8 +170,16 @@ impl Server {
         }
         let delivery = Arc::new(Delivery::new(&settings)?);
         let reporting = delivery.tls_reporting();
+        let suppressions = open_suppressions(&settings)?;
+        let webhooks = crate::webhook::Webhooks::open(&settings, metrics.clone())?.map(Arc::new);
+        // Status and suppression first: a webhook's receiver may ask for the status it announces.
+        let mut events = supp_events(&spool, suppressions.as_ref());
+        if let Some(w) = &webhooks {
+            events = events.with(w.clone());
+        }
         let (queue, scheduler) =
             Scheduler::new(&settings, spool.clone(), delivery, metrics.clone());
+        let scheduler = scheduler.with_events(events.clone());
         let tls_reporter = reporting.map(|(recorder, resolver, webpki)| {
             Arc::new(Reporter {
                 recorder,
@@ -173,7 +197,7 @@ impl Server {
         });
         let limits = &settings.limits;
         let ctx = Arc::new(Context {
-            config: session_config(&settings, Some(quota.clone())),
+            config: session_config(&settings, Some(quota.clone()), suppressions.clone()),
             command_timeout: limits.command_timeout,
             greet_pause: limits.greet_pause,
             max_session_time: limits.max_session_time,
@@ -208,15 +232,15 @@ impl Server {
             follow,
             tls_reporter,
             api_tls,
-            suppressions: Some(Arc::new(crate::suppression::Suppressions::in_memory(
-                Duration::from_secs(30 * 86_400),
-            ))),
-            events: crate::events::Events::default(),
+            events,
+            webhooks,
+            suppressions,
+            status_prune: (settings.queue.dir.clone(), settings.queue.status_retention),
         })
     }
 
-    /// The suppression list the HTTP API checks (`Suppressions::check` per tenant) and
-    /// manages (`/v1/suppressions`), instead of the in-memory one made at bind.
+    /// Replace the suppression list (the HTTP API checks it per tenant and manages it through
+    /// `/v1/suppressions`); for tests, an in-memory one.
     pub fn with_suppressions(
         mut self,
         list: Option<Arc<crate::suppression::Suppressions>>,
@@ -225,16 +249,11 @@ impl Server {
         self
     }
 
-    /// Where the HTTP API sends its `suppressed` events (the scheduler's sinks are given to
-    /// `Scheduler::with_events`).
+    /// Replace the event sinks the HTTP API reports its `suppressed` events to (the scheduler
+    /// keeps the sinks it got at bind); for tests.
     pub fn with_api_events(mut self, events: crate::events::Events) -> Server {
         self.events = events;
         self
-    }
-
-    /// The suppression list the HTTP API uses.
-    pub fn suppressions(&self) -> Option<&Arc<crate::suppression::Suppressions>> {
-        self.suppressions.as_ref()
     }
 
     /// The bound `[api] listen` address, when the HTTP API is on.
@@ -275,9 +294,19 @@ impl Server {
         self.shared.current().ctx.intake.queue.clone()
     }
 
+    /// The suppression list, when `[suppression] enabled` (for the HTTP API).
+    pub fn suppressions(&self) -> Option<Arc<Suppressions>> {
+        self.suppressions.clone()
+    }
+
     /// The TLS-RPT reporter, when MX mode with `relay.mta_sts` (for the control socket).
     pub fn tls_reporter(&self) -> Option<Arc<Reporter>> {
         self.tls_reporter.clone()
+    }
+
+    /// The delivery-event sinks (to record events from outside the scheduler, e.g. the API).
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
     }
 
     /// Connections closed by the PROXY protocol checks so far.
@@ -298,8 +327,16 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        if let Some(store) = self.suppressions.clone() {
+            tokio::spawn(crate::suppression::follow(store, shutdown.clone()));
+        }
+        let (queue_dir, retention) = self.status_prune.clone();
+        tokio::spawn(crate::status::prune(queue_dir, retention, shutdown.clone()));
         if let Some(reporter) = self.tls_reporter.clone() {
             tokio::spawn(daily_tls_reports(reporter, shutdown.clone()));
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.spawn(&shutdown);
         }
         let metrics = self.shared.current().ctx.metrics.clone();
         let admission = self.shared.admission.clone();
@@ -363,6 +400,28 @@ fn serve_api(
     };
     let tls = api.tls.then_some(tls);
     sockets.serve_api(crate::api::router(state), tls, limits, shutdown)
+}
+
+/// The event sinks of this part of issue 16: the suppression list's [`BounceSink`] (when
+/// enabled) and the status records ([`StatusSink`]). The lead adds the webhooks' sink.
+fn supp_events(spool: &Spool, suppressions: Option<&Arc<Suppressions>>) -> Events {
+    let mut events = Events::default();
+    if let Some(store) = suppressions {
+        events = events.with(Arc::new(BounceSink {
+            store: store.clone(),
+        }));
+    }
+    events.with(Arc::new(StatusSink::new(spool.clone())))
+}
+
+/// The suppression list in `queue.dir/suppressions`, when `[suppression] enabled`.
+fn open_suppressions(settings: &Settings) -> anyhow::Result<Option<Arc<Suppressions>>> {
+    let s = &settings.suppression;
+    if !s.enabled {
+        return Ok(None);
+    }
+    let store = Suppressions::open_in_queue(&settings.queue.dir, s.ttl, s.max_entries)?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// Send the TLS-RPT reports at every UTC midnight (RFC 8460 section 4.1: a report covers a

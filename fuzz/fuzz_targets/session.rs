@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         max_bad_commands: 5 + u32::from(limits >> 6) * 5,
         max_header_size: 48 + u64::from(limits & 0x30) * 4,
         max_hops: 1 + usize::from(limits & 0x03),
+        suppressions: None,
         quota: None,
     });
     let user = alice();

@@ -7,6 +7,8 @@
 //! - [`user`], [`password`]: the users file (add, passwd, del, list, suspend) and password input.
 //! - [`key`]: scoped API keys (create, list, revoke, rotate).
 //! - [`queue`]: list, show, retry, hold, release, delete.
+//! - [`webhook`]: the webhook endpoints' backlogs; new signing secrets.
+//! - [`suppression`]: the per-tenant suppression list (list, add, del).
 //! - [`dkim`], [`cert`]: key and certificate generation.
 
 mod cert;
@@ -19,8 +21,10 @@ mod queue;
 mod reload;
 mod serve;
 mod signals;
+mod suppression;
 mod tls_report;
 mod user;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +69,9 @@ pub(crate) enum Command {
     /// Inspect and steer the queue (safe while the server runs).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// The per-tenant list of recipients that failed permanently (safe while the server runs).
+    #[command(subcommand)]
+    Suppression(suppression::SuppressionCommand),
     /// Exit 0 when the server answers a 220 greeting on its first listen address, else 1.
     Health,
     /// DKIM signing keys.
@@ -76,6 +83,9 @@ pub(crate) enum Command {
     /// Make the running server send its TLS-RPT reports (RFC 8460) now rather than at the next
     /// UTC midnight (through the control socket).
     TlsReport,
+    /// Webhook endpoints (`[[webhook]]`): backlogs, new secrets.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 /// Why a command failed, which decides the exit code.
@@ -134,9 +144,11 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::HashPassword => password::hash_password(),
         Command::Cert(cmd) => cert::cert(cmd),
         Command::Queue(cmd) => queue::queue(config, cmd),
+        Command::Suppression(cmd) => suppression::suppression(config, cmd),
         Command::Health => health::health(config),
         Command::Dkim(cmd) => dkim::dkim(cmd),
         Command::Reload => reload::reload(config),
         Command::TlsReport => tls_report::tls_report(config),
+        Command::Webhook(cmd) => webhook::webhook(config, cmd),
     }
 }

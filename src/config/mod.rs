@@ -29,8 +29,10 @@ mod raw;
 mod relay;
 mod state;
 mod submission;
+mod suppression;
 mod tls;
 mod value;
+mod webhook;
 
 pub use api::ApiSettings;
 pub use auth::{
@@ -48,8 +50,10 @@ pub use queue::QueueSettings;
 pub use relay::{RelayMode, RelaySettings, RelayTls, Smarthost, SmarthostTls};
 pub use state::{StateBackend, StateSettings, StateUrl, redact as redact_url};
 pub use submission::SubmissionSettings;
+pub use suppression::SuppressionSettings;
 pub use tls::TlsFiles;
 pub use value::check_hostname;
+pub use webhook::{WEBHOOK_EVENTS, WebhookSettings, WebhookUrl, parse_webhook_url};
 
 /// Validated settings, ready to run with. Paths are absolute or relative to the working
 /// directory (already resolved against the config file's directory).
@@ -75,6 +79,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[api]`: the HTTP API.
     pub api: ApiSettings,
+    /// `[[webhook]]`: delivery-event endpoints (empty: none).
+    pub webhook: Vec<WebhookSettings>,
+    /// `[suppression]`: the list of recipients that failed permanently.
+    pub suppression: SuppressionSettings,
 }
 
 /// One problem in a config file: which file, which key, what is wrong.
@@ -170,6 +178,10 @@ struct RawConfig {
     log: log::RawLog,
     #[serde(default)]
     api: api::RawApi,
+    #[serde(default)]
+    webhook: Vec<webhook::RawWebhook>,
+    #[serde(default)]
+    suppression: suppression::RawSuppression,
 }
 
 /// What every section's `parse` gets besides its raw struct.
@@ -228,6 +240,8 @@ impl Settings {
         let state = state::parse(&raw.state, p, &cx);
         let log = log::parse(&raw.log, p);
         let api = api::parse(&raw.api, p);
+        let webhook = webhook::parse(&raw.webhook, p, &cx);
+        let suppression = suppression::parse(&raw.suppression, p);
 
         problems.finish()?;
         // Every Option below is Some: a None always pushed an error above.
@@ -248,6 +262,8 @@ impl Settings {
             state: state.ok_or_else(missing)?,
             log: log.ok_or_else(missing)?,
             api: api.ok_or_else(missing)?,
+            webhook,
+            suppression: suppression.ok_or_else(missing)?,
         })
     }
 

@@ -19,6 +19,9 @@ pub struct QueueSettings {
     /// After how long in the queue a deferred recipient gets one `Action: delayed` DSN
     /// (`queue.delay_warning`, default 4h); `None` when `"0s"` turned warnings off.
     pub delay_warning: Option<Duration>,
+    /// How long the status record of a finished message is kept (`queue.status_retention`,
+    /// default 7d).
+    pub status_retention: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,10 +37,16 @@ pub(super) struct RawQueue {
     concurrency: u64,
     #[serde(default = "default_delay_warning")]
     delay_warning: String,
+    #[serde(default = "default_status_retention")]
+    status_retention: String,
 }
 
 fn default_delay_warning() -> String {
     "4h".into()
+}
+
+fn default_status_retention() -> String {
+    "7d".into()
 }
 
 fn default_concurrency() -> u64 {
@@ -64,6 +73,7 @@ impl Default for RawQueue {
             max_age: default_max_age(),
             concurrency: default_concurrency(),
             delay_warning: default_delay_warning(),
+            status_retention: default_status_retention(),
         }
     }
 }
@@ -92,11 +102,13 @@ pub(super) fn parse(q: &RawQueue, p: &mut Problems<'_>, cx: &Context<'_>) -> Opt
         p.push("queue.concurrency", "must be between 1 and 10000");
     }
     let delay_warning = duration(p, "queue.delay_warning", &q.delay_warning);
+    let status_retention = positive_duration(p, "queue.status_retention", &q.status_retention);
     Some(QueueSettings {
         dir: cx.resolve(q.dir.trim()),
         retry,
         delay_warning: delay_warning.filter(|d| !d.is_zero()),
         max_age: max_age?,
+        status_retention: status_retention?,
         concurrency: q.concurrency.clamp(1, 10_000) as usize,
     })
 }

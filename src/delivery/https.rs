@@ -1,5 +1,6 @@
-//! A small, bounded HTTPS client for MTA-STS policy fetches (RFC 8461 section 3.3) and
-//! TLS-RPT uploads (RFC 8460 section 3): hyper's HTTP/1.1 over our own TCP and rustls.
+//! A small, bounded HTTPS client for MTA-STS policy fetches (RFC 8461 section 3.3),
+//! TLS-RPT uploads (RFC 8460 section 3) and webhooks ([`post_to`], also plain HTTP): hyper's
+//! HTTP/1.1 over our own TCP and rustls.
 //!
 //! Bounds: the whole exchange within [`FETCH_TIMEOUT`], response headers within
 //! [`MAX_HEADER_BYTES`] and [`MAX_HEADERS`], the body within the caller's limit. Redirects
@@ -145,21 +146,120 @@ async fn send(
         .connect(name, tcp)
         .await
         .map_err(|e| handshake_error(req.host, e))?;
+    http1(tls, req.host, request, FETCH_TIMEOUT).await
+}
+
+/// One HTTP/1.1 exchange over `io` (bounded response headers); the connection task ends with
+/// the exchange, when the sender and the body are dropped, and at the latest after `limit`.
+async fn http1<IO>(
+    io: IO,
+    host: &str,
+    request: Request<Full<Bytes>>,
+    limit: Duration,
+) -> Result<hyper::Response<hyper::body::Incoming>, FetchError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
-        .handshake(TokioIo::new(tls))
+        .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| FetchError::Failed(format!("HTTP with {}: {e}", req.host)))?;
-    // The connection task ends with the exchange, when the sender and the body are dropped,
-    // and at the latest after FETCH_TIMEOUT.
+        .map_err(|e| FetchError::Failed(format!("HTTP with {host}: {e}")))?;
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(FETCH_TIMEOUT, conn).await;
+        let _ = tokio::time::timeout(limit, conn).await;
     });
     sender
         .send_request(request)
         .await
-        .map_err(|e| FetchError::Failed(format!("HTTP with {}: {e}", req.host)))
+        .map_err(|e| FetchError::Failed(format!("HTTP with {host}: {e}")))
+}
+
+/// A `POST` to an `http:` or `https:` URL with extra header fields (webhooks).
+pub struct Post<'a> {
+    /// A DNS name or an IP address (IPv6 without brackets).
+    pub host: &'a str,
+    pub port: u16,
+    /// Path and query.
+    pub path: &'a str,
+    /// `None`: plain HTTP; else TLS with the certificate checked for `host`.
+    pub tls: Option<Arc<ClientConfig>>,
+    pub content_type: &'a str,
+    pub headers: &'a [(&'static str, String)],
+    pub body: Bytes,
+    /// The whole exchange: resolve, connect, handshake, request, response headers.
+    pub timeout: Duration,
+}
+
+/// Send `post`; the response's status code (the body is not read), or why there is none.
+pub async fn post_to(post: &Post<'_>) -> Result<u16, FetchError> {
+    let exchange = async {
+        let host = post.host;
+        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, post.port)],
+            Err(_) => tokio::net::lookup_host((host, post.port))
+                .await
+                .map_err(|e| FetchError::Failed(format!("resolve {host}: {e}")))?
+                .take(MAX_ADDRESSES)
+                .collect(),
+        };
+        let mut last = format!("{host} has no address");
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("connect to {host}[{addr}]: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(FetchError::Failed(last))?;
+        let default_port = if post.tls.is_some() { 443 } else { 80 };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let authority = if post.port == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{}", post.port)
+        };
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(post.path)
+            .header("host", authority)
+            .header("user-agent", "submitd")
+            .header("connection", "close")
+            .header("content-type", post.content_type);
+        for (name, value) in post.headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(post.body.clone()))
+            .map_err(|e| FetchError::Failed(format!("request: {e}")))?;
+        let response = match &post.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|e| FetchError::Failed(format!("{host}: {e}")))?;
+                let tls = TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| handshake_error(host, e))?;
+                http1(tls, host, request, post.timeout).await?
+            }
+            None => http1(tcp, host, request, post.timeout).await?,
+        };
+        Ok(response.status().as_u16())
+    };
+    match tokio::time::timeout(post.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Failed(format!(
+            "no response within {:?}",
+            post.timeout
+        ))),
+    }
 }
 
 /// A refused certificate is told apart from other handshake failures (TLS-RPT).

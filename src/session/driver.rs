@@ -614,6 +614,7 @@ mod tests {
                 max_bad_commands: limits.max_bad_commands,
                 max_header_size: limits.max_header_size,
                 max_hops: limits.max_hops,
+                suppressions: None,
             }),
             command_timeout: limits.command_timeout,
             greet_pause: Duration::ZERO,

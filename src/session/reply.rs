@@ -316,6 +316,14 @@ pub const ACCOUNT_SUSPENDED: Reply = Reply::enhanced(
 )
 .refuses(Refusal::Suspended);
 
+/// A recipient on the sender's tenant's suppression list (issue 16; `crate::suppression`).
+pub const RECIPIENT_SUPPRESSED: Reply = Reply::enhanced(
+    550,
+    [5, 1, 1],
+    "Recipient suppressed after a permanent failure",
+)
+.refuses(Refusal::RecipientSuppressed);
+
 /// `450 4.7.1 Message rate limit exceeded for user LOGIN, try again later`.
 pub fn message_rate_limited(login: &str) -> Reply {
     Reply::owned_enhanced(
@@ -436,6 +444,7 @@ pub fn refusal(kind: Refusal, login: &str) -> Reply {
         Refusal::QueueWrite => QUEUE_WRITE_ERROR,
         Refusal::InsufficientStorage => INSUFFICIENT_STORAGE,
         Refusal::DkimSigningFailed => DKIM_SIGNING_FAILED,
+        Refusal::RecipientSuppressed => RECIPIENT_SUPPRESSED,
     }
 }
 

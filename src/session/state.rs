@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub max_header_size: u64,
     /// More `Received:` fields than this: `554 5.4.6 Too many hops`.
     pub max_hops: usize,
+    /// The suppression list checked at RCPT (an in-memory lookup); `None` = off.
+    pub suppressions: Option<Arc<crate::suppression::Suppressions>>,
 }
 
 /// What the session waits for next.
@@ -655,6 +657,12 @@ impl Session {
             && q.check_rcpt(user, rcpts.len()).is_err()
         {
             Step::Reply(reply::recipient_rate_limited(&user.login))
+        } else if let (Some(list), Some(user)) = (&self.config.suppressions, &self.user)
+            && list
+                .check(user.tenant(), &to, crate::clock::unix_now())
+                .is_some()
+        {
+            Step::Reply(reply::RECIPIENT_SUPPRESSED)
         } else {
             rcpts.push(to);
             rcpt_params.push(dsn);
@@ -858,6 +866,7 @@ mod tests {
             max_bad_commands: 20,
             max_header_size: 60,
             max_hops: 3,
+            suppressions: None,
         })
     }
 
@@ -903,6 +912,43 @@ mod tests {
             "235 2.7.0 Authentication successful"
         );
         s
+    }
+
+    #[test]
+    fn a_suppressed_recipient_is_refused_for_its_tenant_only() {
+        let list = Arc::new(crate::suppression::Suppressions::in_memory(
+            std::time::Duration::from_secs(3600),
+        ));
+        let now = crate::clock::unix_now();
+        list.add("alice@example.test", "gone@x.test", "550 5.1.1 no", now)
+            .unwrap();
+        list.add("carol@example.test", "other@x.test", "550 5.1.1 no", now)
+            .unwrap();
+        let mut config = SessionConfig::clone(&config());
+        config.suppressions = Some(list);
+        let config = Arc::new(config);
+        // Alice herself, then a key she owns: the same tenant.
+        let key = Arc::new(User {
+            login: "shop".into(),
+            owner: Some("alice@example.test".into()),
+            ..User::clone(&alice())
+        });
+        for user in [alice(), key] {
+            let mut s = Session::new(config.clone(), true);
+            cmd(&mut s, "EHLO c.test");
+            cmd(&mut s, "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABwdw==");
+            s.auth_result(Some(user));
+            assert_eq!(
+                cmd(&mut s, "MAIL FROM:<alice@example.test>"),
+                "250 2.1.0 Ok"
+            );
+            assert_eq!(
+                cmd(&mut s, "RCPT TO:<GONE@x.test>"),
+                "550 5.1.1 Recipient suppressed after a permanent failure"
+            );
+            assert_eq!(cmd(&mut s, "RCPT TO:<other@x.test>"), "250 2.1.5 Ok");
+            assert_eq!(cmd(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
+        }
     }
 
     #[test]

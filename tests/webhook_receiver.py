@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""A webhook receiver for tests/webhooks.rs: verifies each request with the Standard Webhooks
+reference library (`pip install standardwebhooks`) and appends one JSON line per request to
+OUT_FILE (fsynced before the answer):
+
+    {"path": ..., "id": webhook-id, "valid": true, "event": <the parsed body>}     -> 204
+    {"path": ..., "id": webhook-id, "valid": false, "error": ...}                  -> 401
+
+Usage: webhook_receiver.py PORT SECRET_FILE OUT_FILE [CERT_PEM KEY_PEM]
+With CERT_PEM and KEY_PEM it serves HTTPS.
+Bounds: bodies over 1 MiB are refused (413); the test kills the process when done.
+"""
+
+import json
+import os
+import ssl
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+MAX_BODY = 1024 * 1024
+
+PORT = int(sys.argv[1])
+with open(sys.argv[2], encoding="ascii") as f:
+    HOOK = Webhook(f.read().strip())
+OUT = sys.argv[3]
+
+
+def record(entry):
+    with open(OUT, "a", encoding="utf-8") as out:
+        out.write(json.dumps(entry) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length < 0 or length > MAX_BODY:
+            self.send_response(413)
+            self.end_headers()
+            return
+        body = self.rfile.read(length)
+        headers = {k: v for k, v in self.headers.items()}
+        entry = {"path": self.path, "id": self.headers.get("webhook-id")}
+        try:
+            entry["event"] = HOOK.verify(body, headers)
+            entry["valid"] = True
+            code = 204
+        except (WebhookVerificationError, ValueError) as e:
+            entry["valid"] = False
+            entry["error"] = str(e)
+            code = 401
+        record(entry)
+        self.send_response(code)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format, *args):
+        sys.stderr.write("receiver: " + (format % args) + "\n")
+
+
+server = HTTPServer(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 5:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
