@@ -688,3 +688,27 @@ async fn connections_are_bounded_and_a_silent_one_is_dropped() {
     );
     drop(silent);
 }
+
+#[tokio::test]
+async fn status_after_delivery_comes_from_the_status_record() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = api_server(&sink, "").await;
+    let secret = create(&server, "app", &["--sender", ALICE]);
+    let (status, _, got) = post_json(&server, &secret, &simple(ALICE), &[]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{got}");
+    sink.wait_for(1, IO_TIMEOUT).await;
+    server.wait_empty().await;
+    let url = format!("{}/{}", messages(&server), got["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let r = http().get(&url).bearer_auth(&secret).send().await.unwrap();
+        let body: Value = r.json().await.unwrap();
+        if body["state"] == "sent" {
+            assert_eq!(body["recipients"][0]["address"], "carol@example.net");
+            assert_eq!(body["recipients"][0]["state"], "sent");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
