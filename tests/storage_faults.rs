@@ -28,12 +28,14 @@ async fn send_message(c: &mut Client) -> String {
     c.reply().await
 }
 
-/// Names of everything in a directory (sorted), `quarantine` excluded.
+/// Names of everything in a directory (sorted), `quarantine` excluded, and the suppression
+/// list's and status records' directories, which the server keeps in `queue.dir` beside the
+/// messages.
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != spool::QUARANTINE_DIR)
+        .filter(|n| n != spool::QUARANTINE_DIR && n != "suppressions" && n != "status")
         .collect();
     names.sort();
     names

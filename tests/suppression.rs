@@ -253,3 +253,79 @@ async fn disabled_neither_adds_nor_refuses() {
             .starts_with("250")
     );
 }
+
+/// POST a small JSON message to `rcpts` with the key `secret`: the status and the JSON body.
+async fn post(server: &TestServer, secret: &str, rcpts: &[&str]) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "from": ALICE, "to": rcpts, "subject": "order", "text": "thanks\n",
+    });
+    let url = format!("http://{}/v1/messages", server.api.expect("api on"));
+    let response = reqwest::Client::builder()
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap()
+        .post(url)
+        .bearer_auth(secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_550_over_smtp_is_refused_over_http_too_until_the_cli_lifts_it() {
+    let gone = Arc::new(AtomicBool::new(true));
+    let sink = Sink::start(SinkOptions {
+        rcpt_rule: switchable(gone.clone()),
+        ..SinkOptions::default()
+    })
+    .await;
+    let api = "[api]\nlisten = \"127.0.0.1:0\"\n";
+    let server = TestServer::start_full("", "", &smarthost(&sink), api).await;
+    // An application key of alice's: its tenant is alice, so alice's bounces apply to it.
+    let secret = common::keys::create(&server, "shop", &["--owner", ALICE, "--sender", ALICE]);
+
+    // The permanent failure comes from the next hop, over SMTP submission.
+    server
+        .submit(&["gone@remote.test"], &message_from(ALICE))
+        .await;
+    server.wait_empty().await;
+    wait_rcpt(server.submissions, "gone@remote.test", SUPPRESSED).await;
+
+    // Over HTTP: alone, 422 naming it; beside another recipient, reported and not queued.
+    let (status, got) = post(&server, &secret, &["gone@remote.test"]).await;
+    assert_eq!(status, 422, "{got}");
+    assert_eq!(got["recipients"], serde_json::json!(["gone@remote.test"]));
+    let before = sink.received().len();
+    let (status, got) = post(&server, &secret, &["Gone@Remote.test", "ok@remote.test"]).await;
+    assert_eq!(status, 202, "{got}");
+    let states: Vec<(String, String)> = got["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_ascii_lowercase();
+            (s("address"), s("state"))
+        })
+        .collect();
+    assert!(
+        states.contains(&("gone@remote.test".into(), "suppressed".into()))
+            && states.contains(&("ok@remote.test".into(), "queued".into())),
+        "{got}"
+    );
+    let received = sink.wait_for(before + 1, IO_TIMEOUT).await;
+    assert_eq!(received.last().unwrap().rcpts, ["ok@remote.test"]);
+
+    // The CLI lifts it: the next HTTP message to it is queued and delivered.
+    gone.store(false, Ordering::SeqCst);
+    let out = cli(&config(&server), &["del", ALICE, "gone@remote.test"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_rcpt(server.submissions, "gone@remote.test", "250").await;
+    let before = sink.received().len();
+    let (status, got) = post(&server, &secret, &["gone@remote.test"]).await;
+    assert_eq!(status, 202, "{got}");
+    let received = sink.wait_for(before + 1, IO_TIMEOUT).await;
+    assert_eq!(received.last().unwrap().rcpts, ["gone@remote.test"]);
+}
