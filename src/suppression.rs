@@ -162,6 +162,10 @@ struct Cursor {
     epoch: Option<u64>,
 }
 
+/// The tenant of an entry that applies to every tenant: one an operator added with
+/// `submitd suppression add ADDRESS` and no tenant.
+pub const EVERY_TENANT: &str = "*";
+
 /// The list the server checks.
 #[derive(Debug)]
 pub struct Suppressions {
@@ -229,10 +233,8 @@ impl Suppressions {
     /// The entry for `address` in `tenant`'s list, if one applies at `now`. In memory only.
     pub fn check(&self, tenant: &str, address: &str, now: u64) -> Option<Entry> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&key(tenant, address))
-            .filter(|e| e.expires > now)
-            .cloned()
+        let live = |t: &str| entries.get(&key(t, address)).filter(|e| e.expires > now);
+        live(tenant).or_else(|| live(EVERY_TENANT)).cloned()
     }
 
     /// Add (or refresh) `address` to `tenant`'s list. Blocks (a durable write).

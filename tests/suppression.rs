@@ -329,3 +329,37 @@ async fn a_550_over_smtp_is_refused_over_http_too_until_the_cli_lifts_it() {
     let received = sink.wait_for(before + 1, IO_TIMEOUT).await;
     assert_eq!(received.last().unwrap().rcpts, ["gone@remote.test"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_entry_without_a_tenant_applies_to_every_tenant() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = TestServer::start_relay("", &smarthost(&sink)).await;
+    let out = cli(&config(&server), &["add", "Abuse@Remote.test"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("for every tenant"), "{out:?}");
+    let listed = cli(&config(&server), &["list"]);
+    assert!(
+        listed.stdout.starts_with("*\tabuse@remote.test\t"),
+        "{listed:?}"
+    );
+
+    // Alice and bob alike are refused.
+    wait_rcpt(server.submissions, "abuse@remote.test", SUPPRESSED).await;
+    let mut b = login_as(server.submissions, BOB, BOB_PASSWORD, "235").await;
+    assert_eq!(
+        rcpt_reply(&mut b, BOB, "abuse@remote.test").await,
+        SUPPRESSED
+    );
+
+    // `del ADDRESS` lifts it for every tenant that has it; a second time there is none.
+    let out = cli(&config(&server), &["del", "abuse@remote.test"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let again = cli(&config(&server), &["del", "abuse@remote.test"]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    wait_rcpt(server.submissions, "abuse@remote.test", "250").await;
+    assert!(
+        rcpt_reply(&mut b, BOB, "abuse@remote.test")
+            .await
+            .starts_with("250")
+    );
+}

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use submitd::config::Settings;
 use submitd::logsafe::Escaped;
-use submitd::suppression::{Entry, Suppressions};
+use submitd::suppression::{EVERY_TENANT, Entry, Suppressions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -26,16 +26,32 @@ pub(crate) enum SuppressionCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Suppress ADDRESS for TENANT for `suppression.ttl`.
+    /// Suppress ADDRESS for TENANT (`add [TENANT] ADDRESS`; without a TENANT, for every
+    /// tenant) for `suppression.ttl`.
     Add {
-        tenant: String,
-        address: String,
+        /// `[TENANT] ADDRESS`.
+        #[arg(num_args = 1..=2, required = true, value_name = "[TENANT] ADDRESS")]
+        names: Vec<String>,
         /// Kept as the entry's reply.
         #[arg(long, default_value = "added by an operator")]
         reason: String,
     },
-    /// Lift the suppression of ADDRESS for TENANT.
-    Del { tenant: String, address: String },
+    /// Lift the suppression of ADDRESS for TENANT (`del [TENANT] ADDRESS`; without a TENANT,
+    /// for every tenant that has it).
+    Del {
+        /// `[TENANT] ADDRESS`.
+        #[arg(num_args = 1..=2, required = true, value_name = "[TENANT] ADDRESS")]
+        names: Vec<String>,
+    },
+}
+
+/// `[TENANT] ADDRESS` from the command line: the tenant, when one was given, and the address.
+fn tenant_and_address(names: &[String]) -> Result<(Option<&str>, &str), Failure> {
+    match names {
+        [address] => Ok((None, address)),
+        [tenant, address] => Ok((Some(tenant), address)),
+        _ => Err(usage("give [TENANT] ADDRESS")),
+    }
 }
 
 /// Load the config for `queue.dir` and `[suppression]`, then run the command.
@@ -55,36 +71,50 @@ pub(crate) fn suppression(config: &Path, cmd: SuppressionCommand) -> Result<(), 
                 }
             }
         }
-        SuppressionCommand::Add {
-            tenant,
-            address,
-            reason,
-        } => {
-            check_name("tenant", &tenant)?;
-            check_name("address", &address)?;
+        SuppressionCommand::Add { names, reason } => {
+            let (tenant, address) = tenant_and_address(&names)?;
+            let tenant = tenant.unwrap_or(EVERY_TENANT);
+            check_name("tenant", tenant)?;
+            check_name("address", address)?;
             store
-                .add(&tenant, &address, &reason, now)
+                .add(tenant, address, &reason, now)
                 .context("cannot add")?;
             println!(
                 "suppressed {} for {} until {}",
                 Escaped(&address.to_ascii_lowercase()),
-                Escaped(&tenant),
+                Escaped(&describe(tenant)),
                 rfc3339(now.saturating_add(s.ttl.as_secs()))
             );
         }
-        SuppressionCommand::Del { tenant, address } => {
-            if !store.remove(&tenant, &address).context("cannot remove")? {
+        SuppressionCommand::Del { names } => {
+            let (tenant, address) = tenant_and_address(&names)?;
+            let tenants: Vec<String> = match tenant {
+                Some(t) => vec![t.to_owned()],
+                None => store
+                    .list(None, now)
+                    .into_iter()
+                    .filter(|e| e.address.eq_ignore_ascii_case(address))
+                    .map(|e| e.tenant)
+                    .collect(),
+            };
+            let mut removed = 0;
+            for t in &tenants {
+                if store.remove(t, address).context("cannot remove")? {
+                    removed += 1;
+                    println!(
+                        "removed {} for {}",
+                        Escaped(&address.to_ascii_lowercase()),
+                        Escaped(&describe(t))
+                    );
+                }
+            }
+            if removed == 0 {
                 return Err(Failure::Runtime(anyhow::anyhow!(
                     "{} is not suppressed for {}",
-                    Escaped(&address),
-                    Escaped(&tenant)
+                    Escaped(address),
+                    Escaped(&describe(tenant.unwrap_or("any tenant")))
                 )));
             }
-            println!(
-                "removed {} for {}",
-                Escaped(&address.to_ascii_lowercase()),
-                Escaped(&tenant)
-            );
         }
     }
     Ok(())
@@ -104,6 +134,15 @@ fn check_name(what: &str, value: &str) -> Result<(), Failure> {
         return Err(usage("the address must be local@domain"));
     }
     Ok(())
+}
+
+/// A tenant for the operator: `*` reads "every tenant".
+fn describe(tenant: &str) -> String {
+    if tenant == EVERY_TENANT {
+        "every tenant".to_owned()
+    } else {
+        tenant.to_owned()
+    }
 }
 
 fn line(e: &Entry) -> String {
