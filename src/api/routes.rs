@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -15,6 +16,7 @@ use super::auth::{self, Caller};
 use super::problem::Problem;
 use crate::queue::QueueId;
 use crate::status::MessageStatus;
+use crate::suppression::Suppressions;
 
 /// Authenticate against the server's keys and throttle.
 fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, Problem> {
@@ -93,14 +95,13 @@ fn tenant(caller: &Caller, query: &HashMap<String, String>) -> Result<Option<Str
     }
 }
 
-fn no_list() -> Response {
+fn no_list() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "no-suppression-list",
         "No suppression list",
     )
     .detail("this server keeps no suppression list")
-    .into_response()
 }
 
 /// `GET /v1/suppressions`: the tenant's entries (an admin without `?tenant=`: every tenant's).
@@ -123,10 +124,23 @@ pub async fn list_suppressions(
         }
     };
     let Some(list) = state.suppressions.clone() else {
-        return no_list();
+        return no_list().into_response();
     };
     let entries = list.list(tenant.as_deref(), crate::clock::unix_now());
     Json(json!({ "suppressions": entries })).into_response()
+}
+
+/// The checks of a request about one address: the caller, its tenant, the list.
+fn one_address(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(String, Arc<Suppressions>), Problem> {
+    let caller = caller(state, peer, headers)?;
+    let tenant = tenant(&caller, query)?.unwrap_or_default();
+    let list = state.suppressions.clone().ok_or_else(no_list)?;
+    Ok((tenant, list))
 }
 
 /// `GET /v1/suppressions/{address}`.
@@ -137,16 +151,9 @@ pub async fn get_suppression(
     Path(address): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match caller(&state, peer, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let tenant = match tenant(&caller, &query) {
-        Ok(t) => t.unwrap_or_default(),
-        Err(r) => return r.into_response(),
-    };
-    let Some(list) = state.suppressions.clone() else {
-        return no_list();
+    let (tenant, list) = match one_address(&state, peer, &headers, &query) {
+        Ok(found) => found,
+        Err(p) => return p.into_response(),
     };
     match list.check(&tenant, &address, crate::clock::unix_now()) {
         Some(entry) => Json(entry).into_response(),
@@ -162,16 +169,9 @@ pub async fn delete_suppression(
     Path(address): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match caller(&state, peer, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let tenant = match tenant(&caller, &query) {
-        Ok(t) => t.unwrap_or_default(),
-        Err(r) => return r.into_response(),
-    };
-    let Some(list) = state.suppressions.clone() else {
-        return no_list();
+    let (tenant, list) = match one_address(&state, peer, &headers, &query) {
+        Ok(found) => found,
+        Err(p) => return p.into_response(),
     };
     let removed = tokio::task::spawn_blocking(move || list.remove(&tenant, &address)).await;
     match removed {

@@ -147,19 +147,7 @@ impl TestServer {
     /// Start with extra `[limits]`, `[queue]` and `[relay]` lines and `extra` appended to the
     /// config (whole sections, e.g. `[metrics]\nlisten = "127.0.0.1:0"`).
     pub async fn start_full(limits: &str, queue: &str, relay: &str, extra: &str) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config_full(
-            dir.path(),
-            limits,
-            queue,
-            relay,
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-        );
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str(&format!("\n{extra}\n"));
-        std::fs::write(&path, text).unwrap();
-        TestServer::start_at(dir, path).await
+        TestServer::start_full_with(limits, queue, relay, extra, |s| s).await
     }
 
     /// [`TestServer::start_full`], with `tweak` applied to the bound server before it runs
