@@ -10,10 +10,11 @@
 //! in state `pending`, with the queue ID the message is about to get and the response it
 //! will get; after the commit it is rewritten `done`, and a failed commit removes it. A
 //! crash between the two leaves a `pending` record: the retry then looks for that queue ID
-//! in the spool, and replays the response when the message is there. Writing the record
+//! (`status::lookup`: in the spool, or in the status records once it has been delivered and
+//! left the spool), and replays the response when the message is found. Writing the record
 //! after the commit instead would leave a window where a crash queues the message twice.
-//! What remains: a message committed, then delivered and removed from the spool before the
-//! retry after such a crash, is queued again (the window is a crash between two fsyncs).
+//! What remains: a message whose status record was pruned (`queue.status_retention`, 7 days
+//! by default, beyond the record's 24 h) cannot be found, but by then the record has expired.
 //!
 //! Two requests with the same key at once: the second gets 409 at once (in-process map),
 //! never a second message. Records past [`TTL`] are pruned at most every
@@ -112,7 +113,7 @@ impl Idempotency {
     }
 
     /// Look up `idem_key` of API key `key` for a body hashing to `body_hash`. Blocks (file
-    /// IO). `committed` says whether a queue ID is in the spool (for a `pending` record).
+    /// IO). `committed` says whether a queue ID was committed (for a `pending` record).
     pub fn begin(
         self: &Arc<Self>,
         key: &str,

@@ -157,7 +157,9 @@ async fn begin(
     let idem = idem.to_owned();
     let begun = tokio::task::spawn_blocking(move || {
         store.begin(&key, &idem, &hash, now(), |id| {
-            crate::queue::QueueId::parse(id).is_some_and(|id| spool.load_envelope(&id).is_ok())
+            // In the spool, or already delivered and gone from it: its status record says so.
+            crate::queue::QueueId::parse(id)
+                .is_some_and(|id| crate::status::lookup(&spool, &id).is_some())
         })
     })
     .await;
