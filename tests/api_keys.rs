@@ -231,3 +231,62 @@ async fn a_user_cannot_take_a_key_name_and_check_config_reads_the_keys_file() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("auth.keys"), "{out:?}");
 }
+
+/// The reply to MAIL FROM after logging in as `login` (bounded: until it starts with `want`).
+async fn mail_reply_until(server: &TestServer, login: &str, secret: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let (mut c, reply) = auth(server, login, secret).await;
+        assert!(reply.starts_with("235"), "AUTH {login}: {reply}");
+        c.send(format!("MAIL FROM:<{ALICE}>\r\n").as_bytes()).await;
+        let got = c.reply().await;
+        if got.starts_with(want) || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_is_suspended_by_name_and_with_its_owner() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = TestServer::start_relay("", &relay_to(&sink)).await;
+    let secret = create(&server, "shop", &["--owner", ALICE, "--sender", ALICE]);
+    let user = |args: &[&str]| {
+        let mut full = vec![
+            "--config".to_owned(),
+            config(&server).to_str().unwrap().to_owned(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = run_submitd(None, &full, None);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+    };
+    assert!(
+        mail_reply_until(&server, "shop", &secret, "250")
+            .await
+            .starts_with("250")
+    );
+
+    // `user suspend` takes a key's name: AUTH works, MAIL FROM is refused.
+    user(&["user", "suspend", "shop", "--reason", "leaked"]);
+    let got = mail_reply_until(&server, "shop", &secret, "550").await;
+    assert!(got.starts_with("550 5.7.1"), "{got}");
+    user(&["user", "unsuspend", "shop"]);
+    assert!(
+        mail_reply_until(&server, "shop", &secret, "250")
+            .await
+            .starts_with("250")
+    );
+
+    // The owner's suspension reaches the key.
+    user(&["user", "suspend", ALICE]);
+    let got = mail_reply_until(&server, "shop", &secret, "550").await;
+    assert!(got.starts_with("550 5.7.1"), "{got}");
+    user(&["user", "unsuspend", ALICE]);
+    assert!(
+        mail_reply_until(&server, "shop", &secret, "250")
+            .await
+            .starts_with("250")
+    );
+}

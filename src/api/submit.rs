@@ -80,6 +80,7 @@ async fn submit(
         verifier.throttle(),
     )
     .map_err(IntoResponse::into_response)?;
+    verifier.refresh_suspensions().await;
     let limit = live.settings.limits.max_message_size;
     let body = read_body(body, headers, max_body(limit))
         .await

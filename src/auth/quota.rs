@@ -326,7 +326,12 @@ impl Quota {
     }
 
     fn check_mail_at(&self, user: &User, now_ms: u64) -> Result<(), Refusal> {
-        if self.suspensions.is_suspended(&user.login) {
+        // An API key is suspended with its owner: the owner's suspension reaches every key.
+        let owner_suspended = user
+            .owner
+            .as_deref()
+            .is_some_and(|owner| self.suspensions.is_suspended(owner));
+        if owner_suspended || self.suspensions.is_suspended(&user.login) {
             return Err(Refusal::Suspended);
         }
         let limits = for_user(&self.defaults, &user.limits);

@@ -365,7 +365,19 @@ impl Verifier {
             tracing::warn!(key = name, reason = ?why, "API key refused");
         }
         self.settle(ip, name, checked.is_ok(), None).await;
+        if checked.is_ok() {
+            // As at a user's login: `user suspend` of the key or its owner is seen from here on.
+            self.refresh_suspensions().await;
+        }
         Verdict::Checked(checked.ok().map(|()| Arc::new(key.as_user())))
+    }
+
+    /// Re-read the suspension state if it changed (on the blocking pool), so that a
+    /// suspension made with the CLI applies from the next login or API request.
+    pub async fn refresh_suspensions(&self) {
+        if let Some(s) = self.suspensions.clone() {
+            let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
+        }
     }
 
     /// The throttle's bookkeeping once an attempt is decided. With a shared store it is a

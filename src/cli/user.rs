@@ -64,9 +64,18 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     {
         return shared_suspensions(&settings, &shared, &suspended, cmd);
     }
+    let is_key = |login: &str| {
+        submitd::auth::keys::load(&settings.auth.keys)
+            .is_ok_and(|keys| keys.iter().any(|k| k.entry.name == login))
+    };
+    if let UserCommand::Suspend { login, .. } = &cmd
+        && is_key(login)
+    {
+        // An API key's name: suspended like a login (its MAIL FROM and API posts refused).
+        return run(Path::new(""), &suspended, cmd, false);
+    }
     if let UserCommand::Add { login, .. } = &cmd
-        && submitd::auth::keys::load(&settings.auth.keys)
-            .is_ok_and(|keys| keys.iter().any(|k| k.entry.name == *login))
+        && is_key(login)
     {
         return Err(usage(format!(
             "{login:?} is an API key's name in {} (keys are checked first at AUTH); \
