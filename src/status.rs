@@ -221,18 +221,6 @@ impl StatusSink {
         }
     }
 
-    /// Write a whole record for `status` (replacing one): for a message that is finished at
-    /// submission (every recipient suppressed), so that no event will name it. Blocks.
-    pub fn write_snapshot(&self, status: &MessageStatus) -> std::io::Result<()> {
-        let Some(id) = QueueId::parse(&status.id) else {
-            return Err(std::io::Error::other("not a queue ID"));
-        };
-        self.ensure_dir()?;
-        let mut line = snapshot_line(status)?;
-        line.push(b'\n');
-        crate::fsown::write_atomic(&record_path(&self.dir, &id), &line)
-    }
-
     fn ensure_dir(&self) -> std::io::Result<()> {
         if self.created.load(Ordering::Relaxed) {
             return Ok(());

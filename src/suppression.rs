@@ -225,11 +225,6 @@ impl Suppressions {
         Suppressions::open(&queue_dir.join("suppressions"), ttl, max_entries)
     }
 
-    /// How long a new entry applies.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// The entry for `address` in `tenant`'s list, if one applies at `now`. In memory only.
     pub fn check(&self, tenant: &str, address: &str, now: u64) -> Option<Entry> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());

@@ -325,6 +325,14 @@ pub fn from_rfc822(
     if body.contains(&0) {
         return Err(bad("body", "the message contains a NUL octet"));
     }
+    // As over SMTP (550 5.6.0): a bare CR is refused, never spooled; bare LFs become CRLF.
+    if body
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && body.get(i + 1) != Some(&b'\n'))
+    {
+        return Err(bad("body", "the message contains a bare CR"));
+    }
     let crlf = to_crlf(body);
     let parsed = mail_parser::MessageParser::default()
         .parse_headers(&crlf)
@@ -464,6 +472,16 @@ mod tests {
         big.pop();
         big.push_str("}}");
         assert_eq!(from_json(big.as_bytes()).unwrap_err().field, "metadata");
+    }
+
+    #[test]
+    fn rfc822_bare_cr_is_refused_and_bare_lf_becomes_crlf() {
+        let bare_cr = b"From: a@example.test\r\nTo: b@example.net\r\n\r\nhi\rthere\r\n";
+        let e = from_rfc822(bare_cr, None, None).unwrap_err();
+        assert_eq!(e.field, "body");
+        let lf = b"From: a@example.test\nTo: b@example.net\n\nhi\n";
+        let c = from_rfc822(lf, None, None).unwrap();
+        assert!(!c.message.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
     }
 
     #[test]

@@ -213,7 +213,10 @@ impl Slot {
             status,
             response: response.clone(),
         };
-        std::fs::create_dir_all(&self.store.dir)?;
+        // The records name recipients: the directory is the server's alone (an EEXIST when
+        // it is there already).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&self.store.dir)?;
         let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         crate::fsown::write_atomic(&self.store.dir.join(&self.file), &bytes)
     }

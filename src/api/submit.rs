@@ -48,10 +48,6 @@ fn too_big(limit: u64) -> Problem {
     .with("max_message_size", json!(limit))
 }
 
-fn now() -> u64 {
-    crate::clock::unix_now()
-}
-
 /// The handler.
 pub async fn post_message(
     State(state): State<ApiState>,
@@ -75,7 +71,7 @@ async fn submit(
     let caller = auth::authenticate(
         headers,
         ip,
-        now(),
+        crate::clock::unix_now(),
         verifier.keys().map(|k| k.as_ref()),
         verifier.throttle(),
     )
@@ -157,7 +153,7 @@ async fn begin(
     let hash = request_hash(headers, body);
     let idem = idem.to_owned();
     let begun = tokio::task::spawn_blocking(move || {
-        store.begin(&key, &idem, &hash, now(), |id| {
+        store.begin(&key, &idem, &hash, crate::clock::unix_now(), |id| {
             // In the spool, or already delivered and gone from it: its status record says so.
             crate::queue::QueueId::parse(id)
                 .is_some_and(|id| crate::status::lookup(&spool, &id).is_some())
@@ -237,11 +233,19 @@ fn compose(headers: &HeaderMap, body: &[u8]) -> Result<Composed, Problem> {
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // A header that is there must be readable: never fall back to the message's own
+    // addresses when the client named an envelope.
+    let text = |name: &str| -> Result<Option<&str>, Problem> {
+        headers
+            .get(name)
+            .map(|v| std::str::from_utf8(v.as_bytes()))
+            .transpose()
+            .map_err(|_| Problem::invalid(name, "not UTF-8"))
+    };
     let composed = match media.as_str() {
         "application/json" => compose::from_json(body),
         "message/rfc822" => {
-            compose::from_rfc822(body, text("x-envelope-from"), text("x-envelope-to"))
+            compose::from_rfc822(body, text("x-envelope-from")?, text("x-envelope-to")?)
         }
         _ => {
             return Err(Problem::new(
@@ -339,7 +343,7 @@ fn suppress(state: &ApiState, caller: &Caller, c: &Composed) -> (Vec<String>, Ve
     let Some(list) = &state.suppressions else {
         return (c.recipients.clone(), Vec::new());
     };
-    let at = now();
+    let at = crate::clock::unix_now();
     let (mut kept, mut events) = (Vec::new(), Vec::new());
     for r in &c.recipients {
         match list.check(caller.tenant(), r, at) {
@@ -479,7 +483,7 @@ async fn record(
 ) -> Result<(), Response> {
     let (slot, id, response) = (slot.clone(), id.to_owned(), response.clone());
     let written = tokio::task::spawn_blocking(move || match slot.as_ref() {
-        Some(s) => s.write(&id, 202, &response, now(), done),
+        Some(s) => s.write(&id, 202, &response, crate::clock::unix_now(), done),
         None => Ok(()),
     })
     .await;

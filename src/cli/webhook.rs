@@ -2,6 +2,7 @@
 //! (works whether or not the server runs), and fresh signing secrets.
 
 use std::path::Path;
+use submitd::logsafe::Escaped;
 
 use clap::Subcommand;
 use submitd::config::Settings;
@@ -44,8 +45,8 @@ pub(crate) fn webhook(config: &Path, cmd: WebhookCommand) -> Result<(), Failure>
                     .oldest_age
                     .map_or_else(|| "-".to_string(), |a| format!("{a}s"));
                 let error = match (&e.last_error, e.consecutive_failures) {
-                    (Some(err), n) if n > 0 => format!("failing ({n} in a row): {err}"),
-                    (Some(err), _) => format!("ok (last error: {err})"),
+                    (Some(err), n) if n > 0 => format!("failing ({n} in a row): {}", Escaped(err)),
+                    (Some(err), _) => format!("ok (last error: {})", Escaped(err)),
                     (None, _) => "ok".to_string(),
                 };
                 println!(

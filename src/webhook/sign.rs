@@ -53,7 +53,11 @@ impl Secret {
 
     /// Read and parse a secret file.
     pub fn load(path: &std::path::Path) -> Result<Secret, String> {
-        let text = std::fs::read_to_string(path)
+        use std::io::Read as _;
+        // A secret is under 100 bytes; a larger file is not one (and is not read whole).
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4096).read_to_string(&mut text))
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Secret::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }

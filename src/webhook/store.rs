@@ -95,9 +95,12 @@ pub struct DispatchState {
 
 /// Read `state.json` in `dir` (missing or unreadable: the default).
 pub fn read_state(dir: &Path) -> DispatchState {
-    fs::read(dir.join(STATE_FILE))
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(dir.join(STATE_FILE))
+        .and_then(|f| f.take(MAX_BODY).read_to_end(&mut bytes))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|_| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
 }
 
