@@ -19,7 +19,6 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 # HTTP API (tests/api*.rs): curl, the README's Python (requests) and Node (fetch) examples.
 command -v curl >/dev/null || missing+=(curl)
 command -v node >/dev/null || missing+=(nodejs)
-python3 -c 'import requests' 2>/dev/null || missing+=(python3-requests)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
@@ -46,12 +45,14 @@ if ! python3 -c 'import dkim, dns, nacl' 2>/dev/null; then
       dkimpy==1.1.8 dnspython==2.9.2 pynacl==1.6.2
 fi
 
-# The OpenAPI check (tests/api_openapi.rs, tests/clients/openapi_check.py).
-if ! python3 -c 'import openapi_spec_validator, jsonschema, yaml' 2>/dev/null; then
+# The OpenAPI check (tests/api_openapi.rs, tests/clients/openapi_check.py) and the README's
+# Python example (requests). With pip, not apt: `python3` may be another interpreter than
+# Debian's (pyenv), which would not see python3-requests.
+if ! python3 -c 'import openapi_spec_validator, jsonschema, yaml, requests' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check \
-    openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3 ||
+    openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3 requests==2.32.5 ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-      openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3
+      openapi-spec-validator==0.9.0 jsonschema==4.26.0 PyYAML==6.0.3 requests==2.32.5
 fi
 
 # Webhooks (tests/webhooks.rs): the receiver verifies signatures with the reference library.
