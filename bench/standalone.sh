@@ -2,8 +2,21 @@
 # smtp-sink as its smarthost, and cleanup on exit. Before sourcing, set SUBMITD (the binary)
 # and BASE (the first of three loopback ports: BASE+465, BASE+587, BASE+525). Provides WORK, P465, PIDS,
 # `start_sink`, `wait_listening` and `wait_queue_empty`.
+#
+# SPOOL_ROOT (default /var/tmp) is where the temp dir, and so the queue, goes. Put it on the
+# kind of filesystem a server would run on: on ext4 *without a journal* (some VM images), every
+# file creation scans past the inodes freed in the last seconds to minutes (`recently_deleted`
+# in `perf`), so a run that follows thousands of deleted spool files is slowed by its
+# predecessor, whatever it measures. A loop-mounted ext4 with its default journal avoids it:
+#   truncate -s 4G /var/tmp/spool.img && mkfs.ext4 -q /var/tmp/spool.img
+#   mkdir -p /mnt/spool && mount -o loop /var/tmp/spool.img /mnt/spool   # then SPOOL_ROOT=/mnt/spool
 export PATH="$PATH:/usr/sbin:/sbin"
-WORK=$(mktemp -d /var/tmp/submitd-standalone.XXXXXX)
+WORK=$(mktemp -d "${SPOOL_ROOT:-/var/tmp}/submitd-standalone.XXXXXX")
+# Warn when WORK is on ext4 without a journal (its device has no /proc/fs/jbd2 entry).
+spool_dev=$(basename "$(findmnt -no SOURCE --target "$WORK" 2>/dev/null || true)")
+if [ -n "$spool_dev" ] && [ -d "/proc/fs/ext4/$spool_dev" ] && ! compgen -G "/proc/fs/jbd2/$spool_dev-*" >/dev/null; then
+  echo "bench: $WORK is on ext4 without a journal ($spool_dev): file creation after mass deletion is slowed, and results depend on run order; set SPOOL_ROOT (see bench/standalone.sh)" >&2
+fi
 P465=$((BASE + 465)) P587=$((BASE + 587)) SINK=$((BASE + 525))
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

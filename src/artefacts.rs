@@ -32,7 +32,10 @@ pub fn check_files(settings: &Settings) -> Result<(), ConfigErrors> {
     {
         p.push("auth.users", e.to_string());
     }
-    if let Err(e) = crate::auth::keys::load(&settings.auth.keys) {
+    if let Ok(crate::auth::keyhome::KeyHome::File { path, .. }) =
+        crate::auth::keyhome::KeyHome::from_settings(settings)
+        && let Err(e) = crate::auth::keys::load(&path)
+    {
         p.push("auth.keys", e.to_string());
     }
     if let Some(ca) = &settings.relay.ca_file

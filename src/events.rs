@@ -82,6 +82,36 @@ pub struct DeliveryEvent {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl DeliveryEvent {
+    /// A recipient left out because `user`'s `tenant` suppressed it, with the entry's `reply`:
+    /// not attempted, so no attempt, status or host; no message yet (`queue_id` is set once
+    /// one is queued, if ever).
+    pub fn suppressed(
+        user: &str,
+        tenant: &str,
+        recipient: &str,
+        reply: String,
+        at: u64,
+        envid: Option<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> DeliveryEvent {
+        DeliveryEvent {
+            kind: EventKind::Suppressed,
+            queue_id: String::new(),
+            user: user.to_owned(),
+            tenant: tenant.to_owned(),
+            recipient: recipient.to_owned(),
+            reply,
+            status: None,
+            host: None,
+            attempt: 0,
+            at,
+            envid,
+            metadata,
+        }
+    }
+}
+
 /// Something that acts on events. Called off the reactor (a blocking context); must bound
 /// its own work and never panic on bad input.
 pub trait EventSink: Send + Sync {

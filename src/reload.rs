@@ -163,5 +163,11 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.user_*", limits.user_limits);
     // The dispatchers and their backlog directories are made at start.
     keep!("webhook", webhook);
+    // The list is opened at start (its journal in queue.dir).
+    keep!("suppression", suppression);
+    // The API listener, its bounds and its certificate choice are set when it is bound.
+    keep!("api", api);
+    // The verifier holds the key store it opened at start.
+    keep!("auth.keys", auth.keys);
     changed
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::auth::keyhome::KeyHome;
+use crate::auth::keys::KeyFeed;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -121,6 +124,33 @@ pub struct Server {
     suppressions: Option<Arc<Suppressions>>,
     /// `queue.dir` and `queue.status_retention`, for pruning the status records.
     status_prune: (std::path::PathBuf, Duration),
+    /// A directory that keeps the API keys, and the feed of the verifier's copy of them.
+    key_follow: Option<(Arc<KeyHome>, KeyFeed)>,
+}
+
+/// The API keys the server checks: the keys file, or a copy of a directory's keys read once
+/// now (a directory that does not answer yet starts with none, and is read again every
+/// second once serving) and the feed that keeps it fresh.
+async fn open_keys(
+    settings: &Settings,
+) -> anyhow::Result<(crate::auth::keys::KeyStore, Option<(Arc<KeyHome>, KeyFeed)>)> {
+    let home = KeyHome::from_settings(settings)?;
+    let (store, feed) = home.store()?;
+    let Some(feed) = feed else {
+        return Ok((store, None));
+    };
+    match home.list().await {
+        Ok((entries, problems)) => {
+            feed.replace(entries, problems, &home.describe());
+            tracing::info!(store = %home.describe(), keys = feed.len(), "API keys read");
+        }
+        Err(e) => tracing::error!(
+            store = %home.describe(),
+            error = %e,
+            "API keys could not be read; none accepted until they can be"
+        ),
+    }
+    Ok((store, Some((Arc::new(home), feed))))
 }
 
 /// Ask the directory backend once at start-up, so that a wrong setting shows in the log at
@@ -161,9 +191,10 @@ impl Server {
         let state = crate::state::from_settings(&settings.state, Some(metrics.clone()))?;
         let (verifier, quota) = crate::auth::defences(users, &settings, state.clone());
         let follow = state.map(|s| (s, quota.suspensions().clone()));
+        let (key_store, key_follow) = open_keys(&settings).await?;
         let mut verifier = verifier
             .with_default_senders(&settings.auth.default_senders)
-            .with_keys(crate::auth::keys::KeyStore::open(&settings.auth.keys)?);
+            .with_keys(key_store);
         if let Some(directory) = crate::auth::directory(&settings, Some(metrics.clone()))? {
             verifier = verifier.with_directory(directory);
             tokio::spawn(probe_directory(verifier.clone()));
@@ -216,6 +247,7 @@ impl Server {
             },
             shutdown: CancellationToken::new(),
             metrics,
+            events: events.clone(),
         });
         let shared = Arc::new(Shared {
             live: RwLock::new(Arc::new(Live {
@@ -236,6 +268,7 @@ impl Server {
             webhooks,
             suppressions,
             status_prune: (settings.queue.dir.clone(), settings.queue.status_retention),
+            key_follow,
         })
     }
 
@@ -326,6 +359,9 @@ impl Server {
                 suspensions,
                 shutdown.clone(),
             ));
+        }
+        if let Some((home, feed)) = self.key_follow.clone() {
+            tokio::spawn(crate::auth::keyhome::follow(home, feed, shutdown.clone()));
         }
         if let Some(store) = self.suppressions.clone() {
             tokio::spawn(crate::suppression::follow(store, shutdown.clone()));

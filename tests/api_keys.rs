@@ -6,22 +6,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use common::keys::{config, create, key_cli};
+use common::keys::{config, create, key_cli, smtp_auth as auth};
 use common::run::run_submitd;
 use common::sink::{Sink, SinkOptions};
-use common::{ALICE, BOB, Client, IO_TIMEOUT, TestServer, plain};
-
-/// 587, EHLO, STARTTLS, EHLO, then AUTH PLAIN: the reply to AUTH.
-async fn auth(server: &TestServer, login: &str, secret: &str) -> (Client, String) {
-    let mut c = server.plain().await;
-    c.cmd("EHLO client.test", "250").await;
-    c.starttls().await;
-    c.cmd("EHLO client.test", "250").await;
-    c.send(format!("AUTH PLAIN {}\r\n", plain(login, secret)).as_bytes())
-        .await;
-    let reply = c.reply().await;
-    (c, reply)
-}
+use common::{ALICE, BOB, IO_TIMEOUT, TestServer};
 
 async fn assert_auth(server: &TestServer, login: &str, secret: &str, expect: &str) {
     let (_, reply) = auth(server, login, secret).await;

@@ -337,6 +337,7 @@ async fn concurrent_logins_share_a_small_pool() {
     let s = Slapd::start();
     let l = std::sync::Arc::new(backend(&LdapSettings {
         pool_size: 2,
+        keys_base: None,
         ..s.search_settings()
     }));
     let mut tasks = tokio::task::JoinSet::new();

@@ -64,6 +64,7 @@ fn settings(url: SqlUrl) -> SqlSettings {
         senders_query: Some(SENDERS_QUERY.into()),
         ca_file: None,
         pool_size: 2,
+        keys_table: None,
     }
 }
 

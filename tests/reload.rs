@@ -218,10 +218,15 @@ async fn new_limits_apply_to_new_sessions_and_restart_keys_are_kept() {
             "[limits]\nmax_message_size = 1000\nmax_connections_per_ip = 2\n",
         )
         .replace(HOSTNAME, "renamed.example.test")
-        .replace("dir = \"queue\"", "dir = \"queue2\"");
+        .replace("dir = \"queue\"", "dir = \"queue2\"")
+        .replace("[auth]\n", "[auth]\nkeys = \"other-keys.toml\"\n");
+    let text = format!("{text}\n[api]\nlisten = \"127.0.0.1:0\"\n[suppression]\nttl = \"1d\"\n");
     std::fs::write(&config, text).unwrap();
     let reloaded = s.reloader.reload().await.unwrap();
-    assert_eq!(reloaded.needs_restart, vec!["hostname", "queue"]);
+    assert_eq!(
+        reloaded.needs_restart,
+        vec!["hostname", "queue", "suppression", "api", "auth.keys"]
+    );
 
     // A new session: the new size (the hostname stays: Client::tls checks the greeting).
     let mut after = Client::implicit_tls(s.tls).await;

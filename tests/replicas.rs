@@ -33,7 +33,7 @@ fn write_replica(dir: &Path, redis_url: &str, limits: &str) -> PathBuf {
          [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[auth]\nusers = \"users.toml\"\n\
          [limits]\n{limits}\n[queue]\ndir = \"queue\"\n\
          [relay]\nmode = \"capture\"\ncapture_dir = \"outbox\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
          [state]\nbackend = \"redis\"\nurl = \"{redis_url}\"\ntimeout = \"250ms\"\n",
         common::HOSTNAME
     );
@@ -296,5 +296,76 @@ async fn a_burst_of_one_account_logging_in_everywhere_at_once_is_not_throttled()
     for l in logins {
         let reply = l.await.unwrap();
         assert!(reply.starts_with("235"), "{reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server: ./test.sh runs it"]
+async fn wrong_api_secrets_spread_over_replicas_trip_one_throttle() {
+    let redis = Redis::start();
+    let rs = replicas(
+        &redis,
+        "auth_failures_per_login = 5\nauth_failures_per_ip = 1000\nmax_auth_failures = 100",
+    );
+    // One key on every replica: made through the first config, the file copied to the others.
+    let out = run_submitd(
+        None,
+        &[
+            "key",
+            "create",
+            "shop",
+            "--sender",
+            ALICE,
+            "--config",
+            rs[0].config.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let secret = out.stdout.trim().to_owned();
+    for r in &rs[1..] {
+        std::fs::copy(
+            rs[0].dir.path().join("keys.toml"),
+            r.dir.path().join("keys.toml"),
+        )
+        .unwrap();
+    }
+    let apis: Vec<std::net::SocketAddr> = rs
+        .iter()
+        .map(|r| {
+            let line = r
+                .server
+                .wait_for(|l| l.contains("listening") && l.contains("kind=\"api\""));
+            log_addr(&line).unwrap()
+        })
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap();
+    let post = |api: std::net::SocketAddr, token: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("http://{api}/v1/messages"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"from": ALICE, "to": "rcpt@example.net", "text": "x"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // A wrong secret of the right shape names the key: its failures count once, everywhere.
+    let wrong = format!("sk_shop_{}", "A".repeat(43));
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        codes.push(post(apis[i % 3], wrong.clone()).await);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 7, "{codes:?}");
+    // The right secret now waits out the window on every replica.
+    for api in &apis {
+        assert_eq!(post(*api, secret.clone()).await, 429);
     }
 }

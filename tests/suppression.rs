@@ -259,19 +259,7 @@ async fn post(server: &TestServer, secret: &str, rcpts: &[&str]) -> (u16, serde_
     let body = serde_json::json!({
         "from": ALICE, "to": rcpts, "subject": "order", "text": "thanks\n",
     });
-    let url = format!("http://{}/v1/messages", server.api.expect("api on"));
-    let response = reqwest::Client::builder()
-        .timeout(IO_TIMEOUT)
-        .build()
-        .unwrap()
-        .post(url)
-        .bearer_auth(secret)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    common::keys::post_message(server, secret, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +350,61 @@ async fn an_operator_entry_without_a_tenant_applies_to_every_tenant() {
             .await
             .starts_with("250")
     );
+}
+
+/// `DELETE /v1/suppressions/{address}` (with `?tenant=` when given): the status and body.
+async fn delete(
+    server: &TestServer,
+    secret: &str,
+    address: &str,
+    tenant: Option<&str>,
+) -> (u16, String) {
+    let mut url = format!(
+        "http://{}/v1/suppressions/{address}",
+        server.api.expect("api on")
+    );
+    if let Some(t) = tenant {
+        url.push_str(&format!("?tenant={t}"));
+    }
+    let response = reqwest::Client::builder()
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap()
+        .delete(url)
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_key_cannot_lift_an_operator_entry_an_admin_key_can() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let api = "[api]\nlisten = \"127.0.0.1:0\"\n";
+    let server = TestServer::start_full("", "", &smarthost(&sink), api).await;
+    let shop = common::keys::create(&server, "shop", &["--owner", ALICE, "--sender", ALICE]);
+    let ops = common::keys::create(&server, "ops", &["--sender", ALICE, "--scope", "api,admin"]);
+    let out = cli(&config(&server), &["add", "abuse@remote.test"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_rcpt(server.submissions, "abuse@remote.test", SUPPRESSED).await;
+
+    // Alice's key sees the entry but may not lift it: 403 saying who can, not a 404.
+    let (status, body) = delete(&server, &shop, "abuse@remote.test", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("operator-entry") && body.contains("tenant=*"),
+        "{body}"
+    );
+    let (status, _) = post(&server, &shop, &["abuse@remote.test"]).await;
+    assert_eq!(status, 422);
+    // An address nobody suppressed is still a 404.
+    let (status, _) = delete(&server, &shop, "fine@remote.test", None).await;
+    assert_eq!(status, 404);
+
+    // The admin key lifts it for every tenant.
+    let (status, body) = delete(&server, &ops, "abuse@remote.test", Some("*")).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = post(&server, &shop, &["abuse@remote.test"]).await;
+    assert_eq!(status, 202);
 }

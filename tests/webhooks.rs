@@ -31,6 +31,17 @@ impl Receiver {
 
     /// The same, serving HTTPS with `tls` = (certificate file, key file) when given.
     fn start_tls(port: u16, secret: &Path, out: &Path, tls: Option<(&Path, &Path)>) -> Receiver {
+        Receiver::start_with(port, secret, out, tls, None)
+    }
+
+    /// The same, answering 500 to events whose recipient contains `refuse` when given.
+    fn start_with(
+        port: u16,
+        secret: &Path,
+        out: &Path,
+        tls: Option<(&Path, &Path)>,
+        refuse: Option<&str>,
+    ) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let mut command = Command::new("python3");
         command
@@ -40,6 +51,9 @@ impl Receiver {
             .arg(out);
         if let Some((cert, key)) = tls {
             command.arg(cert).arg(key);
+        }
+        if let Some(refuse) = refuse {
+            command.env("RECEIVER_REFUSE", refuse);
         }
         let child = command
             .stdin(Stdio::null())
@@ -67,11 +81,19 @@ impl Receiver {
             .collect()
     }
 
-    /// The verified requests to `path`.
+    /// The verified requests to `path` that it accepted.
     fn valid(&self, path: &str) -> Vec<serde_json::Value> {
         self.requests()
             .into_iter()
-            .filter(|r| r["path"] == path && r["valid"] == true)
+            .filter(|r| r["path"] == path && r["valid"] == true && r["refused"] != true)
+            .collect()
+    }
+
+    /// The requests it refused (500) under `RECEIVER_REFUSE`.
+    fn refused(&self) -> Vec<serde_json::Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["refused"] == true)
             .collect()
     }
 
@@ -392,6 +414,12 @@ async fn events_and_keys_filter_and_metrics_count() {
     };
     assert!(refused.iter().all(|r| r["valid"] == false), "{refused:#?}");
     assert!(refused.iter().all(|r| r["id"] == refused[0]["id"]));
+    // The retries came over the connection of the first try (HTTP/1.1 keep-alive): no new
+    // TCP connection per attempt.
+    assert!(
+        refused.iter().all(|r| r["peer"] == refused[0]["peer"]),
+        "{refused:#?}"
+    );
     let waiting = backlog(&queue, "wrong");
     assert_eq!(waiting.len(), 1);
     assert_eq!(refused[0]["id"], waiting[0].as_str());
@@ -619,4 +647,146 @@ async fn https_endpoint_checks_the_certificate() {
         assert!(Instant::now() < deadline, "{}", out.stdout);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A server whose one `[[webhook]]`, `app` (plus the lines `more`), posts to a receiver on
+/// `/hook` (refusing, when given, the events of recipients that contain `refuse`). Fields drop
+/// in order: the server before the receiver, the sink and the directory.
+struct App {
+    server: TestServer,
+    receiver: Receiver,
+    sink: Sink,
+    _dir: tempfile::TempDir,
+}
+
+async fn app(more: &str, refuse: Option<&str>) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default()).await;
+    let port = free_port();
+    let secret = secret_file(dir.path(), "app.secret");
+    let extra = format!(
+        "[[webhook]]\nname = \"app\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         secret_file = \"{}\"\n{more}",
+        secret.display()
+    );
+    let out = dir.path().join("received.jsonl");
+    let receiver = Receiver::start_with(port, &secret, &out, None, refuse);
+    let server = TestServer::start_full("", "", &smarthost(&sink), &extra).await;
+    App {
+        server,
+        receiver,
+        sink,
+        _dir: dir,
+    }
+}
+
+/// An event the receiver keeps refusing (500) waits on its own backoff while the events behind
+/// it are delivered; it is retried meanwhile and stays on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with the standardwebhooks package (test.sh installs it)"]
+async fn a_refused_event_does_not_hold_up_the_others() {
+    let app = app(
+        &format!(
+            "events = [\"delivered\"]\nretry_min = \"200ms\"\nretry_max = \"1s\"\nkeys = [\"{ALICE}\"]\n"
+        ),
+        Some("poison"),
+    )
+    .await;
+    app.server
+        .submit(&["poison@example.net"], &message_from(ALICE))
+        .await;
+    // The poisoned event is at the head of the backlog and has been refused.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while app.receiver.refused().is_empty() {
+        assert!(Instant::now() < deadline, "{:#?}", app.receiver.requests());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three more messages: their events arrive although the first one is still refused.
+    for n in 1..=3 {
+        app.server
+            .submit(&[&format!("ok{n}@example.net")], &message_from(ALICE))
+            .await;
+    }
+    let got = app.receiver.wait_ids("/hook", 3).await;
+    let mut recipients: Vec<String> = got.iter().map(|r| key_of(r).2).collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["ok1@example.net", "ok2@example.net", "ok3@example.net"]
+    );
+    // Meanwhile the refused one was tried again, and it is the only one waiting.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while app.receiver.refused().len() < 2 {
+        assert!(Instant::now() < deadline, "{:#?}", app.receiver.requests());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused: BTreeSet<String> = app
+        .receiver
+        .refused()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let waiting = wait_backlog(&app.server.queue_dir(), "app", 1).await;
+    assert_eq!(waiting, refused.into_iter().collect::<Vec<_>>());
+}
+
+/// A recipient refused at SMTP RCPT as suppressed is reported: one `message.suppressed` event
+/// per refusal, with no message id (there is no message), each under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with the standardwebhooks package (test.sh installs it)"]
+async fn a_suppressed_rcpt_over_smtp_is_reported() {
+    let app = app(
+        "events = [\"suppressed\"]\nretry_min = \"100ms\"\nretry_max = \"300ms\"\n",
+        None,
+    )
+    .await;
+    let cfg = app.server.dir.path().join("submitd.toml");
+    let out = run_submitd(
+        None,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "suppression",
+            "add",
+            ALICE,
+            "gone@example.net",
+            "--reason",
+            "550 5.1.1 gone",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // The running server takes the entry up within about a second; then two refusals.
+    let mut c = login_as(app.server.submissions, ALICE, ALICE_PASSWORD, "235").await;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut refusals = 0;
+    while refusals < 2 {
+        c.cmd(&format!("MAIL FROM:<{ALICE}>"), "250").await;
+        c.send(b"RCPT TO:<gone@example.net>\r\n").await;
+        let reply = c.reply().await;
+        c.cmd("RSET", "250").await;
+        if reply.starts_with("550 5.1.1 Recipient suppressed") {
+            refusals += 1;
+        } else {
+            assert!(reply.starts_with("250"), "{reply}");
+            assert!(Instant::now() < deadline, "never refused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let got = app.receiver.wait_ids("/hook", 2).await;
+    let ids: BTreeSet<&str> = got.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{got:#?}");
+    for r in &got {
+        let e = &r["event"];
+        assert_eq!(e["type"], "message.suppressed", "{e}");
+        let data = &e["data"];
+        assert_eq!(data["message_id"], "", "{data}");
+        assert_eq!(data["recipient"], "gone@example.net", "{data}");
+        assert_eq!(data["reply"], "550 5.1.1 gone", "{data}");
+        assert_eq!(data["user"], ALICE, "{data}");
+        assert_eq!(data["tenant"], ALICE, "{data}");
+    }
+    // Nothing was queued, so nothing else was reported.
+    assert!(app.sink.received().is_empty());
 }

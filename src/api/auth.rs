@@ -53,8 +53,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 512)
 }
 
+/// Count a failed authentication (in the shared store too, with `[state] backend = "redis"`,
+/// so the limit holds across replicas) and log why: the uniform 401.
+async fn failed(throttle: Option<&AuthThrottle>, ip: IpAddr, name: &str, why: &str) -> Problem {
+    if let Some(t) = throttle {
+        t.failed_shared(ip, name).await;
+    }
+    info!(ip = %ip, key = %Escaped(name), why, "api: authentication failed");
+    Problem::unauthorized()
+}
+
 /// Authenticate a request from `ip` at `now` (unix seconds).
-pub fn authenticate(
+pub async fn authenticate(
     headers: &HeaderMap,
     ip: IpAddr,
     now: u64,
@@ -64,7 +74,7 @@ pub fn authenticate(
     let secret = bearer(headers);
     let name = secret.and_then(keys::name_of_secret).unwrap_or("-");
     if let Some(t) = throttle
-        && t.check(ip, name).is_err()
+        && t.check_shared(ip, name).await.is_err()
     {
         warn!(ip = %ip, key = %Escaped(name), "api: too many failed authentications");
         return Err(Problem::new(
@@ -75,25 +85,18 @@ pub fn authenticate(
         .detail("too many failed authentications from this address; try again later")
         .retry_after(THROTTLED_RETRY));
     }
-    let fail = |why: &str| {
-        if let Some(t) = throttle {
-            t.failed(ip, name);
-        }
-        info!(ip = %ip, key = %Escaped(name), why, "api: authentication failed");
-        Problem::unauthorized()
-    };
     let Some(secret) = secret else {
-        return Err(fail("no bearer token"));
+        return Err(failed(throttle, ip, name, "no bearer token").await);
     };
     let Some(key) = keys.and_then(|k| k.get(name)) else {
-        return Err(fail("unknown key"));
+        return Err(failed(throttle, ip, name, "unknown key").await);
     };
     match key.check(secret, ip, now, API_SCOPE) {
         Ok(()) => {}
-        Err(Refusal::WrongSecret) => return Err(fail("wrong secret")),
+        Err(Refusal::WrongSecret) => return Err(failed(throttle, ip, name, "wrong secret").await),
         Err(refusal) => {
             if let Some(t) = throttle {
-                t.failed(ip, name);
+                t.failed_shared(ip, name).await;
             }
             // Only the secret's holder gets here: naming the check tells nobody else anything.
             // A revoked or expired key is no credential any more (401); a valid key used

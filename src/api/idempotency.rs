@@ -47,11 +47,7 @@ pub fn valid_key(value: &str) -> bool {
 
 /// Hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    digest(&SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    data_encoding::HEXLOWER.encode(digest(&SHA256, bytes).as_ref())
 }
 
 /// One stored record.

@@ -19,7 +19,11 @@ use crate::status::MessageStatus;
 use crate::suppression::Suppressions;
 
 /// Authenticate against the server's keys and throttle.
-fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, Problem> {
+async fn caller(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Caller, Problem> {
     let live = state.live.current();
     let verifier = &live.ctx.verifier;
     auth::authenticate(
@@ -29,6 +33,7 @@ fn caller(state: &ApiState, peer: SocketAddr, headers: &HeaderMap) -> Result<Cal
         verifier.keys().map(|k| k.as_ref()),
         verifier.throttle(),
     )
+    .await
 }
 
 /// The overall state of a message from its recipients' states: the least advanced one.
@@ -54,7 +59,7 @@ pub async fn get_message(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let caller = match caller(&state, peer, &headers) {
+    let caller = match caller(&state, peer, &headers).await {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -111,7 +116,7 @@ pub async fn list_suppressions(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let caller = match caller(&state, peer, &headers) {
+    let caller = match caller(&state, peer, &headers).await {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -131,13 +136,13 @@ pub async fn list_suppressions(
 }
 
 /// The checks of a request about one address: the caller, its tenant, the list.
-fn one_address(
+async fn one_address(
     state: &ApiState,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<(String, Arc<Suppressions>), Problem> {
-    let caller = caller(state, peer, headers)?;
+    let caller = caller(state, peer, headers).await?;
     let tenant = tenant(&caller, query)?.unwrap_or_default();
     let list = state.suppressions.clone().ok_or_else(no_list)?;
     Ok((tenant, list))
@@ -151,7 +156,7 @@ pub async fn get_suppression(
     Path(address): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let (tenant, list) = match one_address(&state, peer, &headers, &query) {
+    let (tenant, list) = match one_address(&state, peer, &headers, &query).await {
         Ok(found) => found,
         Err(p) => return p.into_response(),
     };
@@ -169,14 +174,30 @@ pub async fn delete_suppression(
     Path(address): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let (tenant, list) = match one_address(&state, peer, &headers, &query) {
+    let (tenant, list) = match one_address(&state, peer, &headers, &query).await {
         Ok(found) => found,
         Err(p) => return p.into_response(),
     };
-    let removed = tokio::task::spawn_blocking(move || list.remove(&tenant, &address)).await;
+    let store = list.clone();
+    let (t, a) = (tenant.clone(), address.clone());
+    let removed = tokio::task::spawn_blocking(move || store.remove(&t, &a)).await;
     match removed {
         Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Ok(false)) => Problem::not_found().into_response(),
+        Ok(Ok(false)) => match list.check(&tenant, &address, crate::clock::unix_now()) {
+            // Still refused: the operator's entry for every tenant, which a tenant's key
+            // does not lift (an admin key does, with `?tenant=*`).
+            Some(e) if e.tenant == crate::suppression::EVERY_TENANT => Problem::new(
+                StatusCode::FORBIDDEN,
+                "operator-entry",
+                "Suppressed by the operator",
+            )
+            .detail(
+                "the operator suppressed this address for every tenant; an admin key \
+                 (?tenant=*) or `submitd suppression del ADDRESS` lifts it",
+            )
+            .into_response(),
+            _ => Problem::not_found().into_response(),
+        },
         _ => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",

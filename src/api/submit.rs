@@ -20,7 +20,7 @@ use super::compose::{self, Composed};
 use super::idempotency::{self, Begin, Slot};
 use super::problem::Problem;
 use crate::auth::quota::Refusal as QuotaRefusal;
-use crate::events::{DeliveryEvent, EventKind};
+use crate::events::DeliveryEvent;
 use crate::intake::{AcceptError, Accepted};
 use crate::listener::Live;
 use crate::logsafe::Escaped;
@@ -75,6 +75,7 @@ async fn submit(
         verifier.keys().map(|k| k.as_ref()),
         verifier.throttle(),
     )
+    .await
     .map_err(IntoResponse::into_response)?;
     verifier.refresh_suspensions().await;
     let limit = live.settings.limits.max_message_size;
@@ -145,14 +146,17 @@ async fn begin(
     caller: &Caller,
     idem: &str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<Result<Slot, Response>, Response> {
     let store = state.idempotency.clone();
     let spool = live.ctx.intake.spool.clone();
     let key = caller.key.entry.name.clone();
-    let hash = request_hash(headers, body);
     let idem = idem.to_owned();
+    let envelope = envelope_headers(headers);
+    let body = body.clone();
     let begun = tokio::task::spawn_blocking(move || {
+        // Hashed here, not on the reactor: a body may be tens of megabytes.
+        let hash = request_hash(&envelope, &body);
         store.begin(&key, &idem, &hash, crate::clock::unix_now(), |id| {
             // In the spool, or already delivered and gone from it: its status record says so.
             crate::queue::QueueId::parse(id)
@@ -197,17 +201,26 @@ async fn begin(
     }
 }
 
-/// What makes two requests the same for `Idempotency-Key`: the body and the headers that
-/// change its meaning (media type, envelope), each length-prefixed.
-fn request_hash(headers: &HeaderMap, body: &[u8]) -> String {
-    let mut all = Vec::with_capacity(body.len() + 256);
-    for name in ["content-type", "x-envelope-from", "x-envelope-to"] {
-        let value = headers.get(name).map_or(&b""[..], |v| v.as_bytes());
-        all.extend_from_slice(&(value.len() as u64).to_be_bytes());
-        all.extend_from_slice(value);
+/// The headers that change what a body means (media type, envelope): with the body, what
+/// makes two requests the same for `Idempotency-Key`.
+fn envelope_headers(headers: &HeaderMap) -> [Vec<u8>; 3] {
+    ["content-type", "x-envelope-from", "x-envelope-to"].map(|name| {
+        headers
+            .get(name)
+            .map_or(Vec::new(), |v| v.as_bytes().to_vec())
+    })
+}
+
+/// What an idempotency record compares: SHA-256 over those headers (each length-prefixed)
+/// and the body, streamed (no copy of the body).
+fn request_hash(envelope: &[Vec<u8>; 3], body: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for value in envelope {
+        ctx.update(&(value.len() as u64).to_be_bytes());
+        ctx.update(value);
     }
-    all.extend_from_slice(body);
-    idempotency::sha256_hex(&all)
+    ctx.update(body);
+    data_encoding::HEXLOWER.encode(ctx.finish().as_ref())
 }
 
 fn spool_unavailable() -> Problem {
@@ -347,20 +360,15 @@ fn suppress(state: &ApiState, caller: &Caller, c: &Composed) -> (Vec<String>, Ve
     let (mut kept, mut events) = (Vec::new(), Vec::new());
     for r in &c.recipients {
         match list.check(caller.tenant(), r, at) {
-            Some(entry) => events.push(DeliveryEvent {
-                kind: EventKind::Suppressed,
-                queue_id: String::new(),
-                user: caller.user.login.clone(),
-                tenant: caller.tenant().to_owned(),
-                recipient: r.clone(),
-                reply: entry.reply,
-                status: None,
-                host: None,
-                attempt: 0,
+            Some(entry) => events.push(DeliveryEvent::suppressed(
+                &caller.user.login,
+                caller.tenant(),
+                r,
+                entry.reply,
                 at,
-                envid: c.envid.clone(),
-                metadata: c.metadata.clone(),
-            }),
+                c.envid.clone(),
+                c.metadata.clone(),
+            )),
             None => kept.push(r.clone()),
         }
     }

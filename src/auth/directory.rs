@@ -99,6 +99,18 @@ impl DirectoryAuth {
         answer
     }
 
+    /// What the directory says about `login` without a password (`submitd key create
+    /// --owner`), within `auth.backend_timeout`.
+    pub async fn lookup(&self, login: &str) -> Result<Option<Identity>, BackendError> {
+        match tokio::time::timeout(self.timeout, self.directory.lookup(login)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(BackendError::Timeout {
+                key: "auth.backend_timeout",
+                limit: self.timeout,
+            }),
+        }
+    }
+
     /// `submitd check-config` and the start-up probe: the backend's own check, bounded.
     pub async fn check(&self) -> Result<(), BackendError> {
         match tokio::time::timeout(self.timeout, self.directory.check()).await {

@@ -55,6 +55,10 @@ pub enum KeysError {
     /// `revoke` / `rotate` of a name that is not there.
     #[error("no such key {0}")]
     NoSuchKey(String),
+    /// The directory that keeps the keys (`auth.sql.keys_table`, `auth.ldap.keys_base`) could
+    /// not be reached or refused the operation.
+    #[error(transparent)]
+    Backend(#[from] super::backend::BackendError),
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> KeysError {
@@ -252,7 +256,8 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn validate(entry: KeyEntry, path: &Path) -> Result<Key, KeysError> {
+/// Check one entry (`path` names its store in messages: a file, a table, a DN).
+pub fn validate(entry: KeyEntry, path: &Path) -> Result<Key, KeysError> {
     let at = |m: String| invalid(path, format!("key {:?}: {m}", entry.name));
     if !valid_name(&entry.name) {
         return Err(at("name must be 1-64 of A-Z a-z 0-9 . _ -".into()));
@@ -413,13 +418,72 @@ fn stamp(path: &Path) -> Stamp {
         .map(|m| (m.modified().ok(), m.len(), m.dev(), m.ino()))
 }
 
-/// The keys the server checks, re-read when the file changes (a `stat` per lookup), so
-/// `create`, `revoke` and `rotate` take effect at the next AUTH without a reload. A file that
-/// turns bad keeps the last good keys (and is logged).
+/// The keys the server checks. From a file: re-read when the file changes (a `stat` per
+/// lookup), so `create`, `revoke` and `rotate` take effect at the next AUTH without a reload;
+/// a file that turns bad keeps the last good keys (and is logged). From a directory
+/// (`auth.sql.keys_table`, `auth.ldap.keys_base`): a snapshot in memory that a [`KeyFeed`]
+/// replaces (see `keyhome::follow`), so a lookup never waits for the network.
 #[derive(Debug)]
 pub struct KeyStore {
-    path: PathBuf,
-    state: Mutex<(Stamp, Index)>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    File {
+        path: PathBuf,
+        state: Mutex<(Stamp, Index)>,
+    },
+    Snapshot(Arc<std::sync::RwLock<Index>>),
+}
+
+/// Replaces the keys of a [`KeyStore::snapshot`] store.
+#[derive(Debug, Clone)]
+pub struct KeyFeed {
+    keys: Arc<std::sync::RwLock<Index>>,
+    /// Problems already logged, so a bad entry read again every refresh is logged once (and
+    /// again only after it was mended and broke anew).
+    reported: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl KeyFeed {
+    /// The directory's keys now: each entry validated, a bad one left out and logged (one bad
+    /// row must not lock out every other key), and a name seen twice kept once. `problems`:
+    /// entries the directory gave that could not even be read as keys (also logged).
+    pub fn replace(&self, entries: Vec<KeyEntry>, mut problems: Vec<String>, store: &str) {
+        let mut keys = HashMap::with_capacity(entries.len());
+        for entry in entries {
+            match validate(entry, Path::new(store)) {
+                Ok(k) => {
+                    keys.insert(k.entry.name.clone(), Arc::new(k));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        self.report(problems);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// Log each of `problems` not logged at the last read; forget those that went away.
+    fn report(&self, problems: Vec<String>) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &problems {
+            if !reported.contains(p) {
+                tracing::error!(error = %p, "API key left out");
+            }
+        }
+        *reported = problems.into_iter().collect();
+    }
+
+    /// How many keys the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the snapshot holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl KeyStore {
@@ -428,28 +492,51 @@ impl KeyStore {
         let before = stamp(path);
         let keys = index(load(path)?);
         Ok(KeyStore {
-            path: path.to_owned(),
-            state: Mutex::new((before, Arc::new(keys))),
+            source: Source::File {
+                path: path.to_owned(),
+                state: Mutex::new((before, Arc::new(keys))),
+            },
         })
     }
 
-    /// The key named `name`, as the file has it now.
+    /// An empty store that the returned feed fills (keys kept by a directory).
+    pub fn snapshot() -> (KeyStore, KeyFeed) {
+        let shared = Arc::new(std::sync::RwLock::new(Arc::new(HashMap::new())));
+        let store = KeyStore {
+            source: Source::Snapshot(shared.clone()),
+        };
+        let feed = KeyFeed {
+            keys: shared,
+            reported: Arc::default(),
+        };
+        (store, feed)
+    }
+
+    /// The key named `name`, as the store has it now.
     pub fn get(&self, name: &str) -> Option<Arc<Key>> {
         if !valid_name(name) {
             return None;
         }
-        let now = stamp(&self.path);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 != now {
-            match load(&self.path) {
-                Ok(keys) => *state = (now, Arc::new(index(keys))),
-                Err(e) => {
-                    tracing::error!(error = %e, "keys file not reloaded; keeping the last good one");
-                    state.0 = now;
+        match &self.source {
+            Source::File { path, state } => {
+                let now = stamp(path);
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.0 != now {
+                    match load(path) {
+                        Ok(keys) => *state = (now, Arc::new(index(keys))),
+                        Err(e) => {
+                            tracing::error!(error = %e, "keys file not reloaded; keeping the last good one");
+                            state.0 = now;
+                        }
+                    }
                 }
+                state.1.get(name).cloned()
+            }
+            Source::Snapshot(shared) => {
+                let keys = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                keys.get(name).cloned()
             }
         }
-        state.1.get(name).cloned()
     }
 }
 
@@ -625,5 +712,28 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("sk_"), "{text}");
         assert!(store.get("a b").is_none());
+    }
+
+    #[test]
+    fn a_snapshot_leaves_out_bad_entries_and_keeps_the_rest() {
+        let (store, feed) = KeyStore::snapshot();
+        assert!(store.get("app").is_none() && feed.is_empty());
+        let mut bad = entry("bad", "sk_b");
+        bad.scopes = vec!["ftp".into()];
+        feed.replace(
+            vec![entry("app", "sk_a"), bad],
+            vec!["row 3: unreadable".into()],
+            "table k",
+        );
+        assert_eq!(feed.len(), 1);
+        assert_eq!(
+            store.get("app").unwrap().check("sk_a", IP, 1, "smtp"),
+            Ok(())
+        );
+        assert!(store.get("bad").is_none());
+        // Logged once: a second read with the same problems reports nothing new.
+        assert_eq!(feed.reported.lock().unwrap().len(), 2);
+        feed.replace(Vec::new(), Vec::new(), "table k");
+        assert!(store.get("app").is_none() && feed.reported.lock().unwrap().is_empty());
     }
 }

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cache;
 pub mod directory;
+pub mod keyhome;
 pub mod keys;
 pub mod quota;
 pub mod sasl;

@@ -275,16 +275,26 @@ impl Suspensions {
         Some(state.users.contains_key(login))
     }
 
+    /// Whether [`refresh`](Self::refresh) would look at the file now (an in-memory check:
+    /// callers on the reactor skip the trip to the blocking pool when it would not).
+    pub fn refresh_due(&self) -> bool {
+        self.path.is_some()
+            && self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_check
+                .elapsed()
+                >= self.check_interval
+    }
+
     /// Re-read the file if it changed. Blocking IO (a stat, a read on change): call it off
     /// the reactor.
     pub fn refresh(&self) {
-        if self.path.is_none() {
+        if !self.refresh_due() {
             return;
         }
         let due = |s: &State| s.last_check.elapsed() >= self.check_interval;
-        if !due(&self.state.read().unwrap_or_else(|e| e.into_inner())) {
-            return;
-        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if due(&state) {
             self.reload(&mut state);

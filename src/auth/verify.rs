@@ -375,7 +375,9 @@ impl Verifier {
     /// Re-read the suspension state if it changed (on the blocking pool), so that a
     /// suspension made with the CLI applies from the next login or API request.
     pub async fn refresh_suspensions(&self) {
-        if let Some(s) = self.suspensions.clone() {
+        if let Some(s) = self.suspensions.clone()
+            && s.refresh_due()
+        {
             let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
         }
     }

@@ -70,5 +70,18 @@ fn check_backend(settings: &Settings) -> Result<(), Failure> {
         "auth.backend {:?}: reachable, settings accepted",
         directory.name()
     );
+    let home = submitd::auth::keyhome::KeyHome::from_settings(settings).map_err(fail)?;
+    if !matches!(home, submitd::auth::keyhome::KeyHome::File { .. }) {
+        match runtime.block_on(home.list()) {
+            Ok((keys, problems)) => {
+                for p in problems {
+                    println!("API key left out (the server cannot use it): {p}");
+                }
+                println!("API keys: {} in {}", keys.len(), home.describe());
+            }
+            Err(submitd::auth::keys::KeysError::Backend(e)) => return Err(fail(e)),
+            Err(e) => return Err(Failure::Runtime(e.into())),
+        }
+    }
     Ok(())
 }

@@ -1,18 +1,21 @@
-//! `submitd key ...`: scoped API keys in the keys file (`auth.keys`), which double as SMTP
-//! app passwords (login = the key's name). Secrets are printed once and never stored.
+//! `submitd key ...`: scoped API keys, which double as SMTP app passwords (login = the key's
+//! name), in their home: the keys file (`auth.keys`), or the identity backend's store
+//! (`auth.sql.keys_table`, `auth.ldap.keys_base`). Secrets are printed once and never stored.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use submitd::auth::backend::BackendError;
+use submitd::auth::directory::DirectoryAuth;
 use submitd::auth::keys::{self, KeyEntry, KeysError, SCOPES};
 use submitd::auth::senders::{SenderPattern, owns};
 use submitd::auth::users;
 use submitd::config::{Cidr, Settings};
 
 use super::user::{pattern_text, unix_date};
-use super::{Failure, usage};
+use super::{Failure, key_home, usage};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyCommand {
@@ -58,15 +61,15 @@ pub(crate) enum KeyCommand {
 
 fn keys_failure(e: KeysError) -> Failure {
     match e {
-        KeysError::Io { .. } => Failure::Runtime(e.into()),
+        KeysError::Io { .. } | KeysError::Backend(_) => Failure::Runtime(e.into()),
         _ => Failure::Usage(e.into()),
     }
 }
 
-/// Run one `key` command against the config's keys file.
+/// Run one `key` command against the config's key home.
 pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
     let settings = Settings::load(config).map_err(Failure::Config)?;
-    let path = settings.auth.keys.as_path();
+    let (home, runtime) = key_home(&settings)?;
     let now = submitd::clock::unix_now();
     match cmd {
         KeyCommand::Create {
@@ -78,8 +81,9 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
             expires,
             messages_per_hour,
         } => {
+            let known = Known::read(&settings)?;
             let entry = KeyEntry {
-                senders: key_senders(&settings, owner.as_deref(), senders)?,
+                senders: key_senders(&known, &runtime, owner.as_deref(), senders)?,
                 name,
                 hash: String::new(),
                 owner,
@@ -98,30 +102,40 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
                     entry.name
                 )));
             }
-            refuse_user_login(&settings, &entry.name)?;
+            refuse_user_login(&known, &runtime, &entry.name)?;
             let secret = keys::new_secret(&entry.name);
             let entry = KeyEntry {
                 hash: keys::hash_secret(&secret),
                 ..entry
             };
             let name = entry.name.clone();
-            keys::create(path, settings.auth.users.as_deref(), entry).map_err(keys_failure)?;
+            runtime.block_on(home.create(entry)).map_err(keys_failure)?;
             println!("{secret}");
             eprintln!(
                 "created key {name} in {}; the secret above is shown only now \
                  (HTTP API: Authorization: Bearer SECRET; SMTP AUTH: login {name}, password the secret)",
-                path.display()
+                home.describe()
             );
         }
-        KeyCommand::List { json } => list(path, now, json)?,
+        KeyCommand::List { json } => {
+            let (entries, problems) = runtime.block_on(home.list()).map_err(keys_failure)?;
+            for p in problems {
+                eprintln!("left out (the server cannot use it): {p}");
+            }
+            list(&entries, now, json)?;
+        }
         KeyCommand::Revoke { name } => {
-            keys::revoke(path, &name, now).map_err(keys_failure)?;
-            eprintln!("revoked key {name} in {}", path.display());
+            runtime
+                .block_on(home.revoke(&name, now))
+                .map_err(keys_failure)?;
+            eprintln!("revoked key {name} in {}", home.describe());
         }
         KeyCommand::Rotate { name, grace } => {
             let secret = keys::new_secret(&name);
             let until = now.saturating_add(grace.as_secs());
-            keys::rotate(path, &name, keys::hash_secret(&secret), until).map_err(keys_failure)?;
+            runtime
+                .block_on(home.rotate(&name, keys::hash_secret(&secret), until))
+                .map_err(keys_failure)?;
             println!("{secret}");
             eprintln!(
                 "rotated key {name}; the old secret works until {}",
@@ -135,7 +149,8 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
 /// The key's senders: as given (each within the owner's, when there is an owner), else the
 /// owner's. A key with neither is refused: it could send as nobody.
 fn key_senders(
-    settings: &Settings,
+    known: &Known,
+    runtime: &tokio::runtime::Runtime,
     owner: Option<&str>,
     senders: Vec<String>,
 ) -> Result<Vec<String>, Failure> {
@@ -149,18 +164,7 @@ fn key_senders(
         }
         return Ok(senders);
     };
-    let Some(users_file) = settings.auth.users.as_deref() else {
-        return Err(usage(
-            "--owner needs the users file (auth.users) to know the owner's senders",
-        ));
-    };
-    let list = load_users(settings, users_file).map_err(|e| Failure::Usage(e.into()))?;
-    let Some(user) = list.iter().find(|u| u.login == owner) else {
-        return Err(usage(format!(
-            "--owner {owner:?}: no such user in {}",
-            users_file.display()
-        )));
-    };
+    let user = owner_user(known, runtime, owner)?;
     if senders.is_empty() {
         return Ok(user.senders.iter().map(pattern_text).collect());
     }
@@ -179,6 +183,66 @@ fn key_senders(
         }
     }
     Ok(senders)
+}
+
+/// The logins `key create` checks against: the users file's entries (whole accounts, or a
+/// directory's overlay) and the directory backend, if any; each read once.
+struct Known<'a> {
+    settings: &'a Settings,
+    users: Vec<users::User>,
+    directory: Option<DirectoryAuth>,
+}
+
+impl Known<'_> {
+    fn read(settings: &Settings) -> Result<Known<'_>, Failure> {
+        let users = match settings.auth.users.as_deref() {
+            Some(path) => load_users(settings, path).map_err(|e| Failure::Usage(e.into()))?,
+            None => Vec::new(),
+        };
+        let directory =
+            submitd::auth::directory(settings, None).map_err(|e| Failure::Runtime(e.into()))?;
+        Ok(Known {
+            settings,
+            users,
+            directory,
+        })
+    }
+
+    fn users_file(&self) -> &Path {
+        self.settings
+            .auth
+            .users
+            .as_deref()
+            .unwrap_or(Path::new("auth.users"))
+    }
+}
+
+/// The owner as a login of theirs would make them: the users file's entry (file backend), or
+/// the directory's answer with the users file's overlay entry, if any.
+fn owner_user(
+    known: &Known,
+    runtime: &tokio::runtime::Runtime,
+    owner: &str,
+) -> Result<users::User, Failure> {
+    let entry = known.users.iter().find(|u| u.login == owner);
+    let Some(directory) = &known.directory else {
+        return entry.cloned().ok_or_else(|| {
+            usage(format!(
+                "--owner {owner:?}: no such user in {}",
+                known.users_file().display()
+            ))
+        });
+    };
+    match runtime
+        .block_on(directory.lookup(owner))
+        .map_err(|e: BackendError| Failure::Runtime(e.into()))?
+    {
+        Some(identity) => Ok(directory.user(owner, &identity, entry)),
+        None => Err(usage(format!(
+            "--owner {owner:?}: no such user in the directory (auth.backend = {:?})",
+            directory.name()
+        ))),
+    }
 }
 
 /// The users file as the backend reads it (whole accounts, or a directory's overlay).
@@ -215,22 +279,31 @@ fn from_ips(from_ip: Vec<String>) -> Result<Vec<String>, Failure> {
 }
 
 /// A key named like a user would shadow the user's password at AUTH: refused.
-fn refuse_user_login(settings: &Settings, name: &str) -> Result<(), Failure> {
-    if let Some(path) = settings.auth.users.as_deref()
-        && let Ok(list) = load_users(settings, path)
-        && list.iter().any(|u| u.login == name)
-    {
+fn refuse_user_login(
+    known: &Known,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+) -> Result<(), Failure> {
+    if known.users.iter().any(|u| u.login == name) {
         return Err(usage(format!(
             "{name:?} is a user's login in {}; pick another key name",
-            path.display()
+            known.users_file().display()
+        )));
+    }
+    // A directory that can look a login up (not Dovecot, whose protocol cannot).
+    if let Some(directory) = &known.directory
+        && matches!(directory.name(), "sql" | "ldap")
+        && let Ok(Some(_)) = runtime.block_on(directory.lookup(name))
+    {
+        return Err(usage(format!(
+            "{name:?} is a user's login in the directory; pick another key name"
         )));
     }
     Ok(())
 }
 
 /// `key list`: name, owner, scopes, senders, state; `--json` the stored fields but the hashes.
-fn list(path: &Path, now: u64, json: bool) -> Result<(), Failure> {
-    let list = keys::load(path).map_err(keys_failure)?;
+fn list(list: &[KeyEntry], now: u64, json: bool) -> Result<(), Failure> {
     let state = |e: &KeyEntry| match (e.revoked, e.expires) {
         (Some(t), _) => format!("revoked {}", unix_date(t)),
         (None, Some(t)) if now >= t => format!("expired {}", unix_date(t)),
@@ -240,8 +313,7 @@ fn list(path: &Path, now: u64, json: bool) -> Result<(), Failure> {
     if json {
         let items: Vec<serde_json::Value> = list
             .iter()
-            .map(|k| {
-                let e = &k.entry;
+            .map(|e| {
                 serde_json::json!({
                     "name": e.name, "owner": e.owner, "senders": e.senders, "scopes": e.scopes,
                     "from_ip": e.from_ip, "expires": e.expires,
@@ -254,8 +326,7 @@ fn list(path: &Path, now: u64, json: bool) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&items).context("JSON")?);
         return Ok(());
     }
-    for k in &list {
-        let e = &k.entry;
+    for e in list {
         println!(
             "{}\t{}\t{}\t{}\t{}",
             e.name,

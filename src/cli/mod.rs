@@ -152,3 +152,16 @@ pub(crate) fn run(cli: Cli) -> Result<(), Failure> {
         Command::Webhook(cmd) => webhook::webhook(config, cmd),
     }
 }
+
+/// The config's API key home and a runtime to talk to it on (`key`, `user`).
+pub(crate) fn key_home(
+    settings: &submitd::config::Settings,
+) -> Result<(submitd::auth::keyhome::KeyHome, tokio::runtime::Runtime), Failure> {
+    let home = submitd::auth::keyhome::KeyHome::from_settings(settings)
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    Ok((home, runtime))
+}

@@ -118,6 +118,9 @@ async fn run_server(settings: Settings) -> anyhow::Result<()> {
     if let Some(a) = server.metrics_addr() {
         tracing::info!(kind = "metrics", addr = %a, "listening");
     }
+    if let Some(a) = server.api_addr() {
+        tracing::info!(kind = "api", addr = %a, "listening");
+    }
     let pid_file = submitd::pidfile::PidFile::acquire(&queue_dir)?;
     // Bound only under the pid file's lock: a socket file already there is stale.
     let control = submitd::listener::control::ControlSocket::bind(&queue_dir, &pid_file)

@@ -9,8 +9,6 @@ use clap::Subcommand;
 use submitd::config::Settings;
 use submitd::logsafe::Escaped;
 use submitd::suppression::{EVERY_TENANT, Entry, Suppressions};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::{Failure, usage};
 
@@ -83,7 +81,7 @@ pub(crate) fn suppression(config: &Path, cmd: SuppressionCommand) -> Result<(), 
                 "suppressed {} for {} until {}",
                 Escaped(&address.to_ascii_lowercase()),
                 Escaped(&describe(tenant)),
-                rfc3339(now.saturating_add(s.ttl.as_secs()))
+                submitd::clock::rfc3339(now.saturating_add(s.ttl.as_secs()))
             );
         }
         SuppressionCommand::Del { names } => {
@@ -150,15 +148,8 @@ fn line(e: &Entry) -> String {
         "{}\t{}\t{}\t{}\t{}",
         Escaped(&e.tenant),
         Escaped(&e.address),
-        rfc3339(e.added),
-        rfc3339(e.expires),
+        submitd::clock::rfc3339(e.added),
+        submitd::clock::rfc3339(e.expires),
         Escaped(&e.reply)
     )
-}
-
-fn rfc3339(t: u64) -> String {
-    OffsetDateTime::from_unix_timestamp(i64::try_from(t).unwrap_or(i64::MAX))
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| t.to_string())
 }

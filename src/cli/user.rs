@@ -65,8 +65,11 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
         return shared_suspensions(&settings, &shared, &suspended, cmd);
     }
     let is_key = |login: &str| {
-        submitd::auth::keys::load(&settings.auth.keys)
-            .is_ok_and(|keys| keys.iter().any(|k| k.entry.name == login))
+        super::key_home(&settings).is_ok_and(|(home, runtime)| {
+            runtime
+                .block_on(home.list())
+                .is_ok_and(|(keys, _)| keys.iter().any(|k| k.name == login))
+        })
     };
     if let UserCommand::Suspend { login, .. } = &cmd
         && is_key(login)

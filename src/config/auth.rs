@@ -91,6 +91,13 @@ pub struct LdapSettings {
     /// `user_dn` (bind mode): a DN template such as `"uid={user},ou=people,dc=example,dc=org"`;
     /// the values are escaped as RFC 4514 DN values. Absent: search, then bind as the DN found.
     pub user_dn: Option<String>,
+    /// `keys_base` (none: the keys stay in `auth.keys`): the entry under which API keys are
+    /// kept, one `submitdApiKey` entry each (`cn=NAME,KEYS_BASE`).
+    pub keys_base: Option<String>,
+    /// `keys_bind_dn` and `keys_bind_password_file`: the account `submitd key` binds as to
+    /// write keys (both absent: the service account). The server never reads them.
+    pub keys_bind_dn: Option<String>,
+    pub keys_bind_password_file: Option<PathBuf>,
     /// `sender_attributes` (default `["mail", "mailAlternateAddress"]`).
     pub sender_attributes: Vec<String>,
     /// `pool_size` (default 4): connections kept to the directory.
@@ -111,6 +118,10 @@ pub struct SqlSettings {
     pub ca_file: Option<PathBuf>,
     /// `pool_size` (default 4).
     pub pool_size: usize,
+    /// `keys_table` (default `"submitd_keys"`; `""` keeps the keys in `auth.keys`): the table
+    /// that holds the API keys. `submitd key` creates it when missing and writes it; the
+    /// server only reads it. An identifier, optionally schema-qualified (`app.keys`).
+    pub keys_table: Option<String>,
 }
 
 /// Where the connection string is: in the config, or in a file (which holds a password).
@@ -158,6 +169,9 @@ struct RawLdap {
     user_dn: Option<String>,
     sender_attributes: Option<Vec<String>>,
     pool_size: Option<i64>,
+    keys_base: Option<String>,
+    keys_bind_dn: Option<String>,
+    keys_bind_password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +183,7 @@ struct RawSql {
     senders_query: Option<String>,
     ca_file: Option<String>,
     pool_size: Option<i64>,
+    keys_table: Option<String>,
 }
 
 /// `[auth] cache_ttl` when not given.
@@ -217,6 +232,19 @@ pub(super) fn parse(raw: &RawAuth, p: &mut Problems<'_>, cx: &Context<'_>) -> Op
         (None, Some(Some(users))) => Some(users.with_file_name("keys.toml")),
         (None, _) => Some(cx.resolve("keys.toml")),
     };
+    let keys_elsewhere = match &backend {
+        Some(AuthBackend::Sql(s)) if s.keys_table.is_some() => {
+            Some("auth.sql.keys_table (set it to \"\" to keep them in this file)")
+        }
+        Some(AuthBackend::Ldap(l)) if l.keys_base.is_some() => Some("auth.ldap.keys_base"),
+        _ => None,
+    };
+    if let (Some(_), Some(home)) = (&raw.keys, keys_elsewhere) {
+        p.push(
+            "auth.keys",
+            format!("the API keys live in the directory here: {home}"),
+        );
+    }
     let cache_ttl_text = raw.cache_ttl.as_deref().unwrap_or(DEFAULT_CACHE_TTL);
     let cache_ttl = duration(p, "auth.cache_ttl", cache_ttl_text).and_then(|d| {
         if d > MAX_CACHE_TTL {
@@ -420,6 +448,7 @@ fn ldap(raw: &RawLdap, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<LdapSet
         );
     }
     let pool = pool_size(p, "auth.ldap.pool_size", raw.pool_size);
+    let keys_base = ldap_keys_base(raw, p);
     Some(LdapSettings {
         url: url?,
         starttls,
@@ -431,7 +460,44 @@ fn ldap(raw: &RawLdap, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<LdapSet
         user_dn: raw.user_dn.clone(),
         sender_attributes: attrs_ok.then_some(sender_attributes)?,
         pool_size: pool?,
+        keys_base: keys_base?,
+        keys_bind_dn: raw.keys_bind_dn.clone(),
+        keys_bind_password_file: raw
+            .keys_bind_password_file
+            .as_deref()
+            .map(|f| cx.resolve(f)),
     })
+}
+
+/// `keys_base` (`Some(None)`: absent, the keys file) and the writer account beside it.
+fn ldap_keys_base(raw: &RawLdap, p: &mut Problems<'_>) -> Option<Option<String>> {
+    if raw.keys_bind_dn.is_some() != raw.keys_bind_password_file.is_some() {
+        p.push(
+            "auth.ldap.keys_bind_password_file",
+            "keys_bind_dn and keys_bind_password_file go together \
+             (both absent: submitd key writes as bind_dn)",
+        );
+    }
+    match raw.keys_base.as_deref().map(str::trim) {
+        None => {
+            if raw.keys_bind_dn.is_some() {
+                p.push(
+                    "auth.ldap.keys_bind_dn",
+                    "writes API keys under keys_base, which is not set",
+                );
+            }
+            Some(None)
+        }
+        Some("") => {
+            p.push(
+                "auth.ldap.keys_base",
+                "empty: give the DN the keys are kept under, or leave the key out \
+                 (keys in auth.keys)",
+            );
+            None
+        }
+        Some(b) => Some(Some(b.to_owned())),
+    }
 }
 
 fn sql(raw: &RawSql, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<SqlSettings> {
@@ -458,13 +524,48 @@ fn sql(raw: &RawSql, p: &mut Problems<'_>, cx: &Context<'_>) -> Option<SqlSettin
         None => Some(None),
     };
     let pool = pool_size(p, "auth.sql.pool_size", raw.pool_size);
+    let keys_table = match raw.keys_table.as_deref() {
+        None => Some(Some(DEFAULT_KEYS_TABLE.to_owned())),
+        Some("") => Some(None),
+        Some(t) if table_name_ok(t) => Some(Some(t.to_owned())),
+        Some(t) => {
+            p.push(
+                "auth.sql.keys_table",
+                format!(
+                    "{t:?} is not a table name: [A-Za-z_][A-Za-z0-9_]*, optionally schema.table \
+                     (\"\" keeps the keys in auth.keys)"
+                ),
+            );
+            None
+        }
+    };
     Some(SqlSettings {
         url: url?,
         password_query: password_query?,
         senders_query: senders_query?,
         ca_file: raw.ca_file.as_deref().map(|f| cx.resolve(f)),
         pool_size: pool?,
+        keys_table: keys_table?,
     })
+}
+
+/// `[auth.sql] keys_table` when not given.
+pub const DEFAULT_KEYS_TABLE: &str = "submitd_keys";
+
+/// An unquoted SQL identifier, or two joined by a dot: spliced into statements (a table name
+/// cannot be a bound parameter), so nothing else is accepted.
+fn table_name_ok(name: &str) -> bool {
+    let ident = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    match name.split_once('.') {
+        Some((schema, table)) => ident(schema) && ident(table),
+        None => ident(name),
+    }
 }
 
 /// A query takes the login as `$1` and nothing else.
@@ -604,6 +705,47 @@ mod tests {
     }
 
     #[test]
+    fn ldap_keys_base_and_writer() {
+        let base = "backend = \"ldap\"\n[auth.ldap]\nbase = \"dc=example,dc=test\"\n\
+                    url = \"ldaps://h\"\n";
+        let ldap = |extra: &str| {
+            let s = parse(&with(&format!("{base}{extra}"))).unwrap();
+            let AuthBackend::Ldap(l) = s.auth.backend else {
+                panic!("ldap")
+            };
+            l
+        };
+        let l = ldap("");
+        assert_eq!((l.keys_base, l.keys_bind_dn), (None, None));
+        let l = ldap(
+            "keys_base = \" ou=keys,dc=example,dc=test \"\nkeys_bind_dn = \"cn=w\"\n\
+             keys_bind_password_file = \"w.pw\"\n",
+        );
+        assert_eq!(l.keys_base.as_deref(), Some("ou=keys,dc=example,dc=test"));
+        assert_eq!(l.keys_bind_dn.as_deref(), Some("cn=w"));
+        assert_eq!(l.keys_bind_password_file, Some("/etc/submitd/w.pw".into()));
+        assert_error(
+            &with(&format!("{base}keys_base = \"  \"\n")),
+            "auth.ldap.keys_base",
+            "empty",
+        );
+        assert_error(
+            &with(&format!(
+                "{base}keys_base = \"ou=keys\"\nkeys_bind_dn = \"cn=w\"\n"
+            )),
+            "auth.ldap.keys_bind_password_file",
+            "go together",
+        );
+        assert_error(
+            &with(&format!(
+                "{base}keys_bind_dn = \"cn=w\"\nkeys_bind_password_file = \"w.pw\"\n"
+            )),
+            "auth.ldap.keys_bind_dn",
+            "keys_base",
+        );
+    }
+
+    #[test]
     fn sql_needs_url_and_a_one_parameter_query() {
         let base = "backend = \"sql\"\n[auth.sql]\n";
         let s = parse(&with(&format!(
@@ -626,6 +768,40 @@ mod tests {
             )),
             "auth.sql.password_query",
             "$1",
+        );
+    }
+
+    #[test]
+    fn sql_keys_table_defaults_and_must_be_an_identifier() {
+        let sql = |extra: &str| {
+            with(&format!(
+                "{extra}backend = \"sql\"\n[auth.sql]\nurl = \"host=h\"\n\
+                 password_query = \"SELECT p FROM u WHERE l = $1\"\n"
+            ))
+        };
+        let table = |text: &str| match parse(text).unwrap().auth.backend {
+            AuthBackend::Sql(q) => q.keys_table,
+            _ => panic!("sql"),
+        };
+        assert_eq!(table(&sql("")).as_deref(), Some("submitd_keys"));
+        let t = |v: &str| format!("{}keys_table = \"{v}\"\n", sql(""));
+        assert_eq!(table(&t("")), None);
+        assert_eq!(table(&t("app.api_keys")).as_deref(), Some("app.api_keys"));
+        for bad in ["keys; DROP TABLE users", "a.b.c", "1keys", "\\\"k\\\""] {
+            assert_error(&t(bad), "auth.sql.keys_table", "not a table name");
+        }
+        // A keys file named while the keys live in the table is a mistake, said so.
+        assert_error(
+            &sql("keys = \"k.toml\"\n"),
+            "auth.keys",
+            "auth.sql.keys_table",
+        );
+        assert!(
+            parse(&format!(
+                "{}keys_table = \"\"\n",
+                sql("keys = \"k.toml\"\n")
+            ))
+            .is_ok()
         );
     }
 

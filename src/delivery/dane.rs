@@ -15,7 +15,6 @@
 //! - [`RptResult`]: the RFC 8460 result type of a DANE outcome, for TLS reporting.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
@@ -70,11 +69,13 @@ impl Tlsa {
     /// The record in presentation form (`3 1 1 <hex>`), as a TLS-RPT `tlsa` policy string
     /// names it (RFC 8460 section 4.4).
     pub fn presentation(&self) -> String {
-        let mut s = format!("{} {} {} ", self.usage, self.selector, self.matching);
-        for b in &self.data {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
+        format!(
+            "{} {} {} {}",
+            self.usage,
+            self.selector,
+            self.matching,
+            data_encoding::HEXLOWER.encode(&self.data)
+        )
     }
 }
 

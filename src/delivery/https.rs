@@ -130,23 +130,50 @@ async fn send(
 ) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
     let name = ServerName::try_from(req.host.to_string())
         .map_err(|e| FetchError::Failed(format!("{}: {e}", req.host)))?;
-    let mut last = format!("{} has no address", req.host);
-    let mut tcp = None;
-    for addr in req.addrs.iter().take(MAX_ADDRESSES) {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = format!("connect to {}[{addr}]: {e}", req.host),
-        }
-    }
-    let tcp = tcp.ok_or(FetchError::Failed(last))?;
+    let tcp = connect_first(req.host, req.addrs.iter().copied()).await?;
     let tls = TlsConnector::from(req.tls.clone())
         .connect(name, tcp)
         .await
         .map_err(|e| handshake_error(req.host, e))?;
     http1(tls, req.host, request, FETCH_TIMEOUT).await
+}
+
+/// A TCP connection to the first of `addrs` (at most [`MAX_ADDRESSES`]) that answers.
+async fn connect_first(
+    host: &str,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+) -> Result<TcpStream, FetchError> {
+    let mut last = format!("{host} has no address");
+    for addr in addrs.into_iter().take(MAX_ADDRESSES) {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("connect to {host}[{addr}]: {e}"),
+        }
+    }
+    Err(FetchError::Failed(last))
+}
+
+/// The HTTP/1.1 client handshake over `io`, with the response header bounds: the sender and
+/// the connection, which the caller drives.
+async fn client<IO>(
+    io: IO,
+    host: &str,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        hyper::client::conn::http1::Connection<TokioIo<IO>, Full<Bytes>>,
+    ),
+    FetchError,
+>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| FetchError::Failed(format!("HTTP with {host}: {e}")))
 }
 
 /// One HTTP/1.1 exchange over `io` (bounded response headers); the connection task ends with
@@ -160,12 +187,7 @@ async fn http1<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| FetchError::Failed(format!("HTTP with {host}: {e}")))?;
+    let (mut sender, conn) = client(io, host).await?;
     tokio::spawn(async move {
         let _ = tokio::time::timeout(limit, conn).await;
     });
@@ -191,75 +213,141 @@ pub struct Post<'a> {
     pub timeout: Duration,
 }
 
-/// Send `post`; the response's status code (the body is not read), or why there is none.
-pub async fn post_to(post: &Post<'_>) -> Result<u16, FetchError> {
-    let exchange = async {
-        let host = post.host;
-        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, post.port)],
-            Err(_) => tokio::net::lookup_host((host, post.port))
-                .await
-                .map_err(|e| FetchError::Failed(format!("resolve {host}: {e}")))?
-                .take(MAX_ADDRESSES)
-                .collect(),
-        };
-        let mut last = format!("{host} has no address");
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = format!("connect to {host}[{addr}]: {e}"),
-            }
-        }
-        let tcp = tcp.ok_or(FetchError::Failed(last))?;
-        let default_port = if post.tls.is_some() { 443 } else { 80 };
-        let bracketed = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        let authority = if post.port == default_port {
-            bracketed
-        } else {
-            format!("{bracketed}:{}", post.port)
-        };
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(post.path)
-            .header("host", authority)
-            .header("user-agent", "submitd")
-            .header("connection", "close")
-            .header("content-type", post.content_type);
-        for (name, value) in post.headers {
-            request = request.header(*name, value);
-        }
-        let request = request
-            .body(Full::new(post.body.clone()))
-            .map_err(|e| FetchError::Failed(format!("request: {e}")))?;
-        let response = match &post.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.to_string())
-                    .map_err(|e| FetchError::Failed(format!("{host}: {e}")))?;
-                let tls = TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| handshake_error(host, e))?;
-                http1(tls, host, request, post.timeout).await?
-            }
-            None => http1(tcp, host, request, post.timeout).await?,
-        };
-        Ok(response.status().as_u16())
-    };
-    match tokio::time::timeout(post.timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(FetchError::Failed(format!(
-            "no response within {:?}",
-            post.timeout
-        ))),
+/// An HTTP/1.1 connection to one webhook endpoint, kept open between posts while the
+/// endpoint keeps it open (no TCP and TLS handshake per event).
+pub struct Kept {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The task driving the connection; aborted when the connection is dropped.
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
+}
+
+/// Response body bytes read (and dropped) so that the connection can carry the next post; a
+/// longer body closes the connection instead.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// Send `post` on `kept` when it is open, else on a new connection left in `kept` when the
+/// endpoint allows it; the response's status code, or why there is none. A kept connection
+/// that fails before an answer (closed while idle) is replaced once; a post may so reach the
+/// endpoint twice, which webhook receivers expect (they deduplicate on `webhook-id`).
+pub async fn post_to(post: &Post<'_>, kept: &mut Option<Kept>) -> Result<u16, FetchError> {
+    let timed_out = || FetchError::Failed(format!("no response within {:?}", post.timeout));
+    if let Some(k) = kept.as_mut().filter(|k| !k.sender.is_closed()) {
+        match tokio::time::timeout(post.timeout, exchange(&mut k.sender, post)).await {
+            Ok(Ok((status, reusable))) => {
+                if !reusable {
+                    *kept = None;
+                }
+                return Ok(status);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "kept connection failed; a new one"),
+            Err(_) => {
+                *kept = None;
+                return Err(timed_out());
+            }
+        }
+    }
+    *kept = None;
+    let fresh = async {
+        let mut k = connect(post).await?;
+        let (status, reusable) = exchange(&mut k.sender, post).await?;
+        Ok::<_, FetchError>((status, reusable.then_some(k)))
+    };
+    let (status, k) = tokio::time::timeout(post.timeout, fresh)
+        .await
+        .map_err(|_| timed_out())??;
+    *kept = k;
+    Ok(status)
+}
+
+/// Resolve, connect (first address that answers), TLS when asked, the HTTP/1.1 handshake.
+async fn connect(post: &Post<'_>) -> Result<Kept, FetchError> {
+    let host = post.host;
+    let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, post.port)],
+        Err(_) => tokio::net::lookup_host((host, post.port))
+            .await
+            .map_err(|e| FetchError::Failed(format!("resolve {host}: {e}")))?
+            .collect(),
+    };
+    let tcp = connect_first(host, addrs).await?;
+    match &post.tls {
+        Some(tls) => {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| FetchError::Failed(format!("{host}: {e}")))?;
+            let tls = TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| handshake_error(host, e))?;
+            handshake(tls, host).await
+        }
+        None => handshake(tcp, host).await,
+    }
+}
+
+/// The HTTP/1.1 handshake over `io`; a task drives the connection for as long as the [`Kept`] lives.
+async fn handshake<IO>(io: IO, host: &str) -> Result<Kept, FetchError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = client(io, host).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Kept { sender, driver })
+}
+
+/// One request and its response on `sender`: the status, and whether the connection may
+/// carry another (HTTP/1.1, no `Connection: close`, the body read within [`MAX_DRAIN`]).
+async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    post: &Post<'_>,
+) -> Result<(u16, bool), FetchError> {
+    let host = post.host;
+    let default_port = if post.tls.is_some() { 443 } else { 80 };
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let authority = if post.port == default_port {
+        bracketed
+    } else {
+        format!("{bracketed}:{}", post.port)
+    };
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(post.path)
+        .header("host", authority)
+        .header("user-agent", "submitd")
+        .header("content-type", post.content_type);
+    for (name, value) in post.headers {
+        request = request.header(*name, value);
+    }
+    let request = request
+        .body(Full::new(post.body.clone()))
+        .map_err(|e| FetchError::Failed(format!("request: {e}")))?;
+    let failed = |e: hyper::Error| FetchError::Failed(format!("HTTP with {host}: {e}"));
+    sender.ready().await.map_err(failed)?;
+    let response = sender.send_request(request).await.map_err(failed)?;
+    let status = response.status().as_u16();
+    let closes = response.version() != hyper::Version::HTTP_11
+        || response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    // The body is read to its end (bounded) so that the next request can follow it.
+    let drained = Limited::new(response.into_body(), MAX_DRAIN)
+        .collect()
+        .await
+        .is_ok();
+    Ok((status, drained && !closes))
 }
 
 /// A refused certificate is told apart from other handshake failures (TLS-RPT).

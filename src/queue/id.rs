@@ -1,8 +1,6 @@
 //! Queue IDs: 20 uppercase hex digits, the first 14 the microseconds since the Unix epoch
 //! (so IDs sort by arrival), the last 6 random. Safe as file names and in logs.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// A message's queue ID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(String);
@@ -10,10 +8,7 @@ pub struct QueueId(String);
 impl QueueId {
     /// A fresh ID for a message arriving now.
     pub fn generate() -> QueueId {
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let micros = crate::clock::unix_micros();
         let random: u32 = rand::random::<u32>() & 0x00ff_ffff;
         QueueId(format!(
             "{:014X}{:06X}",

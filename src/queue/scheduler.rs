@@ -1674,7 +1674,10 @@ mod tests {
             concurrency: 1,
             ..PoliteSettings::default()
         });
-        let ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
+        // Sorted: the tracker takes equal due times by id, and two ids made in the same
+        // microsecond order by their random part.
+        let mut ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
+        ids.sort();
         let mut t = Tracker::default();
         for id in &ids {
             t.announce(*id);
@@ -1718,7 +1721,10 @@ mod tests {
 
     #[test]
     fn flush_makes_later_messages_due_and_forced_once() {
-        let ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
+        // Sorted: the tracker takes equal due times by id, and two ids made in the same
+        // microsecond order by their random part.
+        let mut ids: Vec<Key> = (0..3).map(|_| QueueId::generate().to_bits()).collect();
+        ids.sort();
         let mut t = Tracker::default();
         t.update(ids[0], Some(3600), None);
         t.update(ids[1], None, None); // held or done: nothing to attempt

@@ -59,6 +59,9 @@ pub struct Context {
     pub intake: Intake,
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// Who hears of a recipient refused as suppressed (the webhooks; the scheduler reports
+    /// the delivery events to the same sinks).
+    pub events: crate::events::Events,
 }
 
 /// Who is on the other end: the client's address (after PROXY protocol, the real client) and
@@ -492,6 +495,10 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
                     ctx.metrics.outcome(outcome);
                 }
                 conn.push(&r);
+                if let Some(event) = session.take_suppressed() {
+                    // Boxed: rare, like the steps below.
+                    Box::pin(report(&ctx.events, event)).await;
+                }
                 return None;
             }
             Step::Close(r) => {
@@ -560,6 +567,16 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
     }
+}
+
+/// Hand one event to the sinks, off the reactor. Awaited, so a client that names suppressed
+/// recipients in a loop waits for each record (files written and fsynced) before its next reply.
+async fn report(events: &crate::events::Events, event: crate::events::DeliveryEvent) {
+    if events.is_empty() {
+        return;
+    }
+    let sinks = events.clone();
+    let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&[event])).await;
 }
 
 #[cfg(test)]
@@ -634,6 +651,7 @@ mod tests {
             },
             shutdown: CancellationToken::new(),
             metrics,
+            events: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use crate::auth::quota::{Quota, Refusal};
 use crate::auth::sasl::{self, Credentials, Mechanism, SaslError};
 use crate::auth::senders::owns;
 use crate::auth::users::User;
+use crate::events::DeliveryEvent;
 use crate::intake::Accepted;
 use crate::outcome;
 use crate::submission::{self, FromProblem};
@@ -129,6 +130,9 @@ pub struct Session {
     /// takes it once it holds `piece_size` octets, or the rest once the message ended.
     piece: Vec<u8>,
     piece_size: usize,
+    /// The `suppressed` event of the recipient just refused as suppressed, for the driver to
+    /// hand to the event sinks ([`Session::take_suppressed`]).
+    suppressed: Option<DeliveryEvent>,
 }
 
 impl Session {
@@ -147,7 +151,14 @@ impl Session {
             mode: Mode::Command,
             piece: Vec::new(),
             piece_size: PIECE_SIZE,
+            suppressed: None,
         }
+    }
+
+    /// The `suppressed` event of the last RCPT, when it was refused as suppressed (once). It
+    /// names no message: none exists yet, and there may never be one.
+    pub fn take_suppressed(&mut self) -> Option<DeliveryEvent> {
+        self.suppressed.take()
     }
 
     /// The same session handing out content in pieces of `piece_size` octets (at least 1)
@@ -657,11 +668,8 @@ impl Session {
             && q.check_rcpt(user, rcpts.len()).is_err()
         {
             Step::Reply(reply::recipient_rate_limited(&user.login))
-        } else if let (Some(list), Some(user)) = (&self.config.suppressions, &self.user)
-            && list
-                .check(user.tenant(), &to, crate::clock::unix_now())
-                .is_some()
-        {
+        } else if let Some(event) = self.suppressed_event(&to, &params) {
+            self.suppressed = Some(event);
             Step::Reply(reply::RECIPIENT_SUPPRESSED)
         } else {
             rcpts.push(to);
@@ -680,6 +688,22 @@ impl Session {
             }
         };
         step
+    }
+
+    /// When `to` is on the user's tenant's suppression list: the `suppressed` event to report.
+    fn suppressed_event(&self, to: &str, params: &MailParams) -> Option<DeliveryEvent> {
+        let (list, user) = (self.config.suppressions.as_ref()?, self.user.as_ref()?);
+        let at = crate::clock::unix_now();
+        let entry = list.check(user.tenant(), to, at)?;
+        Some(DeliveryEvent::suppressed(
+            &user.login,
+            user.tenant(),
+            to,
+            entry.reply,
+            at,
+            params.envid.clone(),
+            Default::default(),
+        ))
     }
 
     fn on_data_command(&mut self) -> Step {
@@ -946,7 +970,18 @@ mod tests {
                 cmd(&mut s, "RCPT TO:<GONE@x.test>"),
                 "550 5.1.1 Recipient suppressed after a permanent failure"
             );
+            // The refusal is reported once, for the tenant, with no message yet.
+            let event = s.take_suppressed().expect("a suppressed event");
+            assert_eq!(event.kind, crate::events::EventKind::Suppressed);
+            assert_eq!(
+                (event.queue_id.as_str(), event.recipient.as_str()),
+                ("", "GONE@x.test")
+            );
+            assert_eq!(event.tenant, "alice@example.test");
+            assert_eq!(event.reply, "550 5.1.1 no");
+            assert!(s.take_suppressed().is_none());
             assert_eq!(cmd(&mut s, "RCPT TO:<other@x.test>"), "250 2.1.5 Ok");
+            assert!(s.take_suppressed().is_none());
             assert_eq!(cmd(&mut s, "DATA"), "354 End data with <CR><LF>.<CR><LF>");
         }
     }

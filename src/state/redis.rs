@@ -624,12 +624,7 @@ fn encode_key(key: &str) -> String {
         return format!("t:{key}");
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    let mut out = String::with_capacity(2 + 64);
-    out.push_str("h:");
-    for b in digest.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("h:{}", data_encoding::HEXLOWER.encode(digest.as_ref()))
 }
 
 /// One suspension from the hash, or `None` when it is damaged.

@@ -1,7 +1,16 @@
-//! One endpoint's dispatcher: oldest event first, one request in flight.
+//! One endpoint's dispatcher: oldest due event first, one request in flight.
+//!
+//! Two backoffs. An event that fails waits on its own schedule (its failures, `retry_min`
+//! doubling to `retry_max`), and the events behind it go on: one event the receiver keeps
+//! refusing does not hold up the rest. The endpoint pauses after every failure too (its
+//! failures in a row, the same curve), so a dead endpoint gets one request per pause, not one
+//! per waiting event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyper::body::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::Endpoint;
 use super::store::{self, DispatchState};
 use crate::clock::unix_now;
-use crate::delivery::https::{Post, post_to};
+use crate::delivery::https::{Kept, Post, post_to};
 use crate::logsafe::Escaped;
 use crate::metrics::WebhookDrop;
 
@@ -30,6 +39,20 @@ enum Tried {
     Skipped,
 }
 
+/// An event that failed: its failures so far and when it may be tried again.
+struct Parked {
+    failures: u32,
+    due: Instant,
+}
+
+/// The oldest event that is not waiting out its own backoff, or when the next one will be.
+fn next_due(ep: &Endpoint, parked: &HashMap<String, Parked>) -> Result<String, Option<Instant>> {
+    let now = Instant::now();
+    ep.backlog
+        .first_where(|id| parked.get(id).is_none_or(|p| p.due <= now))
+        .ok_or_else(|| parked.values().map(|p| p.due).min())
+}
+
 /// Run until `shutdown`.
 pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
     let name = ep.settings.name.clone();
@@ -39,12 +62,28 @@ pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
             .await
             .unwrap_or_default()
     };
+    // The connection to the endpoint, kept between events while it stays open.
+    let mut kept: Option<Kept> = None;
+    // Events that failed, until they are sent or dropped (at most the backlog).
+    let mut parked: HashMap<String, Parked> = HashMap::new();
     loop {
         ep.gauges();
-        let Some(id) = ep.backlog.first() else {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ep.wake.notified() => continue,
+        let id = match next_due(&ep, &parked) {
+            Ok(id) => id,
+            Err(next) => {
+                // Nothing due: a new event, or the first failed one's turn.
+                let turn = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ep.wake.notified() => {}
+                    _ = turn => {}
+                }
+                continue;
             }
         };
         let made = store::entry_micros(&id).unwrap_or(0) / 1_000_000;
@@ -52,17 +91,19 @@ pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
             warn!(webhook = %name, id = %id, max_age = ?ep.settings.max_age,
                 "webhook event older than max_age: dropped");
             ep.metrics.webhook_dropped(&name, WebhookDrop::MaxAge);
+            parked.remove(&id);
             remove(&ep, &id).await;
             continue;
         }
         let tried = tokio::select! {
             _ = shutdown.cancelled() => return,
-            t = try_once(&ep, &id) => t,
+            t = try_once(&ep, &id, &mut kept) => t,
         };
         match tried {
             Tried::Sent => {
                 ep.metrics.webhook_delivery(&name, true);
                 debug!(webhook = %name, id = %id, "webhook delivered");
+                parked.remove(&id);
                 remove(&ep, &id).await;
                 if state.consecutive_failures > 0 {
                     info!(webhook = %name, after = state.consecutive_failures, "webhook endpoint answers again");
@@ -70,21 +111,32 @@ pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
                     save_state(&ep, &state).await;
                 }
             }
-            Tried::Skipped => {}
+            Tried::Skipped => {
+                parked.remove(&id);
+            }
             Tried::Failed(error) => {
                 ep.metrics.webhook_delivery(&name, false);
                 state.consecutive_failures = state.consecutive_failures.saturating_add(1);
                 state.last_error = Some(error.clone());
                 state.last_error_at = Some(unix_now());
                 save_state(&ep, &state).await;
+                let (min, max) = (ep.settings.retry_min, ep.settings.retry_max);
+                let event = parked.entry(id.clone()).or_insert(Parked {
+                    failures: 0,
+                    due: Instant::now(),
+                });
+                event.failures = event.failures.saturating_add(1);
+                let event_wait = backoff(min, max, event.failures, rand::random_range(0.5..=1.0));
+                event.due = Instant::now() + event_wait;
                 let wait = backoff(
-                    ep.settings.retry_min,
-                    ep.settings.retry_max,
+                    min,
+                    max,
                     state.consecutive_failures,
                     rand::random_range(0.5..=1.0),
                 );
                 warn!(webhook = %name, id = %id, error = %Escaped(&error),
-                    failures = state.consecutive_failures, retry_in = ?wait, "webhook not delivered");
+                    failures = state.consecutive_failures, event_failures = event.failures,
+                    event_retry_in = ?event_wait, retry_in = ?wait, "webhook not delivered");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -94,8 +146,8 @@ pub(super) async fn run(ep: Arc<Endpoint>, shutdown: CancellationToken) {
     }
 }
 
-/// Read event `id` and POST it, signed with the current time.
-async fn try_once(ep: &Arc<Endpoint>, id: &str) -> Tried {
+/// Read event `id` and POST it, signed with the current time, on `kept` when it is open.
+async fn try_once(ep: &Arc<Endpoint>, id: &str, kept: &mut Option<Kept>) -> Tried {
     let read = {
         let ep = ep.clone();
         let id = id.to_string();
@@ -133,7 +185,7 @@ async fn try_once(ep: &Arc<Endpoint>, id: &str) -> Tried {
         body: Bytes::from(body),
         timeout: ep.settings.timeout,
     };
-    match post_to(&post).await {
+    match post_to(&post, kept).await {
         Ok(status) if (200..300).contains(&status) => Tried::Sent,
         Ok(status) => Tried::Failed(format!("HTTP status {status}")),
         Err(e) => Tried::Failed(e.to_string()),

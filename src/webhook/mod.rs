@@ -5,10 +5,12 @@
 //! - [`Webhooks`] is an [`EventSink`]: `record_blocking` only writes files (`store`), never
 //!   waits for HTTP, so a dead endpoint never slows delivery; the scheduler calls it before it
 //!   saves the message's state, so no event is lost (a crash in between repeats one).
-//! - `dispatch`: one task per endpoint, started by [`Webhooks::spawn`]: oldest event first,
-//!   one request in flight, `2xx` removes the event, anything else retries with exponential
-//!   backoff and jitter (`retry_min` doubling to `retry_max`) until the event is older than
-//!   `max_age`, then drops it. New events wake it (a `Notify`), nothing polls.
+//! - `dispatch`: one task per endpoint, started by [`Webhooks::spawn`]: oldest due event
+//!   first, one request in flight, `2xx` removes the event, anything else retries it with
+//!   exponential backoff and jitter (`retry_min` doubling to `retry_max`) on its own schedule
+//!   while the events behind it go on, until it is older than `max_age`, then drops it; the
+//!   endpoint also pauses after each failure, so a dead one is not flooded. New events wake
+//!   it (a `Notify`), nothing polls.
 //! - `sign`: the secret format and the HMAC-SHA256 signature; `payload`: the JSON body.
 //! - [`status`]: what `submitd webhook list` shows, read from the directories (the server
 //!   may be down).
@@ -23,7 +25,6 @@ pub mod sign;
 pub mod store;
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::ClientConfig;
 use tokio::sync::Notify;
@@ -134,10 +135,7 @@ impl Webhooks {
     }
 
     fn next_micros(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let now = crate::clock::unix_micros();
         let mut last = self.last_micros.lock().unwrap_or_else(|p| p.into_inner());
         *last = now.max(*last + 1);
         *last
@@ -147,9 +145,10 @@ impl Webhooks {
 /// The `webhook-id` of `event`: `msg_` + 32 hex digits of SHA-256 over the message, the
 /// recipient, the kind and the attempt. The same event recorded twice (a crash between the
 /// record and the queue's state save) gets the same id, so receivers deduplicate it; two
-/// different events never share one (a recipient has one event of a kind per attempt).
+/// different events never share one (a recipient has one event of a kind per attempt). An
+/// event without a message (`suppressed` at SMTP RCPT, or when the API queued nothing) gets a
+/// random id.
 pub fn event_id(event: &DeliveryEvent) -> String {
-    use std::fmt::Write;
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in [
         event.queue_id.as_bytes(),
@@ -160,12 +159,17 @@ pub fn event_id(event: &DeliveryEvent) -> String {
         ctx.update(part);
         ctx.update(b"\0");
     }
-    let digest = ctx.finish();
-    let mut id = String::from(store::ID_PREFIX);
-    for b in &digest.as_ref()[..16] {
-        let _ = write!(id, "{b:02x}");
+    if event.queue_id.is_empty() {
+        // No message (a recipient refused as suppressed before there was one): nothing
+        // records such an event twice, and two of them for one address are two events.
+        ctx.update(&rand::random::<[u8; 16]>());
     }
-    id
+    let digest = ctx.finish();
+    format!(
+        "{}{}",
+        store::ID_PREFIX,
+        data_encoding::HEXLOWER.encode(&digest.as_ref()[..16])
+    )
 }
 
 impl EventSink for Webhooks {
@@ -292,6 +296,10 @@ mod tests {
             change(&mut other);
             assert_ne!(event_id(&other), id);
         }
+        // Without a message, two events for one recipient are two events.
+        let mut none = e.clone();
+        none.queue_id.clear();
+        assert_ne!(event_id(&none), event_id(&none));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! `data`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -39,10 +38,9 @@ pub fn event_type(event: &DeliveryEvent) -> String {
 
 /// The body sent for `event` (the same bytes on every retry: the signature covers them).
 pub fn body(event: &DeliveryEvent) -> Vec<u8> {
-    let at = UNIX_EPOCH + Duration::from_secs(event.at);
     let body = Body {
         kind: event_type(event),
-        timestamp: humantime::format_rfc3339_seconds(at).to_string(),
+        timestamp: crate::clock::rfc3339(event.at),
         data: Data {
             message_id: &event.queue_id,
             recipient: &event.recipient,

@@ -161,6 +161,11 @@ impl Backlog {
         self.ids().first().cloned()
     }
 
+    /// The oldest event waiting for which `ready` holds.
+    pub fn first_where(&self, mut ready: impl FnMut(&str) -> bool) -> Option<String> {
+        self.ids().iter().find(|id| ready(id)).cloned()
+    }
+
     /// The newest event id (to keep new ids above it after a restart).
     pub fn last(&self) -> Option<String> {
         self.ids().last().cloned()
@@ -270,6 +275,17 @@ mod tests {
             fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn first_where_skips_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let backlog = Backlog::open(dir.path().join("ep")).unwrap();
+        let ids: Vec<String> = [3, 1, 2].into_iter().map(id_at).collect();
+        backlog.admit(ids.iter().cloned());
+        assert_eq!(backlog.first_where(|_| true), Some(id_at(1)));
+        assert_eq!(backlog.first_where(|id| id != id_at(1)), Some(id_at(2)));
+        assert_eq!(backlog.first_where(|_| false), None);
     }
 
     #[test]

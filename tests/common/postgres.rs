@@ -108,6 +108,26 @@ impl Postgres {
         self.psql_in(DATABASE, sql);
     }
 
+    /// Run `sql` in [`DATABASE`] as the superuser: its rows unaligned, `|` between columns.
+    pub fn psql_out(&self, sql: &str) -> String {
+        let mut child = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-U", "postgres", "-d", DATABASE, "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_bounded(&mut child, WAIT).expect("psql hung");
+        let (mut out, mut err) = (String::new(), String::new());
+        use std::io::Read;
+        child.stdout.take().unwrap().read_to_string(&mut out).ok();
+        child.stderr.take().unwrap().read_to_string(&mut err).ok();
+        assert!(status.success(), "psql {sql:?}: {err}");
+        out
+    }
+
     fn psql_in(&self, db: &str, sql: &str) {
         let mut child = Command::new(bin_dir().join("psql"))
             .args([

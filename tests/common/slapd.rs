@@ -27,6 +27,13 @@ pub const CAROL: (&str, &str, &str) = ("carol@example.test", "carol-ldap-pw", "c
 pub const ALICE_ALTERNATES: [&str; 2] = ["alias@example.test", "@alice.example.test"];
 /// The DN template of bind mode.
 pub const USER_DN: &str = "uid={user},ou=people,dc=example,dc=test";
+/// With [`Slapd::start_with_keys`]: where the API keys live, and the account that may write
+/// there (and nowhere else; the service account only reads).
+pub const KEYS_BASE: &str = "ou=keys,dc=example,dc=test";
+pub const WRITER_DN: &str = "cn=keywriter,ou=services,dc=example,dc=test";
+pub const WRITER_PASSWORD: &str = "keywriter-secret-pw";
+/// submitd's own schema for API keys, as shipped.
+const SUBMITD_SCHEMA: &str = include_str!("../../contrib/ldap/submitd.schema");
 
 /// Readiness, stop and start waits end after this.
 const WAIT: Duration = Duration::from_secs(30);
@@ -52,6 +59,8 @@ pub struct Slapd {
     pub ca_file: PathBuf,
     /// A file holding [`SERVICE_PASSWORD`].
     pub password_file: PathBuf,
+    /// A file holding [`WRITER_PASSWORD`].
+    pub writer_password_file: PathBuf,
     child: Option<Child>,
 }
 
@@ -112,7 +121,7 @@ fn user_ldif(user: (&str, &str, &str), hash: &str, alternates: &[&str]) -> Strin
     s
 }
 
-fn write_data(dir: &Path) {
+fn write_data(dir: &Path, keys: bool) {
     let service = slappasswd(SERVICE_PASSWORD, false);
     let mut ldif = format!(
         "dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
@@ -128,17 +137,37 @@ fn write_data(dir: &Path) {
     ));
     ldif.push_str(&user_ldif(BOB, &slappasswd(BOB.1, false), &[]));
     ldif.push_str(&user_ldif(CAROL, &slappasswd(CAROL.1, true), &[]));
+    if keys {
+        let writer = slappasswd(WRITER_PASSWORD, false);
+        ldif.push_str(&format!(
+            "dn: {KEYS_BASE}\nobjectClass: organizationalUnit\nou: keys\n\n\
+             dn: {WRITER_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n\
+             cn: keywriter\nuserPassword: {writer}\n\n"
+        ));
+    }
     std::fs::write(dir.join("data.ldif"), ldif).unwrap();
 }
 
-fn write_conf(dir: &Path) {
+fn write_conf(dir: &Path, keys: bool) {
     let d = dir.display();
+    // The key writer may write under the keys base only; everyone else only reads.
+    let (schema, keys_acl) = if keys {
+        (
+            format!("include {d}/submitd.schema\n"),
+            format!(
+                "access to dn.subtree=\"{KEYS_BASE}\" by dn.exact=\"{WRITER_DN}\" write by * read\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let conf = format!(
         "include /etc/ldap/schema/core.schema\n\
          include /etc/ldap/schema/cosine.schema\n\
          include /etc/ldap/schema/inetorgperson.schema\n\
          include /etc/ldap/schema/nis.schema\n\
          include {d}/mail.schema\n\
+         {schema}\
          pidfile {d}/slapd.pid\n\
          modulepath /usr/lib/ldap\n\
          moduleload back_mdb\n\
@@ -151,6 +180,7 @@ fn write_conf(dir: &Path) {
          rootdn \"cn=admin,{BASE}\"\n\
          directory {d}/db\n\
          access to attrs=userPassword by anonymous auth by self read by * none\n\
+         {keys_acl}\
          access to * by * read\n"
     );
     std::fs::write(dir.join("slapd.conf"), conf).unwrap();
@@ -159,17 +189,29 @@ fn write_conf(dir: &Path) {
 impl Slapd {
     /// Write the config, the schema, the certificates and the data; load it; start.
     pub fn start() -> Slapd {
+        Slapd::start_opts(false)
+    }
+
+    /// [`start`](Self::start), with submitd's schema (`contrib/ldap/submitd.schema`), the
+    /// [`KEYS_BASE`] entry and the [`WRITER_DN`] account that alone may write under it.
+    pub fn start_with_keys() -> Slapd {
+        Slapd::start_opts(true)
+    }
+
+    fn start_opts(keys: bool) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir(p.join("db")).unwrap();
         std::fs::write(p.join("mail.schema"), MAIL_SCHEMA).unwrap();
+        std::fs::write(p.join("submitd.schema"), SUBMITD_SCHEMA).unwrap();
+        std::fs::write(p.join("writer.pw"), format!("{WRITER_PASSWORD}\n")).unwrap();
         let (ca, cert, key) = make_ca_and_server_cert();
         std::fs::write(p.join("ca.pem"), ca).unwrap();
         std::fs::write(p.join("server.pem"), cert).unwrap();
         std::fs::write(p.join("server.key"), key).unwrap();
         std::fs::write(p.join("service.pw"), format!("{SERVICE_PASSWORD}\n")).unwrap();
-        write_conf(p);
-        write_data(p);
+        write_conf(p, keys);
+        write_data(p, keys);
         let out = Command::new("slapadd")
             .arg("-f")
             .arg(p.join("slapd.conf"))
@@ -181,6 +223,7 @@ impl Slapd {
         let mut s = Slapd {
             ca_file: p.join("ca.pem"),
             password_file: p.join("service.pw"),
+            writer_password_file: p.join("writer.pw"),
             dir,
             ldaps_port: free_port(),
             ldap_port: free_port(),
@@ -313,6 +356,9 @@ impl Slapd {
             user_dn: None,
             sender_attributes: vec!["mail".to_owned(), "mailAlternateAddress".to_owned()],
             pool_size: 2,
+            keys_base: None,
+            keys_bind_dn: None,
+            keys_bind_password_file: None,
         }
     }
 
@@ -339,6 +385,47 @@ impl Slapd {
             self.ca_file.display(),
             self.password_file.display()
         )
+    }
+}
+
+impl Slapd {
+    /// [`auth_toml`](Self::auth_toml) with `keys_base` = [`KEYS_BASE`], and with the writer
+    /// account when `writer` (else `submitd key` writes as the read-only service account).
+    pub fn keys_auth_toml(&self, writer: bool) -> String {
+        let mut t = format!("{}keys_base = \"{KEYS_BASE}\"\n", self.auth_toml());
+        if writer {
+            t.push_str(&format!(
+                "keys_bind_dn = \"{WRITER_DN}\"\nkeys_bind_password_file = \"{}\"\n",
+                self.writer_password_file.display()
+            ));
+        }
+        t
+    }
+
+    /// `ldapsearch` as the service account over ldaps: the LDIF of `base`'s subtree (or of
+    /// `base` alone with `scope` "base"), every attribute.
+    pub fn ldapsearch(&self, base: &str, scope: &str) -> String {
+        let out = Command::new("ldapsearch")
+            .env("LDAPTLS_CACERT", &self.ca_file)
+            .env("LDAPTLS_REQCERT", "demand")
+            .args(["-LLL", "-x", "-o", "nettimeout=10", "-l", "10"])
+            .args([
+                "-H",
+                &self.ldaps_url(),
+                "-D",
+                SERVICE_DN,
+                "-w",
+                SERVICE_PASSWORD,
+            ])
+            .args(["-b", base, "-s", scope, "(objectClass=*)", "*"])
+            .output()
+            .expect("ldapsearch (package ldap-utils)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() || out.status.code() == Some(32),
+            "ldapsearch: {out:?}"
+        );
+        text
     }
 }
 

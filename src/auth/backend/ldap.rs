@@ -27,11 +27,11 @@ use crate::config::LdapSettings;
 use crate::logsafe::Escaped;
 
 /// Config keys named in errors.
-const KEY_URL: &str = "auth.ldap.url";
+pub(super) const KEY_URL: &str = "auth.ldap.url";
 const KEY_STARTTLS: &str = "auth.ldap.starttls";
 const KEY_CA: &str = "auth.ldap.ca_file";
-const KEY_BIND_DN: &str = "auth.ldap.bind_dn";
-const KEY_PASSWORD_FILE: &str = "auth.ldap.bind_password_file";
+pub(super) const KEY_BIND_DN: &str = "auth.ldap.bind_dn";
+pub(super) const KEY_PASSWORD_FILE: &str = "auth.ldap.bind_password_file";
 const KEY_BASE: &str = "auth.ldap.base";
 const KEY_FILTER: &str = "auth.ldap.filter";
 const KEY_USER_DN: &str = "auth.ldap.user_dn";
@@ -47,15 +47,19 @@ const MAX_SENDERS: usize = 1000;
 /// A bind password file larger than this is not a password file.
 const MAX_PASSWORD_FILE: u64 = 4096;
 
-/// LDAP result codes (RFC 4511 appendix A.1) this backend tells apart.
-mod rc {
+/// LDAP result codes (RFC 4511 appendix A.1) this backend and [`super::ldap_keys`] tell
+/// apart.
+pub(super) mod rc {
     pub const SUCCESS: u32 = 0;
     pub const SIZE_LIMIT_EXCEEDED: u32 = 4;
+    pub const NO_SUCH_ATTRIBUTE: u32 = 16;
     pub const NO_SUCH_OBJECT: u32 = 32;
     pub const INVALID_DN_SYNTAX: u32 = 34;
     pub const INVALID_CREDENTIALS: u32 = 49;
+    pub const INSUFFICIENT_ACCESS: u32 = 50;
     pub const BUSY: u32 = 51;
     pub const UNAVAILABLE: u32 = 52;
+    pub const ENTRY_ALREADY_EXISTS: u32 = 68;
 }
 
 /// The LDAP backend.
@@ -129,7 +133,7 @@ impl Ldap {
         check_url(&settings.url)?;
         let tls = tls_config(settings.ca_file.as_deref())?;
         let service = match (&settings.bind_dn, &settings.bind_password_file) {
-            (Some(dn), Some(file)) => Some((dn.clone(), read_password(file)?)),
+            (Some(dn), Some(file)) => Some((dn.clone(), read_password(file, KEY_PASSWORD_FILE)?)),
             _ => None,
         };
         // A filter the client library cannot parse would fail every login: say so now.
@@ -185,6 +189,19 @@ impl Ldap {
             .await
             .map_err(|_| l.timed_out())?
     }
+
+    /// The entry of `login` without its password (`submitd key create --owner`), read as the
+    /// service account (or anonymously): found by the filter, or in bind mode at the DN the
+    /// template makes. `Ok(None)`: no entry, or more than one.
+    pub async fn lookup(&self, login: &str) -> Answer {
+        if login.is_empty() || login.len() > MAX_LOGIN {
+            return Ok(None);
+        }
+        let l = &self.inner;
+        tokio::time::timeout(l.timeout, l.lookup(login))
+            .await
+            .map_err(|_| l.timed_out())?
+    }
 }
 
 impl Inner {
@@ -229,6 +246,53 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    async fn lookup(&self, login: &str) -> Answer {
+        let mut conn = Conn {
+            ldap: self.connect().await?,
+            bound: Bound::Anonymous,
+        };
+        self.rest(&mut conn).await?;
+        let (base, scope, filter) = match &self.user_dn {
+            Some(t) => (
+                expand(t, login, escape_dn),
+                Scope::Base,
+                "(objectClass=*)".to_owned(),
+            ),
+            None => (
+                self.base.clone(),
+                Scope::Subtree,
+                expand(&self.filter, login, escape_filter),
+            ),
+        };
+        let res = conn
+            .ldap
+            .with_search_options(SearchOptions::new().sizelimit(2))
+            .search(&base, scope, &filter, self.attrs.clone())
+            .await
+            .map_err(|e| op_error(e, KEY_FILTER))?;
+        match res.1.rc {
+            rc::SUCCESS | rc::SIZE_LIMIT_EXCEEDED | rc::NO_SUCH_OBJECT => {}
+            _ => return Err(result_error(&res.1, KEY_FILTER)),
+        }
+        let entries: Vec<_> = res
+            .0
+            .iter()
+            .filter(|e| !e.is_ref() && !e.is_intermediate())
+            .collect();
+        let [entry] = entries.as_slice() else {
+            return Ok(None);
+        };
+        let Some((_, attrs)) = parse_entry(&entry.0) else {
+            return Err(BackendError::Protocol {
+                key: KEY_URL,
+                detail: "a search result entry that is not one".into(),
+            });
+        };
+        Ok(Some(Identity {
+            senders: self.senders(&attrs),
+        }))
     }
 
     /// One try on a pooled connection; if a reused one turns out dead (the server restarted
@@ -486,57 +550,70 @@ impl Inner {
         })
     }
 
-    /// A new connection, TLS done (ldaps, or StartTLS before anything else is sent).
     async fn connect(&self) -> Result<ldap3::Ldap, BackendError> {
-        let settings = LdapConnSettings::new()
-            .set_config(self.tls.clone())
-            .set_starttls(self.starttls)
-            .set_conn_timeout(self.timeout);
-        let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.url)
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        // The connection task ends when the last handle to it is dropped.
-        tokio::spawn(async move {
-            if let Err(e) = conn.drive().await {
-                tracing::debug!(error = %Escaped(e.to_string()), "ldap: connection closed");
-            }
-        });
-        Ok(ldap)
+        connect(&self.url, self.starttls, &self.tls, self.timeout).await
     }
+}
 
-    fn connect_error(&self, e: LdapError) -> BackendError {
-        match e {
-            LdapError::Timeout { .. } => self.timed_out(),
-            LdapError::Io { source } => match tls_error(&source) {
-                Some(rustls::Error::InvalidCertificate(c)) => {
-                    let key = match c {
-                        rustls::CertificateError::NotValidForName
-                        | rustls::CertificateError::NotValidForNameContext { .. } => KEY_URL,
-                        _ => KEY_CA,
-                    };
-                    BackendError::Unreachable {
-                        key,
-                        detail: format!("server certificate not accepted: {c:?}"),
-                    }
-                }
-                Some(other) => BackendError::Unreachable {
-                    key: KEY_URL,
-                    detail: format!("TLS: {other}"),
-                },
-                None => BackendError::Unreachable {
-                    key: KEY_URL,
-                    detail: Escaped(source.to_string()).to_string(),
-                },
-            },
-            LdapError::LdapResult { result } => BackendError::Unreachable {
-                key: KEY_STARTTLS,
-                detail: format!("StartTLS refused: {}", describe(&result)),
-            },
-            other => BackendError::Unreachable {
-                key: KEY_URL,
-                detail: Escaped(other.to_string()).to_string(),
-            },
+/// A new connection to `url`, TLS done (ldaps, or StartTLS before anything else is sent);
+/// `timeout` bounds the connect.
+pub(super) async fn connect(
+    url: &str,
+    starttls: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<ldap3::Ldap, BackendError> {
+    let settings = LdapConnSettings::new()
+        .set_config(tls.clone())
+        .set_starttls(starttls)
+        .set_conn_timeout(timeout);
+    let (conn, ldap) = LdapConnAsync::with_settings(settings, url)
+        .await
+        .map_err(|e| connect_error(e, timeout))?;
+    // The connection task ends when the last handle to it is dropped.
+    tokio::spawn(async move {
+        if let Err(e) = conn.drive().await {
+            tracing::debug!(error = %Escaped(e.to_string()), "ldap: connection closed");
         }
+    });
+    Ok(ldap)
+}
+
+fn connect_error(e: LdapError, timeout: Duration) -> BackendError {
+    match e {
+        LdapError::Timeout { .. } => BackendError::Timeout {
+            key: KEY_URL,
+            limit: timeout,
+        },
+        LdapError::Io { source } => match tls_error(&source) {
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                let key = match c {
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => KEY_URL,
+                    _ => KEY_CA,
+                };
+                BackendError::Unreachable {
+                    key,
+                    detail: format!("server certificate not accepted: {c:?}"),
+                }
+            }
+            Some(other) => BackendError::Unreachable {
+                key: KEY_URL,
+                detail: format!("TLS: {other}"),
+            },
+            None => BackendError::Unreachable {
+                key: KEY_URL,
+                detail: Escaped(source.to_string()).to_string(),
+            },
+        },
+        LdapError::LdapResult { result } => BackendError::Unreachable {
+            key: KEY_STARTTLS,
+            detail: format!("StartTLS refused: {}", describe(&result)),
+        },
+        other => BackendError::Unreachable {
+            key: KEY_URL,
+            detail: Escaped(other.to_string()).to_string(),
+        },
     }
 }
 
@@ -546,7 +623,7 @@ fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
 }
 
 /// An operation's transport failure: the connection is gone or broken.
-fn op_error(e: LdapError, key: &'static str) -> BackendError {
+pub(super) fn op_error(e: LdapError, key: &'static str) -> BackendError {
     match e {
         LdapError::LdapResult { result } => result_error(&result, key),
         LdapError::FilterParsing => BackendError::Query {
@@ -561,7 +638,7 @@ fn op_error(e: LdapError, key: &'static str) -> BackendError {
 }
 
 /// A result code that is neither success nor an expected refusal.
-fn result_error(res: &LdapResult, key: &'static str) -> BackendError {
+pub(super) fn result_error(res: &LdapResult, key: &'static str) -> BackendError {
     match res.rc {
         rc::BUSY | rc::UNAVAILABLE => BackendError::Unreachable {
             key: KEY_URL,
@@ -575,7 +652,7 @@ fn result_error(res: &LdapResult, key: &'static str) -> BackendError {
 }
 
 /// A result code and the server's text, escaped for a log line.
-fn describe(res: &LdapResult) -> String {
+pub(super) fn describe(res: &LdapResult) -> String {
     if res.text.is_empty() {
         format!("result code {}", res.rc)
     } else {
@@ -585,7 +662,7 @@ fn describe(res: &LdapResult) -> String {
 
 /// `ldaps://host[:port][/]` or `ldap://…`: a host is needed (the client library would panic
 /// on a URL without one), and nothing after it (no base, filter or extensions in the URL).
-fn check_url(url: &str) -> Result<(), BackendError> {
+pub(super) fn check_url(url: &str) -> Result<(), BackendError> {
     let url = url.trim();
     let rest = url
         .split_once("://")
@@ -610,7 +687,9 @@ fn check_url(url: &str) -> Result<(), BackendError> {
 }
 
 /// The system's trusted roots plus `ca_file`, aws-lc-rs, TLS 1.2 and 1.3.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, BackendError> {
+pub(super) fn tls_config(
+    ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, BackendError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
@@ -644,12 +723,10 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Backe
     Ok(Arc::new(config))
 }
 
-/// The service account's password: the file's first line, without its line ending.
-fn read_password(path: &Path) -> Result<String, BackendError> {
-    let bad = |detail: String| BackendError::Config {
-        key: KEY_PASSWORD_FILE,
-        detail,
-    };
+/// A bind password (the service account's; `key` names its file's setting): the file's first
+/// line, without its line ending.
+pub(super) fn read_password(path: &Path, key: &'static str) -> Result<String, BackendError> {
+    let bad = |detail: String| BackendError::Config { key, detail };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     if meta.len() > MAX_PASSWORD_FILE {
         return Err(bad(format!(
@@ -701,17 +778,17 @@ fn escape_filter(v: &str) -> String {
 
 /// An attribute value in a DN (RFC 4514 2.4): `"+,;<=>\` and NUL, a leading space or `#`,
 /// a trailing space.
-fn escape_dn(v: &str) -> String {
+pub(super) fn escape_dn(v: &str) -> String {
     ldap3::dn_escape(v).into_owned()
 }
 
 /// An attribute's name and its UTF-8 values (others skipped).
-type Attrs = Vec<(String, Vec<String>)>;
+pub(super) type Attrs = Vec<(String, Vec<String>)>;
 
 /// A SearchResultEntry (RFC 4511 4.5.2: `[APPLICATION 4] SEQUENCE { objectName,
 /// attributes }`) read without panicking on a malformed one, which ldap3's own
 /// `SearchEntry::construct` would do.
-fn parse_entry(tag: &StructureTag) -> Option<(String, Attrs)> {
+pub(super) fn parse_entry(tag: &StructureTag) -> Option<(String, Attrs)> {
     if tag.class != TagClass::Application || tag.id != 4 {
         return None;
     }

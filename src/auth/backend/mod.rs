@@ -10,8 +10,10 @@
 
 pub mod dovecot;
 pub mod ldap;
+pub mod ldap_keys;
 pub mod scheme;
 pub mod sql;
+pub mod sql_keys;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -144,6 +146,18 @@ impl Directory {
             Directory::Dovecot(d) => d.authenticate(req).await,
             Directory::Ldap(d) => d.authenticate(req).await,
             Directory::Sql(d) => d.authenticate(req).await,
+        }
+    }
+
+    /// What the directory says about `login` without its password, for `submitd key create
+    /// --owner`: `Ok(None)` for no such user. Dovecot's auth protocol cannot look a user up
+    /// (it only checks passwords) and names no senders anyway: an empty identity, so the
+    /// owner's senders are `auth.default_senders` and the users file's, as at its login.
+    pub async fn lookup(&self, login: &str) -> Answer {
+        match self {
+            Directory::Dovecot(_) => Ok(Some(Identity::default())),
+            Directory::Ldap(d) => d.lookup(login).await,
+            Directory::Sql(d) => d.lookup(login).await,
         }
     }
 

@@ -46,14 +46,11 @@ const KEY_TIMEOUT: &str = "auth.backend_timeout";
 
 /// The sql backend: a parsed connection string, the two queries and a connection pool.
 pub struct Sql {
-    /// Boxed, like the pool: both are large and `Directory` holds one backend by value.
-    config: Box<Config>,
-    /// `Some` when the connection string asks for TLS.
-    tls: Option<MakeRustlsConnect>,
+    /// Where and how to connect. Boxed, like the pool: both are large and `Directory` holds
+    /// one backend by value.
+    target: Box<Target>,
     /// `user@host:port/db`, for messages: the connection string without its password.
-    target: String,
-    /// Which key holds the connection string (`url` or `url_file`), for messages.
-    url_key: &'static str,
+    described: String,
     password_query: String,
     senders_query: Option<String>,
     timeout: Duration,
@@ -68,8 +65,8 @@ pub struct Sql {
 impl std::fmt::Debug for Sql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sql")
-            .field("target", &self.target)
-            .field("tls", &self.tls.is_some())
+            .field("target", &self.described)
+            .field("tls", &self.target.tls.is_some())
             .field("pool_size", &self.pool.size)
             .finish_non_exhaustive()
     }
@@ -117,10 +114,18 @@ impl Lease<'_> {
     }
 }
 
-impl Sql {
-    /// From `[auth.sql]`: reads `url_file` and `ca_file` and the system roots (for TLS);
-    /// connects to nothing.
-    pub fn new(settings: &SqlSettings, timeout: Duration) -> Result<Sql, BackendError> {
+/// Where and how to connect: the parsed connection string and its TLS.
+pub(super) struct Target {
+    pub config: Config,
+    /// `Some` when the connection string asks for TLS.
+    pub tls: Option<MakeRustlsConnect>,
+    /// Which key holds the connection string (`url` or `url_file`), for messages.
+    pub url_key: &'static str,
+}
+
+impl Target {
+    /// From `[auth.sql]`: reads `url_file` and `ca_file` and the system roots (for TLS).
+    pub fn new(settings: &SqlSettings, timeout: Duration) -> Result<Target, BackendError> {
         let (text, url_key) = match &settings.url {
             SqlUrl::Inline(u) => (u.clone(), KEY_URL),
             SqlUrl::File(path) => (read_url_file(path)?, KEY_URL_FILE),
@@ -140,13 +145,46 @@ impl Sql {
             )?)),
             false => None,
         };
+        Ok(Target {
+            config,
+            tls,
+            url_key,
+        })
+    }
+
+    /// `user@host:port/db` (no password), for messages.
+    pub fn describe(&self) -> String {
+        describe(&self.config)
+    }
+
+    /// Connect (bounded by `deadline`) and spawn the task that drives the connection.
+    pub async fn open(
+        &self,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), BackendError> {
+        match &self.tls {
+            Some(tls) => timeout_at(deadline, open(&self.config, tls.clone())).await,
+            None => timeout_at(deadline, open(&self.config, NoTls)).await,
+        }
+        .map_err(|_| BackendError::Timeout {
+            key: self.url_key,
+            limit,
+        })?
+        .map_err(|e| connect_error(self.url_key, &describe(&self.config), &e))
+    }
+}
+
+impl Sql {
+    /// From `[auth.sql]`: reads `url_file` and `ca_file` and the system roots (for TLS);
+    /// connects to nothing.
+    pub fn new(settings: &SqlSettings, timeout: Duration) -> Result<Sql, BackendError> {
+        let target = Target::new(settings, timeout)?;
         let dummy = Arc::new(scheme::parse(&crate::auth::verify::dummy_phc()));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Sql {
-            target: describe(&config),
-            config: Box::new(config),
-            tls,
-            url_key,
+            described: target.describe(),
+            target: Box::new(target),
             password_query: settings.password_query.clone(),
             senders_query: settings.senders_query.clone(),
             timeout,
@@ -196,6 +234,17 @@ impl Sql {
             }
         }
         let senders = self.senders(req.login, deadline).await?;
+        Ok(Some(Identity { senders }))
+    }
+
+    /// What the directory says about `login` without checking a password (`submitd key
+    /// create --owner`): `None` when the password query has no row (or a NULL) for it.
+    pub async fn lookup(&self, login: &str) -> Answer {
+        let deadline = Instant::now() + self.timeout;
+        if login.contains('\0') || self.stored_hash(login, deadline).await?.is_none() {
+            return Ok(None);
+        }
+        let senders = self.senders(login, deadline).await?;
         Ok(Some(Identity { senders }))
     }
 
@@ -335,16 +384,7 @@ impl Sql {
 
     /// Open a connection, log in and prepare both statements, all before `deadline`.
     async fn connect(&self, deadline: Instant) -> Result<Conn, BackendError> {
-        let timed_out = || BackendError::Timeout {
-            key: self.url_key,
-            limit: self.timeout,
-        };
-        let (client, driver) = match &self.tls {
-            Some(tls) => timeout_at(deadline, open(&self.config, tls.clone())).await,
-            None => timeout_at(deadline, open(&self.config, NoTls)).await,
-        }
-        .map_err(|_| timed_out())?
-        .map_err(|e| self.connect_error(&e))?;
+        let (client, driver) = self.target.open(deadline, self.timeout).await?;
         let prepare = async {
             let password = prepare(&client, KEY_PASSWORD_QUERY, &self.password_query).await?;
             let senders = match &self.senders_query {
@@ -375,27 +415,8 @@ impl Sql {
         }
     }
 
-    /// A failed connection attempt: refused (the server said no to submitd's login or
-    /// database) or unreachable (anything else). Never includes the connection string.
     fn connect_error(&self, e: &tokio_postgres::Error) -> BackendError {
-        let target = &self.target;
-        match e.as_db_error() {
-            // Class 28: invalid authorization; 3D000: no such database.
-            Some(db) if db.code().code().starts_with("28") || db.code().code() == "3D000" => {
-                BackendError::Refused {
-                    key: self.url_key,
-                    detail: format!("{target}: {}", Escaped(db.message())),
-                }
-            }
-            Some(db) => BackendError::Unreachable {
-                key: self.url_key,
-                detail: format!("{target}: {}", Escaped(db.message())),
-            },
-            None => BackendError::Unreachable {
-                key: self.url_key,
-                detail: format!("{target}: {}", Escaped(error_chain(e))),
-            },
-        }
+        connect_error(self.target.url_key, &self.described, e)
     }
 
     /// Check `password` against `stored` on the blocking pool, at most one verification per
@@ -428,6 +449,32 @@ impl Sql {
             }),
             Err(_) => Err(timed_out()),
         }
+    }
+}
+
+/// A failed connection attempt: refused (the server said no to submitd's login or database)
+/// or unreachable (anything else). Never includes the connection string.
+pub(super) fn connect_error(
+    url_key: &'static str,
+    target: &str,
+    e: &tokio_postgres::Error,
+) -> BackendError {
+    match e.as_db_error() {
+        // Class 28: invalid authorization; 3D000: no such database.
+        Some(db) if db.code().code().starts_with("28") || db.code().code() == "3D000" => {
+            BackendError::Refused {
+                key: url_key,
+                detail: format!("{target}: {}", Escaped(db.message())),
+            }
+        }
+        Some(db) => BackendError::Unreachable {
+            key: url_key,
+            detail: format!("{target}: {}", Escaped(db.message())),
+        },
+        None => BackendError::Unreachable {
+            key: url_key,
+            detail: format!("{target}: {}", Escaped(error_chain(e))),
+        },
     }
 }
 
@@ -534,7 +581,7 @@ async fn read_rows(
 /// Whether `e` is the connection or the server failing rather than the query: a closed
 /// socket, or SQLSTATE class 08 (connection), 53 (resources), 57 (operator intervention, e.g.
 /// the server shutting down) or 58 (system error).
-fn is_outage(e: &tokio_postgres::Error) -> bool {
+pub(super) fn is_outage(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
         None => true,
         Some(db) => ["08", "53", "57", "58"]
@@ -544,7 +591,7 @@ fn is_outage(e: &tokio_postgres::Error) -> bool {
 }
 
 /// A failed prepare or query, naming the server's message.
-fn query_error(key: &'static str, e: &tokio_postgres::Error) -> BackendError {
+pub(super) fn query_error(key: &'static str, e: &tokio_postgres::Error) -> BackendError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{} ({})", Escaped(db.message()), db.code().code()),
         None => Escaped(error_chain(e)).to_string(),

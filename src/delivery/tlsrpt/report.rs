@@ -6,7 +6,7 @@ use std::io::Write;
 use base64::Engine;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::{Rfc2822, Rfc3339};
+use time::format_description::well_known::Rfc2822;
 
 use super::record::DomainStats;
 
@@ -20,13 +20,6 @@ pub struct Meta<'a> {
     pub end: u64,
     /// Unique per report.
     pub report_id: &'a str,
-}
-
-fn rfc3339(t: u64) -> String {
-    OffsetDateTime::from_unix_timestamp(t as i64)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 /// One entry of the report's `policies` (RFC 8460 section 4.4).
@@ -65,8 +58,8 @@ pub fn json(meta: &Meta<'_>, domain: &str, policies: &[DomainStats]) -> Value {
     json!({
         "organization-name": meta.submitter,
         "date-range": {
-            "start-datetime": rfc3339(meta.start),
-            "end-datetime": rfc3339(meta.end),
+            "start-datetime": crate::clock::rfc3339(meta.start),
+            "end-datetime": crate::clock::rfc3339(meta.end),
         },
         "contact-info": meta.contact,
         "report-id": meta.report_id,
