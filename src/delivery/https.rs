@@ -233,12 +233,14 @@ const MAX_DRAIN: usize = 64 * 1024;
 
 /// Send `post` on `kept` when it is open, else on a new connection left in `kept` when the
 /// endpoint allows it; the response's status code, or why there is none. A kept connection
-/// that fails before an answer (closed while idle) is replaced once; a post may so reach the
-/// endpoint twice, which webhook receivers expect (they deduplicate on `webhook-id`).
+/// that fails before an answer (closed while idle) is replaced once, within the same
+/// `post.timeout`; a post may so reach the endpoint twice, which webhook receivers expect (they
+/// deduplicate on `webhook-id`).
 pub async fn post_to(post: &Post<'_>, kept: &mut Option<Kept>) -> Result<u16, FetchError> {
     let timed_out = || FetchError::Failed(format!("no response within {:?}", post.timeout));
+    let deadline = tokio::time::Instant::now() + post.timeout;
     if let Some(k) = kept.as_mut().filter(|k| !k.sender.is_closed()) {
-        match tokio::time::timeout(post.timeout, exchange(&mut k.sender, post)).await {
+        match tokio::time::timeout_at(deadline, exchange(&mut k.sender, post)).await {
             Ok(Ok((status, reusable))) => {
                 if !reusable {
                     *kept = None;
@@ -258,7 +260,7 @@ pub async fn post_to(post: &Post<'_>, kept: &mut Option<Kept>) -> Result<u16, Fe
         let (status, reusable) = exchange(&mut k.sender, post).await?;
         Ok::<_, FetchError>((status, reusable.then_some(k)))
     };
-    let (status, k) = tokio::time::timeout(post.timeout, fresh)
+    let (status, k) = tokio::time::timeout_at(deadline, fresh)
         .await
         .map_err(|_| timed_out())??;
     *kept = k;
