@@ -122,6 +122,58 @@ pub trait EventSink: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Events {
     sinks: Vec<Arc<dyn EventSink>>,
+    /// `suppressed` events without a message, by tenant and recipient (shared by clones).
+    refusals: Arc<Refusals>,
+}
+
+/// How long a `suppressed` event without a message stands for later ones: a client naming the
+/// same suppressed recipient again within this many seconds is refused without a new event.
+pub const REFUSAL_REPORT_EVERY: u64 = 3600;
+
+/// At most this many (tenant, recipient) pairs are remembered; past it, refusals of pairs not
+/// yet remembered make no event until older ones age out.
+const MAX_REFUSALS: usize = 10_000;
+
+/// The `suppressed` events without a message (an SMTP RCPT refused, an API request with every
+/// recipient suppressed) reported lately. Such an event carries nothing but the tenant and the
+/// recipient, and a client can make one per command: without this, one sender naming suppressed
+/// addresses in a loop would fill every endpoint's backlog and crowd out the other tenants'
+/// events.
+#[derive(Default)]
+struct Refusals {
+    /// (tenant, lowercased recipient) → unix seconds of its last event; when full, the time of
+    /// the last pruning (pruned at most every 10 s).
+    seen: std::sync::Mutex<(std::collections::HashMap<(String, String), u64>, u64)>,
+}
+
+impl Refusals {
+    /// Whether `event` is to be reported: not a refusal, or the first for its pair lately.
+    fn first(&self, event: &DeliveryEvent) -> bool {
+        if event.kind != EventKind::Suppressed || !event.queue_id.is_empty() {
+            return true;
+        }
+        let key = (event.tenant.clone(), event.recipient.to_ascii_lowercase());
+        let now = event.at;
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (seen, pruned) = &mut *guard;
+        match seen.get(&key) {
+            Some(&at) if now < at.saturating_add(REFUSAL_REPORT_EVERY) => return false,
+            Some(_) => {}
+            None if seen.len() >= MAX_REFUSALS => {
+                if now < pruned.saturating_add(10) {
+                    return false;
+                }
+                *pruned = now;
+                seen.retain(|_, at| now < at.saturating_add(REFUSAL_REPORT_EVERY));
+                if seen.len() >= MAX_REFUSALS {
+                    return false;
+                }
+            }
+            None => {}
+        }
+        seen.insert(key, now);
+        true
+    }
 }
 
 impl std::fmt::Debug for Events {
@@ -144,13 +196,112 @@ impl Events {
         self.sinks.is_empty()
     }
 
-    /// Hand `events` to every sink. Blocks.
+    /// Hand `events` to every sink. Blocks. A `suppressed` event without a message is left
+    /// out when one for the same tenant and recipient went out in the last
+    /// [`REFUSAL_REPORT_EVERY`] seconds.
     pub fn record_blocking(&self, events: &[DeliveryEvent]) {
+        let report: Vec<bool> = events.iter().map(|e| self.refusals.first(e)).collect();
+        let kept: Vec<DeliveryEvent>;
+        let events = if report.iter().all(|r| *r) {
+            events
+        } else {
+            kept = events
+                .iter()
+                .zip(&report)
+                .filter(|(_, r)| **r)
+                .map(|(e, _)| e.clone())
+                .collect();
+            &kept
+        };
         if events.is_empty() {
             return;
         }
         for sink in &self.sinks {
             sink.record_blocking(events);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<DeliveryEvent>>);
+
+    impl EventSink for Collect {
+        fn record_blocking(&self, events: &[DeliveryEvent]) {
+            self.0.lock().unwrap().extend_from_slice(events);
+        }
+    }
+
+    fn refused(tenant: &str, rcpt: &str, at: u64) -> DeliveryEvent {
+        DeliveryEvent::suppressed(
+            "u",
+            tenant,
+            rcpt,
+            "550 gone".into(),
+            at,
+            None,
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn a_repeated_refusal_makes_one_event_per_tenant_and_recipient() {
+        let sink = Arc::new(Collect::default());
+        let events = Events::default().with(sink.clone());
+        let clone = events.clone();
+        events.record_blocking(&[refused("a", "x@example.net", 100)]);
+        // The same pair again, also through a clone and in another case: no event.
+        clone.record_blocking(&[refused("a", "X@Example.NET", 101)]);
+        // Another tenant, another recipient: their own events; a queued message's event
+        // always goes out.
+        let mut queued = refused("a", "x@example.net", 102);
+        queued.queue_id = "ABC".into();
+        events.record_blocking(&[
+            refused("b", "x@example.net", 102),
+            refused("a", "y@example.net", 102),
+            queued.clone(),
+            queued,
+        ]);
+        // An hour later the pair is reported again.
+        events.record_blocking(&[refused("a", "x@example.net", 100 + REFUSAL_REPORT_EVERY)]);
+        let got: Vec<(String, String, String)> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.tenant.clone(), e.recipient.clone(), e.queue_id.clone()))
+            .collect();
+        let want = [
+            ("a", "x@example.net", ""),
+            ("b", "x@example.net", ""),
+            ("a", "y@example.net", ""),
+            ("a", "x@example.net", "ABC"),
+            ("a", "x@example.net", "ABC"),
+            ("a", "x@example.net", ""),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(t, r, q)| (t.to_string(), r.to_string(), q.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_memory_of_refusals_is_bounded() {
+        let sink = Arc::new(Collect::default());
+        let events = Events::default().with(sink.clone());
+        for i in 0..MAX_REFUSALS + 5 {
+            events.record_blocking(&[refused("a", &format!("r{i}@example.net"), 1000)]);
+        }
+        assert_eq!(sink.0.lock().unwrap().len(), MAX_REFUSALS);
+        assert_eq!(events.refusals.seen.lock().unwrap().0.len(), MAX_REFUSALS);
+        // Once the old pairs age out, a new one is reported again.
+        events.record_blocking(&[refused("a", "new@example.net", 1000 + REFUSAL_REPORT_EVERY)]);
+        assert_eq!(sink.0.lock().unwrap().len(), MAX_REFUSALS + 1);
+        assert_eq!(events.refusals.seen.lock().unwrap().0.len(), 1);
     }
 }
