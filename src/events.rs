@@ -143,8 +143,11 @@ const MAX_REFUSALS: usize = 10_000;
 struct Refusals {
     /// (tenant, lowercased recipient) → unix seconds of its last event; when full, the time of
     /// the last pruning (pruned at most every 10 s).
-    seen: std::sync::Mutex<(std::collections::HashMap<(String, String), u64>, u64)>,
+    seen: std::sync::Mutex<(Reported, u64)>,
 }
+
+/// (tenant, lowercased recipient) → unix seconds of its last `suppressed` event.
+type Reported = std::collections::HashMap<(String, String), u64>;
 
 impl Refusals {
     /// Whether `event` is to be reported: not a refusal, or the first for its pair lately.
