@@ -179,6 +179,9 @@ impl Server {
         settings: Arc<Settings>,
         io: Arc<dyn SpoolIo>,
     ) -> anyhow::Result<Server> {
+        // Before anything is opened: keys a directory would not read stop the start.
+        crate::auth::keyhome::check_left_behind(&settings, &KeyHome::from_settings(&settings)?)
+            .map_err(anyhow::Error::msg)?;
         let tls = crate::tls::load_server_config(&settings.tls.cert, &settings.tls.key)?;
         let api_tls = tls.clone();
         let users = match &settings.auth.users {

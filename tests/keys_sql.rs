@@ -282,3 +282,82 @@ async fn a_read_only_role_reads_keys_but_cannot_write_them() {
         "{out:?}"
     );
 }
+
+/// `submitd ARGS...` to the end, off the runtime.
+async fn submitd_cli(args: Vec<String>) -> common::run::Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run::run_submitd(None, &args, None)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs postgresql-15: ./test.sh runs it"]
+async fn keys_left_in_the_file_stop_the_start_until_imported() {
+    let pg = database(true).await;
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = submitd(&pg, &sink).await;
+    // Before the table held keys (`keys_table = ""`, as before an upgrade), a key went to the
+    // keys file beside the config.
+    let config = common::keys::config(&server);
+    let old = config.with_file_name("old.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &old,
+        text.replace("[auth.sql]\n", "[auth.sql]\nkeys_table = \"\"\n"),
+    )
+    .unwrap();
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let out = submitd_cli(
+        [
+            "key",
+            "create",
+            "legacy",
+            "--sender",
+            NEWS,
+            "--config",
+            &arg(&old),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let secret = out.stdout.trim().to_owned();
+    let file = config.with_file_name("keys.toml");
+    assert!(file.exists());
+    // With the table the default again, neither the server nor check-config goes on as if the
+    // key did not exist: both stop, naming the way out.
+    for cmd in ["serve", "check-config"] {
+        let out = submitd_cli([cmd, "--config", &arg(&config)].map(String::from).to_vec()).await;
+        assert_ne!(out.code, Some(0), "{cmd}: {out:?}");
+        assert!(
+            out.stderr.contains("holds 1 API key(s)")
+                && out.stderr.contains("submitd key import")
+                && out.stderr.contains("auth.sql.keys_table = \"\""),
+            "{cmd}: {out:?}"
+        );
+    }
+    let out = cli(&server, &["import"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("imported 1 key(s)"), "{out:?}");
+    assert!(!file.exists());
+    assert!(config.with_file_name("keys.toml.imported").exists());
+    // The row holds the file's hash: the secret made before works, on the running server.
+    until_auth(&server, "legacy", &secret, "235").await;
+    let row = pg.psql_out("SELECT name, senders FROM submitd_keys");
+    assert!(row.contains("legacy") && row.contains(NEWS), "{row}");
+    let out = submitd_cli(
+        ["check-config", "--config", &arg(&config)]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // A second import finds no file.
+    let out = cli(&server, &["import"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("imported 0 key(s)"), "{out:?}");
+}

@@ -140,6 +140,73 @@ impl KeyHome {
     }
 }
 
+/// A directory home does not read the `auth.keys` file, so keys still in it (made before the
+/// directory held keys, e.g. before an upgrade) would stop working without a word. The error,
+/// naming the way out, when the file holds any; `Ok` for a file home and an absent or empty
+/// file.
+pub fn check_left_behind(settings: &Settings, home: &KeyHome) -> Result<(), String> {
+    let setting = match home {
+        KeyHome::File { .. } => return Ok(()),
+        KeyHome::Sql(_) => "auth.sql.keys_table = \"\"",
+        KeyHome::Ldap(_) => "no auth.ldap.keys_base",
+    };
+    let path = &settings.auth.keys;
+    let found = keys::load(path).map_err(|e| {
+        format!(
+            "{e}; the API keys are read from {} and not from this file: \
+             move it away, or set {setting} to keep using it",
+            home.describe()
+        )
+    })?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} holds {} API key(s), but they are read from {} only: copy them there with \
+         `submitd key import` (which then renames the file to .imported), or set {setting} \
+         to keep using the file",
+        path.display(),
+        found.len(),
+        home.describe()
+    ))
+}
+
+/// `submitd key import`: copy the `auth.keys` file's keys into a directory home, as they are
+/// (hashes, rotation grace, revocation); a name already there is left as it is. The file is
+/// then renamed to `FILE.imported`. The names imported and those skipped.
+pub async fn import(
+    settings: &Settings,
+    home: &KeyHome,
+) -> Result<(Vec<String>, Vec<String>), KeysError> {
+    let path = &settings.auth.keys;
+    if matches!(home, KeyHome::File { .. }) {
+        return Err(KeysError::Invalid {
+            path: path.clone(),
+            message: "the keys already live in this file: import copies them into the sql or \
+                      ldap backend's store"
+                .into(),
+        });
+    }
+    let (mut imported, mut skipped) = (Vec::new(), Vec::new());
+    for key in keys::load(path)? {
+        let name = key.entry.name.clone();
+        match home.create(key.entry).await {
+            Ok(()) => imported.push(name),
+            Err(KeysError::Exists(_)) => skipped.push(name),
+            Err(e) => return Err(e),
+        }
+    }
+    if path.exists() {
+        let mut to = path.as_os_str().to_owned();
+        to.push(".imported");
+        std::fs::rename(path, &to).map_err(|e| KeysError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    }
+    Ok((imported, skipped))
+}
+
 /// Keep `feed` equal to the directory's keys until `shutdown`: ask every [`REFRESH_EVERY`]
 /// whether they changed and read them when they did. A directory that does not answer keeps
 /// the last keys read (logged once per outage).

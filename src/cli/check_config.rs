@@ -72,6 +72,8 @@ fn check_backend(settings: &Settings) -> Result<(), Failure> {
     );
     let home = submitd::auth::keyhome::KeyHome::from_settings(settings).map_err(fail)?;
     if !matches!(home, submitd::auth::keyhome::KeyHome::File { .. }) {
+        submitd::auth::keyhome::check_left_behind(settings, &home)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
         match runtime.block_on(home.list()) {
             Ok((keys, problems)) => {
                 for p in problems {

@@ -50,6 +50,9 @@ pub(crate) enum KeyCommand {
     },
     /// Revoke a key: refused from the next AUTH on.
     Revoke { name: String },
+    /// Copy the keys of the `auth.keys` file into the sql or ldap backend's store (names
+    /// already there are left alone), then rename the file to FILE.imported.
+    Import,
     /// Give a key a new secret (printed once); the old one works until the grace ends.
     Rotate {
         name: String,
@@ -129,6 +132,30 @@ pub(crate) fn key(config: &Path, cmd: KeyCommand) -> Result<(), Failure> {
                 .block_on(home.revoke(&name, now))
                 .map_err(keys_failure)?;
             eprintln!("revoked key {name} in {}", home.describe());
+        }
+        KeyCommand::Import => {
+            let (imported, skipped) = runtime
+                .block_on(submitd::auth::keyhome::import(&settings, &home))
+                .map_err(keys_failure)?;
+            for name in &skipped {
+                eprintln!(
+                    "key {name} is already in {}: left as it is",
+                    home.describe()
+                );
+            }
+            if imported.is_empty() && skipped.is_empty() {
+                eprintln!(
+                    "imported 0 key(s): {} holds none",
+                    settings.auth.keys.display()
+                );
+            } else {
+                eprintln!(
+                    "imported {} key(s) into {}; {} renamed to .imported",
+                    imported.len(),
+                    home.describe(),
+                    settings.auth.keys.display()
+                );
+            }
         }
         KeyCommand::Rotate { name, grace } => {
             let secret = keys::new_secret(&name);
