@@ -361,3 +361,22 @@ async fn keys_left_in_the_file_stop_the_start_until_imported() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("imported 0 key(s)"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs postgresql-15: ./test.sh runs it"]
+async fn a_revoke_below_the_latest_update_still_reaches_the_server() {
+    let pg = database(true).await;
+    let sink = Sink::start(SinkOptions::default()).await;
+    let server = submitd(&pg, &sink).await;
+    let secret = create_key(&server, "app", &["--sender", NEWS]).await;
+    create_key(&server, "other", &["--sender", NEWS]).await;
+    until_auth(&server, "app", &secret, "235").await;
+    // A hand edit put another row's `updated` in the future (or a writer's clock ran ahead):
+    // the revoke's own `updated` is then below the table's maximum.
+    pg.psql("UPDATE submitd_keys SET updated = 9000000000000000000 WHERE name = 'other'");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = cli(&server, &["revoke", "app"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Within seconds, not at the full re-read a minute later.
+    until_auth(&server, "app", &secret, "535 5.7.8").await;
+}

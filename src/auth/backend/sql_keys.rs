@@ -4,7 +4,7 @@
 //!
 //! One row per key, one column per field of [`KeyEntry`] (so `SELECT name, owner, revoked
 //! FROM submitd_keys` reads naturally), plus `updated`: the microseconds of the last change,
-//! which the server's cheap change check reads (`count(*)` and `max(updated)`). `submitd key`
+//! which the server's cheap change check reads (`count(*)`, `max(updated)`, `sum(updated)`). `submitd key`
 //! creates the table when it is missing ([`SCHEMA`]); the server only ever reads it, so its
 //! role needs no more than `SELECT` on it. A table that does not exist yet holds no keys.
 //!
@@ -193,18 +193,21 @@ impl SqlKeys {
     }
 
     /// What changes whenever a key is added, changed or deleted through `submitd key` (or by
-    /// hand with `updated` set): the row count and the latest `updated`.
+    /// hand with `updated` changed): the row count, the latest `updated` and the sum of all of
+    /// them. The sum moves whenever any row's `updated` does, also to a value below the
+    /// maximum (a writer whose clock is behind, a hand edit that set a future time).
     pub async fn version(&self) -> Result<String, KeysError> {
         let sql = &format!(
-            "SELECT count(*), coalesce(max(updated), 0) FROM {}",
+            "SELECT count(*), coalesce(max(updated), 0), coalesce(sum(updated), 0)::text FROM {}",
             self.table
         );
         self.with_client(|c| async move {
             match c.query_one(sql, &[]).await {
                 Ok(row) => Ok(format!(
-                    "{}/{}",
+                    "{}/{}/{}",
                     row.try_get::<_, i64>(0)?,
-                    row.try_get::<_, i64>(1)?
+                    row.try_get::<_, i64>(1)?,
+                    row.try_get::<_, String>(2)?
                 )),
                 Err(e) if sqlstate(&e) == Some(UNDEFINED_TABLE) => Ok("no table".to_owned()),
                 Err(e) => Err(e),
