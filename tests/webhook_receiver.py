@@ -12,6 +12,8 @@ requests came over the same connection.
 Usage: webhook_receiver.py PORT SECRET_FILE OUT_FILE [CERT_PEM KEY_PEM]
 With CERT_PEM and KEY_PEM it serves HTTPS. With RECEIVER_REFUSE=TEXT in the environment, a
 verified event whose recipient contains TEXT is answered 500 (recorded with "refused": true).
+With RECEIVER_UNDELIMITED=1, a verified event is answered 200 with a body but neither
+Content-Length nor chunked encoding, on a connection left open: the body never ends.
 Bounds: bodies over 1 MiB are refused (413); the test kills the process when done.
 """
 
@@ -31,6 +33,7 @@ with open(sys.argv[2], encoding="ascii") as f:
     HOOK = Webhook(f.read().strip())
 OUT = sys.argv[3]
 REFUSE = os.environ.get("RECEIVER_REFUSE")
+UNDELIMITED = os.environ.get("RECEIVER_UNDELIMITED") == "1"
 
 
 LOCK = threading.Lock()
@@ -74,6 +77,12 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = str(e)
             code = 401
         record(entry)
+        if UNDELIMITED and code == 204:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.wfile.flush()
+            return
         self.send_response(code)
         self.send_header("content-length", "0")
         self.end_headers()

@@ -31,16 +31,16 @@ impl Receiver {
 
     /// The same, serving HTTPS with `tls` = (certificate file, key file) when given.
     fn start_tls(port: u16, secret: &Path, out: &Path, tls: Option<(&Path, &Path)>) -> Receiver {
-        Receiver::start_with(port, secret, out, tls, None)
+        Receiver::start_with(port, secret, out, tls, &[])
     }
 
-    /// The same, answering 500 to events whose recipient contains `refuse` when given.
+    /// The same, with `env` for the receiver (`RECEIVER_REFUSE`, `RECEIVER_UNDELIMITED`).
     fn start_with(
         port: u16,
         secret: &Path,
         out: &Path,
         tls: Option<(&Path, &Path)>,
-        refuse: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let mut command = Command::new("python3");
@@ -52,9 +52,7 @@ impl Receiver {
         if let Some((cert, key)) = tls {
             command.arg(cert).arg(key);
         }
-        if let Some(refuse) = refuse {
-            command.env("RECEIVER_REFUSE", refuse);
-        }
+        command.envs(env.iter().copied());
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -659,7 +657,7 @@ struct App {
     _dir: tempfile::TempDir,
 }
 
-async fn app(more: &str, refuse: Option<&str>) -> App {
+async fn app(more: &str, env: &[(&str, &str)]) -> App {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default()).await;
     let port = free_port();
@@ -670,7 +668,7 @@ async fn app(more: &str, refuse: Option<&str>) -> App {
         secret.display()
     );
     let out = dir.path().join("received.jsonl");
-    let receiver = Receiver::start_with(port, &secret, &out, None, refuse);
+    let receiver = Receiver::start_with(port, &secret, &out, None, env);
     let server = TestServer::start_full("", "", &smarthost(&sink), &extra).await;
     App {
         server,
@@ -689,7 +687,7 @@ async fn a_refused_event_does_not_hold_up_the_others() {
         &format!(
             "events = [\"delivered\"]\nretry_min = \"200ms\"\nretry_max = \"1s\"\nkeys = [\"{ALICE}\"]\n"
         ),
-        Some("poison"),
+        &[("RECEIVER_REFUSE", "poison")],
     )
     .await;
     app.server
@@ -738,7 +736,7 @@ async fn a_refused_event_does_not_hold_up_the_others() {
 async fn a_suppressed_rcpt_over_smtp_is_reported() {
     let app = app(
         "events = [\"suppressed\"]\nretry_min = \"100ms\"\nretry_max = \"300ms\"\n",
-        None,
+        &[],
     )
     .await;
     let cfg = app.server.dir.path().join("submitd.toml");
@@ -807,4 +805,34 @@ async fn a_suppressed_rcpt_over_smtp_is_reported() {
     }
     // Nothing was queued, so nothing else was reported.
     assert!(app.sink.received().is_empty());
+}
+
+/// A receiver that answers `200` with a body of no stated length on a connection it keeps open
+/// (the body never ends): the status counts, the event is not sent again, and the connection
+/// is given up instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with the standardwebhooks package (test.sh installs it)"]
+async fn an_answer_whose_body_never_ends_still_counts() {
+    let app = app(
+        &format!(
+            "events = [\"delivered\"]\ntimeout = \"3s\"\nretry_min = \"100ms\"\n\
+             retry_max = \"300ms\"\nkeys = [\"{ALICE}\"]\n"
+        ),
+        &[("RECEIVER_UNDELIMITED", "1")],
+    )
+    .await;
+    app.server
+        .submit(&["first@example.net"], &message_from(ALICE))
+        .await;
+    app.receiver.wait_ids("/hook", 1).await;
+    app.server
+        .submit(&["second@example.net"], &message_from(ALICE))
+        .await;
+    app.receiver.wait_ids("/hook", 2).await;
+    // Past the 3 s timeout and a retry or two: each event arrived once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = app.receiver.valid("/hook");
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let queue = app.server.queue_dir();
+    assert!(backlog(&queue, "app").is_empty());
 }

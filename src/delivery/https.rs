@@ -230,6 +230,8 @@ impl Drop for Kept {
 /// Response body bytes read (and dropped) so that the connection can carry the next post; a
 /// longer body closes the connection instead.
 const MAX_DRAIN: usize = 64 * 1024;
+/// And at most this long (the answer is in by then).
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Send `post` on `kept` when it is open, else on a new connection left in `kept` when the
 /// endpoint allows it; the response's status code, or why there is none. A kept connection
@@ -241,8 +243,8 @@ pub async fn post_to(post: &Post<'_>, kept: &mut Option<Kept>) -> Result<u16, Fe
     let deadline = tokio::time::Instant::now() + post.timeout;
     if let Some(k) = kept.as_mut().filter(|k| !k.sender.is_closed()) {
         match tokio::time::timeout_at(deadline, exchange(&mut k.sender, post)).await {
-            Ok(Ok((status, reusable))) => {
-                if !reusable {
+            Ok(Ok((status, body))) => {
+                if !drain(body).await {
                     *kept = None;
                 }
                 return Ok(status);
@@ -257,14 +259,26 @@ pub async fn post_to(post: &Post<'_>, kept: &mut Option<Kept>) -> Result<u16, Fe
     *kept = None;
     let fresh = async {
         let mut k = connect(post).await?;
-        let (status, reusable) = exchange(&mut k.sender, post).await?;
-        Ok::<_, FetchError>((status, reusable.then_some(k)))
+        let (status, body) = exchange(&mut k.sender, post).await?;
+        Ok::<_, FetchError>((status, body, k))
     };
-    let (status, k) = tokio::time::timeout_at(deadline, fresh)
+    let (status, body, k) = tokio::time::timeout_at(deadline, fresh)
         .await
         .map_err(|_| timed_out())??;
-    *kept = k;
+    *kept = drain(body).await.then_some(k);
     Ok(status)
+}
+
+/// Read a response body to its end, so that the connection can carry the next request:
+/// whether that worked within [`MAX_DRAIN`] bytes and [`DRAIN_TIME`]. The status is already
+/// known by then, so a body that never ends (no length, connection left open) costs the
+/// connection, not the answer. `None` (the response closes the connection): false.
+async fn drain(body: Option<hyper::body::Incoming>) -> bool {
+    let Some(body) = body else {
+        return false;
+    };
+    let read = Limited::new(body, MAX_DRAIN).collect();
+    matches!(tokio::time::timeout(DRAIN_TIME, read).await, Ok(Ok(_)))
 }
 
 /// Resolve, connect (first address that answers), TLS when asked, the HTTP/1.1 handshake.
@@ -304,12 +318,12 @@ where
     Ok(Kept { sender, driver })
 }
 
-/// One request and its response on `sender`: the status, and whether the connection may
-/// carry another (HTTP/1.1, no `Connection: close`, the body read within [`MAX_DRAIN`]).
+/// One request and its response on `sender`: the status, and the body to [`drain`] when the
+/// connection may carry another (HTTP/1.1 without `Connection: close`).
 async fn exchange(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     post: &Post<'_>,
-) -> Result<(u16, bool), FetchError> {
+) -> Result<(u16, Option<hyper::body::Incoming>), FetchError> {
     let host = post.host;
     let default_port = if post.tls.is_some() { 443 } else { 80 };
     let bracketed = if host.contains(':') {
@@ -344,12 +358,7 @@ async fn exchange(
             .get(hyper::header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-    // The body is read to its end (bounded) so that the next request can follow it.
-    let drained = Limited::new(response.into_body(), MAX_DRAIN)
-        .collect()
-        .await
-        .is_ok();
-    Ok((status, drained && !closes))
+    Ok((status, (!closes).then(|| response.into_body())))
 }
 
 /// A refused certificate is told apart from other handshake failures (TLS-RPT).
