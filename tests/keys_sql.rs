@@ -202,6 +202,34 @@ async fn the_server_keeps_the_keys_it_read_while_the_database_is_down() {
     let out = cli(&server, &["revoke", "app"]).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("auth.sql.url"), "{out:?}");
+    // Nor is a name made that might shadow a user the database cannot be asked about, or a
+    // user added that might be shadowed by a key that cannot be read.
+    let out = cli(&server, &["create", "late", "--sender", NEWS]).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot ask the directory whether \"late\""),
+        "{out:?}"
+    );
+    let config = common::keys::config(&server).display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        common::run::run_submitd(
+            None,
+            &[
+                "user",
+                "add",
+                "late",
+                "--password-stdin",
+                "--config",
+                &config,
+            ],
+            Some("a long enough password\n"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("cannot read the API keys"), "{out:?}");
     let pg = tokio::task::spawn_blocking(move || {
         pg.restart();
         pg

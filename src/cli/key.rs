@@ -317,14 +317,25 @@ fn refuse_user_login(
             known.users_file().display()
         )));
     }
-    // A directory that can look a login up (not Dovecot, whose protocol cannot).
+    // A directory that can look a login up (not Dovecot, whose protocol cannot). One that
+    // does not answer refuses the key: it might shadow a user.
     if let Some(directory) = &known.directory
         && matches!(directory.name(), "sql" | "ldap")
-        && let Ok(Some(_)) = runtime.block_on(directory.lookup(name))
     {
-        return Err(usage(format!(
-            "{name:?} is a user's login in the directory; pick another key name"
-        )));
+        match runtime.block_on(directory.lookup(name)) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err(usage(format!(
+                    "{name:?} is a user's login in the directory; pick another key name"
+                )));
+            }
+            Err(e) => {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "cannot ask the directory whether {name:?} is a user's login (a key of \
+                     that name would shadow it): {e}"
+                )));
+            }
+        }
     }
     Ok(())
 }

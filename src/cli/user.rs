@@ -64,26 +64,31 @@ pub(crate) fn user(config: &Path, cmd: UserCommand) -> Result<(), Failure> {
     {
         return shared_suspensions(&settings, &shared, &suspended, cmd);
     }
-    let is_key = |login: &str| {
-        super::key_home(&settings).is_ok_and(|(home, runtime)| {
-            runtime
-                .block_on(home.list())
-                .is_ok_and(|(keys, _)| keys.iter().any(|k| k.name == login))
-        })
+    // Whether `login` names an API key; an error when the keys cannot be read.
+    let is_key = |login: &str| -> Result<bool, Failure> {
+        let (home, runtime) = super::key_home(&settings)?;
+        let (keys, _) = runtime.block_on(home.list()).map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!(
+                "cannot read the API keys in {} to check that {login:?} is not one: {e}",
+                home.describe()
+            ))
+        })?;
+        Ok(keys.iter().any(|k| k.name == login))
     };
+    // Suspending must work in an outage of the key store: then as a login.
     if let UserCommand::Suspend { login, .. } = &cmd
-        && is_key(login)
+        && is_key(login).unwrap_or(false)
     {
         // An API key's name: suspended like a login (its MAIL FROM and API posts refused).
         return run(Path::new(""), &suspended, cmd, false);
     }
+    // A login named like a key would be shadowed by it at AUTH: refused, also when the keys
+    // cannot be read to tell.
     if let UserCommand::Add { login, .. } = &cmd
-        && is_key(login)
+        && is_key(login)?
     {
         return Err(usage(format!(
-            "{login:?} is an API key's name in {} (keys are checked first at AUTH); \
-             pick another login",
-            settings.auth.keys.display()
+            "{login:?} is an API key's name (keys are checked first at AUTH); pick another login"
         )));
     }
     let backend = settings.auth.backend.name();
