@@ -282,6 +282,11 @@ async fn a_read_only_role_reads_keys_but_cannot_write_them() {
     let list = cli(&server, &["list"]).await;
     assert_eq!(list.code, Some(0), "{list:?}");
     assert!(list.stdout.contains("ops\t"), "{list:?}");
+    // The row the server left out is not listed as a key, but named on stderr.
+    assert!(
+        !list.stdout.contains("bad\t") && list.stderr.contains("key \"bad\": hash"),
+        "{list:?}"
+    );
     // A row that is not even a key (a NULL where a value must be) is named on stderr.
     pg.psql(
         "INSERT INTO submitd_keys (name, hash, created, updated, expires) \
@@ -304,9 +309,12 @@ async fn a_read_only_role_reads_keys_but_cannot_write_them() {
     .await
     .unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
+    // The row the server leaves out ('bad') is named, not counted.
     assert!(
         out.stdout
-            .contains("API keys: 2 in table submitd_keys at submitd@127.0.0.1:"),
+            .contains("API keys: 1 in table submitd_keys at submitd@127.0.0.1:")
+            && out.stdout.contains("API key left out")
+            && out.stdout.contains("\"bad\""),
         "{out:?}"
     );
 }

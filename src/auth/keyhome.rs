@@ -79,8 +79,8 @@ impl KeyHome {
                 keys::load(path)?.into_iter().map(|k| k.entry).collect(),
                 Vec::new(),
             )),
-            KeyHome::Sql(s) => s.list().await,
-            KeyHome::Ldap(l) => l.list().await,
+            KeyHome::Sql(s) => Ok(usable(s.list().await?, &self.describe())),
+            KeyHome::Ldap(l) => Ok(usable(l.list().await?, &self.describe())),
         }
     }
 
@@ -138,6 +138,22 @@ impl KeyHome {
             }
         }
     }
+}
+
+/// The entries the server would use, and the others as problems: `key list`, `check-config`
+/// and the server then agree on which keys there are (a file is checked whole when read).
+fn usable(
+    (entries, mut problems): (Vec<KeyEntry>, Vec<String>),
+    store: &str,
+) -> (Vec<KeyEntry>, Vec<String>) {
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match keys::validate(entry, Path::new(store)) {
+            Ok(key) => kept.push(key.entry),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (kept, problems)
 }
 
 /// A directory home does not read the `auth.keys` file, so keys still in it (made before the

@@ -368,7 +368,7 @@ fn list(list: &[KeyEntry], now: u64, json: bool) -> Result<(), Failure> {
         println!(
             "{}\t{}\t{}\t{}\t{}",
             e.name,
-            e.owner.as_deref().unwrap_or("-"),
+            submitd::logsafe::Escaped(e.owner.as_deref().unwrap_or("-")),
             e.scopes.join(","),
             e.senders.join(" "),
             state(e)
