@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::dovecot::{
-    ARGON_PASSWORD, ARGON_USER, Dovecot, Options, SHA_PASSWORD, SHA_USER, TEMP_USER, free_port,
+    ARGON_PASSWORD, ARGON_USER, Dovecot, Options, SHA_PASSWORD, SHA_USER, TEMP_USER,
 };
 use common::sink::{Sink, SinkOptions};
 use common::*;
@@ -224,11 +224,16 @@ async fn check_names_the_key_for_each_misconfiguration() {
         ("unreachable", "auth.dovecot.socket"),
         "{e}"
     );
+    // A port bound but not listening: refused, and no other test can take it meanwhile (a
+    // port merely freed could be, by a test running in parallel).
+    let holder = tokio::net::TcpSocket::new_v4().unwrap();
+    holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed_port = DovecotSocket::Tcp {
         host: "127.0.0.1".into(),
-        port: free_port(),
+        port: holder.local_addr().unwrap().port(),
     };
     let e = directory(closed_port, t).check().await.unwrap_err();
+    drop(holder);
     assert_eq!(
         (e.label(), e.key()),
         ("unreachable", "auth.dovecot.socket"),
