@@ -139,9 +139,9 @@ async fn open_keys(
     let Some(feed) = feed else {
         return Ok((store, None));
     };
-    match home.list().await {
-        Ok((entries, problems)) => {
-            feed.replace(entries, problems, &home.describe());
+    match home.keys().await {
+        Ok(keys) => {
+            feed.replace(keys);
             tracing::info!(store = %home.describe(), keys = feed.len(), "API keys read");
         }
         Err(e) => tracing::error!(

@@ -74,14 +74,20 @@ impl KeyHome {
 
     /// Every key, and descriptions of the entries that could not be read as keys.
     pub async fn list(&self) -> Result<(Vec<KeyEntry>, Vec<String>), KeysError> {
-        match self {
-            KeyHome::File { path, .. } => Ok((
-                keys::load(path)?.into_iter().map(|k| k.entry).collect(),
-                Vec::new(),
-            )),
-            KeyHome::Sql(s) => Ok(usable(s.list().await?, &self.describe())),
-            KeyHome::Ldap(l) => Ok(usable(l.list().await?, &self.describe())),
-        }
+        let (keys, problems) = self.keys().await?;
+        Ok((keys.into_iter().map(|k| k.entry).collect(), problems))
+    }
+
+    /// Every key the server would use, and descriptions of the entries left out: `key list`,
+    /// `check-config` and the server agree on which keys there are.
+    pub async fn keys(&self) -> Result<(Vec<keys::Key>, Vec<String>), KeysError> {
+        let (entries, problems) = match self {
+            // A file is checked whole when read.
+            KeyHome::File { path, .. } => return Ok((keys::load(path)?, Vec::new())),
+            KeyHome::Sql(s) => s.list().await?,
+            KeyHome::Ldap(l) => l.list().await?,
+        };
+        Ok(keys::checked(entries, problems, &self.describe()))
     }
 
     /// Add a key; an existing name is [`KeysError::Exists`].
@@ -138,22 +144,6 @@ impl KeyHome {
             }
         }
     }
-}
-
-/// The entries the server would use, and the others as problems: `key list`, `check-config`
-/// and the server then agree on which keys there are (a file is checked whole when read).
-fn usable(
-    (entries, mut problems): (Vec<KeyEntry>, Vec<String>),
-    store: &str,
-) -> (Vec<KeyEntry>, Vec<String>) {
-    let mut kept = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match keys::validate(entry, Path::new(store)) {
-            Ok(key) => kept.push(key.entry),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    (kept, problems)
 }
 
 /// A directory home does not read the `auth.keys` file, so keys still in it (made before the
@@ -242,8 +232,7 @@ pub async fn follow(home: Arc<KeyHome>, feed: KeyFeed, shutdown: CancellationTok
             let version = home.version().await?;
             let changed = version.is_some() && version != seen;
             if due || changed {
-                let (entries, problems) = home.list().await?;
-                feed.replace(entries, problems, &home.describe());
+                feed.replace(home.keys().await?);
                 last_read = Some(tokio::time::Instant::now());
                 seen = version;
             }

@@ -446,20 +446,32 @@ pub struct KeyFeed {
     reported: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
-impl KeyFeed {
-    /// The directory's keys now: each entry validated, a bad one left out and logged (one bad
-    /// row must not lock out every other key), and a name seen twice kept once. `problems`:
-    /// entries the directory gave that could not even be read as keys (also logged).
-    pub fn replace(&self, entries: Vec<KeyEntry>, mut problems: Vec<String>, store: &str) {
-        let mut keys = HashMap::with_capacity(entries.len());
-        for entry in entries {
-            match validate(entry, Path::new(store)) {
-                Ok(k) => {
-                    keys.insert(k.entry.name.clone(), Arc::new(k));
-                }
-                Err(e) => problems.push(e.to_string()),
-            }
+/// A directory's entries checked as the server uses them: the keys, and `problems` with a
+/// description of each entry left out (one bad row must not lock out every other key).
+/// `store` names the directory in the descriptions.
+pub fn checked(
+    entries: Vec<KeyEntry>,
+    mut problems: Vec<String>,
+    store: &str,
+) -> (Vec<Key>, Vec<String>) {
+    let mut keys = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match validate(entry, Path::new(store)) {
+            Ok(k) => keys.push(k),
+            Err(e) => problems.push(e.to_string()),
         }
+    }
+    (keys, problems)
+}
+
+impl KeyFeed {
+    /// The directory's keys now ([`checked`]), a name seen twice kept once; `problems` (the
+    /// entries left out) are logged.
+    pub fn replace(&self, (keys, problems): (Vec<Key>, Vec<String>)) {
+        let keys: HashMap<String, Arc<Key>> = keys
+            .into_iter()
+            .map(|k| (k.entry.name.clone(), Arc::new(k)))
+            .collect();
         self.report(problems);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
     }
@@ -720,11 +732,11 @@ mod tests {
         assert!(store.get("app").is_none() && feed.is_empty());
         let mut bad = entry("bad", "sk_b");
         bad.scopes = vec!["ftp".into()];
-        feed.replace(
+        feed.replace(checked(
             vec![entry("app", "sk_a"), bad],
             vec!["row 3: unreadable".into()],
             "table k",
-        );
+        ));
         assert_eq!(feed.len(), 1);
         assert_eq!(
             store.get("app").unwrap().check("sk_a", IP, 1, "smtp"),
@@ -733,7 +745,7 @@ mod tests {
         assert!(store.get("bad").is_none());
         // Logged once: a second read with the same problems reports nothing new.
         assert_eq!(feed.reported.lock().unwrap().len(), 2);
-        feed.replace(Vec::new(), Vec::new(), "table k");
+        feed.replace(checked(Vec::new(), Vec::new(), "table k"));
         assert!(store.get("app").is_none() && feed.reported.lock().unwrap().is_empty());
     }
 }
