@@ -199,23 +199,16 @@ impl Events {
         self.sinks.is_empty()
     }
 
-    /// Hand `events` to every sink. Blocks. A `suppressed` event without a message is left
-    /// out when one for the same tenant and recipient went out in the last
-    /// [`REFUSAL_REPORT_EVERY`] seconds.
+    /// `events` less each `suppressed` event without a message whose tenant and recipient had
+    /// one in the last [`REFUSAL_REPORT_EVERY`] seconds. Cheap (a lock, no IO): called where a
+    /// client's command makes such events, on the reactor, before [`Events::record_blocking`].
+    pub fn fresh(&self, mut events: Vec<DeliveryEvent>) -> Vec<DeliveryEvent> {
+        events.retain(|e| self.refusals.first(e));
+        events
+    }
+
+    /// Hand `events` to every sink. Blocks.
     pub fn record_blocking(&self, events: &[DeliveryEvent]) {
-        let report: Vec<bool> = events.iter().map(|e| self.refusals.first(e)).collect();
-        let kept: Vec<DeliveryEvent>;
-        let events = if report.iter().all(|r| *r) {
-            events
-        } else {
-            kept = events
-                .iter()
-                .zip(&report)
-                .filter(|(_, r)| **r)
-                .map(|(e, _)| e.clone())
-                .collect();
-            &kept
-        };
         if events.is_empty() {
             return;
         }
@@ -256,21 +249,25 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let events = Events::default().with(sink.clone());
         let clone = events.clone();
-        events.record_blocking(&[refused("a", "x@example.net", 100)]);
+        events.record_blocking(&events.fresh(vec![refused("a", "x@example.net", 100)]));
         // The same pair again, also through a clone and in another case: no event.
-        clone.record_blocking(&[refused("a", "X@Example.NET", 101)]);
+        clone.record_blocking(&clone.fresh(vec![refused("a", "X@Example.NET", 101)]));
         // Another tenant, another recipient: their own events; a queued message's event
         // always goes out.
         let mut queued = refused("a", "x@example.net", 102);
         queued.queue_id = "ABC".into();
-        events.record_blocking(&[
+        events.record_blocking(&events.fresh(vec![
             refused("b", "x@example.net", 102),
             refused("a", "y@example.net", 102),
             queued.clone(),
             queued,
-        ]);
+        ]));
         // An hour later the pair is reported again.
-        events.record_blocking(&[refused("a", "x@example.net", 100 + REFUSAL_REPORT_EVERY)]);
+        events.record_blocking(&events.fresh(vec![refused(
+            "a",
+            "x@example.net",
+            100 + REFUSAL_REPORT_EVERY,
+        )]));
         let got: Vec<(String, String, String)> = sink
             .0
             .lock()
@@ -298,12 +295,20 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let events = Events::default().with(sink.clone());
         for i in 0..MAX_REFUSALS + 5 {
-            events.record_blocking(&[refused("a", &format!("r{i}@example.net"), 1000)]);
+            events.record_blocking(&events.fresh(vec![refused(
+                "a",
+                &format!("r{i}@example.net"),
+                1000,
+            )]));
         }
         assert_eq!(sink.0.lock().unwrap().len(), MAX_REFUSALS);
         assert_eq!(events.refusals.seen.lock().unwrap().0.len(), MAX_REFUSALS);
         // Once the old pairs age out, a new one is reported again.
-        events.record_blocking(&[refused("a", "new@example.net", 1000 + REFUSAL_REPORT_EVERY)]);
+        events.record_blocking(&events.fresh(vec![refused(
+            "a",
+            "new@example.net",
+            1000 + REFUSAL_REPORT_EVERY,
+        )]));
         assert_eq!(sink.0.lock().unwrap().len(), MAX_REFUSALS + 1);
         assert_eq!(events.refusals.seen.lock().unwrap().0.len(), 1);
     }

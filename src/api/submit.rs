@@ -384,6 +384,11 @@ async fn emit(state: &ApiState, mut events: Vec<DeliveryEvent>, queue_id: &str) 
     for e in &mut events {
         e.queue_id = queue_id.to_owned();
     }
+    // Without a message (all suppressed): once per tenant and recipient lately.
+    let events = state.events.fresh(events);
+    if events.is_empty() {
+        return;
+    }
     let sinks = state.events.clone();
     let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&events)).await;
 }

@@ -569,14 +569,19 @@ async fn carry_out<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Hand one event to the sinks, off the reactor. Awaited, so a client that names suppressed
-/// recipients in a loop waits for each record (files written and fsynced) before its next reply.
+/// Hand one event to the sinks, off the reactor, unless the same refusal was reported lately
+/// ([`crate::events::Events::fresh`]: a client repeating the RCPT costs a lookup, no IO).
+/// Awaited, so the reply after a new event waits for its record (files written and fsynced).
 async fn report(events: &crate::events::Events, event: crate::events::DeliveryEvent) {
     if events.is_empty() {
         return;
     }
+    let fresh = events.fresh(vec![event]);
+    if fresh.is_empty() {
+        return;
+    }
     let sinks = events.clone();
-    let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&[event])).await;
+    let _ = tokio::task::spawn_blocking(move || sinks.record_blocking(&fresh)).await;
 }
 
 #[cfg(test)]
